@@ -1,0 +1,76 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keystone_control::goal::GoalError;
+use keystone_control::{FieldError, ValidationErrors};
+use serde::Serialize;
+
+/// The one error shape of the API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `invalid`, `unauthenticated`, `forbidden`, `not_found`,
+    /// `conflict`, `internal`.
+    pub code: &'static str,
+    pub message: String,
+    /// The first offending field, when the error is about input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every offending field, when there are several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// An API failure, rendered as [`ErrorBody`] with the matching status.
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthenticated,
+    Goal(GoalError),
+}
+
+impl From<GoalError> for ApiError {
+    fn from(e: GoalError) -> Self {
+        ApiError::Goal(e)
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        ApiError::Goal(GoalError::Invalid(e))
+    }
+}
+
+impl From<keystone_control::store::StoreError> for ApiError {
+    fn from(e: keystone_control::store::StoreError) -> Self {
+        ApiError::Goal(GoalError::Store(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details) = match self {
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send a valid API token as 'Authorization: Bearer ks_...'".to_owned(),
+                vec![],
+            ),
+            ApiError::Goal(GoalError::Invalid(v)) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", v.to_string(), v.0),
+            ApiError::Goal(GoalError::NotFound) => (StatusCode::NOT_FOUND, "not_found", "no such object".to_owned(), vec![]),
+            ApiError::Goal(GoalError::Forbidden) => {
+                (StatusCode::FORBIDDEN, "forbidden", "your role does not allow this change".to_owned(), vec![])
+            }
+            ApiError::Goal(GoalError::Conflict(m)) => (StatusCode::CONFLICT, "conflict", m, vec![]),
+            ApiError::Goal(GoalError::Store(e)) => {
+                tracing::error!(error = ?e, "API request failed in the store.");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".to_owned(), vec![])
+            }
+        };
+        let field = details.first().map(|d| d.field.clone());
+        (status, Json(ErrorBody { error: ErrorDetail { code, message, field, details } })).into_response()
+    }
+}

@@ -1,0 +1,286 @@
+use crate::error::{ApiError, ErrorBody};
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use keystone_control::auth::{principal_for_token, Principal};
+use keystone_control::diff::Change;
+use keystone_control::goal::{Declaration, Goal};
+use keystone_control::store::AuditFilter;
+use keystone_control::{Kind, Object, Revision, Role, ValidationErrors};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::OpenApi;
+
+/// The caller, authenticated by an API token.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthenticated)?;
+        principal_for_token(&state.store, token.trim()).await?.map(Caller).ok_or(ApiError::Unauthenticated)
+    }
+}
+
+/// `streams`, `sinks` or `routes` in a URL.
+fn kind_of(segment: &str) -> Result<Kind, ApiError> {
+    match segment {
+        "streams" => Ok(Kind::Stream),
+        "sinks" => Ok(Kind::Sink),
+        "routes" => Ok(Kind::Route),
+        _ => Err(ApiError::Goal(keystone_control::goal::GoalError::NotFound)),
+    }
+}
+
+/// Parses a JSON body, reporting the line and column of a syntax error.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ValidationErrors::single("body", format!("is not valid JSON: {e}")))?;
+    from_value(value)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| ValidationErrors::single("body", e.to_string()).into())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub principal: String,
+    pub role: Role,
+    pub teams: Vec<String>,
+}
+
+/// Who the token acts as.
+#[utoipa::path(get, path = "/api/v1/me", responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+pub async fn me(Caller(who): Caller) -> Json<Me> {
+    Json(Me { principal: who.display.clone(), role: who.role, teams: who.teams.into_iter().map(|t| t.name).collect() })
+}
+
+/// Teams the caller belongs to (all teams for admins).
+#[utoipa::path(get, path = "/api/v1/teams", responses((status = 200, body = [Object]), (status = 401, body = ErrorBody)))]
+pub async fn list_teams(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<Object>>, ApiError> {
+    Ok(Json(Goal::new(&s.store, &who).list(Kind::Team).await?))
+}
+
+/// Live objects of one kind in one team.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/{kind}",
+    params(("team" = String, Path), ("kind" = String, Path, description = "streams, sinks or routes")),
+    responses((status = 200, body = [Object]), (status = 404, body = ErrorBody)))]
+pub async fn list_objects(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind)): Path<(String, String)>,
+) -> Result<Json<Vec<Object>>, ApiError> {
+    let kind = kind_of(&kind)?;
+    let goal = Goal::new(&s.store, &who);
+    // Resolving the team first makes an unknown or foreign team a 404, not an empty list.
+    goal.get(Kind::Team, "", &team).await?;
+    Ok(Json(goal.list(kind).await?.into_iter().filter(|o| o.team == team).collect()))
+}
+
+/// A declaration to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    /// The kind's spec: StreamSpec, SinkInput or RouteSpec.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A declaration replacing the current one.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    #[serde(default)]
+    pub reason: String,
+    /// Refuse with 409 if the object is no longer at this version.
+    #[serde(default)]
+    pub expected_version: Option<i64>,
+}
+
+/// The result of a change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangeResult {
+    pub revision: Revision,
+    /// False when the declaration equalled the current goal (no revision written).
+    pub changed: bool,
+}
+
+/// Declares a new stream, sink or route.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/{kind}", request_body = CreateRequest,
+    params(("team" = String, Path), ("kind" = String, Path)),
+    responses((status = 201, body = ChangeResult), (status = 422, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_object(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let kind = kind_of(&kind)?;
+    let req: CreateRequest = parse_body(&body)?;
+    let decl = Declaration::from_json(kind, req.spec)?;
+    let applied = Goal::new(&s.store, &who).create(&team, &req.name, decl, &req.reason).await?;
+    Ok((StatusCode::CREATED, Json(ChangeResult { revision: applied.revision, changed: applied.changed })))
+}
+
+/// The current goal of one object.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/{kind}/{name}",
+    params(("team" = String, Path), ("kind" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_object(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind, name)): Path<(String, String, String)>,
+) -> Result<Json<Object>, ApiError> {
+    Ok(Json(Goal::new(&s.store, &who).get(kind_of(&kind)?, &team, &name).await?))
+}
+
+/// Replaces an object's declaration, writing a new revision.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/{kind}/{name}", request_body = UpdateRequest,
+    params(("team" = String, Path), ("kind" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = ChangeResult), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_object(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let kind = kind_of(&kind)?;
+    let req: UpdateRequest = parse_body(&body)?;
+    let decl = Declaration::from_json(kind, req.spec)?;
+    let applied = Goal::new(&s.store, &who).update(&team, &name, decl, &req.reason, req.expected_version).await?;
+    Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeleteParams {
+    #[serde(default)]
+    pub reason: String,
+    pub expected_version: Option<i64>,
+}
+
+/// Deletes an object (a tombstone revision; history stays).
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/{kind}/{name}",
+    params(("team" = String, Path), ("kind" = String, Path), ("name" = String, Path), DeleteParams),
+    responses((status = 200, body = Revision), (status = 422, body = ErrorBody)))]
+pub async fn delete_object(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind, name)): Path<(String, String, String)>,
+    Query(p): Query<DeleteParams>,
+) -> Result<Json<Revision>, ApiError> {
+    let kind = kind_of(&kind)?;
+    Ok(Json(Goal::new(&s.store, &who).delete(kind, &team, &name, &p.reason, p.expected_version).await?))
+}
+
+/// Every revision of one live object, oldest first.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/{kind}/{name}/revisions",
+    params(("team" = String, Path), ("kind" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = [Revision]), (status = 404, body = ErrorBody)))]
+pub async fn object_history(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, kind, name)): Path<(String, String, String)>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    Ok(Json(Goal::new(&s.store, &who).history(kind_of(&kind)?, &team, &name).await?))
+}
+
+/// Every revision of any object by id, including deleted ones.
+#[utoipa::path(get, path = "/api/v1/objects/{id}/revisions", params(("id" = String, Path)),
+    responses((status = 200, body = [Revision]), (status = 404, body = ErrorBody)))]
+pub async fn history_by_id(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    Ok(Json(Goal::new(&s.store, &who).history_by_id(&id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DiffParams {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Field-level changes between two versions of one object.
+#[utoipa::path(get, path = "/api/v1/objects/{id}/diff", params(("id" = String, Path), DiffParams),
+    responses((status = 200, body = [Change]), (status = 404, body = ErrorBody)))]
+pub async fn diff(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(p): Query<DiffParams>,
+) -> Result<Json<Vec<Change>>, ApiError> {
+    Ok(Json(Goal::new(&s.store, &who).diff(&id, p.from, p.to).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditParams {
+    pub kind: Option<String>,
+    pub team: Option<String>,
+    pub author: Option<String>,
+    pub before_seq: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// The platform-wide revision log (newest first), limited to the caller's teams.
+#[utoipa::path(get, path = "/api/v1/revisions", params(AuditParams),
+    responses((status = 200, body = [Revision]), (status = 422, body = ErrorBody)))]
+pub async fn audit(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    let kind = match p.kind.as_deref() {
+        None | Some("") => None,
+        Some(k) => Some(Kind::parse(k).ok_or_else(|| ValidationErrors::single("kind", format!("unknown kind {k:?}")))?),
+    };
+    let filter = AuditFilter { kind, team: p.team, author: p.author, before_seq: p.before_seq, limit: p.limit.unwrap_or(100) };
+    Ok(Json(Goal::new(&s.store, &who).audit(&filter).await?))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::Goal(keystone_control::goal::GoalError::NotFound)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keystone API", description = "Declare streams, sinks and routes; read their revisions."),
+    paths(me, list_teams, list_objects, create_object, get_object, update_object, delete_object, object_history,
+          history_by_id, diff, audit),
+    components(schemas(ErrorBody, keystone_control::StreamSpec, keystone_control::SinkInput, keystone_control::SinkSpec,
+                       keystone_control::RouteSpec, keystone_control::TeamSpec)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The OpenAPI document, generated from the handlers above so it cannot drift.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,38 @@
+//! The JSON API under `/api/v1`. Every route authenticates an API token (`Authorization: Bearer
+//! ks_...`) and goes through the same goal-state service as the console, so validation and
+//! authorisation cannot differ. Errors share one shape: `{"error": {"code", "message", "field"}}`.
+
+mod error;
+mod handlers;
+
+pub use error::{ApiError, ErrorBody};
+pub use handlers::ApiDoc;
+
+use axum::routing::get;
+use axum::Router;
+use keystone_control::store::Store;
+
+/// What the API handlers need; the server builds it from its `AppState`.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+}
+
+/// The `/api/v1` router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(handlers::openapi))
+        .route("/api/v1/me", get(handlers::me))
+        .route("/api/v1/teams", get(handlers::list_teams))
+        .route("/api/v1/teams/{team}/{kind}", get(handlers::list_objects).post(handlers::create_object))
+        .route(
+            "/api/v1/teams/{team}/{kind}/{name}",
+            get(handlers::get_object).put(handlers::update_object).delete(handlers::delete_object),
+        )
+        .route("/api/v1/teams/{team}/{kind}/{name}/revisions", get(handlers::object_history))
+        .route("/api/v1/revisions", get(handlers::audit))
+        .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
+        .route("/api/v1/objects/{id}/diff", get(handlers::diff))
+        .route("/api/v1/{*rest}", axum::routing::any(handlers::not_found))
+        .with_state(state)
+}

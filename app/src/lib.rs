@@ -1,0 +1,77 @@
+//! Keystone's console. Each page module holds its components and the server functions they call;
+//! server-only code sits behind the `ssr` feature so the browser bundle never sees the database.
+
+pub mod components;
+pub mod error;
+pub mod pages;
+#[cfg(feature = "ssr")]
+pub mod state;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::components::{ParentRoute, Route, Router, Routes};
+use leptos_router::{path, SsrMode};
+
+/// The stylesheet compiled from the classes in this crate (see `build.rs`).
+#[cfg(feature = "ssr")]
+pub const STYLESHEET: &str = include_str!(concat!(env!("OUT_DIR"), "/keystone.css"));
+
+/// The HTML document around the app, rendered on the server.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body class="bg-slate-50 text-slate-900">
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="keystone" href="/pkg/keystone.css"/>
+        <Title text="Keystone"/>
+        // Every route renders in SsrMode::Async: the page is complete before the first byte, so
+        // sign-in redirects are real 302s and every page works without JavaScript.
+        <Router>
+            <Routes fallback=|| view! { <pages::NotFound/> }>
+                <Route path=path!("/login") view=pages::auth::LoginPage ssr=SsrMode::Async/>
+                <ParentRoute path=path!("") view=components::Shell ssr=SsrMode::Async>
+                    <Route path=path!("") view=pages::overview::OverviewPage ssr=SsrMode::Async/>
+                    <Route path=path!("/streams") view=pages::streams::StreamsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/streams/new") view=pages::streams::StreamFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/streams/:team/:name") view=pages::streams::StreamDetailPage ssr=SsrMode::Async/>
+                    <Route path=path!("/streams/:team/:name/edit") view=pages::streams::StreamFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sinks") view=pages::sinks::SinksPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sinks/new") view=pages::sinks::SinkFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sinks/:team/:name") view=pages::sinks::SinkDetailPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sinks/:team/:name/edit") view=pages::sinks::SinkFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/routes") view=pages::routes::RoutesPage ssr=SsrMode::Async/>
+                    <Route path=path!("/routes/new") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/routes/:team/:name") view=pages::routes::RouteDetailPage ssr=SsrMode::Async/>
+                    <Route path=path!("/routes/:team/:name/edit") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
+                    <Route path=path!("/tokens") view=pages::tokens::TokensPage ssr=SsrMode::Async/>
+                    <Route path=path!("/admin") view=pages::admin::AdminPage ssr=SsrMode::Async/>
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}
+
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(App);
+}

@@ -1,0 +1,119 @@
+//! Teams and users, for admins.
+
+use crate::components::*;
+use crate::error::AppError;
+use keystone_control::{Object, UserInfo};
+use leptos::prelude::*;
+use leptos_meta::Title;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryData {
+    pub teams: Vec<Object>,
+    pub users: Vec<UserInfo>,
+}
+
+/// Every server function here is for admins only.
+#[cfg(feature = "ssr")]
+async fn admin() -> Result<(keystone_control::store::Store, keystone_control::auth::Principal), AppError> {
+    let (store, who) = crate::state::caller().await?;
+    if !who.is_admin() {
+        return Err(AppError::Forbidden);
+    }
+    Ok((store, who))
+}
+
+#[server]
+pub async fn directory() -> Result<DirectoryData, AppError> {
+    let (store, who) = admin().await?;
+    let teams = keystone_control::goal::Goal::new(&store, &who).list(keystone_control::Kind::Team).await?;
+    Ok(DirectoryData { teams, users: keystone_control::auth::list_users(&store).await? })
+}
+
+#[server]
+pub async fn create_team(name: String, description: String) -> Result<(), AppError> {
+    use keystone_control::goal::{Declaration, Goal};
+    let (store, who) = admin().await?;
+    let spec = keystone_control::TeamSpec { description: description.trim().to_owned() };
+    Goal::new(&store, &who).create("", name.trim(), Declaration::Team(spec), "").await?;
+    Ok(())
+}
+
+#[server]
+pub async fn create_user(username: String, password: String, role: String, teams: String) -> Result<(), AppError> {
+    use keystone_control::{Role, ValidationErrors};
+    let (store, who) = admin().await?;
+    let role = Role::parse(&role).ok_or_else(|| ValidationErrors::single("role", "must be viewer, editor or admin"))?;
+    let teams = super::objects::split_list(&teams);
+    keystone_control::auth::upsert_user(&store, username.trim(), &password, role, &teams, false).await?;
+    tracing::info!(user = %username.trim(), role = %role, by = %who.display, "User created.");
+    Ok(())
+}
+
+#[component]
+pub fn AdminPage() -> impl IntoView {
+    let new_team = ServerAction::<CreateTeam>::new();
+    let new_user = ServerAction::<CreateUser>::new();
+    let data = Resource::new(move || (new_team.version().get(), new_user.version().get()), |_| directory());
+    let team_errors = field_errors(new_team.value());
+    let user_errors = field_errors(new_user.value());
+    view! {
+        <Title text="Teams & users · Keystone"/>
+        <PageHeader title="Teams & users" subtitle="Teams own objects; roles decide what members may do."><span></span></PageHeader>
+        <div class="grid gap-6 lg:grid-cols-2">
+            <section>
+                <h2 class="mb-3 text-lg font-medium">"New team"</h2>
+                <FormStatus error=last_error(new_team.value())/>
+                <ActionForm action=new_team attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Name" name="name" errors=team_errors required=true/>
+                    <Field label="Description" name="description" errors=team_errors/>
+                    <button type="submit" class=BUTTON>"Create team"</button>
+                </ActionForm>
+            </section>
+            <section>
+                <h2 class="mb-3 text-lg font-medium">"New user"</h2>
+                <FormStatus error=last_error(new_user.value())/>
+                <ActionForm action=new_user attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Username" name="username" errors=user_errors required=true/>
+                    <Field label="Password" name="password" kind="password" errors=user_errors required=true help="At least 10 characters."/>
+                    <Field label="Role" name="role" kind="select:viewer,editor,admin" value="editor" errors=user_errors/>
+                    <Field label="Teams" name="teams" errors=user_errors help="Comma-separated team names."/>
+                    <button type="submit" class=BUTTON>"Create user"</button>
+                </ActionForm>
+            </section>
+        </div>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match data.await {
+                    Err(e) => view! { <LoadError error=e/> }.into_any(),
+                    Ok(d) => view! {
+                        <div class="mt-8 grid gap-6 lg:grid-cols-2">
+                            <div class=format!("{CARD} overflow-hidden")>
+                                <table class="min-w-full divide-y divide-slate-200" data-testid="teams-table">
+                                    <thead class="bg-slate-50"><tr><th class=TH>"Team"</th><th class=TH>"Description"</th></tr></thead>
+                                    <tbody class="divide-y divide-slate-100">
+                                        {d.teams.into_iter().map(|t| view! {
+                                            <tr><td class=format!("{TD} font-medium")>{t.name.clone()}</td>
+                                            <td class=TD>{t.spec.get("description").and_then(|v| v.as_str()).unwrap_or("").to_owned()}</td></tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                            <div class=format!("{CARD} overflow-hidden")>
+                                <table class="min-w-full divide-y divide-slate-200" data-testid="users-table">
+                                    <thead class="bg-slate-50"><tr><th class=TH>"User"</th><th class=TH>"Role"</th><th class=TH>"Teams"</th></tr></thead>
+                                    <tbody class="divide-y divide-slate-100">
+                                        {d.users.into_iter().map(|u| view! {
+                                            <tr><td class=format!("{TD} font-medium")>{u.username.clone()}</td>
+                                            <td class=TD>{u.role.as_str()}</td><td class=TD>{u.teams.join(", ")}</td></tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                        </div>
+                    }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}

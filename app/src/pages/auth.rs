@@ -1,0 +1,102 @@
+//! Sign-in and sign-out.
+
+use crate::components::{last_error, FormStatus, BUTTON, INPUT};
+use crate::error::AppError;
+use keystone_control::Role;
+use leptos::prelude::*;
+use leptos_meta::Title;
+use serde::{Deserialize, Serialize};
+
+/// The signed-in user as the console shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Me {
+    pub username: String,
+    pub role: Role,
+    pub teams: Vec<String>,
+    /// Teams whose objects this user may change (every team for admins).
+    pub writable_teams: Vec<String>,
+}
+
+#[server(endpoint = "whoami")]
+pub async fn whoami() -> Result<Option<Me>, AppError> {
+    use keystone_control::goal::Goal;
+    let Some((state, p)) = crate::state::optional_principal().await? else { return Ok(None) };
+    let writable_teams = match p.role {
+        Role::Viewer => Vec::new(),
+        Role::Editor => p.teams.iter().map(|t| t.name.clone()).collect(),
+        Role::Admin => Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect(),
+    };
+    Ok(Some(Me { username: p.display, role: p.role, teams: p.teams.into_iter().map(|t| t.name).collect(), writable_teams }))
+}
+
+/// Signs in. Failures never say whether the user exists, are throttled per account and per
+/// address, and are logged.
+#[server(endpoint = "login")]
+pub async fn login(username: String, password: String) -> Result<(), AppError> {
+    use crate::state::{app_state, session, SESSION_LOGIN_AT, SESSION_USER};
+    use keystone_control::auth::authenticate;
+    use keystone_control::store::now_ms;
+    let state = app_state()?;
+    let session = session().await?;
+    let address = leptos_axum::extract::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .await
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let username = username.trim().to_owned();
+    if let Err(wait) = state.limiter.check(&username, &address) {
+        tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
+        return Err(AppError::Refused(format!(
+            "Too many failed sign-ins. Try again in {} minute(s).",
+            wait.as_secs().div_ceil(60).max(1)
+        )));
+    }
+    let Some(p) = authenticate(&state.store, &username, &password).await? else {
+        state.limiter.record_failure(&username, &address);
+        tracing::warn!(user = %username, address = %address, "Sign-in failed.");
+        return Err(AppError::Refused("Wrong username or password.".into()));
+    };
+    state.limiter.record_success(&username);
+    let internal = |_| AppError::Internal;
+    // A fresh session id at sign-in defeats session fixation.
+    session.cycle_id().await.map_err(internal)?;
+    session.insert(SESSION_USER, &p.user_id).await.map_err(internal)?;
+    session.insert(SESSION_LOGIN_AT, now_ms()).await.map_err(internal)?;
+    tracing::info!(user = %username, "Signed in.");
+    leptos_axum::redirect("/");
+    Ok(())
+}
+
+/// Ends the session on the server (not only the cookie).
+#[server(endpoint = "logout")]
+pub async fn logout() -> Result<(), AppError> {
+    let session = crate::state::session().await?;
+    session.flush().await.map_err(|_| AppError::Internal)?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+#[component]
+pub fn LoginPage() -> impl IntoView {
+    let login = ServerAction::<Login>::new();
+    view! {
+        <Title text="Sign in · Keystone"/>
+        <main class="min-h-screen flex items-center justify-center bg-slate-900 px-4">
+            <div class="w-full max-w-sm rounded-xl bg-white p-8 shadow-xl">
+                <h1 class="text-xl font-semibold tracking-tight">"Sign in to Keystone"</h1>
+                <p class="mt-1 mb-6 text-sm text-slate-500">"Streams, routes and sinks, declared and kept running."</p>
+                <FormStatus error=last_error(login.value())/>
+                <ActionForm action=login attr:class="space-y-4">
+                    <div>
+                        <label for="username" class="block text-sm font-medium text-slate-700">"Username"</label>
+                        <input id="username" name="username" autocomplete="username" required class=INPUT/>
+                    </div>
+                    <div>
+                        <label for="password" class="block text-sm font-medium text-slate-700">"Password"</label>
+                        <input id="password" name="password" type="password" autocomplete="current-password" required class=INPUT/>
+                    </div>
+                    <button type="submit" class=format!("{BUTTON} w-full justify-center")>"Sign in"</button>
+                </ActionForm>
+            </div>
+        </main>
+    }
+}

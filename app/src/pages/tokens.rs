@@ -1,0 +1,113 @@
+//! API tokens: created here, shown once, stored as a hash, scoped to one team and one role.
+
+use crate::components::*;
+use crate::error::AppError;
+use keystone_control::TokenInfo;
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+#[server]
+pub async fn list_tokens() -> Result<Vec<TokenInfo>, AppError> {
+    let (store, who) = crate::state::caller().await?;
+    Ok(keystone_control::auth::list_tokens(&store, &who).await?)
+}
+
+/// Returns the new token; it is never shown again.
+#[server]
+pub async fn create_token(name: String, team: String, role: String) -> Result<String, AppError> {
+    use keystone_control::{Kind, Role, ValidationErrors};
+    let (store, who) = crate::state::caller().await?;
+    let role = Role::parse(&role).ok_or_else(|| ValidationErrors::single("role", "must be viewer or editor"))?;
+    let team_obj = store
+        .get(Kind::Team, "", team.trim())
+        .await?
+        .filter(|t| who.can_read(&t.id))
+        .ok_or_else(|| ValidationErrors::single("team", format!("no team named {team:?}")))?;
+    let (info, token) = keystone_control::auth::create_token(&store, &who, name.trim(), &team_obj.id, role).await?;
+    tracing::info!(token = %info.name, team = %team, by = %who.display, "API token created.");
+    Ok(token)
+}
+
+#[server]
+pub async fn revoke_token(id: String) -> Result<(), AppError> {
+    let (store, who) = crate::state::caller().await?;
+    if !keystone_control::auth::revoke_token(&store, &who, &id).await? {
+        return Err(AppError::NotFound);
+    }
+    tracing::info!(token_id = %id, by = %who.display, "API token revoked.");
+    Ok(())
+}
+
+#[component]
+pub fn TokensPage() -> impl IntoView {
+    let create = ServerAction::<CreateToken>::new();
+    let revoke = ServerAction::<RevokeToken>::new();
+    let data = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_tokens());
+    let errors = field_errors(create.value());
+    let teams = use_me().map(|m| if m.writable_teams.is_empty() { m.teams } else { m.writable_teams }).unwrap_or_default();
+    view! {
+        <Title text="API tokens · Keystone"/>
+        <PageHeader title="API tokens" subtitle="For automation against /api/v1 (see /api/v1/openapi.json)."><span></span></PageHeader>
+        {move || create.value().get().and_then(|r| r.ok()).map(|token| view! {
+            <div role="status" class="mb-6 rounded-md border border-green-200 bg-green-50 p-4 text-sm">
+                <p class="font-medium text-green-800">"Copy this token now; it will not be shown again."</p>
+                <code class="mt-2 block break-all font-mono text-green-900" data-testid="new-token">{token}</code>
+            </div>
+        })}
+        <FormStatus error=last_error(create.value())/>
+        <ActionForm action=create attr:class=format!("{CARD} mb-6 grid grid-cols-4 items-end gap-4 p-4")>
+            <Field label="Name" name="name" errors required=true/>
+            <div>
+                <label for="t-team" class="block text-sm font-medium text-slate-700">"Team"</label>
+                <select id="t-team" name="team" class=INPUT>
+                    {teams.into_iter().map(|t| view! { <option value=t.clone()>{t.clone()}</option> }).collect_view()}
+                </select>
+            </div>
+            <Field label="Role" name="role" kind="select:viewer,editor" value="viewer" errors/>
+            <button type="submit" class=BUTTON>"Create token"</button>
+        </ActionForm>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match data.await {
+                    Err(e) => view! { <LoadError error=e/> }.into_any(),
+                    Ok(tokens) if tokens.is_empty() => view! { <EmptyState title="No tokens" body="Create one above.">""</EmptyState> }.into_any(),
+                    Ok(tokens) => view! {
+                        <div class=format!("{CARD} overflow-hidden")>
+                            <table class="min-w-full divide-y divide-slate-200">
+                                <thead class="bg-slate-50">
+                                    <tr>
+                                        <th class=TH>"Name"</th><th class=TH>"Team"</th><th class=TH>"Role"</th>
+                                        <th class=TH>"Prefix"</th><th class=TH>"Created"</th><th class=TH>"State"</th>
+                                    </tr>
+                                </thead>
+                                <tbody class="divide-y divide-slate-100">
+                                    {tokens.into_iter().map(|t| view! {
+                                        <tr>
+                                            <td class=TD>{t.name.clone()}</td>
+                                            <td class=TD>{t.team.clone()}</td>
+                                            <td class=TD>{t.role.as_str()}</td>
+                                            <td class=format!("{TD} font-mono")>{format!("{}…", t.prefix)}</td>
+                                            <td class=format!("{TD} text-slate-500")>{format_time(t.created_at)}</td>
+                                            <td class=TD>
+                                                {if t.revoked {
+                                                    view! { <span class="text-slate-400">"revoked"</span> }.into_any()
+                                                } else {
+                                                    view! {
+                                                        <ActionForm action=revoke>
+                                                            <input type="hidden" name="id" value=t.id.clone()/>
+                                                            <button type="submit" class="text-sm text-red-600 hover:underline">"Revoke"</button>
+                                                        </ActionForm>
+                                                    }.into_any()
+                                                }}
+                                            </td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}

@@ -1,0 +1,495 @@
+//! Who is asking, and what they may do: users with argon2id passwords, team memberships,
+//! API tokens, and the authorisation rules every entry point applies.
+
+use crate::model::{Kind, Role};
+pub use crate::model::{TokenInfo, UserInfo};
+use crate::name::Name;
+use crate::store::{new_id, now_ms, Scope, Store, StoreError};
+use crate::validation::ValidationErrors;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// A team a principal belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// The authenticated caller of a request: a signed-in user or an API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Principal {
+    pub user_id: String,
+    /// What revisions record as the author (`alice`, or `token:deploy-bot` for a token).
+    pub display: String,
+    pub role: Role,
+    pub teams: Vec<TeamRef>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn member_of(&self, team_id: &str) -> bool {
+        self.teams.iter().any(|t| t.id == team_id)
+    }
+
+    /// Viewers and up read their teams' objects; admins read everything.
+    pub fn can_read(&self, team_id: &str) -> bool {
+        self.is_admin() || self.member_of(team_id)
+    }
+
+    /// Editors change their own teams' objects; admins change everything.
+    pub fn can_write(&self, kind: Kind, team_id: &str) -> bool {
+        match kind {
+            Kind::Team => self.is_admin(),
+            _ => self.is_admin() || (self.role == Role::Editor && self.member_of(team_id)),
+        }
+    }
+
+    pub fn scope(&self) -> Scope {
+        if self.is_admin() {
+            Scope::All
+        } else {
+            Scope::Teams(self.teams.iter().map(|t| t.id.clone()).collect())
+        }
+    }
+}
+
+/// OWASP's argon2id baseline: 19 MiB, 2 passes, 1 lane.
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("static argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub const PASSWORD_MIN: usize = 10;
+pub const PASSWORD_MAX: usize = 256;
+
+pub fn check_password_policy(pw: &str) -> Result<(), ValidationErrors> {
+    let n = pw.chars().count();
+    if n < PASSWORD_MIN {
+        return Err(ValidationErrors::single("password", format!("must be at least {PASSWORD_MIN} characters")));
+    }
+    if n > PASSWORD_MAX {
+        return Err(ValidationErrors::single("password", format!("must be at most {PASSWORD_MAX} characters")));
+    }
+    Ok(())
+}
+
+pub fn hash_password(pw: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher().hash_password(pw.as_bytes(), &salt).expect("argon2 hashing cannot fail with valid params").to_string()
+}
+
+pub fn verify_password(phc: &str, pw: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| hasher().verify_password(pw.as_bytes(), &h).is_ok())
+}
+
+/// Hash checked when the user does not exist, so a wrong name costs as long as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("keystone-timing-equaliser"))
+}
+
+/// Checks a username and password. `None` for any failure, without saying which part was wrong.
+/// The argon2 work runs on the blocking pool so it never stalls the async workers.
+pub async fn authenticate(store: &Store, username: &str, password: &str) -> Result<Option<Principal>, StoreError> {
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(store.pool())
+        .await?;
+    let (id, phc) = match &row {
+        Some(r) => (Some(r.try_get::<String, _>("id")?), r.try_get::<String, _>("password_hash")?),
+        None => (None, dummy_hash().to_owned()),
+    };
+    let pw = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&phc, &pw)).await.unwrap_or(false);
+    match (ok, id) {
+        (true, Some(id)) => principal_for_user(store, &id).await,
+        _ => Ok(None),
+    }
+}
+
+/// Loads a user's role and teams (fresh on every request, so a role change applies at once).
+pub async fn principal_for_user(store: &Store, user_id: &str) -> Result<Option<Principal>, StoreError> {
+    let Some(row) = sqlx::query("SELECT username, role FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(store.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let role: String = row.try_get("role")?;
+    Ok(Some(Principal {
+        user_id: user_id.to_owned(),
+        display: row.try_get("username")?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+        teams: teams_of(store, user_id).await?,
+    }))
+}
+
+async fn teams_of(store: &Store, user_id: &str) -> Result<Vec<TeamRef>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.name FROM memberships m JOIN objects o ON o.id = m.team_id \
+         WHERE m.user_id = $1 AND o.deleted = 0 ORDER BY o.name",
+    )
+    .bind(user_id)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(TeamRef { id: r.try_get("id")?, name: r.try_get("name")? })).collect()
+}
+
+pub async fn list_users(store: &Store) -> Result<Vec<UserInfo>, StoreError> {
+    let rows = sqlx::query("SELECT id, username, role FROM users ORDER BY username").fetch_all(store.pool()).await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let role: String = r.try_get("role")?;
+        out.push(UserInfo {
+            teams: teams_of(store, &id).await?.into_iter().map(|t| t.name).collect(),
+            id,
+            username: r.try_get("username")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+        });
+    }
+    Ok(out)
+}
+
+/// Why a user could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a user (or, with `replace`, resets an existing user's password and role) and makes
+/// them a member of `teams`. Usernames follow object-name rules.
+pub async fn upsert_user(
+    store: &Store,
+    username: &str,
+    password: &str,
+    role: Role,
+    teams: &[String],
+    replace: bool,
+) -> Result<String, UserError> {
+    let mut errors = ValidationErrors::default();
+    if let Err(e) = Name::parse(username) {
+        errors.add("username", e.to_string());
+    }
+    if let Err(e) = check_password_policy(password) {
+        errors.0.extend(e.0);
+    }
+    if !errors.is_empty() {
+        return Err(UserError::Invalid(errors));
+    }
+    let pw = password.to_owned();
+    let phc = tokio::task::spawn_blocking(move || hash_password(&pw)).await.expect("hashing task");
+    let mut tx = store.write().await?;
+    let mut team_ids = Vec::new();
+    for t in teams {
+        match tx.get(Kind::Team, "", t).await? {
+            Some(o) => team_ids.push(o.id),
+            None => errors.add("teams", format!("team {t:?} does not exist")),
+        }
+    }
+    let existing: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(StoreError::from)?
+        .map(|r| r.try_get("id"))
+        .transpose()
+        .map_err(StoreError::from)?;
+    if existing.is_some() && !replace {
+        errors.add("username", "is already taken");
+    }
+    if !errors.is_empty() {
+        return Err(UserError::Invalid(errors));
+    }
+    let id = match existing {
+        Some(id) => {
+            sqlx::query("UPDATE users SET password_hash = $1, role = $2 WHERE id = $3")
+                .bind(&phc)
+                .bind(role.as_str())
+                .bind(&id)
+                .execute(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
+            id
+        }
+        None => {
+            let id = new_id();
+            sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&id)
+                .bind(username)
+                .bind(&phc)
+                .bind(role.as_str())
+                .bind(now_ms())
+                .execute(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
+            id
+        }
+    };
+    for team_id in team_ids {
+        sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND team_id = $2")
+            .bind(&id)
+            .bind(&team_id)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query("INSERT INTO memberships (user_id, team_id) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(&team_id)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Prefix of every API token, so leaked tokens are easy to recognise in scanners.
+pub const TOKEN_PREFIX: &str = "ks_";
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates an API token for `team_id` with `role` (viewer or editor). Returns the token, which is
+/// shown once and stored only as a hash.
+pub async fn create_token(
+    store: &Store,
+    creator: &Principal,
+    name: &str,
+    team_id: &str,
+    role: Role,
+) -> Result<(TokenInfo, String), UserError> {
+    let mut errors = ValidationErrors::default();
+    if let Err(e) = Name::parse(name) {
+        errors.add("name", e.to_string());
+    }
+    if role == Role::Admin {
+        errors.add("role", "tokens are limited to viewer or editor");
+    }
+    if role == Role::Editor && !creator.can_write(Kind::Stream, team_id) {
+        errors.add("role", "you cannot grant more than you hold on this team");
+    }
+    if !creator.can_read(team_id) {
+        errors.add("team", "you are not a member of this team");
+    }
+    if !errors.is_empty() {
+        return Err(UserError::Invalid(errors));
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let prefix: String = token.chars().take(10).collect();
+    let id = new_id();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO api_tokens (id, name, team_id, role, token_hash, prefix, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(team_id)
+    .bind(role.as_str())
+    .bind(token_hash(&token))
+    .bind(&prefix)
+    .bind(&creator.user_id)
+    .bind(now)
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let team = creator.teams.iter().find(|t| t.id == team_id).map(|t| t.name.clone()).unwrap_or_default();
+    Ok((TokenInfo { id, name: name.to_owned(), team, role, prefix, created_at: now, revoked: false }, token))
+}
+
+/// Tokens the principal may see: their teams' (all for admins).
+pub async fn list_tokens(store: &Store, who: &Principal) -> Result<Vec<TokenInfo>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT k.id, k.name, k.role, k.prefix, k.created_at, k.revoked_at, k.team_id, o.name AS team \
+         FROM api_tokens k JOIN objects o ON o.id = k.team_id ORDER BY o.name, k.name",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let team_id: String = r.try_get("team_id")?;
+        if !who.can_read(&team_id) {
+            continue;
+        }
+        let role: String = r.try_get("role")?;
+        out.push(TokenInfo {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            team: r.try_get("team")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+            prefix: r.try_get("prefix")?,
+            created_at: r.try_get("created_at")?,
+            revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        });
+    }
+    Ok(out)
+}
+
+/// Revokes a token the principal may write to. Returns false when there is no such token.
+pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Result<bool, StoreError> {
+    let Some(row) = sqlx::query("SELECT team_id FROM api_tokens WHERE id = $1")
+        .bind(token_id)
+        .fetch_optional(store.pool())
+        .await?
+    else {
+        return Ok(false);
+    };
+    let team_id: String = row.try_get("team_id")?;
+    if !who.can_write(Kind::Stream, &team_id) {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now_ms())
+        .bind(token_id)
+        .execute(store.pool())
+        .await?;
+    Ok(true)
+}
+
+/// The principal an API token acts as, if it is valid and not revoked.
+pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Principal>, StoreError> {
+    if !token.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT k.name, k.role, k.team_id, k.created_by, o.name AS team FROM api_tokens k \
+         JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
+         WHERE k.token_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(token_hash(token))
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let role: String = r.try_get("role")?;
+    let name: String = r.try_get("name")?;
+    Ok(Some(Principal {
+        user_id: r.try_get("created_by")?,
+        display: format!("token:{name}"),
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+        teams: vec![TeamRef { id: r.try_get("team_id")?, name: r.try_get("team")? }],
+    }))
+}
+
+/// Number of users, to know whether the first admin still has to be created.
+pub async fn user_count(store: &Store) -> Result<i64, StoreError> {
+    Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(store.pool()).await?.try_get("n")?)
+}
+
+/// Throttles sign-in attempts: after too many failures in a sliding window, further attempts for
+/// that account, or from that address, are refused until the window moves on. Kept in memory:
+/// each console process throttles on its own.
+pub struct LoginLimiter {
+    max_per_account: usize,
+    max_per_address: usize,
+    window: std::time::Duration,
+    failures: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl LoginLimiter {
+    pub fn new(max_per_account: usize, max_per_address: usize, window: std::time::Duration) -> Self {
+        LoginLimiter { max_per_account, max_per_address, window, failures: Default::default() }
+    }
+
+    /// `Err(wait)` when the account or the address is over its limit.
+    pub fn check(&self, account: &str, address: &str) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut map = self.failures.lock().expect("limiter lock");
+        let mut wait = None;
+        for (key, max) in [(format!("u:{account}"), self.max_per_account), (format!("a:{address}"), self.max_per_address)] {
+            if let Some(q) = map.get_mut(&key) {
+                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                    q.pop_front();
+                }
+                if q.len() >= max {
+                    let until = self.window - now.duration_since(q[0]);
+                    wait = Some(wait.map_or(until, |w: std::time::Duration| w.max(until)));
+                }
+            }
+        }
+        map.retain(|_, q| !q.is_empty());
+        wait.map_or(Ok(()), Err)
+    }
+
+    pub fn record_failure(&self, account: &str, address: &str) {
+        let now = std::time::Instant::now();
+        let mut map = self.failures.lock().expect("limiter lock");
+        map.entry(format!("u:{account}")).or_default().push_back(now);
+        map.entry(format!("a:{address}")).or_default().push_back(now);
+    }
+
+    /// A successful sign-in clears the account's failures (not the address's).
+    pub fn record_success(&self, account: &str) {
+        self.failures.lock().expect("limiter lock").remove(&format!("u:{account}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2id_with_owasp_parameters() {
+        let h = hash_password("correct horse battery");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse batterY"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+
+    #[test]
+    fn permissions_follow_role_and_team() {
+        let team = |id: &str| TeamRef { id: id.into(), name: id.into() };
+        let p = |role| Principal { user_id: "u".into(), display: "u".into(), role, teams: vec![team("a")] };
+        let (viewer, editor, admin) = (p(Role::Viewer), p(Role::Editor), p(Role::Admin));
+        assert!(viewer.can_read("a") && !viewer.can_read("b"));
+        assert!(!viewer.can_write(Kind::Stream, "a"));
+        assert!(editor.can_write(Kind::Route, "a") && !editor.can_write(Kind::Route, "b"));
+        assert!(!editor.can_write(Kind::Team, "a"));
+        assert!(admin.can_read("b") && admin.can_write(Kind::Team, "b"));
+        assert_eq!(editor.scope(), Scope::Teams(vec!["a".into()]));
+        assert_eq!(admin.scope(), Scope::All);
+    }
+
+    #[test]
+    fn limiter_throttles_per_account_and_per_address() {
+        let l = LoginLimiter::new(2, 3, std::time::Duration::from_secs(60));
+        assert!(l.check("alice", "10.0.0.1").is_ok());
+        l.record_failure("alice", "10.0.0.1");
+        l.record_failure("alice", "10.0.0.1");
+        let wait = l.check("alice", "10.0.0.9").unwrap_err();
+        assert!(wait <= std::time::Duration::from_secs(60) && wait > std::time::Duration::from_secs(50));
+        // Another account from the same address still has one attempt left before the address limit.
+        assert!(l.check("bob", "10.0.0.1").is_ok());
+        l.record_failure("bob", "10.0.0.1");
+        assert!(l.check("carol", "10.0.0.1").is_err());
+        l.record_success("alice");
+        assert!(l.check("alice", "10.0.0.2").is_ok());
+        let short = LoginLimiter::new(1, 10, std::time::Duration::from_millis(20));
+        short.record_failure("dave", "x");
+        assert!(short.check("dave", "x").is_err());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(short.check("dave", "x").is_ok());
+    }
+
+    #[test]
+    fn password_policy_names_the_field() {
+        assert_eq!(check_password_policy("short").unwrap_err().0[0].field, "password");
+        assert!(check_password_policy("long enough pw").is_ok());
+    }
+}

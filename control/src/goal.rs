@@ -1,0 +1,425 @@
+//! The goal-state service: the one path by which the console, the JSON API and the CLI read and
+//! change declarations. It authorises, validates (including checks that need the database, inside
+//! the same transaction as the write), and records every change as a revision.
+
+use crate::auth::Principal;
+use crate::diff::{diff, Change};
+use crate::model::*;
+use crate::name::Name;
+use crate::store::{AppendError, AuditFilter, Store, StoreError, Write, WriteTx};
+use crate::validation::ValidationErrors;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Why a goal-state request did not happen. In every case nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum GoalError {
+    /// The request is malformed; each field error says which field and why.
+    #[error("invalid request: {0}")]
+    Invalid(ValidationErrors),
+    /// No such object, or the caller may not see it (the two are indistinguishable on purpose).
+    #[error("not found")]
+    NotFound,
+    /// The caller may see the object but not change it.
+    #[error("forbidden: your role does not allow this change")]
+    Forbidden,
+    /// The object changed since the version the caller based the change on.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ValidationErrors> for GoalError {
+    fn from(e: ValidationErrors) -> Self {
+        GoalError::Invalid(e)
+    }
+}
+
+/// A declaration of one object, typed by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Declaration {
+    Team(TeamSpec),
+    Stream(StreamSpec),
+    Sink(SinkInput),
+    Route(RouteSpec),
+}
+
+impl Declaration {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Declaration::Team(_) => Kind::Team,
+            Declaration::Stream(_) => Kind::Stream,
+            Declaration::Sink(_) => Kind::Sink,
+            Declaration::Route(_) => Kind::Route,
+        }
+    }
+
+    /// Parses a JSON spec for `kind`, reporting the exact field path of a type error.
+    pub fn from_json(kind: Kind, spec: Value) -> Result<Declaration, ValidationErrors> {
+        fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ValidationErrors> {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
+                ValidationErrors::single(field, e.into_inner().to_string())
+            })
+        }
+        Ok(match kind {
+            Kind::Team => Declaration::Team(parse(spec)?),
+            Kind::Stream => Declaration::Stream(parse(spec)?),
+            Kind::Sink => Declaration::Sink(parse(spec)?),
+            Kind::Route => Declaration::Route(parse(spec)?),
+        })
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub revision: Revision,
+    /// False when the declaration equalled the current goal and no revision was written.
+    pub changed: bool,
+}
+
+/// The goal-state service for one caller.
+pub struct Goal<'a> {
+    store: &'a Store,
+    who: &'a Principal,
+}
+
+impl<'a> Goal<'a> {
+    pub fn new(store: &'a Store, who: &'a Principal) -> Self {
+        Goal { store, who }
+    }
+
+    /// The team id of `team` if the caller may read it; `NotFound` otherwise.
+    async fn readable_team(&self, team: &str) -> Result<String, GoalError> {
+        let t = self.store.get(Kind::Team, "", team).await?.ok_or(GoalError::NotFound)?;
+        if self.who.can_read(&t.id) {
+            Ok(t.id)
+        } else {
+            Err(GoalError::NotFound)
+        }
+    }
+
+    pub async fn list(&self, kind: Kind) -> Result<Vec<Object>, GoalError> {
+        Ok(self.store.list(kind, &self.who.scope()).await?)
+    }
+
+    pub async fn get(&self, kind: Kind, team: &str, name: &str) -> Result<Object, GoalError> {
+        if kind == Kind::Team {
+            let id = self.readable_team(name).await?;
+            let _ = id;
+            return self.store.get(Kind::Team, "", name).await?.ok_or(GoalError::NotFound);
+        }
+        let team_id = self.readable_team(team).await?;
+        self.store.get(kind, &team_id, name).await?.ok_or(GoalError::NotFound)
+    }
+
+    /// Every revision of a live object, oldest first.
+    pub async fn history(&self, kind: Kind, team: &str, name: &str) -> Result<Vec<Revision>, GoalError> {
+        let o = self.get(kind, team, name).await?;
+        Ok(self.store.history(&o.id).await?)
+    }
+
+    /// Every revision of any object (deleted ones too) by id.
+    pub async fn history_by_id(&self, object_id: &str) -> Result<Vec<Revision>, GoalError> {
+        let (kind, team_id) = self.store.owner_of(object_id).await?.ok_or(GoalError::NotFound)?;
+        let team_id = if kind == Kind::Team { object_id.to_owned() } else { team_id };
+        if !self.who.can_read(&team_id) {
+            return Err(GoalError::NotFound);
+        }
+        Ok(self.store.history(object_id).await?)
+    }
+
+    /// The field-level changes from version `from` to version `to` of one object.
+    pub async fn diff(&self, object_id: &str, from: i64, to: i64) -> Result<Vec<Change>, GoalError> {
+        let history = self.history_by_id(object_id).await?;
+        let find = |v: i64| history.iter().find(|r| r.version == v).ok_or(GoalError::NotFound);
+        Ok(diff(&find(from)?.spec, &find(to)?.spec))
+    }
+
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<Revision>, GoalError> {
+        Ok(self.store.audit(&self.who.scope(), filter).await?)
+    }
+
+    /// Declares a new object. `team` is ignored for teams.
+    pub async fn create(&self, team: &str, name: &str, decl: Declaration, reason: &str) -> Result<Applied, GoalError> {
+        self.put(team, name, decl, reason, None).await
+    }
+
+    /// Changes an existing object. With `expected_version`, refuses if the object moved since.
+    pub async fn update(
+        &self,
+        team: &str,
+        name: &str,
+        decl: Declaration,
+        reason: &str,
+        expected_version: Option<i64>,
+    ) -> Result<Applied, GoalError> {
+        self.put(team, name, decl, reason, Some(expected_version)).await
+    }
+
+    /// `update`: `None` to create, `Some(expected)` to update.
+    async fn put(
+        &self,
+        team: &str,
+        name: &str,
+        decl: Declaration,
+        reason: &str,
+        update: Option<Option<i64>>,
+    ) -> Result<Applied, GoalError> {
+        let kind = decl.kind();
+        let name_checked = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()));
+        check_reason(reason)?;
+        let mut tx = self.store.write().await?;
+        let (team_id, team_name) = self.writable_team(&mut tx, kind, team, name, update.is_some()).await?;
+        let name = name_checked?;
+        let current = tx.get(kind, &team_id, name.as_str()).await?;
+        match (&current, update) {
+            (Some(_), None) => return Err(ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into()),
+            (None, Some(_)) => return Err(GoalError::NotFound),
+            (Some(c), Some(Some(expected))) if c.version != expected => {
+                return Err(GoalError::Conflict(format!(
+                    "{kind} {name:?} is at version {} but the change was based on version {expected}; reload and retry",
+                    c.version
+                )))
+            }
+            _ => {}
+        }
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let mut new_secrets: Vec<(String, String)> = Vec::new();
+        let spec: Value = match decl {
+            Declaration::Team(s) => to_json(&s),
+            Declaration::Stream(s) => {
+                s.validate()?;
+                if let Some(schema) = &s.schema {
+                    if let Err(e) = jsonschema::validator_for(schema) {
+                        return Err(ValidationErrors::single("schema", format!("is not a valid JSON Schema: {e}")).into());
+                    }
+                }
+                to_json(&s)
+            }
+            Declaration::Sink(input) => {
+                let previous: Option<SinkSpec> = current.as_ref().map(|c| c.spec_as()).transpose().map_err(corrupt)?;
+                let kept: BTreeMap<String, SecretRef> = match &previous {
+                    Some(p) if p.kind == input.kind => p.secrets.clone(),
+                    _ => BTreeMap::new(),
+                };
+                input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
+                let mut secrets = kept;
+                for (k, v) in input.secrets.iter().filter(|(_, v)| !v.is_empty()) {
+                    secrets.insert(k.clone(), SecretRef { set_in_version: version });
+                    new_secrets.push((k.clone(), v.clone()));
+                }
+                let settings = input.settings.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+                to_json(&SinkSpec { kind: input.kind, description: input.description, settings, secrets })
+            }
+            Declaration::Route(r) => {
+                r.validate()?;
+                let mut e = ValidationErrors::default();
+                if tx.get(Kind::Stream, &team_id, r.stream.as_str()).await?.is_none() {
+                    e.add("stream", format!("no stream named {:?} in team {team_name:?}", r.stream.as_str()));
+                }
+                if tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?.is_none() {
+                    e.add("sink", format!("no sink named {:?} in team {team_name:?}", r.sink.as_str()));
+                }
+                if let Some(f) = &r.filter {
+                    if let Err(msg) = check_filter(f) {
+                        e.add("filter", msg);
+                    }
+                }
+                e.into_result(())?;
+                to_json(&r)
+            }
+        };
+        if let Some(c) = &current {
+            if c.spec == spec && new_secrets.is_empty() {
+                let head = self.store.history(&c.id).await?.pop().ok_or_else(|| corrupt("object without revisions"))?;
+                return Ok(Applied { revision: head, changed: false });
+            }
+        }
+        let write = Write {
+            kind,
+            object_id: current.as_ref().map(|c| c.id.as_str()),
+            team_id: &team_id,
+            team_name: &team_name,
+            name: name.as_str(),
+            op: if current.is_some() { Op::Update } else { Op::Create },
+            expected_version: version - 1,
+            spec: &spec,
+            author_id: &self.who.user_id,
+            author_name: &self.who.display,
+            reason,
+        };
+        let revision = append(&mut tx, write, &name).await?;
+        for (k, v) in &new_secrets {
+            tx.put_secret(&revision.object_id, k, version, v).await?;
+        }
+        tx.commit().await?;
+        Ok(Applied { revision, changed: true })
+    }
+
+    /// Writes a tombstone. Refuses while other live objects depend on this one.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+        reason: &str,
+        expected_version: Option<i64>,
+    ) -> Result<Revision, GoalError> {
+        check_reason(reason)?;
+        let mut tx = self.store.write().await?;
+        let (team_id, team_name) = self.writable_team(&mut tx, kind, team, name, true).await?;
+        let current = tx.get(kind, &team_id, name).await?.ok_or(GoalError::NotFound)?;
+        if let Some(expected) = expected_version.filter(|v| *v != current.version) {
+            return Err(GoalError::Conflict(format!(
+                "{kind} {name:?} is at version {} but the delete was based on version {expected}",
+                current.version
+            )));
+        }
+        let dependants = match kind {
+            Kind::Stream | Kind::Sink => tx
+                .routes_referencing(&team_id, kind.as_str(), name)
+                .await?
+                .into_iter()
+                .map(|r| format!("route {r}"))
+                .collect(),
+            Kind::Team => {
+                let mut live = Vec::new();
+                for k in [Kind::Stream, Kind::Sink, Kind::Route] {
+                    live.extend(
+                        self.store.list(k, &crate::store::Scope::Teams(vec![current.id.clone()])).await?.into_iter().map(|o| format!("{} {}", k, o.name)),
+                    );
+                }
+                live
+            }
+            Kind::Route => Vec::new(),
+        };
+        if !dependants.is_empty() {
+            return Err(ValidationErrors::single("name", format!("{name:?} is still used by {}; remove those first", dependants.join(", "))).into());
+        }
+        let parsed = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
+        let write = Write {
+            kind,
+            object_id: Some(&current.id),
+            team_id: &team_id,
+            team_name: &team_name,
+            name,
+            op: Op::Delete,
+            expected_version: current.version,
+            spec: &current.spec,
+            author_id: &self.who.user_id,
+            author_name: &self.who.display,
+            reason,
+        };
+        let revision = append(&mut tx, write, &parsed).await?;
+        tx.commit().await?;
+        Ok(revision)
+    }
+
+    /// Resolves the team a write goes to and checks the caller may write there. Teams are owned
+    /// by the platform (team id `""`) and need an admin.
+    async fn writable_team(
+        &self,
+        tx: &mut WriteTx,
+        kind: Kind,
+        team: &str,
+        name: &str,
+        existing: bool,
+    ) -> Result<(String, String), GoalError> {
+        if kind == Kind::Team {
+            if !self.who.is_admin() {
+                // Members may know their team exists; others learn nothing.
+                let visible = match tx.get(Kind::Team, "", name).await? {
+                    Some(t) => self.who.can_read(&t.id),
+                    None => false,
+                };
+                return Err(if visible || !existing { GoalError::Forbidden } else { GoalError::NotFound });
+            }
+            return Ok((String::new(), name.to_owned()));
+        }
+        let Some(t) = tx.get(Kind::Team, "", team).await? else {
+            return Err(ValidationErrors::single("team", format!("no team named {team:?}")).into());
+        };
+        if !self.who.can_read(&t.id) {
+            return Err(if existing { GoalError::NotFound } else { ValidationErrors::single("team", format!("no team named {team:?}")).into() });
+        }
+        if !self.who.can_write(kind, &t.id) {
+            return Err(GoalError::Forbidden);
+        }
+        Ok((t.id, t.name))
+    }
+}
+
+async fn append(tx: &mut WriteTx, w: Write<'_>, name: &Name) -> Result<Revision, GoalError> {
+    let kind = w.kind;
+    let expected = w.expected_version;
+    tx.append(w).await.map_err(|e| match e {
+        AppendError::NameTaken => ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into(),
+        AppendError::Stale { .. } => {
+            GoalError::Conflict(format!("{kind} {name:?} changed after version {expected}; reload and retry"))
+        }
+        AppendError::Store(s) => GoalError::Store(s),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("specs always serialise")
+}
+
+fn corrupt(e: impl std::fmt::Display) -> GoalError {
+    GoalError::Store(StoreError::Corrupt(e.to_string()))
+}
+
+pub const REASON_MAX: usize = 500;
+
+fn check_reason(reason: &str) -> Result<(), ValidationErrors> {
+    if reason.chars().count() > REASON_MAX {
+        return Err(ValidationErrors::single("reason", format!("must be at most {REASON_MAX} characters")));
+    }
+    Ok(())
+}
+
+/// Compiles a CEL filter once to report syntax errors with their position, and checks it only
+/// reads the `event` variable the job provides.
+pub fn check_filter(expr: &str) -> Result<(), String> {
+    let program = cel::Program::compile(expr).map_err(|e| {
+        let first = e.errors.first();
+        match first {
+            Some(p) => format!("syntax error at line {}, column {}: {}", p.pos.0, p.pos.1 + 1, p.msg),
+            None => e.to_string(),
+        }
+    })?;
+    let refs = program.references();
+    let unknown: Vec<&str> = refs.variables().into_iter().filter(|v| *v != "event").collect();
+    if !unknown.is_empty() {
+        return Err(format!("unknown variable {}; fields are read as event.<field>", unknown.join(", ")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_errors_carry_their_position() {
+        assert!(check_filter(r#"event.country == "BR" && event.bitrate > 3000"#).is_ok());
+        let e = check_filter("event.country == ").unwrap_err();
+        assert!(e.contains("syntax error at line 1"), "{e}");
+        let e = check_filter("country == 'BR'").unwrap_err();
+        assert!(e.contains("unknown variable country"), "{e}");
+    }
+
+    #[test]
+    fn json_type_errors_name_the_path() {
+        let e = Declaration::from_json(Kind::Stream, serde_json::json!({"partitions": "three", "retention_hours": 1}))
+            .unwrap_err();
+        assert_eq!(e.0[0].field, "spec.partitions");
+        let e = Declaration::from_json(Kind::Route, serde_json::json!({"stream": "a", "sink": "b", "projection": {"keep": [1]}}))
+            .unwrap_err();
+        assert_eq!(e.0[0].field, "spec.projection.keep[0]");
+    }
+}

@@ -1,0 +1,23 @@
+//! Keystone's control plane.
+//!
+//! The pure part (always compiled, also into the browser bundle) is the goal-state model:
+//! names, specs, roles, validation and revision diffs. With the `store` feature the crate also
+//! holds the revisioned source-of-truth store, password and token handling, and the goal-state
+//! service every entry point (console, JSON API, CLI) goes through, so they share one set of
+//! rules.
+
+pub mod diff;
+pub mod model;
+pub mod name;
+pub mod validation;
+
+#[cfg(feature = "store")]
+pub mod auth;
+#[cfg(feature = "store")]
+pub mod goal;
+#[cfg(feature = "store")]
+pub mod store;
+
+pub use model::*;
+pub use name::{Name, NameError};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,737 @@
+//! The goal-state model: what users declare. Every spec here is stored whole in each Revision.
+
+use crate::name::Name;
+use crate::validation::ValidationErrors;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[cfg(feature = "store")]
+use utoipa::ToSchema;
+
+/// A user's platform-wide role. Team membership decides *which* objects; the role decides
+/// *what* they may do with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads their teams' objects.
+    Viewer,
+    /// Also creates, changes and deletes their teams' objects.
+    Editor,
+    /// Everything, on every team; manages teams, users and tokens.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kinds of goal-state object. Each is versioned through revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Team,
+    Stream,
+    Sink,
+    Route,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Team, Kind::Stream, Kind::Sink, Kind::Route];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Team => "team",
+            Kind::Stream => "stream",
+            Kind::Sink => "sink",
+            Kind::Route => "route",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The plural used in URLs and navigation.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Team => "teams",
+            Kind::Stream => "streams",
+            Kind::Sink => "sinks",
+            Kind::Route => "routes",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a revision did to its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Create,
+    Update,
+    /// A tombstone: the object leaves the current goal, its history stays.
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Op> {
+        [Op::Create, Op::Update, Op::Delete].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// A team: the owner of streams, sinks and routes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TeamSpec {
+    #[serde(default)]
+    pub description: String,
+}
+
+pub const PARTITIONS_MAX: u32 = 256;
+pub const RETENTION_HOURS_MAX: u32 = 24 * 365;
+pub const RETENTION_BYTES_MIN: u64 = 1 << 20;
+pub const DESCRIPTION_MAX: usize = 2000;
+
+/// A stream: one event type, carried by one topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    #[serde(default)]
+    pub description: String,
+    /// Number of partitions of the stream's topic (1 to 256).
+    pub partitions: u32,
+    /// How long events are kept, in hours (1 to 8760).
+    pub retention_hours: u32,
+    /// Optional cap on the size kept per partition, in bytes (at least 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<u64>,
+    /// Optional dotted path of the event field whose value keys the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_field: Option<String>,
+    /// Optional JSON Schema every event must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(value_type = Option<Object>))]
+    pub schema: Option<serde_json::Value>,
+}
+
+impl StreamSpec {
+    /// Structural checks; the JSON Schema itself is compiled by the store-side service.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        check_description(&mut e, &self.description);
+        if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
+            e.add("partitions", format!("must be between 1 and {PARTITIONS_MAX} (got {})", self.partitions));
+        }
+        if !(1..=RETENTION_HOURS_MAX).contains(&self.retention_hours) {
+            e.add(
+                "retention_hours",
+                format!("must be between 1 and {RETENTION_HOURS_MAX} (got {})", self.retention_hours),
+            );
+        }
+        if let Some(b) = self.retention_bytes {
+            if b < RETENTION_BYTES_MIN {
+                e.add("retention_bytes", format!("must be at least {RETENTION_BYTES_MIN} bytes (1 MiB) (got {b})"));
+            }
+        }
+        if let Some(k) = &self.key_field {
+            if let Err(msg) = check_field_path(k) {
+                e.add("key_field", msg);
+            }
+        }
+        if let Some(s) = &self.schema {
+            if !(s.is_object() || s.is_boolean()) {
+                e.add("schema", "must be a JSON object (a JSON Schema)");
+            }
+        }
+        e.into_result(())
+    }
+}
+
+/// The systems a route can deliver to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// POSTs batches of events as JSON to an HTTP endpoint.
+    Http,
+    /// Appends events as NDJSON to files under the data directory.
+    File,
+    /// Upserts events into a PostgreSQL table, keyed by event id.
+    Postgres,
+}
+
+/// One setting a sink kind understands.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDoc {
+    pub key: &'static str,
+    pub required: bool,
+    pub help: &'static str,
+}
+
+impl SinkKind {
+    pub const ALL: [SinkKind; 3] = [SinkKind::Http, SinkKind::File, SinkKind::Postgres];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Http => "http",
+            SinkKind::File => "file",
+            SinkKind::Postgres => "postgres",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SinkKind> {
+        SinkKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Plain settings, shown back to users.
+    pub fn settings(self) -> &'static [SettingDoc] {
+        match self {
+            SinkKind::Http => &[
+                SettingDoc { key: "url", required: true, help: "http:// or https:// endpoint receiving JSON batches" },
+                SettingDoc { key: "timeout_ms", required: false, help: "request timeout in milliseconds" },
+            ],
+            SinkKind::File => &[
+                SettingDoc { key: "path", required: true, help: "relative directory under the data directory's sinks/ folder" },
+            ],
+            SinkKind::Postgres => &[
+                SettingDoc { key: "table", required: true, help: "target table name" },
+            ],
+        }
+    }
+
+    /// Secret settings: write-only, never echoed back.
+    pub fn secrets(self) -> &'static [SettingDoc] {
+        match self {
+            SinkKind::Http => &[SettingDoc { key: "authorization", required: false, help: "value of the Authorization header" }],
+            SinkKind::File => &[],
+            SinkKind::Postgres => &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }],
+        }
+    }
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a secret stands, as recorded in revisions: its value lives apart and is never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The object version that last set this secret, so history shows rotations.
+    pub set_in_version: i64,
+}
+
+/// A managed sink as stored in the goal state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    pub kind: SinkKind,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// A sink as users submit it: secrets carry their values, and an omitted or empty secret keeps
+/// the value already stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SinkInput {
+    pub kind: SinkKind,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl SinkInput {
+    /// Checks keys and values against the kind. `existing_secrets` are the secret keys already
+    /// stored (on update), which satisfy a required secret not given again.
+    pub fn validate(&self, existing_secrets: &[String]) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        check_description(&mut e, &self.description);
+        let kind = self.kind;
+        for key in self.settings.keys() {
+            if !kind.settings().iter().any(|d| d.key == key) {
+                e.add(format!("settings.{key}"), format!("is not a setting of a {kind} sink"));
+            }
+        }
+        for key in self.secrets.keys() {
+            if !kind.secrets().iter().any(|d| d.key == key) {
+                e.add(format!("secrets.{key}"), format!("is not a secret of a {kind} sink"));
+            }
+        }
+        for d in kind.settings().iter().filter(|d| d.required) {
+            if self.settings.get(d.key).is_none_or(|v| v.trim().is_empty()) {
+                e.add(format!("settings.{}", d.key), "is required");
+            }
+        }
+        for d in kind.secrets().iter().filter(|d| d.required) {
+            let given = self.secrets.get(d.key).is_some_and(|v| !v.is_empty());
+            if !given && !existing_secrets.iter().any(|k| k == d.key) {
+                e.add(format!("secrets.{}", d.key), "is required");
+            }
+        }
+        let setting = |k: &str| self.settings.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        match kind {
+            SinkKind::Http => {
+                if let Some(u) = setting("url") {
+                    match url::Url::parse(u) {
+                        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+                        Ok(_) => e.add("settings.url", "must be an http:// or https:// URL with a host"),
+                        Err(err) => e.add("settings.url", format!("is not a valid URL: {err}")),
+                    }
+                }
+                if let Some(t) = setting("timeout_ms") {
+                    match t.parse::<u32>() {
+                        Ok(1..=300_000) => {}
+                        _ => e.add("settings.timeout_ms", "must be a whole number from 1 to 300000"),
+                    }
+                }
+            }
+            SinkKind::File => {
+                if let Some(p) = setting("path") {
+                    let bad = p.starts_with('/')
+                        || p.split(['/', '\\']).any(|seg| seg == ".." || seg.is_empty())
+                        || p.contains('\0');
+                    if bad {
+                        e.add("settings.path", "must be a relative path without '..' or empty segments");
+                    }
+                }
+            }
+            SinkKind::Postgres => {
+                if let Some(t) = setting("table") {
+                    let ok = t.len() <= 63
+                        && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                        && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if !ok {
+                        e.add("settings.table", "must be a lowercase SQL identifier (letters, digits, underscores)");
+                    }
+                }
+                if let Some(u) = self.secrets.get("url").filter(|v| !v.is_empty()) {
+                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                        e.add("secrets.url", "must start with postgres:// or postgresql://");
+                    }
+                }
+            }
+        }
+        e.into_result(())
+    }
+}
+
+/// What a route promises when its job is redeployed (the latency vs duplicates trade-off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The new version starts before the old one stops: no pause, may repeat a bounded window.
+    #[default]
+    NoGap,
+    /// The old version drains and checkpoints first: a short pause, no duplicates.
+    NoDuplicates,
+}
+
+impl Delivery {
+    pub const ALL: [Delivery; 2] = [Delivery::NoGap, Delivery::NoDuplicates];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::NoGap => "no_gap",
+            Delivery::NoDuplicates => "no_duplicates",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Delivery> {
+        Delivery::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Whether a route keeps the per-partition order of events at its sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Events of one partition reach the sink in log order.
+    #[default]
+    Partition,
+    /// Batches may be delivered in parallel and out of order, for throughput.
+    Unordered,
+}
+
+impl Ordering {
+    pub const ALL: [Ordering; 2] = [Ordering::Partition, Ordering::Unordered];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Partition => "partition",
+            Ordering::Unordered => "unordered",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Ordering> {
+        Ordering::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Which fields of an event reach the sink. Paths are dotted (`user.email`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Projection {
+    /// Keep only these fields (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
+    /// Remove these fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+    /// Rename fields: old path to new path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+}
+
+impl Projection {
+    pub fn is_empty(&self) -> bool {
+        self.keep.is_empty() && self.drop.is_empty() && self.rename.is_empty()
+    }
+
+    /// Every path the projection reads, with the field name to report it under.
+    pub fn paths(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        out.extend(self.keep.iter().enumerate().map(|(i, p)| (format!("projection.keep[{i}]"), p.as_str())));
+        out.extend(self.drop.iter().enumerate().map(|(i, p)| (format!("projection.drop[{i}]"), p.as_str())));
+        out.extend(self.rename.keys().map(|p| (format!("projection.rename.{p}"), p.as_str())));
+        out
+    }
+}
+
+pub const BATCH_SIZE_MAX: u32 = 10_000;
+pub const MAX_LATENCY_MS_MAX: u32 = 600_000;
+
+/// A route: events of one stream, filtered and projected, delivered to one sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(default)]
+    pub description: String,
+    /// Name of the source stream (same team).
+    #[cfg_attr(feature = "store", schema(value_type = String))]
+    pub stream: Name,
+    /// Name of the sink (same team).
+    #[cfg_attr(feature = "store", schema(value_type = String))]
+    pub sink: Name,
+    /// Optional CEL expression over `event`; only events for which it is true are delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Projection::is_empty")]
+    pub projection: Projection,
+    /// Most events per sink request (1 to 10000).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Longest an event waits for its batch to fill, in milliseconds (1 to 600000).
+    #[serde(default = "default_max_latency_ms")]
+    pub max_latency_ms: u32,
+    #[serde(default)]
+    pub delivery_on_redeploy: Delivery,
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Free-form job properties (layered under environment and console overrides).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+pub fn default_batch_size() -> u32 {
+    500
+}
+pub fn default_max_latency_ms() -> u32 {
+    1000
+}
+
+impl RouteSpec {
+    /// Structural checks; the filter is compiled and references resolved by the store-side
+    /// service.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        check_description(&mut e, &self.description);
+        if let Some(f) = &self.filter {
+            if f.trim().is_empty() {
+                e.add("filter", "must not be blank (omit it to deliver every event)");
+            }
+        }
+        for (field, path) in self.projection.paths() {
+            if let Err(msg) = check_field_path(path) {
+                e.add(field, msg);
+            }
+        }
+        for (from, to) in &self.projection.rename {
+            if let Err(msg) = check_field_path(to) {
+                e.add(format!("projection.rename.{from}"), format!("target {msg}"));
+            }
+        }
+        if !(1..=BATCH_SIZE_MAX).contains(&self.batch_size) {
+            e.add("batch_size", format!("must be between 1 and {BATCH_SIZE_MAX} (got {})", self.batch_size));
+        }
+        if !(1..=MAX_LATENCY_MS_MAX).contains(&self.max_latency_ms) {
+            e.add(
+                "max_latency_ms",
+                format!("must be between 1 and {MAX_LATENCY_MS_MAX} (got {})", self.max_latency_ms),
+            );
+        }
+        for key in self.config.keys() {
+            let ok = !key.is_empty()
+                && key.len() <= 100
+                && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+            if !ok {
+                e.add(format!("config.{key}"), "keys use lowercase letters, digits, '.' and '_'");
+            }
+        }
+        e.into_result(())
+    }
+}
+
+fn check_description(e: &mut ValidationErrors, d: &str) {
+    if d.chars().count() > DESCRIPTION_MAX {
+        e.add("description", format!("must be at most {DESCRIPTION_MAX} characters"));
+    }
+}
+
+/// A dotted path into an event: non-empty segments of letters, digits, `_` and `-`.
+pub fn check_field_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty".into());
+    }
+    for seg in p.split('.') {
+        if seg.is_empty() {
+            return Err(format!("{p:?} has an empty segment"));
+        }
+        if let Some(c) = seg.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+            return Err(format!("{p:?} contains {c:?}; use letters, digits, '_' or '-' between dots"));
+        }
+    }
+    Ok(())
+}
+
+/// One stored version of one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct Revision {
+    /// Position in the platform-wide revision log.
+    pub seq: i64,
+    pub object_id: String,
+    pub kind: Kind,
+    /// Owning team's name (the team's own name for a team).
+    pub team: String,
+    pub name: String,
+    /// Per-object version, 1 for the create, +1 per change.
+    pub version: i64,
+    pub op: Op,
+    pub author: String,
+    pub reason: String,
+    /// The object's full spec at this version (the last spec for a tombstone).
+    #[cfg_attr(feature = "store", schema(value_type = Object))]
+    pub spec: serde_json::Value,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// The current goal of one object: its latest non-tombstone revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct Object {
+    pub id: String,
+    pub kind: Kind,
+    pub team: String,
+    pub name: String,
+    pub version: i64,
+    #[cfg_attr(feature = "store", schema(value_type = Object))]
+    pub spec: serde_json::Value,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+impl Object {
+    /// The spec as its typed form; a stored spec always matches its kind.
+    pub fn spec_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.spec.clone())
+    }
+}
+
+/// A user as listed to admins (never the hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+    pub role: Role,
+    pub teams: Vec<String>,
+}
+
+/// An API token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub team: String,
+    pub role: Role,
+    /// The first characters, to tell tokens apart.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> StreamSpec {
+        StreamSpec {
+            description: String::new(),
+            partitions: 3,
+            retention_hours: 24,
+            retention_bytes: None,
+            key_field: None,
+            schema: None,
+        }
+    }
+
+    fn route() -> RouteSpec {
+        RouteSpec {
+            description: String::new(),
+            stream: Name::parse("plays").unwrap(),
+            sink: Name::parse("search").unwrap(),
+            filter: None,
+            projection: Projection::default(),
+            batch_size: 500,
+            max_latency_ms: 1000,
+            delivery_on_redeploy: Delivery::NoGap,
+            ordering: Ordering::Partition,
+            config: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn stream_limits_name_the_field() {
+        assert!(stream().validate().is_ok());
+        let e = StreamSpec { partitions: 0, retention_hours: 9000, ..stream() }.validate().unwrap_err();
+        assert!(e.for_field("partitions").unwrap().contains("between 1 and 256"));
+        assert!(e.for_field("retention_hours").unwrap().contains("8760"));
+        let e = StreamSpec { retention_bytes: Some(10), key_field: Some("a..b".into()), ..stream() }
+            .validate()
+            .unwrap_err();
+        assert!(e.for_field("retention_bytes").is_some());
+        assert!(e.for_field("key_field").unwrap().contains("empty segment"));
+        let e = StreamSpec { schema: Some(serde_json::json!([1])), ..stream() }.validate().unwrap_err();
+        assert!(e.for_field("schema").is_some());
+    }
+
+    #[test]
+    fn stream_spec_rejects_unknown_fields() {
+        let err = serde_json::from_str::<StreamSpec>(r#"{"partitions":1,"retention_hours":1,"partitons":2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitons"), "{err}");
+    }
+
+    #[test]
+    fn sink_settings_are_checked_per_kind() {
+        let mut s = SinkInput {
+            kind: SinkKind::Http,
+            description: String::new(),
+            settings: BTreeMap::from([("url".into(), "ftp://x".into()), ("bogus".into(), "1".into())]),
+            secrets: BTreeMap::new(),
+        };
+        let e = s.validate(&[]).unwrap_err();
+        assert!(e.for_field("settings.url").unwrap().contains("http"));
+        assert!(e.for_field("settings.bogus").unwrap().contains("not a setting"));
+        s.settings = BTreeMap::from([("url".into(), "https://search.internal/bulk".into())]);
+        assert!(s.validate(&[]).is_ok());
+
+        let pg = SinkInput {
+            kind: SinkKind::Postgres,
+            description: String::new(),
+            settings: BTreeMap::from([("table".into(), "plays".into())]),
+            secrets: BTreeMap::new(),
+        };
+        assert_eq!(pg.validate(&[]).unwrap_err().for_field("secrets.url"), Some("is required"));
+        // On update the stored secret satisfies the requirement.
+        assert!(pg.validate(&["url".into()]).is_ok());
+
+        let file = SinkInput {
+            kind: SinkKind::File,
+            description: String::new(),
+            settings: BTreeMap::from([("path".into(), "../etc".into())]),
+            secrets: BTreeMap::new(),
+        };
+        assert!(file.validate(&[]).unwrap_err().for_field("settings.path").is_some());
+    }
+
+    #[test]
+    fn route_knobs_and_paths_are_checked() {
+        assert!(route().validate().is_ok());
+        let mut r = route();
+        r.batch_size = 0;
+        r.max_latency_ms = 700_000;
+        r.filter = Some("  ".into());
+        r.projection.keep = vec!["user.email".into(), "bad path".into()];
+        r.config.insert("Bad Key".into(), "1".into());
+        let e = r.validate().unwrap_err();
+        assert!(e.for_field("batch_size").is_some());
+        assert!(e.for_field("max_latency_ms").is_some());
+        assert!(e.for_field("filter").is_some());
+        assert!(e.for_field("projection.keep[1]").unwrap().contains("' '"));
+        assert!(e.for_field("projection.keep[0]").is_none());
+        assert!(e.for_field("config.Bad Key").is_some());
+    }
+
+    #[test]
+    fn route_defaults_fill_in_knobs() {
+        let r: RouteSpec = serde_json::from_str(r#"{"stream":"plays","sink":"search"}"#).unwrap();
+        assert_eq!((r.batch_size, r.max_latency_ms), (500, 1000));
+        assert_eq!(r.delivery_on_redeploy, Delivery::NoGap);
+        assert_eq!(r.ordering, Ordering::Partition);
+        assert!(serde_json::from_str::<RouteSpec>(r#"{"stream":"Plays","sink":"s"}"#).is_err());
+    }
+}

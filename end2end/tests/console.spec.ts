@@ -1,0 +1,118 @@
+import { expect, test } from "@playwright/test";
+import { fill, navigate, signIn, signOut, unique, users } from "./helpers";
+
+test("an editor declares a stream, a sink and a route, edits the route and reviews the change", async ({ page }) => {
+  const stream = unique("plays");
+  const sink = unique("search");
+  const route = unique("br-plays");
+
+  await signIn(page, users.editor);
+
+  await navigate(page, "Streams");
+  await page.getByRole("link", { name: "New stream" }).first().click();
+  await fill(page, { Name: stream, Partitions: "4", "Reason for this change": "first stream" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+  await expect(page.getByTestId("spec")).toContainText("partitions");
+
+  await page.goto("/sinks/new");
+  await fill(page, { Name: sink, URL: "https://search.internal/bulk", "Authorization header (secret)": "Bearer s3cr3t-value" });
+  await page.getByRole("button", { name: "Save sink" }).click();
+  await expect(page).toHaveURL(new RegExp(`/sinks/alpha/${sink}$`));
+  await expect(page.locator("body")).not.toContainText("s3cr3t-value");
+
+  await page.goto("/routes/new");
+  await fill(page, {
+    Name: route,
+    "Source stream": stream,
+    Sink: sink,
+    "Filter (CEL)": 'event.country == "BR"',
+    "Batch size": "100",
+  });
+  await page.getByRole("button", { name: "Save route" }).click();
+  await expect(page).toHaveURL(new RegExp(`/routes/alpha/${route}$`));
+
+  // Edit: a second revision, and the diff between the two shows exactly what changed.
+  await page.getByRole("link", { name: "Edit" }).click();
+  await fill(page, { "Batch size": "250", "Reason for this change": "bigger batches" });
+  await page.getByRole("button", { name: "Save route" }).click();
+  await expect(page).toHaveURL(new RegExp(`/routes/alpha/${route}$`));
+  await expect(page.getByText("Changes from v1 to v2")).toBeVisible();
+  const diff = page.getByTestId("diff");
+  await expect(diff).toContainText("batch_size");
+  await expect(diff).toContainText("100");
+  await expect(diff).toContainText("250");
+  await expect(page.getByTestId("history")).toContainText("bigger batches");
+  await page.screenshot({ path: "test-results/route-diff.png", fullPage: true });
+
+  // The audit log has the change, attributed to the editor.
+  await navigate(page, "Audit log");
+  await page.getByLabel("Author").fill(users.editor.name);
+  await page.getByRole("button", { name: "Filter" }).click();
+  const row = page.getByTestId("audit-table").locator("tr", { hasText: `route alpha/${route}` }).first();
+  await expect(row).toContainText("v2");
+  await expect(row).toContainText("bigger batches");
+
+  await signOut(page);
+  await page.goto("/streams");
+  await expect(page).toHaveURL(/\/login$/);
+});
+
+test("field errors appear next to the field and nothing is saved", async ({ page }) => {
+  const name = unique("bad");
+  await signIn(page, users.editor);
+  await page.goto("/streams/new");
+  await fill(page, { Name: name, Partitions: "0", "JSON Schema": '{"type": "nonsense"}' });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page.getByTestId("error-partitions")).toContainText("between 1 and 256");
+  await page.goto("/streams");
+  await expect(page.locator("body")).not.toContainText(name);
+});
+
+test("a viewer can read but not change", async ({ page }) => {
+  const stream = unique("watched");
+  await signIn(page, users.editor);
+  await page.goto("/streams/new");
+  await fill(page, { Name: stream, Partitions: "1" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+  await signOut(page);
+
+  await signIn(page, users.viewer);
+  await navigate(page, "Streams");
+  await expect(page.getByRole("link", { name: stream })).toBeVisible();
+  await expect(page.getByRole("link", { name: "New stream" })).toHaveCount(0);
+  await page.getByRole("link", { name: stream }).click();
+  await expect(page.getByTestId("spec")).toContainText("partitions");
+  await expect(page.getByRole("link", { name: "Edit" })).toHaveCount(0);
+  await expect(page.getByRole("button", { name: "Delete" })).toHaveCount(0);
+  // Even by opening the form directly, the server refuses the change.
+  await page.goto(`/streams/alpha/${stream}/edit`);
+  await fill(page, { Partitions: "8" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page.getByRole("alert")).toContainText("Your role does not allow this.");
+  await page.goto(`/streams/alpha/${stream}`);
+  await expect(page.getByText("version 1")).toBeVisible();
+});
+
+test.describe("without JavaScript", () => {
+  test.use({ javaScriptEnabled: false });
+
+  test("sign in and create a stream with plain form posts", async ({ page }) => {
+    const stream = unique("nojs");
+    await page.goto("/login");
+    await page.getByLabel("Username").fill(users.editor.name);
+    await page.getByLabel("Password").fill(users.editor.password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await expect(page.getByTestId("whoami")).toHaveText(users.editor.name);
+    await page.goto("/streams/new");
+    await fill(page, { Name: stream, Partitions: "2" });
+    await page.getByRole("button", { name: "Save stream" }).click();
+    await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+    // An invalid post comes back to the form with the message beside the field.
+    await page.goto("/streams/new");
+    await fill(page, { Name: unique("nojs"), Partitions: "999" });
+    await page.getByRole("button", { name: "Save stream" }).click();
+    await expect(page.getByTestId("error-partitions")).toContainText("between 1 and 256");
+  });
+});

@@ -1,0 +1,8 @@
+//! Wiring only: settings, the HTTP application, and the admin commands. The logic lives in
+//! `app` (console), `keystone-api` (JSON API) and `keystone-control` (goal state).
+
+pub mod admin;
+pub mod csrf;
+pub mod sessions;
+pub mod settings;
+pub mod startup;

@@ -1,0 +1,100 @@
+use clap::{Parser, Subcommand};
+use keystone::admin::{self, PasswordSource};
+use keystone::settings::Settings;
+use keystone::startup::Application;
+use keystone_control::store::Store;
+use keystone_control::Role;
+use std::path::PathBuf;
+
+/// Keystone: self-service real-time stream processing.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Config file (default: keystone.toml in the working directory, if present).
+    #[arg(long, global = true, env = "KEYSTONE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the console and the JSON API.
+    Serve,
+    /// Administer users and teams directly in the database.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a user. The password is read from stdin, or generated into --password-file.
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = parse_role, default_value = "editor")]
+        role: Role,
+        /// Team to join (repeatable).
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// Generate a password and write it to this file (mode 0600) instead of reading stdin.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Reset the password and role of an existing user.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Create a team.
+    CreateTeam {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// On an empty database, create team `platform` and admin `admin` with a generated password.
+    Bootstrap {
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| "expected viewer, editor or admin".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config)?;
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            println!("Keystone console: http://127.0.0.1:{}/", app.port());
+            app.run_until_stopped().await?;
+        }
+        Command::Admin { command } => {
+            std::fs::create_dir_all(&settings.data_dir)?;
+            let store = Store::connect(&settings.database_url()).await?;
+            match command {
+                AdminCommand::CreateUser { username, role, teams, password_file, replace } => {
+                    let source = match &password_file {
+                        Some(p) => PasswordSource::GenerateInto(p),
+                        None => PasswordSource::Stdin,
+                    };
+                    admin::create_user(&store, &username, role, &teams, source, replace).await?;
+                }
+                AdminCommand::CreateTeam { name, description } => admin::create_team(&store, &name, &description).await?,
+                AdminCommand::Bootstrap { password_file } => admin::bootstrap(&store, &password_file).await?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Typed settings, layered: defaults < config file < `KEYSTONE_*` environment variables.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Address and port to listen on (`KEYSTONE_LISTEN`).
+    pub listen: String,
+    /// Where the embedded database and other local state live (`KEYSTONE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...` (`KEYSTONE_DATABASE_URL`); defaults to a SQLite file in
+    /// the data directory. May hold a password: it is never logged.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Built browser assets (`/pkg/...`), produced by `cargo xtask build`.
+    pub site_root: PathBuf,
+    /// Mark the session cookie `Secure`; turn on whenever the console is served over HTTPS,
+    /// directly or behind a proxy (`KEYSTONE_SECURE_COOKIES`).
+    pub secure_cookies: bool,
+    /// A session unused this long ends (`KEYSTONE_SESSION_IDLE_MINUTES`).
+    pub session_idle_minutes: i64,
+    /// A session ends this long after sign-in, however active (`KEYSTONE_SESSION_ABSOLUTE_HOURS`).
+    pub session_absolute_hours: i64,
+    /// The origin browsers use to reach the console (e.g. `https://keystone.example.com`) when a
+    /// proxy rewrites the Host header; state-changing requests from any other origin are refused.
+    #[serde(default)]
+    pub public_origin: Option<String>,
+}
+
+impl Settings {
+    /// Loads the layers. `file` is the config file (`KEYSTONE_CONFIG`, else `keystone.toml` if
+    /// present in the working directory).
+    pub fn load(file: Option<PathBuf>) -> Result<Settings, config::ConfigError> {
+        let file = file.or_else(|| std::env::var_os("KEYSTONE_CONFIG").map(PathBuf::from));
+        let mut builder = config::Config::builder()
+            .set_default("listen", "127.0.0.1:3000")?
+            .set_default("data_dir", "data")?
+            .set_default("site_root", "target/site")?
+            .set_default("secure_cookies", false)?
+            .set_default("session_idle_minutes", 60)?
+            .set_default("session_absolute_hours", 12)?;
+        builder = match file {
+            Some(path) => builder.add_source(config::File::from(path).required(true)),
+            None => builder.add_source(config::File::with_name("keystone.toml").required(false)),
+        };
+        builder
+            .add_source(config::Environment::with_prefix("KEYSTONE").prefix_separator("_").try_parsing(true))
+            .build()?
+            .try_deserialize()
+    }
+
+    /// The database URL in effect: the configured one, or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keystone.db").display()))
+    }
+}

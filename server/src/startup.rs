@@ -1,0 +1,120 @@
+//! Builds the HTTP application: console (Leptos), JSON API, sessions, security layers.
+
+use crate::csrf::{check_origin, OriginPolicy};
+use crate::sessions::DbSessionStore;
+use crate::settings::Settings;
+use app::state::AppState;
+use app::{shell, App, STYLESHEET};
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use keystone_control::auth::{user_count, LoginLimiter};
+use keystone_control::store::Store;
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+/// The running server: bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+}
+
+impl Application {
+    /// Connects the store (running migrations), builds the router and binds the listener
+    /// (port 0 picks a free port, as tests do).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let url = settings.database_url();
+        let store = Store::connect(&url).await?;
+        tracing::info!(backend = ?store.backend(), "Goal-state store ready.");
+        if user_count(&store).await? == 0 {
+            tracing::warn!("No users yet: create the first admin with `keystone admin create-user --role admin`.");
+        }
+        let listener = TcpListener::bind(&settings.listen).await?;
+        let port = listener.local_addr()?.port();
+        let router = router(&settings, store, &url).await?;
+        Ok(Application { listener, router, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    }
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("Shutting down.");
+}
+
+pub async fn router(settings: &Settings, store: Store, database_url: &str) -> anyhow::Result<Router> {
+    let leptos_options = LeptosOptions::builder()
+        .output_name("keystone")
+        .site_root(settings.site_root.to_string_lossy().to_string())
+        .site_pkg_dir("pkg")
+        .build();
+    let state = AppState {
+        leptos_options,
+        store: store.clone(),
+        // Five wrong passwords per account, or thirty per address, in fifteen minutes.
+        limiter: Arc::new(LoginLimiter::new(5, 30, Duration::from_secs(15 * 60))),
+        session_absolute_ms: settings.session_absolute_hours * 3_600_000,
+    };
+
+    let sessions = DbSessionStore::connect(database_url).await?;
+    sessions.spawn_cleanup();
+    let session_layer = SessionManagerLayer::new(sessions)
+        .with_name("keystone_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(settings.secure_cookies)
+        .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::minutes(
+            settings.session_idle_minutes,
+        )));
+
+    let routes = generate_route_list(App);
+    let context = {
+        let state = state.clone();
+        move || provide_context(state.clone())
+    };
+    let console = Router::new()
+        .route("/pkg/keystone.css", get(stylesheet))
+        .leptos_routes_with_context(&state, routes, context.clone(), {
+            let options = state.leptos_options.clone();
+            move || shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, shell))
+        .with_state(state);
+
+    let api = keystone_api::router(keystone_api::ApiState { store });
+    let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
+    Ok(console
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(policy, check_origin))
+        .layer(session_layer)
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http()))
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], STYLESHEET)
+}

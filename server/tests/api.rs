@@ -1,0 +1,435 @@
+//! Integration tests: the real server on port 0, against a fresh SQLite file and a fresh
+//! PostgreSQL database (the server on 127.0.0.1:5432; override with KEYSTONE_TEST_POSTGRES).
+
+use keystone::settings::Settings;
+use keystone::startup::Application;
+use keystone_control::auth::{create_token, upsert_user, Principal};
+use keystone_control::goal::{Declaration, Goal};
+use keystone_control::store::Store;
+use keystone_control::{Kind, Role, TeamSpec};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+struct TestApp {
+    base: String,
+    store: Store,
+    http: reqwest::Client,
+    /// Editor tokens for teams alpha and beta, and a viewer token for alpha.
+    alpha: String,
+    beta: String,
+    alpha_viewer: String,
+    _dir: TempDir,
+    pg_db: Option<String>,
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("KEYSTONE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn spawn_app(db: Db) -> TestApp {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("keystone-test-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (database_url, pg_db) = match db {
+        Db::Sqlite => (format!("sqlite://{}", dir.join("keystone.db").display()), None),
+        Db::Postgres => {
+            let name = format!("keystone_test_{id}");
+            let mut conn = sqlx::PgConnection::connect(&pg_admin_url())
+                .await
+                .expect("PostgreSQL must be reachable for the PostgreSQL tests (set KEYSTONE_TEST_POSTGRES)");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+            let base = pg_admin_url();
+            let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+            (url, Some(name))
+        }
+    };
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.clone(),
+        database_url: Some(database_url.clone()),
+        site_root: dir.join("site"),
+        secure_cookies: false,
+        session_idle_minutes: 60,
+        session_absolute_hours: 12,
+        public_origin: None,
+    };
+    let app = Application::build(settings).await.expect("server starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+
+    let store = Store::connect(&database_url).await.unwrap();
+    let root = Principal { user_id: "test".into(), display: "test".into(), role: Role::Admin, teams: vec![] };
+    for team in ["alpha", "beta"] {
+        Goal::new(&store, &root).create("", team, Declaration::Team(TeamSpec::default()), "").await.unwrap();
+    }
+    upsert_user(&store, "admin", PASSWORD, Role::Admin, &[], false).await.unwrap();
+    upsert_user(&store, "alice", PASSWORD, Role::Editor, &["alpha".into()], false).await.unwrap();
+    upsert_user(&store, "bob", PASSWORD, Role::Editor, &["beta".into()], false).await.unwrap();
+    upsert_user(&store, "vera", PASSWORD, Role::Viewer, &["alpha".into()], false).await.unwrap();
+    let token = |user: &'static str, team: &'static str, role: Role| {
+        let store = store.clone();
+        async move {
+            let who = keystone_control::auth::authenticate(&store, user, PASSWORD).await.unwrap().unwrap();
+            let team_id = store.get(Kind::Team, "", team).await.unwrap().unwrap().id;
+            create_token(&store, &who, &format!("{user}-bot"), &team_id, role).await.unwrap().1
+        }
+    };
+    let alpha = token("alice", "alpha", Role::Editor).await;
+    let beta = token("bob", "beta", Role::Editor).await;
+    let alpha_viewer = token("vera", "alpha", Role::Viewer).await;
+    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestApp { base, store, http, alpha, beta, alpha_viewer, _dir: TempDir(dir), pg_db }
+}
+
+impl TestApp {
+    async fn call(&self, method: reqwest::Method, token: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, token, path, None).await
+    }
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, token, path, Some(body)).await
+    }
+    async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, token, path, Some(body)).await
+    }
+    async fn delete(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, token, path, None).await
+    }
+    async fn revision_count(&self) -> usize {
+        let admin = Principal { user_id: "t".into(), display: "t".into(), role: Role::Admin, teams: vec![] };
+        let f = keystone_control::store::AuditFilter { limit: 1000, ..Default::default() };
+        Goal::new(&self.store, &admin).audit(&f).await.unwrap().len()
+    }
+    /// Posts a console form (a server function) the way a browser without JavaScript does.
+    async fn form(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.unwrap()
+    }
+    async fn teardown(self) {
+        if let Some(name) = &self.pg_db {
+            self.store.pool().close().await;
+            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+        }
+    }
+}
+
+fn stream(partitions: u32) -> Value {
+    json!({"description": "plays", "partitions": partitions, "retention_hours": 24})
+}
+
+async fn crud_writes_revisions_and_diffs(db: Db) {
+    let app = spawn_app(db).await;
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(3), "reason": "new"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["revision"]["version"], 1);
+    let object_id = body["revision"]["object_id"].as_str().unwrap().to_owned();
+
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(6), "reason": "more", "expected_version": 1})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!((body["revision"]["version"].as_i64(), body["changed"].as_bool()), (Some(2), Some(true)));
+
+    // The same declaration again is a no-op, not a new revision.
+    let (_, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(6)})).await;
+    assert_eq!((body["revision"]["version"].as_i64(), body["changed"].as_bool()), (Some(2), Some(false)));
+
+    // A change based on a stale version is refused.
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(9), "expected_version": 1})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+
+    let (s, diff) = app.get(&app.alpha, &format!("/api/v1/objects/{object_id}/diff?from=1&to=2")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(diff, json!([{"path": "partitions", "before": 3, "after": 6}]));
+
+    let (_, obj) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/plays").await;
+    assert_eq!((obj["version"].as_i64(), obj["spec"]["partitions"].as_i64()), (Some(2), Some(6)));
+
+    let (s, _) = app.delete(&app.alpha, "/api/v1/teams/alpha/streams/plays?reason=gone").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, list) = app.get(&app.alpha, "/api/v1/teams/alpha/streams").await;
+    assert_eq!(list, json!([]));
+    let (s, _) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/plays").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Nothing is hard-deleted: the history, ending in a tombstone, is still there.
+    let (_, history) = app.get(&app.alpha, &format!("/api/v1/objects/{object_id}/revisions")).await;
+    let ops: Vec<&str> = history.as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["create", "update", "delete"]);
+    // The name is free again, and a new object starts a new history.
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(1)})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(body["revision"]["version"], 1);
+
+    // The database itself refuses to rewrite history.
+    let tamper = sqlx::query("UPDATE revisions SET reason = 'rewritten'").execute(app.store.pool()).await;
+    assert!(tamper.is_err(), "revisions must be immutable");
+    let erase = sqlx::query("DELETE FROM revisions").execute(app.store.pool()).await;
+    assert!(erase.is_err(), "revisions must not be deletable");
+
+    // The audit log lists every revision, newest first, and filters by kind and author.
+    let (_, audit) = app.get(&app.alpha, "/api/v1/revisions?kind=stream").await;
+    assert_eq!(audit.as_array().unwrap().len(), 4);
+    assert_eq!(audit[0]["op"], "create");
+    let (_, by_token) = app.get(&app.alpha, "/api/v1/revisions?author=token:alice-bot").await;
+    assert_eq!(by_token.as_array().unwrap().len(), 4);
+    app.teardown().await;
+}
+
+async fn invalid_requests_change_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let before = app.revision_count().await;
+    let cases = [
+        (json!({"name": "Bad_Name", "spec": stream(3)}), "name"),
+        (json!({"name": "ok", "spec": stream(0)}), "partitions"),
+        (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 99999}}), "retention_hours"),
+        (json!({"name": "ok", "spec": {"partitions": "x", "retention_hours": 1}}), "spec.partitions"),
+        (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 1, "schema": {"type": "nonsense"}}}), "schema"),
+        (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 1, "bogus": true}}), "spec.bogus"),
+    ];
+    for (body, field) in cases {
+        let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {err}");
+        assert_eq!(err["error"]["code"], "invalid");
+        assert_eq!(err["error"]["field"], field, "{err}");
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", Value::String("not json".into())).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+
+    // A route must name an existing stream and sink, and a filter that compiles.
+    let route = json!({"name": "r", "spec": {"stream": "nope", "sink": "none", "filter": "event.x == "}});
+    let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/routes", route).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = err["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["stream", "sink", "filter"], "{err}");
+    assert!(err["error"]["details"][2]["message"].as_str().unwrap().contains("line 1"), "{err}");
+
+    // Duplicate names within a team are refused; the same name in another team is fine.
+    assert_eq!(app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(1)})).await.0, StatusCode::CREATED);
+    let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(1)})).await;
+    assert_eq!((s, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")));
+    assert_eq!(app.post(&app.beta, "/api/v1/teams/beta/streams", json!({"name": "s", "spec": stream(1)})).await.0, StatusCode::CREATED);
+    assert_eq!(app.revision_count().await, before + 2);
+
+    // A stream used by a route cannot be deleted.
+    let sink = json!({"name": "hook", "spec": {"kind": "http", "settings": {"url": "https://example.com/in"}}});
+    assert_eq!(app.post(&app.alpha, "/api/v1/teams/alpha/sinks", sink).await.0, StatusCode::CREATED);
+    let route = json!({"name": "r", "spec": {"stream": "s", "sink": "hook", "filter": "event.country == 'BR'"}});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/routes", route).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, err) = app.delete(&app.alpha, "/api/v1/teams/alpha/streams/s").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(err["error"]["message"].as_str().unwrap().contains("route r"), "{err}");
+    app.teardown().await;
+}
+
+async fn teams_are_isolated_and_roles_enforced(db: Db) {
+    let app = spawn_app(db).await;
+    let (_, created) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "secret-plays", "spec": stream(1)})).await;
+    let object_id = created["revision"]["object_id"].as_str().unwrap().to_owned();
+    // Team beta can neither read nor change alpha's objects, by name or by guessed id.
+    for path in [
+        "/api/v1/teams/alpha/streams".to_owned(),
+        "/api/v1/teams/alpha/streams/secret-plays".to_owned(),
+        "/api/v1/teams/alpha/streams/secret-plays/revisions".to_owned(),
+        format!("/api/v1/objects/{object_id}/revisions"),
+        format!("/api/v1/objects/{object_id}/diff?from=1&to=1"),
+    ] {
+        let (s, body) = app.get(&app.beta, &path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (s, _) = app.put(&app.beta, "/api/v1/teams/alpha/streams/secret-plays", json!({"spec": stream(2)})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.delete(&app.beta, "/api/v1/teams/alpha/streams/secret-plays").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.post(&app.beta, "/api/v1/teams/alpha/streams", json!({"name": "x", "spec": stream(1)})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, audit) = app.get(&app.beta, "/api/v1/revisions").await;
+    assert!(audit.as_array().unwrap().iter().all(|r| r["team"] != "alpha"), "{audit}");
+    let (_, teams) = app.get(&app.beta, "/api/v1/teams").await;
+    assert_eq!(teams.as_array().unwrap().len(), 1);
+
+    // A viewer reads but cannot change.
+    let (s, _) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = app.put(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays", json!({"spec": stream(2)})).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (s, _) = app.delete(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // No or bad token: 401 in the documented shape.
+    let (s, body) = app.get("ks_not-a-token", "/api/v1/teams").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    app.teardown().await;
+}
+
+async fn sink_secrets_are_never_echoed(db: Db) {
+    let app = spawn_app(db).await;
+    let secret = "postgres://writer:hunter2-very-secret@db/plays";
+    let sink = json!({"name": "warehouse", "spec": {"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": secret}}});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sinks", sink).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let object_id = body["revision"]["object_id"].as_str().unwrap().to_owned();
+    // Rotating the description only: the secret stays, unchanged.
+    let update = json!({"spec": {"kind": "postgres", "description": "dwh", "settings": {"table": "plays"}}});
+    assert_eq!(app.put(&app.alpha, "/api/v1/teams/alpha/sinks/warehouse", update).await.0, StatusCode::OK);
+    let rotate = json!({"spec": {"kind": "postgres", "description": "dwh", "settings": {"table": "plays"}, "secrets": {"url": "postgres://writer:new@db/plays"}}});
+    assert_eq!(app.put(&app.alpha, "/api/v1/teams/alpha/sinks/warehouse", rotate).await.0, StatusCode::OK);
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/teams/alpha/sinks/warehouse".to_owned(),
+        "/api/v1/teams/alpha/sinks".to_owned(),
+        format!("/api/v1/objects/{object_id}/revisions"),
+        format!("/api/v1/objects/{object_id}/diff?from=1&to=3"),
+        "/api/v1/revisions".to_owned(),
+    ] {
+        let (_, body) = app.get(&app.alpha, &path).await;
+        seen.push_str(&body.to_string());
+    }
+    assert!(!seen.contains("hunter2") && !seen.contains("writer:new"), "a secret leaked: {seen}");
+    let (_, obj) = app.get(&app.alpha, "/api/v1/teams/alpha/sinks/warehouse").await;
+    assert_eq!(obj["spec"]["secrets"]["url"]["set_in_version"], 3);
+    let secrets = app.store.sink_secrets(&object_id).await.unwrap();
+    assert_eq!(secrets, [("url".to_owned(), "postgres://writer:new@db/plays".to_owned())]);
+    app.teardown().await;
+}
+
+async fn console_sign_in_sessions_and_csrf(db: Db) {
+    let app = spawn_app(db).await;
+    let origin = Some(app.base.as_str());
+    // Without a session, whoami is empty and pages redirect to the sign-in page.
+    let page = app.http.get(format!("{}/streams", app.base)).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::FOUND);
+    assert_eq!(page.headers()["location"], "/login");
+
+    // A cross-site form post is refused before it reaches the server function.
+    let forged = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], Some("http://evil.example")).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let no_origin = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], None).await;
+    assert_eq!(no_origin.status(), StatusCode::FORBIDDEN);
+
+    // Wrong password and unknown user fail identically.
+    let wrong = app.form("/api/login", &[("username", "alice"), ("password", "nope-nope-nope")], origin).await;
+    let unknown = app.form("/api/login", &[("username", "mallory"), ("password", "nope-nope-nope")], origin).await;
+    assert_eq!(wrong.status(), unknown.status());
+    assert!(!wrong.status().is_success());
+    let (a, b) = (wrong.text().await.unwrap(), unknown.text().await.unwrap());
+    assert_eq!(a, b);
+    assert!(a.contains("Wrong username or password"), "{a}");
+
+    let ok = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], origin).await;
+    assert!(ok.status().is_success() || ok.status().is_redirection(), "{:?}", ok.status());
+    let cookie = ok.headers().get("set-cookie").expect("session cookie").to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("keystone_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let me = app.form("/api/whoami", &[], origin).await.text().await.unwrap();
+    assert!(me.contains("\"alice\""), "{me}");
+
+    // A form post with the session creates a stream through the same goal-state service.
+    let created = app
+        .form(
+            "/api/save_stream",
+            &[("team", "alpha"), ("name", "from-console"), ("version", ""), ("description", ""), ("partitions", "2"),
+              ("retention_hours", "12"), ("retention_bytes", ""), ("key_field", ""), ("schema", ""), ("reason", "console")],
+            origin,
+        )
+        .await;
+    assert!(created.status().is_success() || created.status().is_redirection(), "{:?}", created.text().await);
+    let (_, obj) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/from-console").await;
+    assert_eq!(obj["updated_by"], "alice");
+    let bad = app
+        .form(
+            "/api/save_stream",
+            &[("team", "alpha"), ("name", "bad"), ("version", ""), ("description", ""), ("partitions", "lots"),
+              ("retention_hours", "12"), ("retention_bytes", ""), ("key_field", ""), ("schema", "{"), ("reason", "")],
+            origin,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(bad.contains("partitions") && bad.contains("schema"), "{bad}");
+
+    // Sign-out ends the session on the server: the old cookie no longer works.
+    let stolen = cookie.split(';').next().unwrap().to_owned();
+    app.form("/api/logout", &[], origin).await;
+    let replay = reqwest::Client::new()
+        .post(format!("{}/api/whoami", app.base))
+        .header("cookie", &stolen)
+        .header("origin", &app.base)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(replay, "null");
+
+    // Repeated failures for one account are throttled, even with the right password after.
+    for _ in 0..5 {
+        app.form("/api/login", &[("username", "bob"), ("password", "wrong-password")], origin).await;
+    }
+    let throttled = app.form("/api/login", &[("username", "bob"), ("password", PASSWORD)], origin).await.text().await.unwrap();
+    assert!(throttled.contains("Too many failed sign-ins"), "{throttled}");
+    app.teardown().await;
+}
+
+async fn openapi_document_is_served(db: Db) {
+    let app = spawn_app(db).await;
+    let doc: Value = app.http.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/teams/{team}/{kind}", "/api/v1/revisions", "/api/v1/objects/{id}/diff"] {
+        assert!(doc["paths"][path].is_object(), "missing {path}");
+    }
+    assert!(doc["components"]["schemas"]["StreamSpec"].is_object());
+    app.teardown().await;
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    crud_writes_revisions_and_diffs,
+    invalid_requests_change_nothing,
+    teams_are_isolated_and_roles_enforced,
+    sink_secrets_are_never_echoed,
+    console_sign_in_sessions_and_csrf,
+    openapi_document_is_served,
+);
