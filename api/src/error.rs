@@ -60,7 +60,9 @@ impl IntoResponse for ApiError {
                 vec![],
             ),
             ApiError::Goal(GoalError::Invalid(v)) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", v.to_string(), v.0),
-            ApiError::Goal(GoalError::NotFound) => (StatusCode::NOT_FOUND, "not_found", "no such object".to_owned(), vec![]),
+            ApiError::Goal(GoalError::NotFound) => {
+                (StatusCode::NOT_FOUND, "not_found", "no such object".to_owned(), vec![])
+            }
             ApiError::Goal(GoalError::Forbidden) => {
                 (StatusCode::FORBIDDEN, "forbidden", "your role does not allow this change".to_owned(), vec![])
             }

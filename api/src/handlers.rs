@@ -250,7 +250,8 @@ pub async fn audit(
         None | Some("") => None,
         Some(k) => Some(Kind::parse(k).ok_or_else(|| ValidationErrors::single("kind", format!("unknown kind {k:?}")))?),
     };
-    let filter = AuditFilter { kind, team: p.team, author: p.author, before_seq: p.before_seq, limit: p.limit.unwrap_or(100) };
+    let filter =
+        AuditFilter { kind, team: p.team, author: p.author, before_seq: p.before_seq, limit: p.limit.unwrap_or(100) };
     Ok(Json(Goal::new(&s.store, &who).audit(&filter).await?))
 }
 
@@ -276,7 +277,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 

@@ -44,7 +44,11 @@ fn Nav(me: Me) -> impl IntoView {
     let link = move |href: &'static str, label: &'static str| {
         let active = move || {
             let p = path.get();
-            if href == "/" { p == "/" } else { p.starts_with(href) }
+            if href == "/" {
+                p == "/"
+            } else {
+                p.starts_with(href)
+            }
         };
         view! {
             <A
@@ -96,7 +100,11 @@ pub fn can_edit() -> bool {
 
 /// A page title with optional actions on the right.
 #[component]
-pub fn PageHeader(#[prop(into)] title: String, #[prop(optional, into)] subtitle: String, children: Children) -> impl IntoView {
+pub fn PageHeader(
+    #[prop(into)] title: String,
+    #[prop(optional, into)] subtitle: String,
+    children: Children,
+) -> impl IntoView {
     view! {
         <div class="flex items-start justify-between gap-4 mb-6">
             <div>
@@ -116,7 +124,8 @@ pub const CARD: &str = "rounded-lg border border-slate-200 bg-white shadow-sm";
 pub const TH: &str = "px-4 py-2 text-left text-xs font-semibold uppercase tracking-wide text-slate-500";
 pub const TD: &str = "px-4 py-2 text-sm";
 pub const NAV_ACTIVE: &str = "block rounded-md px-3 py-2 text-sm font-medium bg-slate-800 text-white";
-pub const NAV_IDLE: &str = "block rounded-md px-3 py-2 text-sm font-medium text-slate-300 hover:bg-slate-800 hover:text-white";
+pub const NAV_IDLE: &str =
+    "block rounded-md px-3 py-2 text-sm font-medium text-slate-300 hover:bg-slate-800 hover:text-white";
 pub const BADGE_CREATE: &str = "rounded-sm bg-green-100 px-2 py-0.5 text-xs font-medium text-green-800";
 pub const BADGE_UPDATE: &str = "rounded-sm bg-blue-100 px-2 py-0.5 text-xs font-medium text-blue-800";
 pub const BADGE_DELETE: &str = "rounded-sm bg-red-100 px-2 py-0.5 text-xs font-medium text-red-800";
@@ -144,7 +153,9 @@ fn messages_for(errors: &Option<ValidationErrors>, key: &str) -> Vec<String> {
     errors
         .iter()
         .flat_map(|v| v.0.iter())
-        .filter(|e| e.field == key || e.field.starts_with(&format!("{key}.")) || e.field.starts_with(&format!("{key}[")))
+        .filter(|e| {
+            e.field == key || e.field.starts_with(&format!("{key}.")) || e.field.starts_with(&format!("{key}["))
+        })
         .map(|e| if e.field == key { e.message.clone() } else { format!("{}: {}", e.field, e.message) })
         .collect()
 }

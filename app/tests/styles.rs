@@ -16,7 +16,8 @@ fn classes_in(src: &str) -> Vec<String> {
             }
         }
         if let Some(rest) = line.strip_prefix("pub const ") {
-            let is_upper = rest.split(':').next().is_some_and(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            let is_upper =
+                rest.split(':').next().is_some_and(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
             if let (true, Some(s)) = (is_upper, rest.split(": &str = \"").nth(1)) {
                 let s = s.split('"').next().unwrap_or_default();
                 // Other string constants (session keys) are single identifiers, never utilities.
@@ -83,7 +84,9 @@ fn the_scanner_finds_classes_and_a_bogus_one_fails() {
 
 #[test]
 fn the_built_stylesheet_contains_the_app_classes() {
-    for needle in [".bg-slate-900", ".hover\\:bg-indigo-500:hover", ".focus\\:ring-2:focus", ".lg\\:grid-cols-2", ".diff-before"] {
+    for needle in
+        [".bg-slate-900", ".hover\\:bg-indigo-500:hover", ".focus\\:ring-2:focus", ".lg\\:grid-cols-2", ".diff-before"]
+    {
         assert!(app::STYLESHEET.contains(needle), "stylesheet lacks {needle}");
     }
 }

@@ -226,15 +226,17 @@ pub async fn upsert_user(
         }
         None => {
             let id = new_id();
-            sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&id)
-                .bind(username)
-                .bind(&phc)
-                .bind(role.as_str())
-                .bind(now_ms())
-                .execute(tx.conn())
-                .await
-                .map_err(StoreError::from)?;
+            sqlx::query(
+                "INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&id)
+            .bind(username)
+            .bind(&phc)
+            .bind(role.as_str())
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
             id
         }
     };
@@ -343,10 +345,8 @@ pub async fn list_tokens(store: &Store, who: &Principal) -> Result<Vec<TokenInfo
 
 /// Revokes a token the principal may write to. Returns false when there is no such token.
 pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Result<bool, StoreError> {
-    let Some(row) = sqlx::query("SELECT team_id FROM api_tokens WHERE id = $1")
-        .bind(token_id)
-        .fetch_optional(store.pool())
-        .await?
+    let Some(row) =
+        sqlx::query("SELECT team_id FROM api_tokens WHERE id = $1").bind(token_id).fetch_optional(store.pool()).await?
     else {
         return Ok(false);
     };
@@ -411,7 +411,9 @@ impl LoginLimiter {
         let now = std::time::Instant::now();
         let mut map = self.failures.lock().expect("limiter lock");
         let mut wait = None;
-        for (key, max) in [(format!("u:{account}"), self.max_per_account), (format!("a:{address}"), self.max_per_address)] {
+        for (key, max) in
+            [(format!("u:{account}"), self.max_per_account), (format!("a:{address}"), self.max_per_address)]
+        {
             if let Some(q) = map.get_mut(&key) {
                 while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
                     q.pop_front();

@@ -177,7 +177,9 @@ impl<'a> Goal<'a> {
         let name = name_checked?;
         let current = tx.get(kind, &team_id, name.as_str()).await?;
         match (&current, update) {
-            (Some(_), None) => return Err(ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into()),
+            (Some(_), None) => {
+                return Err(ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into())
+            }
             (None, Some(_)) => return Err(GoalError::NotFound),
             (Some(c), Some(Some(expected))) if c.version != expected => {
                 return Err(GoalError::Conflict(format!(
@@ -195,7 +197,9 @@ impl<'a> Goal<'a> {
                 s.validate()?;
                 if let Some(schema) = &s.schema {
                     if let Err(e) = jsonschema::validator_for(schema) {
-                        return Err(ValidationErrors::single("schema", format!("is not a valid JSON Schema: {e}")).into());
+                        return Err(
+                            ValidationErrors::single("schema", format!("is not a valid JSON Schema: {e}")).into()
+                        );
                     }
                 }
                 to_json(&s)
@@ -290,7 +294,11 @@ impl<'a> Goal<'a> {
                 let mut live = Vec::new();
                 for k in [Kind::Stream, Kind::Sink, Kind::Route] {
                     live.extend(
-                        self.store.list(k, &crate::store::Scope::Teams(vec![current.id.clone()])).await?.into_iter().map(|o| format!("{} {}", k, o.name)),
+                        self.store
+                            .list(k, &crate::store::Scope::Teams(vec![current.id.clone()]))
+                            .await?
+                            .into_iter()
+                            .map(|o| format!("{} {}", k, o.name)),
                     );
                 }
                 live
@@ -298,7 +306,11 @@ impl<'a> Goal<'a> {
             Kind::Route => Vec::new(),
         };
         if !dependants.is_empty() {
-            return Err(ValidationErrors::single("name", format!("{name:?} is still used by {}; remove those first", dependants.join(", "))).into());
+            return Err(ValidationErrors::single(
+                "name",
+                format!("{name:?} is still used by {}; remove those first", dependants.join(", ")),
+            )
+            .into());
         }
         let parsed = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
         let write = Write {
@@ -344,7 +356,11 @@ impl<'a> Goal<'a> {
             return Err(ValidationErrors::single("team", format!("no team named {team:?}")).into());
         };
         if !self.who.can_read(&t.id) {
-            return Err(if existing { GoalError::NotFound } else { ValidationErrors::single("team", format!("no team named {team:?}")).into() });
+            return Err(if existing {
+                GoalError::NotFound
+            } else {
+                ValidationErrors::single("team", format!("no team named {team:?}")).into()
+            });
         }
         if !self.who.can_write(kind, &t.id) {
             return Err(GoalError::Forbidden);
@@ -357,7 +373,9 @@ async fn append(tx: &mut WriteTx, w: Write<'_>, name: &Name) -> Result<Revision,
     let kind = w.kind;
     let expected = w.expected_version;
     tx.append(w).await.map_err(|e| match e {
-        AppendError::NameTaken => ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into(),
+        AppendError::NameTaken => {
+            ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into()
+        }
         AppendError::Stale { .. } => {
             GoalError::Conflict(format!("{kind} {name:?} changed after version {expected}; reload and retry"))
         }
@@ -418,8 +436,11 @@ mod tests {
         let e = Declaration::from_json(Kind::Stream, serde_json::json!({"partitions": "three", "retention_hours": 1}))
             .unwrap_err();
         assert_eq!(e.0[0].field, "spec.partitions");
-        let e = Declaration::from_json(Kind::Route, serde_json::json!({"stream": "a", "sink": "b", "projection": {"keep": [1]}}))
-            .unwrap_err();
+        let e = Declaration::from_json(
+            Kind::Route,
+            serde_json::json!({"stream": "a", "sink": "b", "projection": {"keep": [1]}}),
+        )
+        .unwrap_err();
         assert_eq!(e.0[0].field, "spec.projection.keep[0]");
     }
 }

@@ -156,15 +156,8 @@ impl StreamSpec {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
         check_description(&mut e, &self.description);
-        if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
-            e.add("partitions", format!("must be between 1 and {PARTITIONS_MAX} (got {})", self.partitions));
-        }
-        if !(1..=RETENTION_HOURS_MAX).contains(&self.retention_hours) {
-            e.add(
-                "retention_hours",
-                format!("must be between 1 and {RETENTION_HOURS_MAX} (got {})", self.retention_hours),
-            );
-        }
+        check_range(&mut e, "partitions", self.partitions, PARTITIONS_MAX);
+        check_range(&mut e, "retention_hours", self.retention_hours, RETENTION_HOURS_MAX);
         if let Some(b) = self.retention_bytes {
             if b < RETENTION_BYTES_MIN {
                 e.add("retention_bytes", format!("must be at least {RETENTION_BYTES_MIN} bytes (1 MiB) (got {b})"));
@@ -227,21 +220,25 @@ impl SinkKind {
                 SettingDoc { key: "url", required: true, help: "http:// or https:// endpoint receiving JSON batches" },
                 SettingDoc { key: "timeout_ms", required: false, help: "request timeout in milliseconds" },
             ],
-            SinkKind::File => &[
-                SettingDoc { key: "path", required: true, help: "relative directory under the data directory's sinks/ folder" },
-            ],
-            SinkKind::Postgres => &[
-                SettingDoc { key: "table", required: true, help: "target table name" },
-            ],
+            SinkKind::File => &[SettingDoc {
+                key: "path",
+                required: true,
+                help: "relative directory under the data directory's sinks/ folder",
+            }],
+            SinkKind::Postgres => &[SettingDoc { key: "table", required: true, help: "target table name" }],
         }
     }
 
     /// Secret settings: write-only, never echoed back.
     pub fn secrets(self) -> &'static [SettingDoc] {
         match self {
-            SinkKind::Http => &[SettingDoc { key: "authorization", required: false, help: "value of the Authorization header" }],
+            SinkKind::Http => {
+                &[SettingDoc { key: "authorization", required: false, help: "value of the Authorization header" }]
+            }
             SinkKind::File => &[],
-            SinkKind::Postgres => &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }],
+            SinkKind::Postgres => {
+                &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }]
+            }
         }
     }
 }
@@ -510,15 +507,8 @@ impl RouteSpec {
                 e.add(format!("projection.rename.{from}"), format!("target {msg}"));
             }
         }
-        if !(1..=BATCH_SIZE_MAX).contains(&self.batch_size) {
-            e.add("batch_size", format!("must be between 1 and {BATCH_SIZE_MAX} (got {})", self.batch_size));
-        }
-        if !(1..=MAX_LATENCY_MS_MAX).contains(&self.max_latency_ms) {
-            e.add(
-                "max_latency_ms",
-                format!("must be between 1 and {MAX_LATENCY_MS_MAX} (got {})", self.max_latency_ms),
-            );
-        }
+        check_range(&mut e, "batch_size", self.batch_size, BATCH_SIZE_MAX);
+        check_range(&mut e, "max_latency_ms", self.max_latency_ms, MAX_LATENCY_MS_MAX);
         for key in self.config.keys() {
             let ok = !key.is_empty()
                 && key.len() <= 100
@@ -528,6 +518,13 @@ impl RouteSpec {
             }
         }
         e.into_result(())
+    }
+}
+
+/// Every numeric knob runs from 1 to its maximum.
+fn check_range(e: &mut ValidationErrors, field: &str, value: u32, max: u32) {
+    if !(1..=max).contains(&value) {
+        e.add(field, format!("must be between 1 and {max} (got {value})"));
     }
 }
 

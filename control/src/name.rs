@@ -42,10 +42,7 @@ impl Name {
         if !first.is_ascii_lowercase() {
             return Err(NameError::BadStart);
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(NameError::BadChar(c));
         }
         if s.ends_with('-') || s.contains("--") {

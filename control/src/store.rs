@@ -332,7 +332,12 @@ impl WriteTx {
     }
 
     /// Live routes of a team whose spec names `field` = `value` (e.g. routes reading a stream).
-    pub async fn routes_referencing(&mut self, team_id: &str, field: &str, value: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn routes_referencing(
+        &mut self,
+        team_id: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let sql = format!("{OBJECT_SELECT} WHERE o.kind = 'route' AND o.team_id = $1 AND o.deleted = 0");
         let rows = sqlx::query(&sql).bind(team_id).fetch_all(&mut *self.tx).await?;
         let mut names = Vec::new();

@@ -116,3 +116,27 @@ test.describe("without JavaScript", () => {
     await expect(page.getByTestId("error-partitions")).toContainText("between 1 and 256");
   });
 });
+
+test("an API token created in the console is shown once and works against the JSON API", async ({ page }) => {
+  const name = unique("bot");
+  await signIn(page, users.editor);
+  await navigate(page, "API tokens");
+  await page.getByLabel("Name", { exact: true }).fill(name);
+  await page.getByLabel("Role", { exact: true }).selectOption("editor");
+  await page.getByRole("button", { name: "Create token" }).click();
+  const token = (await page.getByTestId("new-token").textContent())!.trim();
+  expect(token).toMatch(/^ks_[0-9a-f]{64}$/);
+
+  const me = await page.request.get("/api/v1/me", { headers: { Authorization: `Bearer ${token}` } });
+  expect(me.status()).toBe(200);
+  expect(await me.json()).toMatchObject({ principal: `token:${name}`, role: "editor", teams: ["alpha"] });
+
+  // Listed by prefix only; after a reload the token itself is gone for good.
+  await page.reload();
+  await expect(page.locator("tr", { hasText: name })).toContainText(token.slice(0, 10));
+  await expect(page.locator("body")).not.toContainText(token);
+  await page.locator("tr", { hasText: name }).getByRole("button", { name: "Revoke" }).click();
+  await expect(page.locator("tr", { hasText: name })).toContainText("revoked");
+  const after = await page.request.get("/api/v1/me", { headers: { Authorization: `Bearer ${token}` } });
+  expect(after.status()).toBe(401);
+});

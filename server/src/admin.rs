@@ -76,7 +76,8 @@ pub async fn bootstrap(store: &Store, password_file: &Path) -> anyhow::Result<()
         return Ok(());
     }
     create_team(store, "platform", "The platform team").await?;
-    create_user(store, "admin", Role::Admin, &["platform".into()], PasswordSource::GenerateInto(password_file), false).await
+    create_user(store, "admin", Role::Admin, &["platform".into()], PasswordSource::GenerateInto(password_file), false)
+        .await
 }
 
 fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {

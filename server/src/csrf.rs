@@ -65,7 +65,9 @@ mod tests {
         assert!(verdict(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:3000")]), None).is_ok());
         assert!(verdict(&headers(&[host.clone(), (header::ORIGIN, "http://evil.example")]), None).is_err());
         assert!(verdict(&headers(&[host.clone()]), None).is_err());
-        assert!(verdict(&headers(&[host.clone(), (header::REFERER, "http://127.0.0.1:3000/streams/new")]), None).is_ok());
+        assert!(
+            verdict(&headers(&[host.clone(), (header::REFERER, "http://127.0.0.1:3000/streams/new")]), None).is_ok()
+        );
         assert!(verdict(&headers(&[host.clone(), (header::AUTHORIZATION, "Bearer ks_x")]), None).is_ok());
         let proxied = [(header::HOST, "10.0.0.5:3000"), (header::ORIGIN, "https://keystone.example.com")];
         assert!(verdict(&headers(&proxied), Some("https://keystone.example.com")).is_ok());

@@ -21,6 +21,11 @@ struct Cli {
 enum Command {
     /// Run the console and the JSON API.
     Serve,
+    /// Measure parts of the platform on this machine (see README, "Figures").
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Administer users and teams directly in the database.
     Admin {
         #[command(subcommand)]
@@ -60,6 +65,19 @@ enum AdminCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable appends to the embedded log: throughput and fsyncs, sequential and concurrent.
+    Log {
+        /// Events per scenario.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Payload bytes per event.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+    },
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| "expected viewer, editor or admin".into())
 }
@@ -80,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
             println!("Keystone console: http://127.0.0.1:{}/", app.port());
             app.run_until_stopped().await?;
         }
+        Command::Bench { command: BenchCommand::Log { events, size } } => {
+            keystone::bench::log(&settings.data_dir.join("bench"), events, size).await?;
+        }
         Command::Admin { command } => {
             std::fs::create_dir_all(&settings.data_dir)?;
             let store = Store::connect(&settings.database_url()).await?;
@@ -91,7 +112,9 @@ async fn main() -> anyhow::Result<()> {
                     };
                     admin::create_user(&store, &username, role, &teams, source, replace).await?;
                 }
-                AdminCommand::CreateTeam { name, description } => admin::create_team(&store, &name, &description).await?,
+                AdminCommand::CreateTeam { name, description } => {
+                    admin::create_team(&store, &name, &description).await?
+                }
                 AdminCommand::Bootstrap { password_file } => admin::bootstrap(&store, &password_file).await?,
             }
         }

@@ -44,6 +44,10 @@ fn pg_admin_url() -> String {
 const PASSWORD: &str = "correct horse battery";
 
 async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("keystone-test-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -60,7 +64,7 @@ async fn spawn_app(db: Db) -> TestApp {
             (url, Some(name))
         }
     };
-    let settings = Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.clone(),
         database_url: Some(database_url.clone()),
@@ -70,6 +74,7 @@ async fn spawn_app(db: Db) -> TestApp {
         session_absolute_hours: 12,
         public_origin: None,
     };
+    tweak(&mut settings);
     let app = Application::build(settings).await.expect("server starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -94,7 +99,8 @@ async fn spawn_app(db: Db) -> TestApp {
     let alpha = token("alice", "alpha", Role::Editor).await;
     let beta = token("bob", "beta", Role::Editor).await;
     let alpha_viewer = token("vera", "alpha", Role::Viewer).await;
-    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
     TestApp { base, store, http, alpha, beta, alpha_viewer, _dir: TempDir(dir), pg_db }
 }
 
@@ -149,12 +155,20 @@ fn stream(partitions: u32) -> Value {
 
 async fn crud_writes_revisions_and_diffs(db: Db) {
     let app = spawn_app(db).await;
-    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(3), "reason": "new"})).await;
+    let (s, body) = app
+        .post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(3), "reason": "new"}))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{body}");
     assert_eq!(body["revision"]["version"], 1);
     let object_id = body["revision"]["object_id"].as_str().unwrap().to_owned();
 
-    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(6), "reason": "more", "expected_version": 1})).await;
+    let (s, body) = app
+        .put(
+            &app.alpha,
+            "/api/v1/teams/alpha/streams/plays",
+            json!({"spec": stream(6), "reason": "more", "expected_version": 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!((body["revision"]["version"].as_i64(), body["changed"].as_bool()), (Some(2), Some(true)));
 
@@ -163,7 +177,9 @@ async fn crud_writes_revisions_and_diffs(db: Db) {
     assert_eq!((body["revision"]["version"].as_i64(), body["changed"].as_bool()), (Some(2), Some(false)));
 
     // A change based on a stale version is refused.
-    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(9), "expected_version": 1})).await;
+    let (s, body) = app
+        .put(&app.alpha, "/api/v1/teams/alpha/streams/plays", json!({"spec": stream(9), "expected_version": 1}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
 
@@ -185,7 +201,8 @@ async fn crud_writes_revisions_and_diffs(db: Db) {
     let ops: Vec<&str> = history.as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["create", "update", "delete"]);
     // The name is free again, and a new object starts a new history.
-    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(1)})).await;
+    let (s, body) =
+        app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": stream(1)})).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(body["revision"]["version"], 1);
 
@@ -212,7 +229,10 @@ async fn invalid_requests_change_nothing(db: Db) {
         (json!({"name": "ok", "spec": stream(0)}), "partitions"),
         (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 99999}}), "retention_hours"),
         (json!({"name": "ok", "spec": {"partitions": "x", "retention_hours": 1}}), "spec.partitions"),
-        (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 1, "schema": {"type": "nonsense"}}}), "schema"),
+        (
+            json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 1, "schema": {"type": "nonsense"}}}),
+            "schema",
+        ),
         (json!({"name": "ok", "spec": {"partitions": 1, "retention_hours": 1, "bogus": true}}), "spec.bogus"),
     ];
     for (body, field) in cases {
@@ -229,15 +249,22 @@ async fn invalid_requests_change_nothing(db: Db) {
     let route = json!({"name": "r", "spec": {"stream": "nope", "sink": "none", "filter": "event.x == "}});
     let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/routes", route).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let fields: Vec<&str> = err["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> =
+        err["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["stream", "sink", "filter"], "{err}");
     assert!(err["error"]["details"][2]["message"].as_str().unwrap().contains("line 1"), "{err}");
 
     // Duplicate names within a team are refused; the same name in another team is fine.
-    assert_eq!(app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(1)})).await.0, StatusCode::CREATED);
+    assert_eq!(
+        app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(1)})).await.0,
+        StatusCode::CREATED
+    );
     let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(1)})).await;
     assert_eq!((s, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")));
-    assert_eq!(app.post(&app.beta, "/api/v1/teams/beta/streams", json!({"name": "s", "spec": stream(1)})).await.0, StatusCode::CREATED);
+    assert_eq!(
+        app.post(&app.beta, "/api/v1/teams/beta/streams", json!({"name": "s", "spec": stream(1)})).await.0,
+        StatusCode::CREATED
+    );
     assert_eq!(app.revision_count().await, before + 2);
 
     // A stream used by a route cannot be deleted.
@@ -254,7 +281,8 @@ async fn invalid_requests_change_nothing(db: Db) {
 
 async fn teams_are_isolated_and_roles_enforced(db: Db) {
     let app = spawn_app(db).await;
-    let (_, created) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "secret-plays", "spec": stream(1)})).await;
+    let (_, created) =
+        app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "secret-plays", "spec": stream(1)})).await;
     let object_id = created["revision"]["object_id"].as_str().unwrap().to_owned();
     // Team beta can neither read nor change alpha's objects, by name or by guessed id.
     for path in [
@@ -281,7 +309,8 @@ async fn teams_are_isolated_and_roles_enforced(db: Db) {
     // A viewer reads but cannot change.
     let (s, _) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays").await;
     assert_eq!(s, StatusCode::OK);
-    let (s, body) = app.put(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays", json!({"spec": stream(2)})).await;
+    let (s, body) =
+        app.put(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays", json!({"spec": stream(2)})).await;
     assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
     let (s, _) = app.delete(&app.alpha_viewer, "/api/v1/teams/alpha/streams/secret-plays").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -332,7 +361,8 @@ async fn console_sign_in_sessions_and_csrf(db: Db) {
     assert_eq!(page.headers()["location"], "/login");
 
     // A cross-site form post is refused before it reaches the server function.
-    let forged = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], Some("http://evil.example")).await;
+    let forged =
+        app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], Some("http://evil.example")).await;
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     let no_origin = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], None).await;
     assert_eq!(no_origin.status(), StatusCode::FORBIDDEN);
@@ -358,8 +388,18 @@ async fn console_sign_in_sessions_and_csrf(db: Db) {
     let created = app
         .form(
             "/api/save_stream",
-            &[("team", "alpha"), ("name", "from-console"), ("version", ""), ("description", ""), ("partitions", "2"),
-              ("retention_hours", "12"), ("retention_bytes", ""), ("key_field", ""), ("schema", ""), ("reason", "console")],
+            &[
+                ("team", "alpha"),
+                ("name", "from-console"),
+                ("version", ""),
+                ("description", ""),
+                ("partitions", "2"),
+                ("retention_hours", "12"),
+                ("retention_bytes", ""),
+                ("key_field", ""),
+                ("schema", ""),
+                ("reason", "console"),
+            ],
             origin,
         )
         .await;
@@ -369,8 +409,18 @@ async fn console_sign_in_sessions_and_csrf(db: Db) {
     let bad = app
         .form(
             "/api/save_stream",
-            &[("team", "alpha"), ("name", "bad"), ("version", ""), ("description", ""), ("partitions", "lots"),
-              ("retention_hours", "12"), ("retention_bytes", ""), ("key_field", ""), ("schema", "{"), ("reason", "")],
+            &[
+                ("team", "alpha"),
+                ("name", "bad"),
+                ("version", ""),
+                ("description", ""),
+                ("partitions", "lots"),
+                ("retention_hours", "12"),
+                ("retention_bytes", ""),
+                ("key_field", ""),
+                ("schema", "{"),
+                ("reason", ""),
+            ],
             origin,
         )
         .await
@@ -398,14 +448,28 @@ async fn console_sign_in_sessions_and_csrf(db: Db) {
     for _ in 0..5 {
         app.form("/api/login", &[("username", "bob"), ("password", "wrong-password")], origin).await;
     }
-    let throttled = app.form("/api/login", &[("username", "bob"), ("password", PASSWORD)], origin).await.text().await.unwrap();
+    let throttled =
+        app.form("/api/login", &[("username", "bob"), ("password", PASSWORD)], origin).await.text().await.unwrap();
     assert!(throttled.contains("Too many failed sign-ins"), "{throttled}");
+    app.teardown().await;
+}
+
+async fn sessions_end_at_the_absolute_timeout(db: Db) {
+    // An absolute lifetime of zero hours: the session is over as soon as it is used again.
+    let app = spawn_app_with(db, |s| s.session_absolute_hours = 0).await;
+    let origin = Some(app.base.as_str());
+    let ok = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], origin).await;
+    assert!(ok.headers().get("set-cookie").is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let me = app.form("/api/whoami", &[], origin).await.text().await.unwrap();
+    assert_eq!(me, "null");
     app.teardown().await;
 }
 
 async fn openapi_document_is_served(db: Db) {
     let app = spawn_app(db).await;
-    let doc: Value = app.http.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    let doc: Value =
+        app.http.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in ["/api/v1/teams/{team}/{kind}", "/api/v1/revisions", "/api/v1/objects/{id}/diff"] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
@@ -431,5 +495,6 @@ on_both_backends!(
     teams_are_isolated_and_roles_enforced,
     sink_secrets_are_never_echoed,
     console_sign_in_sessions_and_csrf,
+    sessions_end_at_the_absolute_timeout,
     openapi_document_is_served,
 );

@@ -85,7 +85,16 @@ fn build(root: &Path, release: bool) -> Result<()> {
     let started = Instant::now();
     step("Building the browser bundle (WASM, size-optimised profile)");
     status(cargo().args([
-        "build", "--package", "app", "--lib", "--target", WASM_TARGET, "--features", "hydrate", "--profile", "wasm-release",
+        "build",
+        "--package",
+        "app",
+        "--lib",
+        "--target",
+        WASM_TARGET,
+        "--features",
+        "hydrate",
+        "--profile",
+        "wasm-release",
     ]))?;
     let wasm = target_dir(root).join(WASM_TARGET).join("wasm-release").join("app.wasm");
     let pkg = root.join("target/site/pkg");
@@ -234,7 +243,9 @@ mod tests {
     #[test]
     fn tally_reads_both_runners_closing_lines() {
         let mut t = Tally::default();
-        t.read_cargo_line("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s");
+        t.read_cargo_line(
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s",
+        );
         t.read_cargo_line("test result: FAILED. 3 passed; 2 failed; 0 ignored");
         t.read_playwright_line("  4 passed (12.3s)");
         t.read_playwright_line("  1 failed");

@@ -13,7 +13,10 @@ pub async fn audit_log(kind: String, team: String, author: String) -> Result<Vec
     use keystone_control::store::AuditFilter;
     let kind = match kind.as_str() {
         "" => None,
-        k => Some(Kind::parse(k).ok_or_else(|| keystone_control::ValidationErrors::single("kind", format!("unknown kind {k:?}")))?),
+        k => Some(
+            Kind::parse(k)
+                .ok_or_else(|| keystone_control::ValidationErrors::single("kind", format!("unknown kind {k:?}")))?,
+        ),
     };
     let some = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
     let (store, who) = crate::state::caller().await?;

@@ -24,9 +24,16 @@ pub async fn whoami() -> Result<Option<Me>, AppError> {
     let writable_teams = match p.role {
         Role::Viewer => Vec::new(),
         Role::Editor => p.teams.iter().map(|t| t.name.clone()).collect(),
-        Role::Admin => Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect(),
+        Role::Admin => {
+            Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect()
+        }
     };
-    Ok(Some(Me { username: p.display, role: p.role, teams: p.teams.into_iter().map(|t| t.name).collect(), writable_teams }))
+    Ok(Some(Me {
+        username: p.display,
+        role: p.role,
+        teams: p.teams.into_iter().map(|t| t.name).collect(),
+        writable_teams,
+    }))
 }
 
 /// Signs in. Failures never say whether the user exists, are throttled per account and per

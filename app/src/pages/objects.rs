@@ -46,7 +46,13 @@ pub async fn object_detail(
 
 /// Deletes an object (a tombstone revision) and returns to its list.
 #[server]
-pub async fn delete_object(kind: Kind, team: String, name: String, version: i64, reason: String) -> Result<(), AppError> {
+pub async fn delete_object(
+    kind: Kind,
+    team: String,
+    name: String,
+    version: i64,
+    reason: String,
+) -> Result<(), AppError> {
     let (store, who) = crate::state::caller().await?;
     keystone_control::goal::Goal::new(&store, &who).delete(kind, &team, &name, &reason, Some(version)).await?;
     leptos_axum::redirect(&format!("/{}", kind.plural()));
@@ -136,8 +142,10 @@ pub fn ObjectList(
 #[component]
 fn SpecTable(spec: serde_json::Value) -> impl IntoView {
     // Every leaf of the spec is a change from nothing; the empty root itself is not a field.
-    let rows: Vec<_> =
-        keystone_control::diff::diff(&serde_json::json!({}), &spec).into_iter().filter(|c| !c.path.is_empty()).collect();
+    let rows: Vec<_> = keystone_control::diff::diff(&serde_json::json!({}), &spec)
+        .into_iter()
+        .filter(|c| !c.path.is_empty())
+        .collect();
     view! {
         <dl class="divide-y divide-slate-100" data-testid="spec">
             {rows
@@ -229,10 +237,28 @@ pub fn ObjectDetailView(kind: Kind) -> impl IntoView {
     }
 }
 
-/// Loads the object a form edits (none on a `/new` page).
-pub fn editing(kind: Kind) -> Resource<Result<Option<Object>, AppError>> {
+/// The object a form edits (`None` on a `/new` page) and the teams the user may write to.
+#[derive(Clone)]
+pub struct FormTarget {
+    pub existing: Option<Object>,
+    pub teams: Vec<String>,
+}
+
+impl FormTarget {
+    /// The current spec, typed, when editing.
+    pub fn spec<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        self.existing.as_ref().and_then(|o| o.spec_as().ok())
+    }
+}
+
+pub const FORM: &str = "rounded-lg border border-slate-200 bg-white shadow-sm p-6 space-y-5 max-w-2xl";
+
+/// The frame of every create/edit page: loads the object named in the URL (if any), titles the
+/// page, and renders the kind's `form` for it.
+#[component]
+pub fn ObjectForm(kind: Kind, subtitle: &'static str, form: fn(FormTarget) -> AnyView) -> impl IntoView {
     let params = use_params_map();
-    Resource::new(
+    let current = Resource::new(
         move || (params.read().get("team"), params.read().get("name")),
         move |(team, name)| async move {
             match (team, name) {
@@ -240,7 +266,69 @@ pub fn editing(kind: Kind) -> Resource<Result<Option<Object>, AppError>> {
                 _ => Ok(None),
             }
         },
-    )
+    );
+    let teams = use_me().map(|m| m.writable_teams).unwrap_or_default();
+    view! {
+        <Suspense fallback=|| ()>
+            {move || {
+                let teams = teams.clone();
+                Suspend::new(async move {
+                    match current.await {
+                        Err(e) => view! { <LoadError error=e/> }.into_any(),
+                        Ok(existing) => {
+                            let title = existing
+                                .as_ref()
+                                .map_or(format!("New {kind}"), |o| format!("Edit {kind} {}", o.name));
+                            view! {
+                                <Title text=format!("{title} · Keystone")/>
+                                <PageHeader title=title subtitle=subtitle><span></span></PageHeader>
+                                {form(FormTarget { existing, teams })}
+                            }
+                                .into_any()
+                        }
+                    }
+                })
+            }}
+        </Suspense>
+    }
+}
+
+/// The fields every form starts with: the version it was loaded at, the team and the name (both
+/// fixed when editing).
+#[component]
+pub fn IdentityFields(target: FormTarget, errors: Signal<Option<keystone_control::ValidationErrors>>) -> impl IntoView {
+    let o = target.existing.as_ref();
+    let is_edit = o.is_some();
+    let version = o.map(|o| o.version.to_string()).unwrap_or_default();
+    let team = o.map(|o| o.team.clone()).unwrap_or_default();
+    let name = o.map(|o| o.name.clone()).unwrap_or_default();
+    let team_field = if is_edit {
+        view! {
+            <div>
+                <input type="hidden" name="team" value=team.clone()/>
+                <p class="text-sm text-slate-600">"Team: " <span class="font-medium">{team}</span></p>
+            </div>
+        }
+        .into_any()
+    } else {
+        let msg = move || errors.with(|e| e.as_ref().and_then(|e| e.for_field("team").map(str::to_owned)));
+        view! {
+            <div>
+                <label for="f-team" class="block text-sm font-medium text-slate-700">"Team"</label>
+                <select id="f-team" name="team" class=INPUT>
+                    {target.teams.into_iter().map(|t| view! { <option value=t.clone()>{t.clone()}</option> }).collect_view()}
+                </select>
+                {move || msg().map(|m| view! { <p class="mt-1 text-sm text-red-600" data-testid="error-team">{m}</p> })}
+            </div>
+        }
+        .into_any()
+    };
+    view! {
+        <input type="hidden" name="version" value=version/>
+        {team_field}
+        <Field label="Name" name="name" value=name errors required=true readonly=is_edit
+            help="Lowercase letters, digits and dashes."/>
+    }
 }
 
 /// Splits a comma- or newline-separated form field into trimmed, non-empty items.
@@ -267,7 +355,11 @@ pub fn parse_pairs(
 }
 
 /// Parses a whole-number form field; `field` names it in errors.
-pub fn parse_number<T: std::str::FromStr>(s: &str, field: &str, errors: &mut keystone_control::ValidationErrors) -> Option<T> {
+pub fn parse_number<T: std::str::FromStr>(
+    s: &str,
+    field: &str,
+    errors: &mut keystone_control::ValidationErrors,
+) -> Option<T> {
     match s.trim().parse() {
         Ok(v) => Some(v),
         Err(_) => {

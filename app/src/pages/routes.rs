@@ -1,12 +1,10 @@
 //! Routes: a stream's events, filtered and projected, delivered to a sink.
 
 use super::objects::*;
-use super::streams::TeamField;
 use crate::components::*;
 use crate::error::AppError;
 use keystone_control::{Kind, Object, RouteSpec};
 use leptos::prelude::*;
-use leptos_meta::Title;
 
 /// Creates (empty `version`) or updates a route from the console form.
 #[allow(clippy::too_many_arguments)]
@@ -104,69 +102,49 @@ fn lines(map: &std::collections::BTreeMap<String, String>) -> String {
 
 #[component]
 pub fn RouteFormPage() -> impl IntoView {
-    let current = editing(Kind::Route);
+    view! { <ObjectForm kind=Kind::Route subtitle="Every save writes a new revision." form=route_form/> }
+}
+
+fn route_form(t: FormTarget) -> AnyView {
     let save = ServerAction::<SaveRoute>::new();
     let errors = field_errors(save.value());
-    let teams = use_me().map(|m| m.writable_teams).unwrap_or_default();
+    let spec = t.spec::<RouteSpec>();
+    let s = spec.clone();
+    let get = move |f: fn(&RouteSpec) -> String, default: &str| s.as_ref().map_or(default.to_owned(), f);
     view! {
-        <Suspense fallback=|| ()>
-            {move || {
-                let teams = teams.clone();
-                Suspend::new(async move {
-                    let existing = match current.await {
-                        Err(e) => return view! { <LoadError error=e/> }.into_any(),
-                        Ok(o) => o,
-                    };
-                    let spec = existing.as_ref().and_then(|o| o.spec_as::<RouteSpec>().ok());
-                    let title = existing.as_ref().map_or("New route".to_owned(), |o| format!("Edit route {}", o.name));
-                    let (team, name, version) = existing
-                        .as_ref()
-                        .map_or((String::new(), String::new(), String::new()), |o| (o.team.clone(), o.name.clone(), o.version.to_string()));
-                    let is_edit = existing.is_some();
-                    let s = spec.clone();
-                    let get = move |f: fn(&RouteSpec) -> String, default: &str| s.as_ref().map_or(default.to_owned(), f);
-                    view! {
-                        <Title text=format!("{title} · Keystone")/>
-                        <PageHeader title=title subtitle="Every save writes a new revision."><span></span></PageHeader>
-                        <FormStatus error=last_error(save.value())/>
-                        <ActionForm action=save attr:class=format!("{CARD} p-6 space-y-5 max-w-2xl")>
-                            <input type="hidden" name="version" value=version/>
-                            <TeamField teams=teams.clone() team=team errors is_edit/>
-                            <Field label="Name" name="name" value=name errors required=true readonly=is_edit/>
-                            <Field label="Description" name="description" errors value=get(|r| r.description.clone(), "")/>
-                            <div class="grid grid-cols-2 gap-4">
-                                <Field label="Source stream" name="stream" errors required=true value=get(|r| r.stream.to_string(), "")/>
-                                <Field label="Sink" name="sink" errors required=true value=get(|r| r.sink.to_string(), "")/>
-                            </div>
-                            <Field label="Filter (CEL)" name="filter" errors value=get(|r| r.filter.clone().unwrap_or_default(), "")
-                                help="For example: event.country == \"BR\" && event.bitrate > 3000. Blank delivers every event."/>
-                            <div class="grid grid-cols-2 gap-4">
-                                <Field label="Keep fields" name="keep" error_key="projection.keep" errors
-                                    value=get(|r| r.projection.keep.join(", "), "") help="Comma-separated dotted paths; blank keeps all."/>
-                                <Field label="Drop fields" name="drop" error_key="projection.drop" errors
-                                    value=get(|r| r.projection.drop.join(", "), "")/>
-                            </div>
-                            <Field label="Rename fields" name="rename" kind="textarea" error_key="projection.rename" errors
-                                value=get(|r| lines(&r.projection.rename), "") help="One old.path=new.path per line."/>
-                            <div class="grid grid-cols-2 gap-4">
-                                <Field label="Batch size" name="batch_size" kind="number" errors
-                                    value=get(|r| r.batch_size.to_string(), "500")/>
-                                <Field label="Max latency (ms)" name="max_latency_ms" kind="number" errors
-                                    value=get(|r| r.max_latency_ms.to_string(), "1000")/>
-                                <Field label="Delivery on redeploy" name="delivery_on_redeploy" kind="select:no_gap,no_duplicates" errors
-                                    value=get(|r| r.delivery_on_redeploy.as_str().to_owned(), "no_gap")/>
-                                <Field label="Ordering" name="ordering" kind="select:partition,unordered" errors
-                                    value=get(|r| r.ordering.as_str().to_owned(), "partition")/>
-                            </div>
-                            <Field label="Job properties" name="config" kind="textarea" errors value=get(|r| lines(&r.config), "")
-                                help="One key=value per line."/>
-                            <Field label="Reason for this change" name="reason" errors/>
-                            <button type="submit" class=BUTTON>"Save route"</button>
-                        </ActionForm>
-                    }
-                        .into_any()
-                })
-            }}
-        </Suspense>
+        <FormStatus error=last_error(save.value())/>
+        <ActionForm action=save attr:class=FORM>
+            <IdentityFields target=t.clone() errors/>
+            <Field label="Description" name="description" errors value=get(|r| r.description.clone(), "")/>
+            <div class="grid grid-cols-2 gap-4">
+                <Field label="Source stream" name="stream" errors required=true value=get(|r| r.stream.to_string(), "")/>
+                <Field label="Sink" name="sink" errors required=true value=get(|r| r.sink.to_string(), "")/>
+            </div>
+            <Field label="Filter (CEL)" name="filter" errors value=get(|r| r.filter.clone().unwrap_or_default(), "")
+                help="For example: event.country == \"BR\" && event.bitrate > 3000. Blank delivers every event."/>
+            <div class="grid grid-cols-2 gap-4">
+                <Field label="Keep fields" name="keep" error_key="projection.keep" errors
+                    value=get(|r| r.projection.keep.join(", "), "") help="Comma-separated dotted paths; blank keeps all."/>
+                <Field label="Drop fields" name="drop" error_key="projection.drop" errors
+                    value=get(|r| r.projection.drop.join(", "), "")/>
+            </div>
+            <Field label="Rename fields" name="rename" kind="textarea" error_key="projection.rename" errors
+                value=get(|r| lines(&r.projection.rename), "") help="One old.path=new.path per line."/>
+            <div class="grid grid-cols-2 gap-4">
+                <Field label="Batch size" name="batch_size" kind="number" errors
+                    value=get(|r| r.batch_size.to_string(), "500")/>
+                <Field label="Max latency (ms)" name="max_latency_ms" kind="number" errors
+                    value=get(|r| r.max_latency_ms.to_string(), "1000")/>
+                <Field label="Delivery on redeploy" name="delivery_on_redeploy" kind="select:no_gap,no_duplicates" errors
+                    value=get(|r| r.delivery_on_redeploy.as_str().to_owned(), "no_gap")/>
+                <Field label="Ordering" name="ordering" kind="select:partition,unordered" errors
+                    value=get(|r| r.ordering.as_str().to_owned(), "partition")/>
+            </div>
+            <Field label="Job properties" name="config" kind="textarea" errors value=get(|r| lines(&r.config), "")
+                help="One key=value per line."/>
+            <Field label="Reason for this change" name="reason" errors/>
+            <button type="submit" class=BUTTON>"Save route"</button>
+        </ActionForm>
     }
+    .into_any()
 }

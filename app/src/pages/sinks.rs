@@ -1,12 +1,10 @@
 //! Sinks: the managed systems routes deliver to. Secret settings are write-only.
 
 use super::objects::*;
-use super::streams::TeamField;
 use crate::components::*;
 use crate::error::AppError;
 use keystone_control::{Kind, Object, SinkSpec};
 use leptos::prelude::*;
-use leptos_meta::Title;
 
 /// Creates (empty `version`) or updates a sink. Blank secrets keep their stored value.
 #[allow(clippy::too_many_arguments)]
@@ -84,70 +82,50 @@ pub fn SinkDetailPage() -> impl IntoView {
 
 #[component]
 pub fn SinkFormPage() -> impl IntoView {
-    let current = editing(Kind::Sink);
+    view! { <ObjectForm kind=Kind::Sink subtitle="Secrets are stored apart and never shown again." form=sink_form/> }
+}
+
+fn sink_form(t: FormTarget) -> AnyView {
     let save = ServerAction::<SaveSink>::new();
     let errors = field_errors(save.value());
-    let teams = use_me().map(|m| m.writable_teams).unwrap_or_default();
+    let spec = t.spec::<SinkSpec>();
+    let settings = spec.as_ref().map(|s| s.settings.clone()).unwrap_or_default();
+    let setting = move |k: &str| settings.get(k).cloned().unwrap_or_default();
+    let secrets = spec.as_ref().map(|s| s.secrets.clone()).unwrap_or_default();
+    let secret_help = move |k: &str| match secrets.get(k) {
+        Some(r) => format!("Set in v{}; leave blank to keep it.", r.set_in_version),
+        None => "Not set.".to_owned(),
+    };
+    let kind = spec.as_ref().map_or("http", |s| s.kind.as_str()).to_owned();
     view! {
-        <Suspense fallback=|| ()>
-            {move || {
-                let teams = teams.clone();
-                Suspend::new(async move {
-                    let existing = match current.await {
-                        Err(e) => return view! { <LoadError error=e/> }.into_any(),
-                        Ok(o) => o,
-                    };
-                    let spec = existing.as_ref().and_then(|o| o.spec_as::<SinkSpec>().ok());
-                    let title = existing.as_ref().map_or("New sink".to_owned(), |o| format!("Edit sink {}", o.name));
-                    let (team, name, version) = existing
-                        .as_ref()
-                        .map_or((String::new(), String::new(), String::new()), |o| (o.team.clone(), o.name.clone(), o.version.to_string()));
-                    let is_edit = existing.is_some();
-                    let settings = spec.as_ref().map(|s| s.settings.clone()).unwrap_or_default();
-                    let setting = move |k: &str| settings.get(k).cloned().unwrap_or_default();
-                    let secrets = spec.as_ref().map(|s| s.secrets.clone()).unwrap_or_default();
-                    let secret_help = move |k: &str| match secrets.get(k) {
-                        Some(r) => format!("Set in v{}; leave blank to keep it.", r.set_in_version),
-                        None => "Not set.".to_owned(),
-                    };
-                    let kind = spec.as_ref().map_or("http", |s| s.kind.as_str()).to_owned();
-                    view! {
-                        <Title text=format!("{title} · Keystone")/>
-                        <PageHeader title=title subtitle="Secrets are stored apart and never shown again."><span></span></PageHeader>
-                        <FormStatus error=last_error(save.value())/>
-                        <ActionForm action=save attr:class=format!("{CARD} p-6 space-y-5 max-w-2xl")>
-                            <input type="hidden" name="version" value=version/>
-                            <TeamField teams=teams.clone() team=team errors is_edit/>
-                            <Field label="Name" name="name" value=name errors required=true readonly=is_edit/>
-                            <Field label="Kind" name="kind" kind="select:http,file,postgres" value=kind errors/>
-                            <Field label="Description" name="description" errors
-                                value=spec.as_ref().map(|s| s.description.clone()).unwrap_or_default()/>
-                            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
-                                <legend class="px-1 text-sm font-medium text-slate-600">"HTTP"</legend>
-                                <Field label="URL" name="setting_url" error_key="settings.url" errors value=setting("url")
-                                    help="http:// or https:// endpoint receiving JSON batches."/>
-                                <Field label="Timeout (ms)" name="setting_timeout_ms" error_key="settings.timeout_ms" errors value=setting("timeout_ms")/>
-                                <Field label="Authorization header (secret)" name="secret_authorization" kind="password"
-                                    error_key="secrets.authorization" errors help=secret_help("authorization")/>
-                            </fieldset>
-                            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
-                                <legend class="px-1 text-sm font-medium text-slate-600">"File"</legend>
-                                <Field label="Directory" name="setting_path" error_key="settings.path" errors value=setting("path")
-                                    help="Relative to the data directory's sinks/ folder."/>
-                            </fieldset>
-                            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
-                                <legend class="px-1 text-sm font-medium text-slate-600">"PostgreSQL"</legend>
-                                <Field label="Table" name="setting_table" error_key="settings.table" errors value=setting("table")/>
-                                <Field label="Connection URL (secret)" name="secret_url" kind="password" error_key="secrets.url"
-                                    errors help=secret_help("url")/>
-                            </fieldset>
-                            <Field label="Reason for this change" name="reason" errors/>
-                            <button type="submit" class=BUTTON>"Save sink"</button>
-                        </ActionForm>
-                    }
-                        .into_any()
-                })
-            }}
-        </Suspense>
+        <FormStatus error=last_error(save.value())/>
+        <ActionForm action=save attr:class=FORM>
+            <IdentityFields target=t.clone() errors/>
+            <Field label="Kind" name="kind" kind="select:http,file,postgres" value=kind errors/>
+            <Field label="Description" name="description" errors
+                value=spec.as_ref().map(|s| s.description.clone()).unwrap_or_default()/>
+            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
+                <legend class="px-1 text-sm font-medium text-slate-600">"HTTP"</legend>
+                <Field label="URL" name="setting_url" error_key="settings.url" errors value=setting("url")
+                    help="http:// or https:// endpoint receiving JSON batches."/>
+                <Field label="Timeout (ms)" name="setting_timeout_ms" error_key="settings.timeout_ms" errors value=setting("timeout_ms")/>
+                <Field label="Authorization header (secret)" name="secret_authorization" kind="password"
+                    error_key="secrets.authorization" errors help=secret_help("authorization")/>
+            </fieldset>
+            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
+                <legend class="px-1 text-sm font-medium text-slate-600">"File"</legend>
+                <Field label="Directory" name="setting_path" error_key="settings.path" errors value=setting("path")
+                    help="Relative to the data directory's sinks/ folder."/>
+            </fieldset>
+            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
+                <legend class="px-1 text-sm font-medium text-slate-600">"PostgreSQL"</legend>
+                <Field label="Table" name="setting_table" error_key="settings.table" errors value=setting("table")/>
+                <Field label="Connection URL (secret)" name="secret_url" kind="password" error_key="secrets.url"
+                    errors help=secret_help("url")/>
+            </fieldset>
+            <Field label="Reason for this change" name="reason" errors/>
+            <button type="submit" class=BUTTON>"Save sink"</button>
+        </ActionForm>
     }
+    .into_any()
 }

@@ -44,7 +44,8 @@ pub fn TokensPage() -> impl IntoView {
     let revoke = ServerAction::<RevokeToken>::new();
     let data = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_tokens());
     let errors = field_errors(create.value());
-    let teams = use_me().map(|m| if m.writable_teams.is_empty() { m.teams } else { m.writable_teams }).unwrap_or_default();
+    let teams =
+        use_me().map(|m| if m.writable_teams.is_empty() { m.teams } else { m.writable_teams }).unwrap_or_default();
     view! {
         <Title text="API tokens · Keystone"/>
         <PageHeader title="API tokens" subtitle="For automation against /api/v1 (see /api/v1/openapi.json)."><span></span></PageHeader>

@@ -1,0 +1,98 @@
+//! The durable, partitioned log: one topic per stream. Kept behind the [`Log`] trait so the
+//! Kafka backend can slot in beside the embedded one without touching routes or sinks.
+
+pub mod codec;
+pub mod embedded;
+
+pub use codec::StoredRecord;
+pub use embedded::EmbeddedLog;
+
+use std::future::Future;
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest retained record.
+    Earliest,
+    /// The next record to be appended.
+    Latest,
+    /// A given offset (clamped to what is retained).
+    Offset(u64),
+    /// The first record stamped at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// A record to append; the log assigns its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub partition: u32,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// How much a topic keeps. Whole segments are dropped once every record in them is too old, or
+/// while a partition is over its size cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: i64,
+    pub max_bytes_per_partition: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The topic was never created.
+    #[error("no topic {0:?}")]
+    UnknownTopic(String),
+    /// The partition number is out of range.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    /// The offset was already removed by retention.
+    #[error("offset {requested} is no longer retained; the earliest is {earliest}")]
+    OffsetOutOfRange { requested: u64, earliest: u64 },
+    /// The disk is full: nothing of the failed append was kept; retry later.
+    #[error("the log is out of disk space")]
+    Full,
+    /// Reading or writing the log's files failed.
+    #[error("log I/O failed")]
+    Io(#[from] std::io::Error),
+    /// The log is shutting down.
+    #[error("the log is shut down")]
+    Closed,
+}
+
+/// What a log backend offers the data plane.
+pub trait Log: Send + Sync + 'static {
+    /// Creates a topic, or grows its partition count and updates its retention.
+    fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        retention: Retention,
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// Appends records durably: when this returns `Ok`, every record is on disk (fsync), and the
+    /// result holds each record's `(partition, offset)` in input order. On `Err` no record of a
+    /// partition whose write failed was kept.
+    fn append(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> impl Future<Output = Result<Vec<(u32, u64)>, LogError>> + Send;
+
+    /// Up to `max_records` records of one partition, from offset `from`, in offset order. Empty
+    /// when `from` is the end.
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, LogError>> + Send;
+
+    /// The offset a reader starting at `at` reads first.
+    fn resolve(&self, topic: &str, partition: u32, at: StartAt) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// A watch on the partition's end offset (the next offset to be written), for tailing readers.
+    fn watch_end(&self, topic: &str, partition: u32) -> Result<tokio::sync::watch::Receiver<u64>, LogError>;
+}
