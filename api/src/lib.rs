@@ -4,18 +4,31 @@
 
 mod error;
 mod handlers;
+mod ingest;
 
 pub use error::{ApiError, ErrorBody};
 pub use handlers::ApiDoc;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use keystone_control::store::Store;
+use keystone_engine::log::EmbeddedLog;
+use std::sync::Arc;
+
+pub use ingest::IngestCache;
 
 /// What the API handlers need; the server builds it from its `AppState`.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    pub log: Arc<EmbeddedLog>,
+    /// Streams' compiled ingest settings, per revision.
+    pub ingest: Arc<IngestCache>,
+    /// Largest request body the ingest proxy accepts (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest single event (rejected by index beyond).
+    pub max_event_bytes: usize,
 }
 
 /// The `/api/v1` router.
@@ -33,6 +46,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
         .route("/api/v1/objects/{id}/diff", get(handlers::diff))
+        .route("/api/v1/producer-tokens/{team}/{stream}", get(ingest::list_tokens).post(ingest::create_token))
+        .route("/api/v1/producer-tokens/{team}/{stream}/{id}", delete(ingest::revoke_token))
+        .route("/api/v1/events/{team}/{stream}", get(ingest::events))
         .route("/api/v1/{*rest}", axum::routing::any(handlers::not_found))
+        .route("/ingest/{stream}", post(ingest::ingest).layer(DefaultBodyLimit::max(state.max_body_bytes)))
         .with_state(state)
 }

@@ -261,8 +261,24 @@ pub async fn upsert_user(
 /// Prefix of every API token, so leaked tokens are easy to recognise in scanners.
 pub const TOKEN_PREFIX: &str = "ks_";
 
-fn token_hash(token: &str) -> String {
+/// SHA-256 of a token: tokens are 256-bit random, so a fast hash suffices and lookups stay O(1).
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A freshly generated bearer token: the secret (shown once), its hash (stored) and a short
+/// prefix (listed, to tell tokens apart).
+pub(crate) struct Minted {
+    pub token: String,
+    pub hash: String,
+    pub prefix: String,
+}
+
+pub(crate) fn mint(kind_prefix: &str) -> Minted {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = format!("{kind_prefix}{}", hex::encode(bytes));
+    Minted { hash: token_hash(&token), prefix: token.chars().take(10).collect(), token }
 }
 
 /// Creates an API token for `team_id` with `role` (viewer or editor). Returns the token, which is
@@ -290,10 +306,7 @@ pub async fn create_token(
     if !errors.is_empty() {
         return Err(UserError::Invalid(errors));
     }
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
-    let prefix: String = token.chars().take(10).collect();
+    let Minted { token, hash, prefix } = mint(TOKEN_PREFIX);
     let id = new_id();
     let now = now_ms();
     sqlx::query(
@@ -304,7 +317,7 @@ pub async fn create_token(
     .bind(name)
     .bind(team_id)
     .bind(role.as_str())
-    .bind(token_hash(&token))
+    .bind(&hash)
     .bind(&prefix)
     .bind(&creator.user_id)
     .bind(now)

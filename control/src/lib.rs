@@ -16,6 +16,8 @@ pub mod auth;
 #[cfg(feature = "store")]
 pub mod goal;
 #[cfg(feature = "store")]
+pub mod producers;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use model::*;

@@ -619,6 +619,17 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
+/// A producer token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct ProducerTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

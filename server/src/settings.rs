@@ -26,6 +26,10 @@ pub struct Settings {
     /// proxy rewrites the Host header; state-changing requests from any other origin are refused.
     #[serde(default)]
     pub public_origin: Option<String>,
+    /// Largest request body the ingest proxy accepts; 413 beyond (`KEYSTONE_INGEST_MAX_BODY_BYTES`).
+    pub ingest_max_body_bytes: usize,
+    /// Largest single event; rejected by index beyond (`KEYSTONE_INGEST_MAX_EVENT_BYTES`).
+    pub ingest_max_event_bytes: usize,
 }
 
 impl Settings {
@@ -39,7 +43,9 @@ impl Settings {
             .set_default("site_root", "target/site")?
             .set_default("secure_cookies", false)?
             .set_default("session_idle_minutes", 60)?
-            .set_default("session_absolute_hours", 12)?;
+            .set_default("session_absolute_hours", 12)?
+            .set_default("ingest_max_body_bytes", 5 << 20)?
+            .set_default("ingest_max_event_bytes", 1 << 20)?;
         builder = match file {
             Some(path) => builder.add_source(config::File::from(path).required(true)),
             None => builder.add_source(config::File::with_name("keystone.toml").required(false)),

@@ -11,6 +11,8 @@ use axum::routing::get;
 use axum::Router;
 use keystone_control::auth::{user_count, LoginLimiter};
 use keystone_control::store::Store;
+use keystone_engine::log::embedded::EmbeddedConfig;
+use keystone_engine::log::EmbeddedLog;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::net::SocketAddr;
@@ -102,7 +104,16 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, shell))
         .with_state(state);
 
-    let api = keystone_api::router(keystone_api::ApiState { store });
+    // The embedded log: events wait here, durably, for the routes that read them.
+    let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
+    spawn_retention(log.clone());
+    let api = keystone_api::router(keystone_api::ApiState {
+        store,
+        log,
+        ingest: Default::default(),
+        max_body_bytes: settings.ingest_max_body_bytes,
+        max_event_bytes: settings.ingest_max_event_bytes,
+    });
     let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
     Ok(console
         .merge(api)
@@ -113,6 +124,21 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http()))
+}
+
+/// Drops log segments that retention no longer keeps, once a minute.
+fn spawn_retention(log: Arc<EmbeddedLog>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match log.enforce_retention(keystone_control::store::now_ms()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(segments = n, "Retention removed log segments."),
+                Err(e) => tracing::warn!(error = %e, "Retention pass failed."),
+            }
+        }
+    });
 }
 
 async fn stylesheet() -> impl IntoResponse {

@@ -73,6 +73,8 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         session_idle_minutes: 60,
         session_absolute_hours: 12,
         public_origin: None,
+        ingest_max_body_bytes: 64 * 1024,
+        ingest_max_event_bytes: 2048,
     };
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("server starts");
@@ -498,3 +500,155 @@ on_both_backends!(
     sessions_end_at_the_absolute_timeout,
     openapi_document_is_served,
 );
+
+mod ingest {
+    use super::*;
+
+    async fn producer_token(app: &TestApp, stream: &str) -> String {
+        let (s, body) =
+            app.post(&app.alpha, &format!("/api/v1/producer-tokens/alpha/{stream}"), json!({"name": "web"})).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn send(
+        app: &TestApp,
+        token: &str,
+        stream: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let resp = app
+            .http
+            .post(format!("{}/ingest/{stream}", app.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .header("x-event-source", "test")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").is_some();
+        let mut v: Value = resp.json().await.unwrap_or(Value::Null);
+        if retry_after {
+            v["retry_after"] = json!(true);
+        }
+        (status, v)
+    }
+
+    async fn all_events(app: &TestApp, stream: &str, partitions: u32) -> Vec<Value> {
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let (s, body) =
+                app.get(&app.alpha_viewer, &format!("/api/v1/events/alpha/{stream}?partition={p}&limit=1000")).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            out.extend(body.as_array().unwrap().iter().cloned());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_are_validated_enveloped_keyed_and_stored() {
+        let app = spawn_app(Db::Sqlite).await;
+        let schema = json!({"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}, "bitrate": {"type": "integer"}}});
+        let spec = json!({"partitions": 3, "retention_hours": 24, "key_field": "user", "schema": schema});
+        assert_eq!(
+            app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "plays", "spec": spec})).await.0,
+            StatusCode::CREATED
+        );
+        let token = producer_token(&app, "plays").await;
+        assert!(token.starts_with("kp_"));
+
+        // One object, an array, NDJSON.
+        let (s, body) = send(&app, &token, "plays", "application/json", r#"{"user": "u1", "bitrate": 3000}"#).await;
+        assert_eq!((s, body["accepted"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
+        let (s, body) = send(&app, &token, "plays", "application/json", r#"[{"user": "u1"}, {"user": "u2"}]"#).await;
+        assert_eq!((s, body["accepted"].as_u64()), (StatusCode::OK, Some(2)), "{body}");
+        let (s, body) =
+            send(&app, &token, "plays", "application/x-ndjson", "{\"user\": \"u3\"}\n{\"user\": \"u1\"}\n").await;
+        assert_eq!((s, body["accepted"].as_u64()), (StatusCode::OK, Some(2)), "{body}");
+
+        let events = all_events(&app, "plays", 3).await;
+        assert_eq!(events.len(), 5);
+        // The same key always lands in the same partition.
+        let u1: std::collections::HashSet<u64> =
+            events.iter().filter(|e| e["event"]["key"] == "u1").map(|e| e["partition"].as_u64().unwrap()).collect();
+        assert_eq!(u1.len(), 1);
+        let e = &events.iter().find(|e| e["event"]["payload"]["bitrate"] == 3000).unwrap()["event"];
+        assert_eq!(e["stream"], "alpha/plays");
+        assert_eq!(e["headers"]["source"], "test");
+        assert!(uuid::Uuid::parse_str(e["id"].as_str().unwrap()).is_ok());
+
+        // A batch with bad events is refused whole, each bad event named by index.
+        let bad =
+            r#"[{"user": "ok"}, {"bitrate": 1}, 42, {"user": "big", "pad": "PAD"}]"#.replace("PAD", &"x".repeat(3000));
+        let (s, body) = send(&app, &token, "plays", "application/json", bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let idx: Vec<u64> = body["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, [1, 2, 3], "{body}");
+        assert!(body["rejected"][0]["reason"].as_str().unwrap().contains("schema"));
+        let (s, body) = send(&app, &token, "plays", "application/json", "{not json").await;
+        assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
+        assert_eq!(all_events(&app, "plays", 3).await.len(), 5, "nothing of a refused batch is stored");
+
+        // Too large a body: 413 in the JSON error shape.
+        let huge = format!("[{}]", vec![r#"{"user":"u"}"#; 8000].join(","));
+        let (s, body) = send(&app, &token, "plays", "application/json", huge).await;
+        assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{body}");
+
+        // Wrong or missing token, or a token for another stream.
+        let (s, _) = send(&app, "kp_nope", "plays", "application/json", r#"{"user": "u"}"#).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = send(&app, &app.alpha, "plays", "application/json", r#"{"user": "u"}"#).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "an API token is not a producer token");
+        assert_eq!(
+            app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "other", "spec": stream(1)})).await.0,
+            StatusCode::CREATED
+        );
+        let (s, _) = send(&app, &token, "other", "application/json", r#"{"user": "u"}"#).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // Viewers cannot mint producer tokens; other teams cannot see the stream at all.
+        let (s, _) = app.post(&app.alpha_viewer, "/api/v1/producer-tokens/alpha/plays", json!({"name": "x"})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = app.get(&app.beta, "/api/v1/events/alpha/plays").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // A revoked token stops working at once.
+        let (_, list) = app.get(&app.alpha, "/api/v1/producer-tokens/alpha/plays").await;
+        let id = list[0]["id"].as_str().unwrap().to_owned();
+        assert!(!list.to_string().contains(&token));
+        assert_eq!(
+            app.delete(&app.alpha, &format!("/api/v1/producer-tokens/alpha/plays/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
+        let (s, _) = send(&app, &token, "plays", "application/json", r#"{"user": "u"}"#).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        app.teardown().await;
+    }
+
+    #[tokio::test]
+    async fn acknowledged_events_survive_a_restart() {
+        let dir_app = spawn_app(Db::Sqlite).await;
+        assert_eq!(
+            dir_app
+                .post(&dir_app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "s", "spec": stream(2)}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+        let token = producer_token(&dir_app, "s").await;
+        let batch = format!("[{}]", (0..50).map(|i| format!(r#"{{"n": {i}}}"#)).collect::<Vec<_>>().join(","));
+        let (s, _) = send(&dir_app, &token, "s", "application/json", batch).await;
+        assert_eq!(s, StatusCode::OK);
+        // Reopen the same data directory with a fresh log: every acknowledged event is there.
+        let log = keystone_engine::log::EmbeddedLog::open(dir_app._dir.0.join("log"), Default::default()).unwrap();
+        let mut n = 0;
+        for p in 0..2 {
+            n += keystone_engine::log::Log::read(&log, "alpha.s", p, 0, 1000).await.unwrap().len();
+        }
+        assert_eq!(n, 50);
+        dir_app.teardown().await;
+    }
+}

@@ -81,8 +81,22 @@ fn ensure_tools() -> Result<()> {
 
 /// Builds the browser bundle into target/site/pkg and the server binary.
 fn build(root: &Path, release: bool) -> Result<()> {
-    ensure_tools()?;
     let started = Instant::now();
+    build_bundle(root)?;
+    step(if release { "Building the server (release)" } else { "Building the server" });
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "keystone", "--bin", "keystone"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)?;
+    println!("    Built in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Builds the browser bundle (WASM + JS glue) and copies the public assets into target/site.
+fn build_bundle(root: &Path) -> Result<()> {
+    ensure_tools()?;
     step("Building the browser bundle (WASM, size-optimised profile)");
     status(cargo().args([
         "build",
@@ -110,14 +124,6 @@ fn build(root: &Path, release: bool) -> Result<()> {
     }
     let bundle = pkg.join("keystone_bg.wasm");
     println!("    WASM bundle: {} bytes", std::fs::metadata(&bundle)?.len());
-    step(if release { "Building the server (release)" } else { "Building the server" });
-    let mut cmd = cargo();
-    cmd.args(["build", "--package", "keystone", "--bin", "keystone"]);
-    if release {
-        cmd.arg("--release");
-    }
-    status(&mut cmd)?;
-    println!("    Built in {:.0?}", started.elapsed());
     Ok(())
 }
 
@@ -185,9 +191,11 @@ fn run_counting(cmd: &mut Command, mut read: impl FnMut(&str)) -> Result<bool> {
 
 fn test(root: &Path) -> Result<()> {
     let started = Instant::now();
-    build(root, false)?;
+    build_bundle(root)?;
     let mut tally = Tally::default();
 
+    // `cargo test` also builds the keystone binary the browser tests run, with the same features,
+    // so the server is compiled once.
     step("Unit and integration tests (SQLite and PostgreSQL)");
     let unit_ok = run_counting(cargo().args(["test", "--workspace", "--no-fail-fast"]), |l| tally.read_cargo_line(l))?;
 

@@ -1,0 +1,323 @@
+//! The ingest proxy (`POST /ingest/{stream}`) and producer-token management.
+//!
+//! A producer token names one stream. Each request's events are parsed, checked, wrapped in
+//! envelopes and appended durably; the response is 200 only once every event is on disk. One bad
+//! event rejects the batch (400, with every bad event by index); a full disk answers 503 with
+//! Retry-After. Nothing is acknowledged that is not fsynced.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::handlers::Caller;
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keystone_control::producers;
+use keystone_control::store::now_ms;
+use keystone_control::{Object, ProducerTokenInfo, StreamSpec, ValidationErrors};
+use keystone_engine::ingest::{parse_body, prepare, BodyFormat, IngestLimits, IngestTarget, Rejection};
+use keystone_engine::log::{Log, LogError, Retention};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+
+/// Compiled ingest settings per stream revision: the JSON Schema is compiled once, not per request.
+#[derive(Default)]
+pub struct IngestCache(Mutex<HashMap<(String, i64), Arc<IngestTarget>>>);
+
+/// The log topic of a stream.
+pub fn topic_of(o: &Object) -> String {
+    format!("{}.{}", o.team, o.name)
+}
+
+impl IngestCache {
+    async fn target(
+        &self,
+        log: &keystone_engine::log::EmbeddedLog,
+        stream: &Object,
+    ) -> Result<Arc<IngestTarget>, Response> {
+        let key = (stream.id.clone(), stream.version);
+        if let Some(t) = self.0.lock().expect("ingest cache").get(&key) {
+            return Ok(t.clone());
+        }
+        let spec: StreamSpec = stream.spec_as().map_err(|_| internal("stream spec unreadable"))?;
+        let schema = match &spec.schema {
+            Some(s) => Some(jsonschema::validator_for(s).map_err(|_| internal("stored schema does not compile"))?),
+            None => None,
+        };
+        let topic = topic_of(stream);
+        let retention = Retention {
+            max_age_ms: i64::from(spec.retention_hours) * 3_600_000,
+            max_bytes_per_partition: spec.retention_bytes,
+        };
+        // Idempotent: makes sure the topic exists with the declared partitions before the first append.
+        log.ensure_topic(&topic, spec.partitions, retention).await.map_err(log_error)?;
+        let target = Arc::new(IngestTarget {
+            topic,
+            stream: format!("{}/{}", stream.team, stream.name),
+            partitions: spec.partitions,
+            key_field: spec.key_field,
+            schema,
+            round_robin: AtomicU32::new(0),
+        });
+        let mut cache = self.0.lock().expect("ingest cache");
+        cache.retain(|(id, _), _| id != &stream.id);
+        cache.insert(key, target.clone());
+        Ok(target)
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+}
+
+fn internal(what: &str) -> Response {
+    tracing::error!(problem = what, "Ingest failed.");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+}
+
+fn log_error(e: LogError) -> Response {
+    match e {
+        LogError::Full => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the log is out of space; nothing was stored, retry later",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+        other => {
+            tracing::error!(error = %other, "Log append failed.");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the log could not store the events; retry later",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+/// Where each accepted event went.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub accepted: usize,
+    /// `[partition, offset]` per event, in request order.
+    pub offsets: Vec<(u32, u64)>,
+}
+
+/// Appends events to a stream. Body: one JSON object, a JSON array of objects, or NDJSON
+/// (`Content-Type: application/x-ndjson`). Optional headers: `X-Keystone-Key` (partition key for
+/// every event of the request) and `X-Event-<name>` (copied into each envelope's headers).
+#[utoipa::path(post, path = "/ingest/{stream}", params(("stream" = String, Path)),
+    request_body(content = Object, description = "An event object, an array of them, or NDJSON", content_type = "application/json"),
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ingest(
+    State(s): State<ApiState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let target_stream = match token {
+        None => None,
+        Some(t) => match producers::stream_for_token(&s.store, t).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = ?e, "Producer token lookup failed.");
+                return internal("token lookup");
+            }
+        },
+    };
+    let Some(object) = target_stream else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send the stream's producer token as 'Authorization: Bearer kp_...'",
+        );
+    };
+    if object.name != stream {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this producer token is for stream {:?}", object.name),
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the request body is larger than {} bytes; send smaller batches", s.max_body_bytes)
+            } else {
+                rejection.body_text()
+            };
+            return error(status, if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "invalid" }, msg);
+        }
+    };
+    let target = match s.ingest.target(&s.log, &object).await {
+        Ok(t) => t,
+        Err(response) => return response,
+    };
+    let format = BodyFormat::from_content_type(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+    let events = match parse_body(format, &body) {
+        Ok(e) if e.is_empty() => return error(StatusCode::BAD_REQUEST, "invalid", "the body holds no events"),
+        Ok(e) => e,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, "invalid", msg),
+    };
+    let key = headers.get("x-keystone-key").and_then(|v| v.to_str().ok());
+    let event_headers: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().strip_prefix("x-event-")?.to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let limits = IngestLimits { max_event_bytes: s.max_event_bytes };
+    let records = match prepare(&target, events, key, &event_headers, now_ms(), limits) {
+        Ok(r) => r,
+        Err(rejected) => return rejected_response(rejected),
+    };
+    match s.log.append(&target.topic, records).await {
+        Ok(offsets) => Json(Accepted { accepted: offsets.len(), offsets }).into_response(),
+        Err(e) => log_error(e),
+    }
+}
+
+fn rejected_response(rejected: Vec<Rejection>) -> Response {
+    let message = format!("{} event(s) rejected; nothing was stored", rejected.len());
+    (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": "rejected", "message": message}, "rejected": rejected})))
+        .into_response()
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProducerToken {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedProducerToken {
+    /// Shown once; only its hash is stored.
+    pub token: String,
+    pub info: ProducerTokenInfo,
+}
+
+/// Creates a producer token for one stream (editors of its team).
+#[utoipa::path(post, path = "/api/v1/producer-tokens/{team}/{stream}", request_body = NewProducerToken,
+    params(("team" = String, Path), ("stream" = String, Path)),
+    responses((status = 201, body = CreatedProducerToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_token(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, stream)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: NewProducerToken =
+        serde_json::from_slice(&body).map_err(|e| ValidationErrors::single("body", e.to_string()))?;
+    let (info, token) = producers::create(&s.store, &who, &team, &stream, &req.name).await?;
+    tracing::info!(stream = %format!("{team}/{stream}"), token = %info.name, by = %who.display, "Producer token created.");
+    Ok((StatusCode::CREATED, Json(CreatedProducerToken { token, info })))
+}
+
+/// The producer tokens of one stream (never the secrets).
+#[utoipa::path(get, path = "/api/v1/producer-tokens/{team}/{stream}",
+    params(("team" = String, Path), ("stream" = String, Path)),
+    responses((status = 200, body = [ProducerTokenInfo]), (status = 404, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, stream)): Path<(String, String)>,
+) -> Result<Json<Vec<ProducerTokenInfo>>, ApiError> {
+    Ok(Json(producers::list(&s.store, &who, &team, &stream).await?))
+}
+
+/// Revokes a producer token; its producers get 401 from then on.
+#[utoipa::path(delete, path = "/api/v1/producer-tokens/{team}/{stream}/{id}",
+    params(("team" = String, Path), ("stream" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, stream, id)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    producers::revoke(&s.store, &who, &team, &stream, &id).await?;
+    tracing::info!(stream = %format!("{team}/{stream}"), token_id = %id, by = %who.display, "Producer token revoked.");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EventsParams {
+    #[serde(default)]
+    pub partition: u32,
+    /// First offset to read (default: the earliest retained).
+    pub from: Option<u64>,
+    /// Most events to return (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// One stored event with its position.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StoredEvent {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    /// The envelope: id, stream, ingested_at, key, headers, payload.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// Reads a stream's stored events, for inspection (viewers and up).
+#[utoipa::path(get, path = "/api/v1/events/{team}/{stream}", params(("team" = String, Path), ("stream" = String, Path), EventsParams),
+    responses((status = 200, body = [StoredEvent]), (status = 404, body = ErrorBody)))]
+pub async fn events(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, stream)): Path<(String, String)>,
+    axum::extract::Query(p): axum::extract::Query<EventsParams>,
+) -> Result<Response, ApiError> {
+    let object =
+        keystone_control::goal::Goal::new(&s.store, &who).get(keystone_control::Kind::Stream, &team, &stream).await?;
+    let topic = topic_of(&object);
+    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let from = match p.from {
+        Some(f) => f,
+        None => match s.log.resolve(&topic, p.partition, keystone_engine::log::StartAt::Earliest).await {
+            Ok(o) => o,
+            // Nothing ingested yet: the topic does not exist until the first event.
+            Err(LogError::UnknownTopic(_)) => return Ok(Json(Vec::<StoredEvent>::new()).into_response()),
+            Err(e) => return Ok(log_error(e)),
+        },
+    };
+    match s.log.read(&topic, p.partition, from, limit).await {
+        Ok(records) => Ok(Json(
+            records
+                .into_iter()
+                .map(|r| StoredEvent {
+                    partition: p.partition,
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    event: serde_json::from_slice(&r.value).unwrap_or(serde_json::Value::Null),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response()),
+        Err(LogError::UnknownTopic(_)) => Ok(Json(Vec::<StoredEvent>::new()).into_response()),
+        Err(LogError::UnknownPartition { .. }) => {
+            Err(ValidationErrors::single("partition", "no such partition").into())
+        }
+        Err(LogError::OffsetOutOfRange { earliest, .. }) => {
+            Err(ValidationErrors::single("from", format!("no longer retained; the earliest offset is {earliest}"))
+                .into())
+        }
+        Err(e) => Ok(log_error(e)),
+    }
+}
