@@ -140,3 +140,36 @@ test("an API token created in the console is shown once and works against the JS
   const after = await page.request.get("/api/v1/me", { headers: { Authorization: `Bearer ${token}` } });
   expect(after.status()).toBe(401);
 });
+
+test("a producer token from the stream page lets an application ingest events", async ({ page }) => {
+  const stream = unique("clicks");
+  await signIn(page, users.editor);
+  await page.goto("/streams/new");
+  await fill(page, { Name: stream, Partitions: "2" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+
+  await page.getByLabel("Token name").fill("web");
+  await page.getByRole("button", { name: "Create producer token" }).click();
+  const token = (await page.getByTestId("new-producer-token").textContent())!.trim();
+  expect(token).toMatch(/^kp_[0-9a-f]{64}$/);
+
+  const sent = await page.request.post(`/ingest/${stream}`, {
+    headers: { Authorization: `Bearer ${token}` },
+    data: [{ user: "u1", page: "/home" }, { user: "u2", page: "/play" }],
+  });
+  expect(sent.status()).toBe(200);
+  expect((await sent.json()).accepted).toBe(2);
+
+  const refused = await page.request.post(`/ingest/${stream}`, {
+    headers: { Authorization: `Bearer ${token}` },
+    data: [{ user: "u3" }, "not an object"],
+  });
+  expect(refused.status()).toBe(400);
+  expect((await refused.json()).rejected).toEqual([{ index: 1, reason: expect.stringContaining("JSON object") }]);
+
+  await page.getByTestId("producer-tokens").getByRole("button", { name: "Revoke" }).click();
+  await expect(page.getByTestId("producer-tokens")).toContainText("revoked");
+  const after = await page.request.post(`/ingest/${stream}`, { headers: { Authorization: `Bearer ${token}` }, data: { user: "u4" } });
+  expect(after.status()).toBe(401);
+});

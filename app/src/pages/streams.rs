@@ -3,7 +3,7 @@
 use super::objects::*;
 use crate::components::*;
 use crate::error::AppError;
-use keystone_control::{Kind, Object, StreamSpec};
+use keystone_control::{Kind, Object, ProducerTokenInfo, StreamSpec};
 use leptos::prelude::*;
 
 /// Creates (empty `version`) or updates a stream from the console form.
@@ -88,7 +88,114 @@ pub fn StreamsPage() -> impl IntoView {
 
 #[component]
 pub fn StreamDetailPage() -> impl IntoView {
-    view! { <ObjectDetailView kind=Kind::Stream/> }
+    view! {
+        <ObjectDetailView kind=Kind::Stream/>
+        <ProducerTokens/>
+    }
+}
+
+#[server]
+pub async fn list_producer_tokens(team: String, stream: String) -> Result<Vec<ProducerTokenInfo>, AppError> {
+    let (store, who) = crate::state::caller().await?;
+    Ok(keystone_control::producers::list(&store, &who, &team, &stream).await?)
+}
+
+/// Returns the new token; it is never shown again.
+#[server]
+pub async fn create_producer_token(team: String, stream: String, name: String) -> Result<String, AppError> {
+    let (store, who) = crate::state::caller().await?;
+    let (info, token) = keystone_control::producers::create(&store, &who, &team, &stream, name.trim()).await?;
+    tracing::info!(stream = %format!("{team}/{stream}"), token = %info.name, by = %who.display, "Producer token created.");
+    Ok(token)
+}
+
+#[server]
+pub async fn revoke_producer_token(team: String, stream: String, id: String) -> Result<(), AppError> {
+    let (store, who) = crate::state::caller().await?;
+    keystone_control::producers::revoke(&store, &who, &team, &stream, &id).await?;
+    tracing::info!(stream = %format!("{team}/{stream}"), token_id = %id, by = %who.display, "Producer token revoked.");
+    Ok(())
+}
+
+/// The stream's producer tokens: what applications send events with (`POST /ingest/{stream}`).
+#[component]
+fn ProducerTokens() -> impl IntoView {
+    let params = leptos_router::hooks::use_params_map();
+    let team = move || params.read().get("team").unwrap_or_default();
+    let stream = move || params.read().get("name").unwrap_or_default();
+    let create = ServerAction::<CreateProducerToken>::new();
+    let revoke = ServerAction::<RevokeProducerToken>::new();
+    let tokens = Resource::new(
+        move || (team(), stream(), create.version().get(), revoke.version().get()),
+        |(team, stream, _, _)| list_producer_tokens(team, stream),
+    );
+    let errors = field_errors(create.value());
+    view! {
+        <section class="mt-8">
+            <h2 class="mb-1 text-lg font-medium">"Producer tokens"</h2>
+            <p class="mb-3 text-sm text-slate-500">
+                "Applications send events with "
+                <code class="font-mono">{move || format!("POST /ingest/{}", stream())}</code>
+                " and one of these as a bearer token."
+            </p>
+            {move || create.value().get().and_then(|r| r.ok()).map(|token| view! {
+                <div role="status" class="mb-4 rounded-md border border-green-200 bg-green-50 p-4 text-sm">
+                    <p class="font-medium text-green-800">"Copy this token now; it will not be shown again."</p>
+                    <code class="mt-2 block break-all font-mono text-green-900" data-testid="new-producer-token">{token}</code>
+                </div>
+            })}
+            {can_edit().then(|| view! {
+                <ActionForm action=create attr:class=format!("{CARD} mb-4 flex items-end gap-4 p-4")>
+                    <input type="hidden" name="team" value=team/>
+                    <input type="hidden" name="stream" value=stream/>
+                    <div class="flex-1"><Field label="Token name" name="name" errors required=true/></div>
+                    <button type="submit" class=BUTTON>"Create producer token"</button>
+                </ActionForm>
+            })}
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match tokens.await {
+                        Err(e) => view! { <LoadError error=e/> }.into_any(),
+                        Ok(list) if list.is_empty() => view! { <p class="text-sm text-slate-500">"No producer tokens yet."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <div class=format!("{CARD} overflow-hidden")>
+                                <table class="min-w-full divide-y divide-slate-200" data-testid="producer-tokens">
+                                    <thead class="bg-slate-50">
+                                        <tr><th class=TH>"Name"</th><th class=TH>"Prefix"</th><th class=TH>"Created"</th><th class=TH>"State"</th></tr>
+                                    </thead>
+                                    <tbody class="divide-y divide-slate-100">
+                                        {list.into_iter().map(|t| view! {
+                                            <tr>
+                                                <td class=TD>{t.name.clone()}</td>
+                                                <td class=format!("{TD} font-mono")>{format!("{}…", t.prefix)}</td>
+                                                <td class=format!("{TD} text-slate-500")>{format_time(t.created_at)}</td>
+                                                <td class=TD>
+                                                    {if t.revoked {
+                                                        view! { <span class="text-slate-400">"revoked"</span> }.into_any()
+                                                    } else if can_edit() {
+                                                        view! {
+                                                            <ActionForm action=revoke>
+                                                                <input type="hidden" name="team" value=team/>
+                                                                <input type="hidden" name="stream" value=stream/>
+                                                                <input type="hidden" name="id" value=t.id.clone()/>
+                                                                <button type="submit" class="text-sm text-red-600 hover:underline">"Revoke"</button>
+                                                            </ActionForm>
+                                                        }.into_any()
+                                                    } else {
+                                                        view! { <span>"active"</span> }.into_any()
+                                                    }}
+                                                </td>
+                                            </tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                        }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
 }
 
 #[component]
