@@ -29,9 +29,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct IngestCache(Mutex<HashMap<(String, i64), Arc<IngestTarget>>>);
 
-/// The log topic of a stream.
-pub fn topic_of(o: &Object) -> String {
-    format!("{}.{}", o.team, o.name)
+fn topic_of(o: &Object) -> String {
+    keystone_control::stream_topic(&o.team, &o.name)
 }
 
 impl IngestCache {

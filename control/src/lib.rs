@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod model;
 pub mod name;
+pub mod reconcile;
 pub mod validation;
 
 #[cfg(feature = "store")]

@@ -177,6 +177,11 @@ impl StreamSpec {
     }
 }
 
+/// The log topic carrying a stream's events.
+pub fn stream_topic(team: &str, stream: &str) -> String {
+    format!("{team}.{stream}")
+}
+
 /// The systems a route can deliver to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod csrf;
+pub mod reconciler;
 pub mod sessions;
 pub mod settings;
 pub mod startup;

@@ -107,6 +107,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     // The embedded log: events wait here, durably, for the routes that read them.
     let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
     spawn_retention(log.clone());
+    crate::reconciler::spawn(store.clone(), log.clone(), Duration::from_secs(5));
     let api = keystone_api::router(keystone_api::ApiState {
         store,
         log,

@@ -629,6 +629,24 @@ mod ingest {
     }
 
     #[tokio::test]
+    async fn the_reconciler_creates_declared_topics_without_any_ingest() {
+        let app = spawn_app(Db::Sqlite).await;
+        let spec = json!({"partitions": 3, "retention_hours": 24});
+        assert_eq!(
+            app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "declared", "spec": spec})).await.0,
+            StatusCode::CREATED
+        );
+        let last_partition = app._dir.0.join("log/alpha.declared/2");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !last_partition.is_dir() {
+            assert!(std::time::Instant::now() < deadline, "the reconciler did not create the topic");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(!app._dir.0.join("log/alpha.declared/3").exists());
+        app.teardown().await;
+    }
+
+    #[tokio::test]
     async fn acknowledged_events_survive_a_restart() {
         let dir_app = spawn_app(Db::Sqlite).await;
         assert_eq!(

@@ -120,6 +120,20 @@ impl EmbeddedLog {
         Ok(log)
     }
 
+    /// Every topic with its partition count and the retention it applies.
+    pub fn topics(&self) -> Vec<(String, u32, Retention)> {
+        let topics = self.topics.read().expect("topics lock");
+        let mut out: Vec<(String, u32, Retention)> = topics
+            .iter()
+            .map(|(name, t)| {
+                let parts = t.partitions.read().expect("partitions lock").len() as u32;
+                (name.clone(), parts, *t.retention.lock().expect("retention lock"))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Number of fsyncs issued so far (group commit keeps this well below the number of appends).
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)

@@ -1,0 +1,113 @@
+//! The reconciler's pure decisions: goal state + what the data plane reports -> actions. No I/O
+//! here; an executor in the server applies the actions, so the decisions are tested alone.
+
+/// A stream's topic as the goal state wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicGoal {
+    pub topic: String,
+    pub partitions: u32,
+    pub max_age_ms: i64,
+    pub max_bytes_per_partition: Option<u64>,
+}
+
+/// A topic as the log reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedTopic {
+    pub topic: String,
+    pub partitions: u32,
+    pub max_age_ms: i64,
+    pub max_bytes_per_partition: Option<u64>,
+}
+
+/// What to do about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicAction {
+    /// Missing from the log (new stream, or the data plane was wiped): create it.
+    Create(TopicGoal),
+    /// Present but with fewer partitions or other retention than declared: bring it in line.
+    Update(TopicGoal),
+    /// The log has more partitions than declared; partitions never shrink (keyed data would move),
+    /// so this is reported, not acted on.
+    CannotShrink { topic: String, declared: u32, actual: u32 },
+    /// A topic no live stream declares (its stream was deleted): kept until retention empties it.
+    Orphan { topic: String },
+}
+
+/// Every action needed to make the log match the goal, in topic order. Empty when they agree.
+pub fn plan_topics(goal: &[TopicGoal], observed: &[ObservedTopic]) -> Vec<TopicAction> {
+    let mut actions = Vec::new();
+    for g in goal {
+        match observed.iter().find(|o| o.topic == g.topic) {
+            None => actions.push(TopicAction::Create(g.clone())),
+            Some(o) => {
+                if o.partitions > g.partitions {
+                    actions.push(TopicAction::CannotShrink {
+                        topic: g.topic.clone(),
+                        declared: g.partitions,
+                        actual: o.partitions,
+                    });
+                }
+                let retention_differs =
+                    o.max_age_ms != g.max_age_ms || o.max_bytes_per_partition != g.max_bytes_per_partition;
+                if o.partitions < g.partitions || retention_differs {
+                    actions.push(TopicAction::Update(g.clone()));
+                }
+            }
+        }
+    }
+    for o in observed {
+        if !goal.iter().any(|g| g.topic == o.topic) {
+            actions.push(TopicAction::Orphan { topic: o.topic.clone() });
+        }
+    }
+    actions.sort_by(|a, b| topic_of(a).cmp(topic_of(b)));
+    actions
+}
+
+fn topic_of(a: &TopicAction) -> &str {
+    match a {
+        TopicAction::Create(g) | TopicAction::Update(g) => &g.topic,
+        TopicAction::CannotShrink { topic, .. } | TopicAction::Orphan { topic } => topic,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goal(topic: &str, partitions: u32) -> TopicGoal {
+        TopicGoal { topic: topic.into(), partitions, max_age_ms: 3_600_000, max_bytes_per_partition: None }
+    }
+
+    fn seen(topic: &str, partitions: u32) -> ObservedTopic {
+        ObservedTopic { topic: topic.into(), partitions, max_age_ms: 3_600_000, max_bytes_per_partition: None }
+    }
+
+    #[test]
+    fn nothing_to_do_when_log_matches_goal() {
+        assert!(plan_topics(&[goal("a.plays", 3)], &[seen("a.plays", 3)]).is_empty());
+    }
+
+    #[test]
+    fn a_wiped_data_plane_is_rebuilt_from_the_goal() {
+        let plan = plan_topics(&[goal("a.plays", 3), goal("b.clicks", 1)], &[]);
+        assert_eq!(plan, [TopicAction::Create(goal("a.plays", 3)), TopicAction::Create(goal("b.clicks", 1))]);
+    }
+
+    #[test]
+    fn growth_and_retention_changes_update_but_shrinking_is_refused() {
+        assert_eq!(plan_topics(&[goal("t", 6)], &[seen("t", 3)]), [TopicAction::Update(goal("t", 6))]);
+        let mut longer = goal("t", 3);
+        longer.max_age_ms *= 2;
+        assert_eq!(plan_topics(&[longer.clone()], &[seen("t", 3)]), [TopicAction::Update(longer)]);
+        assert_eq!(
+            plan_topics(&[goal("t", 2)], &[seen("t", 4)]),
+            [TopicAction::CannotShrink { topic: "t".into(), declared: 2, actual: 4 }]
+        );
+    }
+
+    #[test]
+    fn topics_without_a_stream_are_reported_not_deleted() {
+        assert_eq!(plan_topics(&[], &[seen("old", 1)]), [TopicAction::Orphan { topic: "old".into() }]);
+    }
+}
