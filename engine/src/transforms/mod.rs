@@ -1,0 +1,7 @@
+//! Transforms a route job applies to each event's payload, one file per component.
+
+pub mod filter;
+pub mod projection;
+
+pub use filter::Filter;
+pub use projection::Projection;

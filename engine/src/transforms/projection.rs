@@ -1,0 +1,118 @@
+//! The route projection: which fields of the payload reach the sink. Applied in a fixed order:
+//! keep (only these paths, when any are given), then drop, then rename. Paths are dotted
+//! (`user.email`); missing paths are ignored.
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    keep: Vec<Vec<String>>,
+    drop: Vec<Vec<String>>,
+    rename: Vec<(Vec<String>, Vec<String>)>,
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('.').map(str::to_owned).collect()
+}
+
+fn take(v: &mut Value, path: &[String]) -> Option<Value> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = v;
+    for seg in parents {
+        cur = cur.get_mut(seg)?;
+    }
+    cur.as_object_mut()?.remove(last)
+}
+
+fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, seg| v.get(seg))
+}
+
+/// Sets `path` in `v`, creating intermediate objects (and replacing non-objects on the way).
+fn put(v: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = v;
+    for seg in parents {
+        if !cur.get(seg).is_some_and(Value::is_object) {
+            if let Some(obj) = cur.as_object_mut() {
+                obj.insert(seg.clone(), Value::Object(Map::new()));
+            }
+        }
+        let Some(next) = cur.get_mut(seg) else { return };
+        cur = next;
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.insert(last.clone(), value);
+    }
+}
+
+impl Projection {
+    pub fn new<'a>(
+        keep: impl IntoIterator<Item = &'a str>,
+        drop: impl IntoIterator<Item = &'a str>,
+        rename: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Projection {
+        Projection {
+            keep: keep.into_iter().map(split).collect(),
+            drop: drop.into_iter().map(split).collect(),
+            rename: rename.into_iter().map(|(from, to)| (split(from), split(to))).collect(),
+        }
+    }
+
+    pub fn apply(&self, payload: Value) -> Value {
+        let mut out = if self.keep.is_empty() {
+            payload
+        } else {
+            let mut kept = Value::Object(Map::new());
+            for path in &self.keep {
+                if let Some(v) = get(&payload, path) {
+                    put(&mut kept, path, v.clone());
+                }
+            }
+            kept
+        };
+        for path in &self.drop {
+            take(&mut out, path);
+        }
+        for (from, to) in &self.rename {
+            if let Some(v) = take(&mut out, from) {
+                put(&mut out, to, v);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event() -> Value {
+        json!({"id": 1, "user": {"email": "a@b.c", "name": "Ana", "tier": "gold"}, "bitrate": 3000, "debug": {"x": 1}})
+    }
+
+    #[test]
+    fn empty_projection_passes_everything() {
+        assert_eq!(Projection::default().apply(event()), event());
+    }
+
+    #[test]
+    fn keep_selects_nested_paths() {
+        let p = Projection::new(["id", "user.name", "missing.path"], [], []);
+        assert_eq!(p.apply(event()), json!({"id": 1, "user": {"name": "Ana"}}));
+    }
+
+    #[test]
+    fn drop_removes_nested_paths() {
+        let p = Projection::new([], ["user.email", "debug", "nope"], []);
+        assert_eq!(p.apply(event()), json!({"id": 1, "user": {"name": "Ana", "tier": "gold"}, "bitrate": 3000}));
+    }
+
+    #[test]
+    fn rename_moves_values_across_levels_after_keep_and_drop() {
+        let p =
+            Projection::new(["user", "bitrate"], ["user.email"], [("user.tier", "tier"), ("bitrate", "stats.kbps")]);
+        assert_eq!(p.apply(event()), json!({"user": {"name": "Ana"}, "tier": "gold", "stats": {"kbps": 3000}}));
+    }
+}
