@@ -233,6 +233,26 @@ impl<'a> Goal<'a> {
                         e.add("filter", msg);
                     }
                 }
+                // With a declared schema, a field the schema does not have is a typo, not data.
+                let stream = tx.get(Kind::Stream, &team_id, r.stream.as_str()).await?;
+                let schema = stream.and_then(|s| s.spec_as::<StreamSpec>().ok()).and_then(|s| s.schema);
+                if let Some(schema) = schema {
+                    for (field, path) in r.projection.paths() {
+                        if !schema_has_path(&schema, path) {
+                            e.add(field, format!("the stream's schema has no field {path:?}"));
+                        }
+                    }
+                    if let Some(f) = &r.filter {
+                        for path in filter_fields(f) {
+                            if !schema_has_path(&schema, &path) {
+                                e.add(
+                                    "filter",
+                                    format!("the stream's schema has no field {path:?} (read as event.{path})"),
+                                );
+                            }
+                        }
+                    }
+                }
                 e.into_result(())?;
                 to_json(&r)
             }
@@ -418,6 +438,75 @@ pub fn check_filter(expr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// True when a JSON Schema declares `path` (dotted): every segment is in `properties`, or the
+/// object at that level explicitly allows other properties. A level without `properties` says
+/// nothing about its fields, so anything below it is allowed.
+pub fn schema_has_path(schema: &Value, path: &str) -> bool {
+    let mut node = schema;
+    for seg in path.split('.') {
+        let Some(props) = node.get("properties").and_then(Value::as_object) else { return true };
+        match props.get(seg) {
+            Some(next) => node = next,
+            None => return node.get("additionalProperties").is_some_and(|a| a != &Value::Bool(false)),
+        }
+    }
+    true
+}
+
+/// The event fields a CEL filter reads, as dotted paths (`event.user.tier` -> `user.tier`).
+/// A light scan: identifiers after `event.`, outside string literals.
+pub fn filter_fields(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        let starts_word = i == 0 || !(ident(chars[i - 1]) || chars[i - 1] == '.');
+        if starts_word && chars[i..].starts_with(&['e', 'v', 'e', 'n', 't', '.']) {
+            let mut j = i + 6;
+            let mut segs = Vec::new();
+            loop {
+                let start = j;
+                while j < chars.len() && ident(chars[j]) {
+                    j += 1;
+                }
+                if start == j {
+                    break;
+                }
+                segs.push(chars[start..j].iter().collect::<String>());
+                // A call such as `event.items.size()` ends the path before the function name.
+                if j < chars.len() && chars[j] == '(' {
+                    segs.pop();
+                    break;
+                }
+                if j + 1 < chars.len() && chars[j] == '.' && ident(chars[j + 1]) {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            if !segs.is_empty() {
+                out.push(segs.join("."));
+            }
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +518,29 @@ mod tests {
         assert!(e.contains("syntax error at line 1"), "{e}");
         let e = check_filter("country == 'BR'").unwrap_err();
         assert!(e.contains("unknown variable country"), "{e}");
+    }
+
+    #[test]
+    fn filter_fields_are_found_outside_strings() {
+        assert_eq!(
+            filter_fields(r#"event.country == "event.fake" && event.user.tier in ['a'] && size(event.items) > 0"#),
+            ["country", "items", "user.tier"]
+        );
+        assert_eq!(filter_fields("event.tags.exists(t, t == 'x') && myevent.x == 1"), ["tags"]);
+    }
+
+    #[test]
+    fn schema_paths_follow_properties() {
+        let schema = serde_json::json!({"type": "object", "additionalProperties": false, "properties": {
+            "user": {"type": "object", "properties": {"email": {"type": "string"}}},
+            "meta": {"type": "object"}}});
+        assert!(schema_has_path(&schema, "user.email"));
+        assert!(schema_has_path(&schema, "meta.anything"), "no properties declared below meta");
+        assert!(!schema_has_path(&schema, "usr"));
+        assert!(!schema_has_path(&schema, "user.mail"), "undeclared, and extra properties not opted into");
+        let open = serde_json::json!({"properties": {"a": {}}, "additionalProperties": true});
+        assert!(schema_has_path(&open, "b"));
+        assert!(schema_has_path(&serde_json::json!({"type": "object"}), "x.y"));
     }
 
     #[test]

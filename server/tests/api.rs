@@ -278,6 +278,22 @@ async fn invalid_requests_change_nothing(db: Db) {
     let (s, err) = app.delete(&app.alpha, "/api/v1/teams/alpha/streams/s").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(err["error"]["message"].as_str().unwrap().contains("route r"), "{err}");
+
+    // With a schema, a route may only name fields the schema declares.
+    let schema = json!({"type": "object", "properties": {"country": {"type": "string"}, "user": {"type": "object", "properties": {"email": {"type": "string"}}}}});
+    let typed = json!({"name": "typed", "spec": {"partitions": 1, "retention_hours": 1, "schema": schema}});
+    assert_eq!(app.post(&app.alpha, "/api/v1/teams/alpha/streams", typed).await.0, StatusCode::CREATED);
+    let route = json!({"name": "typo", "spec": {"stream": "typed", "sink": "hook", "filter": "event.contry == 'BR'",
+        "projection": {"keep": ["country", "user.emial"]}}});
+    let (s, err) = app.post(&app.alpha, "/api/v1/teams/alpha/routes", route).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> =
+        err["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["projection.keep[1]", "filter"], "{err}");
+    assert!(err["error"]["details"][1]["message"].as_str().unwrap().contains("contry"), "{err}");
+    let fixed = json!({"name": "typo", "spec": {"stream": "typed", "sink": "hook", "filter": "event.country == 'BR'",
+        "projection": {"keep": ["country", "user.email"]}}});
+    assert_eq!(app.post(&app.alpha, "/api/v1/teams/alpha/routes", fixed).await.0, StatusCode::CREATED);
     app.teardown().await;
 }
 
