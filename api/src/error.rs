@@ -72,7 +72,12 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".to_owned(), vec![])
             }
         };
-        let field = details.first().map(|d| d.field.clone());
-        (status, Json(ErrorBody { error: ErrorDetail { code, message, field, details } })).into_response()
+        respond(status, code, message, details)
     }
+}
+
+/// Renders the one error shape; every API and ingest error goes through here.
+pub(crate) fn respond(status: StatusCode, code: &'static str, message: String, details: Vec<FieldError>) -> Response {
+    let field = details.first().map(|d| d.field.clone());
+    (status, Json(ErrorBody { error: ErrorDetail { code, message, field, details } })).into_response()
 }

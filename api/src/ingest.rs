@@ -70,8 +70,8 @@ impl IngestCache {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    crate::error::respond(status, code, message.into(), Vec::new())
 }
 
 fn internal(what: &str) -> Response {
@@ -223,7 +223,6 @@ pub async fn create_token(
     let req: NewProducerToken =
         serde_json::from_slice(&body).map_err(|e| ValidationErrors::single("body", e.to_string()))?;
     let (info, token) = producers::create(&s.store, &who, &team, &stream, &req.name).await?;
-    tracing::info!(stream = %format!("{team}/{stream}"), token = %info.name, by = %who.display, "Producer token created.");
     Ok((StatusCode::CREATED, Json(CreatedProducerToken { token, info })))
 }
 
@@ -249,7 +248,6 @@ pub async fn revoke_token(
     Path((team, stream, id)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     producers::revoke(&s.store, &who, &team, &stream, &id).await?;
-    tracing::info!(stream = %format!("{team}/{stream}"), token_id = %id, by = %who.display, "Producer token revoked.");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -243,6 +243,24 @@ pub fn FormStatus(error: Signal<Option<AppError>>) -> impl IntoView {
     }
 }
 
+/// A token just created by `value`'s action, shown once (its hash is all the server keeps).
+#[component]
+pub fn NewSecret<S>(value: S, test_id: &'static str) -> impl IntoView
+where
+    S: With<Value = Option<Result<String, AppError>>> + Send + Sync + 'static,
+{
+    move || {
+        value.with(|v| v.as_ref().and_then(|r| r.as_ref().ok()).cloned()).map(|token| {
+            view! {
+                <div role="status" class="mb-4 rounded-md border border-green-200 bg-green-50 p-4 text-sm">
+                    <p class="font-medium text-green-800">"Copy this token now; it will not be shown again."</p>
+                    <code class="mt-2 block break-all font-mono text-green-900" data-testid=test_id>{token}</code>
+                </div>
+            }
+        })
+    }
+}
+
 /// An error from loading a page's data.
 #[component]
 pub fn LoadError(error: AppError) -> impl IntoView {

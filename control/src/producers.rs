@@ -48,6 +48,7 @@ pub async fn create(
     .execute(store.pool())
     .await
     .map_err(StoreError::from)?;
+    tracing::info!(stream = %format!("{team}/{stream}"), token = %name, by = %who.display, "Producer token created.");
     let info = ProducerTokenInfo { id, name: name.to_owned(), prefix: minted.prefix, created_at: now, revoked: false };
     Ok((info, minted.token))
 }
@@ -96,6 +97,7 @@ pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, to
     if done.rows_affected() == 0 {
         return Err(GoalError::NotFound);
     }
+    tracing::info!(stream = %format!("{team}/{stream}"), token_id = %token_id, by = %who.display, "Producer token revoked.");
     Ok(())
 }
 
@@ -104,14 +106,5 @@ pub async fn stream_for_token(store: &Store, token: &str) -> Result<Option<Objec
     if !token.starts_with(PRODUCER_PREFIX) {
         return Ok(None);
     }
-    let row = sqlx::query(
-        "SELECT o.team_id, o.name FROM producer_tokens p JOIN objects o ON o.id = p.stream_id AND o.deleted = 0 \
-         WHERE p.token_hash = $1 AND p.revoked_at IS NULL",
-    )
-    .bind(token_hash(token))
-    .fetch_optional(store.pool())
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let (team_id, name): (String, String) = (r.try_get("team_id")?, r.try_get("name")?);
-    store.get(Kind::Stream, &team_id, &name).await
+    store.stream_of_producer_token(&token_hash(token)).await
 }

@@ -163,6 +163,17 @@ impl Store {
         row.as_ref().map(object_from_row).transpose()
     }
 
+    /// The live stream a (hashed, unrevoked) producer token writes to: one query, since ingest
+    /// runs it on every request.
+    pub async fn stream_of_producer_token(&self, token_hash: &str) -> Result<Option<Object>, StoreError> {
+        let sql = format!(
+            "{OBJECT_SELECT} JOIN producer_tokens p ON p.stream_id = o.id \
+             WHERE p.token_hash = $1 AND p.revoked_at IS NULL AND o.deleted = 0"
+        );
+        let row = sqlx::query(&sql).bind(token_hash).fetch_optional(&self.pool).await?;
+        row.as_ref().map(object_from_row).transpose()
+    }
+
     /// The owning team id of any object, live or deleted (for authorising history reads).
     pub async fn owner_of(&self, object_id: &str) -> Result<Option<(Kind, String)>, StoreError> {
         let row = sqlx::query("SELECT kind, team_id FROM objects WHERE id = $1")

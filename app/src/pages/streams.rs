@@ -104,17 +104,13 @@ pub async fn list_producer_tokens(team: String, stream: String) -> Result<Vec<Pr
 #[server]
 pub async fn create_producer_token(team: String, stream: String, name: String) -> Result<String, AppError> {
     let (store, who) = crate::state::caller().await?;
-    let (info, token) = keystone_control::producers::create(&store, &who, &team, &stream, name.trim()).await?;
-    tracing::info!(stream = %format!("{team}/{stream}"), token = %info.name, by = %who.display, "Producer token created.");
-    Ok(token)
+    Ok(keystone_control::producers::create(&store, &who, &team, &stream, name.trim()).await?.1)
 }
 
 #[server]
 pub async fn revoke_producer_token(team: String, stream: String, id: String) -> Result<(), AppError> {
     let (store, who) = crate::state::caller().await?;
-    keystone_control::producers::revoke(&store, &who, &team, &stream, &id).await?;
-    tracing::info!(stream = %format!("{team}/{stream}"), token_id = %id, by = %who.display, "Producer token revoked.");
-    Ok(())
+    Ok(keystone_control::producers::revoke(&store, &who, &team, &stream, &id).await?)
 }
 
 /// The stream's producer tokens: what applications send events with (`POST /ingest/{stream}`).
@@ -138,12 +134,7 @@ fn ProducerTokens() -> impl IntoView {
                 <code class="font-mono">{move || format!("POST /ingest/{}", stream())}</code>
                 " and one of these as a bearer token."
             </p>
-            {move || create.value().get().and_then(|r| r.ok()).map(|token| view! {
-                <div role="status" class="mb-4 rounded-md border border-green-200 bg-green-50 p-4 text-sm">
-                    <p class="font-medium text-green-800">"Copy this token now; it will not be shown again."</p>
-                    <code class="mt-2 block break-all font-mono text-green-900" data-testid="new-producer-token">{token}</code>
-                </div>
-            })}
+            <NewSecret value=create.value() test_id="new-producer-token"/>
             {can_edit().then(|| view! {
                 <ActionForm action=create attr:class=format!("{CARD} mb-4 flex items-end gap-4 p-4")>
                     <input type="hidden" name="team" value=team/>

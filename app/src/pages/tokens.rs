@@ -49,12 +49,7 @@ pub fn TokensPage() -> impl IntoView {
     view! {
         <Title text="API tokens · Keystone"/>
         <PageHeader title="API tokens" subtitle="For automation against /api/v1 (see /api/v1/openapi.json)."><span></span></PageHeader>
-        {move || create.value().get().and_then(|r| r.ok()).map(|token| view! {
-            <div role="status" class="mb-6 rounded-md border border-green-200 bg-green-50 p-4 text-sm">
-                <p class="font-medium text-green-800">"Copy this token now; it will not be shown again."</p>
-                <code class="mt-2 block break-all font-mono text-green-900" data-testid="new-token">{token}</code>
-            </div>
-        })}
+        <NewSecret value=create.value() test_id="new-token"/>
         <FormStatus error=last_error(create.value())/>
         <ActionForm action=create attr:class=format!("{CARD} mb-6 grid grid-cols-4 items-end gap-4 p-4")>
             <Field label="Name" name="name" errors required=true/>

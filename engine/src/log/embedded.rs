@@ -34,6 +34,11 @@ impl Default for EmbeddedConfig {
 
 /// A sparse index entry every this many bytes of a segment.
 const INDEX_EVERY: u64 = 4096;
+/// Whether the record at `pos` gets an index entry, given the last indexed position.
+fn needs_index(last_indexed: Option<u64>, pos: u64) -> bool {
+    last_indexed.is_none_or(|p| pos >= p + INDEX_EVERY)
+}
+
 /// Bytes read per chunk when scanning a segment.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -76,6 +81,13 @@ struct Segment {
 struct AppendRequest {
     records: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>,
     done: oneshot::Sender<Result<Vec<u64>, LogError>>,
+}
+
+impl AppendRequest {
+    /// Roughly what the request adds to the segment (payload plus framing).
+    fn encoded_size(&self) -> usize {
+        self.records.iter().map(|(_, key, value)| value.len() + key.as_ref().map_or(0, Vec::len) + 32).sum()
+    }
 }
 
 fn io_error(e: std::io::Error) -> LogError {
@@ -255,7 +267,7 @@ fn recover_segment(path: &Path, base: u64) -> Result<(u64, Segment), LogError> {
     while pos < data.len() {
         match decode(&data[pos..]) {
             Decoded::Record(r, n) if r.offset == next => {
-                if last_indexed.is_none_or(|p| pos as u64 >= p + INDEX_EVERY) {
+                if needs_index(last_indexed, pos as u64) {
                     seg.index.push((r.offset, pos as u64));
                     last_indexed = Some(pos as u64);
                 }
@@ -277,6 +289,56 @@ fn recover_segment(path: &Path, base: u64) -> Result<(u64, Segment), LogError> {
     Ok((next, seg))
 }
 
+fn corrupt_committed() -> LogError {
+    LogError::Io(std::io::Error::other("corrupt record in committed log"))
+}
+
+/// Up to `want` records of one segment with offsets from `from`, scanning committed bytes
+/// `[start_pos, end_pos)` chunk by chunk.
+fn read_segment(
+    path: &Path,
+    start_pos: u64,
+    end_pos: u64,
+    from: u64,
+    want: usize,
+) -> Result<Vec<StoredRecord>, LogError> {
+    let file = File::open(path)?;
+    let mut records = Vec::new();
+    let mut pos = start_pos;
+    while pos < end_pos && records.len() < want {
+        let mut buf = vec![0u8; ((end_pos - pos) as usize).min(READ_CHUNK)];
+        file.read_exact_at(&mut buf, pos)?;
+        let mut at = 0;
+        while records.len() < want {
+            match decode(&buf[at..]) {
+                Decoded::Record(r, len) => {
+                    at += len;
+                    if r.offset >= from {
+                        records.push(r);
+                    }
+                }
+                // The chunk ends inside a record: the next chunk starts at it.
+                Decoded::Incomplete if at > 0 => break,
+                // One record larger than a chunk: read exactly it.
+                Decoded::Incomplete => {
+                    let body = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+                    let mut big = vec![0u8; super::codec::HEADER + body];
+                    file.read_exact_at(&mut big, pos)?;
+                    let Decoded::Record(r, len) = decode(&big) else { return Err(corrupt_committed()) };
+                    at = len;
+                    if r.offset >= from {
+                        records.push(r);
+                    }
+                    break;
+                }
+                Decoded::Corrupt => return Err(corrupt_committed()),
+            }
+        }
+        pos += at as u64;
+    }
+    Ok(records)
+}
+
 /// The single writer of one partition.
 struct Writer {
     dir: PathBuf,
@@ -290,16 +352,12 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
         while let Some(first) = rx.recv().await {
+            let mut bytes = first.encoded_size();
             let mut batch = vec![first];
-            let mut bytes: usize = batch[0].records.iter().map(|r| r.2.len() + 32).sum();
             while bytes < self.config.max_batch_bytes {
-                match rx.try_recv() {
-                    Ok(req) => {
-                        bytes += req.records.iter().map(|r| r.2.len() + 32).sum::<usize>();
-                        batch.push(req);
-                    }
-                    Err(_) => break,
-                }
+                let Ok(req) = rx.try_recv() else { break };
+                bytes += req.encoded_size();
+                batch.push(req);
             }
             self.commit(batch).await;
         }
@@ -321,7 +379,7 @@ impl Writer {
             let mut mine = Vec::with_capacity(req.records.len());
             for (ts, key, value) in &req.records {
                 let pos = seg_len + buf.len() as u64;
-                if last_indexed.is_none_or(|p| pos >= p + INDEX_EVERY) {
+                if needs_index(last_indexed, pos) {
                     new_index.push((next, pos));
                     last_indexed = Some(pos);
                 }
@@ -419,27 +477,21 @@ impl Log for EmbeddedLog {
 
     async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<(u32, u64)>, LogError> {
         // One request per partition, all sent before any is awaited so they commit in parallel.
-        let mut by_partition: Vec<(u32, Vec<usize>, AppendRequest, oneshot::Receiver<_>)> = Vec::new();
-        let mut positions: HashMap<u32, usize> = HashMap::new();
+        // Each partition keeps the input positions of its records, to answer in input order.
+        let total = records.len();
+        let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<(i64, Option<Vec<u8>>, Vec<u8>)>)> =
+            Default::default();
         for (i, r) in records.into_iter().enumerate() {
-            let slot = match positions.get(&r.partition) {
-                Some(s) => *s,
-                None => {
-                    let (done, rx) = oneshot::channel();
-                    by_partition.push((r.partition, Vec::new(), AppendRequest { records: Vec::new(), done }, rx));
-                    positions.insert(r.partition, by_partition.len() - 1);
-                    by_partition.len() - 1
-                }
-            };
-            by_partition[slot].1.push(i);
-            by_partition[slot].2.records.push((r.timestamp_ms, r.key, r.value));
+            let (positions, batch) = by_partition.entry(r.partition).or_default();
+            positions.push(i);
+            batch.push((r.timestamp_ms, r.key, r.value));
         }
-        let total: usize = by_partition.iter().map(|p| p.1.len()).sum();
         let mut waits = Vec::new();
-        for (partition, idx, req, rx) in by_partition {
+        for (partition, (positions, batch)) in by_partition {
             let p = self.partition(topic, partition)?;
-            p.requests.send(req).await.map_err(|_| LogError::Closed)?;
-            waits.push((partition, idx, rx));
+            let (done, rx) = oneshot::channel();
+            p.requests.send(AppendRequest { records: batch, done }).await.map_err(|_| LogError::Closed)?;
+            waits.push((partition, positions, rx));
         }
         let mut out = vec![(0, 0); total];
         for (partition, idx, rx) in waits {
@@ -481,58 +533,9 @@ impl Log for EmbeddedLog {
             };
             let want = max_records - out.len();
             let start = from;
-            let chunk = tokio::task::spawn_blocking(move || -> Result<Vec<StoredRecord>, LogError> {
-                let file = File::open(&path)?;
-                let mut records = Vec::new();
-                let mut pos = start_pos;
-                while pos < end_pos && records.len() < want {
-                    let n = ((end_pos - pos) as usize).min(READ_CHUNK);
-                    let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, pos)?;
-                    let mut at = 0;
-                    loop {
-                        match decode(&buf[at..]) {
-                            Decoded::Record(r, len) => {
-                                at += len;
-                                if r.offset >= start {
-                                    records.push(r);
-                                    if records.len() == want {
-                                        break;
-                                    }
-                                }
-                            }
-                            Decoded::Incomplete if at > 0 => break,
-                            Decoded::Incomplete => {
-                                // One record larger than a chunk: read exactly it.
-                                let body = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
-                                let mut big = vec![0u8; super::codec::HEADER + body];
-                                file.read_exact_at(&mut big, pos)?;
-                                match decode(&big) {
-                                    Decoded::Record(r, len) => {
-                                        at = len;
-                                        if r.offset >= start {
-                                            records.push(r);
-                                        }
-                                    }
-                                    _ => {
-                                        return Err(LogError::Io(std::io::Error::other(
-                                            "corrupt record in committed log",
-                                        )))
-                                    }
-                                }
-                                break;
-                            }
-                            Decoded::Corrupt => {
-                                return Err(LogError::Io(std::io::Error::other("corrupt record in committed log")))
-                            }
-                        }
-                    }
-                    pos += at as u64;
-                }
-                Ok(records)
-            })
-            .await
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+            let chunk = tokio::task::spawn_blocking(move || read_segment(&path, start_pos, end_pos, start, want))
+                .await
+                .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
             let got = chunk.len();
             out.extend(chunk);
             from = out.last().map_or(from, |r| r.offset + 1);
