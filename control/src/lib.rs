@@ -17,6 +17,8 @@ pub mod auth;
 #[cfg(feature = "store")]
 pub mod goal;
 #[cfg(feature = "store")]
+pub mod jobs;
+#[cfg(feature = "store")]
 pub mod producers;
 #[cfg(feature = "store")]
 pub mod store;

@@ -224,6 +224,12 @@ impl SinkKind {
             SinkKind::Http => &[
                 SettingDoc { key: "url", required: true, help: "http:// or https:// endpoint receiving JSON batches" },
                 SettingDoc { key: "timeout_ms", required: false, help: "request timeout in milliseconds" },
+                SettingDoc {
+                    key: "format",
+                    required: false,
+                    help: "json (a JSON array per batch, the default) or bulk (Elasticsearch/OpenSearch _bulk)",
+                },
+                SettingDoc { key: "index", required: false, help: "target index of the bulk format" },
             ],
             SinkKind::File => &[SettingDoc {
                 key: "path",
@@ -335,6 +341,15 @@ impl SinkInput {
                         Ok(1..=300_000) => {}
                         _ => e.add("settings.timeout_ms", "must be a whole number from 1 to 300000"),
                     }
+                }
+                match setting("format") {
+                    None | Some("json") => {}
+                    Some("bulk") => {
+                        if setting("index").is_none() {
+                            e.add("settings.index", "is required by the bulk format");
+                        }
+                    }
+                    Some(_) => e.add("settings.format", "must be json or bulk"),
                 }
             }
             SinkKind::File => {
@@ -633,6 +648,94 @@ pub struct ProducerTokenInfo {
     pub prefix: String,
     pub created_at: i64,
     pub revoked: bool,
+}
+
+/// A route job's observed lifecycle phase, recorded with every transition and its cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobPhase {
+    /// Declared; the reconciler has not started it yet.
+    Pending,
+    /// Building its sink and loading its checkpoints.
+    Starting,
+    /// Delivering.
+    Running,
+    /// Up, but its sink keeps failing; it retries with backoff and commits nothing undelivered.
+    Failing,
+    /// Crashed or stalled too often; stays down until its route changes or is restarted.
+    Failed,
+    /// Stopped on purpose (route deleted or being redeployed).
+    Stopped,
+}
+
+impl JobPhase {
+    pub const ALL: [JobPhase; 6] = [
+        JobPhase::Pending,
+        JobPhase::Starting,
+        JobPhase::Running,
+        JobPhase::Failing,
+        JobPhase::Failed,
+        JobPhase::Stopped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Pending => "pending",
+            JobPhase::Starting => "starting",
+            JobPhase::Running => "running",
+            JobPhase::Failing => "failing",
+            JobPhase::Failed => "failed",
+            JobPhase::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<JobPhase> {
+        JobPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One recorded phase change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct JobTransition {
+    pub at: i64,
+    pub from: Option<JobPhase>,
+    pub to: JobPhase,
+    pub cause: String,
+}
+
+/// A partition's checkpoint: the next offset the job reads after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct CheckpointInfo {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub committed_at: i64,
+}
+
+/// What the database knows of one route's job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct JobRecord {
+    pub route_id: String,
+    pub team: String,
+    pub route: String,
+    /// The route version the job runs.
+    pub version: i64,
+    pub phase: JobPhase,
+    pub last_error: Option<String>,
+    pub restarts: i64,
+    pub updated_at: i64,
+}
+
+/// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.
+pub fn dead_letter_topic(team: &str, route: &str) -> String {
+    format!("_dlq.{team}.{route}")
 }
 
 #[cfg(test)]

@@ -71,6 +71,62 @@ fn topic_of(a: &TopicAction) -> &str {
     }
 }
 
+/// A route's job as the goal state wants it running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobGoal {
+    pub route_id: String,
+    /// Changes whenever anything the job was built from changes (route, sink, or stream
+    /// version), so a changed sink secret or a grown stream redeploys the job.
+    pub fingerprint: String,
+    /// The route asked to drain and checkpoint the old job before the new one starts.
+    pub drain_first: bool,
+}
+
+/// A job the executor is running (or holding as failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedJob {
+    pub route_id: String,
+    pub fingerprint: String,
+}
+
+/// What to do about one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobAction {
+    /// A new route, or one whose job is not running (e.g. after a restart of the server).
+    Start(JobGoal),
+    /// The route or something it uses changed: replace the job.
+    Redeploy(JobGoal),
+    /// The route was deleted.
+    Stop { route_id: String },
+}
+
+/// Every action needed to make the running jobs match the goal, in route-id order. Idempotent:
+/// applying the plan and planning again gives nothing to do.
+pub fn plan_jobs(goal: &[JobGoal], observed: &[ObservedJob]) -> Vec<JobAction> {
+    let mut actions = Vec::new();
+    for g in goal {
+        match observed.iter().find(|o| o.route_id == g.route_id) {
+            None => actions.push(JobAction::Start(g.clone())),
+            Some(o) if o.fingerprint != g.fingerprint => actions.push(JobAction::Redeploy(g.clone())),
+            Some(_) => {}
+        }
+    }
+    for o in observed {
+        if !goal.iter().any(|g| g.route_id == o.route_id) {
+            actions.push(JobAction::Stop { route_id: o.route_id.clone() });
+        }
+    }
+    actions.sort_by(|a, b| job_of(a).cmp(job_of(b)));
+    actions
+}
+
+fn job_of(a: &JobAction) -> &str {
+    match a {
+        JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
+        JobAction::Stop { route_id } => route_id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +165,35 @@ mod tests {
     #[test]
     fn topics_without_a_stream_are_reported_not_deleted() {
         assert_eq!(plan_topics(&[], &[seen("old", 1)]), [TopicAction::Orphan { topic: "old".into() }]);
+    }
+
+    fn job(id: &str, fp: &str) -> JobGoal {
+        JobGoal { route_id: id.into(), fingerprint: fp.into(), drain_first: false }
+    }
+    fn running(id: &str, fp: &str) -> ObservedJob {
+        ObservedJob { route_id: id.into(), fingerprint: fp.into() }
+    }
+
+    #[test]
+    fn jobs_start_redeploy_and_stop_to_match_the_goal() {
+        let goal = [job("a", "r1"), job("b", "r2"), job("c", "r1")];
+        let observed = [running("b", "r1"), running("c", "r1"), running("d", "r4")];
+        assert_eq!(
+            plan_jobs(&goal, &observed),
+            vec![
+                JobAction::Start(job("a", "r1")),
+                JobAction::Redeploy(job("b", "r2")),
+                JobAction::Stop { route_id: "d".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn job_plan_is_idempotent_and_rebuilds_everything_from_nothing() {
+        let goal = [job("a", "r1"), job("b", "r2")];
+        let from_nothing = plan_jobs(&goal, &[]);
+        assert_eq!(from_nothing, vec![JobAction::Start(job("a", "r1")), JobAction::Start(job("b", "r2"))]);
+        let observed: Vec<ObservedJob> = goal.iter().map(|g| running(&g.route_id, &g.fingerprint)).collect();
+        assert!(plan_jobs(&goal, &observed).is_empty());
     }
 }

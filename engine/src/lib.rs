@@ -1,6 +1,13 @@
 //! Keystone's data plane. It never imports the console or the store: it runs from the specs it
-//! is handed, so `keystone worker` can run it alone.
+//! is handed (and reports through small traits), so `keystone worker` can run it alone.
 
 pub mod ingest;
+pub mod job;
 pub mod log;
+pub mod sinks;
 pub mod transforms;
+
+/// Wall-clock time in ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,188 @@
+//! The observed state of route jobs: phase, transitions with their causes, and checkpoints.
+//! Unlike goal state this is mutable (it says what *is*); the data plane writes it and the
+//! console and API read it.
+
+use crate::model::{CheckpointInfo, JobPhase, JobRecord, JobTransition};
+use crate::store::{now_ms, Scope, Store, StoreError};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+/// A phase change to record.
+#[derive(Debug, Clone)]
+pub struct PhaseChange<'a> {
+    pub route_id: &'a str,
+    /// The route version the job runs.
+    pub version: i64,
+    pub to: JobPhase,
+    pub cause: &'a str,
+    /// Kept as the job's last error (cleared by `None` only when the job is healthy again).
+    pub error: Option<&'a str>,
+    /// The job was restarted after a crash or stall (counted).
+    pub restart: bool,
+}
+
+const JOB_SELECT: &str = "SELECT j.route_id, t.name AS team_name, o.name AS route_name, j.version, j.phase, \
+     j.last_error, j.restarts, j.updated_at FROM jobs j JOIN objects o ON o.id = j.route_id \
+     LEFT JOIN objects t ON t.id = o.team_id";
+
+fn job_from_row(r: &AnyRow) -> Result<JobRecord, StoreError> {
+    let phase: String = r.try_get("phase")?;
+    Ok(JobRecord {
+        route_id: r.try_get("route_id")?,
+        team: r.try_get::<Option<String>, _>("team_name")?.unwrap_or_default(),
+        route: r.try_get("route_name")?,
+        version: r.try_get("version")?,
+        phase: JobPhase::parse(&phase).ok_or_else(|| StoreError::Corrupt(format!("job phase {phase}")))?,
+        last_error: r.try_get("last_error")?,
+        restarts: r.try_get("restarts")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// The newest revision's sequence number: changes whenever any goal state changes, so the
+    /// reconciler can poll it cheaply and react within a second.
+    pub async fn goal_seq(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM revisions").fetch_one(self.pool()).await?;
+        Ok(row.try_get("seq")?)
+    }
+
+    /// Records a job's phase. A transition row is written only when the phase or version
+    /// changes, so a job reporting "running" again does not flood the history.
+    pub async fn record_phase(&self, c: PhaseChange<'_>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        let current = sqlx::query("SELECT phase, version, last_error FROM jobs WHERE route_id = $1")
+            .bind(c.route_id)
+            .fetch_optional(tx.conn())
+            .await?;
+        let (from, same_version, old_error): (Option<JobPhase>, bool, Option<String>) = match &current {
+            Some(r) => {
+                let p: String = r.try_get("phase")?;
+                let v: i64 = r.try_get("version")?;
+                (JobPhase::parse(&p), v == c.version, r.try_get("last_error")?)
+            }
+            None => (None, false, None),
+        };
+        // A running job clears its error; other phases keep the last one unless given a new one.
+        let error = match (c.error, c.to) {
+            (Some(e), _) => Some(e.to_owned()),
+            (None, JobPhase::Running | JobPhase::Stopped) => None,
+            (None, _) => old_error,
+        };
+        let restart = i64::from(c.restart);
+        sqlx::query(
+            "INSERT INTO jobs (route_id, version, phase, last_error, restarts, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (route_id) DO UPDATE SET version = excluded.version, \
+             phase = excluded.phase, last_error = excluded.last_error, \
+             restarts = jobs.restarts + excluded.restarts, updated_at = excluded.updated_at",
+        )
+        .bind(c.route_id)
+        .bind(c.version)
+        .bind(c.to.as_str())
+        .bind(error)
+        .bind(restart)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        if from != Some(c.to) || !same_version {
+            sqlx::query(
+                "INSERT INTO job_transitions (route_id, at, from_phase, to_phase, cause) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(c.route_id)
+            .bind(now)
+            .bind(from.map(JobPhase::as_str))
+            .bind(c.to.as_str())
+            .bind(c.cause)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// One route's job, if it ever ran.
+    pub async fn job(&self, route_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("{JOB_SELECT} WHERE j.route_id = $1");
+        let row = sqlx::query(&sql).bind(route_id).fetch_optional(self.pool()).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Jobs of live routes the scope may see, by team then route name.
+    pub async fn jobs(&self, scope: &Scope) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!("{JOB_SELECT} WHERE o.deleted = 0 ORDER BY team_name, route_name");
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(match scope {
+            Scope::All => jobs,
+            Scope::Teams(_) => {
+                let visible = self.list(crate::model::Kind::Route, scope).await?;
+                jobs.retain(|j| visible.iter().any(|o| o.id == j.route_id));
+                jobs
+            }
+        })
+    }
+
+    /// A job's most recent transitions, newest first.
+    pub async fn transitions(&self, route_id: &str, limit: i64) -> Result<Vec<JobTransition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, from_phase, to_phase, cause FROM job_transitions WHERE route_id = $1 \
+             ORDER BY at DESC LIMIT $2",
+        )
+        .bind(route_id)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get("from_phase")?;
+                let to: String = r.try_get("to_phase")?;
+                Ok(JobTransition {
+                    at: r.try_get("at")?,
+                    from: from.as_deref().and_then(JobPhase::parse),
+                    to: JobPhase::parse(&to).ok_or_else(|| StoreError::Corrupt(format!("job phase {to}")))?,
+                    cause: r.try_get("cause")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A route's checkpoints, by partition.
+    pub async fn checkpoints(&self, route_id: &str) -> Result<Vec<CheckpointInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition_no, next_offset, committed_at FROM checkpoints WHERE route_id = $1 ORDER BY partition_no",
+        )
+        .bind(route_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let p: i64 = r.try_get("partition_no")?;
+                let o: i64 = r.try_get("next_offset")?;
+                Ok(CheckpointInfo { partition: p as u32, next_offset: o as u64, committed_at: r.try_get("committed_at")? })
+            })
+            .collect()
+    }
+
+    /// Commits checkpoints of several partitions of one route together.
+    pub async fn commit_checkpoints(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), StoreError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        for &(partition, next_offset) in positions {
+            sqlx::query(
+                "INSERT INTO checkpoints (route_id, partition_no, next_offset, committed_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (route_id, partition_no) DO UPDATE SET next_offset = excluded.next_offset, \
+                 committed_at = excluded.committed_at",
+            )
+            .bind(route_id)
+            .bind(i64::from(partition))
+            .bind(next_offset as i64)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await
+    }
+}

@@ -1,0 +1,421 @@
+//! Route jobs. Every route runs as its own job: one reader task per partition, each with its own
+//! position, a bounded batch, and its own retries; a job shares nothing with other jobs but the
+//! log, so a slow or dead sink stalls only its own route.
+//!
+//! At-least-once: a partition's position moves only after the sink acknowledged the batch (or the
+//! events it refused are durably in the dead-letter queue), and the checkpointer commits the
+//! acknowledged positions every `checkpoint_interval`. After a crash the job resumes from the last
+//! commit, so duplicates are bounded by one checkpoint interval.
+
+pub mod supervisor;
+
+use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
+use crate::sinks::{Sink, SinkError, SinkEvent};
+use crate::transforms::{Filter, Projection};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a job needs, compiled from the route, its stream and its sink.
+pub struct JobSpec {
+    pub route_id: String,
+    /// `team/route`, for logs and dead letters.
+    pub route: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub dead_letter_topic: String,
+    pub filter: Option<Filter>,
+    pub projection: Projection,
+    pub batch_size: usize,
+    pub max_latency: Duration,
+    pub checkpoint_interval: Duration,
+    /// Where a partition without a checkpoint starts.
+    pub start_at: StartAt,
+}
+
+/// Where checkpoints live (the source-of-truth database in production).
+pub trait CheckpointStore: Send + Sync + 'static {
+    fn load(&self, route_id: &str) -> impl Future<Output = Result<HashMap<u32, u64>, String>> + Send;
+    fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A job's counters, shared with the supervisor, the API and the console. Positions are the
+/// acknowledged next offset per partition.
+#[derive(Debug, Default)]
+pub struct JobStats {
+    pub read: AtomicU64,
+    pub delivered: AtomicU64,
+    pub filtered_out: AtomicU64,
+    /// Events the filter could not evaluate (e.g. a missing field): not delivered, counted apart.
+    pub filter_errors: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub retries: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Set while the sink keeps failing a batch; cleared when a batch goes through.
+    pub failing: AtomicBool,
+    pub acked: Mutex<Vec<u64>>,
+    pub committed: Mutex<Vec<u64>>,
+    pub recent_errors: Mutex<Vec<(i64, String)>>,
+}
+
+const RECENT_ERRORS: usize = 20;
+
+impl JobStats {
+    pub fn record_error(&self, message: String) {
+        let mut errors = self.recent_errors.lock().expect("stats lock");
+        if errors.len() == RECENT_ERRORS {
+            errors.remove(0);
+        }
+        errors.push((crate::now_ms(), message));
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.recent_errors.lock().expect("stats lock").last().map(|(_, m)| m.clone())
+    }
+
+    fn set_acked(&self, partition: u32, next: u64) {
+        let mut acked = self.acked.lock().expect("stats lock");
+        if acked.len() <= partition as usize {
+            acked.resize(partition as usize + 1, 0);
+        }
+        acked[partition as usize] = next;
+    }
+
+    /// Sum of acknowledged positions: grows whenever the job makes progress.
+    pub fn progress(&self) -> u64 {
+        self.acked.lock().expect("stats lock").iter().sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("checkpoint store: {0}")]
+    Checkpoints(String),
+    #[error("the sink refused events and the dead-letter queue could not take them: {0}")]
+    DeadLetter(LogError),
+}
+
+/// The envelope fields a job reads (see `ingest::prepare`).
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    ingested_at: i64,
+    #[serde(default)]
+    key: Option<String>,
+    payload: Value,
+}
+
+/// Exponential backoff with full jitter: 100 ms doubling to 30 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
+    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
+}
+
+/// Runs a job until `cancel` fires (then finishes the batch in hand, commits, and returns
+/// `Ok`) or until something it cannot retry fails.
+pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    sink: Arc<S>,
+    checkpoints: Arc<C>,
+    stats: Arc<JobStats>,
+    cancel: CancellationToken,
+) -> Result<(), JobError> {
+    let dead_letter_retention = Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
+    log.ensure_topic(&spec.dead_letter_topic, 1, dead_letter_retention).await?;
+    let saved = checkpoints.load(&spec.route_id).await.map_err(JobError::Checkpoints)?;
+    let mut starts = Vec::with_capacity(spec.partitions as usize);
+    for p in 0..spec.partitions {
+        let end = *log.watch_end(&spec.topic, p)?.borrow();
+        let start = match saved.get(&p) {
+            // A checkpoint past the end means the log was rebuilt from nothing: start over.
+            Some(&next) if next <= end => next,
+            _ => log.resolve(&spec.topic, p, spec.start_at).await?,
+        };
+        stats.set_acked(p, start);
+        starts.push(start);
+    }
+    *stats.committed.lock().expect("stats lock") = starts.clone();
+
+    let stop_checkpointer = CancellationToken::new();
+    let checkpointer = tokio::spawn(checkpoint_loop(
+        spec.clone(),
+        checkpoints.clone(),
+        stats.clone(),
+        stop_checkpointer.clone(),
+    ));
+    let mut readers = tokio::task::JoinSet::new();
+    for (p, start) in starts.into_iter().enumerate() {
+        let reader = PartitionReader {
+            spec: spec.clone(),
+            log: log.clone(),
+            sink: sink.clone(),
+            stats: stats.clone(),
+            cancel: cancel.clone(),
+            partition: p as u32,
+        };
+        readers.spawn(reader.run(start));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = readers.join_next().await {
+        let outcome = joined.unwrap_or_else(|e| {
+            Err(JobError::Log(LogError::Io(std::io::Error::other(format!("partition reader panicked: {e}")))))
+        });
+        if let Err(e) = outcome {
+            if result.is_ok() {
+                // One partition failing fails the job: stop the others, then restart whole.
+                cancel.cancel();
+                result = Err(e);
+            }
+        }
+    }
+    stop_checkpointer.cancel();
+    let committed = checkpointer.await.unwrap_or_else(|e| Err(JobError::Checkpoints(e.to_string())));
+    result.and(committed)
+}
+
+/// Commits acknowledged positions that moved, every interval and once more when stopped.
+async fn checkpoint_loop<C: CheckpointStore>(
+    spec: Arc<JobSpec>,
+    store: Arc<C>,
+    stats: Arc<JobStats>,
+    stop: CancellationToken,
+) -> Result<(), JobError> {
+    let mut tick = tokio::time::interval(spec.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let acked = stats.acked.lock().expect("stats lock").clone();
+        let committed = stats.committed.lock().expect("stats lock").clone();
+        let moved: Vec<(u32, u64)> = acked
+            .iter()
+            .enumerate()
+            .filter(|(p, a)| committed.get(*p) != Some(a))
+            .map(|(p, a)| (p as u32, *a))
+            .collect();
+        if !moved.is_empty() {
+            match store.commit(&spec.route_id, &moved).await {
+                Ok(()) => *stats.committed.lock().expect("stats lock") = acked,
+                // Not fatal: the positions stay acknowledged and the next tick tries again.
+                Err(e) if !stopping => stats.record_error(format!("checkpoint commit failed: {e}")),
+                Err(e) => return Err(JobError::Checkpoints(e)),
+            }
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+struct PartitionReader<L, S> {
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    sink: Arc<S>,
+    stats: Arc<JobStats>,
+    cancel: CancellationToken,
+    partition: u32,
+}
+
+/// What became of one record before delivery.
+enum Routed {
+    Deliver(SinkEvent),
+    Skip,
+    DeadLetter(String),
+}
+
+impl<L: Log, S: Sink> PartitionReader<L, S> {
+    async fn run(self, mut next: u64) -> Result<(), JobError> {
+        let spec = &self.spec;
+        let mut end = self.log.watch_end(&spec.topic, self.partition)?;
+        loop {
+            // Gather one batch: up to batch_size deliverable events, or whatever arrived by the
+            // time the first of them has waited max_latency.
+            let mut batch: Vec<SinkEvent> = Vec::new();
+            let mut sources: Vec<StoredRecord> = Vec::new();
+            let mut dead: Vec<(StoredRecord, String)> = Vec::new();
+            let mut scanned = next;
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if self.cancel.is_cancelled() && batch.is_empty() {
+                    break;
+                }
+                let want = spec.batch_size - batch.len();
+                let records = match self.log.read(&spec.topic, self.partition, scanned, want).await {
+                    Ok(r) => r,
+                    Err(LogError::OffsetOutOfRange { earliest, .. }) => {
+                        self.stats.record_error(format!(
+                            "partition {}: events {scanned}..{earliest} expired before delivery (retention)",
+                            self.partition
+                        ));
+                        scanned = earliest;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if records.is_empty() {
+                    // Nothing new: wait for an append, the batch deadline, or cancellation.
+                    tokio::select! {
+                        changed = end.changed() => changed.map_err(|_| LogError::Closed)?,
+                        // Stop gathering; a partial batch is still delivered before stopping.
+                        _ = self.cancel.cancelled() => if !batch.is_empty() { break },
+                        _ = sleep_until(deadline) => break,
+                    }
+                    if batch.is_empty() && scanned > next {
+                        // Only filtered-out events so far: their position is acknowledged too.
+                        next = scanned;
+                        self.stats.set_acked(self.partition, next);
+                    }
+                    continue;
+                }
+                for r in records {
+                    scanned = r.offset + 1;
+                    self.stats.read.fetch_add(1, Ordering::Relaxed);
+                    match self.route(&r) {
+                        Routed::Deliver(e) => {
+                            batch.push(e);
+                            sources.push(r);
+                        }
+                        Routed::Skip => {}
+                        Routed::DeadLetter(why) => dead.push((r, why)),
+                    }
+                }
+                if batch.len() >= spec.batch_size {
+                    break;
+                }
+                if !batch.is_empty() && deadline.is_none() {
+                    deadline = Some(Instant::now() + spec.max_latency);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+            if batch.is_empty() && dead.is_empty() && scanned == next && self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if !batch.is_empty() {
+                match self.deliver(&batch).await {
+                    Some(refused) => {
+                        for (i, why) in refused {
+                            dead.push((sources[i].clone(), why));
+                        }
+                    }
+                    // Cancelled while retrying: nothing acknowledged, nothing committed.
+                    None => return Ok(()),
+                }
+            }
+            if !dead.is_empty() {
+                dead.sort_by_key(|(r, _)| r.offset);
+                self.dead_letter(dead).await?;
+            }
+            next = scanned;
+            self.stats.set_acked(self.partition, next);
+        }
+    }
+
+    /// Filter and projection of one record.
+    fn route(&self, r: &StoredRecord) -> Routed {
+        let envelope: Envelope = match serde_json::from_slice(&r.value) {
+            Ok(e) => e,
+            Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
+        };
+        if let Some(filter) = &self.spec.filter {
+            match filter.matches(&envelope.payload) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.filtered_out.fetch_add(1, Ordering::Relaxed);
+                    return Routed::Skip;
+                }
+                Err(e) => {
+                    self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error(format!("filter could not evaluate event {}: {e}", envelope.id));
+                    return Routed::Skip;
+                }
+            }
+        }
+        Routed::Deliver(SinkEvent {
+            id: envelope.id,
+            ingested_at: envelope.ingested_at,
+            key: envelope.key,
+            partition: self.partition,
+            offset: r.offset,
+            event: self.spec.projection.apply(envelope.payload),
+        })
+    }
+
+    /// Delivers a batch, retrying transient failures with backoff until it goes through.
+    /// Returns the events the sink refused for good, or `None` if cancelled while retrying.
+    async fn deliver(&self, batch: &[SinkEvent]) -> Option<Vec<(usize, String)>> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self.sink.deliver(batch).await;
+            let refused = match outcome {
+                Ok(()) => Vec::new(),
+                Err(SinkError::Rejected(refused)) => refused,
+                Err(SinkError::Transient(why)) => {
+                    self.stats.failing.store(true, Ordering::Relaxed);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error(format!("partition {}: {why}", self.partition));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(attempt)) => {}
+                        _ = self.cancel.cancelled() => return None,
+                    }
+                    attempt += 1;
+                    continue;
+                }
+            };
+            self.stats.failing.store(false, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.delivered.fetch_add((batch.len() - refused.len()) as u64, Ordering::Relaxed);
+            let bytes: usize = batch.iter().map(|e| e.event.to_string().len()).sum();
+            self.stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            return Some(refused);
+        }
+    }
+
+    /// Appends refused events, with the reason, to the route's dead-letter queue; durably, before
+    /// their offsets can be acknowledged.
+    async fn dead_letter(&self, dead: Vec<(StoredRecord, String)>) -> Result<(), JobError> {
+        let now = crate::now_ms();
+        let count = dead.len() as u64;
+        let records = dead
+            .into_iter()
+            .map(|(r, reason)| {
+                let original: Value = serde_json::from_slice(&r.value)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.value).into_owned()));
+                let letter = json!({
+                    "route": self.spec.route,
+                    "reason": reason,
+                    "partition": self.partition,
+                    "offset": r.offset,
+                    "failed_at": now,
+                    "envelope": original,
+                });
+                NewRecord { partition: 0, timestamp_ms: now, key: r.key, value: letter.to_string().into_bytes() }
+            })
+            .collect();
+        self.log.append(&self.spec.dead_letter_topic, records).await.map_err(JobError::DeadLetter)?;
+        self.stats.dead_lettered.fetch_add(count, Ordering::Relaxed);
+        self.stats.record_error(format!("partition {}: {count} event(s) sent to the dead-letter queue", self.partition));
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

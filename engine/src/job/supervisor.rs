@@ -1,0 +1,195 @@
+//! The health monitor of one job: starts it, reports its phase, restarts it with exponential
+//! backoff when it crashes or stalls, and marks it failed when it keeps failing. Each job has its
+//! own supervisor task, so one job's trouble never delays another's restart.
+
+use super::{run, CheckpointStore, JobSpec, JobStats};
+use crate::log::Log;
+use crate::sinks::{ConfigError, Sink};
+use keystone_control::JobPhase;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A phase change the supervisor reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseReport {
+    pub phase: JobPhase,
+    pub cause: String,
+    pub error: Option<String>,
+    /// This start follows a crash or a stall.
+    pub restart: bool,
+}
+
+/// Where phase changes go (the database, in production).
+pub trait JobObserver: Send + Sync + 'static {
+    fn report(&self, report: PhaseReport) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// More crashes than this within `window` mark the job failed.
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// A job with lag whose position has not moved for this long (while its sink is not
+    /// reporting errors) is restarted.
+    pub stall_after: Duration,
+    /// First restart delay, doubled per consecutive crash up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(600),
+            stall_after: Duration::from_secs(120),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How often the supervisor looks at its job.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// How long a job asked to stop may take to finish its batch before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Supervises one job until `cancel` fires. `make_sink` builds a fresh sink for every start.
+#[allow(clippy::too_many_arguments)]
+pub async fn supervise<L, S, C, O, F>(
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    make_sink: F,
+    checkpoints: Arc<C>,
+    observer: Arc<O>,
+    stats: Arc<JobStats>,
+    policy: RestartPolicy,
+    cancel: CancellationToken,
+) where
+    L: Log,
+    S: Sink,
+    C: CheckpointStore,
+    O: JobObserver,
+    F: Fn() -> Result<S, ConfigError> + Send + Sync + 'static,
+{
+    let mut crashes: Vec<Instant> = Vec::new();
+    let mut restart_cause: Option<String> = None;
+    loop {
+        let restart = restart_cause.is_some();
+        let cause = restart_cause.clone().unwrap_or_else(|| "declared".into());
+        observer.report(PhaseReport { phase: JobPhase::Starting, cause, error: None, restart }).await;
+        let failure = match make_sink() {
+            Err(e) => format!("the sink cannot be built: {e}"),
+            Ok(sink) => match watch(&spec, &log, Arc::new(sink), &checkpoints, &observer, &stats, &policy, &cancel).await {
+                None => return,
+                Some(failure) => failure,
+            },
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        stats.record_error(failure.clone());
+        let now = Instant::now();
+        crashes.retain(|t| now.duration_since(*t) < policy.window);
+        crashes.push(now);
+        if crashes.len() > policy.max_restarts {
+            let cause = format!("failed {} times within {} s", crashes.len(), policy.window.as_secs());
+            observer.report(PhaseReport { phase: JobPhase::Failed, cause, error: Some(failure), restart: false }).await;
+            // Held failed until the route changes (the executor then replaces this supervisor).
+            cancel.cancelled().await;
+            return;
+        }
+        let exp = (crashes.len() - 1).min(16) as u32;
+        let delay = policy.first_backoff.saturating_mul(1 << exp).min(policy.max_backoff);
+        let cause = format!("crashed, restarting in {} ms", delay.as_millis());
+        observer
+            .report(PhaseReport { phase: JobPhase::Failing, cause, error: Some(failure.clone()), restart: false })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+        restart_cause = Some(format!("restarted after: {failure}"));
+    }
+}
+
+/// Runs the job once and watches it. `None` when it stopped because it was asked to; otherwise
+/// why it ended (crash, stall, or an unexpected exit).
+#[allow(clippy::too_many_arguments)]
+async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
+    spec: &Arc<JobSpec>,
+    log: &Arc<L>,
+    sink: Arc<S>,
+    checkpoints: &Arc<C>,
+    observer: &Arc<O>,
+    stats: &Arc<JobStats>,
+    policy: &RestartPolicy,
+    cancel: &CancellationToken,
+) -> Option<String> {
+    let this_run = cancel.child_token();
+    let mut task = tokio::spawn(run(
+        spec.clone(),
+        log.clone(),
+        sink,
+        checkpoints.clone(),
+        stats.clone(),
+        this_run.clone(),
+    ));
+    let mut reported: Option<bool> = None;
+    let mut last_progress = (stats.progress(), Instant::now());
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                return match joined {
+                    _ if cancel.is_cancelled() => None,
+                    Ok(Ok(())) => Some("the job stopped unexpectedly".into()),
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("the job panicked: {e}")),
+                };
+            }
+            _ = tick.tick() => {}
+        }
+        let failing = stats.failing.load(Ordering::Relaxed);
+        if reported != Some(failing) {
+            let report = if failing {
+                PhaseReport {
+                    phase: JobPhase::Failing,
+                    cause: "the sink keeps failing; retrying with backoff".into(),
+                    error: stats.last_error(),
+                    restart: false,
+                }
+            } else {
+                let cause = if reported.is_none() { "started" } else { "the sink recovered" };
+                PhaseReport { phase: JobPhase::Running, cause: cause.into(), error: None, restart: false }
+            };
+            observer.report(report).await;
+            reported = Some(failing);
+        }
+        let progress = stats.progress();
+        if progress != last_progress.0 || failing {
+            last_progress = (progress, Instant::now());
+        } else if last_progress.1.elapsed() >= policy.stall_after && lag(spec, log.as_ref(), stats) > 0 {
+            this_run.cancel();
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
+            return Some(format!("stalled: no progress for {} s with events waiting", policy.stall_after.as_secs()));
+        }
+    }
+}
+
+/// Events in the log the job has not acknowledged yet.
+pub fn lag<L: Log>(spec: &JobSpec, log: &L, stats: &JobStats) -> u64 {
+    let acked = stats.acked.lock().expect("stats lock").clone();
+    (0..spec.partitions)
+        .map(|p| {
+            let end = log.watch_end(&spec.topic, p).map(|w| *w.borrow()).unwrap_or(0);
+            end.saturating_sub(acked.get(p as usize).copied().unwrap_or(0))
+        })
+        .sum()
+}

@@ -1,0 +1,187 @@
+//! HTTP sink, in two wire formats:
+//! - `json`: a webhook. Each batch is POSTed as a JSON array of `{id, ingested_at, key, event}`.
+//!   2xx accepts the batch; 408, 429, 5xx and network errors are transient; any other 4xx
+//!   refuses it, and the batch is then re-sent one event at a time to find which events the
+//!   endpoint refuses (those go to the dead-letter queue, the rest are delivered).
+//! - `bulk`: the Elasticsearch/OpenSearch `_bulk` API (NDJSON `index` actions, `_id` = event id,
+//!   so a retried batch overwrites instead of duplicating). The response is read item by item:
+//!   a 429 item makes the batch transient (retried whole, harmless thanks to `_id`), any other
+//!   failed item is refused with the server's reason.
+
+use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFormat {
+    Json,
+    Bulk { index: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSinkConfig {
+    pub url: String,
+    pub timeout: Duration,
+    /// Sent as the Authorization header; never logged.
+    pub authorization: Option<String>,
+    pub format: HttpFormat,
+}
+
+impl HttpSinkConfig {
+    pub fn from_spec(
+        settings: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<HttpSinkConfig, ConfigError> {
+        let url = required(settings, "settings", "url")?.to_owned();
+        let timeout_ms = match settings.get("timeout_ms") {
+            None => 10_000,
+            Some(t) => t.parse::<u64>().map_err(|_| ConfigError::new("settings.timeout_ms", "must be a whole number"))?,
+        };
+        let format = match settings.get("format").map(String::as_str) {
+            None | Some("json") => HttpFormat::Json,
+            Some("bulk") => HttpFormat::Bulk { index: required(settings, "settings", "index")?.to_owned() },
+            Some(_) => return Err(ConfigError::new("settings.format", "must be json or bulk")),
+        };
+        Ok(HttpSinkConfig {
+            url,
+            timeout: Duration::from_millis(timeout_ms),
+            authorization: secrets.get("authorization").filter(|a| !a.is_empty()).cloned(),
+            format,
+        })
+    }
+}
+
+pub struct HttpSink {
+    config: HttpSinkConfig,
+    client: reqwest::Client,
+}
+
+/// How the endpoint answered one request.
+enum Answer {
+    Accepted(Option<Value>),
+    Transient(String),
+    Refused(String),
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+}
+
+impl HttpSink {
+    pub fn new(config: HttpSinkConfig) -> Result<HttpSink, ConfigError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| ConfigError::new("settings.url", format!("cannot build an HTTP client: {e}")))?;
+        Ok(HttpSink { config, client })
+    }
+
+    async fn post(&self, content_type: &str, body: Vec<u8>) -> Answer {
+        let mut req = self.client.post(&self.config.url).header("content-type", content_type).body(body);
+        if let Some(auth) = &self.config.authorization {
+            req = req.header("authorization", auth);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            // The error text names the URL but never the headers, so no secret leaks here.
+            Err(e) => return Answer::Transient(format!("request failed: {e}")),
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let excerpt: String = text.chars().take(300).collect();
+        if status.is_success() {
+            Answer::Accepted(serde_json::from_str(&text).ok())
+        } else if is_transient(status) {
+            Answer::Transient(format!("HTTP {status}: {excerpt}"))
+        } else {
+            Answer::Refused(format!("HTTP {status}: {excerpt}"))
+        }
+    }
+
+    async fn deliver_json(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        let body = |events: &[SinkEvent]| serde_json::to_vec(events).expect("sink events serialise");
+        match self.post("application/json", body(batch)).await {
+            Answer::Accepted(_) => Ok(()),
+            Answer::Transient(why) => Err(SinkError::Transient(why)),
+            Answer::Refused(why) if batch.len() == 1 => Err(SinkError::Rejected(vec![(0, why)])),
+            Answer::Refused(_) => {
+                // Find the poison events: one request per event.
+                let mut refused = Vec::new();
+                for (i, e) in batch.iter().enumerate() {
+                    match self.post("application/json", body(std::slice::from_ref(e))).await {
+                        Answer::Accepted(_) => {}
+                        Answer::Transient(why) => return Err(SinkError::Transient(why)),
+                        Answer::Refused(why) => refused.push((i, why)),
+                    }
+                }
+                if refused.is_empty() {
+                    Ok(())
+                } else {
+                    Err(SinkError::Rejected(refused))
+                }
+            }
+        }
+    }
+
+    async fn deliver_bulk(&self, index: &str, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        let mut body = Vec::with_capacity(batch.len() * 300);
+        for e in batch {
+            serde_json::to_writer(&mut body, &json!({"index": {"_index": index, "_id": e.id}})).expect("json");
+            body.push(b'\n');
+            serde_json::to_writer(&mut body, &e.event).expect("json");
+            body.push(b'\n');
+        }
+        let answer = match self.post("application/x-ndjson", body).await {
+            Answer::Accepted(Some(v)) => v,
+            Answer::Accepted(None) => return Err(SinkError::Transient("the bulk response is not JSON".into())),
+            Answer::Transient(why) => return Err(SinkError::Transient(why)),
+            // The whole request was refused (bad index name, auth): not the events' fault, so
+            // retry with backoff and surface the error rather than dead-letter every event.
+            Answer::Refused(why) => return Err(SinkError::Transient(why)),
+        };
+        if answer.get("errors").and_then(Value::as_bool) != Some(true) {
+            return Ok(());
+        }
+        let items = answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        if items.len() != batch.len() {
+            return Err(SinkError::Transient(format!(
+                "the bulk response lists {} items for {} events",
+                items.len(),
+                batch.len()
+            )));
+        }
+        let mut refused = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let result = item.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Value::Null);
+            let status = result.get("status").and_then(Value::as_u64).unwrap_or(0);
+            if (200..300).contains(&status) {
+                continue;
+            }
+            if status == 429 || status >= 500 {
+                return Err(SinkError::Transient(format!("bulk item {i} answered {status}")));
+            }
+            let reason = result
+                .pointer("/error/reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("bulk item answered {status}"));
+            refused.push((i, reason));
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(refused))
+        }
+    }
+}
+
+impl Sink for HttpSink {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        match &self.config.format {
+            HttpFormat::Json => self.deliver_json(batch).await,
+            HttpFormat::Bulk { index } => self.deliver_bulk(index, batch).await,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Managed sinks: where a route job delivers. One file per sink kind, each with its own config
+//! type built from the declared [`SinkSpec`]; all behind the small [`Sink`] trait and checked by
+//! the same compliance test (`tests/sinks.rs`).
+//!
+//! The contract a job relies on for at-least-once delivery: when `deliver` returns `Ok`, every
+//! event of the batch is durably accepted; on `Err(Transient)` the job retries the whole batch
+//! (so a sink must tolerate seeing events again, and idempotent sinks key writes by event id);
+//! on `Err(Rejected)` the listed events were refused for good (they go to the dead-letter queue)
+//! and all others were accepted.
+
+pub mod file;
+pub mod http;
+pub mod postgres;
+
+use keystone_control::{SinkKind, SinkSpec};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+
+pub use file::{FileSink, FileSinkConfig};
+pub use http::{HttpSink, HttpSinkConfig};
+pub use postgres::{PostgresSink, PostgresSinkConfig};
+
+/// One event as a sink receives it: the envelope's identity and the projected payload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SinkEvent {
+    /// The envelope id (UUID v7): the idempotency key of sinks that support it.
+    pub id: String,
+    pub ingested_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip)]
+    pub partition: u32,
+    #[serde(skip)]
+    pub offset: u64,
+    /// The payload after the route's projection.
+    pub event: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Nothing may be assumed delivered; retry later (network, 5xx, 429, sink down).
+    #[error("{0}")]
+    Transient(String),
+    /// These events (by index in the batch) were refused for good, with the sink's reason;
+    /// every other event of the batch was accepted.
+    #[error("the sink refused {} event(s): {}", .0.len(), .0.first().map(|(_, r)| r.as_str()).unwrap_or(""))]
+    Rejected(Vec<(usize, String)>),
+}
+
+/// A destination of route jobs.
+pub trait Sink: Send + Sync + 'static {
+    fn deliver(&self, batch: &[SinkEvent]) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A sink could not be built from its declaration (bad setting, missing secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sink setting {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+/// Reads a required entry of a settings or secrets map.
+fn required<'a>(map: &'a BTreeMap<String, String>, prefix: &str, key: &str) -> Result<&'a str, ConfigError> {
+    map.get(key)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| ConfigError::new(format!("{prefix}.{key}"), "is required"))
+}
+
+/// Any declared sink, dispatched without boxing.
+pub enum AnySink {
+    File(FileSink),
+    Http(HttpSink),
+    Postgres(PostgresSink),
+}
+
+impl AnySink {
+    /// Builds the sink a declaration describes. `secrets` are the sink's current secret values;
+    /// `data_dir` roots file sinks.
+    pub fn build(spec: &SinkSpec, secrets: &BTreeMap<String, String>, data_dir: &Path) -> Result<AnySink, ConfigError> {
+        Ok(match spec.kind {
+            SinkKind::File => AnySink::File(FileSink::new(FileSinkConfig::from_spec(&spec.settings, data_dir)?)),
+            SinkKind::Http => AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?)?),
+            SinkKind::Postgres => {
+                AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?)?)
+            }
+        })
+    }
+}
+
+impl Sink for AnySink {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        match self {
+            AnySink::File(s) => s.deliver(batch).await,
+            AnySink::Http(s) => s.deliver(batch).await,
+            AnySink::Postgres(s) => s.deliver(batch).await,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! PostgreSQL sink: batched, idempotent upserts into a user's table.
+//!
+//! The column mapping comes from the route's projection: each top-level field of the projected
+//! event fills the column of the same name (PostgreSQL's own `jsonb_populate_recordset` does the
+//! typing), fields without a column are ignored, and the event id goes to the `event_id` column,
+//! which must carry a unique index. A batch is one statement with `ON CONFLICT (event_id) DO
+//! NOTHING`, so a redelivered batch writes nothing twice: effectively once.
+//!
+//! A data error (SQLSTATE class 22, or 23 integrity) is the events' fault: the batch is retried
+//! row by row and only the rows PostgreSQL refuses go to the dead-letter queue. Everything else
+//! (connection lost, table missing, permissions) is transient: the job retries and shows the error.
+
+use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresSinkConfig {
+    /// Connection URL, with its password: a secret, so no `Debug`.
+    pub url: String,
+    pub table: String,
+}
+
+impl PostgresSinkConfig {
+    pub fn from_spec(
+        settings: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<PostgresSinkConfig, ConfigError> {
+        let table = required(settings, "settings", "table")?;
+        let valid = table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(ConfigError::new("settings.table", "must be a lowercase SQL identifier"));
+        }
+        Ok(PostgresSinkConfig { url: required(secrets, "secrets", "url")?.to_owned(), table: table.to_owned() })
+    }
+}
+
+pub struct PostgresSink {
+    table: String,
+    pool: PgPool,
+    /// The table's columns, read on first delivery (a job restart re-reads them).
+    columns: OnceCell<Vec<String>>,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Whether PostgreSQL refused the rows themselves (bad value, constraint) rather than failed.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+}
+
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => format!("{} ({})", d.message(), d.code().unwrap_or_default()),
+        other => other.to_string(),
+    }
+}
+
+impl PostgresSink {
+    pub fn new(config: PostgresSinkConfig) -> Result<PostgresSink, ConfigError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy(&config.url)
+            .map_err(|e| ConfigError::new("secrets.url", format!("is not a usable connection URL: {e}")))?;
+        Ok(PostgresSink { table: config.table, pool, columns: OnceCell::new() })
+    }
+
+    async fn columns(&self) -> Result<&[String], SinkError> {
+        let cols = self
+            .columns
+            .get_or_try_init(|| async {
+                let rows = sqlx::query(
+                    "SELECT column_name::text AS c FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                )
+                .bind(&self.table)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| SinkError::Transient(describe(&e)))?;
+                let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("c").ok()).collect();
+                if !cols.iter().any(|c| c == "event_id") {
+                    return Err(SinkError::Transient(format!(
+                        "table {} does not exist or has no event_id column",
+                        self.table
+                    )));
+                }
+                Ok(cols)
+            })
+            .await?;
+        Ok(cols)
+    }
+
+    async fn insert(&self, columns: &[String], batch: &[SinkEvent]) -> Result<(), sqlx::Error> {
+        let rows: Vec<Value> = batch
+            .iter()
+            .map(|e| {
+                let mut row = match &e.event {
+                    Value::Object(m) => m.clone(),
+                    other => Map::from_iter([("value".to_owned(), other.clone())]),
+                };
+                row.insert("event_id".into(), Value::String(e.id.clone()));
+                Value::Object(row)
+            })
+            .collect();
+        // Only columns some event fills, so the others keep their defaults.
+        let used: Vec<&String> =
+            columns.iter().filter(|c| rows.iter().any(|r| r.get(c.as_str()).is_some())).collect();
+        let list = used.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let table = quote(&self.table);
+        let sql = format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
+             ON CONFLICT (event_id) DO NOTHING"
+        );
+        sqlx::query(&sql).bind(Value::Array(rows).to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        let columns = self.columns().await?;
+        match self.insert(columns, batch).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_data_error(&e) => {
+                let mut refused = Vec::new();
+                for (i, event) in batch.iter().enumerate() {
+                    match self.insert(columns, std::slice::from_ref(event)).await {
+                        Ok(()) => {}
+                        Err(e) if is_data_error(&e) => refused.push((i, describe(&e))),
+                        Err(e) => return Err(SinkError::Transient(describe(&e))),
+                    }
+                }
+                if refused.is_empty() {
+                    Ok(())
+                } else {
+                    Err(SinkError::Rejected(refused))
+                }
+            }
+            Err(e) => Err(SinkError::Transient(describe(&e))),
+        }
+    }
+}

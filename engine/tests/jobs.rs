@@ -1,0 +1,348 @@
+//! Route jobs over the real embedded log: delivery, order, checkpoints, retries, dead letters,
+//! isolation between jobs, and the supervisor's restarts.
+
+use keystone_control::JobPhase;
+use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
+use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats};
+use keystone_engine::log::{EmbeddedLog, Log, NewRecord, Retention, StartAt};
+use keystone_engine::sinks::{ConfigError, Sink, SinkError, SinkEvent};
+use keystone_engine::transforms::{Filter, Projection};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const KEEP: Retention = Retention { max_age_ms: i64::MAX, max_bytes_per_partition: None };
+
+/// A sink that keeps what it receives, and can be told to fail.
+#[derive(Default)]
+struct MemorySink {
+    got: Mutex<Vec<SinkEvent>>,
+    /// Fail this many deliveries transiently before accepting.
+    transient_failures: AtomicUsize,
+    /// Refuse events whose payload has `"poison": true`.
+    refuse_poison: bool,
+    /// Never answer (a hung endpoint).
+    hang: bool,
+}
+
+impl Sink for MemorySink {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        if self.transient_failures.load(Ordering::SeqCst) > 0 {
+            self.transient_failures.fetch_sub(1, Ordering::SeqCst);
+            return Err(SinkError::Transient("endpoint returned 503".into()));
+        }
+        let mut refused = Vec::new();
+        let mut got = self.got.lock().unwrap();
+        for (i, e) in batch.iter().enumerate() {
+            if self.refuse_poison && e.event.get("poison") == Some(&Value::Bool(true)) {
+                refused.push((i, "poison event".to_owned()));
+            } else {
+                got.push(e.clone());
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(refused))
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemoryCheckpoints(Mutex<HashMap<String, HashMap<u32, u64>>>);
+
+impl CheckpointStore for MemoryCheckpoints {
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
+        Ok(self.0.lock().unwrap().get(route_id).cloned().unwrap_or_default())
+    }
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+        let mut all = self.0.lock().unwrap();
+        let route = all.entry(route_id.to_owned()).or_default();
+        for &(p, o) in positions {
+            route.insert(p, o);
+        }
+        Ok(())
+    }
+}
+
+fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projection, batch: usize) -> Arc<JobSpec> {
+    Arc::new(JobSpec {
+        route_id: format!("id-{route}"),
+        route: format!("alpha/{route}"),
+        topic: "alpha.plays".into(),
+        partitions,
+        dead_letter_topic: format!("_dlq.alpha.{route}"),
+        filter: filter.map(|f| Filter::compile(f).unwrap()),
+        projection,
+        batch_size: batch,
+        max_latency: Duration::from_millis(20),
+        checkpoint_interval: Duration::from_millis(50),
+        start_at: StartAt::Earliest,
+    })
+}
+
+fn envelope(n: u64, payload: Value) -> Vec<u8> {
+    json!({"id": format!("ev-{n:06}"), "stream": "alpha/plays", "ingested_at": 1_700_000_000_000i64 + n as i64,
+           "key": null, "headers": {}, "payload": payload})
+    .to_string()
+    .into_bytes()
+}
+
+/// Appends events `from..to` (partition = n % partitions) with payload `{n, country}`.
+async fn produce(log: &EmbeddedLog, partitions: u32, from: u64, to: u64) {
+    let records = (from..to)
+        .map(|n| NewRecord {
+            partition: (n % u64::from(partitions)) as u32,
+            timestamp_ms: n as i64,
+            key: None,
+            value: envelope(n, json!({"n": n, "country": if n % 3 == 0 { "BR" } else { "US" }, "secret": "x"})),
+        })
+        .collect();
+    log.append("alpha.plays", records).await.unwrap();
+}
+
+async fn open_log(dir: &tempfile::TempDir, partitions: u32) -> Arc<EmbeddedLog> {
+    let log = Arc::new(EmbeddedLog::open(dir.path(), Default::default()).unwrap());
+    log.ensure_topic("alpha.plays", partitions, KEEP).await.unwrap();
+    log
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn ns(sink: &MemorySink) -> Vec<u64> {
+    sink.got.lock().unwrap().iter().map(|e| e.event["n"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn delivers_filtered_projected_events_in_partition_order_and_checkpoints_after_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 3).await;
+    produce(&log, 3, 0, 600).await;
+    let sink = Arc::new(MemorySink::default());
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let stats = Arc::new(JobStats::default());
+    let cancel = CancellationToken::new();
+    let projection = Projection::new(["n", "country"], [], [("country", "where")]);
+    let job = spec("br", 3, Some(r#"event.country == "BR""#), projection, 50);
+    let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints.clone(), stats.clone(), cancel.clone()));
+    wait_for("200 BR events", || ns(&sink).len() == 200).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    let got = sink.got.lock().unwrap().clone();
+    assert!(got.iter().all(|e| e.event == json!({"n": e.event["n"], "where": "BR"})), "projection applied");
+    for p in 0..3 {
+        let offsets: Vec<u64> = got.iter().filter(|e| e.partition == p).map(|e| e.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} in log order");
+    }
+    let mut sorted = ns(&sink);
+    sorted.sort();
+    assert_eq!(sorted, (0..600).filter(|n| n % 3 == 0).collect::<Vec<_>>());
+    assert_eq!(stats.filtered_out.load(Ordering::Relaxed), 400);
+    // Every partition's checkpoint is past the last event, filtered-out ones included.
+    let saved = checkpoints.load("id-br").await.unwrap();
+    assert_eq!(saved, HashMap::from([(0, 200), (1, 200), (2, 200)]));
+}
+
+#[tokio::test]
+async fn a_restarted_job_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 2).await;
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    produce(&log, 2, 0, 100).await;
+    let first = Arc::new(MemorySink::default());
+    let cancel = CancellationToken::new();
+    let job = spec("all", 2, None, Projection::default(), 10);
+    let task = tokio::spawn(run(job.clone(), log.clone(), first.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    wait_for("100 events", || ns(&first).len() == 100).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    produce(&log, 2, 100, 150).await;
+    let second = Arc::new(MemorySink::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    wait_for("50 new events", || ns(&second).len() == 50).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let mut again = ns(&second);
+    again.sort();
+    assert_eq!(again, (100..150).collect::<Vec<_>>(), "a clean stop commits: nothing is delivered twice");
+}
+
+#[tokio::test]
+async fn a_crash_loses_nothing_and_repeats_at_most_one_checkpoint_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    produce(&log, 1, 0, 2000).await;
+    let first = Arc::new(MemorySink::default());
+    let job = spec("crash", 1, None, Projection::default(), 7);
+    let task = tokio::spawn(run(job.clone(), log.clone(), first.clone(), checkpoints.clone(), Default::default(), CancellationToken::new()));
+    wait_for("some deliveries", || ns(&first).len() > 300).await;
+    task.abort(); // a crash: no final checkpoint
+    let _ = task.await;
+    let committed = checkpoints.load("id-crash").await.unwrap().get(&0).copied().unwrap_or(0);
+    let delivered_before = ns(&first).len() as u64;
+    assert!(committed <= delivered_before, "never commits what the sink has not acknowledged");
+
+    let second = Arc::new(MemorySink::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    wait_for("the rest", || ns(&second).last() == Some(&1999)).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(ns(&second).first(), Some(&committed), "resumes exactly at the checkpoint");
+    let mut all: Vec<u64> = ns(&first).into_iter().chain(ns(&second)).collect();
+    let duplicates = all.len() as u64 - 2000;
+    all.sort();
+    all.dedup();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>(), "nothing lost");
+    assert_eq!(duplicates, delivered_before - committed, "duplicates are exactly the uncommitted window");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_refused_events_go_to_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    let records = (0..10)
+        .map(|n| NewRecord {
+            partition: 0,
+            timestamp_ms: n,
+            key: None,
+            value: envelope(n as u64, json!({"n": n, "poison": n == 4 || n == 7})),
+        })
+        .chain([NewRecord { partition: 0, timestamp_ms: 10, key: None, value: b"not json".to_vec() }])
+        .collect();
+    log.append("alpha.plays", records).await.unwrap();
+    let sink = Arc::new(MemorySink { refuse_poison: true, transient_failures: AtomicUsize::new(3), ..Default::default() });
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let stats = Arc::new(JobStats::default());
+    let cancel = CancellationToken::new();
+    let job = spec("dlq", 1, None, Projection::default(), 100);
+    let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints.clone(), stats.clone(), cancel.clone()));
+    wait_for("the checkpoint past every event", || stats.progress() == 11).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(ns(&sink), [0, 1, 2, 3, 5, 6, 8, 9]);
+    assert_eq!(stats.retries.load(Ordering::Relaxed), 3);
+    let letters = log.read("_dlq.alpha.dlq", 0, 0, 100).await.unwrap();
+    let letters: Vec<Value> = letters.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    assert_eq!(letters.len(), 3);
+    assert_eq!(letters[0]["reason"], "poison event");
+    assert_eq!(letters[0]["offset"], 4);
+    assert_eq!(letters[0]["envelope"]["payload"]["n"], 4);
+    assert!(letters[2]["reason"].as_str().unwrap().contains("not a Keystone envelope"));
+    assert_eq!(letters[2]["envelope"], "not json");
+    assert_eq!(checkpoints.load("id-dlq").await.unwrap()[&0], 11);
+}
+
+#[tokio::test]
+async fn a_hung_sink_on_one_route_does_not_slow_another_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 2).await;
+    let hung = Arc::new(MemorySink { hang: true, ..Default::default() });
+    let healthy = Arc::new(MemorySink::default());
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let cancel = CancellationToken::new();
+    let hung_stats = Arc::new(JobStats::default());
+    let a = tokio::spawn(run(spec("a", 2, None, Projection::default(), 100), log.clone(), hung.clone(), checkpoints.clone(), hung_stats.clone(), cancel.clone()));
+    let b = tokio::spawn(run(spec("b", 2, None, Projection::default(), 100), log.clone(), healthy.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    produce(&log, 2, 0, 20_000).await;
+    wait_for("route b to deliver everything", || ns(&healthy).len() == 20_000).await;
+    assert!(ns(&hung).is_empty());
+    assert_eq!(hung_stats.progress(), 0, "route a acknowledged nothing");
+    a.abort();
+    cancel.cancel();
+    b.await.unwrap().unwrap();
+}
+
+#[derive(Default)]
+struct Phases(Mutex<Vec<PhaseReport>>);
+impl JobObserver for Phases {
+    async fn report(&self, report: PhaseReport) {
+        self.0.lock().unwrap().push(report);
+    }
+}
+
+#[tokio::test]
+async fn the_supervisor_restarts_with_backoff_then_marks_a_job_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    let phases = Arc::new(Phases::default());
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        first_backoff: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let builds = Arc::new(AtomicUsize::new(0));
+    let counted = builds.clone();
+    let make_sink = move || -> Result<MemorySink, ConfigError> {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err(ConfigError::new("secrets.url", "connection refused"))
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(supervise(
+        spec("bad", 1, None, Projection::default(), 10),
+        log,
+        make_sink,
+        Arc::new(MemoryCheckpoints::default()),
+        phases.clone(),
+        Arc::new(JobStats::default()),
+        policy,
+        cancel.clone(),
+    ));
+    wait_for("the failed phase", || phases.0.lock().unwrap().iter().any(|r| r.phase == JobPhase::Failed)).await;
+    assert_eq!(builds.load(Ordering::SeqCst), 3, "first start plus two restarts");
+    let seen: Vec<JobPhase> = phases.0.lock().unwrap().iter().map(|r| r.phase).collect();
+    use JobPhase::*;
+    assert_eq!(seen, [Starting, Failing, Starting, Failing, Starting, Failed]);
+    let reports = phases.0.lock().unwrap().clone();
+    assert!(reports[2].restart && reports[2].cause.contains("connection refused"));
+    assert!(reports[5].error.as_deref().unwrap().contains("connection refused"));
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_supervisor_reports_failing_while_the_sink_is_down_and_running_once_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    produce(&log, 1, 0, 5).await;
+    let phases = Arc::new(Phases::default());
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(JobStats::default());
+    let task = tokio::spawn(supervise(
+        spec("flaky", 1, None, Projection::default(), 10),
+        log,
+        || Ok(MemorySink { transient_failures: AtomicUsize::new(4), ..Default::default() }),
+        Arc::new(MemoryCheckpoints::default()),
+        phases.clone(),
+        stats.clone(),
+        RestartPolicy::default(),
+        cancel.clone(),
+    ));
+    wait_for("delivery", || stats.progress() == 5).await;
+    wait_for("running again", || phases.0.lock().unwrap().last().is_some_and(|r| r.phase == JobPhase::Running)).await;
+    let seen: Vec<JobPhase> = phases.0.lock().unwrap().iter().map(|r| r.phase).collect();
+    assert!(seen.contains(&JobPhase::Failing), "{seen:?}");
+    let failing = phases.0.lock().unwrap().iter().find(|r| r.phase == JobPhase::Failing).cloned().unwrap();
+    assert!(failing.error.unwrap().contains("503"));
+    cancel.cancel();
+    task.await.unwrap();
+}

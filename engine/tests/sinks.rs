@@ -1,0 +1,191 @@
+//! The sink compliance test: every sink kind, against the real thing where this machine has it
+//! (files, PostgreSQL), and the HTTP formats against a local HTTP server started by the test (no
+//! search server runs here). Each sink must accept a batch, tolerate the same batch again
+//! (at-least-once redelivery), and name exactly the events it refuses.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use keystone_control::{SinkKind, SinkSpec};
+use keystone_engine::sinks::{AnySink, Sink, SinkError, SinkEvent};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+fn events(n: usize) -> Vec<SinkEvent> {
+    (0..n)
+        .map(|i| SinkEvent {
+            id: format!("0190a0b0-0000-7000-8000-{i:012}"),
+            ingested_at: 1_795_669_629_000 + i as i64,
+            key: None,
+            partition: 0,
+            offset: i as u64,
+            event: json!({"n": i, "country": "BR", "title": format!("t{i}")}),
+        })
+        .collect()
+}
+
+fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir: &std::path::Path) -> AnySink {
+    let spec = SinkSpec {
+        kind,
+        description: String::new(),
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        secrets: BTreeMap::new(),
+    };
+    let secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    AnySink::build(&spec, &secrets, dir).unwrap()
+}
+
+/// The shared part: a batch goes through, and the same batch again goes through too.
+async fn accepts_a_batch_and_its_redelivery(sink: &AnySink, batch: &[SinkEvent]) {
+    sink.deliver(batch).await.expect("first delivery");
+    sink.deliver(batch).await.expect("redelivery of the same batch");
+}
+
+#[tokio::test]
+async fn file_sink_commits_whole_ndjson_files_in_hive_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::File, &[("path", "plays/br")], &[], dir.path());
+    let batch = events(100);
+    accepts_a_batch_and_its_redelivery(&s, &batch).await;
+    let folder = dir.path().join("sinks/plays/br/dt=2026-11-26/hr=05");
+    let names: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["part-0000-00000000000000000000-00000000000000000099.ndjson"], "redelivery overwrote");
+    let text = std::fs::read_to_string(folder.join(&names[0])).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 100);
+    assert_eq!(lines[7], json!({"id": batch[7].id, "ingested_at": batch[7].ingested_at, "event": batch[7].event}));
+}
+
+#[derive(Clone, Default)]
+struct Endpoint {
+    bodies: Arc<Mutex<Vec<(String, Option<String>, String)>>>,
+}
+
+async fn webhook(State(ep): State<Endpoint>, headers: axum::http::HeaderMap, body: String) -> (StatusCode, String) {
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    ep.bodies.lock().unwrap().push((ct.clone(), auth, body.clone()));
+    if ct == "application/x-ndjson" {
+        // An Elasticsearch-like _bulk answer: documents titled t3 fail mapping, t5 is throttled once.
+        let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let throttled_before = ep.bodies.lock().unwrap().len() > 1;
+        let items: Vec<Value> = lines
+            .chunks(2)
+            .map(|pair| match pair[1]["title"].as_str() {
+                Some("t3") => json!({"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [n]"}}}),
+                Some("t5") if !throttled_before => json!({"index": {"status": 429, "error": {"reason": "rejected execution"}}}),
+                _ => json!({"index": {"_id": pair[0]["index"]["_id"], "status": 201}}),
+            })
+            .collect();
+        let errors = items.iter().any(|i| i["index"]["status"].as_u64() != Some(201));
+        return (StatusCode::OK, json!({"took": 1, "errors": errors, "items": items}).to_string());
+    }
+    let batch: Vec<Value> = serde_json::from_str(&body).unwrap();
+    if batch.iter().any(|e| e["event"]["n"] == 2) {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "n=2 is not allowed".into());
+    }
+    if batch.iter().any(|e| e["event"]["n"] == 99) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down".into());
+    }
+    (StatusCode::OK, "{}".into())
+}
+
+async fn serve(ep: Endpoint) -> String {
+    let app = axum::Router::new().route("/hook", post(webhook)).with_state(ep);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/hook")
+}
+
+#[tokio::test]
+async fn http_json_sink_posts_batches_and_isolates_refused_events() {
+    let ep = Endpoint::default();
+    let url = serve(ep.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::Http, &[("url", &url)], &[("authorization", "Bearer s3cret")], dir.path());
+    let good = events(2);
+    accepts_a_batch_and_its_redelivery(&s, &good).await;
+    let (ct, auth, body) = ep.bodies.lock().unwrap()[0].clone();
+    assert_eq!((ct.as_str(), auth.as_deref()), ("application/json", Some("Bearer s3cret")));
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()[1]["event"]["n"], 1);
+
+    // A 4xx for the batch: re-sent one by one, and only n=2 is refused.
+    ep.bodies.lock().unwrap().clear();
+    let err = s.deliver(&events(4)).await.unwrap_err();
+    assert_eq!(err, SinkError::Rejected(vec![(2, "HTTP 422 Unprocessable Entity: n=2 is not allowed".into())]));
+    assert_eq!(ep.bodies.lock().unwrap().len(), 5, "one batch request, then one per event");
+    // A 5xx is transient.
+    let err = s.deliver(&events(100)[99..].to_vec()).await.unwrap_err();
+    assert!(matches!(err, SinkError::Transient(ref m) if m.contains("503")), "{err:?}");
+}
+
+#[tokio::test]
+async fn http_bulk_sink_speaks_the_bulk_api_and_reads_item_errors() {
+    let ep = Endpoint::default();
+    let url = serve(ep.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::Http, &[("url", &url), ("format", "bulk"), ("index", "plays")], &[], dir.path());
+    let batch = events(6);
+    // First answer throttles item 5: the whole batch is retried (ids make that harmless).
+    assert!(matches!(s.deliver(&batch).await, Err(SinkError::Transient(_))));
+    let err = s.deliver(&batch).await.unwrap_err();
+    assert_eq!(err, SinkError::Rejected(vec![(3, "failed to parse field [n]".into())]));
+    let (ct, _, body) = ep.bodies.lock().unwrap()[1].clone();
+    assert_eq!(ct, "application/x-ndjson");
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 12);
+    assert_eq!(lines[0], json!({"index": {"_index": "plays", "_id": batch[0].id}}));
+    assert_eq!(lines[1], batch[0].event);
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("KEYSTONE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[tokio::test]
+async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
+    let name = format!("keystone_sink_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.expect("PostgreSQL must be reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let base = pg_admin_url();
+    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer NOT NULL CHECK (n <> 1000), country text, \
+         loaded_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::Postgres, &[("table", "plays")], &[("url", &url)], dir.path());
+    let batch = events(20);
+    accepts_a_batch_and_its_redelivery(&s, &batch).await;
+    let (count, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT n) FROM plays").fetch_one(&mut db).await.unwrap();
+    assert_eq!((count, distinct), (20, 20), "redelivery wrote nothing twice");
+    let country: String = sqlx::query_scalar("SELECT country FROM plays WHERE n = 7").fetch_one(&mut db).await.unwrap();
+    assert_eq!(country, "BR", "columns filled by field name; `title` has no column and is ignored");
+
+    // n = 1000 breaks a CHECK, a string n breaks the type: only those two are refused.
+    let mut bad = events(25)[20..].to_vec();
+    bad[1].event["n"] = json!(1000);
+    bad[3].event["n"] = json!("many");
+    let SinkError::Rejected(refused) = s.deliver(&bad).await.unwrap_err() else { panic!("expected refusals") };
+    assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 3]);
+    assert!(refused[0].1.contains("23514"), "{}", refused[0].1);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM plays").fetch_one(&mut db).await.unwrap();
+    assert_eq!(count, 23);
+
+    // A missing table is the operator's problem, not the events': transient, never dead-lettered.
+    let missing = sink(SinkKind::Postgres, &[("table", "nope")], &[("url", &url)], dir.path());
+    assert!(matches!(missing.deliver(&batch).await, Err(SinkError::Transient(m)) if m.contains("no event_id")));
+    drop(db);
+    drop(s);
+    drop(missing);
+    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await;
+}
