@@ -30,6 +30,8 @@ pub struct ErrorDetail {
 pub enum ApiError {
     Unauthenticated,
     Goal(GoalError),
+    /// The log could not be read; retry later.
+    Log(keystone_engine::log::LogError),
 }
 
 impl From<GoalError> for ApiError {
@@ -67,6 +69,15 @@ impl IntoResponse for ApiError {
                 (StatusCode::FORBIDDEN, "forbidden", "your role does not allow this change".to_owned(), vec![])
             }
             ApiError::Goal(GoalError::Conflict(m)) => (StatusCode::CONFLICT, "conflict", m, vec![]),
+            ApiError::Log(e) => {
+                tracing::error!(error = %e, "API request failed in the log.");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the log could not be read; retry later".to_owned(),
+                    vec![],
+                )
+            }
             ApiError::Goal(GoalError::Store(e)) => {
                 tracing::error!(error = ?e, "API request failed in the store.");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".to_owned(), vec![])

@@ -5,6 +5,7 @@
 mod error;
 mod handlers;
 mod ingest;
+mod jobs;
 
 pub use error::{ApiError, ErrorBody};
 pub use handlers::ApiDoc;
@@ -13,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use keystone_control::store::Store;
+use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::EmbeddedLog;
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ pub use ingest::IngestCache;
 pub struct ApiState {
     pub store: Store,
     pub log: Arc<EmbeddedLog>,
+    /// The route jobs this process runs (live numbers).
+    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
     /// Streams' compiled ingest settings, per revision.
     pub ingest: Arc<IngestCache>,
     /// Largest request body the ingest proxy accepts (413 beyond).
@@ -43,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
             get(handlers::get_object).put(handlers::update_object).delete(handlers::delete_object),
         )
         .route("/api/v1/teams/{team}/{kind}/{name}/revisions", get(handlers::object_history))
+        .route("/api/v1/teams/{team}/routes/{name}/job", get(jobs::job_status))
+        .route("/api/v1/teams/{team}/routes/{name}/restart", post(jobs::restart))
+        .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
+        .route("/api/v1/jobs", get(jobs::list_jobs))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
         .route("/api/v1/objects/{id}/diff", get(handlers::diff))

@@ -158,7 +158,11 @@ impl Store {
             .map(|r| {
                 let p: i64 = r.try_get("partition_no")?;
                 let o: i64 = r.try_get("next_offset")?;
-                Ok(CheckpointInfo { partition: p as u32, next_offset: o as u64, committed_at: r.try_get("committed_at")? })
+                Ok(CheckpointInfo {
+                    partition: p as u32,
+                    next_offset: o as u64,
+                    committed_at: r.try_get("committed_at")?,
+                })
             })
             .collect()
     }

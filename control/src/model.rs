@@ -537,7 +537,60 @@ impl RouteSpec {
                 e.add(format!("config.{key}"), "keys use lowercase letters, digits, '.' and '_'");
             }
         }
+        if let Err(job_errors) = self.job_settings() {
+            e.0.extend(job_errors.0);
+        }
         e.into_result(())
+    }
+
+    /// The job properties Keystone itself reads from `config` (keys under `job.`), with their
+    /// defaults. Other keys are free-form.
+    pub fn job_settings(&self) -> Result<JobSettings, ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        let mut s = JobSettings::default();
+        for (key, value) in self.config.iter().filter(|(k, _)| k.starts_with("job.")) {
+            let field = format!("config.{key}");
+            let number = |lo: u32, hi: u32, e: &mut ValidationErrors| match value.parse::<u32>() {
+                Ok(n) if (lo..=hi).contains(&n) => Some(n),
+                _ => {
+                    e.add(field.clone(), format!("must be a whole number from {lo} to {hi}"));
+                    None
+                }
+            };
+            match key.as_str() {
+                "job.checkpoint_interval_ms" => {
+                    s.checkpoint_interval_ms = number(10, 600_000, &mut e).unwrap_or(s.checkpoint_interval_ms)
+                }
+                "job.stall_timeout_s" => s.stall_timeout_s = number(10, 86_400, &mut e).unwrap_or(s.stall_timeout_s),
+                "job.start_at" => match value.as_str() {
+                    "earliest" => s.start_at_latest = false,
+                    "latest" => s.start_at_latest = true,
+                    _ => e.add(field, "must be earliest or latest"),
+                },
+                _ => e.add(
+                    field,
+                    "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at)",
+                ),
+            }
+        }
+        e.into_result(s)
+    }
+}
+
+/// Job properties a route may set in its `config` map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSettings {
+    /// How often acknowledged positions are committed: the bound on repeats after a crash.
+    pub checkpoint_interval_ms: u32,
+    /// A job with waiting events and no progress for this long is restarted.
+    pub stall_timeout_s: u32,
+    /// Where a new route starts reading: the oldest retained event (default) or new events only.
+    pub start_at_latest: bool,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings { checkpoint_interval_ms: 1000, stall_timeout_s: 120, start_at_latest: false }
     }
 }
 
@@ -733,6 +786,36 @@ pub struct JobRecord {
     pub updated_at: i64,
 }
 
+/// A partition's position as a running job sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct PartitionLag {
+    pub partition: u32,
+    /// Next offset after everything the sink acknowledged.
+    pub acked: u64,
+    /// Next offset the log will write.
+    pub end: u64,
+}
+
+/// Live numbers of a running job (counters since the server started it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct JobMetrics {
+    pub read: u64,
+    pub delivered: u64,
+    pub filtered_out: u64,
+    pub filter_errors: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub bytes_out: u64,
+    /// Events in the log not yet acknowledged by the sink.
+    pub lag: u64,
+    pub partitions: Vec<PartitionLag>,
+    /// Most recent errors, oldest first: (ms since the epoch, message).
+    pub recent_errors: Vec<(i64, String)>,
+}
+
 /// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.
 pub fn dead_letter_topic(team: &str, route: &str) -> String {
     format!("_dlq.{team}.{route}")
@@ -849,5 +932,23 @@ mod tests {
         assert_eq!(r.delivery_on_redeploy, Delivery::NoGap);
         assert_eq!(r.ordering, Ordering::Partition);
         assert!(serde_json::from_str::<RouteSpec>(r#"{"stream":"Plays","sink":"s"}"#).is_err());
+    }
+
+    #[test]
+    fn job_properties_are_read_from_config_and_checked() {
+        let mut r = route();
+        assert_eq!(r.job_settings().unwrap(), JobSettings::default());
+        r.config.insert("job.checkpoint_interval_ms".into(), "250".into());
+        r.config.insert("job.start_at".into(), "latest".into());
+        r.config.insert("team.owner".into(), "ana".into());
+        let s = r.job_settings().unwrap();
+        assert_eq!((s.checkpoint_interval_ms, s.start_at_latest, s.stall_timeout_s), (250, true, 120));
+        r.config.insert("job.start_at".into(), "yesterday".into());
+        r.config.insert("job.stall_timeout_s".into(), "5".into());
+        r.config.insert("job.paralelism".into(), "4".into());
+        let e = r.validate().unwrap_err();
+        assert!(e.for_field("config.job.start_at").is_some());
+        assert!(e.for_field("config.job.stall_timeout_s").unwrap().contains("10 to 86400"));
+        assert!(e.for_field("config.job.paralelism").unwrap().contains("not a job property"));
     }
 }

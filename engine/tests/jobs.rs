@@ -167,7 +167,14 @@ async fn a_restarted_job_resumes_from_its_checkpoint() {
     let first = Arc::new(MemorySink::default());
     let cancel = CancellationToken::new();
     let job = spec("all", 2, None, Projection::default(), 10);
-    let task = tokio::spawn(run(job.clone(), log.clone(), first.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    let task = tokio::spawn(run(
+        job.clone(),
+        log.clone(),
+        first.clone(),
+        checkpoints.clone(),
+        Default::default(),
+        cancel.clone(),
+    ));
     wait_for("100 events", || ns(&first).len() == 100).await;
     cancel.cancel();
     task.await.unwrap().unwrap();
@@ -175,7 +182,8 @@ async fn a_restarted_job_resumes_from_its_checkpoint() {
     produce(&log, 2, 100, 150).await;
     let second = Arc::new(MemorySink::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    let task =
+        tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
     wait_for("50 new events", || ns(&second).len() == 50).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     cancel.cancel();
@@ -193,7 +201,14 @@ async fn a_crash_loses_nothing_and_repeats_at_most_one_checkpoint_interval() {
     produce(&log, 1, 0, 2000).await;
     let first = Arc::new(MemorySink::default());
     let job = spec("crash", 1, None, Projection::default(), 7);
-    let task = tokio::spawn(run(job.clone(), log.clone(), first.clone(), checkpoints.clone(), Default::default(), CancellationToken::new()));
+    let task = tokio::spawn(run(
+        job.clone(),
+        log.clone(),
+        first.clone(),
+        checkpoints.clone(),
+        Default::default(),
+        CancellationToken::new(),
+    ));
     wait_for("some deliveries", || ns(&first).len() > 300).await;
     task.abort(); // a crash: no final checkpoint
     let _ = task.await;
@@ -203,7 +218,8 @@ async fn a_crash_loses_nothing_and_repeats_at_most_one_checkpoint_interval() {
 
     let second = Arc::new(MemorySink::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    let task =
+        tokio::spawn(run(job, log.clone(), second.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
     wait_for("the rest", || ns(&second).last() == Some(&1999)).await;
     cancel.cancel();
     task.await.unwrap().unwrap();
@@ -230,7 +246,8 @@ async fn transient_failures_are_retried_and_refused_events_go_to_the_dead_letter
         .chain([NewRecord { partition: 0, timestamp_ms: 10, key: None, value: b"not json".to_vec() }])
         .collect();
     log.append("alpha.plays", records).await.unwrap();
-    let sink = Arc::new(MemorySink { refuse_poison: true, transient_failures: AtomicUsize::new(3), ..Default::default() });
+    let sink =
+        Arc::new(MemorySink { refuse_poison: true, transient_failures: AtomicUsize::new(3), ..Default::default() });
     let checkpoints = Arc::new(MemoryCheckpoints::default());
     let stats = Arc::new(JobStats::default());
     let cancel = CancellationToken::new();
@@ -261,8 +278,22 @@ async fn a_hung_sink_on_one_route_does_not_slow_another_route() {
     let checkpoints = Arc::new(MemoryCheckpoints::default());
     let cancel = CancellationToken::new();
     let hung_stats = Arc::new(JobStats::default());
-    let a = tokio::spawn(run(spec("a", 2, None, Projection::default(), 100), log.clone(), hung.clone(), checkpoints.clone(), hung_stats.clone(), cancel.clone()));
-    let b = tokio::spawn(run(spec("b", 2, None, Projection::default(), 100), log.clone(), healthy.clone(), checkpoints.clone(), Default::default(), cancel.clone()));
+    let a = tokio::spawn(run(
+        spec("a", 2, None, Projection::default(), 100),
+        log.clone(),
+        hung.clone(),
+        checkpoints.clone(),
+        hung_stats.clone(),
+        cancel.clone(),
+    ));
+    let b = tokio::spawn(run(
+        spec("b", 2, None, Projection::default(), 100),
+        log.clone(),
+        healthy.clone(),
+        checkpoints.clone(),
+        Default::default(),
+        cancel.clone(),
+    ));
     produce(&log, 2, 0, 20_000).await;
     wait_for("route b to deliver everything", || ns(&healthy).len() == 20_000).await;
     assert!(ns(&hung).is_empty());
@@ -285,11 +316,7 @@ async fn the_supervisor_restarts_with_backoff_then_marks_a_job_failed() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, 1).await;
     let phases = Arc::new(Phases::default());
-    let policy = RestartPolicy {
-        max_restarts: 2,
-        first_backoff: Duration::from_millis(10),
-        ..Default::default()
-    };
+    let policy = RestartPolicy { max_restarts: 2, first_backoff: Duration::from_millis(10), ..Default::default() };
     let builds = Arc::new(AtomicUsize::new(0));
     let counted = builds.clone();
     let make_sink = move || -> Result<MemorySink, ConfigError> {

@@ -59,9 +59,12 @@ async fn file_sink_commits_whole_ndjson_files_in_hive_folders() {
     assert_eq!(lines[7], json!({"id": batch[7].id, "ingested_at": batch[7].ingested_at, "event": batch[7].event}));
 }
 
+/// What the endpoint saw of one request: content type, Authorization header, body.
+type Seen = (String, Option<String>, String);
+
 #[derive(Clone, Default)]
 struct Endpoint {
-    bodies: Arc<Mutex<Vec<(String, Option<String>, String)>>>,
+    bodies: Arc<Mutex<Vec<Seen>>>,
 }
 
 async fn webhook(State(ep): State<Endpoint>, headers: axum::http::HeaderMap, body: String) -> (StatusCode, String) {
@@ -119,7 +122,7 @@ async fn http_json_sink_posts_batches_and_isolates_refused_events() {
     assert_eq!(err, SinkError::Rejected(vec![(2, "HTTP 422 Unprocessable Entity: n=2 is not allowed".into())]));
     assert_eq!(ep.bodies.lock().unwrap().len(), 5, "one batch request, then one per event");
     // A 5xx is transient.
-    let err = s.deliver(&events(100)[99..].to_vec()).await.unwrap_err();
+    let err = s.deliver(&events(100)[99..]).await.unwrap_err();
     assert!(matches!(err, SinkError::Transient(ref m) if m.contains("503")), "{err:?}");
 }
 

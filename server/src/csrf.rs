@@ -64,7 +64,7 @@ mod tests {
         let host = (header::HOST, "127.0.0.1:3000");
         assert!(verdict(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:3000")]), None).is_ok());
         assert!(verdict(&headers(&[host.clone(), (header::ORIGIN, "http://evil.example")]), None).is_err());
-        assert!(verdict(&headers(&[host.clone()]), None).is_err());
+        assert!(verdict(&headers(std::slice::from_ref(&host)), None).is_err());
         assert!(
             verdict(&headers(&[host.clone(), (header::REFERER, "http://127.0.0.1:3000/streams/new")]), None).is_ok()
         );

@@ -1,66 +1,270 @@
-//! The executor of the reconciler's topic plan: every few seconds, forever, it compares the
-//! declared streams with the log's topics and applies the difference. If the log is wiped, the
-//! next pass recreates every topic from the database alone.
+//! The executor of the reconciler's plans. Every second it asks the database whether any goal
+//! state changed (one cheap query); when it did, and every 30 s regardless, it compares the
+//! declared streams and routes with the log's topics and the running jobs, and applies the
+//! difference. If the data plane is wiped, the next pass rebuilds topics and jobs from the
+//! database alone (jobs resume from their checkpoints there).
 
-use keystone_control::reconcile::{plan_topics, ObservedTopic, TopicAction, TopicGoal};
+use keystone_control::jobs::PhaseChange;
+use keystone_control::reconcile::{
+    plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
+};
 use keystone_control::store::{Scope, Store};
-use keystone_control::{stream_topic, Kind, StreamSpec};
+use keystone_control::{stream_topic, Delivery, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec};
+use keystone_engine::job::registry::{JobRegistry, RunningJob};
+use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
+use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
 use keystone_engine::log::{EmbeddedLog, Log, Retention};
+use keystone_engine::sinks::AnySink;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
-pub fn spawn(store: Store, log: Arc<EmbeddedLog>, every: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = pass(&store, &log).await {
-                tracing::warn!(error = %e, "Reconcile pass failed; retrying on the next tick.");
-            }
-        }
-    });
+pub type Jobs = JobRegistry<EmbeddedLog>;
+
+pub struct Reconciler {
+    pub store: Store,
+    pub log: Arc<EmbeddedLog>,
+    pub jobs: Arc<Jobs>,
+    /// Roots file sinks.
+    pub data_dir: PathBuf,
 }
 
-/// One reconcile pass over all topics.
-pub async fn pass(store: &Store, log: &EmbeddedLog) -> anyhow::Result<()> {
-    let goal: Vec<TopicGoal> = store
-        .list(Kind::Stream, &Scope::All)
-        .await?
-        .into_iter()
-        .filter_map(|o| {
-            let spec: StreamSpec = o.spec_as().ok()?;
-            Some(TopicGoal {
-                topic: stream_topic(&o.team, &o.name),
-                partitions: spec.partitions,
-                max_age_ms: i64::from(spec.retention_hours) * 3_600_000,
-                max_bytes_per_partition: spec.retention_bytes,
+/// A full pass also runs this often when nothing changed, to catch drift.
+const RESYNC: Duration = Duration::from_secs(30);
+
+impl Reconciler {
+    pub fn spawn(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen: Option<i64> = None;
+            let mut last_full = Instant::now();
+            loop {
+                let requested = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = self.jobs.pass_requested() => true,
+                };
+                let seq = match self.store.goal_seq().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot read the goal state; retrying.");
+                        continue;
+                    }
+                };
+                if !requested && seen == Some(seq) && last_full.elapsed() < RESYNC {
+                    continue;
+                }
+                match self.pass().await {
+                    Ok(()) => seen = Some(seq),
+                    Err(e) => tracing::warn!(error = %e, "Reconcile pass failed; retrying on the next tick."),
+                }
+                last_full = Instant::now();
+            }
+        });
+    }
+
+    /// One pass over topics, then jobs (which need their topics).
+    pub async fn pass(&self) -> anyhow::Result<()> {
+        let streams = self.store.list(Kind::Stream, &Scope::All).await?;
+        self.topics(&streams).await?;
+        self.routes(&streams).await
+    }
+
+    async fn topics(&self, streams: &[Object]) -> anyhow::Result<()> {
+        let goal: Vec<TopicGoal> = streams
+            .iter()
+            .filter_map(|o| {
+                let spec: StreamSpec = o.spec_as().ok()?;
+                Some(TopicGoal {
+                    topic: stream_topic(&o.team, &o.name),
+                    partitions: spec.partitions,
+                    max_age_ms: i64::from(spec.retention_hours) * 3_600_000,
+                    max_bytes_per_partition: spec.retention_bytes,
+                })
             })
-        })
-        .collect();
-    let observed: Vec<ObservedTopic> = log
-        .topics()
-        .into_iter()
-        .map(|(topic, partitions, r)| ObservedTopic {
-            topic,
-            partitions,
-            max_age_ms: r.max_age_ms,
-            max_bytes_per_partition: r.max_bytes_per_partition,
-        })
-        .collect();
-    for action in plan_topics(&goal, &observed) {
-        match action {
-            TopicAction::Create(g) | TopicAction::Update(g) => {
-                let retention =
-                    Retention { max_age_ms: g.max_age_ms, max_bytes_per_partition: g.max_bytes_per_partition };
-                log.ensure_topic(&g.topic, g.partitions, retention).await?;
-                tracing::info!(topic = %g.topic, partitions = g.partitions, "Topic reconciled.");
+            .collect();
+        let observed: Vec<ObservedTopic> = self
+            .log
+            .topics()
+            .into_iter()
+            // Dead-letter topics belong to routes, not streams.
+            .filter(|(topic, _, _)| !topic.starts_with("_dlq."))
+            .map(|(topic, partitions, r)| ObservedTopic {
+                topic,
+                partitions,
+                max_age_ms: r.max_age_ms,
+                max_bytes_per_partition: r.max_bytes_per_partition,
+            })
+            .collect();
+        for action in plan_topics(&goal, &observed) {
+            match action {
+                TopicAction::Create(g) | TopicAction::Update(g) => {
+                    let retention =
+                        Retention { max_age_ms: g.max_age_ms, max_bytes_per_partition: g.max_bytes_per_partition };
+                    self.log.ensure_topic(&g.topic, g.partitions, retention).await?;
+                    tracing::info!(topic = %g.topic, partitions = g.partitions, "Topic reconciled.");
+                }
+                TopicAction::CannotShrink { topic, declared, actual } => {
+                    tracing::warn!(topic = %topic, declared, actual, "Topic has more partitions than declared; partitions never shrink.");
+                }
+                // Left to retention; reported at debug level to keep a steady log quiet.
+                TopicAction::Orphan { topic } => tracing::debug!(topic = %topic, "Topic without a stream."),
             }
-            TopicAction::CannotShrink { topic, declared, actual } => {
-                tracing::warn!(topic = %topic, declared, actual, "Topic has more partitions than declared; partitions never shrink.");
+        }
+        Ok(())
+    }
+
+    async fn routes(&self, streams: &[Object]) -> anyhow::Result<()> {
+        let routes = self.store.list(Kind::Route, &Scope::All).await?;
+        let sinks = self.store.list(Kind::Sink, &Scope::All).await?;
+        let find = |objects: &[Object], team: &str, name: &str| {
+            objects.iter().find(|o| o.team == team && o.name == name).cloned()
+        };
+        let mut inputs: HashMap<String, (Object, Object, Object)> = HashMap::new();
+        let mut goal = Vec::new();
+        for route in routes {
+            let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
+            let (Some(stream), Some(sink)) =
+                (find(streams, &route.team, spec.stream.as_str()), find(&sinks, &route.team, spec.sink.as_str()))
+            else {
+                continue;
+            };
+            goal.push(JobGoal {
+                route_id: route.id.clone(),
+                fingerprint: format!("route v{} stream v{} sink v{}", route.version, stream.version, sink.version),
+                drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
+            });
+            inputs.insert(route.id.clone(), (route, stream, sink));
+        }
+        let observed: Vec<ObservedJob> = self
+            .jobs
+            .fingerprints()
+            .into_iter()
+            .map(|(route_id, fingerprint)| ObservedJob { route_id, fingerprint })
+            .collect();
+        for action in plan_jobs(&goal, &observed) {
+            match action {
+                JobAction::Start(g) => self.start(&g, &inputs[&g.route_id]).await,
+                JobAction::Redeploy(g) => {
+                    self.jobs.stop(&g.route_id, g.drain_first).await;
+                    self.start(&g, &inputs[&g.route_id]).await;
+                }
+                JobAction::Stop { route_id } => {
+                    self.jobs.stop(&route_id, true).await;
+                    let version = self.store.job(&route_id).await?.map_or(0, |j| j.version);
+                    self.store
+                        .record_phase(PhaseChange {
+                            route_id: &route_id,
+                            version,
+                            to: JobPhase::Stopped,
+                            cause: "the route was deleted",
+                            error: None,
+                            restart: false,
+                        })
+                        .await?;
+                }
             }
-            // Left to retention; reported at debug level to keep a steady log quiet.
-            TopicAction::Orphan { topic } => tracing::debug!(topic = %topic, "Topic without a stream."),
+        }
+        Ok(())
+    }
+
+    async fn start(&self, goal: &JobGoal, (route, stream, sink): &(Object, Object, Object)) {
+        let observer =
+            Arc::new(StoreObserver { store: self.store.clone(), route_id: route.id.clone(), version: route.version });
+        let stats = Arc::new(JobStats::default());
+        let cancel = CancellationToken::new();
+        let built = self.build(route, stream, sink).await;
+        let (spec, task) = match built {
+            Ok((spec, sink_spec, secrets, policy)) => {
+                let data_dir = self.data_dir.clone();
+                let make_sink = move || AnySink::build(&sink_spec, &secrets, &data_dir);
+                let task = tokio::spawn(supervise(
+                    spec.clone(),
+                    self.log.clone(),
+                    make_sink,
+                    Arc::new(StoreCheckpoints(self.store.clone())),
+                    observer,
+                    stats.clone(),
+                    policy,
+                    cancel.clone(),
+                ));
+                (Some(spec), task)
+            }
+            Err(why) => {
+                // Held as failed until the route changes, so the plan does not retry every pass.
+                tracing::warn!(route = %format!("{}/{}", route.team, route.name), error = %why, "Job cannot start.");
+                observer
+                    .report(PhaseReport {
+                        phase: JobPhase::Failed,
+                        cause: "cannot start".into(),
+                        error: Some(why),
+                        restart: false,
+                    })
+                    .await;
+                (None, tokio::spawn(async {}))
+            }
+        };
+        tracing::info!(route = %format!("{}/{}", route.team, route.name), fingerprint = %goal.fingerprint, "Job started.");
+        self.jobs
+            .insert(route.id.clone(), RunningJob { fingerprint: goal.fingerprint.clone(), spec, stats, cancel, task });
+    }
+
+    async fn build(
+        &self,
+        route: &Object,
+        stream: &Object,
+        sink: &Object,
+    ) -> Result<(Arc<JobSpec>, SinkSpec, BTreeMap<String, String>, RestartPolicy), String> {
+        let route_spec: RouteSpec = route.spec_as().map_err(|e| format!("route spec: {e}"))?;
+        let stream_spec: StreamSpec = stream.spec_as().map_err(|e| format!("stream spec: {e}"))?;
+        let sink_spec: SinkSpec = sink.spec_as().map_err(|e| format!("sink spec: {e}"))?;
+        let secrets: BTreeMap<String, String> =
+            self.store.sink_secrets(&sink.id).await.map_err(|e| format!("sink secrets: {e}"))?.into_iter().collect();
+        let spec = JobSpec::for_route(&route.id, &route.team, &route.name, &route_spec, &stream_spec)?;
+        let settings = route_spec.job_settings().map_err(|e| e.to_string())?;
+        let policy = RestartPolicy {
+            stall_after: Duration::from_secs(u64::from(settings.stall_timeout_s)),
+            ..Default::default()
+        };
+        Ok((Arc::new(spec), sink_spec, secrets, policy))
+    }
+}
+
+/// Checkpoints in the source-of-truth database.
+struct StoreCheckpoints(Store);
+
+impl CheckpointStore for StoreCheckpoints {
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
+        let saved = self.0.checkpoints(route_id).await.map_err(|e| e.to_string())?;
+        Ok(saved.into_iter().map(|c| (c.partition, c.next_offset)).collect())
+    }
+
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+        self.0.commit_checkpoints(route_id, positions).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Records a job's phase changes in the database.
+struct StoreObserver {
+    store: Store,
+    route_id: String,
+    version: i64,
+}
+
+impl JobObserver for StoreObserver {
+    async fn report(&self, r: PhaseReport) {
+        let change = PhaseChange {
+            route_id: &self.route_id,
+            version: self.version,
+            to: r.phase,
+            cause: &r.cause,
+            error: r.error.as_deref(),
+            restart: r.restart,
+        };
+        if let Err(e) = self.store.record_phase(change).await {
+            tracing::warn!(route_id = %self.route_id, error = %e, "Cannot record a job phase.");
         }
     }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Builds the HTTP application: console (Leptos), JSON API, sessions, security layers.
 
 use crate::csrf::{check_origin, OriginPolicy};
+use crate::reconciler::{Jobs, Reconciler};
 use crate::sessions::DbSessionStore;
 use crate::settings::Settings;
 use app::state::AppState;
@@ -11,10 +12,12 @@ use axum::routing::get;
 use axum::Router;
 use keystone_control::auth::{user_count, LoginLimiter};
 use keystone_control::store::Store;
+use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::EmbeddedLog;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,7 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    jobs: Arc<Jobs>,
     port: u16,
 }
 
@@ -45,18 +49,26 @@ impl Application {
         }
         let listener = TcpListener::bind(&settings.listen).await?;
         let port = listener.local_addr()?.port();
-        let router = router(&settings, store, &url).await?;
-        Ok(Application { listener, router, port })
+        let (router, jobs) = router(&settings, store, &url).await?;
+        Ok(Application { listener, router, jobs, port })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until Ctrl-C, then lets every job finish its batch and commit its checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves, then drains every job.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.jobs.stop_all().await;
+        served
     }
 }
 
@@ -65,7 +77,8 @@ async fn shutdown_signal() {
     tracing::info!("Shutting down.");
 }
 
-pub async fn router(settings: &Settings, store: Store, database_url: &str) -> anyhow::Result<Router> {
+/// The whole application, and the jobs it runs (stopped cleanly at shutdown).
+pub async fn router(settings: &Settings, store: Store, database_url: &str) -> anyhow::Result<(Router, Arc<Jobs>)> {
     let leptos_options = LeptosOptions::builder()
         .output_name("keystone")
         .site_root(settings.site_root.to_string_lossy().to_string())
@@ -107,16 +120,20 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     // The embedded log: events wait here, durably, for the routes that read them.
     let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
     spawn_retention(log.clone());
-    crate::reconciler::spawn(store.clone(), log.clone(), Duration::from_secs(5));
+    let jobs = Arc::new(JobRegistry::new(log.clone()));
+    let reconciler =
+        Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
+    Arc::new(reconciler).spawn();
     let api = keystone_api::router(keystone_api::ApiState {
         store,
         log,
+        jobs: jobs.clone(),
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,
     });
     let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
-    Ok(console
+    let router = console
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(policy, check_origin))
         .layer(session_layer)
@@ -124,7 +141,8 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http()))
+        .layer(TraceLayer::new_for_http());
+    Ok((router, jobs))
 }
 
 /// Drops log segments that retention no longer keeps, once a minute.

@@ -27,6 +27,8 @@ struct TestApp {
     alpha_viewer: String,
     _dir: TempDir,
     pg_db: Option<String>,
+    settings: Settings,
+    running: Option<Running>,
 }
 
 /// A scratch directory removed on drop.
@@ -77,9 +79,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         ingest_max_event_bytes: 2048,
     };
     tweak(&mut settings);
-    let app = Application::build(settings).await.expect("server starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    let (base, running) = start_server(settings.clone()).await;
 
     let store = Store::connect(&database_url).await.unwrap();
     let root = Principal { user_id: "test".into(), display: "test".into(), role: Role::Admin, teams: vec![] };
@@ -103,7 +103,34 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let alpha_viewer = token("vera", "alpha", Role::Viewer).await;
     let http =
         reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestApp { base, store, http, alpha, beta, alpha_viewer, _dir: TempDir(dir), pg_db }
+    TestApp {
+        base,
+        store,
+        http,
+        alpha,
+        beta,
+        alpha_viewer,
+        _dir: TempDir(dir),
+        pg_db,
+        settings,
+        running: Some(running),
+    }
+}
+
+/// A server serving until told to stop.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_server(settings: Settings) -> (String, Running) {
+    let app = Application::build(settings).await.expect("server starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (base, Running { stop, task })
 }
 
 impl TestApp {
@@ -142,6 +169,19 @@ impl TestApp {
         }
         req.send().await.unwrap()
     }
+    /// Stops the server the way Ctrl-C does (jobs drain and commit), then starts a new one on the
+    /// same database and data directory.
+    async fn restart(&mut self, before_start: impl FnOnce(&std::path::Path)) {
+        if let Some(r) = self.running.take() {
+            let _ = r.stop.send(());
+            r.task.await.unwrap().unwrap();
+        }
+        before_start(&self.settings.data_dir);
+        let (base, running) = start_server(self.settings.clone()).await;
+        self.base = base;
+        self.running = Some(running);
+    }
+
     async fn teardown(self) {
         if let Some(name) = &self.pg_db {
             self.store.pool().close().await;
@@ -684,5 +724,288 @@ mod ingest {
         }
         assert_eq!(n, 50);
         dir_app.teardown().await;
+    }
+}
+
+/// Route jobs end to end: declared over the API, fed through the ingest proxy, delivered by the
+/// reconciler's jobs to real sinks.
+mod delivery {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    async fn declare(app: &TestApp, kind: &str, name: &str, spec: Value) {
+        let (s, body) =
+            app.post(&app.alpha, &format!("/api/v1/teams/alpha/{kind}"), json!({"name": name, "spec": spec})).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+
+    /// Posts events as NDJSON, in requests under the test server's 64 KiB body limit.
+    async fn ingest(app: &TestApp, token: &str, stream: &str, events: &[Value]) {
+        for chunk in events.chunks(500) {
+            ingest_once(app, token, stream, chunk).await;
+        }
+    }
+
+    async fn ingest_once(app: &TestApp, token: &str, stream: &str, events: &[Value]) {
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let resp = app
+            .http
+            .post(format!("{}/ingest/{stream}", app.base))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    }
+
+    async fn producer_token(app: &TestApp, stream: &str) -> String {
+        let (s, body) =
+            app.post(&app.alpha, &format!("/api/v1/producer-tokens/alpha/{stream}"), json!({"name": "web"})).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Every NDJSON line a file sink wrote under `sinks/<path>`.
+    fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<Value>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "ndjson") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    out.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&app.settings.data_dir.join("sinks").join(path), &mut out);
+        out
+    }
+
+    async fn job(app: &TestApp, route: &str) -> Value {
+        let (s, body) = app.get(&app.alpha_viewer, &format!("/api/v1/teams/alpha/routes/{route}/job")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn eventually<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn plays(range: std::ops::Range<u64>) -> Vec<Value> {
+        range
+            .map(|n| json!({"n": n, "country": if n % 4 == 0 { "BR" } else { "US" }, "user": {"email": format!("u{n}@x.io")}}))
+            .collect()
+    }
+
+    async fn route_delivers_filtered_projected_events_and_reports_its_job(db: Db) {
+        let app = spawn_app(db).await;
+        declare(&app, "streams", "plays", json!({"partitions": 3, "retention_hours": 24})).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "plays/br"}})).await;
+        let route = json!({"stream": "plays", "sink": "lake", "filter": "event.country == \"BR\"",
+            "projection": {"keep": ["n", "country"], "rename": {"country": "where"}},
+            "batch_size": 100, "max_latency_ms": 50, "config": {"job.checkpoint_interval_ms": "100"}});
+        declare(&app, "routes", "br", route).await;
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..2000)).await;
+        eventually("500 BR events in the file sink", || async { sink_lines(&app, "plays/br").len() >= 500 }).await;
+        let lines = sink_lines(&app, "plays/br");
+        let mut ns: Vec<u64> = lines.iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+        ns.sort();
+        assert_eq!(ns, (0..2000).filter(|n| n % 4 == 0).collect::<Vec<_>>(), "exactly the filtered events, once");
+        assert!(lines.iter().all(|l| l["event"].as_object().unwrap().len() == 2 && l["event"]["where"] == "BR"));
+        assert!(lines.iter().all(|l| uuid::Uuid::parse_str(l["id"].as_str().unwrap()).is_ok()));
+
+        eventually("checkpoints past every event", || async {
+            let j = job(&app, "br").await;
+            j["checkpoints"].as_array().unwrap().iter().map(|c| c["next_offset"].as_u64().unwrap()).sum::<u64>() == 2000
+        })
+        .await;
+        let j = job(&app, "br").await;
+        assert_eq!(j["job"]["phase"], "running", "{j}");
+        assert_eq!(j["job"]["version"], 1);
+        assert_eq!(j["metrics"]["lag"], 0);
+        assert_eq!(j["metrics"]["delivered"], 500);
+        assert_eq!(j["metrics"]["filtered_out"], 1500);
+        let causes: Vec<&str> =
+            j["transitions"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
+        assert_eq!(causes, ["running", "starting"], "newest first");
+        // Listed for the team, hidden from other teams.
+        let (_, list) = app.get(&app.alpha_viewer, "/api/v1/jobs").await;
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list[0]["route"], "br");
+        let (_, other) = app.get(&app.beta, "/api/v1/jobs").await;
+        assert_eq!(other, json!([]));
+        assert_eq!(app.get(&app.beta, "/api/v1/teams/alpha/routes/br/job").await.0, StatusCode::NOT_FOUND);
+
+        // Changing the route redeploys its job (version 2) and it resumes from its checkpoint.
+        let mut changed = json!({"stream": "plays", "sink": "lake", "filter": "event.country == \"US\" && event.n >= 2000",
+            "batch_size": 100, "max_latency_ms": 50});
+        changed["config"] = json!({"job.checkpoint_interval_ms": "100"});
+        assert_eq!(
+            app.put(&app.alpha, "/api/v1/teams/alpha/routes/br", json!({"spec": changed})).await.0,
+            StatusCode::OK
+        );
+        eventually("the job on version 2", || async { job(&app, "br").await["job"]["version"] == 2 }).await;
+        ingest(&app, &token, "plays", &plays(2000..2010)).await;
+        eventually("the new events", || async { sink_lines(&app, "plays/br").len() >= 507 }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink_lines(&app, "plays/br").len(), 507, "old events are not replayed after a redeploy");
+
+        // Deleting the route stops the job.
+        assert_eq!(app.delete(&app.alpha, "/api/v1/teams/alpha/routes/br").await.0, StatusCode::OK);
+        eventually("the stopped phase", || async {
+            app.store.jobs(&keystone_control::store::Scope::All).await.unwrap().is_empty()
+        })
+        .await;
+        app.teardown().await;
+    }
+
+    async fn a_dead_sink_fails_its_route_visibly_while_another_route_delivers(db: Db) {
+        let app = spawn_app(db).await;
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        // Nothing listens on port 9: connections are refused.
+        declare(
+            &app,
+            "sinks",
+            "down",
+            json!({"kind": "http", "settings": {"url": "http://127.0.0.1:9/hook", "timeout_ms": "500"}}),
+        )
+        .await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "all"}})).await;
+        declare(&app, "routes", "to-down", json!({"stream": "plays", "sink": "down", "max_latency_ms": 20})).await;
+        declare(&app, "routes", "to-lake", json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20})).await;
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..3000)).await;
+        eventually("every event in the healthy sink", || async { sink_lines(&app, "all").len() == 3000 }).await;
+        eventually("the failing phase", || async { job(&app, "to-down").await["job"]["phase"] == "failing" }).await;
+        let j = job(&app, "to-down").await;
+        assert!(j["job"]["last_error"].as_str().unwrap().contains("request failed"), "{j}");
+        assert_eq!(j["metrics"]["lag"], 3000, "nothing is acknowledged that the sink did not take");
+        assert_eq!(j["metrics"]["delivered"], 0);
+        assert!(j["checkpoints"].as_array().unwrap().iter().all(|c| c["next_offset"] == 0));
+        // A viewer cannot restart a job; an editor can.
+        let (s, _) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/routes/to-down/restart", json!({})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = app.post(&app.alpha, "/api/v1/teams/alpha/routes/to-down/restart", json!({})).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        eventually("the restarted job", || async {
+            let j = job(&app, "to-down").await;
+            j["transitions"].as_array().unwrap().iter().filter(|t| t["to"] == "starting").count() >= 2
+        })
+        .await;
+        app.teardown().await;
+    }
+
+    on_both_backends!(
+        route_delivers_filtered_projected_events_and_reports_its_job,
+        a_dead_sink_fails_its_route_visibly_while_another_route_delivers,
+    );
+
+    #[tokio::test]
+    async fn refused_events_land_in_the_dead_letter_queue() {
+        let app = spawn_app(Db::Postgres).await;
+        let target = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
+        let base = pg_admin_url();
+        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer NOT NULL, country text)")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        declare(
+            &app,
+            "sinks",
+            "dwh",
+            json!({"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": url}}),
+        )
+        .await;
+        declare(
+            &app,
+            "routes",
+            "rows",
+            json!({"stream": "plays", "sink": "dwh", "projection": {"drop": ["user"]}, "max_latency_ms": 20}),
+        )
+        .await;
+        let token = producer_token(&app, "plays").await;
+        let mut events = plays(0..1000);
+        events[10]["n"] = json!("ten"); // not an integer: PostgreSQL refuses this row alone
+        ingest(&app, &token, "plays", &events).await;
+        eventually("999 rows", || {
+            let url = url.clone();
+            async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM plays").fetch_one(&mut c).await.unwrap() == 999
+            }
+        })
+        .await;
+        eventually("one dead letter", || async {
+            app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/dead-letters")
+                .await
+                .1
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        })
+        .await;
+        let (_, letters) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/dead-letters").await;
+        assert_eq!(letters[0]["letter"]["envelope"]["payload"]["n"], "ten");
+        assert!(letters[0]["letter"]["reason"].as_str().unwrap().contains("22P02"), "{letters}");
+        eventually("checkpoints past every event", || async {
+            job(&app, "rows").await["checkpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["next_offset"].as_u64().unwrap())
+                .sum::<u64>()
+                == 1000
+        })
+        .await;
+        let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT n) FROM plays").fetch_one(&mut db).await.unwrap();
+        assert_eq!(distinct, 999);
+        drop(db);
+        app.teardown().await;
+        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+    }
+
+    #[tokio::test]
+    async fn topics_and_jobs_come_back_from_the_database_after_the_data_plane_is_wiped() {
+        let mut app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "all"}})).await;
+        declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20})).await;
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..100)).await;
+        eventually("100 events delivered", || async { sink_lines(&app, "all").len() == 100 }).await;
+        // A clean stop commits the checkpoints; a restart then delivers nothing twice.
+        app.restart(|_| {}).await;
+        ingest(&app, &token, "plays", &plays(100..110)).await;
+        eventually("110 events delivered", || async { sink_lines(&app, "all").len() == 110 }).await;
+        // Wipe the data plane (log and sink output) and start again: the database alone rebuilds it.
+        app.restart(|dir| {
+            std::fs::remove_dir_all(dir.join("log")).unwrap();
+            std::fs::remove_dir_all(dir.join("sinks")).unwrap();
+        })
+        .await;
+        eventually("the topic recreated", || async { app.settings.data_dir.join("log/alpha.plays/1").is_dir() }).await;
+        ingest(&app, &token, "plays", &plays(200..205)).await;
+        eventually("new events delivered", || async { sink_lines(&app, "all").len() == 5 }).await;
+        let j = job(&app, "all").await;
+        assert_eq!(j["job"]["phase"], "running");
+        app.teardown().await;
     }
 }

@@ -7,11 +7,13 @@
 //! acknowledged positions every `checkpoint_interval`. After a crash the job resumes from the last
 //! commit, so duplicates are bounded by one checkpoint interval.
 
+pub mod registry;
 pub mod supervisor;
 
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Projection};
+use keystone_control::{dead_letter_topic, stream_topic, RouteSpec, StreamSpec};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,6 +40,42 @@ pub struct JobSpec {
     pub checkpoint_interval: Duration,
     /// Where a partition without a checkpoint starts.
     pub start_at: StartAt,
+}
+
+impl JobSpec {
+    /// Compiles a declared route (and the stream it reads) into a job.
+    pub fn for_route(
+        route_id: &str,
+        team: &str,
+        route_name: &str,
+        route: &RouteSpec,
+        stream: &StreamSpec,
+    ) -> Result<JobSpec, String> {
+        let settings = route.job_settings().map_err(|e| e.to_string())?;
+        let filter = match &route.filter {
+            Some(f) => Some(Filter::compile(f).map_err(|e| format!("filter: {e}"))?),
+            None => None,
+        };
+        let p = &route.projection;
+        let projection = Projection::new(
+            p.keep.iter().map(String::as_str),
+            p.drop.iter().map(String::as_str),
+            p.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
+        );
+        Ok(JobSpec {
+            route_id: route_id.to_owned(),
+            route: format!("{team}/{route_name}"),
+            topic: stream_topic(team, route.stream.as_str()),
+            partitions: stream.partitions,
+            dead_letter_topic: dead_letter_topic(team, route_name),
+            filter,
+            projection,
+            batch_size: route.batch_size as usize,
+            max_latency: Duration::from_millis(u64::from(route.max_latency_ms)),
+            checkpoint_interval: Duration::from_millis(u64::from(settings.checkpoint_interval_ms)),
+            start_at: if settings.start_at_latest { StartAt::Latest } else { StartAt::Earliest },
+        })
+    }
 }
 
 /// Where checkpoints live (the source-of-truth database in production).
@@ -148,12 +186,8 @@ pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
     *stats.committed.lock().expect("stats lock") = starts.clone();
 
     let stop_checkpointer = CancellationToken::new();
-    let checkpointer = tokio::spawn(checkpoint_loop(
-        spec.clone(),
-        checkpoints.clone(),
-        stats.clone(),
-        stop_checkpointer.clone(),
-    ));
+    let checkpointer =
+        tokio::spawn(checkpoint_loop(spec.clone(), checkpoints.clone(), stats.clone(), stop_checkpointer.clone()));
     let mut readers = tokio::task::JoinSet::new();
     for (p, start) in starts.into_iter().enumerate() {
         let reader = PartitionReader {
@@ -408,7 +442,8 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             .collect();
         self.log.append(&self.spec.dead_letter_topic, records).await.map_err(JobError::DeadLetter)?;
         self.stats.dead_lettered.fetch_add(count, Ordering::Relaxed);
-        self.stats.record_error(format!("partition {}: {count} event(s) sent to the dead-letter queue", self.partition));
+        self.stats
+            .record_error(format!("partition {}: {count} event(s) sent to the dead-letter queue", self.partition));
         Ok(())
     }
 }

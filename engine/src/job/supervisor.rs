@@ -84,10 +84,12 @@ pub async fn supervise<L, S, C, O, F>(
         observer.report(PhaseReport { phase: JobPhase::Starting, cause, error: None, restart }).await;
         let failure = match make_sink() {
             Err(e) => format!("the sink cannot be built: {e}"),
-            Ok(sink) => match watch(&spec, &log, Arc::new(sink), &checkpoints, &observer, &stats, &policy, &cancel).await {
-                None => return,
-                Some(failure) => failure,
-            },
+            Ok(sink) => {
+                match watch(&spec, &log, Arc::new(sink), &checkpoints, &observer, &stats, &policy, &cancel).await {
+                    None => return,
+                    Some(failure) => failure,
+                }
+            }
         };
         if cancel.is_cancelled() {
             return;
@@ -131,14 +133,8 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     cancel: &CancellationToken,
 ) -> Option<String> {
     let this_run = cancel.child_token();
-    let mut task = tokio::spawn(run(
-        spec.clone(),
-        log.clone(),
-        sink,
-        checkpoints.clone(),
-        stats.clone(),
-        this_run.clone(),
-    ));
+    let mut task =
+        tokio::spawn(run(spec.clone(), log.clone(), sink, checkpoints.clone(), stats.clone(), this_run.clone()));
     let mut reported: Option<bool> = None;
     let mut last_progress = (stats.progress(), Instant::now());
     let mut tick = tokio::time::interval(WATCH_EVERY);

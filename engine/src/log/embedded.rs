@@ -78,8 +78,11 @@ struct Segment {
     last_ts: i64,
 }
 
+/// A record waiting for its partition's writer: timestamp, key, value.
+type PendingRecord = (i64, Option<Vec<u8>>, Vec<u8>);
+
 struct AppendRequest {
-    records: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>,
+    records: Vec<PendingRecord>,
     done: oneshot::Sender<Result<Vec<u64>, LogError>>,
 }
 
@@ -479,8 +482,7 @@ impl Log for EmbeddedLog {
         // One request per partition, all sent before any is awaited so they commit in parallel.
         // Each partition keeps the input positions of its records, to answer in input order.
         let total = records.len();
-        let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<(i64, Option<Vec<u8>>, Vec<u8>)>)> =
-            Default::default();
+        let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<PendingRecord>)> = Default::default();
         for (i, r) in records.into_iter().enumerate() {
             let (positions, batch) = by_partition.entry(r.partition).or_default();
             positions.push(i);

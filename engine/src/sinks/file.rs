@@ -7,7 +7,7 @@
 //! Redelivery is idempotent for a repeated batch: the file name is derived from the partition and
 //! the offsets it holds, so the same batch overwrites the same file.
 
-use super::{required, Sink, SinkError, SinkEvent, ConfigError};
+use super::{required, ConfigError, Sink, SinkError, SinkEvent};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -37,7 +37,9 @@ impl HttpSinkConfig {
         let url = required(settings, "settings", "url")?.to_owned();
         let timeout_ms = match settings.get("timeout_ms") {
             None => 10_000,
-            Some(t) => t.parse::<u64>().map_err(|_| ConfigError::new("settings.timeout_ms", "must be a whole number"))?,
+            Some(t) => {
+                t.parse::<u64>().map_err(|_| ConfigError::new("settings.timeout_ms", "must be a whole number"))?
+            }
         };
         let format = match settings.get("format").map(String::as_str) {
             None | Some("json") => HttpFormat::Json,

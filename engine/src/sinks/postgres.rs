@@ -111,8 +111,7 @@ impl PostgresSink {
             })
             .collect();
         // Only columns some event fills, so the others keep their defaults.
-        let used: Vec<&String> =
-            columns.iter().filter(|c| rows.iter().any(|r| r.get(c.as_str()).is_some())).collect();
+        let used: Vec<&String> = columns.iter().filter(|c| rows.iter().any(|r| r.get(c.as_str()).is_some())).collect();
         let list = used.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
         let table = quote(&self.table);
         let sql = format!(

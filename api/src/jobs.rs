@@ -1,0 +1,149 @@
+//! Route jobs over the API: observed state, live numbers, checkpoints, transitions, dead letters,
+//! and a manual restart. Reads need read access to the route's team; a restart needs write access.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::handlers::Caller;
+use crate::ApiState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keystone_control::goal::{Goal, GoalError};
+use keystone_control::{dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind};
+use keystone_engine::log::{Log, LogError, StartAt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Everything known about one route's job.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobStatus {
+    /// The recorded phase; null before the reconciler first started the job.
+    pub job: Option<JobRecord>,
+    /// Live numbers while this server runs the job.
+    pub metrics: Option<JobMetrics>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    /// Most recent first.
+    pub transitions: Vec<JobTransition>,
+}
+
+/// A route's job: phase, lag, checkpoints, recent transitions and errors.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/job",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = JobStatus), (status = 404, body = ErrorBody)))]
+pub async fn job_status(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(JobStatus {
+        job: s.store.job(&route.id).await?,
+        metrics: s.jobs.metrics(&route.id),
+        checkpoints: s.store.checkpoints(&route.id).await?,
+        transitions: s.store.transitions(&route.id, 20).await?,
+    }))
+}
+
+/// A job in the platform-wide list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobSummary {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// Events not yet acknowledged by the sink (null when this server does not run the job).
+    pub lag: Option<u64>,
+}
+
+/// Every job the caller may see, with its phase and lag.
+#[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
+pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {
+    let jobs = s.store.jobs(&who.scope()).await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|job| {
+                let lag = s.jobs.metrics(&job.route_id).map(|m| m.lag);
+                JobSummary { job, lag }
+            })
+            .collect(),
+    ))
+}
+
+/// Restarts a route's job (e.g. one marked failed after its sink was fixed). The reconciler
+/// starts it again from its last checkpoint within a second.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/restart",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 202), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn restart(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.get(Kind::Route, &team, &name).await?;
+    let team_object = goal.get(Kind::Team, "", &team).await?;
+    if !who.can_write(Kind::Route, &team_object.id) {
+        return Err(GoalError::Forbidden.into());
+    }
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
+    s.jobs.stop(&route.id, true).await;
+    s.jobs.request_pass();
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeadLetterParams {
+    /// First offset to return (default: the oldest retained).
+    pub from: Option<u64>,
+    /// At most this many (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// An event a sink refused, with the reason.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// Position in the dead-letter queue.
+    pub offset: u64,
+    /// `{route, reason, partition, offset, failed_at, envelope}`.
+    #[schema(value_type = Object)]
+    pub letter: Value,
+}
+
+/// The route's dead-letter queue, oldest first.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/dead-letters",
+    params(("team" = String, Path), ("name" = String, Path), DeadLetterParams),
+    responses((status = 200, body = [DeadLetter]), (status = 404, body = ErrorBody)))]
+pub async fn dead_letters(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Query(p): Query<DeadLetterParams>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let topic = dead_letter_topic(&team, &name);
+    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let from = match p.from {
+        Some(f) => f,
+        None => match s.log.resolve(&topic, 0, StartAt::Earliest).await {
+            Ok(o) => o,
+            // No job has dead-lettered anything yet.
+            Err(LogError::UnknownTopic(_)) => return Ok(Json(Vec::new())),
+            Err(e) => return Err(ApiError::Log(e)),
+        },
+    };
+    let records = match s.log.read(&topic, 0, from, limit).await {
+        Ok(r) => r,
+        Err(LogError::UnknownTopic(_)) => Vec::new(),
+        Err(LogError::OffsetOutOfRange { earliest, .. }) => {
+            return Err(keystone_control::ValidationErrors::single(
+                "from",
+                format!("no longer retained; the earliest offset is {earliest}"),
+            )
+            .into())
+        }
+        Err(e) => return Err(ApiError::Log(e)),
+    };
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| DeadLetter { offset: r.offset, letter: serde_json::from_slice(&r.value).unwrap_or(Value::Null) })
+            .collect(),
+    ))
+}

@@ -1,0 +1,120 @@
+//! The jobs this process runs, by route id: what the reconciler's executor starts and stops,
+//! and what the API and console read live numbers from. It holds at most one job per route, so
+//! the executor can never run two instances of one job.
+
+use super::{JobSpec, JobStats};
+use crate::log::Log;
+use keystone_control::{JobMetrics, PartitionLag};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One supervised job.
+pub struct RunningJob {
+    /// What it was built from (see `reconcile::JobGoal::fingerprint`).
+    pub fingerprint: String,
+    /// `None` for a job whose route could not be compiled (held as failed).
+    pub spec: Option<Arc<JobSpec>>,
+    pub stats: Arc<JobStats>,
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+/// How long a draining job may take to finish its batch and commit before it is aborted.
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
+
+pub struct JobRegistry<L> {
+    log: Arc<L>,
+    jobs: Mutex<HashMap<String, RunningJob>>,
+    /// Asks the reconciler for a pass now (e.g. after a manual restart).
+    wake: tokio::sync::Notify,
+}
+
+impl<L: Log> JobRegistry<L> {
+    pub fn new(log: Arc<L>) -> JobRegistry<L> {
+        JobRegistry { log, jobs: Mutex::new(HashMap::new()), wake: tokio::sync::Notify::new() }
+    }
+
+    /// Asks the reconciler to run a pass now rather than at its next resync.
+    pub fn request_pass(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when a pass was requested.
+    pub async fn pass_requested(&self) {
+        self.wake.notified().await;
+    }
+
+    /// `(route_id, fingerprint)` of every job held.
+    pub fn fingerprints(&self) -> Vec<(String, String)> {
+        let jobs = self.jobs.lock().expect("registry lock");
+        jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone())).collect()
+    }
+
+    /// Holds a started job. The caller has stopped any previous job of the route first.
+    pub fn insert(&self, route_id: String, job: RunningJob) {
+        let old = self.jobs.lock().expect("registry lock").insert(route_id, job);
+        if let Some(old) = old {
+            // Never two instances: a job replaced without `stop` is aborted here.
+            old.task.abort();
+        }
+    }
+
+    /// Stops a route's job. Draining lets it finish the batch in hand and commit its checkpoint
+    /// (no duplicates after a redeploy); otherwise it is aborted at once and its successor
+    /// resumes from the last commit (no pause, a bounded repeat). True if a job was held.
+    pub async fn stop(&self, route_id: &str, drain: bool) -> bool {
+        let Some(job) = self.jobs.lock().expect("registry lock").remove(route_id) else { return false };
+        job.cancel.cancel();
+        if drain {
+            let mut task = job.task;
+            if tokio::time::timeout(DRAIN_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
+        } else {
+            job.task.abort();
+        }
+        true
+    }
+
+    /// Drains every job (at shutdown).
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.jobs.lock().expect("registry lock").keys().cloned().collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.stop(id, true))).await;
+    }
+
+    /// Live numbers of a route's job, if this process runs it.
+    pub fn metrics(&self, route_id: &str) -> Option<JobMetrics> {
+        let (spec, stats) = {
+            let jobs = self.jobs.lock().expect("registry lock");
+            let j = jobs.get(route_id)?;
+            (j.spec.clone()?, j.stats.clone())
+        };
+        let acked = stats.acked.lock().expect("stats lock").clone();
+        let partitions: Vec<PartitionLag> = (0..spec.partitions)
+            .map(|p| PartitionLag {
+                partition: p,
+                acked: acked.get(p as usize).copied().unwrap_or(0),
+                end: self.log.watch_end(&spec.topic, p).map(|w| *w.borrow()).unwrap_or(0),
+            })
+            .collect();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
+        Some(JobMetrics {
+            read: n(&stats.read),
+            delivered: n(&stats.delivered),
+            filtered_out: n(&stats.filtered_out),
+            filter_errors: n(&stats.filter_errors),
+            dead_lettered: n(&stats.dead_lettered),
+            batches: n(&stats.batches),
+            retries: n(&stats.retries),
+            bytes_out: n(&stats.bytes_out),
+            lag: partitions.iter().map(|p| p.end.saturating_sub(p.acked)).sum(),
+            partitions,
+            recent_errors,
+        })
+    }
+}
