@@ -8,8 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use keystone_control::goal::{Goal, GoalError};
-use keystone_control::{dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind};
-use keystone_engine::log::{Log, LogError, StartAt};
+use keystone_control::{
+    dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
+};
+use keystone_engine::job::dead_letters;
+use keystone_engine::log::LogError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,7 +93,7 @@ pub async fn restart(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeadLetterParams {
-    /// First offset to return (default: the oldest retained).
+    /// First offset to return (default: the newest `limit` letters).
     pub from: Option<u64>,
     /// At most this many (default 50, at most 1000).
     pub limit: Option<usize>,
@@ -106,7 +109,7 @@ pub struct DeadLetter {
     pub letter: Value,
 }
 
-/// The route's dead-letter queue, oldest first.
+/// The route's dead-letter queue, oldest first within the page.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/dead-letters",
     params(("team" = String, Path), ("name" = String, Path), DeadLetterParams),
     responses((status = 200, body = [DeadLetter]), (status = 404, body = ErrorBody)))]
@@ -119,20 +122,10 @@ pub async fn dead_letters(
     Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
     let topic = dead_letter_topic(&team, &name);
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
-    let from = match p.from {
-        Some(f) => f,
-        None => match s.log.resolve(&topic, 0, StartAt::Earliest).await {
-            Ok(o) => o,
-            // No job has dead-lettered anything yet.
-            Err(LogError::UnknownTopic(_)) => return Ok(Json(Vec::new())),
-            Err(e) => return Err(ApiError::Log(e)),
-        },
-    };
-    let records = match s.log.read(&topic, 0, from, limit).await {
-        Ok(r) => r,
-        Err(LogError::UnknownTopic(_)) => Vec::new(),
+    let letters = match dead_letters::read(s.log.as_ref(), &topic, p.from, limit).await {
+        Ok(l) => l,
         Err(LogError::OffsetOutOfRange { earliest, .. }) => {
-            return Err(keystone_control::ValidationErrors::single(
+            return Err(ValidationErrors::single(
                 "from",
                 format!("no longer retained; the earliest offset is {earliest}"),
             )
@@ -140,10 +133,5 @@ pub async fn dead_letters(
         }
         Err(e) => return Err(ApiError::Log(e)),
     };
-    Ok(Json(
-        records
-            .into_iter()
-            .map(|r| DeadLetter { offset: r.offset, letter: serde_json::from_slice(&r.value).unwrap_or(Value::Null) })
-            .collect(),
-    ))
+    Ok(Json(letters.into_iter().map(|(offset, letter)| DeadLetter { offset, letter }).collect()))
 }

@@ -3,6 +3,8 @@
 use axum::extract::FromRef;
 use keystone_control::auth::{principal_for_user, LoginLimiter, Principal};
 use keystone_control::store::{now_ms, Store};
+use keystone_engine::job::registry::JobRegistry;
+use keystone_engine::log::EmbeddedLog;
 use leptos::prelude::*;
 use std::sync::Arc;
 use tower_sessions::Session;
@@ -20,6 +22,10 @@ pub struct AppState {
     pub limiter: Arc<LoginLimiter>,
     /// A session older than this is ended however active it is.
     pub session_absolute_ms: i64,
+    /// The embedded log (dead letters, recent events).
+    pub log: Arc<EmbeddedLog>,
+    /// The route jobs this process runs (live numbers).
+    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
 }
 
 pub fn app_state() -> Result<AppState, AppError> {

@@ -173,3 +173,54 @@ test("a producer token from the stream page lets an application ingest events", 
   const after = await page.request.post(`/ingest/${stream}`, { headers: { Authorization: `Bearer ${token}` }, data: { user: "u4" } });
   expect(after.status()).toBe(401);
 });
+
+test("a route declared in the console delivers ingested events, and its job page shows it", async ({ page }) => {
+  const stream = unique("clicks");
+  const sink = unique("files");
+  const route = unique("br-clicks");
+  await signIn(page, users.editor);
+
+  await page.goto("/streams/new");
+  await fill(page, { Name: stream, Partitions: "2" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+  await page.getByLabel("Token name").fill("browser-test");
+  await page.getByRole("button", { name: "Create producer token" }).click();
+  const token = (await page.getByTestId("new-producer-token").innerText()).match(/kp_[A-Za-z0-9_-]+/)![0];
+
+  await page.goto("/sinks/new");
+  await page.getByLabel("Kind", { exact: true }).selectOption("file");
+  await fill(page, { Name: sink, Directory: `e2e/${sink}` });
+  await page.getByRole("button", { name: "Save sink" }).click();
+  await expect(page).toHaveURL(new RegExp(`/sinks/alpha/${sink}$`));
+
+  await page.goto("/routes/new");
+  await fill(page, {
+    Name: route,
+    "Source stream": stream,
+    Sink: sink,
+    "Filter (CEL)": 'event.country == "BR"',
+    "Max latency (ms)": "50",
+  });
+  await page.getByRole("button", { name: "Save route" }).click();
+  await expect(page).toHaveURL(new RegExp(`/routes/alpha/${route}$`));
+
+  const events = Array.from({ length: 40 }, (_, n) => JSON.stringify({ n, country: n % 4 === 0 ? "BR" : "US" })).join("\n");
+  const resp = await page.request.post(`/ingest/${stream}`, {
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/x-ndjson" },
+    data: events,
+  });
+  expect(resp.status()).toBe(200);
+
+  // The job section fills in as the reconciler starts the job and it delivers.
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("job-phase")).toHaveText("running");
+    await expect(page.getByTestId("job-delivered")).toHaveText("10");
+    await expect(page.getByTestId("job-filtered-out")).toHaveText("30");
+    await expect(page.getByTestId("job-lag")).toHaveText("0");
+  }).toPass({ timeout: 20_000 });
+  await expect(page.getByTestId("job-transitions")).toContainText("starting → running");
+  await expect(page.getByTestId("route-job")).toContainText("No event was refused by the sink.");
+  await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
+});

@@ -64,3 +64,193 @@ pub async fn log(dir: &Path, events: usize, size: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// Shape of the end-to-end benchmark.
+#[derive(Debug, Clone)]
+pub struct PipelineBench {
+    pub events: usize,
+    pub producers: usize,
+    /// Events per ingest request.
+    pub batch: usize,
+    pub partitions: u32,
+    /// Also run a route to this PostgreSQL database (a table is created there).
+    pub postgres_url: Option<String>,
+}
+
+/// A ~250-byte play event; half of them pass the benchmark route's filter.
+fn play_event(n: usize) -> String {
+    format!(
+        r#"{{"user_id":"user-{:08}","title_id":"title-{:06}","country":"{}","bitrate":{},"device":"tv-model-x","session":"{:032x}","position_ms":{},"event":"play","app_version":"12.4.1","network":"wifi"}}"#,
+        n % 100_000,
+        n % 5_000,
+        ["BR", "US", "DE", "JP"][n % 4],
+        if n.is_multiple_of(2) { 4800 } else { 800 },
+        n as u128 * 7919,
+        n * 250
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The whole platform in this process: the real server on a free port with a fresh SQLite
+/// database and log, a stream, a filter + projection route to a file sink (and to PostgreSQL when
+/// asked), and concurrent producers posting NDJSON batches to the ingest proxy. Prints the
+/// acknowledged ingest rate with ack latency percentiles, then how fast the routes delivered
+/// everything (ingest start to the last checkpoint of the data).
+pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
+    use crate::settings::Settings;
+    use crate::startup::Application;
+    use keystone_control::auth::Principal;
+    use keystone_control::goal::{Declaration, Goal};
+    use keystone_control::{Kind, Role, TeamSpec};
+    use serde_json::json;
+
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        database_url: Some(format!("sqlite://{}", dir.join("keystone.db").display())),
+        site_root: dir.join("site"),
+        secure_cookies: false,
+        session_idle_minutes: 60,
+        session_absolute_hours: 12,
+        public_origin: None,
+        ingest_max_body_bytes: 16 << 20,
+        ingest_max_event_bytes: 64 << 10,
+    };
+    let app = Application::build(settings.clone()).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let jobs = app.jobs();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let store = keystone_control::store::Store::connect(settings.database_url.as_deref().unwrap_or_default()).await?;
+    let root = Principal { user_id: "bench".into(), display: "bench".into(), role: Role::Admin, teams: vec![] };
+    let goal = Goal::new(&store, &root);
+    goal.create("", "bench", Declaration::Team(TeamSpec::default()), "benchmark").await?;
+    let declare = |kind: Kind, name: &'static str, spec: serde_json::Value| {
+        let goal = Goal::new(&store, &root);
+        async move {
+            let decl = Declaration::from_json(kind, spec).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            goal.create("bench", name, decl, "benchmark").await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    declare(Kind::Stream, "plays", json!({"partitions": b.partitions, "retention_hours": 24})).await?;
+    declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "plays"}})).await?;
+    let route = |sink: &str| {
+        json!({"stream": "plays", "sink": sink, "filter": "event.bitrate > 3000",
+               "projection": {"keep": ["user_id", "title_id", "country", "bitrate"]},
+               "batch_size": 5000, "max_latency_ms": 200})
+    };
+    declare(Kind::Route, "to-lake", route("lake")).await?;
+    let mut routes = vec!["to-lake"];
+    if let Some(url) = &b.postgres_url {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+        sqlx::query("DROP TABLE IF EXISTS keystone_bench_plays").execute(&mut conn).await?;
+        sqlx::query(
+            "CREATE TABLE keystone_bench_plays (event_id uuid PRIMARY KEY, user_id text, title_id text, \
+             country text, bitrate integer)",
+        )
+        .execute(&mut conn)
+        .await?;
+        declare(
+            Kind::Sink,
+            "dwh",
+            json!({"kind": "postgres", "settings": {"table": "keystone_bench_plays"}, "secrets": {"url": url}}),
+        )
+        .await?;
+        declare(Kind::Route, "to-dwh", route("dwh")).await?;
+        routes.push("to-dwh");
+    }
+    let (_, token) = keystone_control::producers::create(&store, &root, "bench", "plays", "bench").await?;
+    let team_id = store.get(Kind::Team, "", "bench").await?.map(|t| t.id).unwrap_or_default();
+    let mut route_ids = Vec::new();
+    for r in &routes {
+        route_ids.push(store.get(Kind::Route, &team_id, r).await?.map(|o| o.id).unwrap_or_default());
+    }
+    // Wait for the reconciler to start the jobs.
+    while route_ids.iter().any(|id| jobs.metrics(id).is_none()) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let body_of = |from: usize| -> String { (from..from + b.batch).map(|n| play_event(n) + "\n").collect() };
+    let event_bytes = play_event(0).len();
+    let requests = b.events / b.batch;
+    let per_producer = requests / b.producers;
+    let total = per_producer * b.producers * b.batch;
+    println!(
+        "Pipeline: {total} events of ~{event_bytes} bytes, {} producers posting {}-event NDJSON batches, {} partitions, routes: {}",
+        b.producers,
+        b.batch,
+        b.partitions,
+        routes.join(", ")
+    );
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..b.producers {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        let bodies: Vec<String> = (0..per_producer).map(|i| body_of((p * per_producer + i) * b.batch)).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                let sent = Instant::now();
+                let resp = http
+                    .post(format!("{base}/ingest/plays"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(resp.status().is_success(), "ingest answered {}", resp.status());
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "  ingest (durable acks): {:>9.0} events/s {:>6.1} MB/s   ack p50 {:.1} ms, p99 {:.1} ms (per {}-event request)",
+        total as f64 / ingest_secs,
+        (total * event_bytes) as f64 / ingest_secs / 1e6,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        b.batch
+    );
+    for (name, id) in routes.iter().zip(&route_ids) {
+        loop {
+            let m = jobs.metrics(id).ok_or_else(|| anyhow::anyhow!("job {name} vanished"))?;
+            if m.lag == 0 && m.read >= total as u64 {
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "  route {name:<8} ingest-to-sink: {:>9.0} events/s {:>6.1} MB/s   ({} delivered, {} filtered out, done {:.2} s after the first post)",
+                    total as f64 / secs,
+                    (total * event_bytes) as f64 / secs / 1e6,
+                    m.delivered,
+                    m.filtered_out,
+                    secs
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let _ = stop.send(());
+    server.await??;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

@@ -76,6 +76,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         size: usize,
     },
+    /// The whole platform in-process: ingest proxy -> log -> filter + projection route -> sink.
+    Pipeline {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Concurrent producers.
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+        /// Events per ingest request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Also deliver to PostgreSQL at this URL (creates table keystone_bench_plays).
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -100,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { command: BenchCommand::Log { events, size } } => {
             keystone::bench::log(&settings.data_dir.join("bench"), events, size).await?;
+        }
+        Command::Bench { command: BenchCommand::Pipeline { events, producers, batch, partitions, postgres_url } } => {
+            let shape = keystone::bench::PipelineBench { events, producers, batch, partitions, postgres_url };
+            keystone::bench::pipeline(&settings.data_dir.join("bench-pipeline"), shape).await?;
         }
         Command::Admin { command } => {
             std::fs::create_dir_all(&settings.data_dir)?;

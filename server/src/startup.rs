@@ -57,6 +57,11 @@ impl Application {
         self.port
     }
 
+    /// The route jobs this server runs.
+    pub fn jobs(&self) -> Arc<Jobs> {
+        self.jobs.clone()
+    }
+
     /// Serves until Ctrl-C, then lets every job finish its batch and commit its checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
@@ -84,12 +89,21 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .site_root(settings.site_root.to_string_lossy().to_string())
         .site_pkg_dir("pkg")
         .build();
+    // The embedded log: events wait here, durably, for the routes that read them.
+    let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
+    spawn_retention(log.clone());
+    let jobs = Arc::new(JobRegistry::new(log.clone()));
+    let reconciler =
+        Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
+    Arc::new(reconciler).spawn();
     let state = AppState {
         leptos_options,
         store: store.clone(),
         // Five wrong passwords per account, or thirty per address, in fifteen minutes.
         limiter: Arc::new(LoginLimiter::new(5, 30, Duration::from_secs(15 * 60))),
         session_absolute_ms: settings.session_absolute_hours * 3_600_000,
+        log: log.clone(),
+        jobs: jobs.clone(),
     };
 
     let sessions = DbSessionStore::connect(database_url).await?;
@@ -117,13 +131,6 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, shell))
         .with_state(state);
 
-    // The embedded log: events wait here, durably, for the routes that read them.
-    let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
-    spawn_retention(log.clone());
-    let jobs = Arc::new(JobRegistry::new(log.clone()));
-    let reconciler =
-        Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
-    Arc::new(reconciler).spawn();
     let api = keystone_api::router(keystone_api::ApiState {
         store,
         log,

@@ -3,8 +3,10 @@
 use super::objects::*;
 use crate::components::*;
 use crate::error::AppError;
-use keystone_control::{Kind, Object, RouteSpec};
+use keystone_control::{CheckpointInfo, JobMetrics, JobPhase, JobRecord, JobTransition, Kind, Object, RouteSpec};
 use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use serde::{Deserialize, Serialize};
 
 /// Creates (empty `version`) or updates a route from the console form.
 #[allow(clippy::too_many_arguments)]
@@ -93,7 +95,215 @@ pub fn RoutesPage() -> impl IntoView {
 
 #[component]
 pub fn RouteDetailPage() -> impl IntoView {
-    view! { <ObjectDetailView kind=Kind::Route/> }
+    view! {
+        <ObjectDetailView kind=Kind::Route/>
+        <RouteJob/>
+    }
+}
+
+/// What the console shows of a route's job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteJobView {
+    pub job: Option<JobRecord>,
+    pub metrics: Option<JobMetrics>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub transitions: Vec<JobTransition>,
+    /// The newest dead letters: (offset, letter).
+    pub dead_letters: Vec<(u64, serde_json::Value)>,
+}
+
+#[server]
+pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppError> {
+    use keystone_control::goal::Goal;
+    let (store, who) = crate::state::caller().await?;
+    let state = crate::state::app_state()?;
+    let route = Goal::new(&store, &who).get(Kind::Route, &team, &name).await?;
+    let topic = keystone_control::dead_letter_topic(&team, &name);
+    let dead_letters =
+        keystone_engine::job::dead_letters::read(state.log.as_ref(), &topic, None, 20).await.map_err(|e| {
+            tracing::error!(error = %e, "Reading dead letters failed.");
+            AppError::Internal
+        })?;
+    Ok(RouteJobView {
+        job: store.job(&route.id).await?,
+        metrics: state.jobs.metrics(&route.id),
+        checkpoints: store.checkpoints(&route.id).await?,
+        transitions: store.transitions(&route.id, 10).await?,
+        dead_letters,
+    })
+}
+
+/// Stops the route's job and lets the reconciler start it again from its last checkpoint.
+#[server]
+pub async fn restart_route_job(team: String, name: String) -> Result<(), AppError> {
+    use keystone_control::goal::Goal;
+    let (store, who) = crate::state::caller().await?;
+    let state = crate::state::app_state()?;
+    let goal = Goal::new(&store, &who);
+    let route = goal.get(Kind::Route, &team, &name).await?;
+    let team_object = goal.get(Kind::Team, "", &team).await?;
+    if !who.can_write(Kind::Route, &team_object.id) {
+        return Err(AppError::Forbidden);
+    }
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
+    state.jobs.stop(&route.id, true).await;
+    state.jobs.request_pass();
+    Ok(())
+}
+
+fn phase_badge(phase: JobPhase) -> &'static str {
+    match phase {
+        JobPhase::Running => "rounded-sm bg-green-100 px-2 py-0.5 text-xs font-medium text-green-800",
+        JobPhase::Failing | JobPhase::Starting => {
+            "rounded-sm bg-amber-100 px-2 py-0.5 text-xs font-medium text-amber-800"
+        }
+        JobPhase::Failed => "rounded-sm bg-red-100 px-2 py-0.5 text-xs font-medium text-red-800",
+        JobPhase::Pending | JobPhase::Stopped => {
+            "rounded-sm bg-slate-100 px-2 py-0.5 text-xs font-medium text-slate-700"
+        }
+    }
+}
+
+/// The route's job: phase, lag per partition, checkpoints, errors, transitions, dead letters.
+#[component]
+fn RouteJob() -> impl IntoView {
+    let params = use_params_map();
+    let team = move || params.read().get("team").unwrap_or_default();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let restart = ServerAction::<RestartRouteJob>::new();
+    let data = Resource::new(move || (team(), name(), restart.version().get()), |(t, n, _)| route_job(t, n));
+    view! {
+        <section class="mt-8" data-testid="route-job">
+            <div class="mb-3 flex items-center justify-between">
+                <h2 class="text-lg font-medium">"Job"</h2>
+                {can_edit().then(|| view! {
+                    <ActionForm action=restart>
+                        <input type="hidden" name="team" value=team/>
+                        <input type="hidden" name="name" value=name/>
+                        <button type="submit" class=BUTTON_SECONDARY>"Restart job"</button>
+                    </ActionForm>
+                })}
+            </div>
+            <FormStatus error=last_error(restart.value())/>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(e) => view! { <LoadError error=e/> }.into_any(),
+                        Ok(v) => job_view(v).into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}
+
+fn stat(label: &'static str, value: String) -> impl IntoView {
+    view! {
+        <div class="px-4 py-3">
+            <div class="text-xs uppercase tracking-wide text-slate-500">{label}</div>
+            <div class="text-lg font-semibold tabular-nums" data-testid=format!("job-{}", label.to_lowercase().replace(' ', "-"))>{value}</div>
+        </div>
+    }
+}
+
+fn job_view(v: RouteJobView) -> impl IntoView {
+    let Some(job) = v.job.clone() else {
+        return view! { <p class="text-sm text-slate-500">"The reconciler has not started this job yet (it reacts within a second)."</p> }.into_any();
+    };
+    let m = v.metrics.clone();
+    let n = move |f: fn(&JobMetrics) -> u64| m.as_ref().map_or("–".to_owned(), |m| f(m).to_string());
+    let checkpoint = |p: u32| v.checkpoints.iter().find(|c| c.partition == p).cloned();
+    let partitions = v.metrics.as_ref().map(|m| m.partitions.clone()).unwrap_or_default();
+    view! {
+        <div class=format!("{CARD} mb-4")>
+            <div class="flex items-center gap-3 border-b border-slate-200 px-4 py-3">
+                <span class=phase_badge(job.phase) data-testid="job-phase">{job.phase.as_str()}</span>
+                <span class="text-sm text-slate-500">{format!("route version {} · {} restart(s) · since {}", job.version, job.restarts, format_time(job.updated_at))}</span>
+            </div>
+            {job.last_error.clone().map(|e| view! {
+                <p class="border-b border-slate-200 bg-red-50 px-4 py-2 text-sm text-red-800" data-testid="job-last-error">{e}</p>
+            })}
+            <div class="grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-4 lg:grid-cols-7">
+                {stat("Lag", n(|m| m.lag))}
+                {stat("Delivered", n(|m| m.delivered))}
+                {stat("Filtered out", n(|m| m.filtered_out))}
+                {stat("Filter errors", n(|m| m.filter_errors))}
+                {stat("Dead letters", n(|m| m.dead_lettered))}
+                {stat("Retries", n(|m| m.retries))}
+                {stat("Batches", n(|m| m.batches))}
+            </div>
+        </div>
+        <div class="grid gap-6 lg:grid-cols-2">
+            <section class=format!("{CARD} overflow-hidden")>
+                <h3 class="border-b border-slate-200 px-4 py-3 font-medium">"Partitions"</h3>
+                <table class="min-w-full divide-y divide-slate-200" data-testid="job-partitions">
+                    <thead class="bg-slate-50"><tr>
+                        <th class=TH>"Partition"</th><th class=TH>"Acknowledged"</th><th class=TH>"Log end"</th>
+                        <th class=TH>"Lag"</th><th class=TH>"Checkpoint"</th>
+                    </tr></thead>
+                    <tbody class="divide-y divide-slate-100">
+                        {partitions.into_iter().map(|p| {
+                            let c = checkpoint(p.partition);
+                            view! {
+                                <tr>
+                                    <td class=TD>{p.partition}</td>
+                                    <td class=format!("{TD} tabular-nums")>{p.acked}</td>
+                                    <td class=format!("{TD} tabular-nums")>{p.end}</td>
+                                    <td class=format!("{TD} tabular-nums")>{p.end.saturating_sub(p.acked)}</td>
+                                    <td class=format!("{TD} text-slate-500")>{c.map_or("none yet".to_owned(), |c| format!("{} at {}", c.next_offset, format_time(c.committed_at)))}</td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </section>
+            <section class=format!("{CARD} overflow-hidden")>
+                <h3 class="border-b border-slate-200 px-4 py-3 font-medium">"Transitions"</h3>
+                <ul class="divide-y divide-slate-100 text-sm" data-testid="job-transitions">
+                    {v.transitions.iter().map(|t| view! {
+                        <li class="px-4 py-2">
+                            <span class="text-slate-500">{format_time(t.at)}</span>" "
+                            <span class="font-medium">{format!("{} → {}", t.from.map_or("new", |f| f.as_str()), t.to)}</span>
+                            <span class="text-slate-500">{format!(": {}", t.cause)}</span>
+                        </li>
+                    }).collect_view()}
+                </ul>
+            </section>
+        </div>
+        {v.metrics.as_ref().filter(|m| !m.recent_errors.is_empty()).map(|m| view! {
+            <h3 class="mt-6 mb-2 font-medium">"Recent errors"</h3>
+            <ul class=format!("{CARD} divide-y divide-slate-100 text-sm") data-testid="job-errors">
+                {m.recent_errors.iter().rev().map(|(at, msg)| view! {
+                    <li class="px-4 py-2"><span class="text-slate-500">{format_time(*at)}</span>" "{msg.clone()}</li>
+                }).collect_view()}
+            </ul>
+        })}
+        <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
+        {if v.dead_letters.is_empty() {
+            view! { <p class="text-sm text-slate-500">"No event was refused by the sink."</p> }.into_any()
+        } else {
+            view! {
+                <div class=format!("{CARD} overflow-hidden")>
+                    <table class="min-w-full divide-y divide-slate-200" data-testid="dead-letters">
+                        <thead class="bg-slate-50"><tr>
+                            <th class=TH>"Failed at"</th><th class=TH>"Source"</th><th class=TH>"Reason"</th><th class=TH>"Event"</th>
+                        </tr></thead>
+                        <tbody class="divide-y divide-slate-100">
+                            {v.dead_letters.iter().rev().map(|(_, l)| view! {
+                                <tr>
+                                    <td class=format!("{TD} text-slate-500")>{format_time(l["failed_at"].as_i64().unwrap_or(0))}</td>
+                                    <td class=format!("{TD} tabular-nums")>{format!("p{} @{}", l["partition"], l["offset"])}</td>
+                                    <td class=TD>{l["reason"].as_str().unwrap_or("").to_owned()}</td>
+                                    <td class=format!("{TD} font-mono text-xs")>{l["envelope"]["payload"].to_string().chars().take(200).collect::<String>()}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                </div>
+            }.into_any()
+        }}
+    }
+    .into_any()
 }
 
 fn lines(map: &std::collections::BTreeMap<String, String>) -> String {

@@ -17,6 +17,8 @@ pub async fn save_sink(
     description: String,
     setting_url: String,
     setting_timeout_ms: String,
+    setting_format: String,
+    setting_index: String,
     setting_path: String,
     setting_table: String,
     secret_authorization: String,
@@ -37,6 +39,17 @@ pub async fn save_sink(
         settings: non_empty(&[
             ("url", setting_url),
             ("timeout_ms", setting_timeout_ms),
+            // The select always posts a format: keep it only where it says something (json is the
+            // default, and other kinds have none), so re-saving a sink does not change its spec.
+            (
+                "format",
+                if sink_kind == keystone_control::SinkKind::Http && setting_format != "json" {
+                    setting_format
+                } else {
+                    String::new()
+                },
+            ),
+            ("index", setting_index),
             ("path", setting_path),
             ("table", setting_table),
         ]),
@@ -109,6 +122,12 @@ fn sink_form(t: FormTarget) -> AnyView {
                 <Field label="URL" name="setting_url" error_key="settings.url" errors value=setting("url")
                     help="http:// or https:// endpoint receiving JSON batches."/>
                 <Field label="Timeout (ms)" name="setting_timeout_ms" error_key="settings.timeout_ms" errors value=setting("timeout_ms")/>
+                <div class="grid grid-cols-2 gap-4">
+                    <Field label="Format" name="setting_format" kind="select:json,bulk" error_key="settings.format" errors
+                        value=Some(setting("format")).filter(|f| !f.is_empty()).unwrap_or_else(|| "json".into())
+                        help="json: a JSON array per batch. bulk: the Elasticsearch/OpenSearch _bulk API."/>
+                    <Field label="Index (bulk)" name="setting_index" error_key="settings.index" errors value=setting("index")/>
+                </div>
                 <Field label="Authorization header (secret)" name="secret_authorization" kind="password"
                     error_key="secrets.authorization" errors help=secret_help("authorization")/>
             </fieldset>

@@ -7,6 +7,7 @@
 //! acknowledged positions every `checkpoint_interval`. After a crash the job resumes from the last
 //! commit, so duplicates are bounded by one checkpoint interval.
 
+pub mod dead_letters;
 pub mod registry;
 pub mod supervisor;
 
