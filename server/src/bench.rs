@@ -249,8 +249,40 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
+    let mut e2e = sink_latencies(&dir.join("sinks/plays"))?;
+    e2e.sort_by(f64::total_cmp);
+    println!(
+        "  ingest-to-file latency (ingest timestamp to the file's commit, {} events): p50 {:.0} ms, p99 {:.0} ms",
+        e2e.len(),
+        percentile(&e2e, 0.50),
+        percentile(&e2e, 0.99)
+    );
     let _ = stop.send(());
     server.await??;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+/// For every event in the file sink's output: the file's modification time (set when it was
+/// written, kept by the atomic rename) minus the event's ingest timestamp, in ms.
+fn sink_latencies(dir: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let committed = std::fs::metadata(&path)?.modified()?.duration_since(std::time::UNIX_EPOCH)?;
+            let committed_ms = committed.as_secs_f64() * 1000.0;
+            for line in std::fs::read_to_string(&path)?.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                let ingested = v["ingested_at"].as_f64().unwrap_or(committed_ms);
+                out.push(committed_ms - ingested);
+            }
+        }
+    }
+    Ok(out)
 }

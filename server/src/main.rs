@@ -6,6 +6,9 @@ use keystone_control::store::Store;
 use keystone_control::Role;
 use std::path::PathBuf;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keystone: self-service real-time stream processing.
 #[derive(Parser)]
 #[command(version)]

@@ -308,8 +308,11 @@ fn read_segment(
     let file = File::open(path)?;
     let mut records = Vec::new();
     let mut pos = start_pos;
+    // Size reads to what is wanted (about 512 bytes a record), not to the segment: a tailing job
+    // asking for a few records must not allocate and zero a megabyte each time.
+    let chunk = want.saturating_mul(512).clamp(16 << 10, READ_CHUNK);
     while pos < end_pos && records.len() < want {
-        let mut buf = vec![0u8; ((end_pos - pos) as usize).min(READ_CHUNK)];
+        let mut buf = vec![0u8; ((end_pos - pos) as usize).min(chunk)];
         file.read_exact_at(&mut buf, pos)?;
         let mut at = 0;
         while records.len() < want {
