@@ -11,7 +11,7 @@ use keystone_control::goal::{Goal, GoalError};
 use keystone_control::{
     dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
 };
-use keystone_engine::job::dead_letters;
+use keystone_engine::job::{dead_letters, Transforms};
 use keystone_engine::log::LogError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -134,4 +134,43 @@ pub async fn dead_letters(
         Err(e) => return Err(ApiError::Log(e)),
     };
     Ok(Json(letters.into_iter().map(|(offset, letter)| DeadLetter { offset, letter }).collect()))
+}
+
+/// A route's transforms to try on recent events.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    pub stream: String,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub projection: keystone_control::Projection,
+    /// How many of the newest events (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Runs a filter and projection against the stream's newest events without saving or delivering
+/// anything: which events pass, what the sink would receive, and the error of each event the
+/// filter cannot evaluate. Invalid transforms get the same field errors as a save.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/route-preview", request_body = PreviewRequest,
+    params(("team" = String, Path)),
+    responses((status = 200, body = [keystone_control::PreviewRow]), (status = 422, body = ErrorBody)))]
+pub async fn preview(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(team): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Vec<keystone_control::PreviewRow>>, ApiError> {
+    let req: PreviewRequest = serde_json::from_slice(&body)
+        .map_err(|e| ValidationErrors::single("body", format!("is not a valid preview request: {e}")))?;
+    let filter = req.filter.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    let (stream, spec) = Goal::new(&s.store, &who).preview_target(&team, &req.stream, filter, &req.projection).await?;
+    let transforms = Transforms::compile(filter, &req.projection).map_err(|e| ValidationErrors::single("filter", e))?;
+    let topic = keystone_control::stream_topic(&stream.team, &stream.name);
+    let limit = req.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = keystone_engine::job::preview::preview(s.log.as_ref(), &topic, spec.partitions, &transforms, limit)
+        .await
+        .map_err(ApiError::Log)?;
+    Ok(Json(rows))
 }

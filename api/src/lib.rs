@@ -51,6 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/restart", post(jobs::restart))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/jobs", get(jobs::list_jobs))
+        .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
         .route("/api/v1/objects/{id}/diff", get(handlers::diff))

@@ -122,6 +122,32 @@ impl<'a> Goal<'a> {
         Ok(self.store.history(&o.id).await?)
     }
 
+    /// The stream a route preview reads, after checking the transforms as a save would (the
+    /// caller only needs read access: a preview changes nothing).
+    pub async fn preview_target(
+        &self,
+        team: &str,
+        stream: &str,
+        filter: Option<&str>,
+        projection: &crate::model::Projection,
+    ) -> Result<(Object, StreamSpec), GoalError> {
+        let team_id = self.readable_team(team).await?;
+        let mut e = ValidationErrors::default();
+        let Some(object) = self.store.get(Kind::Stream, &team_id, stream).await? else {
+            return Err(
+                ValidationErrors::single("stream", format!("no stream named {stream:?} in team {team:?}")).into()
+            );
+        };
+        let spec: StreamSpec = object.spec_as().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        for (field, path) in projection.paths() {
+            if let Err(msg) = crate::model::check_field_path(path) {
+                e.add(field, msg);
+            }
+        }
+        check_transforms(&mut e, spec.schema.as_ref(), filter, projection);
+        Ok(e.into_result((object, spec))?)
+    }
+
     /// Every revision of any object (deleted ones too) by id.
     pub async fn history_by_id(&self, object_id: &str) -> Result<Vec<Revision>, GoalError> {
         let (kind, team_id) = self.store.owner_of(object_id).await?.ok_or(GoalError::NotFound)?;
@@ -228,31 +254,9 @@ impl<'a> Goal<'a> {
                 if tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?.is_none() {
                     e.add("sink", format!("no sink named {:?} in team {team_name:?}", r.sink.as_str()));
                 }
-                if let Some(f) = &r.filter {
-                    if let Err(msg) = check_filter(f) {
-                        e.add("filter", msg);
-                    }
-                }
-                // With a declared schema, a field the schema does not have is a typo, not data.
                 let stream = tx.get(Kind::Stream, &team_id, r.stream.as_str()).await?;
                 let schema = stream.and_then(|s| s.spec_as::<StreamSpec>().ok()).and_then(|s| s.schema);
-                if let Some(schema) = schema {
-                    for (field, path) in r.projection.paths() {
-                        if !schema_has_path(&schema, path) {
-                            e.add(field, format!("the stream's schema has no field {path:?}"));
-                        }
-                    }
-                    if let Some(f) = &r.filter {
-                        for path in filter_fields(f) {
-                            if !schema_has_path(&schema, &path) {
-                                e.add(
-                                    "filter",
-                                    format!("the stream's schema has no field {path:?} (read as event.{path})"),
-                                );
-                            }
-                        }
-                    }
-                }
+                check_transforms(&mut e, schema.as_ref(), r.filter.as_deref(), &r.projection);
                 e.into_result(())?;
                 to_json(&r)
             }
@@ -422,6 +426,32 @@ fn check_reason(reason: &str) -> Result<(), ValidationErrors> {
 
 /// Compiles a CEL filter once to report syntax errors with their position, and checks it only
 /// reads the `event` variable the job provides.
+/// Checks a route's filter (it compiles) and, when the stream declares a schema, that the filter
+/// and the projection name only fields the schema has: such a field is a typo, not data.
+pub fn check_transforms(
+    e: &mut ValidationErrors,
+    schema: Option<&Value>,
+    filter: Option<&str>,
+    projection: &crate::model::Projection,
+) {
+    if let Some(f) = filter {
+        if let Err(msg) = check_filter(f) {
+            e.add("filter", msg);
+        }
+    }
+    let Some(schema) = schema else { return };
+    for (field, path) in projection.paths() {
+        if !schema_has_path(schema, path) {
+            e.add(field, format!("the stream's schema has no field {path:?}"));
+        }
+    }
+    for path in filter.map(filter_fields).unwrap_or_default() {
+        if !schema_has_path(schema, &path) {
+            e.add("filter", format!("the stream's schema has no field {path:?} (read as event.{path})"));
+        }
+    }
+}
+
 pub fn check_filter(expr: &str) -> Result<(), String> {
     let program = cel::Program::compile(expr).map_err(|e| {
         let first = e.errors.first();

@@ -816,6 +816,26 @@ pub struct JobMetrics {
     pub recent_errors: Vec<(i64, String)>,
 }
 
+/// What a route would do with one recent event (the preview while editing a route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct PreviewRow {
+    pub partition: u32,
+    pub offset: u64,
+    pub ingested_at: i64,
+    /// The event's payload as ingested.
+    #[cfg_attr(feature = "store", schema(value_type = Object))]
+    pub input: serde_json::Value,
+    /// `delivered`, `filtered_out` or `error`.
+    pub outcome: String,
+    /// What the sink would receive (when delivered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(value_type = Option<Object>))]
+    pub output: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.
 pub fn dead_letter_topic(team: &str, route: &str) -> String {
     format!("_dlq.{team}.{route}")

@@ -223,4 +223,14 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("job-transitions")).toContainText("starting → running");
   await expect(page.getByTestId("route-job")).toContainText("No event was refused by the sink.");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
+
+  // The preview runs the edited (unsaved) filter and projection on the newest events.
+  await page.getByRole("link", { name: "Edit" }).click();
+  await fill(page, { "Filter (CEL)": "event.n >= 30", "Keep fields": "n" });
+  await page.getByRole("button", { name: "Preview on recent events" }).click();
+  await expect(page.getByTestId("preview-summary")).toHaveText("10 of 40 events pass; 0 cannot be evaluated.");
+  await expect(page.getByTestId("preview-table")).toContainText('{"n":39}');
+  await fill(page, { "Filter (CEL)": "event.n >=" });
+  await page.getByRole("button", { name: "Preview on recent events" }).click();
+  await expect(page.getByTestId("preview-error")).toContainText("filter: syntax error");
 });

@@ -3,7 +3,7 @@
 
 use keystone_control::JobPhase;
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
-use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats};
+use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats, Transforms};
 use keystone_engine::log::{EmbeddedLog, Log, NewRecord, Retention, StartAt};
 use keystone_engine::sinks::{ConfigError, Sink, SinkError, SinkEvent};
 use keystone_engine::transforms::{Filter, Projection};
@@ -78,8 +78,7 @@ fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projecti
         topic: "alpha.plays".into(),
         partitions,
         dead_letter_topic: format!("_dlq.alpha.{route}"),
-        filter: filter.map(|f| Filter::compile(f).unwrap()),
-        projection,
+        transforms: Transforms { filter: filter.map(|f| Filter::compile(f).unwrap()), projection },
         batch_size: batch,
         max_latency: Duration::from_millis(20),
         checkpoint_interval: Duration::from_millis(50),

@@ -909,6 +909,67 @@ mod delivery {
         app.teardown().await;
     }
 
+    #[tokio::test]
+    async fn the_preview_runs_unsaved_transforms_on_recent_events() {
+        let app = spawn_app(Db::Sqlite).await;
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}, "country": {"type": "string"}, "user": {"type": "object"}}});
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24, "schema": schema})).await;
+        let (s, rows) =
+            app.post(&app.alpha_viewer, "/api/v1/teams/alpha/route-preview", json!({"stream": "plays"})).await;
+        assert_eq!((s, rows), (StatusCode::OK, json!([])), "no events yet");
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..300)).await;
+        let req = json!({"stream": "plays", "filter": "event.country == \"BR\"", "projection": {"keep": ["n"], "rename": {"n": "number"}}});
+        let revisions = app.revision_count().await;
+        let (s, rows) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/route-preview", req).await;
+        assert_eq!(s, StatusCode::OK, "{rows}");
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 100, "the 100 newest events");
+        assert!(rows.iter().all(|r| r["input"]["n"].as_u64().unwrap() >= 200));
+        for r in rows {
+            let n = r["input"]["n"].as_u64().unwrap();
+            if n % 4 == 0 {
+                assert_eq!((r["outcome"].as_str(), &r["output"]), (Some("delivered"), &json!({"number": n})));
+            } else {
+                assert_eq!(r["outcome"], "filtered_out");
+            }
+        }
+        assert_eq!(app.revision_count().await, revisions, "a preview saves nothing");
+        // Bad transforms get the same field errors as a save; other teams see nothing.
+        let (s, body) = app
+            .post(
+                &app.alpha,
+                "/api/v1/teams/alpha/route-preview",
+                json!({"stream": "plays", "filter": "event.bitrate > 1"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains("no field \"bitrate\""), "{body}");
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/route-preview", json!({"stream": "plays", "filter": "event.n >"}))
+            .await;
+        assert_eq!((s, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("filter")), "{body}");
+        let (s, _) = app.post(&app.beta, "/api/v1/teams/alpha/route-preview", json!({"stream": "plays"})).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // A filter that cannot read an event says so per event.
+        let (_, rows) = app
+            .post(
+                &app.alpha,
+                "/api/v1/teams/alpha/route-preview",
+                json!({"stream": "plays", "filter": "event.user.tier == \"gold\"", "limit": 3}),
+            )
+            .await;
+        assert_eq!(rows.as_array().unwrap().len(), 3);
+        assert!(
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["outcome"] == "error" && r["error"].as_str().unwrap().contains("tier")),
+            "{rows}"
+        );
+        app.teardown().await;
+    }
+
     on_both_backends!(
         route_delivers_filtered_projected_events_and_reports_its_job,
         a_dead_sink_fails_its_route_visibly_while_another_route_delivers,

@@ -3,7 +3,9 @@
 use super::objects::*;
 use crate::components::*;
 use crate::error::AppError;
-use keystone_control::{CheckpointInfo, JobMetrics, JobPhase, JobRecord, JobTransition, Kind, Object, RouteSpec};
+use keystone_control::{
+    CheckpointInfo, JobMetrics, JobPhase, JobRecord, JobTransition, Kind, Object, PreviewRow, RouteSpec,
+};
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,40 @@ pub async fn save_route(
     };
     leptos_axum::redirect(&format!("/routes/{team}/{name}"));
     Ok(())
+}
+
+/// Runs the route's filter and projection, as typed in the form, against the stream's 100 newest
+/// events. Saves nothing.
+#[server]
+pub async fn preview_route(
+    team: String,
+    stream: String,
+    filter: String,
+    keep: String,
+    drop: String,
+    rename: String,
+) -> Result<Vec<PreviewRow>, AppError> {
+    use keystone_control::goal::Goal;
+    use keystone_control::Projection;
+    let (store, who) = crate::state::caller().await?;
+    let state = crate::state::app_state()?;
+    let mut e = keystone_control::ValidationErrors::default();
+    let rename = parse_pairs(&rename, "projection.rename", &mut e);
+    if !e.is_empty() {
+        return Err(AppError::Invalid(e));
+    }
+    let projection = Projection { keep: split_list(&keep), drop: split_list(&drop), rename };
+    let filter = Some(filter.trim()).filter(|f| !f.is_empty());
+    let (object, spec) = Goal::new(&store, &who).preview_target(&team, stream.trim(), filter, &projection).await?;
+    let transforms = keystone_engine::job::Transforms::compile(filter, &projection)
+        .map_err(|msg| AppError::Invalid(keystone_control::ValidationErrors::single("filter", msg)))?;
+    let topic = keystone_control::stream_topic(&object.team, &object.name);
+    keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &transforms, 100).await.map_err(
+        |e| {
+            tracing::error!(error = %e, "Route preview failed to read the log.");
+            AppError::Internal
+        },
+    )
 }
 
 fn summary(o: &Object) -> Vec<String> {
@@ -355,6 +391,92 @@ fn route_form(t: FormTarget) -> AnyView {
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save route"</button>
         </ActionForm>
+        <RoutePreview/>
+    }
+    .into_any()
+}
+
+/// The current value of the route form's field `name` (in the browser).
+fn form_value(name: &str) -> String {
+    use leptos::wasm_bindgen::JsValue;
+    document()
+        .query_selector(&format!("[name=\"{name}\"]"))
+        .ok()
+        .flatten()
+        .and_then(|el| leptos::web_sys::js_sys::Reflect::get(&el, &JsValue::from_str("value")).ok())
+        .and_then(|v| v.as_string())
+        .unwrap_or_default()
+}
+
+/// Tries the filter and projection being edited on the stream's newest events (needs JavaScript:
+/// it reads the form as typed, without saving it).
+#[component]
+fn RoutePreview() -> impl IntoView {
+    let preview = ServerAction::<PreviewRoute>::new();
+    let errors = field_errors(preview.value());
+    let run = move |_| {
+        preview.dispatch(PreviewRoute {
+            team: form_value("team"),
+            stream: form_value("stream"),
+            filter: form_value("filter"),
+            keep: form_value("keep"),
+            drop: form_value("drop"),
+            rename: form_value("rename"),
+        });
+    };
+    let field_messages = move || {
+        errors.get().map(|e| e.0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))
+    };
+    view! {
+        <section class="mt-8" data-testid="route-preview">
+            <div class="flex items-center gap-4">
+                <button type="button" class=BUTTON_SECONDARY on:click=run>"Preview on recent events"</button>
+                <p class="text-sm text-slate-500">"Runs the filter and projection above on the stream's 100 newest events; nothing is saved or delivered."</p>
+            </div>
+            <FormStatus error=last_error(preview.value())/>
+            {move || field_messages().map(|m| view! { <p class="mt-2 text-sm text-red-600" data-testid="preview-error">{m}</p> })}
+            {move || preview.value().get().and_then(Result::ok).map(preview_table)}
+        </section>
+    }
+}
+
+fn preview_table(rows: Vec<PreviewRow>) -> AnyView {
+    if rows.is_empty() {
+        return view! { <p class="mt-3 text-sm text-slate-500">"The stream has no events yet."</p> }.into_any();
+    }
+    let passed = rows.iter().filter(|r| r.outcome == "delivered").count();
+    let failed = rows.iter().filter(|r| r.outcome == "error").count();
+    let json = |v: &serde_json::Value| v.to_string().chars().take(160).collect::<String>();
+    view! {
+        <p class="mt-3 text-sm" data-testid="preview-summary">
+            {format!("{passed} of {} events pass; {failed} cannot be evaluated.", rows.len())}
+        </p>
+        <div class=format!("{CARD} mt-2 overflow-hidden")>
+            <table class="min-w-full divide-y divide-slate-200" data-testid="preview-table">
+                <thead class="bg-slate-50"><tr>
+                    <th class=TH>"Event"</th><th class=TH>"Outcome"</th><th class=TH>"Input"</th><th class=TH>"Sink receives"</th>
+                </tr></thead>
+                <tbody class="divide-y divide-slate-100">
+                    {rows.into_iter().map(|r| {
+                        let badge = match r.outcome.as_str() {
+                            "delivered" => BADGE_CREATE,
+                            "error" => BADGE_DELETE,
+                            _ => BADGE_UPDATE,
+                        };
+                        view! {
+                            <tr>
+                                <td class=format!("{TD} tabular-nums text-slate-500")>{format!("p{} @{}", r.partition, r.offset)}</td>
+                                <td class=TD><span class=badge>{r.outcome.replace('_', " ")}</span></td>
+                                <td class=format!("{TD} font-mono text-xs")>{json(&r.input)}</td>
+                                <td class=format!("{TD} font-mono text-xs")>
+                                    {r.output.as_ref().map(json).or(r.error.clone()).unwrap_or_default()}
+                                </td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </div>
     }
     .into_any()
 }

@@ -8,6 +8,7 @@
 //! commit, so duplicates are bounded by one checkpoint interval.
 
 pub mod dead_letters;
+pub mod preview;
 pub mod registry;
 pub mod supervisor;
 
@@ -34,8 +35,7 @@ pub struct JobSpec {
     pub topic: String,
     pub partitions: u32,
     pub dead_letter_topic: String,
-    pub filter: Option<Filter>,
-    pub projection: Projection,
+    pub transforms: Transforms,
     pub batch_size: usize,
     pub max_latency: Duration,
     pub checkpoint_interval: Duration,
@@ -53,29 +53,62 @@ impl JobSpec {
         stream: &StreamSpec,
     ) -> Result<JobSpec, String> {
         let settings = route.job_settings().map_err(|e| e.to_string())?;
-        let filter = match &route.filter {
-            Some(f) => Some(Filter::compile(f).map_err(|e| format!("filter: {e}"))?),
-            None => None,
-        };
-        let p = &route.projection;
-        let projection = Projection::new(
-            p.keep.iter().map(String::as_str),
-            p.drop.iter().map(String::as_str),
-            p.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
-        );
+        let transforms = Transforms::compile(route.filter.as_deref(), &route.projection)?;
         Ok(JobSpec {
             route_id: route_id.to_owned(),
             route: format!("{team}/{route_name}"),
             topic: stream_topic(team, route.stream.as_str()),
             partitions: stream.partitions,
             dead_letter_topic: dead_letter_topic(team, route_name),
-            filter,
-            projection,
+            transforms,
             batch_size: route.batch_size as usize,
             max_latency: Duration::from_millis(u64::from(route.max_latency_ms)),
             checkpoint_interval: Duration::from_millis(u64::from(settings.checkpoint_interval_ms)),
             start_at: if settings.start_at_latest { StartAt::Latest } else { StartAt::Earliest },
         })
+    }
+}
+
+/// What a route makes of one payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transformed {
+    /// Passed the filter; this is what the sink receives.
+    Deliver(Value),
+    FilteredOut,
+    /// The filter could not be evaluated (e.g. a field it reads is missing).
+    FilterError(String),
+}
+
+/// A route's compiled transforms: filter, then projection. Jobs and the preview share them.
+pub struct Transforms {
+    pub filter: Option<Filter>,
+    pub projection: Projection,
+}
+
+impl Transforms {
+    /// Compiles a declared filter and projection (once per job, not per event).
+    pub fn compile(filter: Option<&str>, projection: &keystone_control::Projection) -> Result<Transforms, String> {
+        let filter = match filter {
+            Some(f) => Some(Filter::compile(f).map_err(|e| format!("filter: {e}"))?),
+            None => None,
+        };
+        let projection = Projection::new(
+            projection.keep.iter().map(String::as_str),
+            projection.drop.iter().map(String::as_str),
+            projection.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
+        );
+        Ok(Transforms { filter, projection })
+    }
+
+    pub fn transform(&self, payload: Value) -> Transformed {
+        if let Some(filter) = &self.filter {
+            match filter.matches(&payload) {
+                Ok(true) => {}
+                Ok(false) => return Transformed::FilteredOut,
+                Err(e) => return Transformed::FilterError(e.to_string()),
+            }
+        }
+        Transformed::Deliver(self.projection.apply(payload))
     }
 }
 
@@ -146,12 +179,12 @@ pub enum JobError {
 
 /// The envelope fields a job reads (see `ingest::prepare`).
 #[derive(Deserialize)]
-struct Envelope {
-    id: String,
-    ingested_at: i64,
+pub(crate) struct Envelope {
+    pub(crate) id: String,
+    pub(crate) ingested_at: i64,
     #[serde(default)]
-    key: Option<String>,
-    payload: Value,
+    pub(crate) key: Option<String>,
+    pub(crate) payload: Value,
 }
 
 /// Exponential backoff with full jitter: 100 ms doubling to 30 s.
@@ -366,28 +399,25 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             Ok(e) => e,
             Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
         };
-        if let Some(filter) = &self.spec.filter {
-            match filter.matches(&envelope.payload) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.stats.filtered_out.fetch_add(1, Ordering::Relaxed);
-                    return Routed::Skip;
-                }
-                Err(e) => {
-                    self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.record_error(format!("filter could not evaluate event {}: {e}", envelope.id));
-                    return Routed::Skip;
-                }
+        match self.spec.transforms.transform(envelope.payload) {
+            Transformed::Deliver(event) => Routed::Deliver(SinkEvent {
+                id: envelope.id,
+                ingested_at: envelope.ingested_at,
+                key: envelope.key,
+                partition: self.partition,
+                offset: r.offset,
+                event,
+            }),
+            Transformed::FilteredOut => {
+                self.stats.filtered_out.fetch_add(1, Ordering::Relaxed);
+                Routed::Skip
+            }
+            Transformed::FilterError(e) => {
+                self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.record_error(format!("filter could not evaluate event {}: {e}", envelope.id));
+                Routed::Skip
             }
         }
-        Routed::Deliver(SinkEvent {
-            id: envelope.id,
-            ingested_at: envelope.ingested_at,
-            key: envelope.key,
-            partition: self.partition,
-            offset: r.offset,
-            event: self.spec.projection.apply(envelope.payload),
-        })
     }
 
     /// Delivers a batch, retrying transient failures with backoff until it goes through.

@@ -1,0 +1,60 @@
+//! The route preview: a route's transforms run against a stream's most recent events, without
+//! delivering anything, so users see what passes and what the sink would receive before saving.
+
+use super::{Envelope, Transformed, Transforms};
+use crate::log::{Log, LogError, StartAt};
+use keystone_control::PreviewRow;
+
+/// The newest `limit` events of `topic` (across its partitions, newest first) through the
+/// transforms.
+pub async fn preview<L: Log>(
+    log: &L,
+    topic: &str,
+    partitions: u32,
+    transforms: &Transforms,
+    limit: usize,
+) -> Result<Vec<PreviewRow>, LogError> {
+    let mut records = Vec::new();
+    for p in 0..partitions {
+        let (earliest, end) =
+            match (log.resolve(topic, p, StartAt::Earliest).await, log.resolve(topic, p, StartAt::Latest).await) {
+                (Ok(e), Ok(l)) => (e, l),
+                // Nothing ingested into this stream yet.
+                (Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. }), _)
+                | (_, Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. })) => continue,
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+        let from = end.saturating_sub(limit as u64).max(earliest);
+        records.extend(log.read(topic, p, from, limit).await?.into_iter().map(|r| (p, r)));
+    }
+    // Newest first: by ingest time, then by envelope id (UUIDv7, ordered within a millisecond).
+    let mut decoded: Vec<_> =
+        records.into_iter().map(|(p, r)| (p, serde_json::from_slice::<Envelope>(&r.value), r)).collect();
+    decoded.sort_by(|(_, a, ra), (_, b, rb)| {
+        let id = |e: &Result<Envelope, serde_json::Error>| e.as_ref().map(|e| e.id.clone()).unwrap_or_default();
+        (rb.timestamp_ms, id(b)).cmp(&(ra.timestamp_ms, id(a)))
+    });
+    decoded.truncate(limit);
+    Ok(decoded
+        .into_iter()
+        .map(|(partition, envelope, r)| {
+            let row = |input, outcome: &str, output, error| PreviewRow {
+                partition,
+                offset: r.offset,
+                ingested_at: r.timestamp_ms,
+                input,
+                outcome: outcome.to_owned(),
+                output,
+                error,
+            };
+            match envelope {
+                Err(e) => row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}"))),
+                Ok(env) => match transforms.transform(env.payload.clone()) {
+                    Transformed::Deliver(out) => row(env.payload, "delivered", Some(out), None),
+                    Transformed::FilteredOut => row(env.payload, "filtered_out", None, None),
+                    Transformed::FilterError(e) => row(env.payload, "error", None, Some(e)),
+                },
+            }
+        })
+        .collect())
+}
