@@ -183,10 +183,16 @@ pub async fn ingest(
     let limits = IngestLimits { max_event_bytes: s.max_event_bytes };
     let records = match prepare(&target, events, key, &event_headers, now_ms(), limits) {
         Ok(r) => r,
-        Err(rejected) => return rejected_response(rejected),
+        Err(rejected) => {
+            s.meter.rejected(&target.topic, rejected.len() as u64);
+            return rejected_response(rejected);
+        }
     };
     match s.log.append(&target.topic, records).await {
-        Ok(offsets) => Json(Accepted { accepted: offsets.len(), offsets }).into_response(),
+        Ok(offsets) => {
+            s.meter.accepted(&target.topic, offsets.len() as u64, body.len() as u64, now_ms());
+            Json(Accepted { accepted: offsets.len(), offsets }).into_response()
+        }
         Err(e) => log_error(e),
     }
 }
@@ -317,4 +323,36 @@ pub async fn events(
         }
         Err(e) => Ok(log_error(e)),
     }
+}
+
+/// A stream's ingest figures: what this server's ingest proxy counted since it started, and the
+/// log's durable end offset per partition (events ever appended).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StreamIngest {
+    pub counted: keystone_control::IngestStats,
+    /// Next offset per partition, i.e. events ever appended to it.
+    pub log_end_offsets: Vec<u64>,
+}
+
+/// Ingest rate and totals of one stream.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/streams/{name}/ingest",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = StreamIngest), (status = 404, body = ErrorBody)))]
+pub async fn stream_stats(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, stream)): Path<(String, String)>,
+) -> Result<Json<StreamIngest>, ApiError> {
+    let object =
+        keystone_control::goal::Goal::new(&s.store, &who).get(keystone_control::Kind::Stream, &team, &stream).await?;
+    let topic = topic_of(&object);
+    Ok(Json(StreamIngest {
+        counted: s.meter.stats(&topic, now_ms()),
+        log_end_offsets: log_ends(s.log.as_ref(), &topic),
+    }))
+}
+
+/// The end offset of every partition of a topic (empty before the topic exists).
+pub fn log_ends(log: &keystone_engine::log::EmbeddedLog, topic: &str) -> Vec<u64> {
+    (0u32..).map_while(|p| log.watch_end(topic, p).ok().map(|w| *w.borrow())).collect()
 }

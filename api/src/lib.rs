@@ -16,6 +16,7 @@ use axum::Router;
 use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::EmbeddedLog;
+use keystone_engine::meter::IngestMeter;
 use std::sync::Arc;
 
 pub use ingest::IngestCache;
@@ -27,6 +28,8 @@ pub struct ApiState {
     pub log: Arc<EmbeddedLog>,
     /// The route jobs this process runs (live numbers).
     pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    /// Per-stream ingest counters.
+    pub meter: Arc<IngestMeter>,
     /// Streams' compiled ingest settings, per revision.
     pub ingest: Arc<IngestCache>,
     /// Largest request body the ingest proxy accepts (413 beyond).
@@ -58,6 +61,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/producer-tokens/{team}/{stream}", get(ingest::list_tokens).post(ingest::create_token))
         .route("/api/v1/producer-tokens/{team}/{stream}/{id}", delete(ingest::revoke_token))
         .route("/api/v1/events/{team}/{stream}", get(ingest::events))
+        .route("/api/v1/teams/{team}/streams/{name}/ingest", get(ingest::stream_stats))
         .route("/api/v1/{*rest}", axum::routing::any(handlers::not_found))
         .route("/ingest/{stream}", post(ingest::ingest).layer(DefaultBodyLimit::max(state.max_body_bytes)))
         .with_state(state)

@@ -5,6 +5,7 @@ use keystone_control::auth::{principal_for_user, LoginLimiter, Principal};
 use keystone_control::store::{now_ms, Store};
 use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::EmbeddedLog;
+use keystone_engine::meter::IngestMeter;
 use leptos::prelude::*;
 use std::sync::Arc;
 use tower_sessions::Session;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub log: Arc<EmbeddedLog>,
     /// The route jobs this process runs (live numbers).
     pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    /// Per-stream ingest counters.
+    pub meter: Arc<IngestMeter>,
 }
 
 pub fn app_state() -> Result<AppState, AppError> {

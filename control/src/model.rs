@@ -836,6 +836,19 @@ pub struct PreviewRow {
     pub error: Option<String>,
 }
 
+/// What the ingest proxy of this process has counted for one stream since it started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct IngestStats {
+    pub accepted: u64,
+    pub bytes: u64,
+    /// Events refused by validation (their requests stored nothing).
+    pub rejected: u64,
+    pub requests: u64,
+    /// Accepted events per second over the last minute.
+    pub events_per_second: f64,
+}
+
 /// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.
 pub fn dead_letter_topic(team: &str, route: &str) -> String {
     format!("_dlq.{team}.{route}")

@@ -212,6 +212,13 @@ test("a route declared in the console delivers ingested events, and its job page
   });
   expect(resp.status()).toBe(200);
 
+  // The stream's page shows the traffic and the newest events.
+  await page.goto(`/streams/alpha/${stream}`);
+  await expect(page.getByTestId("log-events")).toHaveText("40");
+  await expect(page.getByTestId("ingest-accepted")).toHaveText("40");
+  await expect(page.getByTestId("recent-events").locator("tbody tr")).toHaveCount(10);
+  await page.goto(`/routes/alpha/${route}`);
+
   // The job section fills in as the reconciler starts the job and it delivers.
   await expect(async () => {
     await page.reload();

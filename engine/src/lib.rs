@@ -4,6 +4,7 @@
 pub mod ingest;
 pub mod job;
 pub mod log;
+pub mod meter;
 pub mod sinks;
 pub mod transforms;
 

@@ -158,6 +158,30 @@ async fn delivers_filtered_projected_events_in_partition_order_and_checkpoints_a
 }
 
 #[tokio::test]
+async fn a_partition_whose_events_are_all_filtered_out_is_acknowledged_without_waiting_for_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 2).await;
+    // Even events land in partition 0, odd ones in partition 1: the filter drops all of the latter.
+    produce(&log, 2, 0, 40).await;
+    let sink = Arc::new(MemorySink::default());
+    let stats = Arc::new(JobStats::default());
+    let cancel = CancellationToken::new();
+    let job = spec("even", 2, Some("event.n % 2 == 0"), Projection::default(), 100);
+    let task = tokio::spawn(run(
+        job,
+        log.clone(),
+        sink.clone(),
+        Arc::new(MemoryCheckpoints::default()),
+        stats.clone(),
+        cancel.clone(),
+    ));
+    wait_for("both partitions acknowledged", || stats.progress() == 40).await;
+    assert_eq!(ns(&sink).len(), 20);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_restarted_job_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, 2).await;

@@ -15,6 +15,7 @@ use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::EmbeddedLog;
+use keystone_engine::meter::IngestMeter;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::future::Future;
@@ -93,6 +94,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
     spawn_retention(log.clone());
     let jobs = Arc::new(JobRegistry::new(log.clone()));
+    let meter = Arc::new(IngestMeter::default());
     let reconciler =
         Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
     Arc::new(reconciler).spawn();
@@ -104,6 +106,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         session_absolute_ms: settings.session_absolute_hours * 3_600_000,
         log: log.clone(),
         jobs: jobs.clone(),
+        meter: meter.clone(),
     };
 
     let sessions = DbSessionStore::connect(database_url).await?;
@@ -135,6 +138,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         store,
         log,
         jobs: jobs.clone(),
+        meter,
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,

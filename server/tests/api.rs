@@ -647,6 +647,13 @@ mod ingest {
         let (s, body) = send(&app, &token, "plays", "application/json", "{not json").await;
         assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
         assert_eq!(all_events(&app, "plays", 3).await.len(), 5, "nothing of a refused batch is stored");
+        let (s, stats) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/plays/ingest").await;
+        assert_eq!(s, StatusCode::OK, "{stats}");
+        assert_eq!((stats["counted"]["accepted"].as_u64(), stats["counted"]["rejected"].as_u64()), (Some(5), Some(3)));
+        assert_eq!(stats["counted"]["requests"], 3);
+        assert!(stats["counted"]["events_per_second"].as_f64().unwrap() > 0.0);
+        let in_log: u64 = stats["log_end_offsets"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).sum();
+        assert_eq!(in_log, 5);
 
         // Too large a body: 413 in the JSON error shape.
         let huge = format!("[{}]", vec![r#"{"user":"u"}"#; 8000].join(","));

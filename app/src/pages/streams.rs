@@ -3,8 +3,9 @@
 use super::objects::*;
 use crate::components::*;
 use crate::error::AppError;
-use keystone_control::{Kind, Object, ProducerTokenInfo, StreamSpec};
+use keystone_control::{IngestStats, Kind, Object, PreviewRow, ProducerTokenInfo, StreamSpec};
 use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Creates (empty `version`) or updates a stream from the console form.
 #[allow(clippy::too_many_arguments)]
@@ -90,6 +91,7 @@ pub fn StreamsPage() -> impl IntoView {
 pub fn StreamDetailPage() -> impl IntoView {
     view! {
         <ObjectDetailView kind=Kind::Stream/>
+        <StreamActivity/>
         <ProducerTokens/>
     }
 }
@@ -111,6 +113,101 @@ pub async fn create_producer_token(team: String, stream: String, name: String) -
 pub async fn revoke_producer_token(team: String, stream: String, id: String) -> Result<(), AppError> {
     let (store, who) = crate::state::caller().await?;
     Ok(keystone_control::producers::revoke(&store, &who, &team, &stream, &id).await?)
+}
+
+/// What a stream's page shows of its traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamActivityView {
+    pub counted: IngestStats,
+    /// Events ever appended, per partition.
+    pub log_end_offsets: Vec<u64>,
+    /// The newest events (without transforms).
+    pub recent: Vec<PreviewRow>,
+}
+
+#[server]
+pub async fn stream_activity(team: String, name: String) -> Result<StreamActivityView, AppError> {
+    use keystone_control::goal::Goal;
+    use keystone_engine::log::Log;
+    let (store, who) = crate::state::caller().await?;
+    let state = crate::state::app_state()?;
+    let object = Goal::new(&store, &who).get(Kind::Stream, &team, &name).await?;
+    let spec: StreamSpec = object.spec_as().map_err(|_| AppError::Internal)?;
+    let topic = keystone_control::stream_topic(&object.team, &object.name);
+    let everything =
+        keystone_engine::job::Transforms::compile(None, &Default::default()).map_err(|_| AppError::Internal)?;
+    let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &everything, 10)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "Reading recent events failed.");
+            AppError::Internal
+        })?;
+    let log_end_offsets =
+        (0..spec.partitions).map(|p| state.log.watch_end(&topic, p).map(|w| *w.borrow()).unwrap_or(0)).collect();
+    Ok(StreamActivityView {
+        counted: state.meter.stats(&topic, keystone_control::store::now_ms()),
+        log_end_offsets,
+        recent,
+    })
+}
+
+/// Ingest rate and totals, and a sample of the newest events.
+#[component]
+fn StreamActivity() -> impl IntoView {
+    let params = leptos_router::hooks::use_params_map();
+    let data = Resource::new(
+        move || (params.read().get("team").unwrap_or_default(), params.read().get("name").unwrap_or_default()),
+        |(team, name)| stream_activity(team, name),
+    );
+    view! {
+        <section class="mt-8" data-testid="stream-activity">
+            <h2 class="mb-3 text-lg font-medium">"Activity"</h2>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(e) => view! { <LoadError error=e/> }.into_any(),
+                        Ok(a) => {
+                            let in_log: u64 = a.log_end_offsets.iter().sum();
+                            let per_partition = a.log_end_offsets.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+                            view! {
+                                <div class=format!("{CARD} mb-4 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-4")>
+                                    <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events/s (last minute)"</div>
+                                        <div class="text-lg font-semibold tabular-nums" data-testid="ingest-rate">{format!("{:.1}", a.counted.events_per_second)}</div></div>
+                                    <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Accepted since start"</div>
+                                        <div class="text-lg font-semibold tabular-nums" data-testid="ingest-accepted">{a.counted.accepted}</div></div>
+                                    <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Rejected since start"</div>
+                                        <div class="text-lg font-semibold tabular-nums">{a.counted.rejected}</div></div>
+                                    <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events in the log"</div>
+                                        <div class="text-lg font-semibold tabular-nums" data-testid="log-events">{in_log}</div>
+                                        <div class="text-xs text-slate-500">{format!("per partition: {per_partition}")}</div></div>
+                                </div>
+                                {if a.recent.is_empty() {
+                                    view! { <p class="text-sm text-slate-500">"No events yet."</p> }.into_any()
+                                } else {
+                                    view! {
+                                        <div class=format!("{CARD} overflow-hidden")>
+                                            <table class="min-w-full divide-y divide-slate-200" data-testid="recent-events">
+                                                <thead class="bg-slate-50"><tr><th class=TH>"Event"</th><th class=TH>"Ingested"</th><th class=TH>"Payload"</th></tr></thead>
+                                                <tbody class="divide-y divide-slate-100">
+                                                    {a.recent.into_iter().map(|r| view! {
+                                                        <tr>
+                                                            <td class=format!("{TD} tabular-nums text-slate-500")>{format!("p{} @{}", r.partition, r.offset)}</td>
+                                                            <td class=format!("{TD} text-slate-500")>{format_time(r.ingested_at)}</td>
+                                                            <td class=format!("{TD} font-mono text-xs")>{r.input.to_string().chars().take(200).collect::<String>()}</td>
+                                                        </tr>
+                                                    }).collect_view()}
+                                                </tbody>
+                                            </table>
+                                        </div>
+                                    }.into_any()
+                                }}
+                            }.into_any()
+                        }
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
 }
 
 /// The stream's producer tokens: what applications send events with (`POST /ingest/{stream}`).

@@ -334,17 +334,18 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                     Err(e) => return Err(e.into()),
                 };
                 if records.is_empty() {
+                    if batch.is_empty() && dead.is_empty() && scanned > next {
+                        // Only filtered-out events so far: their position is acknowledged too,
+                        // now, since no later batch may come to carry it.
+                        next = scanned;
+                        self.stats.set_acked(self.partition, next);
+                    }
                     // Nothing new: wait for an append, the batch deadline, or cancellation.
                     tokio::select! {
                         changed = end.changed() => changed.map_err(|_| LogError::Closed)?,
                         // Stop gathering; a partial batch is still delivered before stopping.
                         _ = self.cancel.cancelled() => if !batch.is_empty() { break },
                         _ = sleep_until(deadline) => break,
-                    }
-                    if batch.is_empty() && scanned > next {
-                        // Only filtered-out events so far: their position is acknowledged too.
-                        next = scanned;
-                        self.stats.set_acked(self.partition, next);
                     }
                     continue;
                 }

@@ -1,0 +1,80 @@
+//! Per-stream ingest counters: events and bytes accepted, events rejected, and the rate over the
+//! last minute (one-second buckets). Kept in memory by the process that ingests; the log's end
+//! offsets give the durable totals.
+
+use keystone_control::IngestStats;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// Seconds of history the rate is computed over.
+const WINDOW_S: i64 = 60;
+
+#[derive(Default)]
+struct StreamMeter {
+    accepted: u64,
+    bytes: u64,
+    rejected: u64,
+    requests: u64,
+    /// (second since the epoch, events accepted in it), oldest first.
+    recent: VecDeque<(i64, u64)>,
+}
+
+#[derive(Default)]
+pub struct IngestMeter(Mutex<HashMap<String, StreamMeter>>);
+
+impl IngestMeter {
+    /// Counts an acknowledged request.
+    pub fn accepted(&self, topic: &str, events: u64, bytes: u64, now_ms: i64) {
+        let mut all = self.0.lock().expect("meter lock");
+        let m = all.entry(topic.to_owned()).or_default();
+        m.accepted += events;
+        m.bytes += bytes;
+        m.requests += 1;
+        let second = now_ms.div_euclid(1000);
+        match m.recent.back_mut() {
+            Some((s, n)) if *s == second => *n += events,
+            _ => m.recent.push_back((second, events)),
+        }
+        while m.recent.front().is_some_and(|(s, _)| *s <= second - WINDOW_S) {
+            m.recent.pop_front();
+        }
+    }
+
+    /// Counts events refused by validation.
+    pub fn rejected(&self, topic: &str, events: u64) {
+        self.0.lock().expect("meter lock").entry(topic.to_owned()).or_default().rejected += events;
+    }
+
+    pub fn stats(&self, topic: &str, now_ms: i64) -> IngestStats {
+        let all = self.0.lock().expect("meter lock");
+        let Some(m) = all.get(topic) else { return IngestStats::default() };
+        let since = now_ms.div_euclid(1000) - WINDOW_S;
+        let last_minute: u64 = m.recent.iter().filter(|(s, _)| *s > since).map(|(_, n)| n).sum();
+        IngestStats {
+            accepted: m.accepted,
+            bytes: m.bytes,
+            rejected: m.rejected,
+            requests: m.requests,
+            events_per_second: last_minute as f64 / WINDOW_S as f64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_rates_over_the_last_minute() {
+        let m = IngestMeter::default();
+        m.accepted("a.s", 600, 60_000, 1_000_000);
+        m.accepted("a.s", 600, 60_000, 1_030_500);
+        m.rejected("a.s", 3);
+        let s = m.stats("a.s", 1_031_000);
+        assert_eq!((s.accepted, s.bytes, s.rejected, s.requests), (1200, 120_000, 3, 2));
+        assert_eq!(s.events_per_second, 20.0);
+        // A minute later the first burst has left the window.
+        assert_eq!(m.stats("a.s", 1_061_000).events_per_second, 10.0);
+        assert_eq!(m.stats("a.other", 0), IngestStats::default());
+    }
+}
