@@ -446,11 +446,27 @@ pub struct Projection {
     /// Rename fields: old path to new path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rename: BTreeMap<String, String>,
+    /// Data hygiene: replace these fields' values with `"****"` (before keep/drop/rename, so
+    /// paths name the stream's fields).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
+    /// Data hygiene: replace these fields' values with a pseudonym, the hex SHA-256 of the team
+    /// and the value: stable within a team (joins still work), not reversible without guessing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash: Vec<String>,
+    /// Data hygiene: remove fields whose value is null, at any depth (last).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_nulls: bool,
 }
 
 impl Projection {
     pub fn is_empty(&self) -> bool {
-        self.keep.is_empty() && self.drop.is_empty() && self.rename.is_empty()
+        self.keep.is_empty()
+            && self.drop.is_empty()
+            && self.rename.is_empty()
+            && self.mask.is_empty()
+            && self.hash.is_empty()
+            && !self.drop_nulls
     }
 
     /// Every path the projection reads, with the field name to report it under.
@@ -459,6 +475,8 @@ impl Projection {
         out.extend(self.keep.iter().enumerate().map(|(i, p)| (format!("projection.keep[{i}]"), p.as_str())));
         out.extend(self.drop.iter().enumerate().map(|(i, p)| (format!("projection.drop[{i}]"), p.as_str())));
         out.extend(self.rename.keys().map(|p| (format!("projection.rename.{p}"), p.as_str())));
+        out.extend(self.mask.iter().enumerate().map(|(i, p)| (format!("projection.mask[{i}]"), p.as_str())));
+        out.extend(self.hash.iter().enumerate().map(|(i, p)| (format!("projection.hash[{i}]"), p.as_str())));
         out
     }
 }

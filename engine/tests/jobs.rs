@@ -78,7 +78,11 @@ fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projecti
         topic: "alpha.plays".into(),
         partitions,
         dead_letter_topic: format!("_dlq.alpha.{route}"),
-        transforms: Transforms { filter: filter.map(|f| Filter::compile(f).unwrap()), projection },
+        transforms: Transforms {
+            filter: filter.map(|f| Filter::compile(f).unwrap()),
+            hygiene: Default::default(),
+            projection,
+        },
         batch_size: batch,
         max_latency: Duration::from_millis(20),
         checkpoint_interval: Duration::from_millis(50),

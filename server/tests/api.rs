@@ -942,6 +942,14 @@ mod delivery {
             }
         }
         assert_eq!(app.revision_count().await, revisions, "a preview saves nothing");
+        // Hygiene: masked and hashed fields, nulls dropped.
+        let req = json!({"stream": "plays", "projection": {"keep": ["n", "user", "country"], "mask": ["user.email"], "hash": ["country"], "drop_nulls": true}, "limit": 1});
+        let (s, rows) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/route-preview", req).await;
+        assert_eq!(s, StatusCode::OK, "{rows}");
+        let out = &rows[0]["output"];
+        assert_eq!(out["user"]["email"], "****");
+        assert_eq!(out["country"].as_str().unwrap().len(), 64, "{out}");
+        assert_ne!(out["country"], rows[0]["input"]["country"]);
         // Bad transforms get the same field errors as a save; other teams see nothing.
         let (s, body) = app
             .post(

@@ -24,6 +24,9 @@ pub async fn save_route(
     keep: String,
     drop: String,
     rename: String,
+    mask: String,
+    hash: String,
+    drop_nulls: String,
     batch_size: String,
     max_latency_ms: String,
     delivery_on_redeploy: String,
@@ -58,7 +61,14 @@ pub async fn save_route(
         stream,
         sink,
         filter: Some(filter.trim().to_owned()).filter(|f| !f.is_empty()),
-        projection: Projection { keep: split_list(&keep), drop: split_list(&drop), rename },
+        projection: Projection {
+            keep: split_list(&keep),
+            drop: split_list(&drop),
+            rename,
+            mask: split_list(&mask),
+            hash: split_list(&hash),
+            drop_nulls: drop_nulls == "yes",
+        },
         batch_size,
         max_latency_ms,
         delivery_on_redeploy: delivery,
@@ -78,6 +88,7 @@ pub async fn save_route(
 
 /// Runs the route's filter and projection, as typed in the form, against the stream's 100 newest
 /// events. Saves nothing.
+#[allow(clippy::too_many_arguments)]
 #[server]
 pub async fn preview_route(
     team: String,
@@ -86,6 +97,9 @@ pub async fn preview_route(
     keep: String,
     drop: String,
     rename: String,
+    mask: String,
+    hash: String,
+    drop_nulls: String,
 ) -> Result<Vec<PreviewRow>, AppError> {
     use keystone_control::goal::Goal;
     use keystone_control::Projection;
@@ -96,10 +110,17 @@ pub async fn preview_route(
     if !e.is_empty() {
         return Err(AppError::Invalid(e));
     }
-    let projection = Projection { keep: split_list(&keep), drop: split_list(&drop), rename };
+    let projection = Projection {
+        keep: split_list(&keep),
+        drop: split_list(&drop),
+        rename,
+        mask: split_list(&mask),
+        hash: split_list(&hash),
+        drop_nulls: drop_nulls == "yes",
+    };
     let filter = Some(filter.trim()).filter(|f| !f.is_empty());
     let (object, spec) = Goal::new(&store, &who).preview_target(&team, stream.trim(), filter, &projection).await?;
-    let transforms = keystone_engine::job::Transforms::compile(filter, &projection)
+    let transforms = keystone_engine::job::Transforms::compile(filter, &projection, &team)
         .map_err(|msg| AppError::Invalid(keystone_control::ValidationErrors::single("filter", msg)))?;
     let topic = keystone_control::stream_topic(&object.team, &object.name);
     keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &transforms, 100).await.map_err(
@@ -376,6 +397,14 @@ fn route_form(t: FormTarget) -> AnyView {
             </div>
             <Field label="Rename fields" name="rename" kind="textarea" error_key="projection.rename" errors
                 value=get(|r| lines(&r.projection.rename), "") help="One old.path=new.path per line."/>
+            <div class="grid grid-cols-3 gap-4">
+                <Field label="Mask fields" name="mask" error_key="projection.mask" errors
+                    value=get(|r| r.projection.mask.join(", "), "") help="Values become ****. Stream field paths."/>
+                <Field label="Hash fields" name="hash" error_key="projection.hash" errors
+                    value=get(|r| r.projection.hash.join(", "), "") help="Values become a SHA-256 pseudonym, stable within the team."/>
+                <Field label="Drop null fields" name="drop_nulls" kind="select:no,yes" errors
+                    value=get(|r| if r.projection.drop_nulls { "yes".into() } else { "no".into() }, "no")/>
+            </div>
             <div class="grid grid-cols-2 gap-4">
                 <Field label="Batch size" name="batch_size" kind="number" errors
                     value=get(|r| r.batch_size.to_string(), "500")/>
@@ -422,6 +451,9 @@ fn RoutePreview() -> impl IntoView {
             keep: form_value("keep"),
             drop: form_value("drop"),
             rename: form_value("rename"),
+            mask: form_value("mask"),
+            hash: form_value("hash"),
+            drop_nulls: form_value("drop_nulls"),
         });
     };
     let field_messages = move || {

@@ -135,7 +135,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
     let spec: StreamSpec = object.spec_as().map_err(|_| AppError::Internal)?;
     let topic = keystone_control::stream_topic(&object.team, &object.name);
     let everything =
-        keystone_engine::job::Transforms::compile(None, &Default::default()).map_err(|_| AppError::Internal)?;
+        keystone_engine::job::Transforms::compile(None, &Default::default(), &team).map_err(|_| AppError::Internal)?;
     let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &everything, 10)
         .await
         .map_err(|e| {

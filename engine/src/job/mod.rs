@@ -14,7 +14,7 @@ pub mod supervisor;
 
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
-use crate::transforms::{Filter, Projection};
+use crate::transforms::{Filter, Hygiene, Projection};
 use keystone_control::{dead_letter_topic, stream_topic, RouteSpec, StreamSpec};
 use rand::Rng;
 use serde::Deserialize;
@@ -53,7 +53,7 @@ impl JobSpec {
         stream: &StreamSpec,
     ) -> Result<JobSpec, String> {
         let settings = route.job_settings().map_err(|e| e.to_string())?;
-        let transforms = Transforms::compile(route.filter.as_deref(), &route.projection)?;
+        let transforms = Transforms::compile(route.filter.as_deref(), &route.projection, team)?;
         Ok(JobSpec {
             route_id: route_id.to_owned(),
             route: format!("{team}/{route_name}"),
@@ -79,28 +79,41 @@ pub enum Transformed {
     FilterError(String),
 }
 
-/// A route's compiled transforms: filter, then projection. Jobs and the preview share them.
+/// A route's compiled transforms, in order: filter, masking and hashing, projection, dropping
+/// nulls. Jobs and the preview share them.
 pub struct Transforms {
     pub filter: Option<Filter>,
+    pub hygiene: Hygiene,
     pub projection: Projection,
 }
 
 impl Transforms {
-    /// Compiles a declared filter and projection (once per job, not per event).
-    pub fn compile(filter: Option<&str>, projection: &keystone_control::Projection) -> Result<Transforms, String> {
+    /// Compiles a declared filter and projection (once per job, not per event). `team` scopes the
+    /// pseudonyms of hashed fields.
+    pub fn compile(
+        filter: Option<&str>,
+        projection: &keystone_control::Projection,
+        team: &str,
+    ) -> Result<Transforms, String> {
         let filter = match filter {
             Some(f) => Some(Filter::compile(f).map_err(|e| format!("filter: {e}"))?),
             None => None,
         };
+        let hygiene = Hygiene::new(
+            projection.mask.iter().map(String::as_str),
+            projection.hash.iter().map(String::as_str),
+            projection.drop_nulls,
+            team,
+        );
         let projection = Projection::new(
             projection.keep.iter().map(String::as_str),
             projection.drop.iter().map(String::as_str),
             projection.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
         );
-        Ok(Transforms { filter, projection })
+        Ok(Transforms { filter, hygiene, projection })
     }
 
-    pub fn transform(&self, payload: Value) -> Transformed {
+    pub fn transform(&self, mut payload: Value) -> Transformed {
         if let Some(filter) = &self.filter {
             match filter.matches(&payload) {
                 Ok(true) => {}
@@ -108,7 +121,10 @@ impl Transforms {
                 Err(e) => return Transformed::FilterError(e.to_string()),
             }
         }
-        Transformed::Deliver(self.projection.apply(payload))
+        self.hygiene.before(&mut payload);
+        let mut out = self.projection.apply(payload);
+        self.hygiene.after(&mut out);
+        Transformed::Deliver(out)
     }
 }
 
