@@ -122,6 +122,30 @@ impl<'a> Goal<'a> {
         Ok(self.store.history(&o.id).await?)
     }
 
+    /// A stream sink's target must exist, and the caller must be allowed to edit its team: a
+    /// sink into another team's stream is that team's producer.
+    async fn check_stream_target(
+        &self,
+        tx: &mut WriteTx,
+        own_team: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<(), GoalError> {
+        let target = settings.get("stream").map(String::as_str).unwrap_or_default();
+        let t = StreamRef::parse(target, own_team).map_err(|msg| ValidationErrors::single("settings.stream", msg))?;
+        let missing = || ValidationErrors::single("settings.stream", format!("no stream named {target:?}"));
+        let team =
+            tx.get(Kind::Team, "", &t.team).await?.filter(|team| self.who.can_read(&team.id)).ok_or_else(missing)?;
+        tx.get(Kind::Stream, &team.id, &t.stream).await?.ok_or_else(missing)?;
+        if !self.who.can_write(Kind::Stream, &team.id) {
+            return Err(ValidationErrors::single(
+                "settings.stream",
+                format!("you may not write to team {:?}'s streams", t.team),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// The stream a route preview reads, after checking the transforms as a save would (the
     /// caller only needs read access: a preview changes nothing).
     pub async fn preview_target(
@@ -237,6 +261,9 @@ impl<'a> Goal<'a> {
                     _ => BTreeMap::new(),
                 };
                 input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
+                if input.kind == SinkKind::Stream {
+                    self.check_stream_target(&mut tx, &team_name, &input.settings).await?;
+                }
                 let mut secrets = kept;
                 for (k, v) in input.secrets.iter().filter(|(_, v)| !v.is_empty()) {
                     secrets.insert(k.clone(), SecretRef { set_in_version: version });
@@ -253,6 +280,18 @@ impl<'a> Goal<'a> {
                 }
                 if tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?.is_none() {
                     e.add("sink", format!("no sink named {:?} in team {team_name:?}", r.sink.as_str()));
+                }
+                // A route must not feed the stream it reads: every event would come round forever.
+                let sink = tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?;
+                if let Some(target) = sink
+                    .and_then(|s| s.spec_as::<SinkSpec>().ok())
+                    .and_then(|s| (s.kind == SinkKind::Stream).then(|| s.settings.get("stream").cloned()).flatten())
+                {
+                    if StreamRef::parse(&target, &team_name)
+                        .is_ok_and(|t| t.team == team_name && t.stream == r.stream.as_str())
+                    {
+                        e.add("sink", "delivers into the stream this route reads, which would loop forever");
+                    }
                 }
                 let stream = tx.get(Kind::Stream, &team_id, r.stream.as_str()).await?;
                 let schema = stream.and_then(|s| s.spec_as::<StreamSpec>().ok()).and_then(|s| s.schema);

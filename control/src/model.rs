@@ -193,6 +193,8 @@ pub enum SinkKind {
     File,
     /// Upserts events into a PostgreSQL table, keyed by event id.
     Postgres,
+    /// Appends events to another Keystone stream (re-routing, e.g. to feed a downstream team).
+    Stream,
 }
 
 /// One setting a sink kind understands.
@@ -204,13 +206,14 @@ pub struct SettingDoc {
 }
 
 impl SinkKind {
-    pub const ALL: [SinkKind; 3] = [SinkKind::Http, SinkKind::File, SinkKind::Postgres];
+    pub const ALL: [SinkKind; 4] = [SinkKind::Http, SinkKind::File, SinkKind::Postgres, SinkKind::Stream];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SinkKind::Http => "http",
             SinkKind::File => "file",
             SinkKind::Postgres => "postgres",
+            SinkKind::Stream => "stream",
         }
     }
 
@@ -237,6 +240,11 @@ impl SinkKind {
                 help: "relative directory under the data directory's sinks/ folder",
             }],
             SinkKind::Postgres => &[SettingDoc { key: "table", required: true, help: "target table name" }],
+            SinkKind::Stream => &[SettingDoc {
+                key: "stream",
+                required: true,
+                help: "target stream: a name in the same team, or team/name (you must be able to edit that team)",
+            }],
         }
     }
 
@@ -246,7 +254,7 @@ impl SinkKind {
             SinkKind::Http => {
                 &[SettingDoc { key: "authorization", required: false, help: "value of the Authorization header" }]
             }
-            SinkKind::File => &[],
+            SinkKind::File | SinkKind::Stream => &[],
             SinkKind::Postgres => {
                 &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }]
             }
@@ -257,6 +265,30 @@ impl SinkKind {
 impl fmt::Display for SinkKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A stream named by a stream sink: `name` (the sink's own team) or `team/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRef {
+    pub team: String,
+    pub stream: String,
+}
+
+impl StreamRef {
+    /// Parses a target, defaulting the team to `own_team`.
+    pub fn parse(target: &str, own_team: &str) -> Result<StreamRef, String> {
+        let (team, stream) = match target.split_once('/') {
+            Some((t, s)) => (t, s),
+            None => (own_team, target),
+        };
+        for part in [team, stream].into_iter().filter(|p| !p.is_empty()) {
+            Name::parse(part).map_err(|e| format!("{part:?}: {e}"))?;
+        }
+        if stream.is_empty() || (target.contains('/') && team.is_empty()) {
+            return Err("must be a stream name or team/stream".into());
+        }
+        Ok(StreamRef { team: team.to_owned(), stream: stream.to_owned() })
     }
 }
 
@@ -359,6 +391,13 @@ impl SinkInput {
                         || p.contains('\0');
                     if bad {
                         e.add("settings.path", "must be a relative path without '..' or empty segments");
+                    }
+                }
+            }
+            SinkKind::Stream => {
+                if let Some(target) = setting("stream") {
+                    if let Err(msg) = StreamRef::parse(target, "") {
+                        e.add("settings.stream", msg);
                     }
                 }
             }

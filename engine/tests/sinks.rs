@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use keystone_control::{SinkKind, SinkSpec};
-use keystone_engine::sinks::{AnySink, Sink, SinkError, SinkEvent};
+use keystone_engine::log::{EmbeddedLog, Log, Retention};
+use keystone_engine::sinks::{AnySink, Appender, Sink, SinkError, SinkEvent};
 use serde_json::{json, Value};
 use sqlx::Connection;
 use std::collections::BTreeMap;
@@ -34,7 +35,8 @@ fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir
         secrets: BTreeMap::new(),
     };
     let secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    AnySink::build(&spec, &secrets, dir).unwrap()
+    let log: Arc<dyn Appender> = Arc::new(EmbeddedLog::open(dir.join("log"), Default::default()).unwrap());
+    AnySink::build(&spec, "alpha", &secrets, dir, &log).unwrap()
 }
 
 /// The shared part: a batch goes through, and the same batch again goes through too.
@@ -191,4 +193,38 @@ async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
     drop(s);
     drop(missing);
     let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await;
+}
+
+#[tokio::test]
+async fn stream_sink_re_routes_events_into_another_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(EmbeddedLog::open(dir.path().join("log"), Default::default()).unwrap());
+    let spec = SinkSpec {
+        kind: SinkKind::Stream,
+        description: String::new(),
+        settings: BTreeMap::from([("stream".to_owned(), "beta/plays".to_owned())]),
+        secrets: BTreeMap::new(),
+    };
+    let appender: Arc<dyn Appender> = log.clone();
+    let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender).unwrap();
+    let mut batch = events(10);
+    batch[3].key = Some("user-7".into());
+    // No topic yet: transient (the reconciler creates it), never a refusal.
+    assert!(matches!(s.deliver(&batch).await, Err(SinkError::Transient(m)) if m.contains("no topic")));
+    let keep = Retention { max_age_ms: i64::MAX, max_bytes_per_partition: None };
+    log.ensure_topic("beta.plays", 3, keep).await.unwrap();
+    accepts_a_batch_and_its_redelivery(&s, &batch).await;
+    let mut stored = Vec::new();
+    for p in 0..3 {
+        for r in log.read("beta.plays", p, 0, 100).await.unwrap() {
+            stored.push((p, serde_json::from_slice::<Value>(&r.value).unwrap()));
+        }
+    }
+    assert_eq!(stored.len(), 20, "at-least-once: the redelivered batch is appended again");
+    let copies: Vec<&(u32, Value)> = stored.iter().filter(|(_, e)| e["id"] == batch[3].id).collect();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0].0, copies[1].0, "a redelivered event lands in the same partition");
+    let e = &copies[0].1;
+    assert_eq!((e["stream"].as_str(), e["key"].as_str()), (Some("beta/plays"), Some("user-7")));
+    assert_eq!(e["payload"], batch[3].event);
 }

@@ -14,7 +14,7 @@ use keystone_engine::job::registry::{JobRegistry, RunningJob};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
 use keystone_engine::log::{EmbeddedLog, Log, Retention};
-use keystone_engine::sinks::AnySink;
+use keystone_engine::sinks::{AnySink, Appender};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -179,7 +179,9 @@ impl Reconciler {
         let (spec, task) = match built {
             Ok((spec, sink_spec, secrets, policy)) => {
                 let data_dir = self.data_dir.clone();
-                let make_sink = move || AnySink::build(&sink_spec, &secrets, &data_dir);
+                let team = sink.team.clone();
+                let appender: Arc<dyn Appender> = self.log.clone();
+                let make_sink = move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender);
                 let task = tokio::spawn(supervise(
                     spec.clone(),
                     self.log.clone(),

@@ -917,6 +917,77 @@ mod delivery {
     }
 
     #[tokio::test]
+    async fn a_stream_sink_feeds_another_teams_stream_and_its_routes() {
+        let app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        let (s, _) = app
+            .post(
+                &app.beta,
+                "/api/v1/teams/beta/streams",
+                json!({"name": "br-plays", "spec": {"partitions": 1, "retention_hours": 24}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        // alice is not in team beta: its streams do not exist for her, so the sink is refused.
+        let into_beta = json!({"name": "to-beta", "spec": {"kind": "stream", "settings": {"stream": "beta/br-plays"}}});
+        let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sinks", into_beta.clone()).await;
+        assert_eq!(
+            (s, body["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("settings.stream")),
+            "{body}"
+        );
+        assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains("no stream named"), "{body}");
+        let (s, body) = app
+            .post(
+                &app.alpha,
+                "/api/v1/teams/alpha/sinks",
+                json!({"name": "nowhere", "spec": {"kind": "stream", "settings": {"stream": "missing"}}}),
+            )
+            .await;
+        assert_eq!((s, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("settings.stream")));
+        // An admin (whose reach covers both teams) may wire alpha's route into beta's stream.
+        let root = Principal { user_id: "root".into(), display: "root".into(), role: Role::Admin, teams: vec![] };
+        let spec = json!({"kind": "stream", "settings": {"stream": "beta/br-plays"}});
+        let decl = Declaration::from_json(Kind::Sink, spec).unwrap();
+        Goal::new(&app.store, &root).create("alpha", "to-beta", decl, "share BR plays with beta").await.unwrap();
+        // A route may not feed the stream it reads.
+        declare(&app, "sinks", "loop", json!({"kind": "stream", "settings": {"stream": "plays"}})).await;
+        let (s, body) = app
+            .post(
+                &app.alpha,
+                "/api/v1/teams/alpha/routes",
+                json!({"name": "loop", "spec": {"stream": "plays", "sink": "loop"}}),
+            )
+            .await;
+        assert_eq!((s, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("sink")), "{body}");
+        declare(&app, "routes", "share-br", json!({"stream": "plays", "sink": "to-beta", "filter": "event.country == \"BR\"", "projection": {"keep": ["n"]}, "max_latency_ms": 20})).await;
+        let (s, _) = app
+            .post(
+                &app.beta,
+                "/api/v1/teams/beta/sinks",
+                json!({"name": "lake", "spec": {"kind": "file", "settings": {"path": "beta"}}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, _) = app
+            .post(
+                &app.beta,
+                "/api/v1/teams/beta/routes",
+                json!({"name": "keep", "spec": {"stream": "br-plays", "sink": "lake", "max_latency_ms": 20}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..400)).await;
+        eventually("beta's file sink to get alpha's BR events", || async { sink_lines(&app, "beta").len() == 100 })
+            .await;
+        let mut ns: Vec<u64> = sink_lines(&app, "beta").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+        ns.sort();
+        assert_eq!(ns, (0..400).filter(|n| n % 4 == 0).collect::<Vec<_>>());
+        app.teardown().await;
+    }
+
+    #[tokio::test]
     async fn the_preview_runs_unsaved_transforms_on_recent_events() {
         let app = spawn_app(Db::Sqlite).await;
         let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}, "country": {"type": "string"}, "user": {"type": "object"}}});

@@ -21,6 +21,7 @@ pub async fn save_sink(
     setting_index: String,
     setting_path: String,
     setting_table: String,
+    setting_stream: String,
     secret_authorization: String,
     secret_url: String,
     reason: String,
@@ -52,6 +53,7 @@ pub async fn save_sink(
             ("index", setting_index),
             ("path", setting_path),
             ("table", setting_table),
+            ("stream", setting_stream),
         ]),
         secrets: non_empty(&[("authorization", secret_authorization), ("url", secret_url)]),
     };
@@ -70,7 +72,13 @@ fn summary(o: &Object) -> Vec<String> {
     match o.spec_as::<SinkSpec>() {
         Ok(s) => vec![
             s.kind.to_string(),
-            s.settings.get("url").or(s.settings.get("path")).or(s.settings.get("table")).cloned().unwrap_or_default(),
+            s.settings
+                .get("url")
+                .or(s.settings.get("path"))
+                .or(s.settings.get("table"))
+                .or(s.settings.get("stream"))
+                .cloned()
+                .unwrap_or_default(),
         ],
         Err(_) => vec![String::new(); 2],
     }
@@ -81,7 +89,7 @@ pub fn SinksPage() -> impl IntoView {
     view! {
         <ObjectList
             kind=Kind::Sink
-            subtitle="Managed destinations: HTTP endpoints, files, PostgreSQL tables."
+            subtitle="Managed destinations: HTTP endpoints, files, PostgreSQL tables, other streams."
             headers=&["Kind", "Target"]
             summary=summary
         />
@@ -114,7 +122,7 @@ fn sink_form(t: FormTarget) -> AnyView {
         <FormStatus error=last_error(save.value())/>
         <ActionForm action=save attr:class=FORM>
             <IdentityFields target=t.clone() errors/>
-            <Field label="Kind" name="kind" kind="select:http,file,postgres" value=kind errors/>
+            <Field label="Kind" name="kind" kind="select:http,file,postgres,stream" value=kind errors/>
             <Field label="Description" name="description" errors
                 value=spec.as_ref().map(|s| s.description.clone()).unwrap_or_default()/>
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
@@ -141,6 +149,11 @@ fn sink_form(t: FormTarget) -> AnyView {
                 <Field label="Table" name="setting_table" error_key="settings.table" errors value=setting("table")/>
                 <Field label="Connection URL (secret)" name="secret_url" kind="password" error_key="secrets.url"
                     errors help=secret_help("url")/>
+            </fieldset>
+            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
+                <legend class="px-1 text-sm font-medium text-slate-600">"Stream (re-routing)"</legend>
+                <Field label="Target stream" name="setting_stream" error_key="settings.stream" errors value=setting("stream")
+                    help="A stream of this team, or team/stream of a team you can edit."/>
             </fieldset>
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save sink"</button>

@@ -11,6 +11,7 @@
 pub mod file;
 pub mod http;
 pub mod postgres;
+pub mod stream;
 
 use keystone_control::{SinkKind, SinkSpec};
 use serde::Serialize;
@@ -18,10 +19,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use file::{FileSink, FileSinkConfig};
 pub use http::{HttpSink, HttpSinkConfig};
 pub use postgres::{PostgresSink, PostgresSinkConfig};
+pub use stream::{Appender, StreamSink, StreamSinkConfig};
 
 /// One event as a sink receives it: the envelope's identity and the projected payload.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,17 +85,27 @@ pub enum AnySink {
     File(FileSink),
     Http(HttpSink),
     Postgres(PostgresSink),
+    Stream(StreamSink),
 }
 
 impl AnySink {
-    /// Builds the sink a declaration describes. `secrets` are the sink's current secret values;
-    /// `data_dir` roots file sinks.
-    pub fn build(spec: &SinkSpec, secrets: &BTreeMap<String, String>, data_dir: &Path) -> Result<AnySink, ConfigError> {
+    /// Builds the sink a declaration describes, for a sink of team `team`. `secrets` are the
+    /// sink's current secret values; `data_dir` roots file sinks; stream sinks append to `log`.
+    pub fn build(
+        spec: &SinkSpec,
+        team: &str,
+        secrets: &BTreeMap<String, String>,
+        data_dir: &Path,
+        log: &Arc<dyn Appender>,
+    ) -> Result<AnySink, ConfigError> {
         Ok(match spec.kind {
             SinkKind::File => AnySink::File(FileSink::new(FileSinkConfig::from_spec(&spec.settings, data_dir)?)),
             SinkKind::Http => AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?)?),
             SinkKind::Postgres => {
                 AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?)?)
+            }
+            SinkKind::Stream => {
+                AnySink::Stream(StreamSink::new(StreamSinkConfig::from_spec(&spec.settings, team)?, log.clone()))
             }
         })
     }
@@ -104,6 +117,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.deliver(batch).await,
             AnySink::Http(s) => s.deliver(batch).await,
             AnySink::Postgres(s) => s.deliver(batch).await,
+            AnySink::Stream(s) => s.deliver(batch).await,
         }
     }
 }

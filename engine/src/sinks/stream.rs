@@ -1,0 +1,97 @@
+//! Stream sink: re-routing into another Keystone stream, which is how a route feeds a
+//! downstream team. Each event keeps its id and key and gets a new envelope (the target stream,
+//! a new ingest time) around the projected payload. Its partition follows its key, or its id when
+//! it has none, so a redelivered batch lands in the same partitions. Redelivery appends again:
+//! downstream routes may see an id twice (at-least-once), which idempotent sinks absorb.
+
+use super::{ConfigError, Sink, SinkError, SinkEvent};
+use crate::ingest::partition_for_key;
+use crate::log::{Log, LogError, NewRecord};
+use keystone_control::{stream_topic, StreamRef};
+use serde_json::{json, Map};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// An append in flight: the `(partition, offset)` of each record, or why none was kept.
+pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<Vec<(u32, u64)>, LogError>> + Send + 'a>>;
+
+/// The part of a log a stream sink needs, object-safe so sinks need not be generic over the log.
+pub trait Appender: Send + Sync + 'static {
+    /// The topic's partition count, if it exists.
+    fn partitions(&self, topic: &str) -> Option<u32>;
+    fn append_records<'a>(&'a self, topic: &'a str, records: Vec<NewRecord>) -> Appending<'a>;
+}
+
+impl<L: Log> Appender for L {
+    fn partitions(&self, topic: &str) -> Option<u32> {
+        let n = (0u32..).take_while(|p| self.watch_end(topic, *p).is_ok()).count() as u32;
+        (n > 0).then_some(n)
+    }
+
+    fn append_records<'a>(&'a self, topic: &'a str, records: Vec<NewRecord>) -> Appending<'a> {
+        Box::pin(self.append(topic, records))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSinkConfig {
+    pub target: StreamRef,
+}
+
+impl StreamSinkConfig {
+    /// `team` is the sink's own team, the default of a bare stream name.
+    pub fn from_spec(settings: &BTreeMap<String, String>, team: &str) -> Result<StreamSinkConfig, ConfigError> {
+        let target = super::required(settings, "settings", "stream")?;
+        let target = StreamRef::parse(target, team).map_err(|m| ConfigError::new("settings.stream", m))?;
+        Ok(StreamSinkConfig { target })
+    }
+}
+
+pub struct StreamSink {
+    topic: String,
+    stream: String,
+    log: Arc<dyn Appender>,
+}
+
+impl StreamSink {
+    pub fn new(config: StreamSinkConfig, log: Arc<dyn Appender>) -> StreamSink {
+        let StreamRef { team, stream } = config.target;
+        StreamSink { topic: stream_topic(&team, &stream), stream: format!("{team}/{stream}"), log }
+    }
+}
+
+impl Sink for StreamSink {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        let Some(partitions) = self.log.partitions(&self.topic) else {
+            return Err(SinkError::Transient(format!("stream {} has no topic yet", self.stream)));
+        };
+        let now = crate::now_ms();
+        let records = batch
+            .iter()
+            .map(|e| {
+                let routing = e.key.as_deref().unwrap_or(&e.id);
+                let envelope = json!({
+                    "id": e.id,
+                    "stream": self.stream,
+                    "ingested_at": now,
+                    "key": e.key,
+                    "headers": Map::new(),
+                    "payload": e.event,
+                });
+                NewRecord {
+                    partition: partition_for_key(routing.as_bytes(), partitions),
+                    timestamp_ms: now,
+                    key: e.key.clone().map(String::into_bytes),
+                    value: envelope.to_string().into_bytes(),
+                }
+            })
+            .collect();
+        self.log
+            .append_records(&self.topic, records)
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError::Transient(format!("appending to stream {} failed: {e}", self.stream)))
+    }
+}
