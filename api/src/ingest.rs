@@ -19,6 +19,7 @@ use keystone_control::store::now_ms;
 use keystone_control::{Object, ProducerTokenInfo, StreamSpec, ValidationErrors};
 use keystone_engine::ingest::{parse_body, prepare, BodyFormat, IngestLimits, IngestTarget, Rejection};
 use keystone_engine::log::{Log, LogError, Retention};
+use keystone_engine::quota::{Quota, Refusal};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,7 @@ impl IngestCache {
             key_field: spec.key_field,
             schema,
             round_robin: AtomicU32::new(0),
+            quota: spec.max_events_per_second.map(|q| Quota::per_second(q, std::time::Instant::now())),
         });
         let mut cache = self.0.lock().expect("ingest cache");
         cache.retain(|(id, _), _| id != &stream.id);
@@ -188,6 +190,26 @@ pub async fn ingest(
             return rejected_response(rejected);
         }
     };
+    if let Some(quota) = &target.quota {
+        match quota.take(records.len() as u64, std::time::Instant::now()) {
+            Ok(()) => {}
+            Err(Refusal::TooLarge { burst }) => {
+                let msg = format!("the stream's quota allows at most {burst} events per request; send smaller batches");
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg);
+            }
+            Err(Refusal::Wait(wait)) => {
+                s.meter.throttled(&target.topic, records.len() as u64);
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("the stream is over its ingest quota; nothing was stored, retry in {secs} s"),
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+                return r;
+            }
+        }
+    }
     match s.log.append(&target.topic, records).await {
         Ok(offsets) => {
             s.meter.accepted(&target.topic, offsets.len() as u64, body.len() as u64, now_ms());

@@ -149,6 +149,10 @@ pub struct StreamSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "store", schema(value_type = Option<Object>))]
     pub schema: Option<serde_json::Value>,
+    /// Optional ingest quota: events per second (bursts of two seconds' worth); beyond it
+    /// producers get 429 with Retry-After.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events_per_second: Option<u32>,
 }
 
 impl StreamSpec {
@@ -172,6 +176,9 @@ impl StreamSpec {
             if !(s.is_object() || s.is_boolean()) {
                 e.add("schema", "must be a JSON object (a JSON Schema)");
             }
+        }
+        if let Some(q) = self.max_events_per_second {
+            check_range(&mut e, "max_events_per_second", q, QUOTA_MAX);
         }
         e.into_result(())
     }
@@ -521,6 +528,7 @@ impl Projection {
 }
 
 pub const BATCH_SIZE_MAX: u32 = 10_000;
+pub const QUOTA_MAX: u32 = 10_000_000;
 pub const MAX_LATENCY_MS_MAX: u32 = 600_000;
 
 /// A route: events of one stream, filtered and projected, delivered to one sink.
@@ -901,6 +909,8 @@ pub struct IngestStats {
     pub bytes: u64,
     /// Events refused by validation (their requests stored nothing).
     pub rejected: u64,
+    /// Events refused for the stream's quota (429).
+    pub throttled: u64,
     pub requests: u64,
     /// Accepted events per second over the last minute.
     pub events_per_second: f64,
@@ -923,6 +933,7 @@ mod tests {
             retention_bytes: None,
             key_field: None,
             schema: None,
+            max_events_per_second: None,
         }
     }
 

@@ -21,6 +21,8 @@ pub struct IngestTarget {
     pub schema: Option<jsonschema::Validator>,
     /// Spreads unkeyed events over the partitions.
     pub round_robin: AtomicU32,
+    /// The stream's ingest quota, if it declares one.
+    pub quota: Option<crate::quota::Quota>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +220,7 @@ mod tests {
             key_field: key_field.map(str::to_owned),
             schema: schema.map(|s| jsonschema::validator_for(&s).unwrap()),
             round_robin: AtomicU32::new(0),
+            quota: None,
         }
     }
     const LIMITS: IngestLimits = IngestLimits { max_event_bytes: 200 };

@@ -5,6 +5,7 @@ pub mod ingest;
 pub mod job;
 pub mod log;
 pub mod meter;
+pub mod quota;
 pub mod sinks;
 pub mod transforms;
 

@@ -14,6 +14,7 @@ struct StreamMeter {
     accepted: u64,
     bytes: u64,
     rejected: u64,
+    throttled: u64,
     requests: u64,
     /// (second since the epoch, events accepted in it), oldest first.
     recent: VecDeque<(i64, u64)>,
@@ -45,6 +46,11 @@ impl IngestMeter {
         self.0.lock().expect("meter lock").entry(topic.to_owned()).or_default().rejected += events;
     }
 
+    /// Counts events refused for the stream's quota.
+    pub fn throttled(&self, topic: &str, events: u64) {
+        self.0.lock().expect("meter lock").entry(topic.to_owned()).or_default().throttled += events;
+    }
+
     pub fn stats(&self, topic: &str, now_ms: i64) -> IngestStats {
         let all = self.0.lock().expect("meter lock");
         let Some(m) = all.get(topic) else { return IngestStats::default() };
@@ -54,6 +60,7 @@ impl IngestMeter {
             accepted: m.accepted,
             bytes: m.bytes,
             rejected: m.rejected,
+            throttled: m.throttled,
             requests: m.requests,
             events_per_second: last_minute as f64 / WINDOW_S as f64,
         }

@@ -692,6 +692,48 @@ mod ingest {
     }
 
     #[tokio::test]
+    async fn a_stream_over_its_quota_answers_429_and_stores_nothing() {
+        let app = spawn_app(Db::Sqlite).await;
+        let spec = json!({"partitions": 1, "retention_hours": 24, "max_events_per_second": 100});
+        assert_eq!(
+            app.post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": "q", "spec": spec})).await.0,
+            StatusCode::CREATED
+        );
+        let bad = json!({"name": "q2", "spec": {"partitions": 1, "retention_hours": 24, "max_events_per_second": 0}});
+        let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", bad).await;
+        assert_eq!(
+            (s, body["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("max_events_per_second"))
+        );
+        let token = producer_token(&app, "q").await;
+        let batch = |n: usize| format!("[{}]", vec![r#"{"a":1}"#; n].join(","));
+        // Two seconds' worth passes as a burst, then the bucket is empty.
+        let (s, _) = send(&app, &token, "q", "application/json", batch(190)).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, body) = send(&app, &token, "q", "application/json", batch(100)).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+            "{body}"
+        );
+        assert_eq!(body["retry_after"], true);
+        let (s, body) = send(&app, &token, "q", "application/json", batch(201)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("at most 200 events per request"));
+        assert_eq!(all_events(&app, "q", 1).await.len(), 190, "refused requests stored nothing");
+        let (_, stats) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/q/ingest").await;
+        assert_eq!(
+            (stats["counted"]["accepted"].as_u64(), stats["counted"]["throttled"].as_u64()),
+            (Some(190), Some(100))
+        );
+        // The bucket refills at the declared rate.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (s, _) = send(&app, &token, "q", "application/json", batch(100)).await;
+        assert_eq!(s, StatusCode::OK);
+        app.teardown().await;
+    }
+
+    #[tokio::test]
     async fn the_reconciler_creates_declared_topics_without_any_ingest() {
         let app = spawn_app(Db::Sqlite).await;
         let spec = json!({"partitions": 3, "retention_hours": 24});

@@ -20,6 +20,7 @@ pub async fn save_stream(
     retention_bytes: String,
     key_field: String,
     schema: String,
+    max_events_per_second: String,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -30,6 +31,11 @@ pub async fn save_stream(
         None
     } else {
         parse_number(&retention_bytes, "retention_bytes", &mut e)
+    };
+    let max_events_per_second = if max_events_per_second.trim().is_empty() {
+        None
+    } else {
+        parse_number(&max_events_per_second, "max_events_per_second", &mut e)
     };
     let schema = if schema.trim().is_empty() {
         None
@@ -52,6 +58,7 @@ pub async fn save_stream(
         retention_bytes,
         key_field: Some(key_field.trim().to_owned()).filter(|k| !k.is_empty()),
         schema,
+        max_events_per_second,
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
@@ -310,6 +317,9 @@ fn stream_form(t: FormTarget) -> AnyView {
                     help="Optional, per partition."
                     value=spec.as_ref().and_then(|s| s.retention_bytes).map(|b| b.to_string()).unwrap_or_default()/>
             </div>
+            <Field label="Ingest quota (events/s)" name="max_events_per_second" kind="number" errors
+                help="Optional. Beyond it (with bursts of two seconds' worth) producers get 429 and Retry-After."
+                value=spec.as_ref().and_then(|s| s.max_events_per_second).map(|q| q.to_string()).unwrap_or_default()/>
             <Field label="Key field" name="key_field" errors help="Optional dotted path; events with the same key keep their order."
                 value=spec.as_ref().and_then(|s| s.key_field.clone()).unwrap_or_default()/>
             <Field label="JSON Schema" name="schema" kind="textarea" errors help="Optional; every event must satisfy it."
