@@ -846,7 +846,7 @@ mod delivery {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !check().await {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1166,6 +1166,58 @@ mod delivery {
         .await;
         let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT n) FROM plays").fetch_one(&mut db).await.unwrap();
         assert_eq!(distinct, 999);
+        drop(db);
+        app.teardown().await;
+        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+    }
+
+    /// The end-to-end check: 100,000 events through the API into PostgreSQL, and exactly
+    /// the filtered, projected ones arrive, once each.
+    #[tokio::test]
+    async fn one_hundred_thousand_events_reach_postgresql_filtered_and_projected() {
+        let app = spawn_app_with(Db::Sqlite, |s| s.ingest_max_body_bytes = 8 << 20).await;
+        let target = format!("keystone_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
+        let base = pg_admin_url();
+        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n bigint NOT NULL, market text, email text)")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        declare(&app, "streams", "plays", json!({"partitions": 4, "retention_hours": 24})).await;
+        declare(
+            &app,
+            "sinks",
+            "dwh",
+            json!({"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": url}}),
+        )
+        .await;
+        let route = json!({"stream": "plays", "sink": "dwh", "filter": "event.country == \"BR\"",
+            "projection": {"keep": ["n", "country", "user.email"], "rename": {"country": "market", "user.email": "email"}, "mask": ["user.email"]},
+            "batch_size": 2000, "max_latency_ms": 50});
+        declare(&app, "routes", "br-rows", route).await;
+        let token = producer_token(&app, "plays").await;
+        let events = plays(0..100_000);
+        for chunk in events.chunks(10_000) {
+            ingest_once(&app, &token, "plays", chunk).await;
+        }
+        eventually("25,000 rows", || {
+            let url = url.clone();
+            async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM plays").fetch_one(&mut c).await.unwrap() >= 25_000
+            }
+        })
+        .await;
+        let (count, distinct, wrong): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT n), count(*) FILTER (WHERE n % 4 <> 0 OR market <> 'BR' OR email <> '****') FROM plays",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!((count, distinct, wrong), (25_000, 25_000, 0));
         drop(db);
         app.teardown().await;
         let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;

@@ -17,11 +17,12 @@ pub async fn save_sink(
     description: String,
     setting_url: String,
     setting_timeout_ms: String,
-    setting_format: String,
-    setting_index: String,
+    // Optional so that forms and clients from before these settings keep working.
+    setting_format: Option<String>,
+    setting_index: Option<String>,
     setting_path: String,
     setting_table: String,
-    setting_stream: String,
+    setting_stream: Option<String>,
     secret_authorization: String,
     secret_url: String,
     reason: String,
@@ -44,16 +45,15 @@ pub async fn save_sink(
             // default, and other kinds have none), so re-saving a sink does not change its spec.
             (
                 "format",
-                if sink_kind == keystone_control::SinkKind::Http && setting_format != "json" {
-                    setting_format
-                } else {
-                    String::new()
+                match setting_format {
+                    Some(f) if sink_kind == keystone_control::SinkKind::Http && f != "json" => f,
+                    _ => String::new(),
                 },
             ),
-            ("index", setting_index),
+            ("index", setting_index.unwrap_or_default()),
             ("path", setting_path),
             ("table", setting_table),
-            ("stream", setting_stream),
+            ("stream", setting_stream.unwrap_or_default()),
         ]),
         secrets: non_empty(&[("authorization", secret_authorization), ("url", secret_url)]),
     };

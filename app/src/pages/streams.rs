@@ -20,7 +20,8 @@ pub async fn save_stream(
     retention_bytes: String,
     key_field: String,
     schema: String,
-    max_events_per_second: String,
+    // Optional so that forms and clients from before the field existed keep working.
+    max_events_per_second: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -32,10 +33,9 @@ pub async fn save_stream(
     } else {
         parse_number(&retention_bytes, "retention_bytes", &mut e)
     };
-    let max_events_per_second = if max_events_per_second.trim().is_empty() {
-        None
-    } else {
-        parse_number(&max_events_per_second, "max_events_per_second", &mut e)
+    let max_events_per_second = match max_events_per_second.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(q) => parse_number(q, "max_events_per_second", &mut e),
     };
     let schema = if schema.trim().is_empty() {
         None
