@@ -32,6 +32,8 @@ pub enum ApiError {
     Goal(GoalError),
     /// The log could not be read; retry later.
     Log(keystone_engine::log::LogError),
+    /// A dependency (a sink, a job) cannot serve the request now; retry later.
+    Unavailable(String),
 }
 
 impl From<GoalError> for ApiError {
@@ -78,6 +80,7 @@ impl IntoResponse for ApiError {
                     vec![],
                 )
             }
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, vec![]),
             ApiError::Goal(GoalError::Store(e)) => {
                 tracing::error!(error = ?e, "API request failed in the store.");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".to_owned(), vec![])

@@ -175,3 +175,50 @@ pub async fn preview(
         .map_err(ApiError::Log)?;
     Ok(Json(rows))
 }
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// At most this many letters, oldest unhandled first (default 500, at most 10000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Re-delivers the route's unhandled dead letters (oldest first, from the route's cursor) through
+/// its current filter, projection and sink, e.g. after the sink or the route was fixed. Letters
+/// refused again go back to the queue with the new reason; the cursor moves past every letter
+/// handled. On a transient sink failure nothing moves (503).
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/dead-letters/retry", request_body = RetryRequest,
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn retry_dead_letters(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<dead_letters::Replayed>, ApiError> {
+    let req: RetryRequest = if body.is_empty() {
+        RetryRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ValidationErrors::single("body", format!("is not a valid retry request: {e}")))?
+    };
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.get(Kind::Route, &team, &name).await?;
+    let team_object = goal.get(Kind::Team, "", &team).await?;
+    if !who.can_write(Kind::Route, &team_object.id) {
+        return Err(GoalError::Forbidden.into());
+    }
+    let from = s.store.dead_letter_cursor(&route.id).await?;
+    let limit = req.limit.unwrap_or(500).clamp(1, 10_000);
+    let replayed = match s.jobs.replay_dead_letters(&route.id, from, limit).await {
+        None => return Err(ApiError::Unavailable("the route's job is not running here; retry in a moment".into())),
+        Some(Err(dead_letters::ReplayError::Transient(why))) => return Err(ApiError::Unavailable(why)),
+        Some(Err(dead_letters::ReplayError::Log(e))) => return Err(ApiError::Log(e)),
+        Some(Ok(r)) => r,
+    };
+    s.store.set_dead_letter_cursor(&route.id, replayed.next).await?;
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = replayed.delivered,
+        refused_again = replayed.refused_again, "Dead letters replayed.");
+    Ok(Json(replayed))
+}

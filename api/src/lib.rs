@@ -53,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/job", get(jobs::job_status))
         .route("/api/v1/teams/{team}/routes/{name}/restart", post(jobs::restart))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
+        .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/jobs", get(jobs::list_jobs))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))

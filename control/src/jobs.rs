@@ -189,4 +189,27 @@ impl Store {
         }
         tx.commit().await
     }
+
+    /// Where a route's dead-letter queue is handled up to (0 before any replay).
+    pub async fn dead_letter_cursor(&self, route_id: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT next_offset FROM dead_letter_cursors WHERE route_id = $1")
+            .bind(route_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>("next_offset")).transpose()?.unwrap_or(0) as u64)
+    }
+
+    pub async fn set_dead_letter_cursor(&self, route_id: &str, next_offset: u64) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO dead_letter_cursors (route_id, next_offset, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (route_id) DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+        )
+        .bind(route_id)
+        .bind(next_offset as i64)
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await
+    }
 }

@@ -228,7 +228,7 @@ test("a route declared in the console delivers ingested events, and its job page
     await expect(page.getByTestId("job-lag")).toHaveText("0");
   }).toPass({ timeout: 20_000 });
   await expect(page.getByTestId("job-transitions")).toContainText("starting → running");
-  await expect(page.getByTestId("route-job")).toContainText("No event was refused by the sink.");
+  await expect(page.getByTestId("route-job")).toContainText("No refused event is waiting for a retry.");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
 
   // The preview runs the edited (unsaved) filter and projection on the newest events.

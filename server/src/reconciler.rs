@@ -10,7 +10,7 @@ use keystone_control::reconcile::{
 };
 use keystone_control::store::{Scope, Store};
 use keystone_control::{stream_topic, Delivery, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec};
-use keystone_engine::job::registry::{JobRegistry, RunningJob};
+use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
 use keystone_engine::log::{EmbeddedLog, Log, Retention};
@@ -176,12 +176,17 @@ impl Reconciler {
         let stats = Arc::new(JobStats::default());
         let cancel = CancellationToken::new();
         let built = self.build(route, stream, sink).await;
-        let (spec, task) = match built {
+        let (spec, task, sink) = match built {
             Ok((spec, sink_spec, secrets, policy)) => {
                 let data_dir = self.data_dir.clone();
                 let team = sink.team.clone();
                 let appender: Arc<dyn Appender> = self.log.clone();
-                let make_sink = move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender);
+                let factory: SinkFactory =
+                    Arc::new(move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender));
+                let make_sink = {
+                    let factory = factory.clone();
+                    move || factory()
+                };
                 let task = tokio::spawn(supervise(
                     spec.clone(),
                     self.log.clone(),
@@ -192,7 +197,7 @@ impl Reconciler {
                     policy,
                     cancel.clone(),
                 ));
-                (Some(spec), task)
+                (Some(spec), task, Some(factory))
             }
             Err(why) => {
                 // Held as failed until the route changes, so the plan does not retry every pass.
@@ -205,12 +210,14 @@ impl Reconciler {
                         restart: false,
                     })
                     .await;
-                (None, tokio::spawn(async {}))
+                (None, tokio::spawn(async {}), None)
             }
         };
         tracing::info!(route = %format!("{}/{}", route.team, route.name), fingerprint = %goal.fingerprint, "Job started.");
-        self.jobs
-            .insert(route.id.clone(), RunningJob { fingerprint: goal.fingerprint.clone(), spec, stats, cancel, task });
+        self.jobs.insert(
+            route.id.clone(),
+            RunningJob { fingerprint: goal.fingerprint.clone(), spec, stats, cancel, task, sink },
+        );
     }
 
     async fn build(

@@ -1166,6 +1166,30 @@ mod delivery {
         .await;
         let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT n) FROM plays").fetch_one(&mut db).await.unwrap();
         assert_eq!(distinct, 999);
+
+        // Retrying while the table still refuses the row re-queues it with the new reason.
+        let retry = "/api/v1/teams/alpha/routes/rows/dead-letters/retry";
+        assert_eq!(app.post(&app.alpha_viewer, retry, json!({})).await.0, StatusCode::FORBIDDEN);
+        let (s, r) = app.post(&app.alpha, retry, json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(
+            (r["letters"].as_u64(), r["delivered"].as_u64(), r["refused_again"].as_u64()),
+            (Some(1), Some(0), Some(1))
+        );
+        let (_, letters) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/dead-letters").await;
+        assert_eq!(letters.as_array().unwrap().len(), 2, "the letter is back in the queue, nothing vanished");
+        // Once the table accepts it, a retry delivers it and the queue is handled.
+        sqlx::query("ALTER TABLE plays ALTER COLUMN n TYPE text").execute(&mut db).await.unwrap();
+        let (s, r) = app.post(&app.alpha, retry, json!({"limit": 10})).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(
+            (r["letters"].as_u64(), r["delivered"].as_u64(), r["refused_again"].as_u64()),
+            (Some(1), Some(1), Some(0))
+        );
+        let ten: String = sqlx::query_scalar("SELECT n FROM plays WHERE n = 'ten'").fetch_one(&mut db).await.unwrap();
+        assert_eq!(ten, "ten");
+        let (_, r) = app.post(&app.alpha, retry, json!({})).await;
+        assert_eq!(r["letters"], 0, "nothing left to retry");
         drop(db);
         app.teardown().await;
         let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;

@@ -166,7 +166,7 @@ pub struct RouteJobView {
     pub metrics: Option<JobMetrics>,
     pub checkpoints: Vec<CheckpointInfo>,
     pub transitions: Vec<JobTransition>,
-    /// The newest dead letters: (offset, letter).
+    /// The newest dead letters not yet handled by a retry: (offset, letter).
     pub dead_letters: Vec<(u64, serde_json::Value)>,
 }
 
@@ -182,12 +182,13 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
             tracing::error!(error = %e, "Reading dead letters failed.");
             AppError::Internal
         })?;
+    let handled = store.dead_letter_cursor(&route.id).await?;
     Ok(RouteJobView {
         job: store.job(&route.id).await?,
         metrics: state.jobs.metrics(&route.id),
         checkpoints: store.checkpoints(&route.id).await?,
         transitions: store.transitions(&route.id, 10).await?,
-        dead_letters,
+        dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
     })
 }
 
@@ -207,6 +208,39 @@ pub async fn restart_route_job(team: String, name: String) -> Result<(), AppErro
     state.jobs.stop(&route.id, true).await;
     state.jobs.request_pass();
     Ok(())
+}
+
+/// Re-delivers the route's unhandled dead letters through its current transforms and sink.
+#[server]
+pub async fn retry_dead_letters(team: String, name: String) -> Result<String, AppError> {
+    use keystone_control::goal::Goal;
+    use keystone_engine::job::dead_letters::ReplayError;
+    let (store, who) = crate::state::caller().await?;
+    let state = crate::state::app_state()?;
+    let goal = Goal::new(&store, &who);
+    let route = goal.get(Kind::Route, &team, &name).await?;
+    let team_object = goal.get(Kind::Team, "", &team).await?;
+    if !who.can_write(Kind::Route, &team_object.id) {
+        return Err(AppError::Forbidden);
+    }
+    let from = store.dead_letter_cursor(&route.id).await?;
+    let r = match state.jobs.replay_dead_letters(&route.id, from, 500).await {
+        None => return Err(AppError::Refused("The route's job is not running yet; try again in a moment.".into())),
+        Some(Err(ReplayError::Transient(why))) => {
+            return Err(AppError::Refused(format!("The sink is still failing, nothing was retried: {why}")))
+        }
+        Some(Err(ReplayError::Log(e))) => {
+            tracing::error!(error = %e, "Dead-letter replay failed in the log.");
+            return Err(AppError::Internal);
+        }
+        Some(Ok(r)) => r,
+    };
+    store.set_dead_letter_cursor(&route.id, r.next).await?;
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = r.delivered, "Dead letters replayed.");
+    Ok(format!(
+        "{} dead letter(s) retried: {} delivered, {} refused again (back in the queue), {} now filtered out.",
+        r.letters, r.delivered, r.refused_again, r.filtered_out
+    ))
 }
 
 fn phase_badge(phase: JobPhase) -> &'static str {
@@ -229,7 +263,11 @@ fn RouteJob() -> impl IntoView {
     let team = move || params.read().get("team").unwrap_or_default();
     let name = move || params.read().get("name").unwrap_or_default();
     let restart = ServerAction::<RestartRouteJob>::new();
-    let data = Resource::new(move || (team(), name(), restart.version().get()), |(t, n, _)| route_job(t, n));
+    let retry = ServerAction::<RetryDeadLetters>::new();
+    let data = Resource::new(
+        move || (team(), name(), restart.version().get(), retry.version().get()),
+        |(t, n, _, _)| route_job(t, n),
+    );
     view! {
         <section class="mt-8" data-testid="route-job">
             <div class="mb-3 flex items-center justify-between">
@@ -243,6 +281,17 @@ fn RouteJob() -> impl IntoView {
                 })}
             </div>
             <FormStatus error=last_error(restart.value())/>
+            <FormStatus error=last_error(retry.value())/>
+            {move || retry.value().get().and_then(Result::ok).map(|msg| view! {
+                <p class="mb-4 rounded-md border border-green-200 bg-green-50 px-4 py-3 text-sm text-green-800" data-testid="retry-result">{msg}</p>
+            })}
+            {can_edit().then(|| view! {
+                <ActionForm action=retry attr:class="mb-4">
+                    <input type="hidden" name="team" value=team/>
+                    <input type="hidden" name="name" value=name/>
+                    <button type="submit" class=BUTTON_SECONDARY>"Retry dead letters"</button>
+                </ActionForm>
+            })}
             <Suspense fallback=|| ()>
                 {move || Suspend::new(async move {
                     match data.await {
@@ -338,7 +387,7 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         {if v.dead_letters.is_empty() {
-            view! { <p class="text-sm text-slate-500">"No event was refused by the sink."</p> }.into_any()
+            view! { <p class="text-sm text-slate-500">"No refused event is waiting for a retry."</p> }.into_any()
         } else {
             view! {
                 <div class=format!("{CARD} overflow-hidden")>

@@ -2,8 +2,10 @@
 //! and what the API and console read live numbers from. It holds at most one job per route, so
 //! the executor can never run two instances of one job.
 
+use super::dead_letters::{ReplayError, Replayed};
 use super::{JobSpec, JobStats};
 use crate::log::Log;
+use crate::sinks::{AnySink, ConfigError};
 use keystone_control::{JobMetrics, PartitionLag};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -21,7 +23,12 @@ pub struct RunningJob {
     pub stats: Arc<JobStats>,
     pub cancel: CancellationToken,
     pub task: JoinHandle<()>,
+    /// Builds the route's sink, for replaying dead letters (`None` when the job could not be built).
+    pub sink: Option<SinkFactory>,
 }
+
+/// Builds a fresh sink of a route.
+pub type SinkFactory = Arc<dyn Fn() -> Result<AnySink, ConfigError> + Send + Sync>;
 
 /// How long a draining job may take to finish its batch and commit before it is aborted.
 const DRAIN_GRACE: Duration = Duration::from_secs(15);
@@ -78,6 +85,26 @@ impl<L: Log> JobRegistry<L> {
             job.task.abort();
         }
         true
+    }
+
+    /// Re-delivers the route's dead letters from `from` through its current transforms and sink.
+    /// `None` when this process does not run the route's job.
+    pub async fn replay_dead_letters(
+        &self,
+        route_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Option<Result<Replayed, ReplayError>> {
+        let (spec, factory) = {
+            let jobs = self.jobs.lock().expect("registry lock");
+            let j = jobs.get(route_id)?;
+            (j.spec.clone()?, j.sink.clone()?)
+        };
+        let sink = match factory() {
+            Ok(s) => s,
+            Err(e) => return Some(Err(ReplayError::Transient(format!("the sink cannot be built: {e}")))),
+        };
+        Some(super::dead_letters::replay(self.log.as_ref(), &spec, &sink, from, limit).await)
     }
 
     /// Drains every job (at shutdown).
