@@ -7,7 +7,7 @@ use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keystone_control::goal::{Goal, GoalError};
+use keystone_control::goal::Goal;
 use keystone_control::{
     dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
 };
@@ -79,12 +79,7 @@ pub async fn restart(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let goal = Goal::new(&s.store, &who);
-    let route = goal.get(Kind::Route, &team, &name).await?;
-    let team_object = goal.get(Kind::Team, "", &team).await?;
-    if !who.can_write(Kind::Route, &team_object.id) {
-        return Err(GoalError::Forbidden.into());
-    }
+    let route = Goal::new(&s.store, &who).operable_route(&team, &name).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
     s.jobs.stop(&route.id, true).await;
     s.jobs.request_pass();
@@ -203,12 +198,7 @@ pub async fn retry_dead_letters(
         serde_json::from_slice(&body)
             .map_err(|e| ValidationErrors::single("body", format!("is not a valid retry request: {e}")))?
     };
-    let goal = Goal::new(&s.store, &who);
-    let route = goal.get(Kind::Route, &team, &name).await?;
-    let team_object = goal.get(Kind::Team, "", &team).await?;
-    if !who.can_write(Kind::Route, &team_object.id) {
-        return Err(GoalError::Forbidden.into());
-    }
+    let route = Goal::new(&s.store, &who).operable_route(&team, &name).await?;
     let from = s.store.dead_letter_cursor(&route.id).await?;
     let limit = req.limit.unwrap_or(500).clamp(1, 10_000);
     let replayed = match s.jobs.replay_dead_letters(&route.id, from, limit).await {

@@ -146,6 +146,17 @@ impl<'a> Goal<'a> {
         Ok(())
     }
 
+    /// A route the caller may operate (restart its job, retry its dead letters): read access to
+    /// see it (`NotFound` otherwise), write access to act on it (`Forbidden` otherwise).
+    pub async fn operable_route(&self, team: &str, name: &str) -> Result<Object, GoalError> {
+        let route = self.get(Kind::Route, team, name).await?;
+        let team_object = self.get(Kind::Team, "", team).await?;
+        if !self.who.can_write(Kind::Route, &team_object.id) {
+            return Err(GoalError::Forbidden);
+        }
+        Ok(route)
+    }
+
     /// The stream a route preview reads, after checking the transforms as a save would (the
     /// caller only needs read access: a preview changes nothing).
     pub async fn preview_target(

@@ -198,12 +198,7 @@ pub async fn restart_route_job(team: String, name: String) -> Result<(), AppErro
     use keystone_control::goal::Goal;
     let (store, who) = crate::state::caller().await?;
     let state = crate::state::app_state()?;
-    let goal = Goal::new(&store, &who);
-    let route = goal.get(Kind::Route, &team, &name).await?;
-    let team_object = goal.get(Kind::Team, "", &team).await?;
-    if !who.can_write(Kind::Route, &team_object.id) {
-        return Err(AppError::Forbidden);
-    }
+    let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
     state.jobs.stop(&route.id, true).await;
     state.jobs.request_pass();
@@ -217,12 +212,7 @@ pub async fn retry_dead_letters(team: String, name: String) -> Result<String, Ap
     use keystone_engine::job::dead_letters::ReplayError;
     let (store, who) = crate::state::caller().await?;
     let state = crate::state::app_state()?;
-    let goal = Goal::new(&store, &who);
-    let route = goal.get(Kind::Route, &team, &name).await?;
-    let team_object = goal.get(Kind::Team, "", &team).await?;
-    if !who.can_write(Kind::Route, &team_object.id) {
-        return Err(AppError::Forbidden);
-    }
+    let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
     let from = store.dead_letter_cursor(&route.id).await?;
     let r = match state.jobs.replay_dead_letters(&route.id, from, 500).await {
         None => return Err(AppError::Refused("The route's job is not running yet; try again in a moment.".into())),
