@@ -368,13 +368,5 @@ pub async fn stream_stats(
     let object =
         keystone_control::goal::Goal::new(&s.store, &who).get(keystone_control::Kind::Stream, &team, &stream).await?;
     let topic = topic_of(&object);
-    Ok(Json(StreamIngest {
-        counted: s.meter.stats(&topic, now_ms()),
-        log_end_offsets: log_ends(s.log.as_ref(), &topic),
-    }))
-}
-
-/// The end offset of every partition of a topic (empty before the topic exists).
-pub fn log_ends(log: &keystone_engine::log::EmbeddedLog, topic: &str) -> Vec<u64> {
-    (0u32..).map_while(|p| log.watch_end(topic, p).ok().map(|w| *w.borrow())).collect()
+    Ok(Json(StreamIngest { counted: s.meter.stats(&topic, now_ms()), log_end_offsets: s.log.end_offsets(&topic) }))
 }

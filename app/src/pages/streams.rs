@@ -149,8 +149,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             tracing::error!(error = %e, "Reading recent events failed.");
             AppError::Internal
         })?;
-    let log_end_offsets =
-        (0..spec.partitions).map(|p| state.log.watch_end(&topic, p).map(|w| *w.borrow()).unwrap_or(0)).collect();
+    let log_end_offsets = state.log.end_offsets(&topic);
     Ok(StreamActivityView {
         counted: state.meter.stats(&topic, keystone_control::store::now_ms()),
         log_end_offsets,

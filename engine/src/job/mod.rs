@@ -15,7 +15,7 @@ pub mod supervisor;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Hygiene, Projection};
-use keystone_control::{dead_letter_topic, stream_topic, RouteSpec, StreamSpec};
+use keystone_control::{dead_letter_topic, stream_topic, PartitionLag, RouteSpec, StreamSpec};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -175,6 +175,24 @@ impl JobStats {
             acked.resize(partition as usize + 1, 0);
         }
         acked[partition as usize] = next;
+    }
+
+    /// Each partition's acknowledged position beside the log's end offset.
+    pub fn positions<L: Log>(&self, spec: &JobSpec, log: &L) -> Vec<PartitionLag> {
+        let ends = log.end_offsets(&spec.topic);
+        let acked = self.acked.lock().expect("stats lock");
+        (0..spec.partitions)
+            .map(|p| PartitionLag {
+                partition: p,
+                acked: acked.get(p as usize).copied().unwrap_or(0),
+                end: ends.get(p as usize).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Events in the log not acknowledged yet.
+    pub fn lag<L: Log>(&self, spec: &JobSpec, log: &L) -> u64 {
+        self.positions(spec, log).iter().map(|p| p.end.saturating_sub(p.acked)).sum()
     }
 
     /// Sum of acknowledged positions: grows whenever the job makes progress.

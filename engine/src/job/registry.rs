@@ -6,7 +6,7 @@ use super::dead_letters::{ReplayError, Replayed};
 use super::{JobSpec, JobStats};
 use crate::log::Log;
 use crate::sinks::{AnySink, ConfigError};
-use keystone_control::{JobMetrics, PartitionLag};
+use keystone_control::JobMetrics;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -120,14 +120,7 @@ impl<L: Log> JobRegistry<L> {
             let j = jobs.get(route_id)?;
             (j.spec.clone()?, j.stats.clone())
         };
-        let acked = stats.acked.lock().expect("stats lock").clone();
-        let partitions: Vec<PartitionLag> = (0..spec.partitions)
-            .map(|p| PartitionLag {
-                partition: p,
-                acked: acked.get(p as usize).copied().unwrap_or(0),
-                end: self.log.watch_end(&spec.topic, p).map(|w| *w.borrow()).unwrap_or(0),
-            })
-            .collect();
+        let partitions = stats.positions(&spec, self.log.as_ref());
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
         Some(JobMetrics {

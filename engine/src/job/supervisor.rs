@@ -169,7 +169,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
         let progress = stats.progress();
         if progress != last_progress.0 || failing {
             last_progress = (progress, Instant::now());
-        } else if last_progress.1.elapsed() >= policy.stall_after && lag(spec, log.as_ref(), stats) > 0 {
+        } else if last_progress.1.elapsed() >= policy.stall_after && stats.lag(spec, log.as_ref()) > 0 {
             this_run.cancel();
             if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
                 task.abort();
@@ -177,15 +177,4 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
             return Some(format!("stalled: no progress for {} s with events waiting", policy.stall_after.as_secs()));
         }
     }
-}
-
-/// Events in the log the job has not acknowledged yet.
-pub fn lag<L: Log>(spec: &JobSpec, log: &L, stats: &JobStats) -> u64 {
-    let acked = stats.acked.lock().expect("stats lock").clone();
-    (0..spec.partitions)
-        .map(|p| {
-            let end = log.watch_end(&spec.topic, p).map(|w| *w.borrow()).unwrap_or(0);
-            end.saturating_sub(acked.get(p as usize).copied().unwrap_or(0))
-        })
-        .sum()
 }

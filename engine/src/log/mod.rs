@@ -95,4 +95,10 @@ pub trait Log: Send + Sync + 'static {
 
     /// A watch on the partition's end offset (the next offset to be written), for tailing readers.
     fn watch_end(&self, topic: &str, partition: u32) -> Result<tokio::sync::watch::Receiver<u64>, LogError>;
+
+    /// The end offset of every partition of a topic, i.e. the records ever appended to each; empty
+    /// when the topic does not exist. Its length is the partition count.
+    fn end_offsets(&self, topic: &str) -> Vec<u64> {
+        (0u32..).map_while(|p| self.watch_end(topic, p).ok().map(|w| *w.borrow())).collect()
+    }
 }
