@@ -918,7 +918,14 @@ pub struct IngestStats {
 
 /// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.
 pub fn dead_letter_topic(team: &str, route: &str) -> String {
-    format!("_dlq.{team}.{route}")
+    format!("{DEAD_LETTER_PREFIX}{team}.{route}")
+}
+
+const DEAD_LETTER_PREFIX: &str = "_dlq.";
+
+/// Whether a topic is a route's dead-letter queue (not a stream's topic).
+pub fn is_dead_letter_topic(topic: &str) -> bool {
+    topic.starts_with(DEAD_LETTER_PREFIX)
 }
 
 #[cfg(test)]

@@ -3,10 +3,35 @@
 //! and the rejection lists every bad event by index with the reason.
 
 use crate::log::NewRecord;
+use serde::Deserialize;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// What every record of a stream's topic holds: the event's identity and the payload as sent.
+/// Written by the ingest proxy and the stream sink, read by route jobs, the preview and the
+/// dead-letter replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// UUID v7: unique and time-ordered; the idempotency key of sinks.
+    pub id: String,
+    /// `team/name`.
+    #[serde(default)]
+    pub stream: String,
+    pub ingested_at: i64,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub payload: Value,
+}
+
+impl Envelope {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope serialises")
+    }
+}
 
 /// Everything ingest needs to know about one stream (resolved by the caller from the goal state).
 pub struct IngestTarget {
@@ -175,18 +200,19 @@ pub fn prepare(
             Some(k) => partition_for_key(k.as_bytes(), target.partitions),
             None => target.round_robin.fetch_add(1, Ordering::Relaxed) % target.partitions,
         };
-        let mut envelope = Map::new();
-        envelope.insert("id".into(), Value::String(uuid::Uuid::now_v7().to_string()));
-        envelope.insert("stream".into(), Value::String(target.stream.clone()));
-        envelope.insert("ingested_at".into(), Value::from(now_ms));
-        envelope.insert("key".into(), key.clone().map_or(Value::Null, Value::String));
-        envelope.insert("headers".into(), serde_json::to_value(headers).expect("string map"));
-        envelope.insert("payload".into(), event);
+        let envelope = Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            stream: target.stream.clone(),
+            ingested_at: now_ms,
+            key,
+            headers: headers.clone(),
+            payload: event,
+        };
         records.push(NewRecord {
             partition,
             timestamp_ms: now_ms,
-            key: key.map(String::into_bytes),
-            value: serde_json::to_vec(&Value::Object(envelope)).expect("JSON value serialises"),
+            key: envelope.key.clone().map(String::into_bytes),
+            value: envelope.to_bytes(),
         });
     }
     if rejected.is_empty() {

@@ -9,7 +9,9 @@ use keystone_control::reconcile::{
     plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
-use keystone_control::{stream_topic, Delivery, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec};
+use keystone_control::{
+    is_dead_letter_topic, stream_topic, Delivery, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
+};
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
@@ -90,7 +92,7 @@ impl Reconciler {
             .topics()
             .into_iter()
             // Dead-letter topics belong to routes, not streams.
-            .filter(|(topic, _, _)| !topic.starts_with("_dlq."))
+            .filter(|(topic, _, _)| !is_dead_letter_topic(topic))
             .map(|(topic, partitions, r)| ObservedTopic {
                 topic,
                 partitions,

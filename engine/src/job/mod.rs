@@ -12,12 +12,12 @@ pub mod preview;
 pub mod registry;
 pub mod supervisor;
 
+use crate::ingest::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Hygiene, Projection};
 use keystone_control::{dead_letter_topic, stream_topic, PartitionLag, RouteSpec, StreamSpec};
 use rand::Rng;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
@@ -209,16 +209,6 @@ pub enum JobError {
     Checkpoints(String),
     #[error("the sink refused events and the dead-letter queue could not take them: {0}")]
     DeadLetter(LogError),
-}
-
-/// The envelope fields a job reads (see `ingest::prepare`).
-#[derive(Deserialize)]
-pub(crate) struct Envelope {
-    pub(crate) id: String,
-    pub(crate) ingested_at: i64,
-    #[serde(default)]
-    pub(crate) key: Option<String>,
-    pub(crate) payload: Value,
 }
 
 /// Exponential backoff with full jitter: 100 ms doubling to 30 s.

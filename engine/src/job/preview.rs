@@ -1,7 +1,8 @@
 //! The route preview: a route's transforms run against a stream's most recent events, without
 //! delivering anything, so users see what passes and what the sink would receive before saving.
 
-use super::{Envelope, Transformed, Transforms};
+use super::{Transformed, Transforms};
+use crate::ingest::Envelope;
 use crate::log::{Log, LogError, StartAt};
 use keystone_control::PreviewRow;
 

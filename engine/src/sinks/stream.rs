@@ -5,10 +5,9 @@
 //! downstream routes may see an id twice (at-least-once), which idempotent sinks absorb.
 
 use super::{ConfigError, Sink, SinkError, SinkEvent};
-use crate::ingest::partition_for_key;
+use crate::ingest::{partition_for_key, Envelope};
 use crate::log::{Log, LogError, NewRecord};
 use keystone_control::{stream_topic, StreamRef};
-use serde_json::{json, Map};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -72,19 +71,19 @@ impl Sink for StreamSink {
             .iter()
             .map(|e| {
                 let routing = e.key.as_deref().unwrap_or(&e.id);
-                let envelope = json!({
-                    "id": e.id,
-                    "stream": self.stream,
-                    "ingested_at": now,
-                    "key": e.key,
-                    "headers": Map::new(),
-                    "payload": e.event,
-                });
+                let envelope = Envelope {
+                    id: e.id.clone(),
+                    stream: self.stream.clone(),
+                    ingested_at: now,
+                    key: e.key.clone(),
+                    headers: BTreeMap::new(),
+                    payload: e.event.clone(),
+                };
                 NewRecord {
                     partition: partition_for_key(routing.as_bytes(), partitions),
                     timestamp_ms: now,
                     key: e.key.clone().map(String::into_bytes),
-                    value: envelope.to_string().into_bytes(),
+                    value: envelope.to_bytes(),
                 }
             })
             .collect();
