@@ -4,6 +4,7 @@
 
 use crate::auth::Principal;
 use crate::diff::{diff, Change};
+use crate::filter_fields::filter_fields;
 use crate::model::*;
 use crate::name::Name;
 use crate::store::{AppendError, AuditFilter, Store, StoreError, Write, WriteTx};
@@ -533,60 +534,6 @@ pub fn schema_has_path(schema: &Value, path: &str) -> bool {
     true
 }
 
-/// The event fields a CEL filter reads, as dotted paths (`event.user.tier` -> `user.tier`).
-/// A light scan: identifiers after `event.`, outside string literals.
-pub fn filter_fields(expr: &str) -> Vec<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' {
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i += 1;
-            continue;
-        }
-        let starts_word = i == 0 || !(ident(chars[i - 1]) || chars[i - 1] == '.');
-        if starts_word && chars[i..].starts_with(&['e', 'v', 'e', 'n', 't', '.']) {
-            let mut j = i + 6;
-            let mut segs = Vec::new();
-            loop {
-                let start = j;
-                while j < chars.len() && ident(chars[j]) {
-                    j += 1;
-                }
-                if start == j {
-                    break;
-                }
-                segs.push(chars[start..j].iter().collect::<String>());
-                // A call such as `event.items.size()` ends the path before the function name.
-                if j < chars.len() && chars[j] == '(' {
-                    segs.pop();
-                    break;
-                }
-                if j + 1 < chars.len() && chars[j] == '.' && ident(chars[j + 1]) {
-                    j += 1;
-                } else {
-                    break;
-                }
-            }
-            if !segs.is_empty() {
-                out.push(segs.join("."));
-            }
-            i = j;
-            continue;
-        }
-        i += 1;
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,15 +545,6 @@ mod tests {
         assert!(e.contains("syntax error at line 1"), "{e}");
         let e = check_filter("country == 'BR'").unwrap_err();
         assert!(e.contains("unknown variable country"), "{e}");
-    }
-
-    #[test]
-    fn filter_fields_are_found_outside_strings() {
-        assert_eq!(
-            filter_fields(r#"event.country == "event.fake" && event.user.tier in ['a'] && size(event.items) > 0"#),
-            ["country", "items", "user.tier"]
-        );
-        assert_eq!(filter_fields("event.tags.exists(t, t == 'x') && myevent.x == 1"), ["tags"]);
     }
 
     #[test]

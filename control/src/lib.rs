@@ -7,6 +7,7 @@
 //! rules.
 
 pub mod diff;
+pub mod filter_fields;
 pub mod model;
 pub mod name;
 pub mod reconcile;

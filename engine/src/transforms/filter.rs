@@ -45,38 +45,19 @@ impl Filter {
     }
 }
 
-/// The fields `expr` reads as `event.<field>`, or `None` if it mentions `event` in any other way
-/// (`event["x"]`, `size(event)`, ...). String literals are skipped.
+/// The top-level fields `expr` reads as `event.<field>...`, or `None` if it also uses `event`
+/// another way.
 fn top_level_fields(expr: &str) -> Option<Vec<String>> {
-    let b = expr.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let refs = keystone_control::filter_fields::event_references(expr);
+    if refs.whole_event {
+        return None;
+    }
     let mut fields: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'"' || c == b'\'' {
-            i += 1;
-            while i < b.len() && b[i] != c {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            continue;
+    for path in refs.paths {
+        let top = path.split('.').next().unwrap_or_default().to_owned();
+        if !fields.contains(&top) {
+            fields.push(top);
         }
-        let boundary = i == 0 || !(ident(b[i - 1]) || b[i - 1] == b'.');
-        if boundary && b[i..].starts_with(b"event") && !b.get(i + 5).copied().is_some_and(ident) {
-            let start = i + 6;
-            let end = (start..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
-            if b.get(i + 5) != Some(&b'.') || end == start {
-                return None;
-            }
-            let field = &expr[start..end];
-            if !fields.iter().any(|f| f == field) {
-                fields.push(field.to_owned());
-            }
-            i = end;
-            continue;
-        }
-        i += 1;
     }
     Some(fields)
 }
