@@ -6,6 +6,7 @@ mod error;
 mod handlers;
 mod ingest;
 mod jobs;
+mod metrics;
 
 pub use error::{ApiError, ErrorBody};
 pub use handlers::ApiDoc;
@@ -30,6 +31,8 @@ pub struct ApiState {
     pub jobs: Arc<JobRegistry<EmbeddedLog>>,
     /// Per-stream ingest counters.
     pub meter: Arc<IngestMeter>,
+    /// Renders this process's metrics (`/metrics`).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Streams' compiled ingest settings, per revision.
     pub ingest: Arc<IngestCache>,
     /// Largest request body the ingest proxy accepts (413 beyond).
@@ -54,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/restart", post(jobs::restart))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
+        .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))
         .route("/api/v1/jobs", get(jobs::list_jobs))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))
@@ -64,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/events/{team}/{stream}", get(ingest::events))
         .route("/api/v1/teams/{team}/streams/{name}/ingest", get(ingest::stream_stats))
         .route("/api/v1/{*rest}", axum::routing::any(handlers::not_found))
+        .route("/metrics", get(metrics::metrics))
         .route("/ingest/{stream}", post(ingest::ingest).layer(DefaultBodyLimit::max(state.max_body_bytes)))
         .with_state(state)
 }

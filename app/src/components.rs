@@ -71,6 +71,7 @@ fn Nav(me: Me) -> impl IntoView {
                 {link("/streams", "Streams")}
                 {link("/sinks", "Sinks")}
                 {link("/routes", "Routes")}
+                {link("/jobs", "Jobs")}
                 {link("/audit", "Audit log")}
                 {link("/tokens", "API tokens")}
                 {is_admin.then(|| link("/admin", "Teams & users"))}

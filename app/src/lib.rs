@@ -1,6 +1,8 @@
 //! Keystone's console. Each page module holds its components and the server functions they call;
 //! server-only code sits behind the `ssr` feature so the browser bundle never sees the database.
 
+#[cfg(feature = "ssr")]
+pub mod charts;
 pub mod components;
 pub mod error;
 pub mod pages;
@@ -60,6 +62,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/routes/new") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name") view=pages::routes::RouteDetailPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name/edit") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/routes/:team/:name/dashboard") view=pages::dashboard::RouteDashboardPage ssr=SsrMode::Async/>
+                    <Route path=path!("/jobs") view=pages::jobs::JobsPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/tokens") view=pages::tokens::TokensPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=pages::admin::AdminPage ssr=SsrMode::Async/>

@@ -72,6 +72,16 @@ pub async fn optional_principal() -> Result<Option<(AppState, Principal)>, AppEr
 
 /// The store and the signed-in caller, the start of nearly every server function.
 pub async fn caller() -> Result<(Store, Principal), AppError> {
-    let (state, p) = optional_principal().await?.ok_or(AppError::Unauthenticated)?;
+    let (state, p) = signed_in().await?;
     Ok((state.store, p))
+}
+
+/// The whole state and the signed-in caller, for server functions that need more than the store.
+///
+/// Context must be read before a server function's first `.await`: when the server renders a
+/// page, the router may build the page twice and drop the first build's owner while its
+/// resources are still loading; reading context after an await then fails, and that failure was
+/// sent to the browser as the first build's resource value (a hydration mismatch).
+pub async fn signed_in() -> Result<(AppState, Principal), AppError> {
+    optional_principal().await?.ok_or(AppError::Unauthenticated)
 }

@@ -11,6 +11,7 @@ pub mod filter_fields;
 pub mod model;
 pub mod name;
 pub mod reconcile;
+pub mod telemetry;
 pub mod validation;
 
 #[cfg(feature = "store")]
@@ -22,8 +23,11 @@ pub mod jobs;
 #[cfg(feature = "store")]
 pub mod producers;
 #[cfg(feature = "store")]
+pub mod samples;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use model::*;
+pub use telemetry::{JobCounters, JobSample, LatencySummary};
 pub use name::{Name, NameError};
 pub use validation::{FieldError, ValidationErrors};

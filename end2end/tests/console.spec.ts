@@ -241,4 +241,43 @@ test("a route declared in the console delivers ingested events, and its job page
   await fill(page, { "Filter (CEL)": "event.n >=" });
   await page.getByRole("button", { name: "Preview on recent events" }).click();
   await expect(page.getByTestId("preview-error")).toContainText("filter: syntax error");
+
+  // The job's dashboard: totals over the window, charts drawn from the stored samples, the
+  // lifecycle on the same axis, and the effective configuration.
+  await page.goto(`/routes/alpha/${route}/dashboard`);
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("dash-delivered")).toHaveText("10");
+  }).toPass({ timeout: 20_000 });
+  await expect(page.getByTestId("dash-read")).toHaveText("40");
+  await expect(page.getByTestId("dash-filtered")).toHaveText("30");
+  const throughput = page.getByTestId("chart-throughput").locator("svg");
+  await expect(throughput).toContainText("Throughput");
+  await expect(throughput).toContainText("events/s");
+  await expect(throughput).toContainText("delivered");
+  expect(await throughput.locator("polyline").count()).toBeGreaterThan(0);
+  await expect(page.getByTestId("chart-latency").locator("svg")).toContainText("p99");
+  await expect(page.getByTestId("timeline")).toContainText("starting → running");
+  await expect(page.getByTestId("timeline")).toContainText("v1 create by alice");
+  await expect(page.getByTestId("effective-config")).toContainText("job.checkpoint_interval_ms");
+  await page.screenshot({ path: "test-results/job-dashboard.png", fullPage: true });
+  await page.getByTestId("windows").getByRole("link", { name: "24h" }).click();
+  await expect(page).toHaveURL(/window=24h$/);
+  await expect(page.getByTestId("windows").getByRole("link", { name: "24h" })).toHaveAttribute("aria-current", "true");
+  await expect(page.getByTestId("dash-delivered")).toHaveText("10");
+  await expect(page.getByText("Totals over the last 24h.", { exact: false })).toBeVisible();
+
+  // The platform overview lists the job as healthy, with its sparklines; filters are a plain GET.
+  await navigate(page, "Jobs");
+  await page.getByLabel("Stream", { exact: true }).fill(stream);
+  await page.getByLabel("Health", { exact: true }).selectOption("healthy");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await expect(page).toHaveURL(/health=healthy/);
+  const row = page.getByTestId("jobs-table").locator("tr", { hasText: `alpha/${route}` });
+  await expect(row).toContainText("healthy");
+  await expect(row).toContainText(`${stream} → ${sink} (file)`);
+  expect(await row.locator("svg").count()).toBe(2);
+  await page.getByLabel("Health", { exact: true }).selectOption("failing");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await expect(page.getByText("No job matches.")).toBeVisible();
 });

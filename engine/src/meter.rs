@@ -51,6 +51,13 @@ impl IngestMeter {
         self.0.lock().expect("meter lock").entry(topic.to_owned()).or_default().throttled += events;
     }
 
+    /// Every stream counted so far, by topic.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.0.lock().expect("meter lock").keys().cloned().collect();
+        topics.sort();
+        topics
+    }
+
     pub fn stats(&self, topic: &str, now_ms: i64) -> IngestStats {
         let all = self.0.lock().expect("meter lock");
         let Some(m) = all.get(topic) else { return IngestStats::default() };

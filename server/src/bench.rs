@@ -123,6 +123,7 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         public_origin: None,
         ingest_max_body_bytes: 16 << 20,
         ingest_max_event_bytes: 64 << 10,
+        telemetry_interval_ms: 10_000,
     };
     let app = Application::build(settings.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -8,3 +8,4 @@ pub mod reconciler;
 pub mod sessions;
 pub mod settings;
 pub mod startup;
+pub mod telemetry;

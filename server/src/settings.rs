@@ -30,6 +30,9 @@ pub struct Settings {
     pub ingest_max_body_bytes: usize,
     /// Largest single event; rejected by index beyond (`KEYSTONE_INGEST_MAX_EVENT_BYTES`).
     pub ingest_max_event_bytes: usize,
+    /// How often job telemetry is sampled, stored for the dashboards and published at `/metrics`
+    /// (`KEYSTONE_TELEMETRY_INTERVAL_MS`).
+    pub telemetry_interval_ms: u64,
 }
 
 impl Settings {
@@ -45,7 +48,8 @@ impl Settings {
             .set_default("session_idle_minutes", 60)?
             .set_default("session_absolute_hours", 12)?
             .set_default("ingest_max_body_bytes", 5 << 20)?
-            .set_default("ingest_max_event_bytes", 1 << 20)?;
+            .set_default("ingest_max_event_bytes", 1 << 20)?
+            .set_default("telemetry_interval_ms", 10_000)?;
         builder = match file {
             Some(path) => builder.add_source(config::File::from(path).required(true)),
             None => builder.add_source(config::File::with_name("keystone.toml").required(false)),

@@ -4,6 +4,7 @@ use crate::csrf::{check_origin, OriginPolicy};
 use crate::reconciler::{Jobs, Reconciler};
 use crate::sessions::DbSessionStore;
 use crate::settings::Settings;
+use crate::telemetry::{Exporter, Telemetry};
 use app::state::AppState;
 use app::{shell, App, STYLESHEET};
 use axum::http::{header, HeaderValue};
@@ -98,6 +99,17 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     let reconciler =
         Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
     Arc::new(reconciler).spawn();
+    let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
+    let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
+    Telemetry {
+        store: store.clone(),
+        log: log.clone(),
+        jobs: jobs.clone(),
+        meter: meter.clone(),
+        exporter: exporter.clone(),
+        interval,
+    }
+    .spawn();
     let state = AppState {
         leptos_options,
         store: store.clone(),
@@ -139,6 +151,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         log,
         jobs: jobs.clone(),
         meter,
+        metrics: exporter.handle(),
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,

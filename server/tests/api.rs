@@ -77,6 +77,8 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         public_origin: None,
         ingest_max_body_bytes: 64 * 1024,
         ingest_max_event_bytes: 2048,
+        // Fast enough that a test sees its samples within a second.
+        telemetry_interval_ms: 200,
     };
     tweak(&mut settings);
     let (base, running) = start_server(settings.clone()).await;
@@ -1098,9 +1100,100 @@ mod delivery {
         app.teardown().await;
     }
 
+    /// A known workload (N events, M filtered out, K refused by the sink) gives exactly those
+    /// numbers everywhere they are reported: the live job, the stored samples the dashboards plot
+    /// (on either database), and `/metrics`, where another team sees none of them.
+    async fn job_numbers_are_exact_in_metrics_samples_and_the_live_job(db: Db) {
+        const N: u64 = 800;
+        const M: u64 = N / 4; // every fourth play is from BR: filtered out
+        const K: u64 = 3; // country XX breaks the table's CHECK: dead-lettered
+        let app = spawn_app(db).await;
+        let target = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
+        let base = pg_admin_url();
+        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
+        let mut rows_db = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer, country text CHECK (country <> 'XX'))")
+            .execute(&mut rows_db)
+            .await
+            .unwrap();
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        declare(&app, "sinks", "dwh", json!({"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": url}}))
+            .await;
+        let route = json!({"stream": "plays", "sink": "dwh", "filter": "event.country != \"BR\"",
+            "projection": {"keep": ["n", "country"]}, "max_latency_ms": 20});
+        declare(&app, "routes", "rows", route).await;
+        let token = producer_token(&app, "plays").await;
+        let mut events = plays(0..N);
+        for n in 1..=K as usize {
+            events[n]["country"] = json!("XX");
+        }
+        ingest(&app, &token, "plays", &events).await;
+
+        let metrics = || async { job(&app, "rows").await["metrics"].clone() };
+        eventually("every event handled", || async { metrics().await["read"] == N && metrics().await["lag"] == 0 }).await;
+        let m = metrics().await;
+        assert_eq!(
+            (&m["read"], &m["filtered_out"], &m["delivered"], &m["dead_lettered"], &m["filter_errors"], &m["lag"]),
+            (&json!(N), &json!(M), &json!(N - M - K), &json!(K), &json!(0), &json!(0)),
+            "{m}"
+        );
+        let (_, letters) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/dead-letters").await;
+        assert_eq!(letters.as_array().unwrap().len() as u64, K);
+
+        // The stored samples add up to the same totals once the telemetry task has caught up.
+        let totals = || async {
+            let (s, samples) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/samples?window=15m").await;
+            assert_eq!(s, StatusCode::OK, "{samples}");
+            let samples = samples.as_array().unwrap().clone();
+            let sum = |f: &str| samples.iter().map(|s| s["counts"][f].as_u64().unwrap()).sum::<u64>();
+            let measured: u64 = samples.iter().filter_map(|s| s["end_to_end"]["count"].as_u64()).sum();
+            let last_lag = samples.last().map(|s| s["lag"].clone());
+            (sum("read"), sum("filtered_out"), sum("delivered"), sum("dead_lettered"), measured, last_lag)
+        };
+        eventually("samples of every event", || async { totals().await.0 == N && totals().await.5 == Some(json!(0)) })
+            .await;
+        assert_eq!(totals().await, (N, M, N - M - K, K, N - M - K, Some(json!(0))));
+        let (s, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/samples?window=2h").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], "window");
+
+        // Prometheus text: the team's own series, exact; another team's token sees none of them.
+        let scrape = |token: String| {
+            let req = app.http.get(format!("{}/metrics", app.base)).bearer_auth(token);
+            async move { req.send().await.unwrap().text().await.unwrap() }
+        };
+        let value = |text: &str, name: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("team=\"alpha\"") && l.contains("route=\"rows\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        eventually("exported numbers", || async {
+            value(&scrape(app.alpha_viewer.clone()).await, "keystone_job_events_read_total") == Some(N as f64)
+        })
+        .await;
+        let text = scrape(app.alpha_viewer.clone()).await;
+        assert_eq!(value(&text, "keystone_job_events_delivered_total"), Some((N - M - K) as f64), "{text}");
+        assert_eq!(value(&text, "keystone_job_events_filtered_total"), Some(M as f64));
+        assert_eq!(value(&text, "keystone_job_events_dead_lettered_total"), Some(K as f64));
+        assert_eq!(value(&text, "keystone_job_lag_events"), Some(0.0));
+        assert!(text.contains("# TYPE keystone_job_events_delivered_total counter"), "{text}");
+        let other = scrape(app.beta.clone()).await;
+        assert!(!other.contains("team=\"alpha\""), "team beta sees alpha's series: {other}");
+        let anonymous = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+        drop(rows_db);
+        app.teardown().await;
+        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+    }
+
     on_both_backends!(
         route_delivers_filtered_projected_events_and_reports_its_job,
         a_dead_sink_fails_its_route_visibly_while_another_route_delivers,
+        job_numbers_are_exact_in_metrics_samples_and_the_live_job,
     );
 
     #[tokio::test]

@@ -24,8 +24,12 @@ fn main() -> Result<()> {
     }
 }
 
+/// The workspace this run was invoked in. `cargo run` sets CARGO_MANIFEST_DIR at run time too;
+/// it wins over the compile-time path because a shared target directory can hand a binary built
+/// from another clone to this one (cargo sees the same sources there and does not rebuild).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Where cargo puts build output (`CARGO_TARGET_DIR` moves it, as CI does). The site itself

@@ -3,6 +3,8 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod dashboard;
+pub mod jobs;
 pub mod objects;
 pub mod overview;
 pub mod routes;

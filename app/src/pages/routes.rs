@@ -104,8 +104,8 @@ pub async fn preview_route(
 ) -> Result<Vec<PreviewRow>, AppError> {
     use keystone_control::goal::Goal;
     use keystone_control::Projection;
-    let (store, who) = crate::state::caller().await?;
-    let state = crate::state::app_state()?;
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
     let mut e = keystone_control::ValidationErrors::default();
     let rename = parse_pairs(&rename, "projection.rename", &mut e);
     if !e.is_empty() {
@@ -173,8 +173,8 @@ pub struct RouteJobView {
 #[server]
 pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppError> {
     use keystone_control::goal::Goal;
-    let (store, who) = crate::state::caller().await?;
-    let state = crate::state::app_state()?;
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
     let route = Goal::new(&store, &who).get(Kind::Route, &team, &name).await?;
     let topic = keystone_control::dead_letter_topic(&team, &name);
     let dead_letters =
@@ -196,8 +196,8 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
 #[server]
 pub async fn restart_route_job(team: String, name: String) -> Result<(), AppError> {
     use keystone_control::goal::Goal;
-    let (store, who) = crate::state::caller().await?;
-    let state = crate::state::app_state()?;
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
     let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
     state.jobs.stop(&route.id, true).await;
@@ -210,8 +210,8 @@ pub async fn restart_route_job(team: String, name: String) -> Result<(), AppErro
 pub async fn retry_dead_letters(team: String, name: String) -> Result<String, AppError> {
     use keystone_control::goal::Goal;
     use keystone_engine::job::dead_letters::ReplayError;
-    let (store, who) = crate::state::caller().await?;
-    let state = crate::state::app_state()?;
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
     let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
     let from = store.dead_letter_cursor(&route.id).await?;
     let r = match state.jobs.replay_dead_letters(&route.id, from, 500).await {
@@ -262,13 +262,16 @@ fn RouteJob() -> impl IntoView {
         <section class="mt-8" data-testid="route-job">
             <div class="mb-3 flex items-center justify-between">
                 <h2 class="text-lg font-medium">"Job"</h2>
-                {can_edit().then(|| view! {
-                    <ActionForm action=restart>
-                        <input type="hidden" name="team" value=team/>
-                        <input type="hidden" name="name" value=name/>
-                        <button type="submit" class=BUTTON_SECONDARY>"Restart job"</button>
-                    </ActionForm>
-                })}
+                <div class="flex gap-2">
+                    <a href=move || format!("/routes/{}/{}/dashboard", team(), name()) class=BUTTON_SECONDARY data-testid="open-dashboard">"Dashboard"</a>
+                    {can_edit().then(|| view! {
+                        <ActionForm action=restart>
+                            <input type="hidden" name="team" value=team/>
+                            <input type="hidden" name="name" value=name/>
+                            <button type="submit" class=BUTTON_SECONDARY>"Restart job"</button>
+                        </ActionForm>
+                    })}
+                </div>
             </div>
             <FormStatus error=last_error(restart.value())/>
             <FormStatus error=last_error(retry.value())/>

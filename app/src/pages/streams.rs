@@ -136,8 +136,8 @@ pub struct StreamActivityView {
 pub async fn stream_activity(team: String, name: String) -> Result<StreamActivityView, AppError> {
     use keystone_control::goal::Goal;
     use keystone_engine::log::Log;
-    let (store, who) = crate::state::caller().await?;
-    let state = crate::state::app_state()?;
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
     let object = Goal::new(&store, &who).get(Kind::Stream, &team, &name).await?;
     let spec: StreamSpec = object.spec_as().map_err(|_| AppError::Internal)?;
     let topic = keystone_control::stream_topic(&object.team, &object.name);

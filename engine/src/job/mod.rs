@@ -8,6 +8,7 @@
 //! commit, so duplicates are bounded by one checkpoint interval.
 
 pub mod dead_letters;
+pub mod latency;
 pub mod preview;
 pub mod registry;
 pub mod supervisor;
@@ -16,7 +17,7 @@ use crate::ingest::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Hygiene, Projection};
-use keystone_control::{dead_letter_topic, stream_topic, PartitionLag, RouteSpec, StreamSpec};
+use keystone_control::{dead_letter_topic, stream_topic, JobCounters, PartitionLag, RouteSpec, StreamSpec};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -152,6 +153,8 @@ pub struct JobStats {
     pub acked: Mutex<Vec<u64>>,
     pub committed: Mutex<Vec<u64>>,
     pub recent_errors: Mutex<Vec<(i64, String)>>,
+    /// End-to-end and sink request latencies since the last telemetry sample.
+    pub latency: Mutex<latency::Latency>,
 }
 
 const RECENT_ERRORS: usize = 20;
@@ -193,6 +196,36 @@ impl JobStats {
     /// Events in the log not acknowledged yet.
     pub fn lag<L: Log>(&self, spec: &JobSpec, log: &L) -> u64 {
         self.positions(spec, log).iter().map(|p| p.end.saturating_sub(p.acked)).sum()
+    }
+
+    /// The counters as they are now (cumulative since this job instance started).
+    pub fn counters(&self) -> JobCounters {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        JobCounters {
+            read: n(&self.read),
+            delivered: n(&self.delivered),
+            filtered_out: n(&self.filtered_out),
+            filter_errors: n(&self.filter_errors),
+            dead_lettered: n(&self.dead_lettered),
+            batches: n(&self.batches),
+            retries: n(&self.retries),
+            bytes_out: n(&self.bytes_out),
+        }
+    }
+
+    /// Age of the oldest event the sink has not acknowledged yet (0 when caught up): reads the
+    /// first unacknowledged record of each lagging partition for its ingest time.
+    pub async fn lag_seconds<L: Log>(&self, spec: &JobSpec, log: &L, now_ms: i64) -> f64 {
+        let mut oldest: Option<i64> = None;
+        for p in self.positions(spec, log).into_iter().filter(|p| p.end > p.acked) {
+            // A record already expired (or unreadable) is not waiting any more.
+            if let Ok(records) = log.read(&spec.topic, p.partition, p.acked, 1).await {
+                if let Some(r) = records.first() {
+                    oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
+                }
+            }
+        }
+        oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
     }
 
     /// Sum of acknowledged positions: grows whenever the job makes progress.
@@ -450,7 +483,9 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
     async fn deliver(&self, batch: &[SinkEvent]) -> Option<Vec<(usize, String)>> {
         let mut attempt = 0u32;
         loop {
+            let started = std::time::Instant::now();
             let outcome = self.sink.deliver(batch).await;
+            let took = started.elapsed();
             let refused = match outcome {
                 Ok(()) => Vec::new(),
                 Err(SinkError::Rejected(refused)) => refused,
@@ -471,6 +506,15 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             self.stats.delivered.fetch_add((batch.len() - refused.len()) as u64, Ordering::Relaxed);
             let bytes: usize = batch.iter().map(|e| e.event.to_string().len()).sum();
             self.stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            let now = crate::now_ms();
+            let mut latency = self.stats.latency.lock().expect("stats lock");
+            latency.record_request(took);
+            // Refused events are not delivered: their latency is the dead-letter queue's business.
+            let refused_at: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+            for (_, e) in batch.iter().enumerate().filter(|(i, _)| !refused_at.contains(i)) {
+                latency.record_end_to_end(now - e.ingested_at);
+            }
+            drop(latency);
             return Some(refused);
         }
     }

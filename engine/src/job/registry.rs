@@ -6,9 +6,8 @@ use super::dead_letters::{ReplayError, Replayed};
 use super::{JobSpec, JobStats};
 use crate::log::Log;
 use crate::sinks::{AnySink, ConfigError};
-use keystone_control::JobMetrics;
+use keystone_control::{JobCounters, JobMetrics, LatencySummary};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -25,6 +24,21 @@ pub struct RunningJob {
     pub task: JoinHandle<()>,
     /// Builds the route's sink, for replaying dead letters (`None` when the job could not be built).
     pub sink: Option<SinkFactory>,
+}
+
+/// One running job as the telemetry task sees it at a sample.
+pub struct Observed {
+    pub route_id: String,
+    /// `team/route`.
+    pub route: String,
+    /// Identifies the job instance: a restarted job has new stats (and counts from zero).
+    pub stats: Arc<JobStats>,
+    pub counters: JobCounters,
+    pub lag: u64,
+    pub lag_seconds: f64,
+    /// Since the previous observation.
+    pub end_to_end: Option<LatencySummary>,
+    pub sink_request: Option<LatencySummary>,
 }
 
 /// Builds a fresh sink of a route.
@@ -113,6 +127,29 @@ impl<L: Log> JobRegistry<L> {
         futures_util::future::join_all(ids.iter().map(|id| self.stop(id, true))).await;
     }
 
+    /// Samples every running job; each call starts the next latency interval.
+    pub async fn observe(&self, now_ms: i64) -> Vec<Observed> {
+        let running: Vec<(String, Arc<JobSpec>, Arc<JobStats>)> = {
+            let jobs = self.jobs.lock().expect("registry lock");
+            jobs.iter().filter_map(|(id, j)| Some((id.clone(), j.spec.clone()?, j.stats.clone()))).collect()
+        };
+        let mut out = Vec::with_capacity(running.len());
+        for (route_id, spec, stats) in running {
+            let (end_to_end, sink_request) = stats.latency.lock().expect("stats lock").take();
+            out.push(Observed {
+                route_id,
+                route: spec.route.clone(),
+                counters: stats.counters(),
+                lag: stats.lag(&spec, self.log.as_ref()),
+                lag_seconds: stats.lag_seconds(&spec, self.log.as_ref(), now_ms).await,
+                end_to_end,
+                sink_request,
+                stats,
+            });
+        }
+        out
+    }
+
     /// Live numbers of a route's job, if this process runs it.
     pub fn metrics(&self, route_id: &str) -> Option<JobMetrics> {
         let (spec, stats) = {
@@ -121,17 +158,17 @@ impl<L: Log> JobRegistry<L> {
             (j.spec.clone()?, j.stats.clone())
         };
         let partitions = stats.positions(&spec, self.log.as_ref());
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let c = stats.counters();
         let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
         Some(JobMetrics {
-            read: n(&stats.read),
-            delivered: n(&stats.delivered),
-            filtered_out: n(&stats.filtered_out),
-            filter_errors: n(&stats.filter_errors),
-            dead_lettered: n(&stats.dead_lettered),
-            batches: n(&stats.batches),
-            retries: n(&stats.retries),
-            bytes_out: n(&stats.bytes_out),
+            read: c.read,
+            delivered: c.delivered,
+            filtered_out: c.filtered_out,
+            filter_errors: c.filter_errors,
+            dead_lettered: c.dead_lettered,
+            batches: c.batches,
+            retries: c.retries,
+            bytes_out: c.bytes_out,
             lag: partitions.iter().map(|p| p.end.saturating_sub(p.acked)).sum(),
             partitions,
             recent_errors,

@@ -1,0 +1,97 @@
+//! `/metrics` in Prometheus text format, and a route's stored samples as JSON. Admins scrape
+//! every series; anyone else sees only the series labelled with one of their teams, so a
+//! team's scrape job cannot read another team's routes.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::handlers::Caller;
+use crate::ApiState;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use keystone_control::auth::Principal;
+use keystone_control::goal::Goal;
+use keystone_control::telemetry::Window;
+use keystone_control::{JobSample, Kind, ValidationErrors};
+use serde::Deserialize;
+
+/// Every metric of this process the caller may see (Prometheus text exposition format 0.0.4).
+pub async fn metrics(State(s): State<ApiState>, Caller(who): Caller) -> impl IntoResponse {
+    let text = s.metrics.render();
+    let body = if who.is_admin() { text } else { visible_to(&text, &who) };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// The lines of `text` a non-admin may read: comments, and series of their teams.
+fn visible_to(text: &str, who: &Principal) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = line.starts_with('#')
+            || team_label(line).is_some_and(|team| who.teams.iter().any(|t| t.name == team));
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The `team` label of a series line (`name{team="a",route="b"} 1`).
+fn team_label(line: &str) -> Option<&str> {
+    let labels = &line[line.find('{')? + 1..line.find('}')?];
+    labels.split(',').find_map(|l| l.strip_prefix("team=\"")).and_then(|v| v.strip_suffix('"'))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WindowQuery {
+    /// `15m`, `1h`, `24h` or `7d` (default `1h`).
+    pub window: Option<String>,
+}
+
+/// A route's job samples over a window, oldest first: 10-second samples up to a day, 5-minute
+/// samples beyond.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/samples",
+    params(("team" = String, Path), ("name" = String, Path), ("window" = Option<String>, Query)),
+    responses((status = 200, body = [JobSample]), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn samples(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Json<Vec<JobSample>>, ApiError> {
+    let window = match q.window.as_deref() {
+        None => Window::Hour,
+        Some(w) => Window::parse(w)
+            .ok_or_else(|| ValidationErrors::single("window", format!("{w:?} is not one of 15m, 1h, 24h, 7d")))?,
+    };
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let now = keystone_control::store::now_ms();
+    Ok(Json(s.store.job_samples(&route.id, now - window.ms(), now).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystone_control::auth::TeamRef;
+    use keystone_control::Role;
+
+    #[test]
+    fn non_admins_see_only_their_teams_series() {
+        let text = "# HELP keystone_job_lag_events x\n# TYPE keystone_job_lag_events gauge\n\
+                    keystone_job_lag_events{team=\"a\",route=\"r\"} 3\n\
+                    keystone_job_lag_events{team=\"b\",route=\"r\"} 4\n\
+                    keystone_jobs{phase=\"running\"} 2\n";
+        let who = Principal {
+            user_id: "u".into(),
+            display: "u".into(),
+            role: Role::Editor,
+            teams: vec![TeamRef { id: "1".into(), name: "a".into() }],
+        };
+        let seen = visible_to(text, &who);
+        assert!(seen.contains("team=\"a\""));
+        assert!(!seen.contains("team=\"b\""), "another team's series leaked");
+        assert!(!seen.contains("keystone_jobs{"), "platform series are for admins");
+        assert_eq!(team_label("x{route=\"r\",team=\"t\"} 1"), Some("t"));
+        assert_eq!(team_label("x 1"), None);
+    }
+}

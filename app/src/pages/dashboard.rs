@@ -1,0 +1,344 @@
+//! A route job's dashboard: throughput, lag, latency and errors over a chosen window, with the
+//! lifecycle (goal changes, phase changes and their causes) on the same time axis, the effective
+//! configuration and the latest errors. Charts are SVG rendered on the server; the page refreshes
+//! itself every ten seconds once hydrated, and works as plain HTML without JavaScript.
+
+use crate::components::*;
+use crate::error::AppError;
+use keystone_control::telemetry::Window;
+use keystone_control::{JobCounters, JobRecord};
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use serde::{Deserialize, Serialize};
+
+/// One rendered chart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chart {
+    /// Stable name, for tests and anchors (`throughput`, `lag`, ...).
+    pub id: String,
+    pub svg: String,
+}
+
+/// One lifecycle event on the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: i64,
+    /// `goal` (the route was declared or changed) or `job` (the job changed phase).
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardView {
+    pub window: Window,
+    pub job: Option<JobRecord>,
+    /// Totals over the window.
+    pub totals: JobCounters,
+    /// The newest sample's lag, in events and seconds.
+    pub lag: Option<(u64, f64)>,
+    pub charts: Vec<Chart>,
+    /// Newest first.
+    pub timeline: Vec<TimelineEntry>,
+    /// (key, value, where it comes from).
+    pub config: Vec<(String, String, String)>,
+    pub recent_errors: Vec<(i64, String)>,
+}
+
+#[server]
+pub async fn job_dashboard(team: String, name: String, window: String) -> Result<DashboardView, AppError> {
+    use crate::charts::{line_chart, Series, AMBER, BLUE, GREEN, RED, SLATE};
+    use keystone_control::goal::Goal;
+    use keystone_control::{Kind, RouteSpec};
+    let (state, who) = crate::state::signed_in().await?;
+    let store = state.store.clone();
+    let window = Window::parse(&window).unwrap_or(Window::Hour);
+    let goal = Goal::new(&store, &who);
+    let route = goal.get(Kind::Route, &team, &name).await?;
+    let spec: RouteSpec = route.spec_as().map_err(|_| AppError::Internal)?;
+    let now = keystone_control::store::now_ms();
+    let from = now - window.ms();
+    let samples = store.job_samples(&route.id, from, now).await?;
+
+    let mut totals = JobCounters::default();
+    for s in &samples {
+        totals = JobCounters {
+            read: totals.read + s.counts.read,
+            delivered: totals.delivered + s.counts.delivered,
+            filtered_out: totals.filtered_out + s.counts.filtered_out,
+            filter_errors: totals.filter_errors + s.counts.filter_errors,
+            dead_lettered: totals.dead_lettered + s.counts.dead_lettered,
+            batches: totals.batches + s.counts.batches,
+            retries: totals.retries + s.counts.retries,
+            bytes_out: totals.bytes_out + s.counts.bytes_out,
+        };
+    }
+    let mut timeline: Vec<TimelineEntry> = goal
+        .history(Kind::Route, &team, &name)
+        .await?
+        .into_iter()
+        .filter(|r| r.created_at >= from)
+        .map(|r| TimelineEntry {
+            at: r.created_at,
+            kind: "goal".into(),
+            text: format!(
+                "v{} {} by {}{}",
+                r.version,
+                r.op.as_str(),
+                r.author,
+                if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }
+            ),
+        })
+        .collect();
+    timeline.extend(store.transitions(&route.id, 200).await?.into_iter().filter(|t| t.at >= from).map(|t| {
+        TimelineEntry {
+            at: t.at,
+            kind: "job".into(),
+            text: format!(
+                "{} → {}: {}",
+                t.from.map_or("none", |p| p.as_str()),
+                t.to.as_str(),
+                t.cause
+            ),
+        }
+    }));
+    timeline.sort_by(|a, b| b.at.cmp(&a.at));
+    let markers: Vec<i64> = timeline.iter().map(|t| t.at).collect();
+
+    // Rates are per second of each sample's own length (10 s or 5 min).
+    let rate = |f: fn(&JobCounters) -> u64| -> Vec<(i64, f64)> {
+        samples.iter().map(|s| (s.at, f(&s.counts) as f64 / s.seconds.max(1) as f64)).collect()
+    };
+    let seconds = samples.first().map_or(10, |s| s.seconds);
+    let gap = seconds * 1000 * 3 / 2;
+    let range = (from, now);
+    let latency = |f: fn(&keystone_control::LatencySummary) -> f64| -> Vec<(i64, f64)> {
+        samples.iter().filter_map(|s| s.end_to_end.as_ref().map(|l| (s.at, f(l)))).collect()
+    };
+    let charts = vec![
+        Chart {
+            id: "throughput".into(),
+            svg: line_chart(
+                "Throughput",
+                "events/s",
+                range,
+                gap,
+                &[
+                    Series { label: "read", color: BLUE, points: rate(|c| c.read) },
+                    Series { label: "delivered", color: GREEN, points: rate(|c| c.delivered) },
+                    Series { label: "filtered out", color: SLATE, points: rate(|c| c.filtered_out) },
+                ],
+                &markers,
+            ),
+        },
+        Chart {
+            id: "lag".into(),
+            svg: line_chart(
+                "Lag (events waiting for the sink)",
+                "events",
+                range,
+                gap,
+                &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag as f64)).collect() }],
+                &markers,
+            ),
+        },
+        Chart {
+            id: "lag-seconds".into(),
+            svg: line_chart(
+                "Lag (age of the oldest waiting event)",
+                "seconds",
+                range,
+                gap,
+                &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag_seconds)).collect() }],
+                &markers,
+            ),
+        },
+        Chart {
+            id: "latency".into(),
+            svg: line_chart(
+                "End-to-end latency (ingest to sink acknowledgement)",
+                "ms",
+                range,
+                gap,
+                &[
+                    Series { label: "p50", color: BLUE, points: latency(|l| l.p50_ms) },
+                    Series { label: "p95", color: AMBER, points: latency(|l| l.p95_ms) },
+                    Series { label: "p99", color: RED, points: latency(|l| l.p99_ms) },
+                ],
+                &markers,
+            ),
+        },
+        Chart {
+            id: "errors".into(),
+            svg: line_chart(
+                "Errors",
+                "events/s",
+                range,
+                gap,
+                &[
+                    Series { label: "dead-lettered", color: RED, points: rate(|c| c.dead_lettered) },
+                    Series { label: "filter errors", color: AMBER, points: rate(|c| c.filter_errors) },
+                    Series { label: "sink retries", color: SLATE, points: rate(|c| c.retries) },
+                ],
+                &markers,
+            ),
+        },
+    ];
+
+    let settings = spec.job_settings().unwrap_or_default();
+    let source = |key: &str| if spec.config.contains_key(key) { "route" } else { "platform default" }.to_owned();
+    let config = vec![
+        ("batch_size".into(), spec.batch_size.to_string(), "route".into()),
+        ("max_latency_ms".into(), spec.max_latency_ms.to_string(), "route".into()),
+        ("ordering".into(), spec.ordering.as_str().into(), "route".into()),
+        ("delivery_on_redeploy".into(), spec.delivery_on_redeploy.as_str().into(), "route".into()),
+        (
+            "job.checkpoint_interval_ms".into(),
+            settings.checkpoint_interval_ms.to_string(),
+            source("job.checkpoint_interval_ms"),
+        ),
+        ("job.stall_timeout_s".into(), settings.stall_timeout_s.to_string(), source("job.stall_timeout_s")),
+        (
+            "job.start_at".into(),
+            if settings.start_at_latest { "latest" } else { "earliest" }.into(),
+            source("job.start_at"),
+        ),
+    ];
+    Ok(DashboardView {
+        window,
+        job: store.job(&route.id).await?,
+        totals,
+        lag: samples.last().map(|s| (s.lag, s.lag_seconds)),
+        charts,
+        timeline,
+        config,
+        recent_errors: state.jobs.metrics(&route.id).map(|m| m.recent_errors).unwrap_or_default(),
+    })
+}
+
+#[component]
+pub fn RouteDashboardPage() -> impl IntoView {
+    let params = use_params_map();
+    let query = use_query_map();
+    let team = move || params.read().get("team").unwrap_or_default();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let window = move || query.read().get("window").and_then(|w| Window::parse(&w)).unwrap_or(Window::Hour);
+    // Bumped every ten seconds in the browser: the charts follow the job live.
+    let tick = RwSignal::new(0u32);
+    Effect::new(move |_| {
+        let handle = set_interval_with_handle(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(10));
+        on_cleanup(move || {
+            if let Ok(h) = handle {
+                h.clear();
+            }
+        });
+    });
+    // Read once, untracked: a signal read here would re-run the page's parent.
+    let (title_team, title_name) = {
+        let p = params.read_untracked();
+        (p.get("team").unwrap_or_default(), p.get("name").unwrap_or_default())
+    };
+    let data = Resource::new(
+        move || (team(), name(), window(), tick.get()),
+        |(t, n, w, _)| job_dashboard(t, n, w.as_str().to_owned()),
+    );
+    view! {
+        <Title text=format!("{title_name} dashboard · Keystone")/>
+        <PageHeader title=format!("{title_name} · dashboard") subtitle=format!("Route job · team {title_team}")>
+            <a href=move || format!("/routes/{}/{}", team(), name()) class=BUTTON_SECONDARY>"Route and job"</a>
+        </PageHeader>
+        <nav class="mb-4 flex gap-2" aria-label="Window" data-testid="windows">
+            {Window::ALL.into_iter().map(|w| view! {
+                <a
+                    href=move || format!("/routes/{}/{}/dashboard?window={}", team(), name(), w.as_str())
+                    class=move || if window() == w { "rounded-md bg-indigo-600 px-3 py-1 text-sm font-medium text-white" } else { "rounded-md border border-slate-300 bg-white px-3 py-1 text-sm text-slate-700 hover:bg-slate-50" }
+                    aria-current=move || (window() == w).then_some("true")
+                >{w.as_str()}</a>
+            }).collect_view()}
+        </nav>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                match data.await {
+                    Err(e) => view! { <LoadError error=e/> }.into_any(),
+                    Ok(d) => dashboard_view(d).into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+fn dashboard_view(d: DashboardView) -> impl IntoView {
+    let t = d.totals;
+    let phase = d.job.as_ref().map_or("pending".to_owned(), |j| j.phase.as_str().to_owned());
+    let (lag, lag_s) = d.lag.unwrap_or((0, 0.0));
+    view! {
+        <div class=format!("{CARD} mb-6 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-6") data-testid="dashboard-totals">
+            {figure("Phase", phase, "dash-phase")}
+            {figure("Read", t.read.to_string(), "dash-read")}
+            {figure("Delivered", t.delivered.to_string(), "dash-delivered")}
+            {figure("Filtered out", t.filtered_out.to_string(), "dash-filtered")}
+            {figure("Dead-lettered", t.dead_lettered.to_string(), "dash-dead-lettered")}
+            {figure("Lag", format!("{lag} ev · {lag_s:.1} s"), "dash-lag")}
+        </div>
+        <p class="mb-4 text-xs text-slate-500">{format!("Totals over the last {}. Grey vertical lines mark the timeline's events.", d.window.as_str())}</p>
+        <div class="grid gap-4 xl:grid-cols-2">
+            {d.charts.into_iter().map(|c| view! {
+                <figure class=format!("{CARD} overflow-hidden p-2") data-testid=format!("chart-{}", c.id) inner_html=c.svg></figure>
+            }).collect_view()}
+        </div>
+        <div class="mt-8 grid gap-6 lg:grid-cols-2">
+            <section class=CARD>
+                <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Timeline"</h2>
+                {if d.timeline.is_empty() {
+                    view! { <p class="px-4 py-3 text-sm text-slate-500">"Nothing happened in this window."</p> }.into_any()
+                } else {
+                    view! {
+                        <ul class="divide-y divide-slate-100 text-sm" data-testid="timeline">
+                            {d.timeline.into_iter().map(|e| view! {
+                                <li class="flex gap-3 px-4 py-2">
+                                    <span class="shrink-0 tabular-nums text-slate-500">{format_time(e.at)}</span>
+                                    <span class=if e.kind == "goal" { "shrink-0 rounded-sm bg-indigo-50 px-1.5 text-xs leading-5 text-indigo-700" } else { "shrink-0 rounded-sm bg-slate-100 px-1.5 text-xs leading-5 text-slate-700" }>{e.kind.clone()}</span>
+                                    <span>{e.text}</span>
+                                </li>
+                            }).collect_view()}
+                        </ul>
+                    }.into_any()
+                }}
+            </section>
+            <section class=CARD>
+                <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Effective configuration"</h2>
+                <table class="min-w-full divide-y divide-slate-100" data-testid="effective-config">
+                    <thead class="bg-slate-50"><tr><th class=TH>"Key"</th><th class=TH>"Value"</th><th class=TH>"From"</th></tr></thead>
+                    <tbody class="divide-y divide-slate-100">
+                        {d.config.into_iter().map(|(k, v, from)| view! {
+                            <tr><td class=format!("{TD} font-mono")>{k}</td><td class=format!("{TD} font-mono")>{v}</td><td class=format!("{TD} text-slate-500")>{from}</td></tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </section>
+        </div>
+        <section class=format!("{CARD} mt-6")>
+            <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Latest errors"</h2>
+            {if d.recent_errors.is_empty() {
+                view! { <p class="px-4 py-3 text-sm text-slate-500">"No errors since the job started."</p> }.into_any()
+            } else {
+                view! {
+                    <ul class="divide-y divide-slate-100 text-sm">
+                        {d.recent_errors.into_iter().rev().map(|(at, m)| view! {
+                            <li class="flex gap-3 px-4 py-2"><span class="shrink-0 tabular-nums text-slate-500">{format_time(at)}</span><span class="font-mono text-xs">{m}</span></li>
+                        }).collect_view()}
+                    </ul>
+                }.into_any()
+            }}
+        </section>
+    }
+}
+
+fn figure(label: &'static str, value: String, test_id: &'static str) -> impl IntoView {
+    view! {
+        <div class="px-4 py-3">
+            <div class="text-xs uppercase tracking-wide text-slate-500">{label}</div>
+            <div class="text-lg font-semibold tabular-nums" data-testid=test_id>{value}</div>
+        </div>
+    }
+}

@@ -1,0 +1,290 @@
+//! A job's numbers over time: what the data plane counts, and the samples the dashboards plot.
+//! Samples are kept at two resolutions (10 s for a day, 5 min for a month) so a dashboard of any
+//! window stays a few thousand points and the store stays bounded.
+
+use serde::{Deserialize, Serialize};
+
+/// Counters of one job instance, cumulative since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct JobCounters {
+    pub read: u64,
+    pub delivered: u64,
+    pub filtered_out: u64,
+    pub filter_errors: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub bytes_out: u64,
+}
+
+impl JobCounters {
+    /// What happened since `before`. A job restarted in between counts from zero again, which
+    /// shows as a counter going down: then everything it counted is new.
+    pub fn since(&self, before: Option<&JobCounters>) -> JobCounters {
+        let Some(b) = before else { return *self };
+        if self.read < b.read || self.delivered < b.delivered || self.batches < b.batches {
+            return *self;
+        }
+        JobCounters {
+            read: self.read - b.read,
+            delivered: self.delivered - b.delivered,
+            filtered_out: self.filtered_out.saturating_sub(b.filtered_out),
+            filter_errors: self.filter_errors.saturating_sub(b.filter_errors),
+            dead_lettered: self.dead_lettered.saturating_sub(b.dead_lettered),
+            batches: self.batches - b.batches,
+            retries: self.retries.saturating_sub(b.retries),
+            bytes_out: self.bytes_out.saturating_sub(b.bytes_out),
+        }
+    }
+}
+
+/// A latency distribution over one interval, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What one job did over `seconds` starting at `at` (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct JobSample {
+    pub at: i64,
+    pub seconds: i64,
+    /// Events counted in the interval.
+    pub counts: JobCounters,
+    /// Events waiting for the sink at the end of the interval (the worst, once downsampled).
+    pub lag: u64,
+    /// Age of the oldest waiting event, in seconds (the worst, once downsampled).
+    pub lag_seconds: f64,
+    /// Ingest to sink acknowledgement. Downsampled: p50 weighted by events, p95/p99/max the
+    /// worst interval's (an upper bound, never an underestimate).
+    pub end_to_end: Option<LatencySummary>,
+    /// One sink request, answered.
+    pub sink_request: Option<LatencySummary>,
+}
+
+/// The sample resolutions kept, and for how long.
+pub const RESOLUTIONS: [Resolution; 2] = [
+    Resolution { seconds: 10, keep_ms: 24 * 3_600_000 },
+    Resolution { seconds: 300, keep_ms: 30 * 24 * 3_600_000 },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    pub seconds: i64,
+    pub keep_ms: i64,
+}
+
+impl Resolution {
+    /// Start of the bucket holding `at`.
+    pub fn bucket(&self, at: i64) -> i64 {
+        at - at.rem_euclid(self.seconds * 1000)
+    }
+
+    /// The finest resolution that still covers a window reaching `window_ms` back.
+    pub fn for_window(window_ms: i64) -> Resolution {
+        RESOLUTIONS.into_iter().find(|r| window_ms <= r.keep_ms).unwrap_or(RESOLUTIONS[RESOLUTIONS.len() - 1])
+    }
+}
+
+/// How a job looks at a glance, on the platform overview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Failing or failed: its sink keeps refusing, or it crashed too often.
+    Failing,
+    /// Running, but its oldest waiting event is older than [`LAGGING_AFTER_S`].
+    Lagging,
+    Healthy,
+    /// Not running: stopped, or not started yet.
+    Stopped,
+}
+
+/// A running job whose oldest waiting event is this old is lagging.
+pub const LAGGING_AFTER_S: f64 = 60.0;
+
+impl Health {
+    pub const ALL: [Health; 4] = [Health::Healthy, Health::Lagging, Health::Failing, Health::Stopped];
+
+    pub fn of(phase: Option<crate::JobPhase>, lag_seconds: f64) -> Health {
+        use crate::JobPhase::*;
+        match phase {
+            Some(Failing | Failed) => Health::Failing,
+            Some(Running | Starting) if lag_seconds > LAGGING_AFTER_S => Health::Lagging,
+            Some(Running | Starting) => Health::Healthy,
+            Some(Stopped | Pending) | None => Health::Stopped,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Failing => "failing",
+            Health::Lagging => "lagging",
+            Health::Healthy => "healthy",
+            Health::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// The time windows dashboards offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Window {
+    #[serde(rename = "15m")]
+    Minutes15,
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
+}
+
+impl Window {
+    pub const ALL: [Window; 4] = [Window::Minutes15, Window::Hour, Window::Day, Window::Week];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Minutes15 => "15m",
+            Window::Hour => "1h",
+            Window::Day => "24h",
+            Window::Week => "7d",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+
+    pub fn ms(self) -> i64 {
+        match self {
+            Window::Minutes15 => 15 * 60_000,
+            Window::Hour => 3_600_000,
+            Window::Day => 24 * 3_600_000,
+            Window::Week => 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// Folds a finer sample into a coarser bucket (both of the same job).
+pub fn merge(bucket: &mut JobSample, s: &JobSample) {
+    let c = &mut bucket.counts;
+    let d = &s.counts;
+    c.read += d.read;
+    c.delivered += d.delivered;
+    c.filtered_out += d.filtered_out;
+    c.filter_errors += d.filter_errors;
+    c.dead_lettered += d.dead_lettered;
+    c.batches += d.batches;
+    c.retries += d.retries;
+    c.bytes_out += d.bytes_out;
+    bucket.lag = bucket.lag.max(s.lag);
+    bucket.lag_seconds = bucket.lag_seconds.max(s.lag_seconds);
+    bucket.end_to_end = merge_latency(bucket.end_to_end, s.end_to_end);
+    bucket.sink_request = merge_latency(bucket.sink_request, s.sink_request);
+}
+
+fn merge_latency(a: Option<LatencySummary>, b: Option<LatencySummary>) -> Option<LatencySummary> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => {
+            let count = a.count + b.count;
+            let weighted = |x: f64, y: f64| (x * a.count as f64 + y * b.count as f64) / count.max(1) as f64;
+            Some(LatencySummary {
+                count,
+                p50_ms: weighted(a.p50_ms, b.p50_ms),
+                p95_ms: a.p95_ms.max(b.p95_ms),
+                p99_ms: a.p99_ms.max(b.p99_ms),
+                max_ms: a.max_ms.max(b.max_ms),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(read: u64, delivered: u64) -> JobCounters {
+        JobCounters { read, delivered, batches: delivered / 10, ..Default::default() }
+    }
+
+    #[test]
+    fn deltas_follow_counters_and_survive_restarts() {
+        assert_eq!(counters(100, 80).since(None), counters(100, 80));
+        let d = counters(150, 120).since(Some(&counters(100, 80)));
+        assert_eq!((d.read, d.delivered), (50, 40));
+        // Restarted: the new instance counted 30 since it started.
+        let d = counters(30, 20).since(Some(&counters(150, 120)));
+        assert_eq!((d.read, d.delivered), (30, 20));
+    }
+
+    #[test]
+    fn merging_sums_counts_keeps_worst_lag_and_weights_the_median() {
+        let lat = |count, p50, p99| Some(LatencySummary { count, p50_ms: p50, p95_ms: p99, p99_ms: p99, max_ms: p99 });
+        let mut bucket = JobSample {
+            at: 0,
+            seconds: 300,
+            counts: counters(10, 10),
+            lag: 5,
+            lag_seconds: 1.0,
+            end_to_end: lat(30, 10.0, 50.0),
+            sink_request: None,
+        };
+        let s = JobSample {
+            at: 10_000,
+            seconds: 10,
+            counts: counters(20, 10),
+            lag: 3,
+            lag_seconds: 4.0,
+            end_to_end: lat(10, 50.0, 20.0),
+            sink_request: lat(1, 7.0, 7.0),
+        };
+        merge(&mut bucket, &s);
+        assert_eq!((bucket.counts.read, bucket.counts.delivered), (30, 20));
+        assert_eq!((bucket.lag, bucket.lag_seconds), (5, 4.0));
+        let e = bucket.end_to_end.unwrap();
+        assert_eq!((e.count, e.p50_ms, e.p99_ms), (40, 20.0, 50.0));
+        assert_eq!(bucket.sink_request.unwrap().p50_ms, 7.0);
+    }
+
+    #[test]
+    fn health_follows_phase_then_lag() {
+        use crate::JobPhase;
+        assert_eq!(Health::of(Some(JobPhase::Running), 0.5), Health::Healthy);
+        assert_eq!(Health::of(Some(JobPhase::Running), 61.0), Health::Lagging);
+        assert_eq!(Health::of(Some(JobPhase::Failing), 0.0), Health::Failing);
+        assert_eq!(Health::of(Some(JobPhase::Failed), 500.0), Health::Failing);
+        assert_eq!(Health::of(Some(JobPhase::Stopped), 500.0), Health::Stopped);
+        assert_eq!(Health::of(None, 0.0), Health::Stopped);
+        for h in Health::ALL {
+            assert_eq!(Health::parse(h.as_str()), Some(h));
+        }
+    }
+
+    #[test]
+    fn windows_round_trip_their_names() {
+        for w in Window::ALL {
+            assert_eq!(Window::parse(w.as_str()), Some(w));
+        }
+        assert_eq!(Window::parse("2h"), None);
+    }
+
+    #[test]
+    fn resolution_is_the_finest_that_covers_the_window() {
+        assert_eq!(Resolution::for_window(15 * 60_000).seconds, 10);
+        assert_eq!(Resolution::for_window(24 * 3_600_000).seconds, 10);
+        assert_eq!(Resolution::for_window(7 * 24 * 3_600_000).seconds, 300);
+        assert_eq!(RESOLUTIONS[0].bucket(1_234_567), 1_230_000);
+        assert_eq!(RESOLUTIONS[1].bucket(1_234_567), 1_200_000);
+    }
+}

@@ -1,0 +1,224 @@
+//! The telemetry task. Every interval it samples each running job, stores the samples (the time
+//! series the dashboards plot, rolled up and pruned by age) and publishes the same numbers, with
+//! the streams' ingest counters and the jobs by phase, for `/metrics` in Prometheus text format.
+//!
+//! The data plane only bumps atomics and records latencies into per-job histograms; everything
+//! here runs off the hot path, once per interval.
+
+use keystone_control::store::{now_ms, Scope, Store};
+use keystone_control::telemetry::{Resolution, RESOLUTIONS};
+use keystone_control::{JobPhase, JobSample, LatencySummary};
+use keystone_engine::job::registry::{JobRegistry, Observed};
+use keystone_engine::job::JobStats;
+use keystone_engine::log::EmbeddedLog;
+use keystone_engine::meter::IngestMeter;
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The process's metrics, rendered on demand for `/metrics`. Not a global recorder: each server
+/// (and each test server in one process) keeps its own.
+pub struct Exporter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Exporter {
+    /// Series not updated for `idle` (a deleted route's, say) disappear from the output.
+    pub fn new(idle: Duration) -> Exporter {
+        let recorder = PrometheusBuilder::new().idle_timeout(MetricKindMask::ALL, Some(idle)).build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, describe);
+        Exporter { recorder, handle }
+    }
+
+    pub fn handle(&self) -> PrometheusHandle {
+        self.handle.clone()
+    }
+}
+
+fn describe() {
+    describe_counter!("keystone_job_events_read_total", "Events a route's job read from its stream.");
+    describe_counter!("keystone_job_events_delivered_total", "Events the sink acknowledged.");
+    describe_counter!("keystone_job_events_filtered_total", "Events the route's filter left out.");
+    describe_counter!("keystone_job_filter_errors_total", "Events the filter could not evaluate (not delivered).");
+    describe_counter!("keystone_job_events_dead_lettered_total", "Events sent to the route's dead-letter queue.");
+    describe_counter!("keystone_job_sink_batches_total", "Sink requests that went through.");
+    describe_counter!("keystone_job_sink_retries_total", "Sink requests that failed transiently and were retried.");
+    describe_counter!("keystone_job_sink_bytes_total", Unit::Bytes, "Bytes of events delivered.");
+    describe_gauge!("keystone_job_lag_events", "Events in the stream the sink has not acknowledged yet.");
+    describe_gauge!("keystone_job_lag_seconds", Unit::Seconds, "Age of the oldest event not acknowledged yet.");
+    describe_gauge!(
+        "keystone_job_end_to_end_latency_seconds",
+        Unit::Seconds,
+        "Ingest to sink acknowledgement, quantiles over the last sample interval."
+    );
+    describe_gauge!(
+        "keystone_job_sink_request_seconds",
+        Unit::Seconds,
+        "One sink request, quantiles over the last sample interval."
+    );
+    describe_gauge!("keystone_job_restarts", "Restarts after crashes or stalls, since the route was declared.");
+    describe_gauge!("keystone_jobs", "Jobs by observed phase.");
+    describe_counter!("keystone_stream_events_accepted_total", "Events the ingest proxy appended.");
+    describe_counter!("keystone_stream_bytes_accepted_total", Unit::Bytes, "Bytes the ingest proxy appended.");
+    describe_counter!("keystone_stream_events_rejected_total", "Events refused by validation.");
+    describe_counter!("keystone_stream_events_throttled_total", "Events refused for the stream's quota.");
+    describe_gauge!("keystone_stream_log_events", "Events ever appended to the stream's log.");
+    describe_gauge!("keystone_telemetry_pass_seconds", Unit::Seconds, "How long the last telemetry pass took.");
+}
+
+pub struct Telemetry {
+    pub store: Store,
+    pub log: Arc<EmbeddedLog>,
+    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    pub meter: Arc<IngestMeter>,
+    pub exporter: Arc<Exporter>,
+    pub interval: Duration,
+}
+
+/// The sample of the fine bucket in progress, per route, and the job instance it came from.
+struct Open {
+    bucket: i64,
+    samples: HashMap<String, JobSample>,
+    previous: HashMap<String, (Arc<JobStats>, keystone_control::JobCounters)>,
+    rolled_up_to: i64,
+}
+
+impl Telemetry {
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            let mut open =
+                Open { bucket: 0, samples: HashMap::new(), previous: HashMap::new(), rolled_up_to: i64::MIN };
+            let mut tick = tokio::time::interval(self.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let started = std::time::Instant::now();
+                if let Err(e) = self.pass(&mut open).await {
+                    tracing::warn!(error = %e, "Telemetry pass failed; the next one tries again.");
+                }
+                metrics::with_local_recorder(&self.exporter.recorder, || {
+                    gauge!("keystone_telemetry_pass_seconds").set(started.elapsed().as_secs_f64());
+                });
+            }
+        });
+    }
+
+    async fn pass(&self, open: &mut Open) -> Result<(), keystone_control::store::StoreError> {
+        let now = now_ms();
+        let fine = RESOLUTIONS[0];
+        // A tick reports what happened over the interval before it: file it under the middle.
+        let bucket = fine.bucket(now - self.interval.as_millis() as i64 / 2);
+        if bucket != open.bucket {
+            open.samples.clear();
+            open.bucket = bucket;
+        }
+        let observed = self.jobs.observe(now).await;
+        let mut rows = Vec::with_capacity(observed.len());
+        for o in &observed {
+            let before = open.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
+            let sample = JobSample {
+                at: bucket,
+                seconds: fine.seconds,
+                counts: o.counters.since(before),
+                lag: o.lag,
+                lag_seconds: o.lag_seconds,
+                end_to_end: o.end_to_end,
+                sink_request: o.sink_request,
+            };
+            let merged = match open.samples.get_mut(&o.route_id) {
+                Some(s) => {
+                    keystone_control::telemetry::merge(s, &sample);
+                    // Lag is a level, not a worst-of within one fine bucket: the latest counts.
+                    s.lag = o.lag;
+                    s.lag_seconds = o.lag_seconds;
+                    s.clone()
+                }
+                None => {
+                    open.samples.insert(o.route_id.clone(), sample.clone());
+                    sample
+                }
+            };
+            rows.push((o.route_id.clone(), merged));
+        }
+        open.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
+        self.store.put_samples(fine, &rows).await?;
+        self.roll_up(open, now).await?;
+        let jobs = self.store.jobs(&Scope::All).await?;
+        metrics::with_local_recorder(&self.exporter.recorder, || {
+            self.publish(&observed, &jobs, now);
+        });
+        self.exporter.handle.run_upkeep();
+        Ok(())
+    }
+
+    /// Rolls finished 5-minute buckets up (once each) and prunes what is past keeping.
+    async fn roll_up(&self, open: &mut Open, now: i64) -> Result<(), keystone_control::store::StoreError> {
+        let coarse: Resolution = RESOLUTIONS[1];
+        let current = coarse.bucket(now);
+        if open.rolled_up_to >= current {
+            return Ok(());
+        }
+        // The bucket that just closed (after a restart this also completes one left half done).
+        self.store.roll_up_samples(current - coarse.seconds * 1000).await?;
+        let removed = self.store.prune_samples(now).await?;
+        if removed > 0 {
+            tracing::debug!(removed, "Pruned old job samples.");
+        }
+        open.rolled_up_to = current;
+        Ok(())
+    }
+
+    fn publish(&self, observed: &[Observed], jobs: &[keystone_control::JobRecord], now: i64) {
+        for o in observed {
+            let (team, route) = o.route.split_once('/').unwrap_or(("", &o.route));
+            let labels = [("team", team.to_owned()), ("route", route.to_owned())];
+            let c = &o.counters;
+            counter!("keystone_job_events_read_total", &labels).absolute(c.read);
+            counter!("keystone_job_events_delivered_total", &labels).absolute(c.delivered);
+            counter!("keystone_job_events_filtered_total", &labels).absolute(c.filtered_out);
+            counter!("keystone_job_filter_errors_total", &labels).absolute(c.filter_errors);
+            counter!("keystone_job_events_dead_lettered_total", &labels).absolute(c.dead_lettered);
+            counter!("keystone_job_sink_batches_total", &labels).absolute(c.batches);
+            counter!("keystone_job_sink_retries_total", &labels).absolute(c.retries);
+            counter!("keystone_job_sink_bytes_total", &labels).absolute(c.bytes_out);
+            gauge!("keystone_job_lag_events", &labels).set(o.lag as f64);
+            gauge!("keystone_job_lag_seconds", &labels).set(o.lag_seconds);
+            quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.end_to_end);
+            quantiles("keystone_job_sink_request_seconds", &labels, o.sink_request);
+        }
+        for j in jobs {
+            let labels = [("team", j.team.clone()), ("route", j.route.clone())];
+            gauge!("keystone_job_restarts", &labels).set(j.restarts as f64);
+        }
+        for phase in JobPhase::ALL {
+            let n = jobs.iter().filter(|j| j.phase == phase).count();
+            gauge!("keystone_jobs", "phase" => phase.as_str()).set(n as f64);
+        }
+        for topic in self.meter.topics() {
+            let s = self.meter.stats(&topic, now);
+            let (team, stream) = topic.split_once('.').unwrap_or(("", &topic));
+            let labels = [("team", team.to_owned()), ("stream", stream.to_owned())];
+            counter!("keystone_stream_events_accepted_total", &labels).absolute(s.accepted);
+            counter!("keystone_stream_bytes_accepted_total", &labels).absolute(s.bytes);
+            counter!("keystone_stream_events_rejected_total", &labels).absolute(s.rejected);
+            counter!("keystone_stream_events_throttled_total", &labels).absolute(s.throttled);
+            let in_log: u64 = keystone_engine::log::Log::end_offsets(self.log.as_ref(), &topic).iter().sum();
+            gauge!("keystone_stream_log_events", &labels).set(in_log as f64);
+        }
+    }
+}
+
+/// Quantile gauges of an interval's latency; nothing when no event was measured.
+fn quantiles(name: &'static str, labels: &[(&'static str, String); 2], l: Option<LatencySummary>) {
+    let Some(l) = l else { return };
+    for (q, ms) in [("0.5", l.p50_ms), ("0.95", l.p95_ms), ("0.99", l.p99_ms)] {
+        let mut with_q = labels.to_vec();
+        with_q.push(("quantile", q.to_owned()));
+        gauge!(name, &with_q).set(ms / 1000.0);
+    }
+}
