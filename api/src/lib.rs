@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))
+        .route("/api/v1/teams/{team}/routes/{name}/alerts", get(metrics::alerts))
         .route("/api/v1/jobs", get(jobs::list_jobs))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))

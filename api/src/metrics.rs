@@ -95,3 +95,30 @@ mod tests {
         assert_eq!(team_label("x 1"), None);
     }
 }
+
+/// A route's alert rules as declared, their current states, and the latest firings.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RouteAlerts {
+    pub rules: Vec<keystone_control::alerts::AlertRule>,
+    pub states: Vec<keystone_control::alerts::AlertStatus>,
+    /// Newest first.
+    pub events: Vec<keystone_control::alerts::AlertEvent>,
+}
+
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/alerts",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = RouteAlerts), (status = 404, body = ErrorBody)))]
+pub async fn alerts(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<RouteAlerts>, ApiError> {
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let spec: keystone_control::RouteSpec =
+        route.spec_as().map_err(|e| keystone_control::store::StoreError::Corrupt(e.to_string()))?;
+    Ok(Json(RouteAlerts {
+        rules: spec.alerts,
+        states: s.store.route_alerts(&route.id).await?,
+        events: s.store.alert_events(&route.id, 50).await?,
+    }))
+}

@@ -254,7 +254,10 @@ impl<'a> Goal<'a> {
         let version = current.as_ref().map_or(1, |c| c.version + 1);
         let mut new_secrets: Vec<(String, String)> = Vec::new();
         let spec: Value = match decl {
-            Declaration::Team(s) => to_json(&s),
+            Declaration::Team(s) => {
+                s.validate()?;
+                to_json(&s)
+            }
             Declaration::Stream(s) => {
                 s.validate()?;
                 if let Some(schema) = &s.schema {

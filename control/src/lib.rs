@@ -6,6 +6,7 @@
 //! service every entry point (console, JSON API, CLI) goes through, so they share one set of
 //! rules.
 
+pub mod alerts;
 pub mod diff;
 pub mod filter_fields;
 pub mod model;
@@ -14,6 +15,8 @@ pub mod reconcile;
 pub mod telemetry;
 pub mod validation;
 
+#[cfg(feature = "store")]
+pub mod alert_store;
 #[cfg(feature = "store")]
 pub mod auth;
 #[cfg(feature = "store")]

@@ -121,6 +121,30 @@ impl Op {
 pub struct TeamSpec {
     #[serde(default)]
     pub description: String,
+    /// Where the team's alert notifications are POSTed (JSON, see the README); none: recorded
+    /// in the console only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<String>,
+}
+
+impl TeamSpec {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        check_description(&mut e, &self.description);
+        if let Some(u) = &self.alert_webhook {
+            check_http_url(&mut e, "alert_webhook", u);
+        }
+        e.into_result(())
+    }
+}
+
+/// An http(s) URL with a host: where Keystone may send requests.
+fn check_http_url(e: &mut ValidationErrors, field: &str, u: &str) {
+    match url::Url::parse(u) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+        Ok(_) => e.add(field, "must be an http:// or https:// URL with a host"),
+        Err(err) => e.add(field, format!("is not a valid URL: {err}")),
+    }
 }
 
 pub const PARTITIONS_MAX: u32 = 256;
@@ -369,11 +393,7 @@ impl SinkInput {
         match kind {
             SinkKind::Http => {
                 if let Some(u) = setting("url") {
-                    match url::Url::parse(u) {
-                        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
-                        Ok(_) => e.add("settings.url", "must be an http:// or https:// URL with a host"),
-                        Err(err) => e.add("settings.url", format!("is not a valid URL: {err}")),
-                    }
+                    check_http_url(&mut e, "settings.url", u);
                 }
                 if let Some(t) = setting("timeout_ms") {
                     match t.parse::<u32>() {
@@ -562,6 +582,9 @@ pub struct RouteSpec {
     /// Free-form job properties (layered under environment and console overrides).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// Alert rules of the route's job; a route that declares none gets the defaults.
+    #[serde(default = "crate::alerts::default_alert_rules")]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 pub fn default_batch_size() -> u32 {
@@ -594,6 +617,7 @@ impl RouteSpec {
         }
         check_range(&mut e, "batch_size", self.batch_size, BATCH_SIZE_MAX);
         check_range(&mut e, "max_latency_ms", self.max_latency_ms, MAX_LATENCY_MS_MAX);
+        crate::alerts::validate_rules(&self.alerts, &mut e);
         for key in self.config.keys() {
             let ok = !key.is_empty()
                 && key.len() <= 100
@@ -956,6 +980,7 @@ mod tests {
             delivery_on_redeploy: Delivery::NoGap,
             ordering: Ordering::Partition,
             config: BTreeMap::new(),
+            alerts: crate::alerts::default_alert_rules(),
         }
     }
 

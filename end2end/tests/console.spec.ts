@@ -231,9 +231,10 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("route-job")).toContainText("No refused event is waiting for a retry.");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
 
-  // The preview runs the edited (unsaved) filter and projection on the newest events. (The edit
-  // page is opened by URL: hydrating the route page sometimes fails, see issue 3's note.)
-  await page.goto(`/routes/alpha/${route}/edit`);
+  // The preview runs the edited (unsaved) filter and projection on the newest events. The edit
+  // page is reached by a link on the freshly loaded (hydrated) route page.
+  await page.getByRole("link", { name: "Edit" }).click();
+  await expect(page).toHaveURL(new RegExp(`/routes/alpha/${route}/edit$`));
   await fill(page, { "Filter (CEL)": "event.n >= 30", "Keep fields": "n" });
   await page.getByRole("button", { name: "Preview on recent events" }).click();
   await expect(page.getByTestId("preview-summary")).toHaveText("10 of 40 events pass; 0 cannot be evaluated.");
@@ -260,6 +261,10 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("timeline")).toContainText("starting → running");
   await expect(page.getByTestId("timeline")).toContainText("v1 create by alice");
   await expect(page.getByTestId("effective-config")).toContainText("job.checkpoint_interval_ms");
+  // The route got the default alert rules; a healthy job has them all ok.
+  await expect(page.getByTestId("alerts")).toContainText("nothing delivered for 600 s while events wait");
+  await expect(page.getByTestId("alert-no_delivery")).toHaveText("ok");
+  await expect(page.getByTestId("alert-failed")).toHaveText("ok");
   await page.screenshot({ path: "test-results/job-dashboard.png", fullPage: true });
   await page.getByTestId("windows").getByRole("link", { name: "24h" }).click();
   await expect(page).toHaveURL(/window=24h$/);

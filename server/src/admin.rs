@@ -22,7 +22,7 @@ pub async fn create_team(store: &Store, name: &str, description: &str) -> anyhow
         println!("Team {name} already exists.");
         return Ok(());
     }
-    let spec = TeamSpec { description: description.to_owned() };
+    let spec = TeamSpec { description: description.to_owned(), alert_webhook: None };
     goal.create("", name, Declaration::Team(spec), "created by `keystone admin`")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -287,3 +287,115 @@ fn sink_latencies(dir: &Path) -> anyhow::Result<Vec<f64>> {
     }
     Ok(out)
 }
+
+/// The platform overview with `jobs` routes: declares them (one stream, one file sink), stores
+/// five minutes of 10-second samples for each, starts the real server (which starts every job),
+/// signs in and times the server-side render of `/jobs`, whole and filtered.
+pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<()> {
+    use crate::settings::Settings;
+    use crate::startup::Application;
+    use keystone_control::auth::{upsert_user, Principal};
+    use keystone_control::goal::{Declaration, Goal};
+    use keystone_control::telemetry::RESOLUTIONS;
+    use keystone_control::{JobCounters, JobSample, Kind, Role, TeamSpec};
+    use serde_json::json;
+
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let url = format!("sqlite://{}", dir.join("keystone.db").display());
+    let store = keystone_control::store::Store::connect(&url).await?;
+    let root = Principal { user_id: "bench".into(), display: "bench".into(), role: Role::Admin, teams: vec![] };
+    let goal = Goal::new(&store, &root);
+    goal.create("", "bench", Declaration::Team(TeamSpec::default()), "benchmark").await?;
+    let declare = |kind: Kind, name: String, spec: serde_json::Value| {
+        let goal = Goal::new(&store, &root);
+        async move {
+            let decl = Declaration::from_json(kind, spec).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            goal.create("bench", &name, decl, "benchmark").await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let started = Instant::now();
+    declare(Kind::Stream, "plays".into(), json!({"partitions": 1, "retention_hours": 24})).await?;
+    declare(Kind::Sink, "lake".into(), json!({"kind": "file", "settings": {"path": "plays"}})).await?;
+    for n in 0..jobs {
+        declare(Kind::Route, format!("route-{n:05}"), json!({"stream": "plays", "sink": "lake"})).await?;
+    }
+    let fine = RESOLUTIONS[0];
+    let now = keystone_control::store::now_ms();
+    let routes = goal.list(Kind::Route).await?;
+    for chunk in routes.chunks(500) {
+        let mut samples = Vec::new();
+        for (i, r) in chunk.iter().enumerate() {
+            for k in 0..30 {
+                let delivered = ((i + k) % 17) as u64 * 10;
+                let sample = JobSample {
+                    at: fine.bucket(now - k as i64 * 10_000),
+                    seconds: fine.seconds,
+                    counts: JobCounters { read: delivered, delivered, batches: 1, ..Default::default() },
+                    lag: (k % 5) as u64,
+                    lag_seconds: (k % 5) as f64,
+                    end_to_end: None,
+                    sink_request: None,
+                };
+                samples.push((r.id.clone(), sample));
+            }
+        }
+        store.put_samples(fine, &samples).await?;
+    }
+    println!("Declared {jobs} routes with 30 samples each in {:.1?}", started.elapsed());
+    upsert_user(&store, "bench-admin", "bench-password-1", Role::Admin, &[], false).await?;
+
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        database_url: Some(url),
+        site_root: dir.join("site"),
+        secure_cookies: false,
+        session_idle_minutes: 60,
+        session_absolute_hours: 12,
+        public_origin: None,
+        ingest_max_body_bytes: 1 << 20,
+        ingest_max_event_bytes: 64 << 10,
+        telemetry_interval_ms: 10_000,
+    };
+    let app = Application::build(settings).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let running = app.jobs();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    while running.running_count() < jobs {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("The reconciler started {jobs} jobs in {:.1?}", started.elapsed());
+
+    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build()?;
+    let login = http
+        .post(format!("{base}/api/login"))
+        .header("origin", &base)
+        .form(&[("username", "bench-admin"), ("password", "bench-password-1")])
+        .send()
+        .await?;
+    anyhow::ensure!(login.status().is_redirection() || login.status().is_success(), "sign-in failed: {}", login.status());
+    println!("{:<40} {:>10} {:>10} {:>12}", "page", "p50 ms", "max ms", "HTML bytes");
+    for page in ["/jobs", "/jobs?health=failing", "/jobs?sort=lag&stream=plays"] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let resp = http.get(format!("{base}{page}")).send().await?;
+            anyhow::ensure!(resp.status().is_success(), "{page}: {}", resp.status());
+            bytes = resp.bytes().await?.len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!("{:<40} {:>10.0} {:>10.0} {:>12}", page, percentile(&times, 0.5), percentile(&times, 1.0), bytes);
+    }
+    let _ = stop.send(());
+    server.await??;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

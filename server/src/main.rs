@@ -95,6 +95,14 @@ enum BenchCommand {
         #[arg(long)]
         postgres_url: Option<String>,
     },
+    /// Server render time of the jobs overview with many routes (each running its job).
+    Overview {
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+        /// Requests timed per page.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -123,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Pipeline { events, producers, batch, partitions, postgres_url } } => {
             let shape = keystone::bench::PipelineBench { events, producers, batch, partitions, postgres_url };
             keystone::bench::pipeline(&settings.data_dir.join("bench-pipeline"), shape).await?;
+        }
+        Command::Bench { command: BenchCommand::Overview { jobs, rounds } } => {
+            keystone::bench::overview(&settings.data_dir.join("bench-overview"), jobs, rounds).await?;
         }
         Command::Admin { command } => {
             std::fs::create_dir_all(&settings.data_dir)?;

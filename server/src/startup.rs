@@ -108,6 +108,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         meter: meter.clone(),
         exporter: exporter.clone(),
         interval,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
     }
     .spawn();
     let state = AppState {

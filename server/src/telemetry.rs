@@ -5,7 +5,10 @@
 //! The data plane only bumps atomics and records latencies into per-job histograms; everything
 //! here runs off the hot path, once per interval.
 
+use keystone_control::alerts::{AlertEvent, AlertStatus};
+use keystone_control::alerts::{condition, step, AlertKind, AlertRule, AlertState, Observation, RuleStatus};
 use keystone_control::store::{now_ms, Scope, Store};
+use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_control::telemetry::{Resolution, RESOLUTIONS};
 use keystone_control::{JobPhase, JobSample, LatencySummary};
 use keystone_engine::job::registry::{JobRegistry, Observed};
@@ -15,7 +18,7 @@ use keystone_engine::meter::IngestMeter;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_util::MetricKindMask;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,21 +81,30 @@ pub struct Telemetry {
     pub meter: Arc<IngestMeter>,
     pub exporter: Arc<Exporter>,
     pub interval: Duration,
+    /// Sends alert notifications.
+    pub http: reqwest::Client,
 }
 
-/// The sample of the fine bucket in progress, per route, and the job instance it came from.
+/// The sample of the fine bucket in progress, per route, and the job instance it came from;
+/// and what the alert rules are evaluated on.
 struct Open {
     bucket: i64,
     samples: HashMap<String, JobSample>,
     previous: HashMap<String, (Arc<JobStats>, keystone_control::JobCounters)>,
     rolled_up_to: i64,
+    alerts: Alerts,
 }
 
 impl Telemetry {
     pub fn spawn(self) {
         tokio::spawn(async move {
-            let mut open =
-                Open { bucket: 0, samples: HashMap::new(), previous: HashMap::new(), rolled_up_to: i64::MIN };
+            let mut open = Open {
+                bucket: 0,
+                samples: HashMap::new(),
+                previous: HashMap::new(),
+                rolled_up_to: i64::MIN,
+                alerts: Alerts::default(),
+            };
             let mut tick = tokio::time::interval(self.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -119,6 +131,7 @@ impl Telemetry {
         }
         let observed = self.jobs.observe(now).await;
         let mut rows = Vec::with_capacity(observed.len());
+        let mut increments: HashMap<String, keystone_control::JobCounters> = HashMap::new();
         for o in &observed {
             let before = open.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
             let sample = JobSample {
@@ -130,6 +143,7 @@ impl Telemetry {
                 end_to_end: o.end_to_end,
                 sink_request: o.sink_request,
             };
+            increments.insert(o.route_id.clone(), sample.counts);
             let merged = match open.samples.get_mut(&o.route_id) {
                 Some(s) => {
                     keystone_control::telemetry::merge(s, &sample);
@@ -149,6 +163,7 @@ impl Telemetry {
         self.store.put_samples(fine, &rows).await?;
         self.roll_up(open, now).await?;
         let jobs = self.store.jobs(&Scope::All).await?;
+        self.evaluate_alerts(&mut open.alerts, &observed, &increments, &jobs, now).await?;
         metrics::with_local_recorder(&self.exporter.recorder, || {
             self.publish(&observed, &jobs, now);
         });
@@ -221,4 +236,139 @@ fn quantiles(name: &'static str, labels: &[(&'static str, String); 2], l: Option
         with_q.push(("quantile", q.to_owned()));
         gauge!(name, &with_q).set(ms / 1000.0);
     }
+}
+
+/// What the alert evaluator remembers between passes.
+#[derive(Default)]
+struct Alerts {
+    /// Loaded from the store on the first pass, so a restart neither re-fires nor forgets.
+    loaded: bool,
+    states: HashMap<(String, AlertKind), RuleStatus>,
+    /// Per route: cumulative counts (across job restarts) and recent observations, oldest first.
+    totals: HashMap<String, keystone_control::JobCounters>,
+    history: HashMap<String, VecDeque<Observation>>,
+}
+
+impl Telemetry {
+    /// Evaluates every live route's alert rules on its observations, stores the states, and
+    /// records and notifies each firing and resolution once.
+    async fn evaluate_alerts(
+        &self,
+        a: &mut Alerts,
+        observed: &[Observed],
+        increments: &HashMap<String, keystone_control::JobCounters>,
+        jobs: &[keystone_control::JobRecord],
+        now: i64,
+    ) -> Result<(), keystone_control::store::StoreError> {
+        if !a.loaded {
+            a.states = self.store.alert_states().await?.into_iter().map(|(r, k, s)| ((r, k), s)).collect();
+            a.loaded = true;
+        }
+        let routes = self.store.list(Kind::Route, &Scope::All).await?;
+        let teams: HashMap<String, TeamSpec> = self
+            .store
+            .list(Kind::Team, &Scope::All)
+            .await?
+            .into_iter()
+            .filter_map(|t| Some((t.name.clone(), t.spec_as().ok()?)))
+            .collect();
+        let live: HashMap<&str, &Observed> = observed.iter().map(|o| (o.route_id.as_str(), o)).collect();
+        let mut states = Vec::new();
+        for route in &routes {
+            let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
+            let job = jobs.iter().find(|j| j.route_id == route.id);
+            let totals = a.totals.entry(route.id.clone()).or_default();
+            if let Some(inc) = increments.get(&route.id) {
+                totals.delivered += inc.delivered;
+                totals.dead_lettered += inc.dead_lettered;
+            }
+            let o = live.get(route.id.as_str());
+            let history = a.history.entry(route.id.clone()).or_default();
+            history.push_back(Observation {
+                at: now,
+                delivered: totals.delivered,
+                dead_lettered: totals.dead_lettered,
+                restarts: job.map_or(0, |j| j.restarts),
+                lag: o.map_or(0, |o| o.lag),
+                lag_seconds: o.map_or(0.0, |o| o.lag_seconds),
+                phase: job.map(|j| j.phase),
+            });
+            let keep_ms = spec.alerts.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
+            while history.front().is_some_and(|h| h.at < now - (keep_ms * 1000.0) as i64 - 1000) {
+                history.pop_front();
+            }
+            let history = history.make_contiguous();
+            for rule in &spec.alerts {
+                let key = (route.id.clone(), rule.kind);
+                let prev = a.states.get(&key).copied().unwrap_or(RuleStatus { state: AlertState::Ok, since: now });
+                let (holds, value) = condition(rule, history);
+                let next = step(rule, prev, holds, now);
+                a.states.insert(key, next);
+                states.push((route.id.clone(), AlertStatus { rule: rule.kind, state: next.state, since: next.since, value }));
+                if next.state != prev.state && matches!(next.state, AlertState::Firing | AlertState::Resolved) {
+                    let webhook = teams.get(&route.team).and_then(|t| t.alert_webhook.clone());
+                    self.notify(route, rule, next, value, webhook);
+                }
+            }
+        }
+        // Rules of deleted routes, or removed from a route, are forgotten.
+        a.states.retain(|(id, kind), _| {
+            routes.iter().any(|r| &r.id == id && r.spec_as::<RouteSpec>().is_ok_and(|s| s.alerts.iter().any(|x| x.kind == *kind)))
+        });
+        a.history.retain(|id, _| routes.iter().any(|r| &r.id == id));
+        self.store.put_alert_states(&states).await
+    }
+
+    /// Records a firing or resolution and POSTs it to the team's webhook, retrying three times
+    /// with backoff; off the telemetry loop, so a slow webhook delays nothing.
+    fn notify(&self, route: &Object, rule: &AlertRule, status: RuleStatus, value: f64, webhook: Option<String>) {
+        let message = format!(
+            "{}/{}: {} ({}, value {value})",
+            route.team,
+            route.name,
+            status.state.as_str(),
+            rule.kind.describe(rule.threshold, rule.for_s)
+        );
+        tracing::warn!(route = %format!("{}/{}", route.team, route.name), rule = rule.kind.as_str(), state = status.state.as_str(), value, "Alert.");
+        let payload = serde_json::json!({
+            "version": 1,
+            "team": route.team,
+            "route": route.name,
+            "rule": rule.kind.as_str(),
+            "state": status.state.as_str(),
+            "value": value,
+            "threshold": rule.threshold,
+            "for_s": rule.for_s,
+            "description": rule.kind.describe(rule.threshold, rule.for_s),
+            "at": status.since,
+            "dashboard": format!("/routes/{}/{}/dashboard", route.team, route.name),
+        });
+        let (store, http, route_id) = (self.store.clone(), self.http.clone(), route.id.clone());
+        let event = AlertEvent { rule: rule.kind, at: status.since, state: status.state, value, message, notified: String::new() };
+        tokio::spawn(async move {
+            let notified = match webhook {
+                None => "no webhook".to_owned(),
+                Some(url) => send_with_retry(&http, &url, &payload).await,
+            };
+            if let Err(e) = store.record_alert_event(&route_id, &AlertEvent { notified, ..event }).await {
+                tracing::warn!(error = %e, "Recording an alert event failed.");
+            }
+        });
+    }
+}
+
+/// `sent`, or the last failure after four attempts (1 s, 2 s, 4 s apart).
+async fn send_with_retry(http: &reqwest::Client, url: &str, payload: &serde_json::Value) -> String {
+    let mut last = String::new();
+    for attempt in 0..4u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+        }
+        match http.post(url).json(payload).send().await {
+            Ok(r) if r.status().is_success() => return "sent".to_owned(),
+            Ok(r) => last = format!("webhook answered {}", r.status()),
+            Err(e) => last = format!("webhook unreachable: {}", e.without_url()),
+        }
+    }
+    last
 }

@@ -1190,6 +1190,99 @@ mod delivery {
         let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
     }
 
+    /// An alert's whole life: a sink that answers 503 leaves events waiting, the route's
+    /// `no_delivery` rule goes pending, then firing, and the team's webhook hears about it once;
+    /// when the sink recovers the rule resolves and the webhook hears that too.
+    #[tokio::test]
+    async fn a_stuck_route_fires_its_alert_once_and_resolves_after_recovery() {
+        use axum::routing::post;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let app = spawn_app(Db::Sqlite).await;
+        let healthy = Arc::new(AtomicBool::new(false));
+        let notes: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink_health = healthy.clone();
+        let received = notes.clone();
+        let routes = axum::Router::new()
+            .route(
+                "/sink",
+                post(move || {
+                    let ok = sink_health.load(Ordering::SeqCst);
+                    async move { if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE } }
+                }),
+            )
+            .route(
+                "/alerts",
+                post(move |axum::Json(v): axum::Json<Value>| {
+                    received.lock().unwrap().push(v);
+                    async { StatusCode::NO_CONTENT }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+
+        // The team's webhook is set by an admin; a bad URL is refused with its field.
+        let admin = Principal { user_id: "t".into(), display: "t".into(), role: Role::Admin, teams: vec![] };
+        let goal = Goal::new(&app.store, &admin);
+        let bad = TeamSpec { description: String::new(), alert_webhook: Some("ftp://x".into()) };
+        let e = goal.update("", "alpha", Declaration::Team(bad), "", None).await.unwrap_err();
+        assert!(e.to_string().contains("alert_webhook"), "{e}");
+        let team = TeamSpec { description: String::new(), alert_webhook: Some(format!("{local}/alerts")) };
+        goal.update("", "alpha", Declaration::Team(team), "alerts to the on-call bot", None).await.unwrap();
+
+        declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24})).await;
+        declare(&app, "sinks", "hook", json!({"kind": "http", "settings": {"url": format!("{local}/sink")}})).await;
+        let route = json!({"stream": "plays", "sink": "hook", "max_latency_ms": 20,
+            "alerts": [{"kind": "no_delivery", "threshold": 1, "for_s": 1}, {"kind": "failed"}]});
+        declare(&app, "routes", "stuck", route).await;
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/routes", json!({"name": "bad", "spec":
+                {"stream": "plays", "sink": "hook", "alerts": [{"kind": "latency", "threshold": 1}]}}))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "an unknown rule kind is refused: {body}");
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..10)).await;
+
+        let state = || async {
+            let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
+            a["states"].as_array().unwrap().iter().find(|s| s["rule"] == "no_delivery").map(|s| s["state"].clone())
+        };
+        let mut seen: Vec<Value> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.last() != Some(&json!("firing")) {
+            assert!(Instant::now() < deadline, "the alert never fired: {seen:?}");
+            if let Some(s) = state().await {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // (The first evaluation may already see events waiting: `ok` is not always observed.)
+        assert_eq!(seen[seen.len() - 2..], [json!("pending"), json!("firing")], "held for for_s before firing: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        {
+            let notes = notes.lock().unwrap();
+            assert_eq!(notes.len(), 1, "one notification while firing: {notes:?}");
+            assert_eq!((&notes[0]["route"], &notes[0]["rule"], &notes[0]["state"]), (&json!("stuck"), &json!("no_delivery"), &json!("firing")));
+            assert_eq!(notes[0]["dashboard"], "/routes/alpha/stuck/dashboard");
+        }
+
+        healthy.store(true, Ordering::SeqCst);
+        eventually("the alert resolved", || async { state().await == Some(json!("resolved")) }).await;
+        eventually("the resolve notification", || async { notes.lock().unwrap().len() == 2 }).await;
+        assert_eq!(notes.lock().unwrap()[1]["state"], "resolved");
+        let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
+        let events = a["events"].as_array().unwrap();
+        assert_eq!(events.iter().map(|e| (e["state"].clone(), e["notified"].clone())).collect::<Vec<_>>(),
+            [(json!("resolved"), json!("sent")), (json!("firing"), json!("sent"))], "{a}");
+        assert_eq!(a["rules"].as_array().unwrap().len(), 2, "the declared rules, not the defaults");
+        let failed = a["states"].as_array().unwrap().iter().find(|s| s["rule"] == "failed").unwrap().clone();
+        assert_eq!(failed["state"], "ok");
+        app.teardown().await;
+    }
+
     on_both_backends!(
         route_delivers_filtered_projected_events_and_reports_its_job,
         a_dead_sink_fails_its_route_visibly_while_another_route_delivers,

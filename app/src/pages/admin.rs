@@ -34,8 +34,21 @@ pub async fn directory() -> Result<DirectoryData, AppError> {
 pub async fn create_team(name: String, description: String) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
     let (store, who) = admin().await?;
-    let spec = keystone_control::TeamSpec { description: description.trim().to_owned() };
+    let spec = keystone_control::TeamSpec { description: description.trim().to_owned(), alert_webhook: None };
     Goal::new(&store, &who).create("", name.trim(), Declaration::Team(spec), "").await?;
+    Ok(())
+}
+
+/// Sets (or, with an empty URL, removes) where a team's alert notifications go.
+#[server]
+pub async fn set_alert_webhook(team: String, url: String) -> Result<(), AppError> {
+    use keystone_control::goal::{Declaration, Goal};
+    let (store, who) = admin().await?;
+    let goal = Goal::new(&store, &who);
+    let current = goal.get(keystone_control::Kind::Team, "", team.trim()).await?;
+    let mut spec: keystone_control::TeamSpec = current.spec_as().map_err(|_| AppError::Internal)?;
+    spec.alert_webhook = Some(url.trim().to_owned()).filter(|u| !u.is_empty());
+    goal.update("", team.trim(), Declaration::Team(spec), "alert webhook changed", Some(current.version)).await?;
     Ok(())
 }
 
@@ -54,7 +67,12 @@ pub async fn create_user(username: String, password: String, role: String, teams
 pub fn AdminPage() -> impl IntoView {
     let new_team = ServerAction::<CreateTeam>::new();
     let new_user = ServerAction::<CreateUser>::new();
-    let data = Resource::new(move || (new_team.version().get(), new_user.version().get()), |_| directory());
+    let webhook = ServerAction::<SetAlertWebhook>::new();
+    let data = Resource::new(
+        move || (new_team.version().get(), new_user.version().get(), webhook.version().get()),
+        |_| directory(),
+    );
+    let webhook_errors = field_errors(webhook.value());
     let team_errors = field_errors(new_team.value());
     let user_errors = field_errors(new_user.value());
     view! {
@@ -68,6 +86,13 @@ pub fn AdminPage() -> impl IntoView {
                     <Field label="Name" name="name" errors=team_errors required=true/>
                     <Field label="Description" name="description" errors=team_errors/>
                     <button type="submit" class=BUTTON>"Create team"</button>
+                </ActionForm>
+                <h2 class="mt-6 mb-3 text-lg font-medium">"Team alert webhook"</h2>
+                <FormStatus error=last_error(webhook.value())/>
+                <ActionForm action=webhook attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Team" name="team" errors=webhook_errors required=true/>
+                    <Field label="Webhook URL" name="url" errors=webhook_errors help="Alert firings and resolutions are POSTed here as JSON; empty removes it."/>
+                    <button type="submit" class=BUTTON_SECONDARY>"Save webhook"</button>
                 </ActionForm>
             </section>
             <section>
@@ -90,11 +115,12 @@ pub fn AdminPage() -> impl IntoView {
                         <div class="mt-8 grid gap-6 lg:grid-cols-2">
                             <div class=format!("{CARD} overflow-hidden")>
                                 <table class="min-w-full divide-y divide-slate-200" data-testid="teams-table">
-                                    <thead class="bg-slate-50"><tr><th class=TH>"Team"</th><th class=TH>"Description"</th></tr></thead>
+                                    <thead class="bg-slate-50"><tr><th class=TH>"Team"</th><th class=TH>"Description"</th><th class=TH>"Alert webhook"</th></tr></thead>
                                     <tbody class="divide-y divide-slate-100">
                                         {d.teams.into_iter().map(|t| view! {
                                             <tr><td class=format!("{TD} font-medium")>{t.name.clone()}</td>
-                                            <td class=TD>{t.spec.get("description").and_then(|v| v.as_str()).unwrap_or("").to_owned()}</td></tr>
+                                            <td class=TD>{t.spec.get("description").and_then(|v| v.as_str()).unwrap_or("").to_owned()}</td>
+                                            <td class=format!("{TD} font-mono text-xs")>{t.spec.get("alert_webhook").and_then(|v| v.as_str()).unwrap_or("").to_owned()}</td></tr>
                                         }).collect_view()}
                                     </tbody>
                                 </table>

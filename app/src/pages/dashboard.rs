@@ -43,6 +43,19 @@ pub struct DashboardView {
     /// (key, value, where it comes from).
     pub config: Vec<(String, String, String)>,
     pub recent_errors: Vec<(i64, String)>,
+    /// Each declared rule: what it watches, and its state now (`ok` before its first evaluation).
+    pub alerts: Vec<AlertRow>,
+    /// Latest firings and resolutions, newest first.
+    pub alert_events: Vec<keystone_control::alerts::AlertEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRow {
+    pub rule: String,
+    pub description: String,
+    pub state: String,
+    pub since: Option<i64>,
+    pub value: Option<f64>,
 }
 
 #[server]
@@ -204,7 +217,24 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             source("job.start_at"),
         ),
     ];
+    let states = store.route_alerts(&route.id).await?;
+    let alerts = spec
+        .alerts
+        .iter()
+        .map(|r| {
+            let s = states.iter().find(|s| s.rule == r.kind);
+            AlertRow {
+                rule: r.kind.as_str().to_owned(),
+                description: r.kind.describe(r.threshold, r.for_s),
+                state: s.map_or("ok", |s| s.state.as_str()).to_owned(),
+                since: s.map(|s| s.since),
+                value: s.map(|s| s.value),
+            }
+        })
+        .collect();
     Ok(DashboardView {
+        alerts,
+        alert_events: store.alert_events(&route.id, 20).await?,
         window,
         job: store.job(&route.id).await?,
         totals,
@@ -318,6 +348,35 @@ fn dashboard_view(d: DashboardView) -> impl IntoView {
             </section>
         </div>
         <section class=format!("{CARD} mt-6")>
+            <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Alerts"</h2>
+            <table class="min-w-full divide-y divide-slate-100" data-testid="alerts">
+                <thead class="bg-slate-50"><tr><th class=TH>"Rule"</th><th class=TH>"State"</th><th class=TH>"Since"</th><th class=TH>"Value"</th></tr></thead>
+                <tbody class="divide-y divide-slate-100">
+                    {d.alerts.into_iter().map(|a| view! {
+                        <tr>
+                            <td class=TD><span class="font-mono">{a.rule.clone()}</span><div class="text-xs text-slate-500">{a.description}</div></td>
+                            <td class=TD><span class=alert_badge(&a.state) data-testid=format!("alert-{}", a.rule)>{a.state.clone()}</span></td>
+                            <td class=format!("{TD} tabular-nums text-slate-500")>{a.since.map(format_time).unwrap_or_default()}</td>
+                            <td class=format!("{TD} tabular-nums")>{a.value.map(|v| format!("{v:.1}")).unwrap_or_default()}</td>
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+            {(!d.alert_events.is_empty()).then(|| view! {
+                <h3 class="border-t border-slate-200 px-4 py-2 text-sm font-medium">"History"</h3>
+                <ul class="divide-y divide-slate-100 text-sm" data-testid="alert-history">
+                    {d.alert_events.into_iter().map(|e| view! {
+                        <li class="flex gap-3 px-4 py-2">
+                            <span class="shrink-0 tabular-nums text-slate-500">{format_time(e.at)}</span>
+                            <span class=alert_badge(e.state.as_str())>{e.state.as_str()}</span>
+                            <span>{e.message}</span>
+                            <span class="ml-auto shrink-0 text-xs text-slate-500">{e.notified}</span>
+                        </li>
+                    }).collect_view()}
+                </ul>
+            })}
+        </section>
+        <section class=format!("{CARD} mt-6")>
             <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Latest errors"</h2>
             {if d.recent_errors.is_empty() {
                 view! { <p class="px-4 py-3 text-sm text-slate-500">"No errors since the job started."</p> }.into_any()
@@ -331,6 +390,15 @@ fn dashboard_view(d: DashboardView) -> impl IntoView {
                 }.into_any()
             }}
         </section>
+    }
+}
+
+fn alert_badge(state: &str) -> &'static str {
+    match state {
+        "firing" => "rounded-sm bg-red-100 px-2 py-0.5 text-xs font-medium text-red-800",
+        "pending" => "rounded-sm bg-amber-100 px-2 py-0.5 text-xs font-medium text-amber-800",
+        "resolved" => "rounded-sm bg-green-100 px-2 py-0.5 text-xs font-medium text-green-800",
+        _ => "rounded-sm bg-slate-100 px-2 py-0.5 text-xs font-medium text-slate-700",
     }
 }
 

@@ -33,6 +33,8 @@ pub async fn save_route(
     delivery_on_redeploy: String,
     ordering: String,
     config: String,
+    // Optional: forms from before alert rules keep the route's rules (or the defaults).
+    alerts: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -52,6 +54,7 @@ pub async fn save_route(
     }
     let rename = parse_pairs(&rename, "projection.rename", &mut e);
     let config = parse_pairs(&config, "config", &mut e);
+    let alerts = alerts.map(|text| keystone_control::alerts::parse_rules(&text, &mut e));
     let (Some(stream), Some(sink), Some(batch_size), Some(max_latency_ms), Some(delivery), Some(order), true) =
         (stream, sink, batch_size, max_latency_ms, delivery, order, e.is_empty())
     else {
@@ -75,9 +78,20 @@ pub async fn save_route(
         delivery_on_redeploy: delivery,
         ordering: order,
         config,
+        alerts: Vec::new(),
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
+    let spec = RouteSpec {
+        alerts: match alerts {
+            Some(rules) => rules,
+            None => match parse_version(&version) {
+                Some(_) => goal.get(Kind::Route, &team, &name).await?.spec_as::<RouteSpec>().map_err(|_| AppError::Internal)?.alerts,
+                None => keystone_control::alerts::default_alert_rules(),
+            },
+        },
+        ..spec
+    };
     let decl = Declaration::Route(spec);
     match parse_version(&version) {
         None => goal.create(&team, &name, decl, &reason).await?,
@@ -460,6 +474,9 @@ fn route_form(t: FormTarget) -> AnyView {
             </div>
             <Field label="Job properties" name="config" kind="textarea" errors value=get(|r| lines(&r.config), "")
                 help="One key=value per line."/>
+            <Field label="Alert rules" name="alerts" kind="textarea" errors
+                value=get(|r| keystone_control::alerts::format_rules(&r.alerts), &keystone_control::alerts::format_rules(&keystone_control::alerts::default_alert_rules()))
+                help="One rule per line: kind threshold for seconds. Kinds: lag_seconds, no_delivery, dead_letters (per minute), restarts (within seconds), failed."/>
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save route"</button>
         </ActionForm>

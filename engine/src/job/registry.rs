@@ -69,6 +69,11 @@ impl<L: Log> JobRegistry<L> {
         self.wake.notified().await;
     }
 
+    /// How many jobs this process holds.
+    pub fn running_count(&self) -> usize {
+        self.jobs.lock().expect("registry lock").len()
+    }
+
     /// `(route_id, fingerprint)` of every job held.
     pub fn fingerprints(&self) -> Vec<(String, String)> {
         let jobs = self.jobs.lock().expect("registry lock");

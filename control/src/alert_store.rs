@@ -1,0 +1,112 @@
+//! Stored alert state (mutable, like job phases) and the history of firings.
+
+use crate::alerts::{AlertEvent, AlertKind, AlertState, AlertStatus, RuleStatus};
+use crate::store::{Store, StoreError};
+use sqlx::Row;
+
+impl Store {
+    /// Every rule state of every route, for the evaluator to resume from after a restart.
+    pub async fn alert_states(&self) -> Result<Vec<(String, AlertKind, RuleStatus)>, StoreError> {
+        let rows = sqlx::query("SELECT route_id, rule, state, since FROM alert_states").fetch_all(self.pool()).await?;
+        rows.iter()
+            .filter_map(|r| {
+                let rule: String = r.try_get("rule").ok()?;
+                let state: String = r.try_get("state").ok()?;
+                Some(Ok((
+                    r.try_get("route_id").ok()?,
+                    AlertKind::parse(&rule)?,
+                    RuleStatus { state: AlertState::parse(&state)?, since: r.try_get("since").ok()? },
+                )))
+            })
+            .collect()
+    }
+
+    /// A route's rule states.
+    pub async fn route_alerts(&self, route_id: &str) -> Result<Vec<AlertStatus>, StoreError> {
+        let rows = sqlx::query("SELECT rule, state, since, value FROM alert_states WHERE route_id = $1 ORDER BY rule")
+            .bind(route_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let rule: String = r.try_get("rule")?;
+                let state: String = r.try_get("state")?;
+                Ok(AlertStatus {
+                    rule: AlertKind::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("alert rule {rule}")))?,
+                    state: AlertState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("alert state {state}")))?,
+                    since: r.try_get("since")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Saves rule states (one evaluation pass).
+    pub async fn put_alert_states(&self, states: &[(String, AlertStatus)]) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let now = crate::store::now_ms();
+        let mut tx = self.write().await?;
+        for (route_id, s) in states {
+            sqlx::query(
+                "INSERT INTO alert_states (route_id, rule, state, since, value, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (route_id, rule) DO UPDATE SET state = excluded.state, since = excluded.since, \
+                 value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(route_id)
+            .bind(s.rule.as_str())
+            .bind(s.state.as_str())
+            .bind(s.since)
+            .bind(s.value)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Records a firing or resolution.
+    pub async fn record_alert_event(&self, route_id: &str, e: &AlertEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO alert_events (route_id, rule, at, state, value, message, notified) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(route_id)
+        .bind(e.rule.as_str())
+        .bind(e.at)
+        .bind(e.state.as_str())
+        .bind(e.value)
+        .bind(&e.message)
+        .bind(&e.notified)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A route's firings and resolutions, newest first.
+    pub async fn alert_events(&self, route_id: &str, limit: i64) -> Result<Vec<AlertEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule, at, state, value, message, notified FROM alert_events WHERE route_id = $1 \
+             ORDER BY at DESC LIMIT $2",
+        )
+        .bind(route_id)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let rule: String = r.try_get("rule")?;
+                let state: String = r.try_get("state")?;
+                Ok(AlertEvent {
+                    rule: AlertKind::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("alert rule {rule}")))?,
+                    at: r.try_get("at")?,
+                    state: AlertState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("alert state {state}")))?,
+                    value: r.try_get("value")?,
+                    message: r.try_get("message")?,
+                    notified: r.try_get("notified")?,
+                })
+            })
+            .collect()
+    }
+}
