@@ -186,7 +186,7 @@ pub async fn ingest(
     let records = match prepare(&target, events, key, &event_headers, now_ms(), limits) {
         Ok(r) => r,
         Err(rejected) => {
-            s.meter.rejected(&target.topic, rejected.len() as u64);
+            s.meter.rejected(&target.topic, rejected.iter().map(|r| r.kind));
             return rejected_response(rejected);
         }
     };

@@ -79,8 +79,10 @@ pub async fn restart(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let route = Goal::new(&s.store, &who).operable_route(&team, &name).await?;
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.operable_route(&team, &name).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
+    goal.record(&route, "restart", "over the API").await?;
     s.jobs.stop(&route.id, true).await;
     s.jobs.request_pass();
     Ok(StatusCode::ACCEPTED)
@@ -198,7 +200,8 @@ pub async fn retry_dead_letters(
         serde_json::from_slice(&body)
             .map_err(|e| ValidationErrors::single("body", format!("is not a valid retry request: {e}")))?
     };
-    let route = Goal::new(&s.store, &who).operable_route(&team, &name).await?;
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.operable_route(&team, &name).await?;
     let from = s.store.dead_letter_cursor(&route.id).await?;
     let limit = req.limit.unwrap_or(500).clamp(1, 10_000);
     let replayed = match s.jobs.replay_dead_letters(&route.id, from, limit).await {
@@ -210,5 +213,10 @@ pub async fn retry_dead_letters(
     s.store.set_dead_letter_cursor(&route.id, replayed.next).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = replayed.delivered,
         refused_again = replayed.refused_again, "Dead letters replayed.");
+    let detail = format!(
+        "{} retried, {} delivered, {} refused again",
+        replayed.letters, replayed.delivered, replayed.refused_again
+    );
+    goal.record(&route, "retry dead letters", &detail).await?;
     Ok(Json(replayed))
 }

@@ -59,6 +59,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))
         .route("/api/v1/teams/{team}/routes/{name}/alerts", get(metrics::alerts))
+        .route("/api/v1/teams/{team}/routes/{name}/alerts/silence", post(metrics::silence))
+        .route("/api/v1/operations", get(metrics::operations))
         .route("/api/v1/jobs", get(jobs::list_jobs))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))

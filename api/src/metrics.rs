@@ -12,6 +12,7 @@ use axum::Json;
 use keystone_control::auth::Principal;
 use keystone_control::goal::Goal;
 use keystone_control::telemetry::Window;
+use keystone_control::store::now_ms;
 use keystone_control::{JobSample, Kind, ValidationErrors};
 use serde::Deserialize;
 
@@ -103,6 +104,8 @@ pub struct RouteAlerts {
     pub states: Vec<keystone_control::alerts::AlertStatus>,
     /// Newest first.
     pub events: Vec<keystone_control::alerts::AlertEvent>,
+    /// Silences still in force.
+    pub silences: Vec<keystone_control::alerts::Silence>,
 }
 
 #[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/alerts",
@@ -120,5 +123,41 @@ pub async fn alerts(
         rules: spec.alerts,
         states: s.store.route_alerts(&route.id).await?,
         events: s.store.alert_events(&route.id, 50).await?,
+        silences: s.store.active_silences(Some(&route.id), now_ms()).await?.into_iter().map(|(_, x)| x).collect(),
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SilenceRequest {
+    /// One rule kind (`lag_seconds`, ...); omitted: every rule of the route.
+    #[serde(default)]
+    pub rule: String,
+    /// 1 to 10080 (a week).
+    pub minutes: u32,
+    /// Why; recorded in the audit log.
+    pub reason: String,
+}
+
+/// Holds back a route's alert notifications for a while (states are still evaluated and shown).
+/// Needs write access to the route's team; recorded in the audit log.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/alerts/silence",
+    params(("team" = String, Path), ("name" = String, Path)), request_body = SilenceRequest,
+    responses((status = 201, body = keystone_control::alerts::Silence), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn silence(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<keystone_control::alerts::Silence>), ApiError> {
+    let req: SilenceRequest = serde_json::from_slice(&body)
+        .map_err(|e| ValidationErrors::single("body", format!("is not a valid silence request: {e}")))?;
+    let silence = Goal::new(&s.store, &who).silence_alerts(&team, &name, &req.rule, req.minutes, &req.reason).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(silence)))
+}
+
+/// Restarts, dead-letter retries and alert silences on objects the caller may see, newest first.
+#[utoipa::path(get, path = "/api/v1/operations", responses((status = 200, body = [keystone_control::Operation])))]
+pub async fn operations(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<keystone_control::Operation>>, ApiError> {
+    Ok(Json(s.store.operations(&who.scope(), 200).await?))
 }

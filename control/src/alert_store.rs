@@ -1,6 +1,6 @@
 //! Stored alert state (mutable, like job phases) and the history of firings.
 
-use crate::alerts::{AlertEvent, AlertKind, AlertState, AlertStatus, RuleStatus};
+use crate::alerts::{AlertEvent, AlertKind, AlertState, AlertStatus, RuleStatus, Silence};
 use crate::store::{Store, StoreError};
 use sqlx::Row;
 
@@ -106,6 +106,49 @@ impl Store {
                     message: r.try_get("message")?,
                     notified: r.try_get("notified")?,
                 })
+            })
+            .collect()
+    }
+
+    pub async fn add_silence(&self, route_id: &str, s: &Silence) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO alert_silences (id, route_id, rule, until, created_by, reason, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(route_id)
+        .bind(s.rule.map(AlertKind::as_str))
+        .bind(s.until)
+        .bind(&s.by)
+        .bind(&s.reason)
+        .bind(crate::store::now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Silences still in force, of one route or (`None`) of all: (route id, silence).
+    pub async fn active_silences(&self, route_id: Option<&str>, now: i64) -> Result<Vec<(String, Silence)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT route_id, rule, until, created_by, reason FROM alert_silences WHERE until > $1 \
+             AND ($2 = '' OR route_id = $2) ORDER BY until DESC",
+        )
+        .bind(now)
+        .bind(route_id.unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let rule: Option<String> = r.try_get("rule")?;
+                Ok((
+                    r.try_get("route_id")?,
+                    Silence {
+                        rule: rule.as_deref().and_then(AlertKind::parse),
+                        until: r.try_get("until")?,
+                        by: r.try_get("created_by")?,
+                        reason: r.try_get("reason")?,
+                    },
+                ))
             })
             .collect()
     }

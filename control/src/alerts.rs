@@ -181,6 +181,26 @@ pub struct AlertEvent {
     pub notified: String,
 }
 
+/// A silence: notifications of one rule (or all, `rule: None`) of a route are held back until
+/// `until`; states are still evaluated and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct Silence {
+    pub rule: Option<AlertKind>,
+    pub until: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+impl Silence {
+    pub fn covers(&self, rule: AlertKind, at: i64) -> bool {
+        at < self.until && self.rule.is_none_or(|r| r == rule)
+    }
+}
+
+/// Longest silence: a week.
+pub const MAX_SILENCE_MINUTES: u32 = 7 * 24 * 60;
+
 /// How long `resolved` is shown before the rule reads `ok` again.
 pub const RESOLVED_SHOWN_MS: i64 = 10 * 60_000;
 

@@ -158,6 +158,48 @@ impl<'a> Goal<'a> {
         Ok(route)
     }
 
+    /// Writes an operation on `object` by the caller to the operations log (see `operations`).
+    pub async fn record(&self, object: &Object, action: &str, detail: &str) -> Result<(), GoalError> {
+        Ok(self.store.record_operation(&object.id, &self.who.display, action, detail).await?)
+    }
+
+    /// Silences a route's alert notifications (one rule, or all with `rule` empty) for
+    /// `minutes`; the caller needs write access, and the silence goes to the operations log.
+    pub async fn silence_alerts(
+        &self,
+        team: &str,
+        name: &str,
+        rule: &str,
+        minutes: u32,
+        reason: &str,
+    ) -> Result<crate::alerts::Silence, GoalError> {
+        use crate::alerts::{AlertKind, Silence, MAX_SILENCE_MINUTES};
+        let mut e = ValidationErrors::default();
+        let kind = match rule.trim() {
+            "" => None,
+            r => AlertKind::parse(r).or_else(|| {
+                e.add("rule", format!("{r:?} is not a rule kind"));
+                None
+            }),
+        };
+        if !(1..=MAX_SILENCE_MINUTES).contains(&minutes) {
+            e.add("minutes", format!("must be between 1 and {MAX_SILENCE_MINUTES}"));
+        }
+        if reason.trim().is_empty() {
+            e.add("reason", "say why the alerts are silenced (it goes to the audit log)");
+        }
+        if !e.is_empty() {
+            return Err(e.into());
+        }
+        let route = self.operable_route(team, name).await?;
+        let until = crate::store::now_ms() + i64::from(minutes) * 60_000;
+        let silence = Silence { rule: kind, until, by: self.who.display.clone(), reason: reason.trim().to_owned() };
+        self.store.add_silence(&route.id, &silence).await?;
+        let what = kind.map_or("all alerts", AlertKind::as_str);
+        self.record(&route, "silence alerts", &format!("{what} for {minutes} min: {}", silence.reason)).await?;
+        Ok(silence)
+    }
+
     /// The stream a route preview reads, after checking the transforms as a save would (the
     /// caller only needs read access: a preview changes nothing).
     pub async fn preview_target(

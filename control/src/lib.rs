@@ -24,6 +24,8 @@ pub mod goal;
 #[cfg(feature = "store")]
 pub mod jobs;
 #[cfg(feature = "store")]
+pub mod operations;
+#[cfg(feature = "store")]
 pub mod producers;
 #[cfg(feature = "store")]
 pub mod samples;

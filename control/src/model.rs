@@ -595,6 +595,12 @@ pub fn default_max_latency_ms() -> u32 {
 }
 
 impl RouteSpec {
+    /// What the running job depends on: the spec without what only people and the alert
+    /// evaluator read (description, alert rules), so changing those does not redeploy the job.
+    pub fn job_relevant(&self) -> RouteSpec {
+        RouteSpec { description: String::new(), alerts: Vec::new(), ..self.clone() }
+    }
+
     /// Structural checks; the filter is compiled and references resolved by the store-side
     /// service.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -925,6 +931,20 @@ pub struct PreviewRow {
     pub error: Option<String>,
 }
 
+/// Something a person did to a running thing (see `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct Operation {
+    pub at: i64,
+    pub actor: String,
+    pub kind: Kind,
+    pub team: String,
+    pub name: String,
+    /// `restart`, `retry dead letters`, `silence alerts`.
+    pub action: String,
+    pub detail: String,
+}
+
 /// What the ingest proxy of this process has counted for one stream since it started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
@@ -933,6 +953,9 @@ pub struct IngestStats {
     pub bytes: u64,
     /// Events refused by validation (their requests stored nothing).
     pub rejected: u64,
+    /// The same, by cause: `malformed`, `not_object`, `too_large`, `schema`.
+    #[serde(default)]
+    pub rejected_by_kind: std::collections::BTreeMap<String, u64>,
     /// Events refused for the stream's quota (429).
     pub throttled: u64,
     pub requests: u64,
@@ -982,6 +1005,13 @@ mod tests {
             config: BTreeMap::new(),
             alerts: crate::alerts::default_alert_rules(),
         }
+    }
+
+    #[test]
+    fn alert_rules_and_description_do_not_change_what_the_job_runs() {
+        let quiet = RouteSpec { alerts: Vec::new(), description: "docs".into(), ..route() };
+        assert_eq!(quiet.job_relevant(), route().job_relevant());
+        assert_ne!(RouteSpec { batch_size: 7, ..route() }.job_relevant(), route().job_relevant());
     }
 
     #[test]

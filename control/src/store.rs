@@ -238,7 +238,7 @@ impl Store {
 
 /// Appends `AND column IN (...)` for a team-restricted scope. Teams themselves are scoped by
 /// their own id, since their `team_id` is empty.
-fn push_scope(sql: &mut String, binds: &mut Vec<String>, column: &str, scope: &Scope, kind: Kind) {
+pub(crate) fn push_scope(sql: &mut String, binds: &mut Vec<String>, column: &str, scope: &Scope, kind: Kind) {
     if let Scope::Teams(ids) = scope {
         let column = if kind == Kind::Team { "o.id" } else { column };
         if ids.is_empty() {

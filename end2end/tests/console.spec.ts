@@ -166,7 +166,7 @@ test("a producer token from the stream page lets an application ingest events", 
     data: [{ user: "u3" }, "not an object"],
   });
   expect(refused.status()).toBe(400);
-  expect((await refused.json()).rejected).toEqual([{ index: 1, reason: expect.stringContaining("JSON object") }]);
+  expect((await refused.json()).rejected).toEqual([{ index: 1, kind: "not_object", reason: expect.stringContaining("JSON object") }]);
 
   await page.getByTestId("producer-tokens").getByRole("button", { name: "Revoke" }).click();
   await expect(page.getByTestId("producer-tokens")).toContainText("revoked");
@@ -217,6 +217,7 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("log-events")).toHaveText("40");
   await expect(page.getByTestId("ingest-accepted")).toHaveText("40");
   await expect(page.getByTestId("recent-events").locator("tbody tr")).toHaveCount(10);
+  await expect(page.getByTestId("stream-routes")).toContainText(route);
   await page.goto(`/routes/alpha/${route}`);
 
   // The job section fills in as the reconciler starts the job and it delivers.
@@ -265,12 +266,22 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("alerts")).toContainText("nothing delivered for 600 s while events wait");
   await expect(page.getByTestId("alert-no_delivery")).toHaveText("ok");
   await expect(page.getByTestId("alert-failed")).toHaveText("ok");
+  // An editor silences one rule, with a reason; the silence shows, and the audit log has it.
+  await page.getByLabel("Silence", { exact: true }).selectOption("no_delivery");
+  await fill(page, { Minutes: "30", Reason: "sink maintenance" });
+  await page.getByRole("button", { name: "Silence", exact: true }).click();
+  await expect(page.getByTestId("silences")).toContainText("no_delivery");
+  await expect(page.getByTestId("silences")).toContainText("sink maintenance");
   await page.screenshot({ path: "test-results/job-dashboard.png", fullPage: true });
   await page.getByTestId("windows").getByRole("link", { name: "24h" }).click();
   await expect(page).toHaveURL(/window=24h$/);
   await expect(page.getByTestId("windows").getByRole("link", { name: "24h" })).toHaveAttribute("aria-current", "true");
   await expect(page.getByTestId("dash-delivered")).toHaveText("10");
   await expect(page.getByText("Totals over the last 24h.", { exact: false })).toBeVisible();
+
+  await navigate(page, "Audit log");
+  await expect(page.getByTestId("operations-table")).toContainText("silence alerts");
+  await expect(page.getByTestId("operations-table")).toContainText(`route alpha/${route}`);
 
   // The platform overview lists the job as healthy, with its sparklines; filters are a plain GET.
   await navigate(page, "Jobs");

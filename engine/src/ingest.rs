@@ -61,6 +61,8 @@ pub struct IngestLimits {
 pub struct Rejection {
     /// Position in the batch (0-based; for NDJSON, line number minus one).
     pub index: usize,
+    /// `malformed`, `not_object`, `too_large` or `schema`: for counting rejects by cause.
+    pub kind: &'static str,
     pub reason: String,
 }
 
@@ -152,21 +154,22 @@ pub fn prepare(
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
-        let reject = |reason: String| Rejection { index, reason };
+        let reject = |kind: &'static str, reason: String| Rejection { index, kind, reason };
         let event = match event {
             Ok(Value::Object(map)) => Value::Object(map),
             Ok(other) => {
-                rejected.push(reject(format!("an event must be a JSON object, not {}", kind_of(&other))));
+                rejected.push(reject("not_object", format!("an event must be a JSON object, not {}", kind_of(&other))));
                 continue;
             }
             Err(reason) => {
-                rejected.push(reject(reason));
+                rejected.push(reject("malformed", reason));
                 continue;
             }
         };
         let size = serde_json::to_vec(&event).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > limits.max_event_bytes {
-            rejected.push(reject(format!("event is {size} bytes; the limit is {}", limits.max_event_bytes)));
+            rejected
+                .push(reject("too_large", format!("event is {size} bytes; the limit is {}", limits.max_event_bytes)));
             continue;
         }
         if let Some(schema) = &target.schema {
@@ -183,7 +186,7 @@ pub fn prepare(
                 })
                 .collect();
             if !errors.is_empty() {
-                rejected.push(reject(format!("does not match the stream's schema: {}", errors.join("; "))));
+                rejected.push(reject("schema", format!("does not match the stream's schema: {}", errors.join("; "))));
                 continue;
             }
         }

@@ -3,7 +3,7 @@
 //! offsets give the durable totals.
 
 use keystone_control::IngestStats;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Seconds of history the rate is computed over.
@@ -14,6 +14,7 @@ struct StreamMeter {
     accepted: u64,
     bytes: u64,
     rejected: u64,
+    rejected_by_kind: BTreeMap<String, u64>,
     throttled: u64,
     requests: u64,
     /// (second since the epoch, events accepted in it), oldest first.
@@ -41,9 +42,14 @@ impl IngestMeter {
         }
     }
 
-    /// Counts events refused by validation.
-    pub fn rejected(&self, topic: &str, events: u64) {
-        self.0.lock().expect("meter lock").entry(topic.to_owned()).or_default().rejected += events;
+    /// Counts events refused by validation, by kind of refusal (see `ingest::Rejection`).
+    pub fn rejected<'a>(&self, topic: &str, kinds: impl IntoIterator<Item = &'a str>) {
+        let mut all = self.0.lock().expect("meter lock");
+        let m = all.entry(topic.to_owned()).or_default();
+        for kind in kinds {
+            m.rejected += 1;
+            *m.rejected_by_kind.entry(kind.to_owned()).or_default() += 1;
+        }
     }
 
     /// Counts events refused for the stream's quota.
@@ -67,6 +73,7 @@ impl IngestMeter {
             accepted: m.accepted,
             bytes: m.bytes,
             rejected: m.rejected,
+            rejected_by_kind: m.rejected_by_kind.clone(),
             throttled: m.throttled,
             requests: m.requests,
             events_per_second: last_minute as f64 / WINDOW_S as f64,
@@ -83,9 +90,11 @@ mod tests {
         let m = IngestMeter::default();
         m.accepted("a.s", 600, 60_000, 1_000_000);
         m.accepted("a.s", 600, 60_000, 1_030_500);
-        m.rejected("a.s", 3);
+        m.rejected("a.s", ["schema", "schema", "malformed"]);
         let s = m.stats("a.s", 1_031_000);
         assert_eq!((s.accepted, s.bytes, s.rejected, s.requests), (1200, 120_000, 3, 2));
+        assert_eq!(s.rejected_by_kind.get("schema"), Some(&2));
+        assert_eq!(s.rejected_by_kind.get("malformed"), Some(&1));
         assert_eq!(s.events_per_second, 20.0);
         // A minute later the first burst has left the window.
         assert_eq!(m.stats("a.s", 1_061_000).events_per_second, 10.0);

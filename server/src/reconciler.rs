@@ -133,9 +133,17 @@ impl Reconciler {
             else {
                 continue;
             };
+            // The route by content (a new alert threshold must not restart the job), the stream
+            // and sink by version (a grown stream or a rotated secret must).
+            let route_hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                serde_json::to_string(&spec.job_relevant()).unwrap_or_default().hash(&mut h);
+                h.finish()
+            };
             goal.push(JobGoal {
                 route_id: route.id.clone(),
-                fingerprint: format!("route v{} stream v{} sink v{}", route.version, stream.version, sink.version),
+                fingerprint: format!("route {route_hash:016x} stream v{} sink v{}", stream.version, sink.version),
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
             });
             inputs.insert(route.id.clone(), (route, stream, sink));

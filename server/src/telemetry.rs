@@ -68,7 +68,7 @@ fn describe() {
     describe_gauge!("keystone_jobs", "Jobs by observed phase.");
     describe_counter!("keystone_stream_events_accepted_total", "Events the ingest proxy appended.");
     describe_counter!("keystone_stream_bytes_accepted_total", Unit::Bytes, "Bytes the ingest proxy appended.");
-    describe_counter!("keystone_stream_events_rejected_total", "Events refused by validation.");
+    describe_counter!("keystone_stream_events_rejected_total", "Events refused by validation, by reason.");
     describe_counter!("keystone_stream_events_throttled_total", "Events refused for the stream's quota.");
     describe_gauge!("keystone_stream_log_events", "Events ever appended to the stream's log.");
     describe_gauge!("keystone_telemetry_pass_seconds", Unit::Seconds, "How long the last telemetry pass took.");
@@ -220,7 +220,11 @@ impl Telemetry {
             let labels = [("team", team.to_owned()), ("stream", stream.to_owned())];
             counter!("keystone_stream_events_accepted_total", &labels).absolute(s.accepted);
             counter!("keystone_stream_bytes_accepted_total", &labels).absolute(s.bytes);
-            counter!("keystone_stream_events_rejected_total", &labels).absolute(s.rejected);
+            for (kind, n) in &s.rejected_by_kind {
+                let mut by = labels.to_vec();
+                by.push(("reason", kind.clone()));
+                counter!("keystone_stream_events_rejected_total", &by).absolute(*n);
+            }
             counter!("keystone_stream_events_throttled_total", &labels).absolute(s.throttled);
             let in_log: u64 = keystone_engine::log::Log::end_offsets(self.log.as_ref(), &topic).iter().sum();
             gauge!("keystone_stream_log_events", &labels).set(in_log as f64);
@@ -273,6 +277,7 @@ impl Telemetry {
             .filter_map(|t| Some((t.name.clone(), t.spec_as().ok()?)))
             .collect();
         let live: HashMap<&str, &Observed> = observed.iter().map(|o| (o.route_id.as_str(), o)).collect();
+        let silences = self.store.active_silences(None, now).await?;
         let mut states = Vec::new();
         for route in &routes {
             let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
@@ -306,8 +311,12 @@ impl Telemetry {
                 a.states.insert(key, next);
                 states.push((route.id.clone(), AlertStatus { rule: rule.kind, state: next.state, since: next.since, value }));
                 if next.state != prev.state && matches!(next.state, AlertState::Firing | AlertState::Resolved) {
-                    let webhook = teams.get(&route.team).and_then(|t| t.alert_webhook.clone());
-                    self.notify(route, rule, next, value, webhook);
+                    let silenced = silences.iter().find(|(id, x)| id == &route.id && x.covers(rule.kind, now));
+                    let target = match silenced {
+                        Some((_, x)) => Err(format!("silenced by {} until {}", x.by, x.until)),
+                        None => teams.get(&route.team).and_then(|t| t.alert_webhook.clone()).ok_or_else(|| "no webhook".to_owned()),
+                    };
+                    self.notify(route, rule, next, value, target);
                 }
             }
         }
@@ -321,7 +330,8 @@ impl Telemetry {
 
     /// Records a firing or resolution and POSTs it to the team's webhook, retrying three times
     /// with backoff; off the telemetry loop, so a slow webhook delays nothing.
-    fn notify(&self, route: &Object, rule: &AlertRule, status: RuleStatus, value: f64, webhook: Option<String>) {
+    /// `target` is the webhook URL, or why nothing is sent (no webhook, silenced).
+    fn notify(&self, route: &Object, rule: &AlertRule, status: RuleStatus, value: f64, target: Result<String, String>) {
         let message = format!(
             "{}/{}: {} ({}, value {value})",
             route.team,
@@ -346,9 +356,9 @@ impl Telemetry {
         let (store, http, route_id) = (self.store.clone(), self.http.clone(), route.id.clone());
         let event = AlertEvent { rule: rule.kind, at: status.since, state: status.state, value, message, notified: String::new() };
         tokio::spawn(async move {
-            let notified = match webhook {
-                None => "no webhook".to_owned(),
-                Some(url) => send_with_retry(&http, &url, &payload).await,
+            let notified = match target {
+                Err(why) => why,
+                Ok(url) => send_with_retry(&http, &url, &payload).await,
             };
             if let Err(e) = store.record_alert_event(&route_id, &AlertEvent { notified, ..event }).await {
                 tracing::warn!(error = %e, "Recording an alert event failed.");

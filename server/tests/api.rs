@@ -646,12 +646,15 @@ mod ingest {
         let idx: Vec<u64> = body["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
         assert_eq!(idx, [1, 2, 3], "{body}");
         assert!(body["rejected"][0]["reason"].as_str().unwrap().contains("schema"));
+        let kinds: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["schema", "not_object", "too_large"]);
         let (s, body) = send(&app, &token, "plays", "application/json", "{not json").await;
         assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
         assert_eq!(all_events(&app, "plays", 3).await.len(), 5, "nothing of a refused batch is stored");
         let (s, stats) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/plays/ingest").await;
         assert_eq!(s, StatusCode::OK, "{stats}");
         assert_eq!((stats["counted"]["accepted"].as_u64(), stats["counted"]["rejected"].as_u64()), (Some(5), Some(3)));
+        assert_eq!(stats["counted"]["rejected_by_kind"], json!({"schema": 1, "not_object": 1, "too_large": 1}));
         assert_eq!(stats["counted"]["requests"], 3);
         assert!(stats["counted"]["events_per_second"].as_f64().unwrap() > 0.0);
         let in_log: u64 = stats["log_end_offsets"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).sum();
@@ -1280,6 +1283,37 @@ mod delivery {
         assert_eq!(a["rules"].as_array().unwrap().len(), 2, "the declared rules, not the defaults");
         let failed = a["states"].as_array().unwrap().iter().find(|s| s["rule"] == "failed").unwrap().clone();
         assert_eq!(failed["state"], "ok");
+
+        // Silenced by an editor (not a viewer; a reason is required): the rule fires again, but
+        // the webhook hears nothing, and the silence is in the audit log's operations.
+        let silence = "/api/v1/teams/alpha/routes/stuck/alerts/silence";
+        let ask = json!({"rule": "no_delivery", "minutes": 10, "reason": "fix being deployed"});
+        assert_eq!(app.post(&app.alpha_viewer, silence, ask.clone()).await.0, StatusCode::FORBIDDEN);
+        let (s, body) = app.post(&app.alpha, silence, json!({"rule": "no_delivery", "minutes": 0, "reason": ""})).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], "minutes");
+        let (s, body) = app.post(&app.alpha, silence, ask).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        healthy.store(false, Ordering::SeqCst);
+        ingest(&app, &token, "plays", &plays(10..15)).await;
+        let fired_again = || async {
+            let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
+            a["events"].as_array().unwrap().len() == 3
+        };
+        eventually("the silenced firing recorded", fired_again).await;
+        let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
+        assert_eq!(a["events"][0]["state"], "firing");
+        assert!(a["events"][0]["notified"].as_str().unwrap().starts_with("silenced by token:alice-bot"), "{a}");
+        assert_eq!(a["silences"][0]["reason"], "fix being deployed");
+        assert_eq!(notes.lock().unwrap().len(), 2, "a silenced rule sends nothing");
+        let (_, ops) = app.get(&app.alpha_viewer, "/api/v1/operations").await;
+        assert!(
+            ops.as_array().unwrap().iter().any(|o| o["action"] == "silence alerts" && o["name"] == "stuck"
+                && o["detail"].as_str().unwrap().contains("fix being deployed")),
+            "{ops}"
+        );
+        let (_, beta_ops) = app.get(&app.beta, "/api/v1/operations").await;
+        assert!(beta_ops.as_array().unwrap().is_empty(), "another team's operations stay hidden: {beta_ops}");
         app.teardown().await;
     }
 

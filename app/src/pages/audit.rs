@@ -24,6 +24,13 @@ pub async fn audit_log(kind: String, team: String, author: String) -> Result<Vec
     Ok(Goal::new(&store, &who).audit(&filter).await?)
 }
 
+/// Operations on running things (restarts, dead-letter retries, alert silences), newest first.
+#[server]
+pub async fn operations_log() -> Result<Vec<keystone_control::Operation>, AppError> {
+    let (store, who) = crate::state::caller().await?;
+    Ok(store.operations(&who.scope(), 100).await?)
+}
+
 /// Revisions, newest first, each linking to its object's history at that version.
 #[component]
 pub fn RevisionTable(revisions: Vec<Revision>) -> impl IntoView {
@@ -79,9 +86,10 @@ pub fn AuditPage() -> impl IntoView {
     let query = use_query_map();
     let q = move |k: &str| query.read().get(k).unwrap_or_default();
     let data = Resource::new(move || (q("kind"), q("team"), q("author")), |(k, t, a)| audit_log(k, t, a));
+    let operations = Resource::new(|| (), |_| operations_log());
     view! {
         <Title text="Audit log · Keystone"/>
-        <PageHeader title="Audit log" subtitle="Every revision of every object you may see, newest first."><span></span></PageHeader>
+        <PageHeader title="Audit log" subtitle="Every revision of every object you may see, and every operation on running jobs, newest first."><span></span></PageHeader>
         <form method="get" class=format!("{CARD} mb-6 flex flex-wrap items-end gap-4 p-4")>
             <div>
                 <label for="a-kind" class="block text-sm font-medium text-slate-700">"Kind"</label>
@@ -105,6 +113,34 @@ pub fn AuditPage() -> impl IntoView {
                 match data.await {
                     Err(e) => view! { <LoadError error=e/> }.into_any(),
                     Ok(revisions) => view! { <RevisionTable revisions/> }.into_any(),
+                }
+            })}
+        </Suspense>
+        <h2 class="mt-8 mb-3 text-lg font-medium">"Operations"</h2>
+        <p class="mb-3 text-sm text-slate-500">"Job restarts, dead-letter retries and alert silences, newest first."</p>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match operations.await {
+                    Err(e) => view! { <LoadError error=e/> }.into_any(),
+                    Ok(ops) if ops.is_empty() => view! { <p class="text-sm text-slate-500">"None yet."</p> }.into_any(),
+                    Ok(ops) => view! {
+                        <div class=format!("{CARD} overflow-hidden")>
+                            <table class="min-w-full divide-y divide-slate-200" data-testid="operations-table">
+                                <thead class="bg-slate-50"><tr><th class=TH>"When"</th><th class=TH>"Who"</th><th class=TH>"Action"</th><th class=TH>"Object"</th><th class=TH>"Detail"</th></tr></thead>
+                                <tbody class="divide-y divide-slate-100">
+                                    {ops.into_iter().map(|o| view! {
+                                        <tr>
+                                            <td class=format!("{TD} text-slate-500 whitespace-nowrap")>{format_time(o.at)}</td>
+                                            <td class=TD>{o.actor}</td>
+                                            <td class=TD>{o.action}</td>
+                                            <td class=TD>{format!("{} {}/{}", o.kind, o.team, o.name)}</td>
+                                            <td class=format!("{TD} text-slate-600")>{o.detail}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any(),
                 }
             })}
         </Suspense>

@@ -47,6 +47,20 @@ pub struct DashboardView {
     pub alerts: Vec<AlertRow>,
     /// Latest firings and resolutions, newest first.
     pub alert_events: Vec<keystone_control::alerts::AlertEvent>,
+    /// Silences in force.
+    pub silences: Vec<keystone_control::alerts::Silence>,
+}
+
+/// Silences the route's alert notifications (all rules, or one) for a while.
+#[server]
+pub async fn silence_alerts(team: String, name: String, rule: String, minutes: String, reason: String) -> Result<(), AppError> {
+    let (store, who) = crate::state::caller().await?;
+    let minutes: u32 = minutes
+        .trim()
+        .parse()
+        .map_err(|_| keystone_control::ValidationErrors::single("minutes", "must be a whole number of minutes"))?;
+    keystone_control::goal::Goal::new(&store, &who).silence_alerts(&team, &name, &rule, minutes, &reason).await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,6 +247,12 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         })
         .collect();
     Ok(DashboardView {
+        silences: store
+            .active_silences(Some(&route.id), now)
+            .await?
+            .into_iter()
+            .map(|(_, x)| x)
+            .collect(),
         alerts,
         alert_events: store.alert_events(&route.id, 20).await?,
         window,
@@ -268,9 +288,11 @@ pub fn RouteDashboardPage() -> impl IntoView {
         let p = params.read_untracked();
         (p.get("team").unwrap_or_default(), p.get("name").unwrap_or_default())
     };
+    let silence = ServerAction::<SilenceAlerts>::new();
+    let (form_team, form_name) = (title_team.clone(), title_name.clone());
     let data = Resource::new(
-        move || (team(), name(), window(), tick.get()),
-        |(t, n, w, _)| job_dashboard(t, n, w.as_str().to_owned()),
+        move || (team(), name(), window(), tick.get(), silence.version().get()),
+        |(t, n, w, _, _)| job_dashboard(t, n, w.as_str().to_owned()),
     );
     view! {
         <Title text=format!("{title_name} dashboard · Keystone")/>
@@ -287,17 +309,27 @@ pub fn RouteDashboardPage() -> impl IntoView {
             }).collect_view()}
         </nav>
         <Transition fallback=|| ()>
-            {move || Suspend::new(async move {
-                match data.await {
-                    Err(e) => view! { <LoadError error=e/> }.into_any(),
-                    Ok(d) => dashboard_view(d).into_any(),
-                }
-            })}
+            {move || {
+                let (team, name) = (form_team.clone(), form_name.clone());
+                Suspend::new(async move {
+                    match data.await {
+                        Err(e) => view! { <LoadError error=e/> }.into_any(),
+                        Ok(d) => dashboard_view(d, silence, team, name).into_any(),
+                    }
+                })
+            }}
         </Transition>
     }
 }
 
-fn dashboard_view(d: DashboardView) -> impl IntoView {
+fn dashboard_view(
+    d: DashboardView,
+    silence: ServerAction<SilenceAlerts>,
+    team: String,
+    name: String,
+) -> impl IntoView {
+    let rules: Vec<String> = d.alerts.iter().map(|a| a.rule.clone()).collect();
+    let silence_errors = field_errors(silence.value());
     let t = d.totals;
     let phase = d.job.as_ref().map_or("pending".to_owned(), |j| j.phase.as_str().to_owned());
     let (lag, lag_s) = d.lag.unwrap_or((0, 0.0));
@@ -362,6 +394,31 @@ fn dashboard_view(d: DashboardView) -> impl IntoView {
                     }).collect_view()}
                 </tbody>
             </table>
+            {(!d.silences.is_empty()).then(|| view! {
+                <ul class="border-t border-slate-200 px-4 py-2 text-sm text-amber-800" data-testid="silences">
+                    {d.silences.into_iter().map(|x| view! {
+                        <li>{format!("Silenced: {} until {} by {}: {}", x.rule.map_or("all rules", |r| r.as_str()), format_time(x.until), x.by, x.reason)}</li>
+                    }).collect_view()}
+                </ul>
+            })}
+            {can_edit().then(|| view! {
+                <div class="border-t border-slate-200 px-4 py-3">
+                    <FormStatus error=last_error(silence.value())/>
+                    <ActionForm action=silence attr:class="flex flex-wrap items-end gap-3">
+                        <input type="hidden" name="team" value=team.clone()/>
+                        <input type="hidden" name="name" value=name.clone()/>
+                        <div class="text-sm"><label for="silence-rule">"Silence"</label>
+                            <select id="silence-rule" name="rule" class=INPUT>
+                                <option value="">"all rules"</option>
+                                {rules.into_iter().map(|r| view! { <option value=r.clone()>{r.clone()}</option> }).collect_view()}
+                            </select>
+                        </div>
+                        <div class="w-28"><Field label="Minutes" name="minutes" kind="number" value="60" errors=silence_errors/></div>
+                        <div class="flex-1"><Field label="Reason" name="reason" errors=silence_errors/></div>
+                        <button type="submit" class=BUTTON_SECONDARY>"Silence"</button>
+                    </ActionForm>
+                </div>
+            })}
             {(!d.alert_events.is_empty()).then(|| view! {
                 <h3 class="border-t border-slate-200 px-4 py-2 text-sm font-medium">"History"</h3>
                 <ul class="divide-y divide-slate-100 text-sm" data-testid="alert-history">

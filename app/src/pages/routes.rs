@@ -212,8 +212,10 @@ pub async fn restart_route_job(team: String, name: String) -> Result<(), AppErro
     use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
     let store = state.store.clone();
-    let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
+    let goal = Goal::new(&store, &who);
+    let route = goal.operable_route(&team, &name).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
+    goal.record(&route, "restart", "from the console").await?;
     state.jobs.stop(&route.id, true).await;
     state.jobs.request_pass();
     Ok(())
@@ -226,7 +228,8 @@ pub async fn retry_dead_letters(team: String, name: String) -> Result<String, Ap
     use keystone_engine::job::dead_letters::ReplayError;
     let (state, who) = crate::state::signed_in().await?;
     let store = state.store.clone();
-    let route = Goal::new(&store, &who).operable_route(&team, &name).await?;
+    let goal = Goal::new(&store, &who);
+    let route = goal.operable_route(&team, &name).await?;
     let from = store.dead_letter_cursor(&route.id).await?;
     let r = match state.jobs.replay_dead_letters(&route.id, from, 500).await {
         None => return Err(AppError::Refused("The route's job is not running yet; try again in a moment.".into())),
@@ -241,6 +244,8 @@ pub async fn retry_dead_letters(team: String, name: String) -> Result<String, Ap
     };
     store.set_dead_letter_cursor(&route.id, r.next).await?;
     tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = r.delivered, "Dead letters replayed.");
+    let detail = format!("{} retried, {} delivered, {} refused again", r.letters, r.delivered, r.refused_again);
+    goal.record(&route, "retry dead letters", &detail).await?;
     Ok(format!(
         "{} dead letter(s) retried: {} delivered, {} refused again (back in the queue), {} now filtered out.",
         r.letters, r.delivered, r.refused_again, r.filtered_out

@@ -130,6 +130,8 @@ pub struct StreamActivityView {
     pub log_end_offsets: Vec<u64>,
     /// The newest events (without transforms).
     pub recent: Vec<PreviewRow>,
+    /// The routes reading this stream: (name, job phase, events waiting).
+    pub routes: Vec<(String, String, Option<u64>)>,
 }
 
 #[server]
@@ -150,7 +152,16 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             AppError::Internal
         })?;
     let log_end_offsets = state.log.end_offsets(&topic);
+    let mut routes = Vec::new();
+    for r in Goal::new(&store, &who).list(Kind::Route).await? {
+        if r.team != object.team || r.spec_as::<keystone_control::RouteSpec>().map_or(true, |s| s.stream.as_str() != name) {
+            continue;
+        }
+        let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
+        routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).map(|m| m.lag)));
+    }
     Ok(StreamActivityView {
+        routes,
         counted: state.meter.stats(&topic, keystone_control::store::now_ms()),
         log_end_offsets,
         recent,
@@ -182,11 +193,31 @@ fn StreamActivity() -> impl IntoView {
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Accepted since start"</div>
                                         <div class="text-lg font-semibold tabular-nums" data-testid="ingest-accepted">{a.counted.accepted}</div></div>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Rejected since start"</div>
-                                        <div class="text-lg font-semibold tabular-nums">{a.counted.rejected}</div></div>
+                                        <div class="text-lg font-semibold tabular-nums" data-testid="ingest-rejected">{a.counted.rejected}</div>
+                                        <div class="text-xs text-slate-500" data-testid="rejected-by-kind">{a.counted.rejected_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")}</div></div>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events in the log"</div>
                                         <div class="text-lg font-semibold tabular-nums" data-testid="log-events">{in_log}</div>
                                         <div class="text-xs text-slate-500">{format!("per partition: {per_partition}")}</div></div>
                                 </div>
+                                {(!a.routes.is_empty()).then(|| {
+                                    let team = params.read_untracked().get("team").unwrap_or_default();
+                                    view! {
+                                        <div class=format!("{CARD} mb-4 overflow-hidden")>
+                                            <table class="min-w-full divide-y divide-slate-200" data-testid="stream-routes">
+                                                <thead class="bg-slate-50"><tr><th class=TH>"Route reading this stream"</th><th class=TH>"Job"</th><th class=TH>"Lag (events)"</th></tr></thead>
+                                                <tbody class="divide-y divide-slate-100">
+                                                    {a.routes.into_iter().map(|(name, phase, lag)| view! {
+                                                        <tr>
+                                                            <td class=TD><a class="text-indigo-700 hover:underline" href=format!("/routes/{team}/{name}/dashboard")>{name.clone()}</a></td>
+                                                            <td class=TD>{phase}</td>
+                                                            <td class=format!("{TD} tabular-nums")>{lag.map_or("—".to_owned(), |l| l.to_string())}</td>
+                                                        </tr>
+                                                    }).collect_view()}
+                                                </tbody>
+                                            </table>
+                                        </div>
+                                    }
+                                })}
                                 {if a.recent.is_empty() {
                                     view! { <p class="text-sm text-slate-500">"No events yet."</p> }.into_any()
                                 } else {
