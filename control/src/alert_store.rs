@@ -4,19 +4,23 @@ use crate::alerts::{AlertEvent, AlertKind, AlertState, AlertStatus, RuleStatus, 
 use crate::store::{Store, StoreError};
 use sqlx::Row;
 
+fn rule_of(r: &sqlx::any::AnyRow) -> Result<AlertKind, StoreError> {
+    let rule: String = r.try_get("rule")?;
+    AlertKind::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("alert rule {rule}")))
+}
+
+fn state_of(r: &sqlx::any::AnyRow) -> Result<AlertState, StoreError> {
+    let state: String = r.try_get("state")?;
+    AlertState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("alert state {state}")))
+}
+
 impl Store {
     /// Every rule state of every route, for the evaluator to resume from after a restart.
     pub async fn alert_states(&self) -> Result<Vec<(String, AlertKind, RuleStatus)>, StoreError> {
         let rows = sqlx::query("SELECT route_id, rule, state, since FROM alert_states").fetch_all(self.pool()).await?;
         rows.iter()
-            .filter_map(|r| {
-                let rule: String = r.try_get("rule").ok()?;
-                let state: String = r.try_get("state").ok()?;
-                Some(Ok((
-                    r.try_get("route_id").ok()?,
-                    AlertKind::parse(&rule)?,
-                    RuleStatus { state: AlertState::parse(&state)?, since: r.try_get("since").ok()? },
-                )))
+            .map(|r| {
+                Ok((r.try_get("route_id")?, rule_of(r)?, RuleStatus { state: state_of(r)?, since: r.try_get("since")? }))
             })
             .collect()
     }
@@ -29,14 +33,7 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let rule: String = r.try_get("rule")?;
-                let state: String = r.try_get("state")?;
-                Ok(AlertStatus {
-                    rule: AlertKind::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("alert rule {rule}")))?,
-                    state: AlertState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("alert state {state}")))?,
-                    since: r.try_get("since")?,
-                    value: r.try_get("value")?,
-                })
+                Ok(AlertStatus { rule: rule_of(r)?, state: state_of(r)?, since: r.try_get("since")?, value: r.try_get("value")? })
             })
             .collect()
     }
@@ -96,12 +93,10 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let rule: String = r.try_get("rule")?;
-                let state: String = r.try_get("state")?;
                 Ok(AlertEvent {
-                    rule: AlertKind::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("alert rule {rule}")))?,
+                    rule: rule_of(r)?,
                     at: r.try_get("at")?,
-                    state: AlertState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("alert state {state}")))?,
+                    state: state_of(r)?,
                     value: r.try_get("value")?,
                     message: r.try_get("message")?,
                     notified: r.try_get("notified")?,

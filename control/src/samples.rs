@@ -86,11 +86,42 @@ impl Store {
         Ok(out)
     }
 
-    /// Every route's fine samples since `since`, oldest first, by route (the overview's sparklines).
-    pub async fn recent_samples(&self, since: i64, now: i64) -> Result<BTreeMap<String, Vec<JobSample>>, StoreError> {
+    /// The fine samples since `since` of the given routes, oldest first, by route (the
+    /// overview's sparklines, fetched for the rows on screen only).
+    pub async fn recent_samples(
+        &self,
+        route_ids: &[&str],
+        since: i64,
+        now: i64,
+    ) -> Result<BTreeMap<String, Vec<JobSample>>, StoreError> {
         let mut out: BTreeMap<String, Vec<JobSample>> = BTreeMap::new();
-        for (route_id, s) in self.fetch_samples(None, RESOLUTIONS[0], since, now + 1).await? {
-            out.entry(route_id).or_default().push(s);
+        if route_ids.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (0..route_ids.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "SELECT route_id, sample FROM job_samples WHERE resolution = $1 AND at >= $2 AND at < $3 \
+             AND route_id IN ({}) ORDER BY at",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(RESOLUTIONS[0].seconds).bind(since).bind(now + 1);
+        for id in route_ids {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(self.pool()).await? {
+            let json: String = r.try_get("sample")?;
+            let sample = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("job sample: {e}")))?;
+            out.entry(r.try_get("route_id")?).or_default().push(sample);
+        }
+        Ok(out)
+    }
+
+    /// Every route's newest fine sample from the last `within_ms` (what health and sorting read).
+    pub async fn latest_samples(&self, within_ms: i64, now: i64) -> Result<BTreeMap<String, JobSample>, StoreError> {
+        let mut out = BTreeMap::new();
+        // Ordered by time: a later sample of a route replaces an earlier one.
+        for (route_id, s) in self.fetch_samples(None, RESOLUTIONS[0], now - within_ms, now + 1).await? {
+            out.insert(route_id, s);
         }
         Ok(out)
     }

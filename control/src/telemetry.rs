@@ -39,6 +39,19 @@ impl JobCounters {
     }
 }
 
+impl std::ops::AddAssign for JobCounters {
+    fn add_assign(&mut self, d: JobCounters) {
+        self.read += d.read;
+        self.delivered += d.delivered;
+        self.filtered_out += d.filtered_out;
+        self.filter_errors += d.filter_errors;
+        self.dead_lettered += d.dead_lettered;
+        self.batches += d.batches;
+        self.retries += d.retries;
+        self.bytes_out += d.bytes_out;
+    }
+}
+
 /// A latency distribution over one interval, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
@@ -177,16 +190,7 @@ impl Window {
 
 /// Folds a finer sample into a coarser bucket (both of the same job).
 pub fn merge(bucket: &mut JobSample, s: &JobSample) {
-    let c = &mut bucket.counts;
-    let d = &s.counts;
-    c.read += d.read;
-    c.delivered += d.delivered;
-    c.filtered_out += d.filtered_out;
-    c.filter_errors += d.filter_errors;
-    c.dead_lettered += d.dead_lettered;
-    c.batches += d.batches;
-    c.retries += d.retries;
-    c.bytes_out += d.bytes_out;
+    bucket.counts += s.counts;
     bucket.lag = bucket.lag.max(s.lag);
     bucket.lag_seconds = bucket.lag_seconds.max(s.lag_seconds);
     bucket.end_to_end = merge_latency(bucket.end_to_end, s.end_to_end);

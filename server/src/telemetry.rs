@@ -49,11 +49,17 @@ fn describe() {
     describe_counter!("keystone_job_events_filtered_total", "Events the route's filter left out.");
     describe_counter!("keystone_job_filter_errors_total", "Events the filter could not evaluate (not delivered).");
     describe_counter!("keystone_job_events_dead_lettered_total", "Events sent to the route's dead-letter queue.");
+    // Average batch size: rate(delivered_total) / rate(sink_batches_total).
     describe_counter!("keystone_job_sink_batches_total", "Sink requests that went through.");
     describe_counter!("keystone_job_sink_retries_total", "Sink requests that failed transiently and were retried.");
     describe_counter!("keystone_job_sink_bytes_total", Unit::Bytes, "Bytes of events delivered.");
     describe_gauge!("keystone_job_lag_events", "Events in the stream the sink has not acknowledged yet.");
     describe_gauge!("keystone_job_lag_seconds", Unit::Seconds, "Age of the oldest event not acknowledged yet.");
+    describe_gauge!(
+        "keystone_job_checkpoint_age_seconds",
+        Unit::Seconds,
+        "How long acknowledged positions have waited for a commit (what a crash would repeat); 0 when all is committed."
+    );
     describe_gauge!(
         "keystone_job_end_to_end_latency_seconds",
         Unit::Seconds,
@@ -203,6 +209,7 @@ impl Telemetry {
             counter!("keystone_job_sink_bytes_total", &labels).absolute(c.bytes_out);
             gauge!("keystone_job_lag_events", &labels).set(o.lag as f64);
             gauge!("keystone_job_lag_seconds", &labels).set(o.lag_seconds);
+            gauge!("keystone_job_checkpoint_age_seconds", &labels).set(o.checkpoint_age_s);
             quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.end_to_end);
             quantiles("keystone_job_sink_request_seconds", &labels, o.sink_request);
         }

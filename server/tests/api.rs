@@ -1182,6 +1182,10 @@ mod delivery {
         assert_eq!(value(&text, "keystone_job_events_filtered_total"), Some(M as f64));
         assert_eq!(value(&text, "keystone_job_events_dead_lettered_total"), Some(K as f64));
         assert_eq!(value(&text, "keystone_job_lag_events"), Some(0.0));
+        eventually("every acknowledged position committed", || async {
+            value(&scrape(app.alpha_viewer.clone()).await, "keystone_job_checkpoint_age_seconds") == Some(0.0)
+        })
+        .await;
         assert!(text.contains("# TYPE keystone_job_events_delivered_total counter"), "{text}");
         let other = scrape(app.beta.clone()).await;
         assert!(!other.contains("team=\"alpha\""), "team beta sees alpha's series: {other}");

@@ -89,16 +89,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
 
     let mut totals = JobCounters::default();
     for s in &samples {
-        totals = JobCounters {
-            read: totals.read + s.counts.read,
-            delivered: totals.delivered + s.counts.delivered,
-            filtered_out: totals.filtered_out + s.counts.filtered_out,
-            filter_errors: totals.filter_errors + s.counts.filter_errors,
-            dead_lettered: totals.dead_lettered + s.counts.dead_lettered,
-            batches: totals.batches + s.counts.batches,
-            retries: totals.retries + s.counts.retries,
-            bytes_out: totals.bytes_out + s.counts.bytes_out,
-        };
+        totals += s.counts;
     }
     let mut timeline: Vec<TimelineEntry> = goal
         .history(Kind::Route, &team, &name)
@@ -142,74 +133,53 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     let latency = |f: fn(&keystone_control::LatencySummary) -> f64| -> Vec<(i64, f64)> {
         samples.iter().filter_map(|s| s.end_to_end.as_ref().map(|l| (s.at, f(l)))).collect()
     };
+    let chart = |id: &str, title: &str, unit: &str, series: &[Series<'_>]| Chart {
+        id: id.to_owned(),
+        svg: line_chart(title, unit, range, gap, series, &markers),
+    };
     let charts = vec![
-        Chart {
-            id: "throughput".into(),
-            svg: line_chart(
-                "Throughput",
-                "events/s",
-                range,
-                gap,
-                &[
-                    Series { label: "read", color: BLUE, points: rate(|c| c.read) },
-                    Series { label: "delivered", color: GREEN, points: rate(|c| c.delivered) },
-                    Series { label: "filtered out", color: SLATE, points: rate(|c| c.filtered_out) },
-                ],
-                &markers,
-            ),
-        },
-        Chart {
-            id: "lag".into(),
-            svg: line_chart(
-                "Lag (events waiting for the sink)",
-                "events",
-                range,
-                gap,
-                &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag as f64)).collect() }],
-                &markers,
-            ),
-        },
-        Chart {
-            id: "lag-seconds".into(),
-            svg: line_chart(
-                "Lag (age of the oldest waiting event)",
-                "seconds",
-                range,
-                gap,
-                &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag_seconds)).collect() }],
-                &markers,
-            ),
-        },
-        Chart {
-            id: "latency".into(),
-            svg: line_chart(
-                "End-to-end latency (ingest to sink acknowledgement)",
-                "ms",
-                range,
-                gap,
-                &[
-                    Series { label: "p50", color: BLUE, points: latency(|l| l.p50_ms) },
-                    Series { label: "p95", color: AMBER, points: latency(|l| l.p95_ms) },
-                    Series { label: "p99", color: RED, points: latency(|l| l.p99_ms) },
-                ],
-                &markers,
-            ),
-        },
-        Chart {
-            id: "errors".into(),
-            svg: line_chart(
-                "Errors",
-                "events/s",
-                range,
-                gap,
-                &[
-                    Series { label: "dead-lettered", color: RED, points: rate(|c| c.dead_lettered) },
-                    Series { label: "filter errors", color: AMBER, points: rate(|c| c.filter_errors) },
-                    Series { label: "sink retries", color: SLATE, points: rate(|c| c.retries) },
-                ],
-                &markers,
-            ),
-        },
+        chart(
+            "throughput",
+            "Throughput",
+            "events/s",
+            &[
+                Series { label: "read", color: BLUE, points: rate(|c| c.read) },
+                Series { label: "delivered", color: GREEN, points: rate(|c| c.delivered) },
+                Series { label: "filtered out", color: SLATE, points: rate(|c| c.filtered_out) },
+            ],
+        ),
+        chart(
+            "lag",
+            "Lag (events waiting for the sink)",
+            "events",
+            &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag as f64)).collect() }],
+        ),
+        chart(
+            "lag-seconds",
+            "Lag (age of the oldest waiting event)",
+            "seconds",
+            &[Series { label: "lag", color: AMBER, points: samples.iter().map(|s| (s.at, s.lag_seconds)).collect() }],
+        ),
+        chart(
+            "latency",
+            "End-to-end latency (ingest to sink acknowledgement)",
+            "ms",
+            &[
+                Series { label: "p50", color: BLUE, points: latency(|l| l.p50_ms) },
+                Series { label: "p95", color: AMBER, points: latency(|l| l.p95_ms) },
+                Series { label: "p99", color: RED, points: latency(|l| l.p99_ms) },
+            ],
+        ),
+        chart(
+            "errors",
+            "Errors",
+            "events/s",
+            &[
+                Series { label: "dead-lettered", color: RED, points: rate(|c| c.dead_lettered) },
+                Series { label: "filter errors", color: AMBER, points: rate(|c| c.filter_errors) },
+                Series { label: "sink retries", color: SLATE, points: rate(|c| c.retries) },
+            ],
+        ),
     ];
 
     let settings = spec.job_settings().unwrap_or_default();

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRow {
+    pub route_id: String,
     pub team: String,
     pub route: String,
     pub stream: String,
@@ -28,6 +29,8 @@ pub struct JobRow {
     /// Oldest first, one point per sample over the last five minutes.
     pub throughput: Vec<f64>,
     pub lag_series: Vec<f64>,
+    /// Alert rules firing now.
+    pub firing: Vec<String>,
 }
 
 /// Which jobs to show and in which order (all optional: the query string of the page).
@@ -39,11 +42,20 @@ pub struct JobFilter {
     pub health: Option<String>,
     /// `health` (worst first, the default), `lag`, `rate` or `name`.
     pub sort: Option<String>,
+    /// 1-based, `PAGE_SIZE` jobs a page.
+    pub page: Option<usize>,
 }
+
+/// Jobs per page: a table a person can read, and a page that stays small with thousands of jobs.
+pub const PAGE_SIZE: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobsOverviewData {
+    /// One page of the matching jobs.
     pub rows: Vec<JobRow>,
+    /// Jobs matching the filters (over all pages).
+    pub shown: usize,
+    pub page: usize,
     /// Jobs per health, before filtering.
     pub counts: Vec<(Health, usize)>,
     pub teams: Vec<String>,
@@ -57,6 +69,7 @@ pub async fn jobs_overview(
     sink_kind: Option<String>,
     health: Option<String>,
     sort: Option<String>,
+    page: Option<usize>,
 ) -> Result<JobsOverviewData, AppError> {
     use keystone_control::goal::Goal;
     use keystone_control::{Kind, RouteSpec, SinkSpec};
@@ -73,18 +86,25 @@ pub async fn jobs_overview(
         .collect();
     let jobs: HashMap<String, keystone_control::JobRecord> =
         store.jobs(&who.scope()).await?.into_iter().map(|j| (j.route_id.clone(), j)).collect();
-    // Sparklines span the newest five minutes of 10-second samples.
-    let samples = store.recent_samples(now - 5 * 60_000, now).await?;
+    // Health and sorting read each job's newest sample (the telemetry interval is 10 s: 30 s
+    // covers a late pass); sparklines are fetched below for the rows shown only.
+    let latest = store.latest_samples(30_000, now).await?;
+    let mut firing: HashMap<String, Vec<String>> = HashMap::new();
+    for (route_id, rule, status) in store.alert_states().await? {
+        if status.state == keystone_control::alerts::AlertState::Firing {
+            firing.entry(route_id).or_default().push(rule.as_str().to_owned());
+        }
+    }
     let mut rows: Vec<JobRow> = routes
         .into_iter()
         .filter_map(|o| {
             let spec: RouteSpec = o.spec_as().ok()?;
             let job = jobs.get(&o.id);
-            let series = samples.get(&o.id).map(Vec::as_slice).unwrap_or_default();
-            let last = series.last();
+            let last = latest.get(&o.id);
             let lag_seconds = last.map_or(0.0, |s| s.lag_seconds);
             let sink = spec.sink.as_str().to_owned();
             Some(JobRow {
+                firing: firing.remove(&o.id).unwrap_or_default(),
                 sink_kind: sink_kinds.get(&(o.team.clone(), sink.clone())).cloned().unwrap_or_default(),
                 team: o.team,
                 route: o.name,
@@ -95,8 +115,9 @@ pub async fn jobs_overview(
                 lag: last.map_or(0, |s| s.lag),
                 lag_seconds,
                 rate: last.map_or(0.0, |s| s.counts.delivered as f64 / s.seconds.max(1) as f64),
-                throughput: series.iter().map(|s| s.counts.delivered as f64 / s.seconds.max(1) as f64).collect(),
-                lag_series: series.iter().map(|s| s.lag as f64).collect(),
+                throughput: Vec::new(),
+                lag_series: Vec::new(),
+                route_id: o.id,
             })
         })
         .collect();
@@ -120,7 +141,18 @@ pub async fn jobs_overview(
         Some("name") => rows.sort_by(|a, b| (&a.team, &a.route).cmp(&(&b.team, &b.route))),
         _ => rows.sort_by(|a, b| (a.health, &a.team, &a.route).cmp(&(b.health, &b.team, &b.route))),
     }
-    Ok(JobsOverviewData { rows, counts, teams, total })
+    let shown = rows.len();
+    let page = page.unwrap_or(1).max(1);
+    let mut rows: Vec<JobRow> = rows.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).collect();
+    // Sparklines span the newest five minutes of 10-second samples.
+    let ids: Vec<&str> = rows.iter().map(|r| r.route_id.as_str()).collect();
+    let mut series = store.recent_samples(&ids, now - 5 * 60_000, now).await?;
+    for r in &mut rows {
+        let s = series.remove(&r.route_id).unwrap_or_default();
+        r.throughput = s.iter().map(|s| s.counts.delivered as f64 / s.seconds.max(1) as f64).collect();
+        r.lag_series = s.iter().map(|s| s.lag as f64).collect();
+    }
+    Ok(JobsOverviewData { rows, counts, teams, total, shown, page })
 }
 
 fn health_badge(h: Health) -> &'static str {
@@ -163,9 +195,10 @@ pub fn JobsPage() -> impl IntoView {
             sink_kind: q.get("sink_kind"),
             health: q.get("health"),
             sort: q.get("sort"),
+            page: q.get("page").and_then(|p| p.parse().ok()),
         }
     };
-    let data = Resource::new(filter, |f| jobs_overview(f.team, f.stream, f.sink_kind, f.health, f.sort));
+    let data = Resource::new(filter, |f| jobs_overview(f.team, f.stream, f.sink_kind, f.health, f.sort, f.page));
     view! {
         <Title text="Jobs · Keystone"/>
         <PageHeader title="Jobs" subtitle="Every route's job, worst first: health, throughput and lag over the last five minutes.">
@@ -189,7 +222,7 @@ fn jobs_view(o: JobsOverviewData, f: JobFilter) -> impl IntoView {
             {o.counts.iter().map(|(h, n)| view! {
                 <a href=format!("/jobs?health={}", h.as_str()) class=health_badge(*h)>{format!("{} {}", n, h.as_str())}</a>
             }).collect_view()}
-            <span class="text-xs leading-6 text-slate-500">{format!("{} shown of {}", o.rows.len(), o.total)}</span>
+            <span class="text-xs leading-6 text-slate-500" data-testid="jobs-shown">{format!("{} match of {}", o.shown, o.total)}</span>
         </div>
         <form method="get" action="/jobs" class=format!("{CARD} mb-4 flex flex-wrap items-end gap-4 p-4")>
             <div class="text-sm"><label for="jobs-team">"Team"</label>
@@ -236,7 +269,12 @@ fn jobs_view(o: JobsOverviewData, f: JobFilter) -> impl IntoView {
                             {o.rows.into_iter().map(|r| view! {
                                 <tr>
                                     <td class=TD><a class="font-medium text-indigo-700 hover:underline" href=format!("/routes/{}/{}/dashboard", r.team, r.route)>{format!("{}/{}", r.team, r.route)}</a></td>
-                                    <td class=TD><span class=health_badge(r.health)>{r.health.as_str()}</span><span class="ml-2 text-xs text-slate-500">{r.phase.clone()}</span></td>
+                                    <td class=TD>
+                                        <span class=health_badge(r.health)>{r.health.as_str()}</span><span class="ml-2 text-xs text-slate-500">{r.phase.clone()}</span>
+                                        {(!r.firing.is_empty()).then(|| view! {
+                                            <div class="mt-1 text-xs font-medium text-red-700" data-testid="firing">{format!("firing: {}", r.firing.join(", "))}</div>
+                                        })}
+                                    </td>
                                     <td class=format!("{TD} text-slate-600")>{format!("{} → {} ({})", r.stream, r.sink, r.sink_kind)}</td>
                                     <td class=TD><div class="flex items-center gap-2"><span inner_html=sparkline(&r.throughput, "#16a34a")></span><span class="tabular-nums">{format!("{:.1}", r.rate)}</span></div></td>
                                     <td class=TD><div class="flex items-center gap-2"><span inner_html=sparkline(&r.lag_series, "#d97706")></span><span class="tabular-nums">{format!("{} · {:.0} s", r.lag, r.lag_seconds)}</span></div></td>
@@ -247,6 +285,25 @@ fn jobs_view(o: JobsOverviewData, f: JobFilter) -> impl IntoView {
                 </div>
             }.into_any()
         }}
+        {(o.shown > PAGE_SIZE).then(|| {
+            let pages = o.shown.div_ceil(PAGE_SIZE);
+            let link = |page: usize| {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                for (k, v) in [("team", &f.team), ("stream", &f.stream), ("sink_kind", &f.sink_kind), ("health", &f.health), ("sort", &f.sort)] {
+                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                        q.append_pair(k, v);
+                    }
+                }
+                format!("/jobs?{}", q.append_pair("page", &page.to_string()).finish())
+            };
+            view! {
+                <nav class="mt-4 flex items-center gap-4 text-sm" aria-label="Pages" data-testid="pages">
+                    {(o.page > 1).then(|| view! { <a class="text-indigo-700 hover:underline" href=link(o.page - 1)>"← Previous"</a> })}
+                    <span class="text-slate-500">{format!("page {} of {pages}", o.page)}</span>
+                    {(o.page < pages).then(|| view! { <a class="text-indigo-700 hover:underline" href=link(o.page + 1)>"Next →"</a> })}
+                </nav>
+            }
+        })}
     }
 }
 

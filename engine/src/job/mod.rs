@@ -22,7 +22,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -152,6 +152,8 @@ pub struct JobStats {
     pub failing: AtomicBool,
     pub acked: Mutex<Vec<u64>>,
     pub committed: Mutex<Vec<u64>>,
+    /// When positions were last committed (ms since the epoch; the job's start before that).
+    pub committed_at: AtomicI64,
     pub recent_errors: Mutex<Vec<(i64, String)>>,
     /// End-to-end and sink request latencies since the last telemetry sample.
     pub latency: Mutex<latency::Latency>,
@@ -228,6 +230,17 @@ impl JobStats {
         oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
     }
 
+    /// How long acknowledged positions have waited for a commit: 0 when everything acknowledged
+    /// is committed, else the time since the last commit. This bounds what a crash would repeat.
+    pub fn checkpoint_age_s(&self, now_ms: i64) -> f64 {
+        let pending = *self.acked.lock().expect("stats lock") != *self.committed.lock().expect("stats lock");
+        if pending {
+            (now_ms - self.committed_at.load(Ordering::Relaxed)).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        }
+    }
+
     /// Sum of acknowledged positions: grows whenever the job makes progress.
     pub fn progress(&self) -> u64 {
         self.acked.lock().expect("stats lock").iter().sum()
@@ -275,6 +288,7 @@ pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
         starts.push(start);
     }
     *stats.committed.lock().expect("stats lock") = starts.clone();
+    stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
 
     let stop_checkpointer = CancellationToken::new();
     let checkpointer =
@@ -333,7 +347,10 @@ async fn checkpoint_loop<C: CheckpointStore>(
             .collect();
         if !moved.is_empty() {
             match store.commit(&spec.route_id, &moved).await {
-                Ok(()) => *stats.committed.lock().expect("stats lock") = acked,
+                Ok(()) => {
+                    *stats.committed.lock().expect("stats lock") = acked;
+                    stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
+                }
                 // Not fatal: the positions stay acknowledged and the next tick tries again.
                 Err(e) if !stopping => stats.record_error(format!("checkpoint commit failed: {e}")),
                 Err(e) => return Err(JobError::Checkpoints(e)),
@@ -552,5 +569,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_age_counts_only_while_acknowledged_positions_wait() {
+        let stats = JobStats::default();
+        stats.set_acked(0, 10);
+        *stats.committed.lock().unwrap() = vec![10];
+        stats.committed_at.store(1_000, Ordering::Relaxed);
+        assert_eq!(stats.checkpoint_age_s(9_000), 0.0, "everything acknowledged is committed");
+        stats.set_acked(0, 25);
+        assert_eq!(stats.checkpoint_age_s(9_000), 8.0);
     }
 }

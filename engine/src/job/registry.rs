@@ -36,6 +36,8 @@ pub struct Observed {
     pub counters: JobCounters,
     pub lag: u64,
     pub lag_seconds: f64,
+    /// See `JobStats::checkpoint_age_s`.
+    pub checkpoint_age_s: f64,
     /// Since the previous observation.
     pub end_to_end: Option<LatencySummary>,
     pub sink_request: Option<LatencySummary>,
@@ -147,6 +149,7 @@ impl<L: Log> JobRegistry<L> {
                 counters: stats.counters(),
                 lag: stats.lag(&spec, self.log.as_ref()),
                 lag_seconds: stats.lag_seconds(&spec, self.log.as_ref(), now_ms).await,
+                checkpoint_age_s: stats.checkpoint_age_s(now_ms),
                 end_to_end,
                 sink_request,
                 stats,
