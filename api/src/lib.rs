@@ -33,6 +33,8 @@ pub struct ApiState {
     pub meter: Arc<IngestMeter>,
     /// Renders this process's metrics (`/metrics`).
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Bearer token that may scrape every series of `/metrics` (none: API tokens only).
+    pub metrics_token: Option<String>,
     /// Streams' compiled ingest settings, per revision.
     pub ingest: Arc<IngestCache>,
     /// Largest request body the ingest proxy accepts (413 beyond).

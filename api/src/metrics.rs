@@ -17,18 +17,46 @@ use keystone_control::{JobSample, Kind, ValidationErrors};
 use serde::Deserialize;
 
 /// Every metric of this process the caller may see (Prometheus text exposition format 0.0.4).
-pub async fn metrics(State(s): State<ApiState>, Caller(who): Caller) -> impl IntoResponse {
+/// The platform's scrape token (`metrics_token` setting) sees everything; an API token sees the
+/// series of its teams.
+pub async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    use subtle::ConstantTimeEq;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthenticated)?;
     let text = s.metrics.render();
-    let body = if who.is_admin() { text } else { visible_to(&text, &who) };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    let scraper = s.metrics_token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(bearer.as_bytes())));
+    let body = if scraper {
+        text
+    } else {
+        let who = keystone_control::auth::principal_for_token(&s.store, bearer).await?.ok_or(ApiError::Unauthenticated)?;
+        if who.is_admin() {
+            text
+        } else {
+            visible_to(&text, &who)
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
 }
 
-/// The lines of `text` a non-admin may read: comments, and series of their teams.
+/// The lines of `text` a non-admin may read: series of their teams, and the HELP and TYPE
+/// comments of those metrics only.
 fn visible_to(text: &str, who: &Principal) -> String {
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| team_label(l).is_some_and(|team| who.teams.iter().any(|t| t.name == team)))
+        .collect();
+    let shown = |name: &str| series.iter().any(|l| l.split(['{', ' ']).next() == Some(name));
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
-        let keep = line.starts_with('#')
-            || team_label(line).is_some_and(|team| who.teams.iter().any(|t| t.name == team));
+        let keep = match line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+            Some(rest) => shown(rest.split(' ').next().unwrap_or_default()),
+            None => series.contains(&line),
+        };
         if keep {
             out.push_str(line);
             out.push('\n');
@@ -78,7 +106,7 @@ mod tests {
 
     #[test]
     fn non_admins_see_only_their_teams_series() {
-        let text = "# HELP keystone_job_lag_events x\n# TYPE keystone_job_lag_events gauge\n\
+        let text = "# HELP keystone_job_lag_events x\n# TYPE keystone_job_lag_events gauge\n# HELP keystone_jobs y\n\
                     keystone_job_lag_events{team=\"a\",route=\"r\"} 3\n\
                     keystone_job_lag_events{team=\"b\",route=\"r\"} 4\n\
                     keystone_jobs{phase=\"running\"} 2\n";
@@ -91,7 +119,8 @@ mod tests {
         let seen = visible_to(text, &who);
         assert!(seen.contains("team=\"a\""));
         assert!(!seen.contains("team=\"b\""), "another team's series leaked");
-        assert!(!seen.contains("keystone_jobs{"), "platform series are for admins");
+        assert!(!seen.contains("keystone_jobs"), "platform series are for admins, even their HELP");
+        assert!(seen.contains("# TYPE keystone_job_lag_events gauge"));
         assert_eq!(team_label("x{route=\"r\",team=\"t\"} 1"), Some("t"));
         assert_eq!(team_label("x 1"), None);
     }

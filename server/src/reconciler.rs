@@ -31,6 +31,17 @@ pub struct Reconciler {
     pub jobs: Arc<Jobs>,
     /// Roots file sinks.
     pub data_dir: PathBuf,
+    pub health: Arc<ReconcilerHealth>,
+}
+
+/// How the reconciler is doing, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReconcilerHealth {
+    /// Duration of the last pass, in microseconds.
+    pub last_pass_us: std::sync::atomic::AtomicU64,
+    /// When the last pass succeeded (ms since the epoch; 0 before the first).
+    pub last_success_ms: std::sync::atomic::AtomicI64,
+    pub failures: std::sync::atomic::AtomicU64,
 }
 
 /// A full pass also runs this often when nothing changed, to catch drift.
@@ -58,9 +69,19 @@ impl Reconciler {
                 if !requested && seen == Some(seq) && last_full.elapsed() < RESYNC {
                     continue;
                 }
-                match self.pass().await {
-                    Ok(()) => seen = Some(seq),
-                    Err(e) => tracing::warn!(error = %e, "Reconcile pass failed; retrying on the next tick."),
+                let started = Instant::now();
+                let outcome = self.pass().await;
+                let h = &self.health;
+                h.last_pass_us.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                match outcome {
+                    Ok(()) => {
+                        seen = Some(seq);
+                        h.last_success_ms.store(keystone_control::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        h.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(error = %e, "Reconcile pass failed; retrying on the next tick.")
+                    }
                 }
                 last_full = Instant::now();
             }

@@ -33,6 +33,11 @@ pub struct Settings {
     /// How often job telemetry is sampled, stored for the dashboards and published at `/metrics`
     /// (`KEYSTONE_TELEMETRY_INTERVAL_MS`).
     pub telemetry_interval_ms: u64,
+    /// A bearer token that may scrape all of `/metrics`, platform series included
+    /// (`KEYSTONE_METRICS_TOKEN`, at least 32 characters; never logged). Without it, API tokens
+    /// scrape their teams' series only.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
 }
 
 impl Settings {

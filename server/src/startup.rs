@@ -1,7 +1,7 @@
 //! Builds the HTTP application: console (Leptos), JSON API, sessions, security layers.
 
 use crate::csrf::{check_origin, OriginPolicy};
-use crate::reconciler::{Jobs, Reconciler};
+use crate::reconciler::{Jobs, Reconciler, ReconcilerHealth};
 use crate::sessions::DbSessionStore;
 use crate::settings::Settings;
 use crate::telemetry::{Exporter, Telemetry};
@@ -42,6 +42,9 @@ impl Application {
     /// Connects the store (running migrations), builds the router and binds the listener
     /// (port 0 picks a free port, as tests do).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if settings.metrics_token.as_ref().is_some_and(|t| !t.is_empty() && t.len() < 32) {
+            anyhow::bail!("metrics_token (KEYSTONE_METRICS_TOKEN) must be at least 32 characters");
+        }
         std::fs::create_dir_all(&settings.data_dir)?;
         let url = settings.database_url();
         let store = Store::connect(&url).await?;
@@ -96,8 +99,14 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     spawn_retention(log.clone());
     let jobs = Arc::new(JobRegistry::new(log.clone()));
     let meter = Arc::new(IngestMeter::default());
-    let reconciler =
-        Reconciler { store: store.clone(), log: log.clone(), jobs: jobs.clone(), data_dir: settings.data_dir.clone() };
+    let reconciler_health = Arc::new(ReconcilerHealth::default());
+    let reconciler = Reconciler {
+        store: store.clone(),
+        log: log.clone(),
+        jobs: jobs.clone(),
+        data_dir: settings.data_dir.clone(),
+        health: reconciler_health.clone(),
+    };
     Arc::new(reconciler).spawn();
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
     let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
@@ -108,6 +117,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         meter: meter.clone(),
         exporter: exporter.clone(),
         interval,
+        reconciler: reconciler_health,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
     }
     .spawn();
@@ -153,6 +163,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         jobs: jobs.clone(),
         meter,
         metrics: exporter.handle(),
+        metrics_token: settings.metrics_token.clone().filter(|t| !t.is_empty()),
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,

@@ -19,6 +19,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_util::MetricKindMask;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,18 @@ fn describe() {
     describe_counter!("keystone_stream_events_rejected_total", "Events refused by validation, by reason.");
     describe_counter!("keystone_stream_events_throttled_total", "Events refused for the stream's quota.");
     describe_gauge!("keystone_stream_log_events", "Events ever appended to the stream's log.");
+    describe_gauge!("keystone_stream_log_bytes", Unit::Bytes, "Bytes the stream's log holds on disk (after retention).");
+    describe_gauge!("keystone_stream_retention_seconds", Unit::Seconds, "How long the stream's log keeps events.");
+    describe_gauge!("keystone_reconciler_pass_seconds", Unit::Seconds, "How long the last reconcile pass took.");
+    describe_gauge!(
+        "keystone_reconciler_last_success_age_seconds",
+        Unit::Seconds,
+        "Time since the last reconcile pass that succeeded."
+    );
+    describe_counter!("keystone_reconciler_failures_total", "Reconcile passes that failed (retried on the next tick).");
+    describe_counter!("keystone_log_fsyncs_total", "fsyncs the embedded log issued (group commit shares them).");
+    describe_gauge!("keystone_database_up", "1 when the source-of-truth database answered the last telemetry query.");
+    describe_gauge!("keystone_database_query_seconds", Unit::Seconds, "How long that query took.");
     describe_gauge!("keystone_telemetry_pass_seconds", Unit::Seconds, "How long the last telemetry pass took.");
 }
 
@@ -87,6 +100,7 @@ pub struct Telemetry {
     pub meter: Arc<IngestMeter>,
     pub exporter: Arc<Exporter>,
     pub interval: Duration,
+    pub reconciler: Arc<crate::reconciler::ReconcilerHealth>,
     /// Sends alert notifications.
     pub http: reqwest::Client,
 }
@@ -168,7 +182,15 @@ impl Telemetry {
         open.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
         self.store.put_samples(fine, &rows).await?;
         self.roll_up(open, now).await?;
-        let jobs = self.store.jobs(&Scope::All).await?;
+        // The database's health: how long a small query takes (and whether it answers at all,
+        // reported below when it fails).
+        let asked = std::time::Instant::now();
+        let jobs = self.store.jobs(&Scope::All).await;
+        metrics::with_local_recorder(&self.exporter.recorder, || {
+            gauge!("keystone_database_up").set(if jobs.is_ok() { 1.0 } else { 0.0 });
+            gauge!("keystone_database_query_seconds").set(asked.elapsed().as_secs_f64());
+        });
+        let jobs = jobs?;
         self.evaluate_alerts(&mut open.alerts, &observed, &increments, &jobs, now).await?;
         metrics::with_local_recorder(&self.exporter.recorder, || {
             self.publish(&observed, &jobs, now);
@@ -221,6 +243,27 @@ impl Telemetry {
             let n = jobs.iter().filter(|j| j.phase == phase).count();
             gauge!("keystone_jobs", "phase" => phase.as_str()).set(n as f64);
         }
+        let h = &self.reconciler;
+        gauge!("keystone_reconciler_pass_seconds").set(h.last_pass_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let last = h.last_success_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            gauge!("keystone_reconciler_last_success_age_seconds").set((now - last).max(0) as f64 / 1000.0);
+        }
+        counter!("keystone_reconciler_failures_total").absolute(h.failures.load(Ordering::Relaxed));
+        counter!("keystone_log_fsyncs_total").absolute(self.log.fsync_count());
+        for (topic, _, retention) in self.log.topics() {
+            if keystone_control::is_dead_letter_topic(&topic) {
+                continue;
+            }
+            let (team, stream) = topic.split_once('.').unwrap_or(("", &topic));
+            let labels = [("team", team.to_owned()), ("stream", stream.to_owned())];
+            gauge!("keystone_stream_log_bytes", &labels).set(self.log.topic_bytes(&topic) as f64);
+            if retention.max_age_ms < i64::MAX {
+                gauge!("keystone_stream_retention_seconds", &labels).set(retention.max_age_ms as f64 / 1000.0);
+            }
+            let in_log: u64 = keystone_engine::log::Log::end_offsets(self.log.as_ref(), &topic).iter().sum();
+            gauge!("keystone_stream_log_events", &labels).set(in_log as f64);
+        }
         for topic in self.meter.topics() {
             let s = self.meter.stats(&topic, now);
             let (team, stream) = topic.split_once('.').unwrap_or(("", &topic));
@@ -233,8 +276,6 @@ impl Telemetry {
                 counter!("keystone_stream_events_rejected_total", &by).absolute(*n);
             }
             counter!("keystone_stream_events_throttled_total", &labels).absolute(s.throttled);
-            let in_log: u64 = keystone_engine::log::Log::end_offsets(self.log.as_ref(), &topic).iter().sum();
-            gauge!("keystone_stream_log_events", &labels).set(in_log as f64);
         }
     }
 }

@@ -44,6 +44,8 @@ fn pg_admin_url() -> String {
 }
 
 const PASSWORD: &str = "correct horse battery";
+/// The test servers' `/metrics` scrape token.
+const SCRAPE_TOKEN: &str = "scrape-token-for-the-whole-platform-0123456789";
 
 async fn spawn_app(db: Db) -> TestApp {
     spawn_app_with(db, |_| {}).await
@@ -79,6 +81,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         ingest_max_event_bytes: 2048,
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
+        metrics_token: Some(SCRAPE_TOKEN.into()),
     };
     tweak(&mut settings);
     let (base, running) = start_server(settings.clone()).await;
@@ -1187,10 +1190,21 @@ mod delivery {
         })
         .await;
         assert!(text.contains("# TYPE keystone_job_events_delivered_total counter"), "{text}");
+        let log_bytes = text
+            .lines()
+            .find(|l| l.starts_with("keystone_stream_log_bytes{") && l.contains("stream=\"plays\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(log_bytes.is_some_and(|b| b > 0.0), "the stream's log size: {text}");
+        assert!(!text.contains("keystone_database_up "), "platform health is for admins: {text}");
+        let platform = scrape(SCRAPE_TOKEN.to_owned()).await;
+        assert!(platform.contains("keystone_database_up 1"), "{platform}");
+        assert!(platform.contains("keystone_reconciler_pass_seconds "), "{platform}");
+        assert!(platform.contains("keystone_jobs{phase=\"running\"} 1"), "{platform}");
         let other = scrape(app.beta.clone()).await;
         assert!(!other.contains("team=\"alpha\""), "team beta sees alpha's series: {other}");
         let anonymous = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(scrape("not-the-scrape-token".into()).await.contains("keystone_"), false);
 
         drop(rows_db);
         app.teardown().await;

@@ -149,6 +149,13 @@ impl EmbeddedLog {
         out
     }
 
+    /// Bytes a topic holds on disk, over all its partitions (0 for an unknown topic).
+    pub fn topic_bytes(&self, topic: &str) -> u64 {
+        let Some(t) = self.topics.read().expect("topics lock").get(topic).cloned() else { return 0 };
+        let parts = t.partitions.read().expect("partitions lock").clone();
+        parts.iter().map(|p| p.state.lock().expect("partition lock").segments.iter().map(|s| s.len).sum::<u64>()).sum()
+    }
+
     /// Number of fsyncs issued so far (group commit keeps this well below the number of appends).
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
