@@ -1404,6 +1404,16 @@ mod delivery {
         .await;
         let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT n) FROM plays").fetch_one(&mut db).await.unwrap();
         assert_eq!(distinct, 999);
+        // The job's dashboard (server-rendered HTML, as a browser without JavaScript gets it)
+        // shows the refused event and why, beside the latest errors.
+        let origin = app.base.clone();
+        let ok = app.form("/api/login", &[("username", "alice"), ("password", PASSWORD)], Some(&origin)).await;
+        assert!(ok.status().is_success() || ok.status().is_redirection(), "{:?}", ok.status());
+        let page = app.http.get(format!("{}/routes/alpha/rows/dashboard", app.base)).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let html = page.text().await.unwrap();
+        assert!(html.contains("Sample refused events") && html.contains("22P02"), "{html}");
+        assert!(html.contains("&quot;ten&quot;") || html.contains("\"ten\""), "the refused event itself: {html}");
 
         // Retrying while the table still refuses the row re-queues it with the new reason.
         let retry = "/api/v1/teams/alpha/routes/rows/dead-letters/retry";

@@ -43,6 +43,8 @@ pub struct DashboardView {
     /// (key, value, where it comes from).
     pub config: Vec<(String, String, String)>,
     pub recent_errors: Vec<(i64, String)>,
+    /// The newest refused events with their reasons (the errors' sample events).
+    pub dead_letters: Vec<(u64, serde_json::Value)>,
     /// Each declared rule: what it watches, and its state now (`ok` before its first evaluation).
     pub alerts: Vec<AlertRow>,
     /// Latest firings and resolutions, newest first.
@@ -202,6 +204,12 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         ),
     ];
     let states = store.route_alerts(&route.id).await?;
+    let topic = keystone_control::dead_letter_topic(&team, &name);
+    let dead_letters =
+        keystone_engine::job::dead_letters::read(state.log.as_ref(), &topic, None, 5).await.map_err(|e| {
+            tracing::error!(error = %e, "Reading dead letters failed.");
+            AppError::Internal
+        })?;
     let alerts = spec
         .alerts
         .iter()
@@ -217,6 +225,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         })
         .collect();
     Ok(DashboardView {
+        dead_letters,
         silences: store
             .active_silences(Some(&route.id), now)
             .await?
@@ -416,6 +425,8 @@ fn dashboard_view(
                     </ul>
                 }.into_any()
             }}
+            <h3 class="border-t border-slate-200 px-4 py-2 text-sm font-medium">"Sample refused events"</h3>
+            <div class="px-4 pb-4"><super::routes::DeadLetterTable letters=d.dead_letters/></div>
         </section>
     }
 }

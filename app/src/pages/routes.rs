@@ -398,29 +398,7 @@ fn job_view(v: RouteJobView) -> impl IntoView {
             </ul>
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
-        {if v.dead_letters.is_empty() {
-            view! { <p class="text-sm text-slate-500">"No refused event is waiting for a retry."</p> }.into_any()
-        } else {
-            view! {
-                <div class=format!("{CARD} overflow-hidden")>
-                    <table class="min-w-full divide-y divide-slate-200" data-testid="dead-letters">
-                        <thead class="bg-slate-50"><tr>
-                            <th class=TH>"Failed at"</th><th class=TH>"Source"</th><th class=TH>"Reason"</th><th class=TH>"Event"</th>
-                        </tr></thead>
-                        <tbody class="divide-y divide-slate-100">
-                            {v.dead_letters.iter().rev().map(|(_, l)| view! {
-                                <tr>
-                                    <td class=format!("{TD} text-slate-500")>{format_time(l["failed_at"].as_i64().unwrap_or(0))}</td>
-                                    <td class=format!("{TD} tabular-nums")>{format!("p{} @{}", l["partition"], l["offset"])}</td>
-                                    <td class=TD>{l["reason"].as_str().unwrap_or("").to_owned()}</td>
-                                    <td class=format!("{TD} font-mono text-xs")>{l["envelope"]["payload"].to_string().chars().take(200).collect::<String>()}</td>
-                                </tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table>
-                </div>
-            }.into_any()
-        }}
+        <DeadLetterTable letters=v.dead_letters/>
     }
     .into_any()
 }
@@ -570,6 +548,34 @@ fn preview_table(rows: Vec<PreviewRow>) -> AnyView {
                                 </td>
                             </tr>
                         }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </div>
+    }
+    .into_any()
+}
+
+/// Dead letters, newest first: when, where from, why, and the event itself.
+#[component]
+pub fn DeadLetterTable(letters: Vec<(u64, serde_json::Value)>) -> impl IntoView {
+    if letters.is_empty() {
+        return view! { <p class="text-sm text-slate-500">"No refused event is waiting for a retry."</p> }.into_any();
+    }
+    view! {
+        <div class=format!("{CARD} overflow-hidden")>
+            <table class="min-w-full divide-y divide-slate-200" data-testid="dead-letters">
+                <thead class="bg-slate-50"><tr>
+                    <th class=TH>"Failed at"</th><th class=TH>"Source"</th><th class=TH>"Reason"</th><th class=TH>"Event"</th>
+                </tr></thead>
+                <tbody class="divide-y divide-slate-100">
+                    {letters.iter().rev().map(|(_, l)| view! {
+                        <tr>
+                            <td class=format!("{TD} text-slate-500")>{format_time(l["failed_at"].as_i64().unwrap_or(0))}</td>
+                            <td class=format!("{TD} tabular-nums")>{format!("p{} @{}", l["partition"], l["offset"])}</td>
+                            <td class=TD>{l["reason"].as_str().unwrap_or("").to_owned()}</td>
+                            <td class=format!("{TD} font-mono text-xs")>{l["envelope"]["payload"].to_string().chars().take(200).collect::<String>()}</td>
+                        </tr>
                     }).collect_view()}
                 </tbody>
             </table>
