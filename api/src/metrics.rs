@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use keystone_control::auth::Principal;
 use keystone_control::goal::Goal;
-use keystone_control::telemetry::Window;
 use keystone_control::store::now_ms;
+use keystone_control::telemetry::Window;
 use keystone_control::{JobSample, Kind, ValidationErrors};
 use serde::Deserialize;
 
@@ -32,7 +32,8 @@ pub async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) 
     let body = if scraper {
         text
     } else {
-        let who = keystone_control::auth::principal_for_token(&s.store, bearer).await?.ok_or(ApiError::Unauthenticated)?;
+        let who =
+            keystone_control::auth::principal_for_token(&s.store, bearer).await?.ok_or(ApiError::Unauthenticated)?;
         if who.is_admin() {
             text
         } else {
@@ -187,6 +188,9 @@ pub async fn silence(
 
 /// Restarts, dead-letter retries and alert silences on objects the caller may see, newest first.
 #[utoipa::path(get, path = "/api/v1/operations", responses((status = 200, body = [keystone_control::Operation])))]
-pub async fn operations(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<keystone_control::Operation>>, ApiError> {
+pub async fn operations(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<keystone_control::Operation>>, ApiError> {
     Ok(Json(s.store.operations(&who.scope(), 200).await?))
 }

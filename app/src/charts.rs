@@ -89,7 +89,9 @@ fn draw<'a>(
                 chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?
             };
             if !labelled {
-                drawn.label(s.label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                drawn
+                    .label(s.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
                 labelled = true;
             }
         }
@@ -168,7 +170,14 @@ mod tests {
 
     #[test]
     fn a_lone_sample_is_a_dot() {
-        let svg = line_chart("Lag", "events", (0, 60_000), 15_000, &[Series { label: "lag", color: RED, points: vec![(30_000, 2.0)] }], &[]);
+        let svg = line_chart(
+            "Lag",
+            "events",
+            (0, 60_000),
+            15_000,
+            &[Series { label: "lag", color: RED, points: vec![(30_000, 2.0)] }],
+            &[],
+        );
         assert!(svg.contains("<circle"), "{svg}");
     }
 

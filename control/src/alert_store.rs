@@ -20,7 +20,11 @@ impl Store {
         let rows = sqlx::query("SELECT route_id, rule, state, since FROM alert_states").fetch_all(self.pool()).await?;
         rows.iter()
             .map(|r| {
-                Ok((r.try_get("route_id")?, rule_of(r)?, RuleStatus { state: state_of(r)?, since: r.try_get("since")? }))
+                Ok((
+                    r.try_get("route_id")?,
+                    rule_of(r)?,
+                    RuleStatus { state: state_of(r)?, since: r.try_get("since")? },
+                ))
             })
             .collect()
     }
@@ -33,7 +37,12 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(AlertStatus { rule: rule_of(r)?, state: state_of(r)?, since: r.try_get("since")?, value: r.try_get("value")? })
+                Ok(AlertStatus {
+                    rule: rule_of(r)?,
+                    state: state_of(r)?,
+                    since: r.try_get("since")?,
+                    value: r.try_get("value")?,
+                })
             })
             .collect()
     }
@@ -123,7 +132,11 @@ impl Store {
     }
 
     /// Silences still in force, of one route or (`None`) of all: (route id, silence).
-    pub async fn active_silences(&self, route_id: Option<&str>, now: i64) -> Result<Vec<(String, Silence)>, StoreError> {
+    pub async fn active_silences(
+        &self,
+        route_id: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<(String, Silence)>, StoreError> {
         let rows = sqlx::query(
             "SELECT route_id, rule, until, created_by, reason FROM alert_silences WHERE until > $1 \
              AND ($2 = '' OR route_id = $2) ORDER BY until DESC",

@@ -117,7 +117,10 @@ pub fn parse_rules(text: &str, e: &mut ValidationErrors) -> Vec<AlertRule> {
                     AlertKind::ALL.map(AlertKind::as_str).join(", ")
                 ),
             ),
-            _ => e.add("alerts", format!("line {n}: write `<kind> <threshold> for <seconds>`, e.g. `lag_seconds 300 for 300`")),
+            _ => e.add(
+                "alerts",
+                format!("line {n}: write `<kind> <threshold> for <seconds>`, e.g. `lag_seconds 300 for 300`"),
+            ),
         }
     }
     rules
@@ -247,7 +250,9 @@ pub fn condition(rule: &AlertRule, history: &[Observation]) -> (bool, f64) {
             let n = (now.restarts - back(f64::from(rule.for_s)).restarts).max(0) as f64;
             (n > rule.threshold, n)
         }
-        AlertKind::Failed => (now.phase == Some(JobPhase::Failed), f64::from(u8::from(now.phase == Some(JobPhase::Failed)))),
+        AlertKind::Failed => {
+            (now.phase == Some(JobPhase::Failed), f64::from(u8::from(now.phase == Some(JobPhase::Failed))))
+        }
     }
 }
 
@@ -279,7 +284,15 @@ mod tests {
     use super::*;
 
     fn obs(at_s: i64, delivered: u64, lag: u64) -> Observation {
-        Observation { at: at_s * 1000, delivered, dead_lettered: 0, restarts: 0, lag, lag_seconds: 0.0, phase: Some(JobPhase::Running) }
+        Observation {
+            at: at_s * 1000,
+            delivered,
+            dead_lettered: 0,
+            restarts: 0,
+            lag,
+            lag_seconds: 0.0,
+            phase: Some(JobPhase::Running),
+        }
     }
 
     #[test]

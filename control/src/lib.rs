@@ -33,6 +33,6 @@ pub mod samples;
 pub mod store;
 
 pub use model::*;
-pub use telemetry::{JobCounters, JobSample, LatencySummary};
 pub use name::{Name, NameError};
+pub use telemetry::{JobCounters, JobSample, LatencySummary};
 pub use validation::{FieldError, ValidationErrors};

@@ -15,15 +15,17 @@ impl Store {
         action: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO operations (id, at, actor, object_id, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(now_ms())
-            .bind(actor)
-            .bind(object_id)
-            .bind(action)
-            .bind(detail)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO operations (id, at, actor, object_id, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(now_ms())
+        .bind(actor)
+        .bind(object_id)
+        .bind(action)
+        .bind(detail)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -146,7 +146,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let json: String = r.try_get("sample")?;
-                let sample = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("job sample: {e}")))?;
+                let sample =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("job sample: {e}")))?;
                 Ok((r.try_get("route_id")?, sample))
             })
             .collect()

@@ -83,10 +83,8 @@ pub struct JobSample {
 }
 
 /// The sample resolutions kept, and for how long.
-pub const RESOLUTIONS: [Resolution; 2] = [
-    Resolution { seconds: 10, keep_ms: 24 * 3_600_000 },
-    Resolution { seconds: 300, keep_ms: 30 * 24 * 3_600_000 },
-];
+pub const RESOLUTIONS: [Resolution; 2] =
+    [Resolution { seconds: 10, keep_ms: 24 * 3_600_000 }, Resolution { seconds: 300, keep_ms: 30 * 24 * 3_600_000 }];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolution {

@@ -381,7 +381,11 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
         .form(&[("username", "bench-admin"), ("password", "bench-password-1")])
         .send()
         .await?;
-    anyhow::ensure!(login.status().is_redirection() || login.status().is_success(), "sign-in failed: {}", login.status());
+    anyhow::ensure!(
+        login.status().is_redirection() || login.status().is_success(),
+        "sign-in failed: {}",
+        login.status()
+    );
     println!("{:<40} {:>10} {:>10} {:>12}", "page", "p50 ms", "max ms", "HTML bytes");
     for page in ["/jobs", "/jobs?health=failing", "/jobs?sort=lag&stream=plays"] {
         let mut times = Vec::new();

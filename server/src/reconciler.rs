@@ -76,7 +76,8 @@ impl Reconciler {
                 match outcome {
                     Ok(()) => {
                         seen = Some(seq);
-                        h.last_success_ms.store(keystone_control::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                        h.last_success_ms
+                            .store(keystone_control::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => {
                         h.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

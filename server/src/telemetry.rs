@@ -5,12 +5,12 @@
 //! The data plane only bumps atomics and records latencies into per-job histograms; everything
 //! here runs off the hot path, once per interval.
 
-use keystone_control::alerts::{AlertEvent, AlertStatus};
 use keystone_control::alerts::{condition, step, AlertKind, AlertRule, AlertState, Observation, RuleStatus};
+use keystone_control::alerts::{AlertEvent, AlertStatus};
 use keystone_control::store::{now_ms, Scope, Store};
-use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_control::telemetry::{Resolution, RESOLUTIONS};
 use keystone_control::{JobPhase, JobSample, LatencySummary};
+use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
 use keystone_engine::log::EmbeddedLog;
@@ -78,7 +78,11 @@ fn describe() {
     describe_counter!("keystone_stream_events_rejected_total", "Events refused by validation, by reason.");
     describe_counter!("keystone_stream_events_throttled_total", "Events refused for the stream's quota.");
     describe_gauge!("keystone_stream_log_events", "Events ever appended to the stream's log.");
-    describe_gauge!("keystone_stream_log_bytes", Unit::Bytes, "Bytes the stream's log holds on disk (after retention).");
+    describe_gauge!(
+        "keystone_stream_log_bytes",
+        Unit::Bytes,
+        "Bytes the stream's log holds on disk (after retention)."
+    );
     describe_gauge!("keystone_stream_retention_seconds", Unit::Seconds, "How long the stream's log keeps events.");
     describe_gauge!("keystone_reconciler_pass_seconds", Unit::Seconds, "How long the last reconcile pass took.");
     describe_gauge!(
@@ -153,7 +157,8 @@ impl Telemetry {
         let mut rows = Vec::with_capacity(observed.len());
         let mut increments: HashMap<String, keystone_control::JobCounters> = HashMap::new();
         for o in &observed {
-            let before = open.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
+            let before =
+                open.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
             let sample = JobSample {
                 at: bucket,
                 seconds: fine.seconds,
@@ -346,7 +351,8 @@ impl Telemetry {
                 lag_seconds: o.map_or(0.0, |o| o.lag_seconds),
                 phase: job.map(|j| j.phase),
             });
-            let keep_ms = spec.alerts.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
+            let keep_ms =
+                spec.alerts.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
             while history.front().is_some_and(|h| h.at < now - (keep_ms * 1000.0) as i64 - 1000) {
                 history.pop_front();
             }
@@ -357,12 +363,18 @@ impl Telemetry {
                 let (holds, value) = condition(rule, history);
                 let next = step(rule, prev, holds, now);
                 a.states.insert(key, next);
-                states.push((route.id.clone(), AlertStatus { rule: rule.kind, state: next.state, since: next.since, value }));
+                states.push((
+                    route.id.clone(),
+                    AlertStatus { rule: rule.kind, state: next.state, since: next.since, value },
+                ));
                 if next.state != prev.state && matches!(next.state, AlertState::Firing | AlertState::Resolved) {
                     let silenced = silences.iter().find(|(id, x)| id == &route.id && x.covers(rule.kind, now));
                     let target = match silenced {
                         Some((_, x)) => Err(format!("silenced by {} until {}", x.by, x.until)),
-                        None => teams.get(&route.team).and_then(|t| t.alert_webhook.clone()).ok_or_else(|| "no webhook".to_owned()),
+                        None => teams
+                            .get(&route.team)
+                            .and_then(|t| t.alert_webhook.clone())
+                            .ok_or_else(|| "no webhook".to_owned()),
                     };
                     self.notify(route, rule, next, value, target);
                 }
@@ -370,7 +382,9 @@ impl Telemetry {
         }
         // Rules of deleted routes, or removed from a route, are forgotten.
         a.states.retain(|(id, kind), _| {
-            routes.iter().any(|r| &r.id == id && r.spec_as::<RouteSpec>().is_ok_and(|s| s.alerts.iter().any(|x| x.kind == *kind)))
+            routes.iter().any(|r| {
+                &r.id == id && r.spec_as::<RouteSpec>().is_ok_and(|s| s.alerts.iter().any(|x| x.kind == *kind))
+            })
         });
         a.history.retain(|id, _| routes.iter().any(|r| &r.id == id));
         self.store.put_alert_states(&states).await
@@ -402,7 +416,14 @@ impl Telemetry {
             "dashboard": format!("/routes/{}/{}/dashboard", route.team, route.name),
         });
         let (store, http, route_id) = (self.store.clone(), self.http.clone(), route.id.clone());
-        let event = AlertEvent { rule: rule.kind, at: status.since, state: status.state, value, message, notified: String::new() };
+        let event = AlertEvent {
+            rule: rule.kind,
+            at: status.since,
+            state: status.state,
+            value,
+            message,
+            notified: String::new(),
+        };
         tokio::spawn(async move {
             let notified = match target {
                 Err(why) => why,

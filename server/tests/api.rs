@@ -649,7 +649,8 @@ mod ingest {
         let idx: Vec<u64> = body["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
         assert_eq!(idx, [1, 2, 3], "{body}");
         assert!(body["rejected"][0]["reason"].as_str().unwrap().contains("schema"));
-        let kinds: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> =
+            body["rejected"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["schema", "not_object", "too_large"]);
         let (s, body) = send(&app, &token, "plays", "application/json", "{not json").await;
         assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
@@ -1125,8 +1126,13 @@ mod delivery {
             .await
             .unwrap();
         declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
-        declare(&app, "sinks", "dwh", json!({"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": url}}))
-            .await;
+        declare(
+            &app,
+            "sinks",
+            "dwh",
+            json!({"kind": "postgres", "settings": {"table": "plays"}, "secrets": {"url": url}}),
+        )
+        .await;
         let route = json!({"stream": "plays", "sink": "dwh", "filter": "event.country != \"BR\"",
             "projection": {"keep": ["n", "country"]}, "max_latency_ms": 20});
         declare(&app, "routes", "rows", route).await;
@@ -1138,7 +1144,8 @@ mod delivery {
         ingest(&app, &token, "plays", &events).await;
 
         let metrics = || async { job(&app, "rows").await["metrics"].clone() };
-        eventually("every event handled", || async { metrics().await["read"] == N && metrics().await["lag"] == 0 }).await;
+        eventually("every event handled", || async { metrics().await["read"] == N && metrics().await["lag"] == 0 })
+            .await;
         let m = metrics().await;
         assert_eq!(
             (&m["read"], &m["filtered_out"], &m["delivered"], &m["dead_lettered"], &m["filter_errors"], &m["lag"]),
@@ -1172,7 +1179,9 @@ mod delivery {
         };
         let value = |text: &str, name: &str| -> Option<f64> {
             text.lines()
-                .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("team=\"alpha\"") && l.contains("route=\"rows\""))
+                .find(|l| {
+                    l.starts_with(&format!("{name}{{")) && l.contains("team=\"alpha\"") && l.contains("route=\"rows\"")
+                })
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse().ok())
         };
@@ -1229,7 +1238,13 @@ mod delivery {
                 "/sink",
                 post(move || {
                     let ok = sink_health.load(Ordering::SeqCst);
-                    async move { if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE } }
+                    async move {
+                        if ok {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                    }
                 }),
             )
             .route(
@@ -1258,8 +1273,12 @@ mod delivery {
             "alerts": [{"kind": "no_delivery", "threshold": 1, "for_s": 1}, {"kind": "failed"}]});
         declare(&app, "routes", "stuck", route).await;
         let (s, body) = app
-            .post(&app.alpha, "/api/v1/teams/alpha/routes", json!({"name": "bad", "spec":
-                {"stream": "plays", "sink": "hook", "alerts": [{"kind": "latency", "threshold": 1}]}}))
+            .post(
+                &app.alpha,
+                "/api/v1/teams/alpha/routes",
+                json!({"name": "bad", "spec":
+                {"stream": "plays", "sink": "hook", "alerts": [{"kind": "latency", "threshold": 1}]}}),
+            )
             .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "an unknown rule kind is refused: {body}");
         let token = producer_token(&app, "plays").await;
@@ -1281,12 +1300,19 @@ mod delivery {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // (The first evaluation may already see events waiting: `ok` is not always observed.)
-        assert_eq!(seen[seen.len() - 2..], [json!("pending"), json!("firing")], "held for for_s before firing: {seen:?}");
+        assert_eq!(
+            seen[seen.len() - 2..],
+            [json!("pending"), json!("firing")],
+            "held for for_s before firing: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1500)).await;
         {
             let notes = notes.lock().unwrap();
             assert_eq!(notes.len(), 1, "one notification while firing: {notes:?}");
-            assert_eq!((&notes[0]["route"], &notes[0]["rule"], &notes[0]["state"]), (&json!("stuck"), &json!("no_delivery"), &json!("firing")));
+            assert_eq!(
+                (&notes[0]["route"], &notes[0]["rule"], &notes[0]["state"]),
+                (&json!("stuck"), &json!("no_delivery"), &json!("firing"))
+            );
             assert_eq!(notes[0]["dashboard"], "/routes/alpha/stuck/dashboard");
         }
 
@@ -1296,8 +1322,11 @@ mod delivery {
         assert_eq!(notes.lock().unwrap()[1]["state"], "resolved");
         let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
         let events = a["events"].as_array().unwrap();
-        assert_eq!(events.iter().map(|e| (e["state"].clone(), e["notified"].clone())).collect::<Vec<_>>(),
-            [(json!("resolved"), json!("sent")), (json!("firing"), json!("sent"))], "{a}");
+        assert_eq!(
+            events.iter().map(|e| (e["state"].clone(), e["notified"].clone())).collect::<Vec<_>>(),
+            [(json!("resolved"), json!("sent")), (json!("firing"), json!("sent"))],
+            "{a}"
+        );
         assert_eq!(a["rules"].as_array().unwrap().len(), 2, "the declared rules, not the defaults");
         let failed = a["states"].as_array().unwrap().iter().find(|s| s["rule"] == "failed").unwrap().clone();
         assert_eq!(failed["state"], "ok");
@@ -1326,7 +1355,8 @@ mod delivery {
         assert_eq!(notes.lock().unwrap().len(), 2, "a silenced rule sends nothing");
         let (_, ops) = app.get(&app.alpha_viewer, "/api/v1/operations").await;
         assert!(
-            ops.as_array().unwrap().iter().any(|o| o["action"] == "silence alerts" && o["name"] == "stuck"
+            ops.as_array().unwrap().iter().any(|o| o["action"] == "silence alerts"
+                && o["name"] == "stuck"
                 && o["detail"].as_str().unwrap().contains("fix being deployed")),
             "{ops}"
         );

@@ -28,7 +28,8 @@ fn main() -> Result<()> {
 /// it wins over the compile-time path because a shared target directory can hand a binary built
 /// from another clone to this one (cargo sees the same sources there and does not rebuild).
 fn workspace_root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 

@@ -55,7 +55,13 @@ pub struct DashboardView {
 
 /// Silences the route's alert notifications (all rules, or one) for a while.
 #[server]
-pub async fn silence_alerts(team: String, name: String, rule: String, minutes: String, reason: String) -> Result<(), AppError> {
+pub async fn silence_alerts(
+    team: String,
+    name: String,
+    rule: String,
+    minutes: String,
+    reason: String,
+) -> Result<(), AppError> {
     let (store, who) = crate::state::caller().await?;
     let minutes: u32 = minutes
         .trim()
@@ -114,12 +120,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         TimelineEntry {
             at: t.at,
             kind: "job".into(),
-            text: format!(
-                "{} → {}: {}",
-                t.from.map_or("none", |p| p.as_str()),
-                t.to.as_str(),
-                t.cause
-            ),
+            text: format!("{} → {}: {}", t.from.map_or("none", |p| p.as_str()), t.to.as_str(), t.cause),
         }
     }));
     timeline.sort_by(|a, b| b.at.cmp(&a.at));
@@ -226,12 +227,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         .collect();
     Ok(DashboardView {
         dead_letters,
-        silences: store
-            .active_silences(Some(&route.id), now)
-            .await?
-            .into_iter()
-            .map(|(_, x)| x)
-            .collect(),
+        silences: store.active_silences(Some(&route.id), now).await?.into_iter().map(|(_, x)| x).collect(),
         alerts,
         alert_events: store.alert_events(&route.id, 20).await?,
         window,
@@ -301,12 +297,7 @@ pub fn RouteDashboardPage() -> impl IntoView {
     }
 }
 
-fn dashboard_view(
-    d: DashboardView,
-    silence: ServerAction<SilenceAlerts>,
-    team: String,
-    name: String,
-) -> impl IntoView {
+fn dashboard_view(d: DashboardView, silence: ServerAction<SilenceAlerts>, team: String, name: String) -> impl IntoView {
     let rules: Vec<String> = d.alerts.iter().map(|a| a.rule.clone()).collect();
     let silence_errors = field_errors(silence.value());
     let t = d.totals;

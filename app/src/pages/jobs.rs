@@ -82,7 +82,9 @@ pub async fn jobs_overview(
         .list(Kind::Sink)
         .await?
         .into_iter()
-        .filter_map(|o| Some(((o.team.clone(), o.name.clone()), o.spec_as::<SinkSpec>().ok()?.kind.as_str().to_owned())))
+        .filter_map(|o| {
+            Some(((o.team.clone(), o.name.clone()), o.spec_as::<SinkSpec>().ok()?.kind.as_str().to_owned()))
+        })
         .collect();
     let jobs: HashMap<String, keystone_control::JobRecord> =
         store.jobs(&who.scope()).await?.into_iter().map(|j| (j.route_id.clone(), j)).collect();

@@ -86,7 +86,13 @@ pub async fn save_route(
         alerts: match alerts {
             Some(rules) => rules,
             None => match parse_version(&version) {
-                Some(_) => goal.get(Kind::Route, &team, &name).await?.spec_as::<RouteSpec>().map_err(|_| AppError::Internal)?.alerts,
+                Some(_) => {
+                    goal.get(Kind::Route, &team, &name)
+                        .await?
+                        .spec_as::<RouteSpec>()
+                        .map_err(|_| AppError::Internal)?
+                        .alerts
+                }
                 None => keystone_control::alerts::default_alert_rules(),
             },
         },

@@ -154,7 +154,9 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
     let log_end_offsets = state.log.end_offsets(&topic);
     let mut routes = Vec::new();
     for r in Goal::new(&store, &who).list(Kind::Route).await? {
-        if r.team != object.team || r.spec_as::<keystone_control::RouteSpec>().map_or(true, |s| s.stream.as_str() != name) {
+        if r.team != object.team
+            || r.spec_as::<keystone_control::RouteSpec>().map_or(true, |s| s.stream.as_str() != name)
+        {
             continue;
         }
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
