@@ -896,14 +896,9 @@ pub struct PartitionLag {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
 pub struct JobMetrics {
-    pub read: u64,
-    pub delivered: u64,
-    pub filtered_out: u64,
-    pub filter_errors: u64,
-    pub dead_lettered: u64,
-    pub batches: u64,
-    pub retries: u64,
-    pub bytes_out: u64,
+    /// Counted since this job instance started (flattened: the JSON keeps one level).
+    #[serde(flatten)]
+    pub counters: crate::telemetry::JobCounters,
     /// Events in the log not yet acknowledged by the sink.
     pub lag: u64,
     pub partitions: Vec<PartitionLag>,

@@ -236,14 +236,14 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     for (name, id) in routes.iter().zip(&route_ids) {
         loop {
             let m = jobs.metrics(id).ok_or_else(|| anyhow::anyhow!("job {name} vanished"))?;
-            if m.lag == 0 && m.read >= total as u64 {
+            if m.lag == 0 && m.counters.read >= total as u64 {
                 let secs = started.elapsed().as_secs_f64();
                 println!(
                     "  route {name:<8} ingest-to-sink: {:>9.0} events/s {:>6.1} MB/s   ({} delivered, {} filtered out, done {:.2} s after the first post)",
                     total as f64 / secs,
                     (total * event_bytes) as f64 / secs / 1e6,
-                    m.delivered,
-                    m.filtered_out,
+                    m.counters.delivered,
+                    m.counters.filtered_out,
                     secs
                 );
                 break;

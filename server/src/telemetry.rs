@@ -18,7 +18,7 @@ use keystone_engine::meter::IngestMeter;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_util::MetricKindMask;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,11 +330,12 @@ impl Telemetry {
             .filter_map(|t| Some((t.name.clone(), t.spec_as().ok()?)))
             .collect();
         let live: HashMap<&str, &Observed> = observed.iter().map(|o| (o.route_id.as_str(), o)).collect();
+        let jobs: HashMap<&str, &keystone_control::JobRecord> = jobs.iter().map(|j| (j.route_id.as_str(), j)).collect();
         let silences = self.store.active_silences(None, now).await?;
         let mut states = Vec::new();
         for route in &routes {
             let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
-            let job = jobs.iter().find(|j| j.route_id == route.id);
+            let job = jobs.get(route.id.as_str());
             let totals = a.totals.entry(route.id.clone()).or_default();
             if let Some(inc) = increments.get(&route.id) {
                 totals.delivered += inc.delivered;
@@ -380,13 +381,13 @@ impl Telemetry {
                 }
             }
         }
-        // Rules of deleted routes, or removed from a route, are forgotten.
-        a.states.retain(|(id, kind), _| {
-            routes.iter().any(|r| {
-                &r.id == id && r.spec_as::<RouteSpec>().is_ok_and(|s| s.alerts.iter().any(|x| x.kind == *kind))
-            })
-        });
-        a.history.retain(|id, _| routes.iter().any(|r| &r.id == id));
+        // Rules of deleted routes, or removed from a route, are forgotten (what this pass did not
+        // evaluate), and so are deleted routes' observations.
+        let evaluated: HashSet<(&str, AlertKind)> = states.iter().map(|(id, s)| (id.as_str(), s.rule)).collect();
+        a.states.retain(|(id, kind), _| evaluated.contains(&(id.as_str(), *kind)));
+        let declared: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+        a.history.retain(|id, _| declared.contains(id.as_str()));
+        a.totals.retain(|id, _| declared.contains(id.as_str()));
         self.store.put_alert_states(&states).await
     }
 

@@ -791,6 +791,33 @@ mod delivery {
     use super::*;
     use std::time::{Duration, Instant};
 
+    /// A throwaway PostgreSQL database with one table, for a postgres sink to write to.
+    struct SinkDatabase {
+        name: String,
+        url: String,
+    }
+
+    impl SinkDatabase {
+        async fn with_table(create_table: &str) -> SinkDatabase {
+            let name = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
+            let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+            let base = pg_admin_url();
+            let db = SinkDatabase { url: format!("{}/{name}", &base[..base.rfind('/').unwrap()]), name };
+            sqlx::query(create_table).execute(&mut db.connect().await).await.unwrap();
+            db
+        }
+
+        async fn connect(&self) -> sqlx::PgConnection {
+            sqlx::PgConnection::connect(&self.url).await.unwrap()
+        }
+
+        async fn remove(self) {
+            let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut admin).await;
+        }
+    }
+
     async fn declare(app: &TestApp, kind: &str, name: &str, spec: Value) {
         let (s, body) =
             app.post(&app.alpha, &format!("/api/v1/teams/alpha/{kind}"), json!({"name": name, "spec": spec})).await;
@@ -1115,16 +1142,11 @@ mod delivery {
         const M: u64 = N / 4; // every fourth play is from BR: filtered out
         const K: u64 = 3; // country XX breaks the table's CHECK: dead-lettered
         let app = spawn_app(db).await;
-        let target = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
-        let base = pg_admin_url();
-        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
-        let mut rows_db = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer, country text CHECK (country <> 'XX'))")
-            .execute(&mut rows_db)
-            .await
-            .unwrap();
+        let sink_db = SinkDatabase::with_table(
+            "CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer, country text CHECK (country <> 'XX'))",
+        )
+        .await;
+        let url = sink_db.url.clone();
         declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
         declare(
             &app,
@@ -1215,9 +1237,8 @@ mod delivery {
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(scrape("not-the-scrape-token".into()).await.contains("keystone_"), false);
 
-        drop(rows_db);
         app.teardown().await;
-        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+        sink_db.remove().await;
     }
 
     /// An alert's whole life: a sink that answers 503 leaves events waiting, the route's
@@ -1374,16 +1395,11 @@ mod delivery {
     #[tokio::test]
     async fn refused_events_land_in_the_dead_letter_queue() {
         let app = spawn_app(Db::Postgres).await;
-        let target = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
-        let base = pg_admin_url();
-        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
-        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer NOT NULL, country text)")
-            .execute(&mut db)
-            .await
-            .unwrap();
+        let sink_db = SinkDatabase::with_table(
+            "CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer NOT NULL, country text)",
+        )
+        .await;
+        let (url, mut db) = (sink_db.url.clone(), sink_db.connect().await);
         declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
         declare(
             &app,
@@ -1470,7 +1486,7 @@ mod delivery {
         assert_eq!(r["letters"], 0, "nothing left to retry");
         drop(db);
         app.teardown().await;
-        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+        sink_db.remove().await;
     }
 
     /// The end-to-end check: 100,000 events through the API into PostgreSQL, and exactly
@@ -1478,16 +1494,11 @@ mod delivery {
     #[tokio::test]
     async fn one_hundred_thousand_events_reach_postgresql_filtered_and_projected() {
         let app = spawn_app_with(Db::Sqlite, |s| s.ingest_max_body_bytes = 8 << 20).await;
-        let target = format!("keystone_e2e_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {target}")).execute(&mut admin).await.unwrap();
-        let base = pg_admin_url();
-        let url = format!("{}/{target}", &base[..base.rfind('/').unwrap()]);
-        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("CREATE TABLE plays (event_id uuid PRIMARY KEY, n bigint NOT NULL, market text, email text)")
-            .execute(&mut db)
-            .await
-            .unwrap();
+        let sink_db = SinkDatabase::with_table(
+            "CREATE TABLE plays (event_id uuid PRIMARY KEY, n bigint NOT NULL, market text, email text)",
+        )
+        .await;
+        let (url, mut db) = (sink_db.url.clone(), sink_db.connect().await);
         declare(&app, "streams", "plays", json!({"partitions": 4, "retention_hours": 24})).await;
         declare(
             &app,
@@ -1522,7 +1533,7 @@ mod delivery {
         assert_eq!((count, distinct, wrong), (25_000, 25_000, 0));
         drop(db);
         app.teardown().await;
-        let _ = sqlx::query(&format!("DROP DATABASE {target} WITH (FORCE)")).execute(&mut admin).await;
+        sink_db.remove().await;
     }
 
     #[tokio::test]

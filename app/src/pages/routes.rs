@@ -350,12 +350,12 @@ fn job_view(v: RouteJobView) -> impl IntoView {
             })}
             <div class="grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-4 lg:grid-cols-7">
                 {stat("Lag", n(|m| m.lag))}
-                {stat("Delivered", n(|m| m.delivered))}
-                {stat("Filtered out", n(|m| m.filtered_out))}
-                {stat("Filter errors", n(|m| m.filter_errors))}
-                {stat("Dead letters", n(|m| m.dead_lettered))}
-                {stat("Retries", n(|m| m.retries))}
-                {stat("Batches", n(|m| m.batches))}
+                {stat("Delivered", n(|m| m.counters.delivered))}
+                {stat("Filtered out", n(|m| m.counters.filtered_out))}
+                {stat("Filter errors", n(|m| m.counters.filter_errors))}
+                {stat("Dead letters", n(|m| m.counters.dead_lettered))}
+                {stat("Retries", n(|m| m.counters.retries))}
+                {stat("Batches", n(|m| m.counters.batches))}
             </div>
         </div>
         <div class="grid gap-6 lg:grid-cols-2">

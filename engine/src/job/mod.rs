@@ -135,6 +135,11 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// Events in the log not acknowledged yet, over the given partition positions.
+pub fn waiting(positions: &[PartitionLag]) -> u64 {
+    positions.iter().map(|p| p.end.saturating_sub(p.acked)).sum()
+}
+
 /// A job's counters, shared with the supervisor, the API and the console. Positions are the
 /// acknowledged next offset per partition.
 #[derive(Debug, Default)]
@@ -197,7 +202,7 @@ impl JobStats {
 
     /// Events in the log not acknowledged yet.
     pub fn lag<L: Log>(&self, spec: &JobSpec, log: &L) -> u64 {
-        self.positions(spec, log).iter().map(|p| p.end.saturating_sub(p.acked)).sum()
+        waiting(&self.positions(spec, log))
     }
 
     /// The counters as they are now (cumulative since this job instance started).
@@ -217,9 +222,10 @@ impl JobStats {
 
     /// Age of the oldest event the sink has not acknowledged yet (0 when caught up): reads the
     /// first unacknowledged record of each lagging partition for its ingest time.
-    pub async fn lag_seconds<L: Log>(&self, spec: &JobSpec, log: &L, now_ms: i64) -> f64 {
+    /// `positions` as `positions` returned them.
+    pub async fn lag_seconds<L: Log>(&self, spec: &JobSpec, log: &L, positions: &[PartitionLag], now_ms: i64) -> f64 {
         let mut oldest: Option<i64> = None;
-        for p in self.positions(spec, log).into_iter().filter(|p| p.end > p.acked) {
+        for p in positions.iter().filter(|p| p.end > p.acked) {
             // A record already expired (or unreadable) is not waiting any more.
             if let Ok(records) = log.read(&spec.topic, p.partition, p.acked, 1).await {
                 if let Some(r) = records.first() {

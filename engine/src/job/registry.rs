@@ -143,12 +143,13 @@ impl<L: Log> JobRegistry<L> {
         let mut out = Vec::with_capacity(running.len());
         for (route_id, spec, stats) in running {
             let (end_to_end, sink_request) = stats.latency.lock().expect("stats lock").take();
+            let positions = stats.positions(&spec, self.log.as_ref());
             out.push(Observed {
                 route_id,
                 route: spec.route.clone(),
                 counters: stats.counters(),
-                lag: stats.lag(&spec, self.log.as_ref()),
-                lag_seconds: stats.lag_seconds(&spec, self.log.as_ref(), now_ms).await,
+                lag: super::waiting(&positions),
+                lag_seconds: stats.lag_seconds(&spec, self.log.as_ref(), &positions, now_ms).await,
                 checkpoint_age_s: stats.checkpoint_age_s(now_ms),
                 end_to_end,
                 sink_request,
@@ -166,20 +167,7 @@ impl<L: Log> JobRegistry<L> {
             (j.spec.clone()?, j.stats.clone())
         };
         let partitions = stats.positions(&spec, self.log.as_ref());
-        let c = stats.counters();
         let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
-        Some(JobMetrics {
-            read: c.read,
-            delivered: c.delivered,
-            filtered_out: c.filtered_out,
-            filter_errors: c.filter_errors,
-            dead_lettered: c.dead_lettered,
-            batches: c.batches,
-            retries: c.retries,
-            bytes_out: c.bytes_out,
-            lag: partitions.iter().map(|p| p.end.saturating_sub(p.acked)).sum(),
-            partitions,
-            recent_errors,
-        })
+        Some(JobMetrics { counters: stats.counters(), lag: super::waiting(&partitions), partitions, recent_errors })
     }
 }
