@@ -141,7 +141,7 @@ pub async fn ingest(
             }
         },
     };
-    let Some(object) = target_stream else {
+    let Some((object, producer)) = target_stream else {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -212,7 +212,7 @@ pub async fn ingest(
     }
     match s.log.append(&target.topic, records).await {
         Ok(offsets) => {
-            s.meter.accepted(&target.topic, offsets.len() as u64, body.len() as u64, now_ms());
+            s.meter.accepted(&target.topic, &producer, offsets.len() as u64, body.len() as u64, now_ms());
             Json(Accepted { accepted: offsets.len(), offsets }).into_response()
         }
         Err(e) => log_error(e),

@@ -60,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))
+        .route("/api/v1/teams/{team}/streams/{name}/samples", get(metrics::stream_samples))
         .route("/api/v1/teams/{team}/routes/{name}/alerts", get(metrics::alerts))
         .route("/api/v1/teams/{team}/routes/{name}/alerts/silence", post(metrics::silence))
         .route("/api/v1/operations", get(metrics::operations))

@@ -1,4 +1,4 @@
-//! `/metrics` in Prometheus text format, and a route's stored samples as JSON. Admins scrape
+//! `/metrics` in Prometheus text format, and routes' and streams' stored samples as JSON. Admins scrape
 //! every series; anyone else sees only the series labelled with one of their teams, so a
 //! team's scrape job cannot read another team's routes.
 
@@ -11,9 +11,10 @@ use axum::response::IntoResponse;
 use axum::Json;
 use keystone_control::auth::Principal;
 use keystone_control::goal::Goal;
+use keystone_control::samples::Sampled;
 use keystone_control::store::now_ms;
 use keystone_control::telemetry::Window;
-use keystone_control::{JobSample, Kind, ValidationErrors};
+use keystone_control::{JobSample, Kind, StreamSample, ValidationErrors};
 use serde::Deserialize;
 
 /// Every metric of this process the caller may see (Prometheus text exposition format 0.0.4).
@@ -78,25 +79,55 @@ pub struct WindowQuery {
     pub window: Option<String>,
 }
 
-/// A route's job samples over a window, oldest first: 10-second samples up to a day, 5-minute
-/// samples beyond.
+impl WindowQuery {
+    fn window(&self) -> Result<Window, ValidationErrors> {
+        match self.window.as_deref() {
+            None => Ok(Window::Hour),
+            Some(w) => Window::parse(w)
+                .ok_or_else(|| ValidationErrors::single("window", format!("{w:?} is not one of 15m, 1h, 24h, 7d"))),
+        }
+    }
+}
+
+/// An object's samples over a window, oldest first: 10-second samples up to a day, 5-minute
+/// samples beyond. Reading the object checks the caller may see it.
+async fn object_samples<T: Sampled>(
+    s: &ApiState,
+    who: &Principal,
+    kind: Kind,
+    (team, name): (String, String),
+    q: &WindowQuery,
+) -> Result<Json<Vec<T>>, ApiError> {
+    let window = q.window()?;
+    let object = Goal::new(&s.store, who).get(kind, &team, &name).await?;
+    let now = keystone_control::store::now_ms();
+    Ok(Json(s.store.samples::<T>(&object.id, now - window.ms(), now).await?))
+}
+
+/// A route's job samples over a window, oldest first.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/samples",
     params(("team" = String, Path), ("name" = String, Path), ("window" = Option<String>, Query)),
     responses((status = 200, body = [JobSample]), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn samples(
     State(s): State<ApiState>,
     Caller(who): Caller,
-    Path((team, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     Query(q): Query<WindowQuery>,
 ) -> Result<Json<Vec<JobSample>>, ApiError> {
-    let window = match q.window.as_deref() {
-        None => Window::Hour,
-        Some(w) => Window::parse(w)
-            .ok_or_else(|| ValidationErrors::single("window", format!("{w:?} is not one of 15m, 1h, 24h, 7d")))?,
-    };
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
-    let now = keystone_control::store::now_ms();
-    Ok(Json(s.store.job_samples(&route.id, now - window.ms(), now).await?))
+    object_samples(&s, &who, Kind::Route, path, &q).await
+}
+
+/// A stream's ingest samples over a window, oldest first.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/streams/{name}/samples",
+    params(("team" = String, Path), ("name" = String, Path), ("window" = Option<String>, Query)),
+    responses((status = 200, body = [StreamSample]), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn stream_samples(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(path): Path<(String, String)>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Json<Vec<StreamSample>>, ApiError> {
+    object_samples(&s, &who, Kind::Stream, path, &q).await
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ pub const GREEN: RGBColor = RGBColor(22, 163, 74);
 pub const AMBER: RGBColor = RGBColor(217, 119, 6);
 pub const RED: RGBColor = RGBColor(220, 38, 38);
 pub const SLATE: RGBColor = RGBColor(100, 116, 139);
+pub const VIOLET: RGBColor = RGBColor(124, 58, 237);
+pub const CYAN: RGBColor = RGBColor(8, 145, 178);
+/// One colour per sink error kind, in `SinkErrorKind::ALL` order, the same on every chart.
+pub const ERROR_KIND_COLORS: [RGBColor; 7] = [VIOLET, AMBER, CYAN, RED, SLATE, BLUE, GREEN];
 const GRID: RGBColor = RGBColor(226, 232, 240);
 const MARKER: RGBColor = RGBColor(148, 163, 184);
 

@@ -4,7 +4,7 @@
 use crate::error::AppError;
 use crate::pages::auth::{whoami, Logout, Me};
 use keystone_control::diff::{show, Change};
-use keystone_control::{Revision, Role, ValidationErrors};
+use keystone_control::{RecentError, Revision, Role, ValidationErrors};
 use leptos::prelude::*;
 use leptos_router::components::{Outlet, Redirect, A};
 use leptos_router::hooks::use_location;
@@ -289,6 +289,33 @@ pub fn EmptyState(#[prop(into)] title: String, #[prop(into)] body: String, child
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (no time zone database needed).
+/// A job's latest errors, newest first; an error caused by one event shows that event.
+#[component]
+pub fn RecentErrors(errors: Vec<RecentError>) -> impl IntoView {
+    if errors.is_empty() {
+        return view! { <p class="px-4 py-3 text-sm text-slate-500">"No errors since the job started."</p> }.into_any();
+    }
+    view! {
+        <ul class="divide-y divide-slate-100 text-sm" data-testid="job-errors">
+            {errors.into_iter().rev().map(|e| view! {
+                <li class="px-4 py-2">
+                    <div class="flex gap-3">
+                        <span class="shrink-0 tabular-nums text-slate-500">{format_time(e.at)}</span>
+                        <span class="font-mono text-xs">{e.message}</span>
+                    </div>
+                    {e.sample.map(|s| view! {
+                        <details class="mt-1">
+                            <summary class="cursor-pointer text-xs text-slate-500">"The event"</summary>
+                            <pre class="mt-1 overflow-x-auto rounded bg-slate-50 p-2 font-mono text-xs" data-testid="error-sample">{s}</pre>
+                        </details>
+                    })}
+                </li>
+            }).collect_view()}
+        </ul>
+    }
+    .into_any()
+}
+
 pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

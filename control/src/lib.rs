@@ -34,5 +34,5 @@ pub mod store;
 
 pub use model::*;
 pub use name::{Name, NameError};
-pub use telemetry::{JobCounters, JobSample, LatencySummary};
+pub use telemetry::{Distribution, JobCounters, JobSample, SinkErrorKind, SinkErrors, StreamSample};
 pub use validation::{FieldError, ValidationErrors};

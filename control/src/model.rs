@@ -902,8 +902,25 @@ pub struct JobMetrics {
     /// Events in the log not yet acknowledged by the sink.
     pub lag: u64,
     pub partitions: Vec<PartitionLag>,
-    /// Most recent errors, oldest first: (ms since the epoch, message).
-    pub recent_errors: Vec<(i64, String)>,
+    /// Most recent errors, oldest first.
+    pub recent_errors: Vec<RecentError>,
+}
+
+/// One error a job met, with the event that caused it when there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct RecentError {
+    /// ms since the epoch.
+    pub at: i64,
+    pub message: String,
+    /// The event's payload as JSON, cut to [`RecentError::SAMPLE_BYTES`] (a filter that could
+    /// not evaluate it); refused events are in the dead-letter queue whole instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+}
+
+impl RecentError {
+    pub const SAMPLE_BYTES: usize = 2048;
 }
 
 /// What a route would do with one recent event (the preview while editing a route).
@@ -956,6 +973,9 @@ pub struct IngestStats {
     pub requests: u64,
     /// Accepted events per second over the last minute.
     pub events_per_second: f64,
+    /// Distinct producer tokens that had events accepted in the last five minutes.
+    #[serde(default)]
+    pub producers: u64,
 }
 
 /// Topic of a route's dead-letter queue: one partition, events a sink permanently refused.

@@ -101,10 +101,12 @@ pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, to
     Ok(())
 }
 
-/// The live stream a producer token may append to, if the token is valid and not revoked.
-pub async fn stream_for_token(store: &Store, token: &str) -> Result<Option<Object>, StoreError> {
+/// The live stream a producer token may append to, if the token is valid and not revoked, with
+/// the producer's identity for counting (the token's hash: the token itself is never kept).
+pub async fn stream_for_token(store: &Store, token: &str) -> Result<Option<(Object, String)>, StoreError> {
     if !token.starts_with(PRODUCER_PREFIX) {
         return Ok(None);
     }
-    store.stream_of_producer_token(&token_hash(token)).await
+    let hash = token_hash(token);
+    Ok(store.stream_of_producer_token(&hash).await?.map(|stream| (stream, hash)))
 }

@@ -1,86 +1,126 @@
-//! Stored job samples (see `telemetry`): written every few seconds by the telemetry task, rolled
-//! up from 10 s to 5 min, pruned by age, and read by the dashboards.
+//! Stored samples (see `telemetry`): jobs' and streams' numbers written every few seconds by the
+//! telemetry task, rolled up from 10 s to 5 min, pruned by age, and read by the dashboards. One
+//! table per kind of sample, handled by the same code through [`Sampled`].
 
 use crate::store::{Store, StoreError};
-use crate::telemetry::{merge, JobSample, Resolution, RESOLUTIONS};
+use crate::telemetry::{merge, JobSample, Resolution, StreamSample, RESOLUTIONS};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
 
+/// A sample kind and where it is stored: `TABLE (KEY, resolution, at, sample)`.
+pub trait Sampled: Serialize + DeserializeOwned + Clone + Send + Sync {
+    const TABLE: &'static str;
+    /// The column naming what the sample describes (an object id).
+    const KEY: &'static str;
+    fn at(&self) -> i64;
+    /// The same numbers as the first part of the bucket `[at, at + seconds)`.
+    fn rebucket(self, at: i64, seconds: i64) -> Self;
+    /// Folds a later, finer sample of the same object into this bucket.
+    fn fold(&mut self, later: &Self);
+}
+
+impl Sampled for JobSample {
+    const TABLE: &'static str = "job_samples";
+    const KEY: &'static str = "route_id";
+    fn at(&self) -> i64 {
+        self.at
+    }
+    fn rebucket(self, at: i64, seconds: i64) -> Self {
+        JobSample { at, seconds, ..self }
+    }
+    fn fold(&mut self, later: &Self) {
+        merge(self, later)
+    }
+}
+
+impl Sampled for StreamSample {
+    const TABLE: &'static str = "stream_samples";
+    const KEY: &'static str = "stream_id";
+    fn at(&self) -> i64 {
+        self.at
+    }
+    fn rebucket(self, at: i64, seconds: i64) -> Self {
+        StreamSample { at, seconds, ..self }
+    }
+    fn fold(&mut self, later: &Self) {
+        self.merge(later)
+    }
+}
+
+/// Folds samples (oldest first) into one bucket starting at `at`.
+fn fold_into<T: Sampled>(bucket: &mut Option<T>, s: T, at: i64, seconds: i64) {
+    match bucket.as_mut() {
+        Some(b) => b.fold(&s),
+        None => *bucket = Some(s.rebucket(at, seconds)),
+    }
+}
+
 impl Store {
     /// Writes samples of one resolution, replacing any already stored for the same bucket.
-    pub async fn put_samples(&self, resolution: Resolution, samples: &[(String, JobSample)]) -> Result<(), StoreError> {
+    pub async fn put_samples<T: Sampled>(
+        &self,
+        resolution: Resolution,
+        samples: &[(String, T)],
+    ) -> Result<(), StoreError> {
         if samples.is_empty() {
             return Ok(());
         }
+        let sql = format!(
+            "INSERT INTO {table} ({key}, resolution, at, sample) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT ({key}, resolution, at) DO UPDATE SET sample = excluded.sample",
+            table = T::TABLE,
+            key = T::KEY
+        );
         let mut tx = self.write().await?;
-        for (route_id, s) in samples {
+        for (id, s) in samples {
             let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO job_samples (route_id, resolution, at, sample) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (route_id, resolution, at) DO UPDATE SET sample = excluded.sample",
-            )
-            .bind(route_id)
-            .bind(resolution.seconds)
-            .bind(s.at)
-            .bind(json)
-            .execute(tx.conn())
-            .await?;
+            sqlx::query(&sql).bind(id).bind(resolution.seconds).bind(s.at()).bind(json).execute(tx.conn()).await?;
         }
         tx.commit().await
     }
 
-    /// Rolls the fine samples of `[from, from + coarse)` up into one coarse sample per route.
+    /// Rolls the fine samples of `[from, from + coarse)` up into one coarse sample per object.
     /// Idempotent: running it again rewrites the same buckets.
-    pub async fn roll_up_samples(&self, from: i64) -> Result<usize, StoreError> {
+    pub async fn roll_up_samples<T: Sampled>(&self, from: i64) -> Result<usize, StoreError> {
         let (fine, coarse) = (RESOLUTIONS[0], RESOLUTIONS[1]);
         let from = coarse.bucket(from);
-        let rows = self.fetch_samples(None, fine, from, from + coarse.seconds * 1000).await?;
-        let mut buckets: BTreeMap<String, JobSample> = BTreeMap::new();
-        for (route_id, s) in rows {
-            match buckets.get_mut(&route_id) {
-                Some(b) => merge(b, &s),
-                None => {
-                    buckets.insert(route_id, JobSample { at: from, seconds: coarse.seconds, ..s });
-                }
-            }
+        let rows = self.fetch_samples::<T>(None, fine, from, from + coarse.seconds * 1000).await?;
+        let mut buckets: BTreeMap<String, Option<T>> = BTreeMap::new();
+        for (id, s) in rows {
+            fold_into(buckets.entry(id).or_default(), s, from, coarse.seconds);
         }
-        let rolled: Vec<(String, JobSample)> = buckets.into_iter().collect();
+        let rolled: Vec<(String, T)> = buckets.into_iter().filter_map(|(id, b)| Some((id, b?))).collect();
         self.put_samples(coarse, &rolled).await?;
         Ok(rolled.len())
     }
 
     /// Drops samples older than their resolution keeps.
-    pub async fn prune_samples(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn prune_samples<T: Sampled>(&self, now: i64) -> Result<u64, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE resolution = $1 AND at < $2", T::TABLE);
         let mut removed = 0;
         for r in RESOLUTIONS {
-            let done = sqlx::query("DELETE FROM job_samples WHERE resolution = $1 AND at < $2")
-                .bind(r.seconds)
-                .bind(now - r.keep_ms)
-                .execute(self.pool())
-                .await?;
+            let done = sqlx::query(&sql).bind(r.seconds).bind(now - r.keep_ms).execute(self.pool()).await?;
             removed += done.rows_affected();
         }
         Ok(removed)
     }
 
-    /// A route's samples since `since`, oldest first, at the finest resolution that covers the
-    /// window. Coarse windows end with the fine samples not rolled up yet, merged, so the last
-    /// minutes are never missing.
-    pub async fn job_samples(&self, route_id: &str, since: i64, now: i64) -> Result<Vec<JobSample>, StoreError> {
+    /// One object's samples since `since`, oldest first, at the finest resolution that covers
+    /// the window. Coarse windows end with the fine samples not rolled up yet, merged, so the
+    /// last minutes are never missing.
+    pub async fn samples<T: Sampled>(&self, id: &str, since: i64, now: i64) -> Result<Vec<T>, StoreError> {
         let resolution = Resolution::for_window(now - since);
-        let mut out: Vec<JobSample> =
-            self.fetch_samples(Some(route_id), resolution, since, now + 1).await?.into_iter().map(|(_, s)| s).collect();
+        let mut out: Vec<T> =
+            self.fetch_samples::<T>(Some(id), resolution, since, now + 1).await?.into_iter().map(|(_, s)| s).collect();
         if resolution != RESOLUTIONS[0] {
             let open = resolution.bucket(now);
-            let recent = self.fetch_samples(Some(route_id), RESOLUTIONS[0], open, now + 1).await?;
-            let mut bucket: Option<JobSample> = None;
-            for (_, s) in recent {
-                match bucket.as_mut() {
-                    Some(b) => merge(b, &s),
-                    None => bucket = Some(JobSample { at: open, seconds: resolution.seconds, ..s }),
-                }
+            let mut bucket: Option<T> = None;
+            for (_, s) in self.fetch_samples::<T>(Some(id), RESOLUTIONS[0], open, now + 1).await? {
+                fold_into(&mut bucket, s, open, resolution.seconds);
             }
-            out.retain(|s| s.at < open);
+            out.retain(|s| s.at() < open);
             out.extend(bucket);
         }
         Ok(out)
@@ -120,35 +160,38 @@ impl Store {
     pub async fn latest_samples(&self, within_ms: i64, now: i64) -> Result<BTreeMap<String, JobSample>, StoreError> {
         let mut out = BTreeMap::new();
         // Ordered by time: a later sample of a route replaces an earlier one.
-        for (route_id, s) in self.fetch_samples(None, RESOLUTIONS[0], now - within_ms, now + 1).await? {
+        for (route_id, s) in self.fetch_samples::<JobSample>(None, RESOLUTIONS[0], now - within_ms, now + 1).await? {
             out.insert(route_id, s);
         }
         Ok(out)
     }
 
-    async fn fetch_samples(
+    async fn fetch_samples<T: Sampled>(
         &self,
-        route_id: Option<&str>,
+        id: Option<&str>,
         resolution: Resolution,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(String, JobSample)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT route_id, sample FROM job_samples WHERE resolution = $1 AND at >= $2 AND at < $3 \
-             AND ($4 = '' OR route_id = $4) ORDER BY at",
-        )
-        .bind(resolution.seconds)
-        .bind(from)
-        .bind(to)
-        .bind(route_id.unwrap_or(""))
-        .fetch_all(self.pool())
-        .await?;
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let sql = format!(
+            "SELECT {key} AS id, sample FROM {table} WHERE resolution = $1 AND at >= $2 AND at < $3 \
+             AND ($4 = '' OR {key} = $4) ORDER BY at",
+            table = T::TABLE,
+            key = T::KEY
+        );
+        let rows = sqlx::query(&sql)
+            .bind(resolution.seconds)
+            .bind(from)
+            .bind(to)
+            .bind(id.unwrap_or(""))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter()
             .map(|r| {
                 let json: String = r.try_get("sample")?;
                 let sample =
-                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("job sample: {e}")))?;
-                Ok((r.try_get("route_id")?, sample))
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("{}: {e}", T::TABLE)))?;
+                Ok((r.try_get("id")?, sample))
             })
             .collect()
     }

@@ -16,6 +16,73 @@ pub struct JobCounters {
     pub batches: u64,
     pub retries: u64,
     pub bytes_out: u64,
+    /// Failed sink requests by cause (older samples have none).
+    #[serde(default)]
+    pub sink_errors: SinkErrors,
+}
+
+/// Why a sink request failed. Transient kinds are retried; `Refused` means the sink turned down
+/// some events of the request for good (they went to the dead-letter queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkErrorKind {
+    /// The sink could not be reached, or the connection broke.
+    Connection,
+    Timeout,
+    /// The sink asked to slow down (HTTP 429, a bulk item's 429).
+    Throttled,
+    /// The sink failed the whole request (HTTP 5xx, a bulk request refused as a whole) or
+    /// answered something that makes no sense.
+    Server,
+    /// What the sink writes to is missing or closed (a table, a topic, a stream).
+    Unavailable,
+    /// Writing local files failed.
+    Io,
+    Refused,
+}
+
+impl SinkErrorKind {
+    pub const ALL: [SinkErrorKind; 7] = [
+        SinkErrorKind::Connection,
+        SinkErrorKind::Timeout,
+        SinkErrorKind::Throttled,
+        SinkErrorKind::Server,
+        SinkErrorKind::Unavailable,
+        SinkErrorKind::Io,
+        SinkErrorKind::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkErrorKind::Connection => "connection",
+            SinkErrorKind::Timeout => "timeout",
+            SinkErrorKind::Throttled => "throttled",
+            SinkErrorKind::Server => "server",
+            SinkErrorKind::Unavailable => "unavailable",
+            SinkErrorKind::Io => "io",
+            SinkErrorKind::Refused => "refused",
+        }
+    }
+}
+
+/// Failed sink requests, counted by [`SinkErrorKind`] (in its order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct SinkErrors(pub [u64; 7]);
+
+impl SinkErrors {
+    pub fn get(&self, kind: SinkErrorKind) -> u64 {
+        self.0[kind as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Each kind with its count, the kinds never seen left out.
+    pub fn seen(&self) -> impl Iterator<Item = (SinkErrorKind, u64)> + '_ {
+        SinkErrorKind::ALL.into_iter().map(|k| (k, self.get(k))).filter(|(_, n)| *n > 0)
+    }
 }
 
 impl JobCounters {
@@ -35,6 +102,7 @@ impl JobCounters {
             batches: self.batches - b.batches,
             retries: self.retries.saturating_sub(b.retries),
             bytes_out: self.bytes_out.saturating_sub(b.bytes_out),
+            sink_errors: SinkErrors(std::array::from_fn(|i| self.sink_errors.0[i].saturating_sub(b.sink_errors.0[i]))),
         }
     }
 }
@@ -49,18 +117,26 @@ impl std::ops::AddAssign for JobCounters {
         self.batches += d.batches;
         self.retries += d.retries;
         self.bytes_out += d.bytes_out;
+        for (a, b) in self.sink_errors.0.iter_mut().zip(d.sink_errors.0) {
+            *a += b;
+        }
     }
 }
 
-/// A latency distribution over one interval, in milliseconds.
+/// A distribution over one interval: a latency in milliseconds, or a batch size in events.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
-pub struct LatencySummary {
+pub struct Distribution {
     pub count: u64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    // The aliases read samples stored when only latencies were kept.
+    #[serde(alias = "p50_ms")]
+    pub p50: f64,
+    #[serde(alias = "p95_ms")]
+    pub p95: f64,
+    #[serde(alias = "p99_ms")]
+    pub p99: f64,
+    #[serde(alias = "max_ms")]
+    pub max: f64,
 }
 
 /// What one job did over `seconds` starting at `at` (ms since the epoch).
@@ -75,11 +151,41 @@ pub struct JobSample {
     pub lag: u64,
     /// Age of the oldest waiting event, in seconds (the worst, once downsampled).
     pub lag_seconds: f64,
-    /// Ingest to sink acknowledgement. Downsampled: p50 weighted by events, p95/p99/max the
-    /// worst interval's (an upper bound, never an underestimate).
-    pub end_to_end: Option<LatencySummary>,
-    /// One sink request, answered.
-    pub sink_request: Option<LatencySummary>,
+    /// Ingest to sink acknowledgement, in ms. Downsampled: p50 weighted by events, p95/p99/max
+    /// the worst interval's (an upper bound, never an underestimate).
+    pub end_to_end: Option<Distribution>,
+    /// One sink request, answered, in ms.
+    pub sink_request: Option<Distribution>,
+    /// Events per sink request (older samples have none).
+    #[serde(default)]
+    pub batch_size: Option<Distribution>,
+}
+
+/// What one stream took in over `seconds` starting at `at` (ms since the epoch).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct StreamSample {
+    pub at: i64,
+    pub seconds: i64,
+    pub accepted: u64,
+    pub bytes: u64,
+    /// Events refused by validation.
+    pub rejected: u64,
+    /// Events refused for the stream's quota.
+    pub throttled: u64,
+    /// Distinct producer tokens that had events accepted (the most in one interval, once
+    /// downsampled: a producer seen in two intervals is one producer).
+    pub producers: u64,
+}
+
+impl StreamSample {
+    pub fn merge(&mut self, s: &StreamSample) {
+        self.accepted += s.accepted;
+        self.bytes += s.bytes;
+        self.rejected += s.rejected;
+        self.throttled += s.throttled;
+        self.producers = self.producers.max(s.producers);
+    }
 }
 
 /// The sample resolutions kept, and for how long.
@@ -191,22 +297,23 @@ pub fn merge(bucket: &mut JobSample, s: &JobSample) {
     bucket.counts += s.counts;
     bucket.lag = bucket.lag.max(s.lag);
     bucket.lag_seconds = bucket.lag_seconds.max(s.lag_seconds);
-    bucket.end_to_end = merge_latency(bucket.end_to_end, s.end_to_end);
-    bucket.sink_request = merge_latency(bucket.sink_request, s.sink_request);
+    bucket.end_to_end = merge_distribution(bucket.end_to_end, s.end_to_end);
+    bucket.sink_request = merge_distribution(bucket.sink_request, s.sink_request);
+    bucket.batch_size = merge_distribution(bucket.batch_size, s.batch_size);
 }
 
-fn merge_latency(a: Option<LatencySummary>, b: Option<LatencySummary>) -> Option<LatencySummary> {
+fn merge_distribution(a: Option<Distribution>, b: Option<Distribution>) -> Option<Distribution> {
     match (a, b) {
         (None, x) | (x, None) => x,
         (Some(a), Some(b)) => {
             let count = a.count + b.count;
             let weighted = |x: f64, y: f64| (x * a.count as f64 + y * b.count as f64) / count.max(1) as f64;
-            Some(LatencySummary {
+            Some(Distribution {
                 count,
-                p50_ms: weighted(a.p50_ms, b.p50_ms),
-                p95_ms: a.p95_ms.max(b.p95_ms),
-                p99_ms: a.p99_ms.max(b.p99_ms),
-                max_ms: a.max_ms.max(b.max_ms),
+                p50: weighted(a.p50, b.p50),
+                p95: a.p95.max(b.p95),
+                p99: a.p99.max(b.p99),
+                max: a.max.max(b.max),
             })
         }
     }
@@ -215,6 +322,33 @@ fn merge_latency(a: Option<LatencySummary>, b: Option<LatencySummary>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_stored_before_batch_sizes_and_error_kinds_still_read() {
+        let old = r#"{"at":0,"seconds":10,"counts":{"read":3,"delivered":2,"filtered_out":1,"filter_errors":0,
+            "dead_lettered":0,"batches":1,"retries":0,"bytes_out":40},"lag":0,"lag_seconds":0.0,
+            "end_to_end":{"count":2,"p50_ms":4.0,"p95_ms":5.0,"p99_ms":5.0,"max_ms":5.0},"sink_request":null}"#;
+        let s: JobSample = serde_json::from_str(old).unwrap();
+        assert_eq!(s.end_to_end.unwrap().p95, 5.0);
+        assert_eq!((s.batch_size, s.counts.sink_errors.total()), (None, 0));
+    }
+
+    #[test]
+    fn sink_error_deltas_survive_restarts() {
+        let mut before = JobCounters::default();
+        before.sink_errors.0[SinkErrorKind::Timeout as usize] = 4;
+        let mut now = before;
+        now.sink_errors.0[SinkErrorKind::Timeout as usize] = 6;
+        now.sink_errors.0[SinkErrorKind::Refused as usize] = 1;
+        let d = now.since(Some(&before));
+        assert_eq!(
+            d.sink_errors.seen().collect::<Vec<_>>(),
+            [(SinkErrorKind::Timeout, 2), (SinkErrorKind::Refused, 1)]
+        );
+        let mut total = before;
+        total += d;
+        assert_eq!(total.sink_errors.total(), 7);
+    }
 
     fn counters(read: u64, delivered: u64) -> JobCounters {
         JobCounters { read, delivered, batches: delivered / 10, ..Default::default() }
@@ -232,7 +366,7 @@ mod tests {
 
     #[test]
     fn merging_sums_counts_keeps_worst_lag_and_weights_the_median() {
-        let lat = |count, p50, p99| Some(LatencySummary { count, p50_ms: p50, p95_ms: p99, p99_ms: p99, max_ms: p99 });
+        let lat = |count, p50, p99| Some(Distribution { count, p50, p95: p99, p99, max: p99 });
         let mut bucket = JobSample {
             at: 0,
             seconds: 300,
@@ -241,6 +375,7 @@ mod tests {
             lag_seconds: 1.0,
             end_to_end: lat(30, 10.0, 50.0),
             sink_request: None,
+            batch_size: None,
         };
         let s = JobSample {
             at: 10_000,
@@ -250,13 +385,15 @@ mod tests {
             lag_seconds: 4.0,
             end_to_end: lat(10, 50.0, 20.0),
             sink_request: lat(1, 7.0, 7.0),
+            batch_size: lat(1, 10.0, 10.0),
         };
         merge(&mut bucket, &s);
         assert_eq!((bucket.counts.read, bucket.counts.delivered), (30, 20));
         assert_eq!((bucket.lag, bucket.lag_seconds), (5, 4.0));
         let e = bucket.end_to_end.unwrap();
-        assert_eq!((e.count, e.p50_ms, e.p99_ms), (40, 20.0, 50.0));
-        assert_eq!(bucket.sink_request.unwrap().p50_ms, 7.0);
+        assert_eq!((e.count, e.p50, e.p99), (40, 20.0, 50.0));
+        assert_eq!(bucket.sink_request.unwrap().p50, 7.0);
+        assert_eq!(bucket.batch_size.unwrap().max, 10.0);
     }
 
     #[test]

@@ -218,6 +218,8 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("ingest-accepted")).toHaveText("40");
   await expect(page.getByTestId("recent-events").locator("tbody tr")).toHaveCount(10);
   await expect(page.getByTestId("stream-routes")).toContainText(route);
+  await expect(page.getByTestId("ingest-producers")).toHaveText("1");
+  await expect(page.getByTestId("chart-ingest").locator("svg")).toContainText("accepted");
   await page.goto(`/routes/alpha/${route}`);
 
   // The job section fills in as the reconciler starts the job and it delivers.
@@ -259,6 +261,8 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(throughput).toContainText("delivered");
   expect(await throughput.locator("polyline").count()).toBeGreaterThan(0);
   await expect(page.getByTestId("chart-latency").locator("svg")).toContainText("p99");
+  await expect(page.getByTestId("chart-batch-size").locator("svg")).toContainText("events per sink request");
+  await expect(page.getByTestId("dash-sink-errors")).toHaveText("No failed sink requests.");
   await expect(page.getByTestId("timeline")).toContainText("starting → running");
   await expect(page.getByTestId("timeline")).toContainText("v1 create by alice");
   await expect(page.getByTestId("effective-config")).toContainText("job.checkpoint_interval_ms");

@@ -1,7 +1,7 @@
 //! Route jobs over the real embedded log: delivery, order, checkpoints, retries, dead letters,
 //! isolation between jobs, and the supervisor's restarts.
 
-use keystone_control::JobPhase;
+use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats, Transforms};
 use keystone_engine::log::{EmbeddedLog, Log, NewRecord, Retention, StartAt};
@@ -35,7 +35,7 @@ impl Sink for MemorySink {
         }
         if self.transient_failures.load(Ordering::SeqCst) > 0 {
             self.transient_failures.fetch_sub(1, Ordering::SeqCst);
-            return Err(SinkError::Transient("endpoint returned 503".into()));
+            return Err(SinkError::transient(SinkErrorKind::Server, "endpoint returned 503"));
         }
         let mut refused = Vec::new();
         let mut got = self.got.lock().unwrap();
@@ -285,6 +285,9 @@ async fn transient_failures_are_retried_and_refused_events_go_to_the_dead_letter
     task.await.unwrap().unwrap();
     assert_eq!(ns(&sink), [0, 1, 2, 3, 5, 6, 8, 9]);
     assert_eq!(stats.retries.load(Ordering::Relaxed), 3);
+    // Three failed requests were the sink's (5xx); one request had events refused.
+    let errors: Vec<(SinkErrorKind, u64)> = stats.counters().sink_errors.seen().collect();
+    assert_eq!(errors, [(SinkErrorKind::Server, 3), (SinkErrorKind::Refused, 1)]);
     let letters = log.read("_dlq.alpha.dlq", 0, 0, 100).await.unwrap();
     let letters: Vec<Value> = letters.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
     assert_eq!(letters.len(), 3);
@@ -294,6 +297,42 @@ async fn transient_failures_are_retried_and_refused_events_go_to_the_dead_letter
     assert!(letters[2]["reason"].as_str().unwrap().contains("not a Keystone envelope"));
     assert_eq!(letters[2]["envelope"], "not json");
     assert_eq!(checkpoints.load("id-dlq").await.unwrap()[&0], 11);
+}
+
+#[tokio::test]
+async fn an_event_the_filter_cannot_evaluate_is_counted_and_kept_as_the_error_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    let payloads =
+        [json!({"n": 0, "bitrate": 5000}), json!({"n": 1, "note": "no bitrate"}), json!({"n": 2, "bitrate": 10})];
+    let records = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, p)| NewRecord {
+            partition: 0,
+            timestamp_ms: n as i64,
+            key: None,
+            value: envelope(n as u64, p.clone()),
+        })
+        .collect();
+    log.append("alpha.plays", records).await.unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let stats = Arc::new(JobStats::default());
+    let cancel = CancellationToken::new();
+    let job = spec("fe", 1, Some("event.bitrate > 3000"), Projection::default(), 100);
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints, stats.clone(), cancel.clone()));
+    wait_for("every event handled", || stats.progress() == 3).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(ns(&sink), [0]);
+    let c = stats.counters();
+    assert_eq!((c.read, c.delivered, c.filtered_out, c.filter_errors), (3, 1, 1, 1));
+    let errors = stats.recent_errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.contains("filter could not evaluate event ev-000001"), "{errors:?}");
+    let sample: Value = serde_json::from_str(errors[0].sample.as_deref().unwrap()).unwrap();
+    assert_eq!(sample, payloads[1], "the event the filter failed on, as it was read");
 }
 
 #[tokio::test]

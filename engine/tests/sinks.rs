@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use keystone_control::{SinkKind, SinkSpec};
+use keystone_control::{SinkErrorKind, SinkKind, SinkSpec};
 use keystone_engine::log::{EmbeddedLog, Log, Retention};
 use keystone_engine::sinks::{AnySink, Appender, Sink, SinkError, SinkEvent};
 use serde_json::{json, Value};
@@ -125,7 +125,10 @@ async fn http_json_sink_posts_batches_and_isolates_refused_events() {
     assert_eq!(ep.bodies.lock().unwrap().len(), 5, "one batch request, then one per event");
     // A 5xx is transient.
     let err = s.deliver(&events(100)[99..]).await.unwrap_err();
-    assert!(matches!(err, SinkError::Transient(ref m) if m.contains("503")), "{err:?}");
+    assert!(
+        matches!(err, SinkError::Transient { kind: SinkErrorKind::Server, ref message } if message.contains("503")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +139,7 @@ async fn http_bulk_sink_speaks_the_bulk_api_and_reads_item_errors() {
     let s = sink(SinkKind::Http, &[("url", &url), ("format", "bulk"), ("index", "plays")], &[], dir.path());
     let batch = events(6);
     // First answer throttles item 5: the whole batch is retried (ids make that harmless).
-    assert!(matches!(s.deliver(&batch).await, Err(SinkError::Transient(_))));
+    assert!(matches!(s.deliver(&batch).await, Err(SinkError::Transient { kind: SinkErrorKind::Throttled, .. })));
     let err = s.deliver(&batch).await.unwrap_err();
     assert_eq!(err, SinkError::Rejected(vec![(3, "failed to parse field [n]".into())]));
     let (ct, _, body) = ep.bodies.lock().unwrap()[1].clone();
@@ -188,7 +191,8 @@ async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
 
     // A missing table is the operator's problem, not the events': transient, never dead-lettered.
     let missing = sink(SinkKind::Postgres, &[("table", "nope")], &[("url", &url)], dir.path());
-    assert!(matches!(missing.deliver(&batch).await, Err(SinkError::Transient(m)) if m.contains("no event_id")));
+    assert!(matches!(missing.deliver(&batch).await,
+        Err(SinkError::Transient { kind: SinkErrorKind::Unavailable, message }) if message.contains("no event_id")));
     drop(db);
     drop(s);
     drop(missing);
@@ -210,7 +214,8 @@ async fn stream_sink_re_routes_events_into_another_stream() {
     let mut batch = events(10);
     batch[3].key = Some("user-7".into());
     // No topic yet: transient (the reconciler creates it), never a refusal.
-    assert!(matches!(s.deliver(&batch).await, Err(SinkError::Transient(m)) if m.contains("no topic")));
+    assert!(matches!(s.deliver(&batch).await,
+        Err(SinkError::Transient { kind: SinkErrorKind::Unavailable, message }) if message.contains("no topic")));
     let keep = Retention { max_age_ms: i64::MAX, max_bytes_per_partition: None };
     log.ensure_topic("beta.plays", 3, keep).await.unwrap();
     accepts_a_batch_and_its_redelivery(&s, &batch).await;

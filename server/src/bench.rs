@@ -338,6 +338,7 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
                     lag_seconds: (k % 5) as f64,
                     end_to_end: None,
                     sink_request: None,
+                    batch_size: None,
                 };
                 samples.push((r.id.clone(), sample));
             }

@@ -7,9 +7,9 @@
 
 use keystone_control::alerts::{condition, step, AlertKind, AlertRule, AlertState, Observation, RuleStatus};
 use keystone_control::alerts::{AlertEvent, AlertStatus};
-use keystone_control::store::{now_ms, Scope, Store};
+use keystone_control::store::{now_ms, Scope, Store, StoreError};
 use keystone_control::telemetry::{Resolution, RESOLUTIONS};
-use keystone_control::{JobPhase, JobSample, LatencySummary};
+use keystone_control::{Distribution, IngestStats, JobPhase, JobSample, StreamSample};
 use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
@@ -50,8 +50,12 @@ fn describe() {
     describe_counter!("keystone_job_events_filtered_total", "Events the route's filter left out.");
     describe_counter!("keystone_job_filter_errors_total", "Events the filter could not evaluate (not delivered).");
     describe_counter!("keystone_job_events_dead_lettered_total", "Events sent to the route's dead-letter queue.");
-    // Average batch size: rate(delivered_total) / rate(sink_batches_total).
     describe_counter!("keystone_job_sink_batches_total", "Sink requests that went through.");
+    describe_counter!(
+        "keystone_job_sink_errors_total",
+        "Failed sink requests, by kind (refused: events dead-lettered)."
+    );
+    describe_gauge!("keystone_job_batch_size_events", "Events per sink request over the last interval (quantiles).");
     describe_counter!("keystone_job_sink_retries_total", "Sink requests that failed transiently and were retried.");
     describe_counter!("keystone_job_sink_bytes_total", Unit::Bytes, "Bytes of events delivered.");
     describe_gauge!("keystone_job_lag_events", "Events in the stream the sink has not acknowledged yet.");
@@ -94,6 +98,7 @@ fn describe() {
     describe_counter!("keystone_log_fsyncs_total", "fsyncs the embedded log issued (group commit shares them).");
     describe_gauge!("keystone_database_up", "1 when the source-of-truth database answered the last telemetry query.");
     describe_gauge!("keystone_database_query_seconds", Unit::Seconds, "How long that query took.");
+    describe_gauge!("keystone_stream_producers", "Producer tokens that had events accepted in the last five minutes.");
     describe_gauge!("keystone_telemetry_pass_seconds", Unit::Seconds, "How long the last telemetry pass took.");
 }
 
@@ -109,12 +114,15 @@ pub struct Telemetry {
     pub http: reqwest::Client,
 }
 
-/// The sample of the fine bucket in progress, per route, and the job instance it came from;
-/// and what the alert rules are evaluated on.
+/// The sample of the fine bucket in progress, per route and per stream, and the counts they
+/// started from; and what the alert rules are evaluated on.
 struct Open {
     bucket: i64,
     samples: HashMap<String, JobSample>,
     previous: HashMap<String, (Arc<JobStats>, keystone_control::JobCounters)>,
+    stream_samples: HashMap<String, StreamSample>,
+    /// Each stream's cumulative ingest counts at the previous pass, by topic.
+    ingested: HashMap<String, IngestStats>,
     rolled_up_to: i64,
     alerts: Alerts,
 }
@@ -126,6 +134,8 @@ impl Telemetry {
                 bucket: 0,
                 samples: HashMap::new(),
                 previous: HashMap::new(),
+                stream_samples: HashMap::new(),
+                ingested: HashMap::new(),
                 rolled_up_to: i64::MIN,
                 alerts: Alerts::default(),
             };
@@ -151,6 +161,7 @@ impl Telemetry {
         let bucket = fine.bucket(now - self.interval.as_millis() as i64 / 2);
         if bucket != open.bucket {
             open.samples.clear();
+            open.stream_samples.clear();
             open.bucket = bucket;
         }
         let observed = self.jobs.observe(now).await;
@@ -165,8 +176,9 @@ impl Telemetry {
                 counts: o.counters.since(before),
                 lag: o.lag,
                 lag_seconds: o.lag_seconds,
-                end_to_end: o.end_to_end,
-                sink_request: o.sink_request,
+                end_to_end: o.interval.end_to_end,
+                sink_request: o.interval.sink_request,
+                batch_size: o.interval.batch_size,
             };
             increments.insert(o.route_id.clone(), sample.counts);
             let merged = match open.samples.get_mut(&o.route_id) {
@@ -186,6 +198,7 @@ impl Telemetry {
         }
         open.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
         self.store.put_samples(fine, &rows).await?;
+        self.sample_streams(open, bucket, now).await?;
         self.roll_up(open, now).await?;
         // The database's health: how long a small query takes (and whether it answers at all,
         // reported below when it fails).
@@ -204,18 +217,55 @@ impl Telemetry {
         Ok(())
     }
 
+    /// Stores what each declared stream took in since the last pass (zeros for a quiet stream,
+    /// so its chart shows it was watched).
+    async fn sample_streams(&self, open: &mut Open, bucket: i64, now: i64) -> Result<(), StoreError> {
+        let fine = RESOLUTIONS[0];
+        let mut rows = Vec::new();
+        for stream in self.store.list(Kind::Stream, &Scope::All).await? {
+            let topic = keystone_control::stream_topic(&stream.team, &stream.name);
+            let now_counts = self.meter.stats(&topic, now);
+            let before = open.ingested.get(&topic).cloned().unwrap_or_default();
+            let sample = StreamSample {
+                at: bucket,
+                seconds: fine.seconds,
+                accepted: now_counts.accepted.saturating_sub(before.accepted),
+                bytes: now_counts.bytes.saturating_sub(before.bytes),
+                rejected: now_counts.rejected.saturating_sub(before.rejected),
+                throttled: now_counts.throttled.saturating_sub(before.throttled),
+                producers: self.meter.producers_since(&topic, now - self.interval.as_millis() as i64),
+            };
+            open.ingested.insert(topic, now_counts);
+            let merged = match open.stream_samples.get_mut(&stream.id) {
+                Some(s) => {
+                    s.merge(&sample);
+                    s.clone()
+                }
+                None => {
+                    open.stream_samples.insert(stream.id.clone(), sample.clone());
+                    sample
+                }
+            };
+            rows.push((stream.id, merged));
+        }
+        self.store.put_samples(fine, &rows).await
+    }
+
     /// Rolls finished 5-minute buckets up (once each) and prunes what is past keeping.
-    async fn roll_up(&self, open: &mut Open, now: i64) -> Result<(), keystone_control::store::StoreError> {
+    async fn roll_up(&self, open: &mut Open, now: i64) -> Result<(), StoreError> {
         let coarse: Resolution = RESOLUTIONS[1];
         let current = coarse.bucket(now);
         if open.rolled_up_to >= current {
             return Ok(());
         }
         // The bucket that just closed (after a restart this also completes one left half done).
-        self.store.roll_up_samples(current - coarse.seconds * 1000).await?;
-        let removed = self.store.prune_samples(now).await?;
+        let closed = current - coarse.seconds * 1000;
+        self.store.roll_up_samples::<JobSample>(closed).await?;
+        self.store.roll_up_samples::<StreamSample>(closed).await?;
+        let removed =
+            self.store.prune_samples::<JobSample>(now).await? + self.store.prune_samples::<StreamSample>(now).await?;
         if removed > 0 {
-            tracing::debug!(removed, "Pruned old job samples.");
+            tracing::debug!(removed, "Pruned old samples.");
         }
         open.rolled_up_to = current;
         Ok(())
@@ -237,8 +287,14 @@ impl Telemetry {
             gauge!("keystone_job_lag_events", &labels).set(o.lag as f64);
             gauge!("keystone_job_lag_seconds", &labels).set(o.lag_seconds);
             gauge!("keystone_job_checkpoint_age_seconds", &labels).set(o.checkpoint_age_s);
-            quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.end_to_end);
-            quantiles("keystone_job_sink_request_seconds", &labels, o.sink_request);
+            for (kind, n) in c.sink_errors.seen() {
+                let mut by = labels.to_vec();
+                by.push(("kind", kind.as_str().to_owned()));
+                counter!("keystone_job_sink_errors_total", &by).absolute(n);
+            }
+            quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.interval.end_to_end, 1e-3);
+            quantiles("keystone_job_sink_request_seconds", &labels, o.interval.sink_request, 1e-3);
+            quantiles("keystone_job_batch_size_events", &labels, o.interval.batch_size, 1.0);
         }
         for j in jobs {
             let labels = [("team", j.team.clone()), ("route", j.route.clone())];
@@ -281,17 +337,19 @@ impl Telemetry {
                 counter!("keystone_stream_events_rejected_total", &by).absolute(*n);
             }
             counter!("keystone_stream_events_throttled_total", &labels).absolute(s.throttled);
+            gauge!("keystone_stream_producers", &labels).set(s.producers as f64);
         }
     }
 }
 
-/// Quantile gauges of an interval's latency; nothing when no event was measured.
-fn quantiles(name: &'static str, labels: &[(&'static str, String); 2], l: Option<LatencySummary>) {
-    let Some(l) = l else { return };
-    for (q, ms) in [("0.5", l.p50_ms), ("0.95", l.p95_ms), ("0.99", l.p99_ms)] {
+/// Quantile gauges of an interval's distribution, times `scale` (ms to seconds); nothing when
+/// nothing was measured.
+fn quantiles(name: &'static str, labels: &[(&'static str, String); 2], d: Option<Distribution>, scale: f64) {
+    let Some(d) = d else { return };
+    for (q, v) in [("0.5", d.p50), ("0.95", d.p95), ("0.99", d.p99)] {
         let mut with_q = labels.to_vec();
         with_q.push(("quantile", q.to_owned()));
-        gauge!(name, &with_q).set(ms / 1000.0);
+        gauge!(name, &with_q).set(v * scale);
     }
 }
 

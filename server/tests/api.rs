@@ -1158,12 +1158,16 @@ mod delivery {
         let route = json!({"stream": "plays", "sink": "dwh", "filter": "event.country != \"BR\"",
             "projection": {"keep": ["n", "country"]}, "max_latency_ms": 20});
         declare(&app, "routes", "rows", route).await;
-        let token = producer_token(&app, "plays").await;
+        // Two producers share the work; a third request is refused whole (not an object).
+        let (token, token2) = (producer_token(&app, "plays").await, producer_token(&app, "plays").await);
         let mut events = plays(0..N);
         for n in 1..=K as usize {
             events[n]["country"] = json!("XX");
         }
-        ingest(&app, &token, "plays", &events).await;
+        ingest(&app, &token, "plays", &events[..500]).await;
+        ingest(&app, &token2, "plays", &events[500..]).await;
+        let refused = app.http.post(format!("{}/ingest/plays", app.base)).bearer_auth(&token2).body("[1]").send().await;
+        assert_eq!(refused.unwrap().status(), StatusCode::BAD_REQUEST);
 
         let metrics = || async { job(&app, "rows").await["metrics"].clone() };
         eventually("every event handled", || async { metrics().await["read"] == N && metrics().await["lag"] == 0 })
@@ -1183,13 +1187,45 @@ mod delivery {
             assert_eq!(s, StatusCode::OK, "{samples}");
             let samples = samples.as_array().unwrap().clone();
             let sum = |f: &str| samples.iter().map(|s| s["counts"][f].as_u64().unwrap()).sum::<u64>();
-            let measured: u64 = samples.iter().filter_map(|s| s["end_to_end"]["count"].as_u64()).sum();
+            let measured = |d: &str| samples.iter().filter_map(|s| s[d]["count"].as_u64()).sum::<u64>();
             let last_lag = samples.last().map(|s| s["lag"].clone());
-            (sum("read"), sum("filtered_out"), sum("delivered"), sum("dead_lettered"), measured, last_lag)
+            let refused_requests: u64 = samples.iter().map(|s| s["counts"]["sink_errors"][6].as_u64().unwrap()).sum();
+            let requests = (sum("batches"), measured("batch_size"), measured("sink_request"), refused_requests);
+            (
+                sum("read"),
+                sum("filtered_out"),
+                sum("delivered"),
+                sum("dead_lettered"),
+                measured("end_to_end"),
+                last_lag,
+                requests,
+            )
         };
         eventually("samples of every event", || async { totals().await.0 == N && totals().await.5 == Some(json!(0)) })
             .await;
-        assert_eq!(totals().await, (N, M, N - M - K, K, N - M - K, Some(json!(0))));
+        let t = totals().await;
+        assert_eq!((t.0, t.1, t.2, t.3, t.4, t.5), (N, M, N - M - K, K, N - M - K, Some(json!(0))));
+        // Every answered sink request has its size and latency measured; the requests that had
+        // events refused are counted as such, the same in the live job.
+        let (batches, sized, timed, refused_requests) = t.6;
+        assert!(batches > 0 && (batches, timed) == (sized, sized), "{:?}", t.6);
+        assert!((1..=K).contains(&refused_requests), "{:?}", t.6);
+        assert_eq!(metrics().await["sink_errors"][6], refused_requests, "the live job counts the same");
+
+        // The stream's own samples: what was accepted and refused, and by how many producers.
+        let stream_totals = || async {
+            let (s, samples) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/plays/samples?window=15m").await;
+            assert_eq!(s, StatusCode::OK, "{samples}");
+            let samples = samples.as_array().unwrap().clone();
+            let sum = |f: &str| samples.iter().map(|s| s[f].as_u64().unwrap()).sum::<u64>();
+            (sum("accepted"), sum("rejected"), samples.iter().map(|s| s["producers"].as_u64().unwrap()).max())
+        };
+        eventually("stream samples of every event", || async { stream_totals().await.0 == N }).await;
+        let (_, rejected, producers) = stream_totals().await;
+        assert_eq!(rejected, 1);
+        assert!(matches!(producers, Some(1 | 2)), "{producers:?}");
+        let (_, live) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/plays/ingest").await;
+        assert_eq!(live["counted"]["producers"], 2, "{live}");
         let (s, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/rows/samples?window=2h").await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"]["field"], "window");
@@ -1216,6 +1252,12 @@ mod delivery {
         assert_eq!(value(&text, "keystone_job_events_filtered_total"), Some(M as f64));
         assert_eq!(value(&text, "keystone_job_events_dead_lettered_total"), Some(K as f64));
         assert_eq!(value(&text, "keystone_job_lag_events"), Some(0.0));
+        // The only failed requests were the ones with refused events.
+        assert_eq!(value(&text, "keystone_job_sink_errors_total"), Some(refused_requests as f64), "{text}");
+        assert!(text.contains("kind=\"refused\""), "{text}");
+        let producers =
+            text.lines().find(|l| l.starts_with("keystone_stream_producers{") && l.contains("stream=\"plays\""));
+        assert_eq!(producers.and_then(|l| l.rsplit(' ').next()), Some("2"), "{text}");
         eventually("every acknowledged position committed", || async {
             value(&scrape(app.alpha_viewer.clone()).await, "keystone_job_checkpoint_age_seconds") == Some(0.0)
         })

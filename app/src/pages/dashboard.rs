@@ -42,7 +42,7 @@ pub struct DashboardView {
     pub timeline: Vec<TimelineEntry>,
     /// (key, value, where it comes from).
     pub config: Vec<(String, String, String)>,
-    pub recent_errors: Vec<(i64, String)>,
+    pub recent_errors: Vec<keystone_control::RecentError>,
     /// The newest refused events with their reasons (the errors' sample events).
     pub dead_letters: Vec<(u64, serde_json::Value)>,
     /// Each declared rule: what it watches, and its state now (`ok` before its first evaluation).
@@ -82,8 +82,9 @@ pub struct AlertRow {
 
 #[server]
 pub async fn job_dashboard(team: String, name: String, window: String) -> Result<DashboardView, AppError> {
-    use crate::charts::{line_chart, Series, AMBER, BLUE, GREEN, RED, SLATE};
+    use crate::charts::{line_chart, Series, AMBER, BLUE, ERROR_KIND_COLORS, GREEN, RED, SLATE};
     use keystone_control::goal::Goal;
+    use keystone_control::{Distribution, JobSample, SinkErrorKind};
     use keystone_control::{Kind, RouteSpec};
     let (state, who) = crate::state::signed_in().await?;
     let store = state.store.clone();
@@ -93,7 +94,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     let spec: RouteSpec = route.spec_as().map_err(|_| AppError::Internal)?;
     let now = keystone_control::store::now_ms();
     let from = now - window.ms();
-    let samples = store.job_samples(&route.id, from, now).await?;
+    let samples: Vec<JobSample> = store.samples(&route.id, from, now).await?;
 
     let mut totals = JobCounters::default();
     for s in &samples {
@@ -133,9 +134,24 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     let seconds = samples.first().map_or(10, |s| s.seconds);
     let gap = seconds * 1000 * 3 / 2;
     let range = (from, now);
-    let latency = |f: fn(&keystone_control::LatencySummary) -> f64| -> Vec<(i64, f64)> {
-        samples.iter().filter_map(|s| s.end_to_end.as_ref().map(|l| (s.at, f(l)))).collect()
+    type Pick = fn(&JobSample) -> Option<&Distribution>;
+    let quantile = |of: Pick, f: fn(&Distribution) -> f64| -> Vec<(i64, f64)> {
+        samples.iter().filter_map(|s| of(s).map(|d| (s.at, f(d)))).collect()
     };
+    let (end_to_end, sink_request, batch_size): (Pick, Pick, Pick) =
+        (|s| s.end_to_end.as_ref(), |s| s.sink_request.as_ref(), |s| s.batch_size.as_ref());
+    let sink_errors: Vec<Series<'_>> = SinkErrorKind::ALL
+        .into_iter()
+        .filter(|k| samples.iter().any(|s| s.counts.sink_errors.get(*k) > 0))
+        .map(|k| Series {
+            label: k.as_str(),
+            color: ERROR_KIND_COLORS[k as usize],
+            points: samples
+                .iter()
+                .map(|s| (s.at, s.counts.sink_errors.get(k) as f64 / s.seconds.max(1) as f64))
+                .collect(),
+        })
+        .collect();
     let chart = |id: &str, title: &str, unit: &str, series: &[Series<'_>]| Chart {
         id: id.to_owned(),
         svg: line_chart(title, unit, range, gap, series, &markers),
@@ -168,9 +184,27 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             "End-to-end latency (ingest to sink acknowledgement)",
             "ms",
             &[
-                Series { label: "p50", color: BLUE, points: latency(|l| l.p50_ms) },
-                Series { label: "p95", color: AMBER, points: latency(|l| l.p95_ms) },
-                Series { label: "p99", color: RED, points: latency(|l| l.p99_ms) },
+                Series { label: "p50", color: BLUE, points: quantile(end_to_end, |d| d.p50) },
+                Series { label: "p95", color: AMBER, points: quantile(end_to_end, |d| d.p95) },
+                Series { label: "p99", color: RED, points: quantile(end_to_end, |d| d.p99) },
+            ],
+        ),
+        chart(
+            "sink-latency",
+            "Sink request latency",
+            "ms",
+            &[
+                Series { label: "p50", color: BLUE, points: quantile(sink_request, |d| d.p50) },
+                Series { label: "p99", color: RED, points: quantile(sink_request, |d| d.p99) },
+            ],
+        ),
+        chart(
+            "batch-size",
+            "Batch size (events per sink request)",
+            "events",
+            &[
+                Series { label: "p50", color: BLUE, points: quantile(batch_size, |d| d.p50) },
+                Series { label: "max", color: SLATE, points: quantile(batch_size, |d| d.max) },
             ],
         ),
         chart(
@@ -183,6 +217,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
                 Series { label: "sink retries", color: SLATE, points: rate(|c| c.retries) },
             ],
         ),
+        chart("sink-errors", "Failed sink requests by kind", "requests/s", &sink_errors),
     ];
 
     let settings = spec.job_settings().unwrap_or_default();
@@ -312,7 +347,10 @@ fn dashboard_view(d: DashboardView, silence: ServerAction<SilenceAlerts>, team: 
             {figure("Dead-lettered", t.dead_lettered.to_string(), "dash-dead-lettered")}
             {figure("Lag", format!("{lag} ev · {lag_s:.1} s"), "dash-lag")}
         </div>
-        <p class="mb-4 text-xs text-slate-500">{format!("Totals over the last {}. Grey vertical lines mark the timeline's events.", d.window.as_str())}</p>
+        <p class="mb-4 text-xs text-slate-500">
+            {format!("Totals over the last {}. Grey vertical lines mark the timeline's events. ", d.window.as_str())}
+            <span data-testid="dash-sink-errors">{sink_errors_line(&t)}</span>
+        </p>
         <div class="grid gap-4 xl:grid-cols-2">
             {d.charts.into_iter().map(|c| view! {
                 <figure class=format!("{CARD} overflow-hidden p-2") data-testid=format!("chart-{}", c.id) inner_html=c.svg></figure>
@@ -405,20 +443,20 @@ fn dashboard_view(d: DashboardView, silence: ServerAction<SilenceAlerts>, team: 
         </section>
         <section class=format!("{CARD} mt-6")>
             <h2 class="border-b border-slate-200 px-4 py-3 font-medium">"Latest errors"</h2>
-            {if d.recent_errors.is_empty() {
-                view! { <p class="px-4 py-3 text-sm text-slate-500">"No errors since the job started."</p> }.into_any()
-            } else {
-                view! {
-                    <ul class="divide-y divide-slate-100 text-sm">
-                        {d.recent_errors.into_iter().rev().map(|(at, m)| view! {
-                            <li class="flex gap-3 px-4 py-2"><span class="shrink-0 tabular-nums text-slate-500">{format_time(at)}</span><span class="font-mono text-xs">{m}</span></li>
-                        }).collect_view()}
-                    </ul>
-                }.into_any()
-            }}
+            <RecentErrors errors=d.recent_errors/>
             <h3 class="border-t border-slate-200 px-4 py-2 text-sm font-medium">"Sample refused events"</h3>
             <div class="px-4 pb-4"><super::routes::DeadLetterTable letters=d.dead_letters/></div>
         </section>
+    }
+}
+
+/// The window's failed sink requests by kind, in words.
+fn sink_errors_line(t: &JobCounters) -> String {
+    let seen: Vec<String> = t.sink_errors.seen().map(|(k, n)| format!("{} {n}", k.as_str())).collect();
+    if seen.is_empty() {
+        "No failed sink requests.".to_owned()
+    } else {
+        format!("Failed sink requests: {}.", seen.join(" · "))
     }
 }
 

@@ -397,11 +397,7 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         </div>
         {v.metrics.as_ref().filter(|m| !m.recent_errors.is_empty()).map(|m| view! {
             <h3 class="mt-6 mb-2 font-medium">"Recent errors"</h3>
-            <ul class=format!("{CARD} divide-y divide-slate-100 text-sm") data-testid="job-errors">
-                {m.recent_errors.iter().rev().map(|(at, msg)| view! {
-                    <li class="px-4 py-2"><span class="text-slate-500">{format_time(*at)}</span>" "{msg.clone()}</li>
-                }).collect_view()}
-            </ul>
+            <div class=CARD><RecentErrors errors=m.recent_errors.clone()/></div>
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         <DeadLetterTable letters=v.dead_letters/>

@@ -132,10 +132,13 @@ pub struct StreamActivityView {
     pub recent: Vec<PreviewRow>,
     /// The routes reading this stream: (name, job phase, events waiting).
     pub routes: Vec<(String, String, Option<u64>)>,
+    /// Ingest over the last hour, as an SVG chart.
+    pub chart: String,
 }
 
 #[server]
 pub async fn stream_activity(team: String, name: String) -> Result<StreamActivityView, AppError> {
+    use crate::charts::{line_chart, Series, AMBER, GREEN, RED};
     use keystone_control::goal::Goal;
     use keystone_engine::log::Log;
     let (state, who) = crate::state::signed_in().await?;
@@ -152,6 +155,24 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             AppError::Internal
         })?;
     let log_end_offsets = state.log.end_offsets(&topic);
+    let now = keystone_control::store::now_ms();
+    let from = now - keystone_control::telemetry::Window::Hour.ms();
+    let samples: Vec<keystone_control::StreamSample> = store.samples(&object.id, from, now).await?;
+    let rate = |f: fn(&keystone_control::StreamSample) -> u64| -> Vec<(i64, f64)> {
+        samples.iter().map(|s| (s.at, f(s) as f64 / s.seconds.max(1) as f64)).collect()
+    };
+    let chart = line_chart(
+        "Ingest (last hour)",
+        "events/s",
+        (from, now),
+        samples.first().map_or(10, |s| s.seconds) * 1500,
+        &[
+            Series { label: "accepted", color: GREEN, points: rate(|s| s.accepted) },
+            Series { label: "rejected", color: RED, points: rate(|s| s.rejected) },
+            Series { label: "throttled", color: AMBER, points: rate(|s| s.throttled) },
+        ],
+        &[],
+    );
     let mut routes = Vec::new();
     for r in Goal::new(&store, &who).list(Kind::Route).await? {
         if r.team != object.team
@@ -162,12 +183,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
         routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).map(|m| m.lag)));
     }
-    Ok(StreamActivityView {
-        routes,
-        counted: state.meter.stats(&topic, keystone_control::store::now_ms()),
-        log_end_offsets,
-        recent,
-    })
+    Ok(StreamActivityView { routes, counted: state.meter.stats(&topic, now), log_end_offsets, recent, chart })
 }
 
 /// Ingest rate and totals, and a sample of the newest events.
@@ -189,7 +205,7 @@ fn StreamActivity() -> impl IntoView {
                             let in_log: u64 = a.log_end_offsets.iter().sum();
                             let per_partition = a.log_end_offsets.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
                             view! {
-                                <div class=format!("{CARD} mb-4 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-4")>
+                                <div class=format!("{CARD} mb-4 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-5")>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events/s (last minute)"</div>
                                         <div class="text-lg font-semibold tabular-nums" data-testid="ingest-rate">{format!("{:.1}", a.counted.events_per_second)}</div></div>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Accepted since start"</div>
@@ -200,7 +216,10 @@ fn StreamActivity() -> impl IntoView {
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events in the log"</div>
                                         <div class="text-lg font-semibold tabular-nums" data-testid="log-events">{in_log}</div>
                                         <div class="text-xs text-slate-500">{format!("per partition: {per_partition}")}</div></div>
+                                    <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Producers (5 min)"</div>
+                                        <div class="text-lg font-semibold tabular-nums" data-testid="ingest-producers">{a.counted.producers}</div></div>
                                 </div>
+                                <figure class=format!("{CARD} mb-4 overflow-hidden p-2") data-testid="chart-ingest" inner_html=a.chart></figure>
                                 {(!a.routes.is_empty()).then(|| {
                                     let team = params.read_untracked().get("team").unwrap_or_default();
                                     view! {

@@ -90,7 +90,7 @@ pub async fn replay<L: Log, S: crate::sinks::Sink>(
         let refused = match sink.deliver(&batch).await {
             Ok(()) => Vec::new(),
             Err(crate::sinks::SinkError::Rejected(refused)) => refused,
-            Err(crate::sinks::SinkError::Transient(why)) => return Err(ReplayError::Transient(why)),
+            Err(crate::sinks::SinkError::Transient { message, .. }) => return Err(ReplayError::Transient(message)),
         };
         out.delivered = batch.len() - refused.len();
         for (i, reason) in refused {

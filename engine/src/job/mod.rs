@@ -17,7 +17,9 @@ use crate::ingest::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Hygiene, Projection};
-use keystone_control::{dead_letter_topic, stream_topic, JobCounters, PartitionLag, RouteSpec, StreamSpec};
+use keystone_control::{
+    dead_letter_topic, stream_topic, JobCounters, PartitionLag, RecentError, RouteSpec, SinkErrors, StreamSpec,
+};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -76,8 +78,9 @@ pub enum Transformed {
     /// Passed the filter; this is what the sink receives.
     Deliver(Value),
     FilteredOut,
-    /// The filter could not be evaluated (e.g. a field it reads is missing).
-    FilterError(String),
+    /// The filter could not be evaluated (e.g. a field it reads is missing): why, and the
+    /// payload handed back untouched.
+    FilterError(String, Value),
 }
 
 /// A route's compiled transforms, in order: filter, masking and hashing, projection, dropping
@@ -119,7 +122,7 @@ impl Transforms {
             match filter.matches(&payload) {
                 Ok(true) => {}
                 Ok(false) => return Transformed::FilteredOut,
-                Err(e) => return Transformed::FilterError(e.to_string()),
+                Err(e) => return Transformed::FilterError(e.to_string(), payload),
             }
         }
         self.hygiene.before(&mut payload);
@@ -153,14 +156,16 @@ pub struct JobStats {
     pub batches: AtomicU64,
     pub retries: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Failed sink requests, by `SinkErrorKind` (its order).
+    pub sink_errors: [AtomicU64; 7],
     /// Set while the sink keeps failing a batch; cleared when a batch goes through.
     pub failing: AtomicBool,
     pub acked: Mutex<Vec<u64>>,
     pub committed: Mutex<Vec<u64>>,
     /// When positions were last committed (ms since the epoch; the job's start before that).
     pub committed_at: AtomicI64,
-    pub recent_errors: Mutex<Vec<(i64, String)>>,
-    /// End-to-end and sink request latencies since the last telemetry sample.
+    pub recent_errors: Mutex<Vec<RecentError>>,
+    /// Latencies and batch sizes since the last telemetry sample.
     pub latency: Mutex<latency::Latency>,
 }
 
@@ -168,15 +173,33 @@ const RECENT_ERRORS: usize = 20;
 
 impl JobStats {
     pub fn record_error(&self, message: String) {
+        self.push_error(RecentError { at: crate::now_ms(), message, sample: None });
+    }
+
+    /// An error caused by one event, kept with (the start of) the event.
+    pub fn record_error_with_sample(&self, message: String, event: &Value) {
+        let mut sample = event.to_string();
+        if sample.len() > RecentError::SAMPLE_BYTES {
+            let mut cut = RecentError::SAMPLE_BYTES;
+            while !sample.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            sample.truncate(cut);
+            sample.push('…');
+        }
+        self.push_error(RecentError { at: crate::now_ms(), message, sample: Some(sample) });
+    }
+
+    fn push_error(&self, e: RecentError) {
         let mut errors = self.recent_errors.lock().expect("stats lock");
         if errors.len() == RECENT_ERRORS {
             errors.remove(0);
         }
-        errors.push((crate::now_ms(), message));
+        errors.push(e);
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.recent_errors.lock().expect("stats lock").last().map(|(_, m)| m.clone())
+        self.recent_errors.lock().expect("stats lock").last().map(|e| e.message.clone())
     }
 
     fn set_acked(&self, partition: u32, next: u64) {
@@ -217,6 +240,7 @@ impl JobStats {
             batches: n(&self.batches),
             retries: n(&self.retries),
             bytes_out: n(&self.bytes_out),
+            sink_errors: SinkErrors(std::array::from_fn(|i| n(&self.sink_errors[i]))),
         }
     }
 
@@ -493,9 +517,10 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 self.stats.filtered_out.fetch_add(1, Ordering::Relaxed);
                 Routed::Skip
             }
-            Transformed::FilterError(e) => {
+            Transformed::FilterError(e, payload) => {
                 self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
-                self.stats.record_error(format!("filter could not evaluate event {}: {e}", envelope.id));
+                let why = format!("filter could not evaluate event {}: {e}", envelope.id);
+                self.stats.record_error_with_sample(why, &payload);
                 Routed::Skip
             }
         }
@@ -509,10 +534,13 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             let started = std::time::Instant::now();
             let outcome = self.sink.deliver(batch).await;
             let took = started.elapsed();
+            if let Err(e) = &outcome {
+                self.stats.sink_errors[e.kind() as usize].fetch_add(1, Ordering::Relaxed);
+            }
             let refused = match outcome {
                 Ok(()) => Vec::new(),
                 Err(SinkError::Rejected(refused)) => refused,
-                Err(SinkError::Transient(why)) => {
+                Err(SinkError::Transient { message: why, .. }) => {
                     self.stats.failing.store(true, Ordering::Relaxed);
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     self.stats.record_error(format!("partition {}: {why}", self.partition));
@@ -531,7 +559,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             self.stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
             let now = crate::now_ms();
             let mut latency = self.stats.latency.lock().expect("stats lock");
-            latency.record_request(took);
+            latency.record_request(took, batch.len());
             // Refused events are not delivered: their latency is the dead-letter queue's business.
             let refused_at: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
             for (_, e) in batch.iter().enumerate().filter(|(i, _)| !refused_at.contains(i)) {

@@ -53,7 +53,7 @@ pub async fn preview<L: Log>(
                 Ok(env) => match transforms.transform(env.payload.clone()) {
                     Transformed::Deliver(out) => row(env.payload, "delivered", Some(out), None),
                     Transformed::FilteredOut => row(env.payload, "filtered_out", None, None),
-                    Transformed::FilterError(e) => row(env.payload, "error", None, Some(e)),
+                    Transformed::FilterError(e, _) => row(env.payload, "error", None, Some(e)),
                 },
             }
         })

@@ -6,7 +6,7 @@ use super::dead_letters::{ReplayError, Replayed};
 use super::{JobSpec, JobStats};
 use crate::log::Log;
 use crate::sinks::{AnySink, ConfigError};
-use keystone_control::{JobCounters, JobMetrics, LatencySummary};
+use keystone_control::{JobCounters, JobMetrics};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,9 +38,8 @@ pub struct Observed {
     pub lag_seconds: f64,
     /// See `JobStats::checkpoint_age_s`.
     pub checkpoint_age_s: f64,
-    /// Since the previous observation.
-    pub end_to_end: Option<LatencySummary>,
-    pub sink_request: Option<LatencySummary>,
+    /// Distributions since the previous observation.
+    pub interval: super::latency::Interval,
 }
 
 /// Builds a fresh sink of a route.
@@ -142,7 +141,7 @@ impl<L: Log> JobRegistry<L> {
         };
         let mut out = Vec::with_capacity(running.len());
         for (route_id, spec, stats) in running {
-            let (end_to_end, sink_request) = stats.latency.lock().expect("stats lock").take();
+            let interval = stats.latency.lock().expect("stats lock").take();
             let positions = stats.positions(&spec, self.log.as_ref());
             out.push(Observed {
                 route_id,
@@ -151,8 +150,7 @@ impl<L: Log> JobRegistry<L> {
                 lag: super::waiting(&positions),
                 lag_seconds: stats.lag_seconds(&spec, self.log.as_ref(), &positions, now_ms).await,
                 checkpoint_age_s: stats.checkpoint_age_s(now_ms),
-                end_to_end,
-                sink_request,
+                interval,
                 stats,
             });
         }

@@ -8,6 +8,7 @@
 //! the offsets it holds, so the same batch overwrites the same file.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::SinkErrorKind;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,8 @@ impl Sink for FileSink {
             let last = events.last().map_or(0, |e| e.offset);
             let mut body = Vec::with_capacity(events.len() * 256);
             for e in events {
-                serde_json::to_writer(&mut body, e).map_err(|e| SinkError::Transient(e.to_string()))?;
+                serde_json::to_writer(&mut body, e)
+                    .map_err(|e| SinkError::transient(SinkErrorKind::Io, e.to_string()))?;
                 body.push(b'\n');
             }
             let name = format!("part-{partition:04}-{first:020}-{last:020}.ndjson");
@@ -83,8 +85,8 @@ impl Sink for FileSink {
             Ok::<_, std::io::Error>(())
         })
         .await
-        .map_err(|e| SinkError::Transient(format!("file writer stopped: {e}")))?
-        .map_err(|e| SinkError::Transient(format!("writing the file failed: {e}")))
+        .map_err(|e| SinkError::transient(SinkErrorKind::Io, format!("file writer stopped: {e}")))?
+        .map_err(|e| SinkError::transient(SinkErrorKind::Io, format!("writing the file failed: {e}")))
     }
 }
 

@@ -9,6 +9,7 @@
 //!   failed item is refused with the server's reason.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::SinkErrorKind;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -63,7 +64,7 @@ pub struct HttpSink {
 /// How the endpoint answered one request.
 enum Answer {
     Accepted(Option<Value>),
-    Transient(String),
+    Transient(SinkErrorKind, String),
     Refused(String),
 }
 
@@ -88,7 +89,10 @@ impl HttpSink {
         let resp = match req.send().await {
             Ok(r) => r,
             // The error text names the URL but never the headers, so no secret leaks here.
-            Err(e) => return Answer::Transient(format!("request failed: {e}")),
+            Err(e) => {
+                let kind = if e.is_timeout() { SinkErrorKind::Timeout } else { SinkErrorKind::Connection };
+                return Answer::Transient(kind, format!("request failed: {e}"));
+            }
         };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -96,7 +100,12 @@ impl HttpSink {
         if status.is_success() {
             Answer::Accepted(serde_json::from_str(&text).ok())
         } else if is_transient(status) {
-            Answer::Transient(format!("HTTP {status}: {excerpt}"))
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => SinkErrorKind::Throttled,
+                StatusCode::REQUEST_TIMEOUT => SinkErrorKind::Timeout,
+                _ => SinkErrorKind::Server,
+            };
+            Answer::Transient(kind, format!("HTTP {status}: {excerpt}"))
         } else {
             Answer::Refused(format!("HTTP {status}: {excerpt}"))
         }
@@ -106,7 +115,7 @@ impl HttpSink {
         let body = |events: &[SinkEvent]| serde_json::to_vec(events).expect("sink events serialise");
         match self.post("application/json", body(batch)).await {
             Answer::Accepted(_) => Ok(()),
-            Answer::Transient(why) => Err(SinkError::Transient(why)),
+            Answer::Transient(kind, why) => Err(SinkError::transient(kind, why)),
             Answer::Refused(why) if batch.len() == 1 => Err(SinkError::Rejected(vec![(0, why)])),
             Answer::Refused(_) => {
                 // Find the poison events: one request per event.
@@ -114,7 +123,7 @@ impl HttpSink {
                 for (i, e) in batch.iter().enumerate() {
                     match self.post("application/json", body(std::slice::from_ref(e))).await {
                         Answer::Accepted(_) => {}
-                        Answer::Transient(why) => return Err(SinkError::Transient(why)),
+                        Answer::Transient(kind, why) => return Err(SinkError::transient(kind, why)),
                         Answer::Refused(why) => refused.push((i, why)),
                     }
                 }
@@ -137,22 +146,23 @@ impl HttpSink {
         }
         let answer = match self.post("application/x-ndjson", body).await {
             Answer::Accepted(Some(v)) => v,
-            Answer::Accepted(None) => return Err(SinkError::Transient("the bulk response is not JSON".into())),
-            Answer::Transient(why) => return Err(SinkError::Transient(why)),
+            Answer::Accepted(None) => {
+                return Err(SinkError::transient(SinkErrorKind::Server, "the bulk response is not JSON"))
+            }
+            Answer::Transient(kind, why) => return Err(SinkError::transient(kind, why)),
             // The whole request was refused (bad index name, auth): not the events' fault, so
             // retry with backoff and surface the error rather than dead-letter every event.
-            Answer::Refused(why) => return Err(SinkError::Transient(why)),
+            Answer::Refused(why) => return Err(SinkError::transient(SinkErrorKind::Server, why)),
         };
         if answer.get("errors").and_then(Value::as_bool) != Some(true) {
             return Ok(());
         }
         let items = answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         if items.len() != batch.len() {
-            return Err(SinkError::Transient(format!(
-                "the bulk response lists {} items for {} events",
-                items.len(),
-                batch.len()
-            )));
+            return Err(SinkError::transient(
+                SinkErrorKind::Server,
+                format!("the bulk response lists {} items for {} events", items.len(), batch.len()),
+            ));
         }
         let mut refused = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -162,7 +172,8 @@ impl HttpSink {
                 continue;
             }
             if status == 429 || status >= 500 {
-                return Err(SinkError::Transient(format!("bulk item {i} answered {status}")));
+                let kind = if status == 429 { SinkErrorKind::Throttled } else { SinkErrorKind::Server };
+                return Err(SinkError::transient(kind, format!("bulk item {i} answered {status}")));
             }
             let reason = result
                 .pointer("/error/reason")

@@ -13,7 +13,7 @@ pub mod http;
 pub mod postgres;
 pub mod stream;
 
-use keystone_control::{SinkKind, SinkSpec};
+use keystone_control::{SinkErrorKind, SinkKind, SinkSpec};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -44,13 +44,27 @@ pub struct SinkEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    /// Nothing may be assumed delivered; retry later (network, 5xx, 429, sink down).
-    #[error("{0}")]
-    Transient(String),
+    /// Nothing may be assumed delivered; retry later (network, 5xx, 429, sink down). The kind is
+    /// what the job counts.
+    #[error("{message}")]
+    Transient { kind: SinkErrorKind, message: String },
     /// These events (by index in the batch) were refused for good, with the sink's reason;
     /// every other event of the batch was accepted.
     #[error("the sink refused {} event(s): {}", .0.len(), .0.first().map(|(_, r)| r.as_str()).unwrap_or(""))]
     Rejected(Vec<(usize, String)>),
+}
+
+impl SinkError {
+    pub fn transient(kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
+        SinkError::Transient { kind, message: message.into() }
+    }
+
+    pub fn kind(&self) -> SinkErrorKind {
+        match self {
+            SinkError::Transient { kind, .. } => *kind,
+            SinkError::Rejected(_) => SinkErrorKind::Refused,
+        }
+    }
 }
 
 /// A destination of route jobs.

@@ -11,6 +11,7 @@
 //! (connection lost, table missing, permissions) is transient: the job retries and shows the error.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::SinkErrorKind;
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -56,6 +57,22 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
 }
 
+/// A failure that is not the rows' fault, by what went wrong.
+fn transient(e: &sqlx::Error) -> SinkError {
+    let kind = match e {
+        sqlx::Error::PoolTimedOut => SinkErrorKind::Timeout,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            SinkErrorKind::Connection
+        }
+        // 42P01 undefined table, 42703 undefined column: the target is not there (yet).
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42P01" | "42703")) => {
+            SinkErrorKind::Unavailable
+        }
+        _ => SinkErrorKind::Server,
+    };
+    SinkError::transient(kind, describe(e))
+}
+
 fn describe(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(d) => format!("{} ({})", d.message(), d.code().unwrap_or_default()),
@@ -84,13 +101,13 @@ impl PostgresSink {
                 .bind(&self.table)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(|e| SinkError::Transient(describe(&e)))?;
+                .map_err(|e| transient(&e))?;
                 let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("c").ok()).collect();
                 if !cols.iter().any(|c| c == "event_id") {
-                    return Err(SinkError::Transient(format!(
-                        "table {} does not exist or has no event_id column",
-                        self.table
-                    )));
+                    return Err(SinkError::transient(
+                        SinkErrorKind::Unavailable,
+                        format!("table {} does not exist or has no event_id column", self.table),
+                    ));
                 }
                 Ok(cols)
             })
@@ -134,7 +151,7 @@ impl Sink for PostgresSink {
                     match self.insert(columns, std::slice::from_ref(event)).await {
                         Ok(()) => {}
                         Err(e) if is_data_error(&e) => refused.push((i, describe(&e))),
-                        Err(e) => return Err(SinkError::Transient(describe(&e))),
+                        Err(e) => return Err(transient(&e)),
                     }
                 }
                 if refused.is_empty() {
@@ -143,7 +160,7 @@ impl Sink for PostgresSink {
                     Err(SinkError::Rejected(refused))
                 }
             }
-            Err(e) => Err(SinkError::Transient(describe(&e))),
+            Err(e) => Err(transient(&e)),
         }
     }
 }

@@ -7,7 +7,7 @@
 use super::{ConfigError, Sink, SinkError, SinkEvent};
 use crate::ingest::{partition_for_key, Envelope};
 use crate::log::{Log, LogError, NewRecord};
-use keystone_control::{stream_topic, StreamRef};
+use keystone_control::{stream_topic, SinkErrorKind, StreamRef};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -64,7 +64,8 @@ impl StreamSink {
 impl Sink for StreamSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
         let Some(partitions) = self.log.partitions(&self.topic) else {
-            return Err(SinkError::Transient(format!("stream {} has no topic yet", self.stream)));
+            let why = format!("stream {} has no topic yet", self.stream);
+            return Err(SinkError::transient(SinkErrorKind::Unavailable, why));
         };
         let now = crate::now_ms();
         let records = batch
@@ -87,10 +88,8 @@ impl Sink for StreamSink {
                 }
             })
             .collect();
-        self.log
-            .append_records(&self.topic, records)
-            .await
-            .map(|_| ())
-            .map_err(|e| SinkError::Transient(format!("appending to stream {} failed: {e}", self.stream)))
+        self.log.append_records(&self.topic, records).await.map(|_| ()).map_err(|e| {
+            SinkError::transient(SinkErrorKind::Unavailable, format!("appending to stream {} failed: {e}", self.stream))
+        })
     }
 }
