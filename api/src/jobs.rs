@@ -1,15 +1,20 @@
-//! Route jobs over the API: observed state, live numbers, checkpoints, transitions, dead letters,
-//! and a manual restart. Reads need read access to the route's team; a restart needs write access.
+//! Route jobs over the API: desired and observed state, live numbers, checkpoints, transitions,
+//! dead letters, a manual restart, and pausing, stopping and resuming. Reads need read access to
+//! the route's team; acting on a job needs write access.
 
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::Caller;
+use crate::handlers::ChangeResult;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use keystone_control::deployments::Deployment;
 use keystone_control::goal::Goal;
+use keystone_control::store::StoreError;
 use keystone_control::{
-    dead_letter_topic, CheckpointInfo, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
+    dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
+    ValidationErrors,
 };
 use keystone_engine::job::{dead_letters, Transforms};
 use keystone_engine::log::LogError;
@@ -19,6 +24,8 @@ use serde_json::Value;
 /// Everything known about one route's job.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
+    /// What the route's owners want (part of the route's spec).
+    pub desired: DesiredState,
     /// The recorded phase; null before the reconciler first started the job.
     pub job: Option<JobRecord>,
     /// Live numbers while this server runs the job.
@@ -38,7 +45,9 @@ pub async fn job_status(
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(Json(JobStatus {
+        desired: spec.state,
         job: s.store.job(&route.id).await?,
         metrics: s.jobs.metrics(&route.id),
         checkpoints: s.store.checkpoints(&route.id).await?,
@@ -86,6 +95,71 @@ pub async fn restart(
     s.jobs.stop(&route.id, true).await;
     s.jobs.request_pass();
     Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SetState {
+    /// `running`, `paused` or `stopped`.
+    pub state: DesiredState,
+    /// Why (recorded with the route's new revision).
+    pub reason: String,
+}
+
+/// Sets a route's desired state. Paused: the job finishes the batch in hand and reads nothing
+/// more, keeping its sink, until resumed right after the last delivered event. Stopped: the
+/// job is drained and removed; started again it resumes from its checkpoint. The state is part
+/// of the route's goal state: the change is a new revision (nothing when unchanged).
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/state", request_body = SetState,
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = ChangeResult), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn set_state(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Json(req): Json<SetState>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let applied = Goal::new(&s.store, &who).set_route_state(&team, &name, req.state, &req.reason).await?;
+    s.jobs.request_pass();
+    Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
+}
+
+/// A route's deployments, newest first: each move of its job to another route version, its
+/// strategy, and how the stability gate judged it.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/deployments",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = [Deployment]), (status = 404, body = ErrorBody)))]
+pub async fn deployments(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<Vec<Deployment>>, ApiError> {
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.store.deployments(&route.id, 50).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RollBack {
+    /// The route version to return to.
+    pub version: i64,
+    pub reason: String,
+}
+
+/// Sets a route back to an earlier version's declaration, as a new revision; the reconciler
+/// deploys it like any change (with the route's strategy and stability gate).
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/rollback", request_body = RollBack,
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = ChangeResult), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn roll_back(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Json(req): Json<RollBack>,
+) -> Result<Json<ChangeResult>, ApiError> {
+    let applied = Goal::new(&s.store, &who).roll_back_route(&team, &name, req.version, &req.reason).await?;
+    s.jobs.request_pass();
+    Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -306,7 +306,7 @@ pub fn RecentErrors(errors: Vec<RecentError>) -> impl IntoView {
                     {e.sample.map(|s| view! {
                         <details class="mt-1">
                             <summary class="cursor-pointer text-xs text-slate-500">"The event"</summary>
-                            <pre class="mt-1 overflow-x-auto rounded bg-slate-50 p-2 font-mono text-xs" data-testid="error-sample">{s}</pre>
+                            <pre class="mt-1 overflow-x-auto rounded-md bg-slate-50 p-2 font-mono text-xs" data-testid="error-sample">{s}</pre>
                         </details>
                     })}
                 </li>

@@ -264,6 +264,50 @@ impl<'a> Goal<'a> {
         self.put(team, name, decl, reason, Some(expected_version)).await
     }
 
+    /// Sets a route's desired state (running, paused, stopped). It is part of the route's goal
+    /// state, so the change is a new revision, audited and undoable like any other; setting the
+    /// state a route already has writes nothing.
+    pub async fn set_route_state(
+        &self,
+        team: &str,
+        name: &str,
+        state: DesiredState,
+        reason: &str,
+    ) -> Result<Applied, GoalError> {
+        let current = self.get(Kind::Route, team, name).await?;
+        let spec: RouteSpec = current.spec_as().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let decl = Declaration::Route(RouteSpec { state, ..spec });
+        self.update(team, name, decl, reason, Some(current.version)).await
+    }
+
+    /// Sets a route back to what an earlier version declared, as a new revision (history is
+    /// never rewritten). The desired state stays today's: rolling back a paused route leaves it
+    /// paused. The old declaration is validated again, so a rollback to a version whose sink
+    /// is gone is refused with the reason.
+    pub async fn roll_back_route(
+        &self,
+        team: &str,
+        name: &str,
+        to_version: i64,
+        reason: &str,
+    ) -> Result<Applied, GoalError> {
+        let current = self.get(Kind::Route, team, name).await?;
+        let corrupt = |err: serde_json::Error| StoreError::Corrupt(err.to_string());
+        let target = self
+            .store
+            .history(&current.id)
+            .await?
+            .into_iter()
+            .find(|r| r.version == to_version && r.op != Op::Delete)
+            .ok_or_else(|| {
+                ValidationErrors::single("version", format!("route {name:?} has no version {to_version}"))
+            })?;
+        let old: RouteSpec = serde_json::from_value(target.spec).map_err(corrupt)?;
+        let now: RouteSpec = current.spec_as().map_err(corrupt)?;
+        let decl = Declaration::Route(RouteSpec { state: now.state, ..old });
+        self.update(team, name, decl, reason, Some(current.version)).await
+    }
+
     /// `update`: `None` to create, `Some(expected)` to update.
     async fn put(
         &self,

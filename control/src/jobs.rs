@@ -67,7 +67,7 @@ impl Store {
         // A running job clears its error; other phases keep the last one unless given a new one.
         let error = match (c.error, c.to) {
             (Some(e), _) => Some(e.to_owned()),
-            (None, JobPhase::Running | JobPhase::Stopped) => None,
+            (None, JobPhase::Running | JobPhase::Paused | JobPhase::Stopped) => None,
             (None, _) => old_error,
         };
         let restart = i64::from(c.restart);

@@ -7,6 +7,7 @@
 //! rules.
 
 pub mod alerts;
+pub mod deployments;
 pub mod diff;
 pub mod filter_fields;
 pub mod model;

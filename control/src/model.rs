@@ -473,6 +473,40 @@ impl Delivery {
     }
 }
 
+/// What a route's owners want its job to do; the reconciler makes the job so and reports the
+/// observed phase beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    #[default]
+    Running,
+    /// Suspended in place: the job finishes the batch in hand, commits it, then reads nothing
+    /// until resumed; it keeps its sink and resumes at once, right after the last delivered
+    /// event (no gap, no duplicates).
+    Paused,
+    /// Shut down: drained, checkpointed and removed, releasing its sink's connections. Started
+    /// again it resumes from its checkpoint like a restarted job.
+    Stopped,
+}
+
+impl DesiredState {
+    pub const ALL: [DesiredState; 3] = [DesiredState::Running, DesiredState::Paused, DesiredState::Stopped];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredState::Running => "running",
+            DesiredState::Paused => "paused",
+            DesiredState::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DesiredState> {
+        DesiredState::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+    pub fn is_running(&self) -> bool {
+        *self == DesiredState::Running
+    }
+}
+
 /// Whether a route keeps the per-partition order of events at its sink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
@@ -585,6 +619,9 @@ pub struct RouteSpec {
     /// Alert rules of the route's job; a route that declares none gets the defaults.
     #[serde(default = "crate::alerts::default_alert_rules")]
     pub alerts: Vec<crate::alerts::AlertRule>,
+    /// Running (the default, left out of the stored spec), paused or stopped.
+    #[serde(default, skip_serializing_if = "DesiredState::is_running")]
+    pub state: DesiredState,
 }
 
 pub fn default_batch_size() -> u32 {
@@ -595,10 +632,11 @@ pub fn default_max_latency_ms() -> u32 {
 }
 
 impl RouteSpec {
-    /// What the running job depends on: the spec without what only people and the alert
-    /// evaluator read (description, alert rules), so changing those does not redeploy the job.
+    /// What the running job is built from: the spec without what only people and the alert
+    /// evaluator read (description, alert rules) and without the desired state (pausing is not
+    /// a new version of the job), so changing those does not redeploy the job.
     pub fn job_relevant(&self) -> RouteSpec {
-        RouteSpec { description: String::new(), alerts: Vec::new(), ..self.clone() }
+        RouteSpec { description: String::new(), alerts: Vec::new(), state: DesiredState::Running, ..self.clone() }
     }
 
     /// Structural checks; the filter is compiled and references resolved by the store-side
@@ -657,6 +695,8 @@ impl RouteSpec {
                     s.checkpoint_interval_ms = number(10, 600_000, &mut e).unwrap_or(s.checkpoint_interval_ms)
                 }
                 "job.stall_timeout_s" => s.stall_timeout_s = number(10, 86_400, &mut e).unwrap_or(s.stall_timeout_s),
+                "job.stability_s" => s.stability_s = number(0, 3_600, &mut e).unwrap_or(s.stability_s),
+                "job.max_error_percent" => s.max_error_percent = number(1, 100, &mut e).unwrap_or(s.max_error_percent),
                 "job.start_at" => match value.as_str() {
                     "earliest" => s.start_at_latest = false,
                     "latest" => s.start_at_latest = true,
@@ -664,7 +704,8 @@ impl RouteSpec {
                 },
                 _ => e.add(
                     field,
-                    "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at)",
+                    "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at, \
+                     job.stability_s, job.max_error_percent)",
                 ),
             }
         }
@@ -681,11 +722,29 @@ pub struct JobSettings {
     pub stall_timeout_s: u32,
     /// Where a new route starts reading: the oldest retained event (default) or new events only.
     pub start_at_latest: bool,
+    /// How long a new version must stay healthy after a deployment before it counts as stable
+    /// (0: no stability gate).
+    pub stability_s: u32,
+    /// A new version whose failed events (filter errors, dead letters) exceed this share of the
+    /// events it read within its stability window is rolled back.
+    pub max_error_percent: u32,
+}
+
+impl JobSettings {
+    pub fn gate(&self) -> crate::deployments::Gate {
+        crate::deployments::Gate { window_s: self.stability_s, max_error_percent: self.max_error_percent }
+    }
 }
 
 impl Default for JobSettings {
     fn default() -> Self {
-        JobSettings { checkpoint_interval_ms: 1000, stall_timeout_s: 120, start_at_latest: false }
+        JobSettings {
+            checkpoint_interval_ms: 1000,
+            stall_timeout_s: 120,
+            start_at_latest: false,
+            stability_s: 60,
+            max_error_percent: 50,
+        }
     }
 }
 
@@ -813,17 +872,20 @@ pub enum JobPhase {
     Failing,
     /// Crashed or stalled too often; stays down until its route changes or is restarted.
     Failed,
-    /// Stopped on purpose (route deleted or being redeployed).
+    /// Suspended on purpose: up, reading nothing, everything delivered committed.
+    Paused,
+    /// Stopped on purpose (route stopped, deleted or being redeployed).
     Stopped,
 }
 
 impl JobPhase {
-    pub const ALL: [JobPhase; 6] = [
+    pub const ALL: [JobPhase; 7] = [
         JobPhase::Pending,
         JobPhase::Starting,
         JobPhase::Running,
         JobPhase::Failing,
         JobPhase::Failed,
+        JobPhase::Paused,
         JobPhase::Stopped,
     ];
     pub fn as_str(self) -> &'static str {
@@ -833,6 +895,7 @@ impl JobPhase {
             JobPhase::Running => "running",
             JobPhase::Failing => "failing",
             JobPhase::Failed => "failed",
+            JobPhase::Paused => "paused",
             JobPhase::Stopped => "stopped",
         }
     }
@@ -1019,13 +1082,20 @@ mod tests {
             ordering: Ordering::Partition,
             config: BTreeMap::new(),
             alerts: crate::alerts::default_alert_rules(),
+            state: DesiredState::Running,
         }
     }
 
     #[test]
-    fn alert_rules_and_description_do_not_change_what_the_job_runs() {
-        let quiet = RouteSpec { alerts: Vec::new(), description: "docs".into(), ..route() };
+    fn alert_rules_description_and_desired_state_do_not_change_what_the_job_runs() {
+        let quiet =
+            RouteSpec { alerts: Vec::new(), description: "docs".into(), state: DesiredState::Paused, ..route() };
         assert_eq!(quiet.job_relevant(), route().job_relevant());
+        // Running is the default and is left out of the stored spec.
+        let json = serde_json::to_value(route()).unwrap();
+        assert!(json.get("state").is_none(), "{json}");
+        let paused = serde_json::to_value(RouteSpec { state: DesiredState::Paused, ..route() }).unwrap();
+        assert_eq!(paused["state"], "paused");
         assert_ne!(RouteSpec { batch_size: 7, ..route() }.job_relevant(), route().job_relevant());
     }
 

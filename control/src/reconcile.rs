@@ -1,6 +1,8 @@
 //! The reconciler's pure decisions: goal state + what the data plane reports -> actions. No I/O
 //! here; an executor in the server applies the actions, so the decisions are tested alone.
 
+use crate::DesiredState;
+
 /// A stream's topic as the goal state wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicGoal {
@@ -80,6 +82,8 @@ pub struct JobGoal {
     pub fingerprint: String,
     /// The route asked to drain and checkpoint the old job before the new one starts.
     pub drain_first: bool,
+    /// What the route's owners want; a job started for a paused route starts paused.
+    pub desired: DesiredState,
 }
 
 /// A job the executor is running (or holding as failed).
@@ -87,6 +91,7 @@ pub struct JobGoal {
 pub struct ObservedJob {
     pub route_id: String,
     pub fingerprint: String,
+    pub paused: bool,
 }
 
 /// What to do about one job.
@@ -96,8 +101,21 @@ pub enum JobAction {
     Start(JobGoal),
     /// The route or something it uses changed: replace the job.
     Redeploy(JobGoal),
+    /// Suspend the job in place.
+    Pause {
+        route_id: String,
+    },
+    Resume {
+        route_id: String,
+    },
+    /// The route is declared stopped: drain and remove its job.
+    Halt {
+        route_id: String,
+    },
     /// The route was deleted.
-    Stop { route_id: String },
+    Stop {
+        route_id: String,
+    },
 }
 
 /// Every action needed to make the running jobs match the goal, in route-id order. Idempotent:
@@ -105,10 +123,16 @@ pub enum JobAction {
 pub fn plan_jobs(goal: &[JobGoal], observed: &[ObservedJob]) -> Vec<JobAction> {
     let mut actions = Vec::new();
     for g in goal {
-        match observed.iter().find(|o| o.route_id == g.route_id) {
-            None => actions.push(JobAction::Start(g.clone())),
-            Some(o) if o.fingerprint != g.fingerprint => actions.push(JobAction::Redeploy(g.clone())),
-            Some(_) => {}
+        let id = || g.route_id.clone();
+        let found = observed.iter().find(|o| o.route_id == g.route_id);
+        match (found, g.desired) {
+            (None, DesiredState::Stopped) => {}
+            (Some(_), DesiredState::Stopped) => actions.push(JobAction::Halt { route_id: id() }),
+            (None, _) => actions.push(JobAction::Start(g.clone())),
+            (Some(o), _) if o.fingerprint != g.fingerprint => actions.push(JobAction::Redeploy(g.clone())),
+            (Some(o), DesiredState::Paused) if !o.paused => actions.push(JobAction::Pause { route_id: id() }),
+            (Some(o), DesiredState::Running) if o.paused => actions.push(JobAction::Resume { route_id: id() }),
+            (Some(_), _) => {}
         }
     }
     for o in observed {
@@ -123,7 +147,10 @@ pub fn plan_jobs(goal: &[JobGoal], observed: &[ObservedJob]) -> Vec<JobAction> {
 fn job_of(a: &JobAction) -> &str {
     match a {
         JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
-        JobAction::Stop { route_id } => route_id,
+        JobAction::Pause { route_id }
+        | JobAction::Resume { route_id }
+        | JobAction::Halt { route_id }
+        | JobAction::Stop { route_id } => route_id,
     }
 }
 
@@ -168,10 +195,42 @@ mod tests {
     }
 
     fn job(id: &str, fp: &str) -> JobGoal {
-        JobGoal { route_id: id.into(), fingerprint: fp.into(), drain_first: false }
+        JobGoal { route_id: id.into(), fingerprint: fp.into(), drain_first: false, desired: DesiredState::Running }
     }
     fn running(id: &str, fp: &str) -> ObservedJob {
-        ObservedJob { route_id: id.into(), fingerprint: fp.into() }
+        ObservedJob { route_id: id.into(), fingerprint: fp.into(), paused: false }
+    }
+    fn wanting(desired: DesiredState, g: JobGoal) -> JobGoal {
+        JobGoal { desired, ..g }
+    }
+
+    #[test]
+    fn desired_states_pause_resume_and_halt_jobs_once() {
+        use DesiredState::*;
+        let paused = |id: &str, fp: &str| ObservedJob { paused: true, ..running(id, fp) };
+        let goal = [
+            wanting(Paused, job("a", "r1")),
+            wanting(Running, job("b", "r1")),
+            wanting(Stopped, job("c", "r1")),
+            wanting(Stopped, job("d", "r1")),
+            wanting(Paused, job("e", "r2")),
+            wanting(Paused, job("f", "r1")),
+        ];
+        let observed = [running("a", "r1"), paused("b", "r1"), running("c", "r1"), paused("e", "r1")];
+        assert_eq!(
+            plan_jobs(&goal, &observed),
+            vec![
+                JobAction::Pause { route_id: "a".into() },
+                JobAction::Resume { route_id: "b".into() },
+                JobAction::Halt { route_id: "c".into() },
+                // A changed route is redeployed paused; a paused route with no job starts paused.
+                JobAction::Redeploy(wanting(Paused, job("e", "r2"))),
+                JobAction::Start(wanting(Paused, job("f", "r1"))),
+            ]
+        );
+        // Once applied, nothing is left to do: a stopped route with no job stays without one.
+        let applied = [paused("a", "r1"), running("b", "r1"), paused("e", "r2"), paused("f", "r1")];
+        assert!(plan_jobs(&goal, &applied).is_empty());
     }
 
     #[test]

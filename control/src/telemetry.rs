@@ -219,7 +219,7 @@ pub enum Health {
     /// Running, but its oldest waiting event is older than [`LAGGING_AFTER_S`].
     Lagging,
     Healthy,
-    /// Not running: stopped, or not started yet.
+    /// Not running: paused, stopped, or not started yet.
     Stopped,
 }
 
@@ -235,7 +235,7 @@ impl Health {
             Some(Failing | Failed) => Health::Failing,
             Some(Running | Starting) if lag_seconds > LAGGING_AFTER_S => Health::Lagging,
             Some(Running | Starting) => Health::Healthy,
-            Some(Stopped | Pending) | None => Health::Stopped,
+            Some(Paused | Stopped | Pending) | None => Health::Stopped,
         }
     }
 

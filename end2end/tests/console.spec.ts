@@ -232,6 +232,22 @@ test("a route declared in the console delivers ingested events, and its job page
   }).toPass({ timeout: 20_000 });
   await expect(page.getByTestId("job-transitions")).toContainText("starting → running");
   await expect(page.getByTestId("route-job")).toContainText("No refused event is waiting for a retry.");
+  await expect(page.getByTestId("deployments")).toContainText("first version v1");
+
+  // The desired state: pause the job from the console, see it paused, then resume it.
+  const setState = async (state: string, why: string) => {
+    const form = page.getByTestId("state-form");
+    await form.getByLabel("Desired state").selectOption(state);
+    await form.getByLabel("Why").fill(why);
+    await form.getByRole("button", { name: "Set state" }).click();
+    await expect(page.getByTestId("job-desired")).toHaveText(`desired: ${state}`);
+    await expect(async () => {
+      await page.reload();
+      await expect(page.getByTestId("job-phase")).toHaveText(state);
+    }).toPass({ timeout: 20_000 });
+  };
+  await setState("paused", "sink maintenance");
+  await setState("running", "maintenance done");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
 
   // The preview runs the edited (unsaved) filter and projection on the newest events. The edit

@@ -3,14 +3,22 @@
 //! declared streams and routes with the log's topics and the running jobs, and applies the
 //! difference. If the data plane is wiped, the next pass rebuilds topics and jobs from the
 //! database alone (jobs resume from their checkpoints there).
+//!
+//! Every start of a new route version is recorded as a deployment, and every second the
+//! deployments still being judged go through the route's stability gate: a new version that
+//! fails is rolled back to the last stable one (a new revision by the platform, with the reason).
 
+use keystone_control::auth::Principal;
+use keystone_control::deployments::{judge, Deployment, DeploymentState, Verdict};
+use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
 use keystone_control::reconcile::{
     plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
 use keystone_control::{
-    is_dead_letter_topic, stream_topic, Delivery, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
+    is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, Role, RouteSpec, SinkSpec,
+    StreamSpec,
 };
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
@@ -59,6 +67,10 @@ impl Reconciler {
                     _ = tick.tick() => false,
                     _ = self.jobs.pass_requested() => true,
                 };
+                // Deployments are judged every tick: a gate window is seconds, not a resync.
+                if let Err(e) = self.judge_deployments().await {
+                    tracing::warn!(error = %e, "Judging deployments failed; retrying on the next tick.");
+                }
                 let seq = match self.store.goal_seq().await {
                     Ok(s) => s,
                     Err(e) => {
@@ -167,6 +179,7 @@ impl Reconciler {
                 route_id: route.id.clone(),
                 fingerprint: format!("route {route_hash:016x} stream v{} sink v{}", stream.version, sink.version),
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
+                desired: spec.state,
             });
             inputs.insert(route.id.clone(), (route, stream, sink));
         }
@@ -174,31 +187,124 @@ impl Reconciler {
             .jobs
             .fingerprints()
             .into_iter()
-            .map(|(route_id, fingerprint)| ObservedJob { route_id, fingerprint })
+            .map(|(route_id, fingerprint, paused)| ObservedJob { route_id, fingerprint, paused })
             .collect();
         for action in plan_jobs(&goal, &observed) {
             match action {
-                JobAction::Start(g) => self.start(&g, &inputs[&g.route_id]).await,
+                JobAction::Start(g) => {
+                    self.record_deployment(&inputs[&g.route_id].0).await?;
+                    self.start(&g, &inputs[&g.route_id]).await
+                }
                 JobAction::Redeploy(g) => {
+                    self.record_deployment(&inputs[&g.route_id].0).await?;
                     self.jobs.stop(&g.route_id, g.drain_first).await;
                     self.start(&g, &inputs[&g.route_id]).await;
                 }
-                JobAction::Stop { route_id } => {
-                    self.jobs.stop(&route_id, true).await;
-                    let version = self.store.job(&route_id).await?.map_or(0, |j| j.version);
-                    self.store
-                        .record_phase(PhaseChange {
-                            route_id: &route_id,
-                            version,
-                            to: JobPhase::Stopped,
-                            cause: "the route was deleted",
-                            error: None,
-                            restart: false,
-                        })
-                        .await?;
+                JobAction::Pause { route_id } => {
+                    self.jobs.set_paused(&route_id, true);
                 }
+                JobAction::Resume { route_id } => {
+                    self.jobs.set_paused(&route_id, false);
+                }
+                JobAction::Halt { route_id } => self.stop(&route_id, "stopped as declared").await?,
+                JobAction::Stop { route_id } => self.stop(&route_id, "the route was deleted").await?,
             }
         }
+        Ok(())
+    }
+
+    /// Records a deployment when the job about to start runs a route version with different
+    /// job-relevant content than the one it last ran (not for a restart of the same version,
+    /// nor for a version that only changed the description, alerts or desired state).
+    async fn record_deployment(&self, route: &Object) -> anyhow::Result<()> {
+        let previous = self.store.job(&route.id).await?.map(|j| j.version);
+        if previous == Some(route.version) {
+            return Ok(());
+        }
+        let spec: RouteSpec = route.spec_as()?;
+        let history = self.store.history(&route.id).await?;
+        let before = previous.and_then(|v| history.iter().find(|r| r.version == v));
+        if let Some(b) = before {
+            let old: RouteSpec = serde_json::from_value(b.spec.clone())?;
+            if old.job_relevant() == spec.job_relevant() {
+                return Ok(());
+            }
+        }
+        let detail = match previous {
+            None => format!("first version v{}", route.version),
+            Some(v) => format!("v{v} → v{}", route.version),
+        };
+        self.store.start_deployment(&route.id, previous, route.version, spec.delivery_on_redeploy, &detail).await?;
+        Ok(())
+    }
+
+    /// Runs every deployment in progress through its route's stability gate.
+    async fn judge_deployments(&self) -> anyhow::Result<()> {
+        let deploying = self.store.deploying().await?;
+        if deploying.is_empty() {
+            return Ok(());
+        }
+        let routes = self.store.list(Kind::Route, &Scope::All).await?;
+        let now = keystone_control::store::now_ms();
+        for d in deploying {
+            let Some(route) = routes.iter().find(|r| r.id == d.route_id) else {
+                let why = format!("{}; the route was deleted", d.detail);
+                self.store.finish_deployment(&d.id, DeploymentState::Superseded, &why).await?;
+                continue;
+            };
+            let spec: RouteSpec = route.spec_as()?;
+            let gate = spec.job_settings().unwrap_or_default().gate();
+            // Only the job of this deployment's version speaks for it.
+            let phase = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version).map(|j| j.phase);
+            let counts = self.jobs.metrics(&d.route_id).map(|m| m.counters).unwrap_or_default();
+            let elapsed_s = (now - d.started_at) as f64 / 1000.0;
+            match judge(gate, elapsed_s, phase, &counts) {
+                Verdict::Wait => {}
+                Verdict::Stable => {
+                    let detail = format!("{}; stable after {elapsed_s:.0} s", d.detail);
+                    self.store.finish_deployment(&d.id, DeploymentState::Stable, &detail).await?;
+                }
+                Verdict::RollBack(why) => self.roll_back(&d, route, &why).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a route whose new version failed its gate back to the last stable version.
+    async fn roll_back(&self, d: &Deployment, route: &Object, why: &str) -> anyhow::Result<()> {
+        let target = self.store.last_stable_version(&d.route_id).await?.or(d.from_version);
+        let Some(target) = target else {
+            let detail = format!("{}; unhealthy ({why}) with no earlier version to return to", d.detail);
+            return Ok(self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?);
+        };
+        let gate = Principal {
+            user_id: "keystone".into(),
+            display: "keystone (stability gate)".into(),
+            role: Role::Admin,
+            teams: Vec::new(),
+        };
+        let reason = format!("automatic rollback of v{}: {why}", d.to_version);
+        match Goal::new(&self.store, &gate).roll_back_route(&route.team, &route.name, target, &reason).await {
+            Ok(_) => {
+                tracing::warn!(route = %format!("{}/{}", route.team, route.name), to = target, why, "Rolled back.");
+                let detail = format!("{}; rolled back to v{target}: {why}", d.detail);
+                self.store.finish_deployment(&d.id, DeploymentState::RolledBack, &detail).await?;
+            }
+            // The old version no longer validates (its sink was deleted, say): say so and stop.
+            Err(e) => {
+                let detail = format!("{}; unhealthy ({why}), and v{target} cannot be restored: {e}", d.detail);
+                self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains a route's job (finishing and committing the batch in hand) and records why.
+    async fn stop(&self, route_id: &str, cause: &str) -> anyhow::Result<()> {
+        self.jobs.stop(route_id, true).await;
+        let version = self.store.job(route_id).await?.map_or(0, |j| j.version);
+        let change = PhaseChange { route_id, version, to: JobPhase::Stopped, cause, error: None, restart: false };
+        self.store.record_phase(change).await?;
         Ok(())
     }
 
@@ -206,6 +312,8 @@ impl Reconciler {
         let observer =
             Arc::new(StoreObserver { store: self.store.clone(), route_id: route.id.clone(), version: route.version });
         let stats = Arc::new(JobStats::default());
+        // Set before the readers start, so a paused route's job reads nothing.
+        stats.set_paused(goal.desired == DesiredState::Paused);
         let cancel = CancellationToken::new();
         let built = self.build(route, stream, sink).await;
         let (spec, task, sink) = match built {

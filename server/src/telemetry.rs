@@ -420,7 +420,8 @@ impl Telemetry {
                 let key = (route.id.clone(), rule.kind);
                 let prev = a.states.get(&key).copied().unwrap_or(RuleStatus { state: AlertState::Ok, since: now });
                 let (holds, value) = condition(rule, history);
-                let next = step(rule, prev, holds, now);
+                // A route paused or stopped on purpose waits by design: its rules hold still.
+                let next = if spec.state.is_running() { step(rule, prev, holds, now) } else { prev };
                 a.states.insert(key, next);
                 states.push((
                     route.id.clone(),

@@ -1283,6 +1283,140 @@ mod delivery {
         sink_db.remove().await;
     }
 
+    /// A route's desired state: paused, its job finishes what it holds and reads nothing more
+    /// (events wait), then resumes right after the last delivered event; stopped, the job is
+    /// drained and removed, then resumes from its checkpoint. Every event reaches the sink
+    /// exactly once, and each change is a revision of the route.
+    #[tokio::test]
+    async fn a_route_pauses_resumes_and_stops_without_losing_or_repeating_events() {
+        let app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "life"}})).await;
+        declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20})).await;
+        let token = producer_token(&app, "plays").await;
+        let owned = app;
+        let app = &owned;
+        let set = |state: &'static str| {
+            let body = json!({"state": state, "reason": format!("test: {state}")});
+            async move { app.post(&app.alpha, "/api/v1/teams/alpha/routes/all/state", body).await }
+        };
+        let delivered = || sink_lines(&app, "life").len();
+        let phase = || async { job(&app, "all").await["job"]["phase"].clone() };
+
+        ingest(&app, &token, "plays", &plays(0..100)).await;
+        eventually("the first events", || async { delivered() == 100 }).await;
+
+        let (s, body) = set("paused").await;
+        assert_eq!((s, &body["changed"]), (StatusCode::OK, &json!(true)), "{body}");
+        eventually("the job paused", || async { phase().await == "paused" }).await;
+        let status = job(&app, "all").await;
+        assert_eq!(status["desired"], "paused", "{status}");
+        ingest(&app, &token, "plays", &plays(100..150)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(delivered(), 100, "a paused job delivers nothing");
+        assert_eq!(job(&app, "all").await["metrics"]["lag"], 50, "the events wait");
+        // Setting the state it already has writes nothing.
+        let (_, again) = set("paused").await;
+        assert_eq!(again["changed"], false, "{again}");
+
+        set("running").await;
+        eventually("the waiting events", || async { delivered() == 150 }).await;
+        assert_eq!(phase().await, "running");
+
+        set("stopped").await;
+        eventually("the job stopped", || async { phase().await == "stopped" }).await;
+        assert_eq!(job(&app, "all").await["metrics"], Value::Null, "a stopped job is not held");
+        ingest(&app, &token, "plays", &plays(150..175)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(delivered(), 150);
+        set("running").await;
+        eventually("the events sent while stopped", || async { delivered() == 175 }).await;
+
+        let mut ns: Vec<u64> = sink_lines(&app, "life").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+        ns.sort();
+        assert_eq!(ns, (0..175).collect::<Vec<_>>(), "every event exactly once");
+        let (_, history) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/revisions").await;
+        let reasons: Vec<&str> = history.as_array().unwrap().iter().filter_map(|r| r["reason"].as_str()).collect();
+        for r in ["test: paused", "test: running", "test: stopped"] {
+            assert!(reasons.contains(&r), "{r} in {reasons:?}");
+        }
+        let (_, transitions) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+        let causes = transitions["transitions"].to_string();
+        assert!(causes.contains("stopped as declared") && causes.contains("resumed"), "{causes}");
+
+        // Viewers cannot, and a state must be one of the three.
+        let (s, _) = app
+            .post(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/state", json!({"state": "paused", "reason": "x"}))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/routes/all/state", json!({"state": "asleep", "reason": "x"}))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        owned.teardown().await;
+    }
+
+    /// The stability gate: a route's first version proves stable; a new version whose filter
+    /// cannot evaluate any event fails its gate and the platform sets the route back to the last
+    /// stable version, saying why, and the restored version delivers again. A manual rollback
+    /// goes through the same path.
+    #[tokio::test]
+    async fn a_broken_version_is_rolled_back_by_the_stability_gate() {
+        let app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24})).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "gate"}})).await;
+        let v1 = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "filter": "event.n >= 0",
+            "config": {"job.stability_s": "1"}});
+        declare(&app, "routes", "all", v1.clone()).await;
+        let token = producer_token(&app, "plays").await;
+        let deployments = || async {
+            let (s, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/deployments").await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            body.as_array().unwrap().clone()
+        };
+        eventually("v1 stable", || async { deployments().await.first().is_some_and(|d| d["state"] == "stable") }).await;
+
+        let mut v2 = v1.clone();
+        v2["filter"] = json!("event.bitrate > 3000");
+        let (s, body) =
+            app.put(&app.alpha, "/api/v1/teams/alpha/routes/all", json!({"spec": v2, "reason": "bitrate only"})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        eventually("v2 deploying", || async { deployments().await[0]["to_version"] == 2 }).await;
+        ingest(&app, &token, "plays", &plays(0..20)).await;
+        eventually("v2 rolled back", || async { deployments().await.iter().any(|d| d["state"] == "rolled_back") })
+            .await;
+        let ds = deployments().await;
+        let failed = ds.iter().find(|d| d["state"] == "rolled_back").unwrap();
+        assert_eq!((&failed["from_version"], &failed["to_version"]), (&json!(1), &json!(2)), "{ds:?}");
+        let detail = failed["detail"].as_str().unwrap();
+        assert!(detail.contains("rolled back to v1") && detail.contains("20 of 20 events failed"), "{detail}");
+
+        // The route is at v3 = v1's declaration, by the platform, with the reason.
+        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
+        assert_eq!((&route["version"], &route["spec"]["filter"]), (&json!(3), &json!("event.n >= 0")), "{route}");
+        let (_, history) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/revisions").await;
+        let last = history.as_array().unwrap().iter().find(|r| r["version"] == 3).unwrap().clone();
+        assert_eq!(last["author"], "keystone (stability gate)");
+        assert!(last["reason"].as_str().unwrap().starts_with("automatic rollback of v2"), "{last}");
+        eventually("v3 stable", || async {
+            deployments().await.iter().any(|d| d["to_version"] == 3 && d["state"] == "stable")
+        })
+        .await;
+        ingest(&app, &token, "plays", &plays(20..30)).await;
+        eventually("v3 delivers", || async { sink_lines(&app, "gate").len() >= 10 }).await;
+
+        // By hand: back to v2's declaration is a new revision (v4); an unknown version is refused.
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/routes/all/rollback", json!({"version": 2, "reason": "retry v2"}))
+            .await;
+        assert_eq!((s, &body["revision"]["version"]), (StatusCode::OK, &json!(4)), "{body}");
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/routes/all/rollback", json!({"version": 99, "reason": "x"}))
+            .await;
+        assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("version")), "{body}");
+        app.teardown().await;
+    }
+
     /// An alert's whole life: a sink that answers 503 leaves events waiting, the route's
     /// `no_delivery` rule goes pending, then firing, and the team's webhook hears about it once;
     /// when the sink recovers the rule resolves and the webhook hears that too.

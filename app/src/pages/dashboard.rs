@@ -124,6 +124,13 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             text: format!("{} → {}: {}", t.from.map_or("none", |p| p.as_str()), t.to.as_str(), t.cause),
         }
     }));
+    timeline.extend(store.deployments(&route.id, 50).await?.into_iter().filter(|d| d.started_at >= from).map(|d| {
+        TimelineEntry {
+            at: d.started_at,
+            kind: "deploy".into(),
+            text: format!("{} ({}): {}", d.detail, d.strategy.as_str(), d.state.as_str()),
+        }
+    }));
     timeline.sort_by(|a, b| b.at.cmp(&a.at));
     let markers: Vec<i64> = timeline.iter().map(|t| t.at).collect();
 
@@ -233,6 +240,8 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             source("job.checkpoint_interval_ms"),
         ),
         ("job.stall_timeout_s".into(), settings.stall_timeout_s.to_string(), source("job.stall_timeout_s")),
+        ("job.stability_s".into(), settings.stability_s.to_string(), source("job.stability_s")),
+        ("job.max_error_percent".into(), settings.max_error_percent.to_string(), source("job.max_error_percent")),
         (
             "job.start_at".into(),
             if settings.start_at_latest { "latest" } else { "earliest" }.into(),

@@ -4,7 +4,7 @@ use super::objects::*;
 use crate::components::*;
 use crate::error::AppError;
 use keystone_control::{
-    CheckpointInfo, JobMetrics, JobPhase, JobRecord, JobTransition, Kind, Object, PreviewRow, RouteSpec,
+    CheckpointInfo, DesiredState, JobMetrics, JobPhase, JobRecord, JobTransition, Kind, Object, PreviewRow, RouteSpec,
 };
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
@@ -79,23 +79,25 @@ pub async fn save_route(
         ordering: order,
         config,
         alerts: Vec::new(),
+        state: Default::default(),
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
+    // An edit keeps what the form does not show: the desired state, and the alert rules when
+    // the form had no rules field (without JavaScript's textarea, say).
+    let current = match parse_version(&version) {
+        Some(_) => {
+            Some(goal.get(Kind::Route, &team, &name).await?.spec_as::<RouteSpec>().map_err(|_| AppError::Internal)?)
+        }
+        None => None,
+    };
     let spec = RouteSpec {
-        alerts: match alerts {
-            Some(rules) => rules,
-            None => match parse_version(&version) {
-                Some(_) => {
-                    goal.get(Kind::Route, &team, &name)
-                        .await?
-                        .spec_as::<RouteSpec>()
-                        .map_err(|_| AppError::Internal)?
-                        .alerts
-                }
-                None => keystone_control::alerts::default_alert_rules(),
-            },
+        alerts: match (alerts, &current) {
+            (Some(rules), _) => rules,
+            (None, Some(c)) => c.alerts.clone(),
+            (None, None) => keystone_control::alerts::default_alert_rules(),
         },
+        state: current.map(|c| c.state).unwrap_or_default(),
         ..spec
     };
     let decl = Declaration::Route(spec);
@@ -182,12 +184,16 @@ pub fn RouteDetailPage() -> impl IntoView {
 /// What the console shows of a route's job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteJobView {
+    /// What the route's owners want, beside what the job does (`job.phase`).
+    pub desired: DesiredState,
     pub job: Option<JobRecord>,
     pub metrics: Option<JobMetrics>,
     pub checkpoints: Vec<CheckpointInfo>,
     pub transitions: Vec<JobTransition>,
     /// The newest dead letters not yet handled by a retry: (offset, letter).
     pub dead_letters: Vec<(u64, serde_json::Value)>,
+    /// Newest first.
+    pub deployments: Vec<keystone_control::deployments::Deployment>,
 }
 
 #[server]
@@ -203,12 +209,15 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
             AppError::Internal
         })?;
     let handled = store.dead_letter_cursor(&route.id).await?;
+    let spec: RouteSpec = route.spec_as().map_err(|_| AppError::Internal)?;
     Ok(RouteJobView {
+        desired: spec.state,
         job: store.job(&route.id).await?,
         metrics: state.jobs.metrics(&route.id),
         checkpoints: store.checkpoints(&route.id).await?,
         transitions: store.transitions(&route.id, 10).await?,
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
+        deployments: store.deployments(&route.id, 10).await?,
     })
 }
 
@@ -224,6 +233,38 @@ pub async fn restart_route_job(team: String, name: String) -> Result<(), AppErro
     goal.record(&route, "restart", "from the console").await?;
     state.jobs.stop(&route.id, true).await;
     state.jobs.request_pass();
+    Ok(())
+}
+
+/// Sets the route's desired state (a new revision of the route; see `Goal::set_route_state`).
+#[server]
+pub async fn set_route_state(team: String, name: String, state: String, reason: String) -> Result<(), AppError> {
+    use keystone_control::goal::Goal;
+    let (app, who) = crate::state::signed_in().await?;
+    let Some(desired) = DesiredState::parse(&state) else {
+        return Err(AppError::Invalid(keystone_control::ValidationErrors::single(
+            "state",
+            "must be running, paused or stopped",
+        )));
+    };
+    Goal::new(&app.store, &who).set_route_state(&team, &name, desired, &reason).await?;
+    app.jobs.request_pass();
+    Ok(())
+}
+
+/// Sets the route back to an earlier version's declaration (a new revision).
+#[server]
+pub async fn roll_back_route(team: String, name: String, version: String, why: String) -> Result<(), AppError> {
+    use keystone_control::goal::Goal;
+    let (app, who) = crate::state::signed_in().await?;
+    let Some(version) = parse_version(&version) else {
+        return Err(AppError::Invalid(keystone_control::ValidationErrors::single(
+            "version",
+            "must be a version number",
+        )));
+    };
+    Goal::new(&app.store, &who).roll_back_route(&team, &name, version, &why).await?;
+    app.jobs.request_pass();
     Ok(())
 }
 
@@ -265,7 +306,7 @@ fn phase_badge(phase: JobPhase) -> &'static str {
             "rounded-sm bg-amber-100 px-2 py-0.5 text-xs font-medium text-amber-800"
         }
         JobPhase::Failed => "rounded-sm bg-red-100 px-2 py-0.5 text-xs font-medium text-red-800",
-        JobPhase::Pending | JobPhase::Stopped => {
+        JobPhase::Pending | JobPhase::Paused | JobPhase::Stopped => {
             "rounded-sm bg-slate-100 px-2 py-0.5 text-xs font-medium text-slate-700"
         }
     }
@@ -279,10 +320,17 @@ fn RouteJob() -> impl IntoView {
     let name = move || params.read().get("name").unwrap_or_default();
     let restart = ServerAction::<RestartRouteJob>::new();
     let retry = ServerAction::<RetryDeadLetters>::new();
+    let set_state = ServerAction::<SetRouteState>::new();
+    let roll_back = ServerAction::<RollBackRoute>::new();
     let data = Resource::new(
-        move || (team(), name(), restart.version().get(), retry.version().get()),
+        move || {
+            let acted = (restart.version().get(), retry.version().get(), set_state.version().get());
+            (team(), name(), acted, roll_back.version().get())
+        },
         |(t, n, _, _)| route_job(t, n),
     );
+    let state_errors = field_errors(set_state.value());
+    let roll_back_errors = field_errors(roll_back.value());
     view! {
         <section class="mt-8" data-testid="route-job">
             <div class="mb-3 flex items-center justify-between">
@@ -304,6 +352,24 @@ fn RouteJob() -> impl IntoView {
                 <p class="mb-4 rounded-md border border-green-200 bg-green-50 px-4 py-3 text-sm text-green-800" data-testid="retry-result">{msg}</p>
             })}
             {can_edit().then(|| view! {
+                <ActionForm action=set_state attr:class="mb-4 flex flex-wrap items-end gap-2" attr:data-testid="state-form">
+                    <input type="hidden" name="team" value=team/>
+                    <input type="hidden" name="name" value=name/>
+                    <div class="w-40"><Field label="Desired state" name="state" kind="select:running,paused,stopped" value="paused" errors=state_errors/></div>
+                    <div class="flex-1"><Field label="Why" name="reason" errors=state_errors/></div>
+                    <button type="submit" class=BUTTON_SECONDARY>"Set state"</button>
+                </ActionForm>
+                <FormStatus error=last_error(set_state.value())/>
+                <ActionForm action=roll_back attr:class="mb-4 flex flex-wrap items-end gap-2" attr:data-testid="rollback-form">
+                    <input type="hidden" name="team" value=team/>
+                    <input type="hidden" name="name" value=name/>
+                    <div class="w-32"><Field label="Roll back to v" name="version" kind="number" errors=roll_back_errors/></div>
+                    <div class="flex-1"><Field label="Why roll back" name="why" error_key="reason" errors=roll_back_errors/></div>
+                    <button type="submit" class=BUTTON_SECONDARY>"Roll back"</button>
+                </ActionForm>
+                <FormStatus error=last_error(roll_back.value())/>
+            })}
+            {can_edit().then(|| view! {
                 <ActionForm action=retry attr:class="mb-4">
                     <input type="hidden" name="team" value=team/>
                     <input type="hidden" name="name" value=name/>
@@ -319,6 +385,16 @@ fn RouteJob() -> impl IntoView {
                 })}
             </Suspense>
         </section>
+    }
+}
+
+/// Whether the observed phase is what the desired state leads to (a failing job is running as
+/// far as its owners' wish goes: the alerts speak for its health).
+fn matches_desired(desired: DesiredState, phase: JobPhase) -> bool {
+    match desired {
+        DesiredState::Running => matches!(phase, JobPhase::Running | JobPhase::Failing | JobPhase::Failed),
+        DesiredState::Paused => phase == JobPhase::Paused,
+        DesiredState::Stopped => phase == JobPhase::Stopped,
     }
 }
 
@@ -343,6 +419,10 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         <div class=format!("{CARD} mb-4")>
             <div class="flex items-center gap-3 border-b border-slate-200 px-4 py-3">
                 <span class=phase_badge(job.phase) data-testid="job-phase">{job.phase.as_str()}</span>
+                <span class="text-sm text-slate-600" data-testid="job-desired">{format!("desired: {}", v.desired.as_str())}</span>
+                {(!matches_desired(v.desired, job.phase)).then(|| view! {
+                    <span class="text-xs text-amber-700">"being applied"</span>
+                })}
                 <span class="text-sm text-slate-500">{format!("route version {} · {} restart(s) · since {}", job.version, job.restarts, format_time(job.updated_at))}</span>
             </div>
             {job.last_error.clone().map(|e| view! {
@@ -401,6 +481,24 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         <DeadLetterTable letters=v.dead_letters/>
+        {(!v.deployments.is_empty()).then(|| view! {
+            <h3 class="mt-6 mb-2 font-medium">"Deployments"</h3>
+            <div class=format!("{CARD} overflow-hidden")>
+                <table class="min-w-full divide-y divide-slate-200" data-testid="deployments">
+                    <thead class="bg-slate-50"><tr><th class=TH>"Started"</th><th class=TH>"Change"</th><th class=TH>"Strategy"</th><th class=TH>"State"</th></tr></thead>
+                    <tbody class="divide-y divide-slate-100">
+                        {v.deployments.iter().map(|d| view! {
+                            <tr>
+                                <td class=format!("{TD} text-slate-500")>{format_time(d.started_at)}</td>
+                                <td class=format!("{TD} text-sm")>{d.detail.clone()}</td>
+                                <td class=TD>{d.strategy.as_str()}</td>
+                                <td class=TD>{d.state.as_str()}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </div>
+        })}
     }
     .into_any()
 }

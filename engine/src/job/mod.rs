@@ -160,6 +160,9 @@ pub struct JobStats {
     pub sink_errors: [AtomicU64; 7],
     /// Set while the sink keeps failing a batch; cleared when a batch goes through.
     pub failing: AtomicBool,
+    /// Set while the job is paused (see `set_paused`).
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
     pub acked: Mutex<Vec<u64>>,
     pub committed: Mutex<Vec<u64>>,
     /// When positions were last committed (ms since the epoch; the job's start before that).
@@ -196,6 +199,36 @@ impl JobStats {
             errors.remove(0);
         }
         errors.push(e);
+    }
+
+    /// Pauses or resumes the job in place: a paused job finishes the batch in hand (delivered
+    /// and acknowledged), then its readers read nothing until it is resumed.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the job is not paused (at once if it is not), or when `cancel` fires.
+    async fn wait_while_paused(&self, cancel: &CancellationToken) {
+        loop {
+            // Registered before the flag is read, so a resume in between is not missed.
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.is_paused() {
+                return;
+            }
+            tokio::select! {
+                _ = resumed => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -413,6 +446,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
         let spec = &self.spec;
         let mut end = self.log.watch_end(&spec.topic, self.partition)?;
         loop {
+            self.stats.wait_while_paused(&self.cancel).await;
             // Gather one batch: up to batch_size deliverable events, or whatever arrived by the
             // time the first of them has waited max_latency.
             let mut batch: Vec<SinkEvent> = Vec::new();
@@ -421,7 +455,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             let mut scanned = next;
             let mut deadline: Option<Instant> = None;
             loop {
-                if self.cancel.is_cancelled() && batch.is_empty() {
+                if (self.cancel.is_cancelled() || self.stats.is_paused()) && batch.is_empty() {
                     break;
                 }
                 let want = spec.batch_size - batch.len();

@@ -76,9 +76,17 @@ impl<L: Log> JobRegistry<L> {
     }
 
     /// `(route_id, fingerprint)` of every job held.
-    pub fn fingerprints(&self) -> Vec<(String, String)> {
+    /// Each held job: (route id, fingerprint, paused).
+    pub fn fingerprints(&self) -> Vec<(String, String, bool)> {
         let jobs = self.jobs.lock().expect("registry lock");
-        jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone())).collect()
+        jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone(), j.stats.is_paused())).collect()
+    }
+
+    /// Pauses or resumes a route's job in place (its supervisor reports the phase). False if no
+    /// job is held.
+    pub fn set_paused(&self, route_id: &str, paused: bool) -> bool {
+        let jobs = self.jobs.lock().expect("registry lock");
+        jobs.get(route_id).map(|j| j.stats.set_paused(paused)).is_some()
     }
 
     /// Holds a started job. The caller has stopped any previous job of the route first.

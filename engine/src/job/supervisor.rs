@@ -135,7 +135,8 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     let this_run = cancel.child_token();
     let mut task =
         tokio::spawn(run(spec.clone(), log.clone(), sink, checkpoints.clone(), stats.clone(), this_run.clone()));
-    let mut reported: Option<bool> = None;
+    // (failing, paused) as last reported.
+    let mut reported: Option<(bool, bool)> = None;
     let mut last_progress = (stats.progress(), Instant::now());
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
@@ -151,7 +152,8 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
             _ = tick.tick() => {}
         }
         let failing = stats.failing.load(Ordering::Relaxed);
-        if reported != Some(failing) {
+        let paused = stats.is_paused();
+        if reported != Some((failing, paused)) {
             let report = if failing {
                 PhaseReport {
                     phase: JobPhase::Failing,
@@ -159,15 +161,22 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
                     error: stats.last_error(),
                     restart: false,
                 }
+            } else if paused {
+                PhaseReport { phase: JobPhase::Paused, cause: "paused".into(), error: None, restart: false }
             } else {
-                let cause = if reported.is_none() { "started" } else { "the sink recovered" };
+                let cause = match reported {
+                    None => "started",
+                    Some((_, true)) => "resumed",
+                    Some(_) => "the sink recovered",
+                };
                 PhaseReport { phase: JobPhase::Running, cause: cause.into(), error: None, restart: false }
             };
             observer.report(report).await;
-            reported = Some(failing);
+            reported = Some((failing, paused));
         }
         let progress = stats.progress();
-        if progress != last_progress.0 || failing {
+        // A paused job makes no progress on purpose: that is not a stall.
+        if progress != last_progress.0 || failing || paused {
             last_progress = (progress, Instant::now());
         } else if last_progress.1.elapsed() >= policy.stall_after && stats.lag(spec, log.as_ref()) > 0 {
             this_run.cancel();

@@ -1,0 +1,267 @@
+//! Deployments: each move of a route's job to another version, and the stability gate that
+//! decides whether the new version stays or is rolled back. `judge` is pure (tested without
+//! I/O); the reconciler's executor records deployments and applies the verdicts.
+
+use crate::telemetry::JobCounters;
+use crate::{Delivery, JobPhase};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Started; the new version has not proven itself yet.
+    Deploying,
+    /// Healthy through its stability window.
+    Stable,
+    /// Unhealthy within its window: the route was set back to the last stable version.
+    RolledBack,
+    /// Unhealthy within its window, with no earlier version to return to (a new route).
+    Failed,
+    /// Another deployment of the route started before this one was judged.
+    Superseded,
+}
+
+impl DeploymentState {
+    pub const ALL: [DeploymentState; 5] = [
+        DeploymentState::Deploying,
+        DeploymentState::Stable,
+        DeploymentState::RolledBack,
+        DeploymentState::Failed,
+        DeploymentState::Superseded,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Deploying => "deploying",
+            DeploymentState::Stable => "stable",
+            DeploymentState::RolledBack => "rolled_back",
+            DeploymentState::Failed => "failed",
+            DeploymentState::Superseded => "superseded",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeploymentState> {
+        DeploymentState::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// One deployment of a route's job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct Deployment {
+    pub id: String,
+    pub route_id: String,
+    /// The route version the job ran before (none for the first deployment).
+    pub from_version: Option<i64>,
+    pub to_version: i64,
+    pub strategy: Delivery,
+    pub state: DeploymentState,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// What changed, and how it ended.
+    pub detail: String,
+}
+
+/// The stability gate of a route (its `job.stability_s` and `job.max_error_percent`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    /// How long the new version must stay healthy; 0 turns the gate off.
+    pub window_s: u32,
+    /// Share of read events that may fail (filter errors and dead letters), in percent.
+    pub max_error_percent: u32,
+}
+
+/// Fewer events than this say nothing about an error rate.
+pub const MIN_EVENTS_FOR_RATE: u64 = 10;
+
+/// What the gate decides about a deployment in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Wait,
+    Stable,
+    RollBack(String),
+}
+
+/// Judges a deployment `elapsed_s` after it started, on the new job's phase and its counters
+/// since it started.
+pub fn judge(gate: Gate, elapsed_s: f64, phase: Option<JobPhase>, counts: &JobCounters) -> Verdict {
+    if gate.window_s == 0 {
+        return Verdict::Stable;
+    }
+    if phase == Some(JobPhase::Failed) {
+        return Verdict::RollBack("the new version's job failed".into());
+    }
+    let failed = counts.filter_errors + counts.dead_lettered;
+    if counts.read >= MIN_EVENTS_FOR_RATE && failed * 100 > counts.read * u64::from(gate.max_error_percent) {
+        return Verdict::RollBack(format!(
+            "{failed} of {} events failed (filter errors and dead letters), over the {}% threshold",
+            counts.read, gate.max_error_percent
+        ));
+    }
+    if elapsed_s < f64::from(gate.window_s) {
+        return Verdict::Wait;
+    }
+    match phase {
+        Some(JobPhase::Running | JobPhase::Paused) => Verdict::Stable,
+        Some(p) => Verdict::RollBack(format!("still {p} after the {} s stability window", gate.window_s)),
+        None => Verdict::RollBack(format!("not started after the {} s stability window", gate.window_s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATE: Gate = Gate { window_s: 60, max_error_percent: 50 };
+
+    fn counts(read: u64, filter_errors: u64, dead_lettered: u64) -> JobCounters {
+        JobCounters { read, filter_errors, dead_lettered, ..Default::default() }
+    }
+
+    #[test]
+    fn a_healthy_version_waits_out_its_window_then_is_stable() {
+        let ok = counts(500, 3, 1);
+        assert_eq!(judge(GATE, 10.0, Some(JobPhase::Running), &ok), Verdict::Wait);
+        assert_eq!(judge(GATE, 60.0, Some(JobPhase::Running), &ok), Verdict::Stable);
+        assert_eq!(judge(Gate { window_s: 0, ..GATE }, 0.0, None, &ok), Verdict::Stable, "gate off");
+    }
+
+    #[test]
+    fn failing_events_a_failed_job_or_a_job_still_unhealthy_roll_back() {
+        let bad = judge(GATE, 2.0, Some(JobPhase::Running), &counts(40, 30, 0));
+        assert_eq!(
+            bad,
+            Verdict::RollBack("30 of 40 events failed (filter errors and dead letters), over the 50% threshold".into())
+        );
+        // Too few events to judge a rate yet.
+        assert_eq!(judge(GATE, 2.0, Some(JobPhase::Running), &counts(4, 4, 0)), Verdict::Wait);
+        assert!(matches!(judge(GATE, 1.0, Some(JobPhase::Failed), &counts(0, 0, 0)), Verdict::RollBack(_)));
+        assert_eq!(
+            judge(GATE, 61.0, Some(JobPhase::Failing), &counts(0, 0, 0)),
+            Verdict::RollBack("still failing after the 60 s stability window".into())
+        );
+        assert_eq!(judge(GATE, 30.0, Some(JobPhase::Failing), &counts(0, 0, 0)), Verdict::Wait);
+    }
+}
+
+#[cfg(feature = "store")]
+mod store {
+    use super::*;
+    use crate::store::{now_ms, Store, StoreError};
+    use sqlx::Row;
+
+    const SELECT: &str = "SELECT id, route_id, from_version, to_version, strategy, state, started_at, finished_at, \
+                          detail FROM deployments";
+
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Deployment, StoreError> {
+        let strategy: String = r.try_get("strategy")?;
+        let state: String = r.try_get("state")?;
+        Ok(Deployment {
+            id: r.try_get("id")?,
+            route_id: r.try_get("route_id")?,
+            from_version: r.try_get("from_version")?,
+            to_version: r.try_get("to_version")?,
+            strategy: Delivery::parse(&strategy)
+                .ok_or_else(|| StoreError::Corrupt(format!("deployment strategy {strategy:?}")))?,
+            state: DeploymentState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("deployment state {state:?}")))?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            detail: r.try_get("detail")?,
+        })
+    }
+
+    impl Store {
+        /// Records a new deployment of a route's job; one still being judged is superseded.
+        pub async fn start_deployment(
+            &self,
+            route_id: &str,
+            from_version: Option<i64>,
+            to_version: i64,
+            strategy: Delivery,
+            detail: &str,
+        ) -> Result<Deployment, StoreError> {
+            let now = now_ms();
+            let d = Deployment {
+                id: uuid::Uuid::now_v7().to_string(),
+                route_id: route_id.to_owned(),
+                from_version,
+                to_version,
+                strategy,
+                state: DeploymentState::Deploying,
+                started_at: now,
+                finished_at: None,
+                detail: detail.to_owned(),
+            };
+            let mut tx = self.write().await?;
+            sqlx::query("UPDATE deployments SET state = $1, finished_at = $2 WHERE route_id = $3 AND state = $4")
+                .bind(DeploymentState::Superseded.as_str())
+                .bind(now)
+                .bind(route_id)
+                .bind(DeploymentState::Deploying.as_str())
+                .execute(tx.conn())
+                .await?;
+            sqlx::query(
+                "INSERT INTO deployments (id, route_id, from_version, to_version, strategy, state, started_at, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&d.id)
+            .bind(route_id)
+            .bind(from_version)
+            .bind(to_version)
+            .bind(strategy.as_str())
+            .bind(d.state.as_str())
+            .bind(now)
+            .bind(detail)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            Ok(d)
+        }
+
+        /// Ends a deployment being judged (a no-op if it ended already).
+        pub async fn finish_deployment(
+            &self,
+            id: &str,
+            state: DeploymentState,
+            detail: &str,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "UPDATE deployments SET state = $1, finished_at = $2, detail = $3 WHERE id = $4 AND state = $5",
+            )
+            .bind(state.as_str())
+            .bind(now_ms())
+            .bind(detail)
+            .bind(id)
+            .bind(DeploymentState::Deploying.as_str())
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        }
+
+        /// A route's deployments, newest first.
+        pub async fn deployments(&self, route_id: &str, limit: i64) -> Result<Vec<Deployment>, StoreError> {
+            let sql = format!("{SELECT} WHERE route_id = $1 ORDER BY started_at DESC LIMIT $2");
+            let rows = sqlx::query(&sql).bind(route_id).bind(limit).fetch_all(self.pool()).await?;
+            rows.iter().map(from_row).collect()
+        }
+
+        /// Every deployment still being judged.
+        pub async fn deploying(&self) -> Result<Vec<Deployment>, StoreError> {
+            let sql = format!("{SELECT} WHERE state = $1 ORDER BY started_at");
+            let rows = sqlx::query(&sql).bind(DeploymentState::Deploying.as_str()).fetch_all(self.pool()).await?;
+            rows.iter().map(from_row).collect()
+        }
+
+        /// The route version of the newest deployment that proved stable.
+        pub async fn last_stable_version(&self, route_id: &str) -> Result<Option<i64>, StoreError> {
+            let row = sqlx::query(
+                "SELECT to_version FROM deployments WHERE route_id = $1 AND state = $2 ORDER BY started_at DESC LIMIT 1",
+            )
+            .bind(route_id)
+            .bind(DeploymentState::Stable.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+            row.map(|r| r.try_get("to_version")).transpose().map_err(StoreError::from)
+        }
+    }
+}
