@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use keystone_control::deployments::Deployment;
 use keystone_control::goal::Goal;
+use keystone_control::rewind::{RewindPlan, RewindTo, Savepoint};
 use keystone_control::store::StoreError;
 use keystone_control::{
     dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
@@ -160,6 +161,96 @@ pub async fn roll_back(
     let applied = Goal::new(&s.store, &who).roll_back_route(&team, &name, req.version, &req.reason).await?;
     s.jobs.request_pass();
     Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewSavepoint {
+    pub name: String,
+}
+
+/// Takes a savepoint: the route's committed positions now, under a name, to rewind to later.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/savepoints", request_body = NewSavepoint,
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 201, body = Savepoint), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn take_savepoint(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Json(req): Json<NewSavepoint>,
+) -> Result<(StatusCode, Json<Savepoint>), ApiError> {
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.operable_route(&team, &name).await?;
+    let label =
+        keystone_control::Name::parse(&req.name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
+    let positions: Vec<(u32, u64)> =
+        s.store.checkpoints(&route.id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
+    if !s.store.put_savepoint(&route.id, label.as_str(), &positions, &who.display).await? {
+        return Err(ValidationErrors::single("name", format!("the route has a savepoint named {:?}", req.name)).into());
+    }
+    goal.record(&route, "savepoint", label.as_str()).await?;
+    let saved = s.store.savepoints(&route.id).await?.into_iter().find(|sp| sp.name == label.as_str());
+    Ok((StatusCode::CREATED, Json(saved.ok_or_else(|| StoreError::Corrupt("savepoint vanished".into()))?)))
+}
+
+/// A route's savepoints, newest first.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/savepoints",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = [Savepoint]), (status = 404, body = ErrorBody)))]
+pub async fn savepoints(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<Vec<Savepoint>>, ApiError> {
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.store.savepoints(&route.id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Rewind {
+    #[serde(flatten)]
+    pub to: RewindTo,
+    /// Only estimate: nothing changes.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Rewinds a stopped route's job to the earliest retained event, a time, or a savepoint; with
+/// `dry_run`, only says how many events would be delivered again (any state). Start the route
+/// again to deliver from there.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/rewind", request_body = Rewind,
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = RewindPlan), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn rewind(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Json(req): Json<Rewind>,
+) -> Result<Json<RewindPlan>, ApiError> {
+    let goal = Goal::new(&s.store, &who);
+    let route = goal.operable_route(&team, &name).await?;
+    let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let stream = goal.get(Kind::Stream, &team, spec.stream.as_str()).await?;
+    let partitions =
+        stream.spec_as::<keystone_control::StreamSpec>().map_err(|e| StoreError::Corrupt(e.to_string()))?.partitions;
+    let (savepoint, describe) = match &req.to {
+        RewindTo::Earliest => (Vec::new(), "to the earliest retained event".to_owned()),
+        RewindTo::Timestamp { timestamp } => (Vec::new(), format!("to the events ingested from {timestamp} (ms)")),
+        RewindTo::Savepoint { savepoint } => {
+            let found = s.store.savepoints(&route.id).await?.into_iter().find(|sp| &sp.name == savepoint);
+            let sp =
+                found.ok_or_else(|| ValidationErrors::single("savepoint", format!("no savepoint {savepoint:?}")))?;
+            (sp.positions, format!("to savepoint {savepoint:?}"))
+        }
+    };
+    let topic = keystone_control::stream_topic(&team, spec.stream.as_str());
+    let target =
+        keystone_engine::job::rewind::target_positions(s.log.as_ref(), &topic, partitions, &req.to, &savepoint)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
+    let held = s.jobs.metrics(&route.id).is_some();
+    Ok(Json(goal.rewind_route(&route, held, &target, &describe, req.dry_run).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -60,6 +60,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/state", post(jobs::set_state))
         .route("/api/v1/teams/{team}/routes/{name}/deployments", get(jobs::deployments))
         .route("/api/v1/teams/{team}/routes/{name}/rollback", post(jobs::roll_back))
+        .route("/api/v1/teams/{team}/routes/{name}/savepoints", post(jobs::take_savepoint).get(jobs::savepoints))
+        .route("/api/v1/teams/{team}/routes/{name}/rewind", post(jobs::rewind))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))

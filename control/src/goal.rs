@@ -308,6 +308,39 @@ impl<'a> Goal<'a> {
         self.update(team, name, decl, reason, Some(current.version)).await
     }
 
+    /// Rewinds a stopped route's job to `target` positions (resolved from the log by the caller),
+    /// or only estimates it with `dry_run`. Only a route declared stopped may be rewound, so no
+    /// running job can commit over the new positions; `job_held` says whether this process
+    /// still holds a job of the route (it is being stopped). The rewind goes to the
+    /// operations log with the plan.
+    pub async fn rewind_route(
+        &self,
+        route: &Object,
+        job_held: bool,
+        target: &[(u32, u64)],
+        describe: &str,
+        dry_run: bool,
+    ) -> Result<crate::rewind::RewindPlan, GoalError> {
+        let route = self.operable_route(&route.team, &route.name).await?;
+        let spec: RouteSpec = route.spec_as().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let committed: Vec<(u32, u64)> =
+            self.store.checkpoints(&route.id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
+        let plan = crate::rewind::plan_rewind(&committed, target);
+        if dry_run {
+            return Ok(plan);
+        }
+        if spec.state != DesiredState::Stopped || job_held {
+            return Err(GoalError::Conflict(format!(
+                "route {:?} must be stopped before a rewind (set its state to stopped, then rewind, then start it)",
+                route.name
+            )));
+        }
+        self.store.commit_checkpoints(&route.id, target).await?;
+        let detail = format!("{describe}: {} event(s) to deliver again, {} skipped", plan.redelivered, plan.skipped);
+        self.record(&route, "rewind", &detail).await?;
+        Ok(plan)
+    }
+
     /// `update`: `None` to create, `Some(expected)` to update.
     async fn put(
         &self,

@@ -13,6 +13,7 @@ pub mod filter_fields;
 pub mod model;
 pub mod name;
 pub mod reconcile;
+pub mod rewind;
 pub mod telemetry;
 pub mod validation;
 

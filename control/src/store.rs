@@ -137,9 +137,15 @@ impl Store {
     }
 
     /// Starts a write transaction; changes land together at [`WriteTx::commit`] or not at all.
+    /// On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`): a deferred transaction
+    /// that reads, then writes after another process committed, fails at once with "database is
+    /// locked" instead of waiting its turn (seen with a second process on the same file).
     pub async fn write(&self) -> Result<WriteTx, StoreError> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let tx = self.pool.begin().await?;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx { tx, _guard: guard })
     }
 

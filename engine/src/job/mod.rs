@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod latency;
 pub mod preview;
 pub mod registry;
+pub mod rewind;
 pub mod supervisor;
 
 use crate::ingest::Envelope;
