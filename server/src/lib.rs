@@ -2,6 +2,7 @@
 //! `app` (console), `keystone-api` (JSON API) and `keystone-control` (goal state).
 
 pub mod admin;
+pub mod apply;
 pub mod bench;
 pub mod csrf;
 pub mod reconciler;

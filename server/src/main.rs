@@ -34,6 +34,59 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Declare a team's streams, sinks and routes from a YAML file through the API: shows the
+    /// changes, then makes them. Applying the same file again changes nothing.
+    Apply {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Why (recorded with every revision the file creates).
+        #[arg(long, default_value = "keystone apply")]
+        reason: String,
+    },
+    /// Show what `apply` would change, without changing anything.
+    Diff {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Print a team's streams, sinks and routes as a pipeline file.
+    Get {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        team: String,
+    },
+}
+
+/// Where the API is and who is calling.
+#[derive(clap::Args)]
+struct Remote {
+    /// The Keystone server.
+    #[arg(long, env = "KEYSTONE_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// An API token (`kt_...`), created in the console.
+    #[arg(long, env = "KEYSTONE_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl Remote {
+    fn client(self) -> keystone::apply::Client {
+        keystone::apply::Client {
+            base: self.url.trim_end_matches('/').to_owned(),
+            token: self.token,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// Reads and checks a pipeline file; a bad file ends the command with the line of the problem.
+fn read_pipeline(file: &std::path::Path) -> anyhow::Result<keystone::apply::Pipeline> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(keystone::apply::parse(&file.display().to_string(), &text)?)
 }
 
 #[derive(Subcommand)]
@@ -118,8 +171,37 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    // The declarative commands talk to a server; they need no local settings or database.
+    match cli.command {
+        Command::Apply { remote, file, reason } => {
+            let pipeline = read_pipeline(&file)?;
+            let client = remote.client();
+            let plan = client.plan(&pipeline).await?;
+            print!("{}", keystone::apply::render(&pipeline.team, &plan));
+            let applied = client.apply(&pipeline.team, &plan, &reason).await?;
+            println!("{applied} change(s) applied.");
+            return Ok(());
+        }
+        Command::Diff { remote, file } => {
+            let pipeline = read_pipeline(&file)?;
+            let plan = remote.client().plan(&pipeline).await?;
+            print!("{}", keystone::apply::render(&pipeline.team, &plan));
+            return Ok(());
+        }
+        Command::Get { remote, team } => {
+            let client = remote.client();
+            let mut sections = Vec::new();
+            for kind in [keystone_control::Kind::Stream, keystone_control::Kind::Sink, keystone_control::Kind::Route] {
+                sections.push((kind, client.get(&team, kind).await?));
+            }
+            print!("{}", keystone::apply::to_yaml(&team, &sections)?);
+            return Ok(());
+        }
+        _ => {}
+    }
     let settings = Settings::load(cli.config)?;
     match cli.command {
+        Command::Apply { .. } | Command::Diff { .. } | Command::Get { .. } => unreachable!("handled above"),
         Command::Serve => {
             let app = Application::build(settings).await?;
             println!("Keystone console: http://127.0.0.1:{}/", app.port());

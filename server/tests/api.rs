@@ -1550,6 +1550,56 @@ mod delivery {
         app.teardown().await;
     }
 
+    /// `keystone apply`: a pipeline file creates what it declares, applying it again changes
+    /// nothing, a change is shown as a diff before it is made, and a refusal names the line.
+    #[tokio::test]
+    async fn apply_declares_a_pipeline_idempotently_and_shows_changes_first() {
+        use keystone::apply::{parse, render, Client, Plan};
+        let app = spawn_app(Db::Sqlite).await;
+        let client = Client { base: app.base.clone(), token: app.alpha.clone(), http: reqwest::Client::new() };
+        let file = "team: alpha\nstreams:\n  plays: {partitions: 2, retention_hours: 24}\nsinks:\n  lake:\n    kind: file\n    \
+                    settings: {path: applied}\nroutes:\n  br:\n    stream: plays\n    sink: lake\n    \
+                    filter: event.country == \"BR\"\n";
+        let pipeline = parse("p.yaml", file).unwrap();
+        let plan = client.plan(&pipeline).await.unwrap();
+        assert_eq!(
+            render("alpha", &plan),
+            "+ create stream alpha/plays\n+ create sink alpha/lake\n+ create route alpha/br\n"
+        );
+        assert_eq!(client.apply("alpha", &plan, "from git").await.unwrap(), 3);
+        let revisions = app.revision_count().await;
+
+        let again = client.plan(&pipeline).await.unwrap();
+        assert!(again.iter().all(|(_, p)| *p == Plan::Unchanged), "{}", render("alpha", &again));
+        assert_eq!(client.apply("alpha", &again, "from git").await.unwrap(), 0);
+        assert_eq!(app.revision_count().await, revisions, "applying the same file twice changes nothing");
+
+        let changed = parse("p.yaml", &file.replace("\"BR\"", "\"AR\"")).unwrap();
+        let plan = client.plan(&changed).await.unwrap();
+        assert_eq!(
+            render("alpha", &plan),
+            "= unchanged stream alpha/plays\n= unchanged sink alpha/lake\n~ update route alpha/br (v1 -> v2)\n    \
+             filter: \"event.country == \\\"BR\\\"\" -> \"event.country == \\\"AR\\\"\"\n"
+        );
+        assert_eq!(client.apply("alpha", &plan, "argentina").await.unwrap(), 1);
+        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/br").await;
+        assert_eq!((&route["version"], &route["spec"]["filter"]), (&json!(2), &json!("event.country == \"AR\"")));
+
+        // The server's own checks (a sink that does not exist) come back with the file's line.
+        let dangling = parse("p.yaml", &file.replace("sink: lake", "sink: nowhere")).unwrap();
+        let plan = client.plan(&dangling).await.unwrap();
+        let e = client.apply("alpha", &plan, "x").await.unwrap_err().to_string();
+        assert!(e.contains("line 9: route alpha/br was refused: HTTP 422") && e.contains("sink"), "{e}");
+        // A viewer's token can diff but not apply.
+        let viewer = Client { base: app.base.clone(), token: app.alpha_viewer.clone(), http: reqwest::Client::new() };
+        let chile = parse("p.yaml", &file.replace("\"BR\"", "\"CL\"")).unwrap();
+        let plan = viewer.plan(&chile).await.unwrap();
+        assert!(matches!(plan[2].1, Plan::Update { version: 2, .. }), "{}", render("alpha", &plan));
+        let e = viewer.apply("alpha", &plan, "x").await.unwrap_err().to_string();
+        assert!(e.contains("line 9: route alpha/br was refused: HTTP 403"), "{e}");
+        app.teardown().await;
+    }
+
     /// An alert's whole life: a sink that answers 503 leaves events waiting, the route's
     /// `no_delivery` rule goes pending, then firing, and the team's webhook hears about it once;
     /// when the sink recovers the rule resolves and the webhook hears that too.
