@@ -17,6 +17,7 @@ use keystone_control::{
     dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
     ValidationErrors,
 };
+use keystone_engine::job::rewind::target_positions;
 use keystone_engine::job::{dead_letters, Transforms};
 use keystone_engine::log::LogError;
 use serde::{Deserialize, Serialize};
@@ -179,18 +180,8 @@ pub async fn take_savepoint(
     Path((team, name)): Path<(String, String)>,
     Json(req): Json<NewSavepoint>,
 ) -> Result<(StatusCode, Json<Savepoint>), ApiError> {
-    let goal = Goal::new(&s.store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    let label =
-        keystone_control::Name::parse(&req.name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
-    let positions: Vec<(u32, u64)> =
-        s.store.checkpoints(&route.id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
-    if !s.store.put_savepoint(&route.id, label.as_str(), &positions, &who.display).await? {
-        return Err(ValidationErrors::single("name", format!("the route has a savepoint named {:?}", req.name)).into());
-    }
-    goal.record(&route, "savepoint", label.as_str()).await?;
-    let saved = s.store.savepoints(&route.id).await?.into_iter().find(|sp| sp.name == label.as_str());
-    Ok((StatusCode::CREATED, Json(saved.ok_or_else(|| StoreError::Corrupt("savepoint vanished".into()))?)))
+    let saved = Goal::new(&s.store, &who).take_savepoint(&team, &name, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(saved)))
 }
 
 /// A route's savepoints, newest first.
@@ -229,28 +220,12 @@ pub async fn rewind(
     Json(req): Json<Rewind>,
 ) -> Result<Json<RewindPlan>, ApiError> {
     let goal = Goal::new(&s.store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let stream = goal.get(Kind::Stream, &team, spec.stream.as_str()).await?;
-    let partitions =
-        stream.spec_as::<keystone_control::StreamSpec>().map_err(|e| StoreError::Corrupt(e.to_string()))?.partitions;
-    let (savepoint, describe) = match &req.to {
-        RewindTo::Earliest => (Vec::new(), "to the earliest retained event".to_owned()),
-        RewindTo::Timestamp { timestamp } => (Vec::new(), format!("to the events ingested from {timestamp} (ms)")),
-        RewindTo::Savepoint { savepoint } => {
-            let found = s.store.savepoints(&route.id).await?.into_iter().find(|sp| &sp.name == savepoint);
-            let sp =
-                found.ok_or_else(|| ValidationErrors::single("savepoint", format!("no savepoint {savepoint:?}")))?;
-            (sp.positions, format!("to savepoint {savepoint:?}"))
-        }
-    };
-    let topic = keystone_control::stream_topic(&team, spec.stream.as_str());
-    let target =
-        keystone_engine::job::rewind::target_positions(s.log.as_ref(), &topic, partitions, &req.to, &savepoint)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
-    let held = s.jobs.metrics(&route.id).is_some();
-    Ok(Json(goal.rewind_route(&route, held, &target, &describe, req.dry_run).await?))
+    let i = goal.rewind_inputs(&team, &name, &req.to).await?;
+    let target = target_positions(s.log.as_ref(), &i.topic, i.partitions, &req.to, &i.savepoint)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
+    let held = s.jobs.metrics(&i.route.id).is_some();
+    Ok(Json(goal.rewind_route(&i.route, held, &target, &i.describe, req.dry_run).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

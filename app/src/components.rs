@@ -316,6 +316,27 @@ pub fn RecentErrors(errors: Vec<RecentError>) -> impl IntoView {
     .into_any()
 }
 
+/// Reads `YYYY-MM-DD HH:MM[:SS]` (or with a `T`), in UTC, as ms since the epoch: the inverse
+/// of [`format_time`] (Howard Hinnant's days-from-civil).
+pub fn parse_utc(s: &str) -> Option<i64> {
+    let s = s.trim().trim_end_matches(" UTC");
+    let (date, clock) = s.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut c = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (c.next()??, c.next()??, c.next().unwrap_or(Some(0))?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 59 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400) + h * 3600 + min * 60 + sec) * 1000)
+}
+
 pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -434,6 +455,16 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_time(1_795_549_523_999), "2026-11-24 19:45:23 UTC");
+    }
+
+    #[test]
+    fn utc_times_read_back_what_they_show() {
+        for ms in [0, 951_782_400_000, 1_795_549_523_000, 4_102_444_800_000] {
+            assert_eq!(parse_utc(&format_time(ms)), Some(ms), "{}", format_time(ms));
+        }
+        assert_eq!(parse_utc("2026-11-24T19:45"), Some(1_795_549_500_000));
+        assert_eq!(parse_utc("2026-13-01 00:00"), None);
+        assert_eq!(parse_utc("yesterday"), None);
     }
 
     #[test]

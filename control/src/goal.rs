@@ -308,6 +308,61 @@ impl<'a> Goal<'a> {
         self.update(team, name, decl, reason, Some(current.version)).await
     }
 
+    /// Records the route's committed positions under `label`, for a later rewind (write access;
+    /// a label already used for the route is refused).
+    pub async fn take_savepoint(
+        &self,
+        team: &str,
+        name: &str,
+        label: &str,
+    ) -> Result<crate::rewind::Savepoint, GoalError> {
+        let route = self.operable_route(team, name).await?;
+        let label = Name::parse(label).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
+        let positions: Vec<(u32, u64)> =
+            self.store.checkpoints(&route.id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
+        if !self.store.put_savepoint(&route.id, label.as_str(), &positions, &self.who.display).await? {
+            return Err(ValidationErrors::single("name", format!("the route has a savepoint named {label:?}")).into());
+        }
+        self.record(&route, "savepoint", label.as_str()).await?;
+        let saved = self.store.savepoints(&route.id).await?.into_iter().find(|sp| sp.name == label.as_str());
+        Ok(saved.ok_or_else(|| StoreError::Corrupt("a savepoint vanished after it was written".into()))?)
+    }
+
+    /// What a rewind of a route needs from the goal state: the route (the caller must be able to
+    /// operate it), its stream's topic and partitions, a savepoint's positions, and the
+    /// rewind described for the operations log. The log resolves the rest
+    /// (`engine::job::rewind::target_positions`).
+    pub async fn rewind_inputs(
+        &self,
+        team: &str,
+        name: &str,
+        to: &crate::rewind::RewindTo,
+    ) -> Result<crate::rewind::RewindInputs, GoalError> {
+        use crate::rewind::RewindTo;
+        let route = self.operable_route(team, name).await?;
+        let corrupt = |err: serde_json::Error| StoreError::Corrupt(err.to_string());
+        let spec: RouteSpec = route.spec_as().map_err(corrupt)?;
+        let stream = self.get(Kind::Stream, team, spec.stream.as_str()).await?;
+        let partitions = stream.spec_as::<StreamSpec>().map_err(corrupt)?.partitions;
+        let (savepoint, describe) = match to {
+            RewindTo::Earliest => (Vec::new(), "to the earliest retained event".to_owned()),
+            RewindTo::Timestamp { timestamp } => (Vec::new(), format!("to the events ingested from {timestamp} (ms)")),
+            RewindTo::Savepoint { savepoint } => {
+                let found = self.store.savepoints(&route.id).await?.into_iter().find(|sp| &sp.name == savepoint);
+                let sp = found
+                    .ok_or_else(|| ValidationErrors::single("savepoint", format!("no savepoint {savepoint:?}")))?;
+                (sp.positions, format!("to savepoint {savepoint:?}"))
+            }
+        };
+        Ok(crate::rewind::RewindInputs {
+            topic: stream_topic(team, spec.stream.as_str()),
+            partitions,
+            savepoint,
+            describe,
+            route,
+        })
+    }
+
     /// Rewinds a stopped route's job to `target` positions (resolved from the log by the caller),
     /// or only estimates it with `dry_run`. Only a route declared stopped may be rewound, so no
     /// running job can commit over the new positions; `job_held` says whether this process

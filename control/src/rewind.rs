@@ -54,6 +54,17 @@ pub fn plan_rewind(committed: &[(u32, u64)], target: &[(u32, u64)]) -> RewindPla
     RewindPlan { partitions, redelivered, skipped }
 }
 
+/// What a rewind needs besides the log (see `Goal::rewind_inputs`).
+#[cfg(feature = "store")]
+pub struct RewindInputs {
+    pub route: crate::Object,
+    pub topic: String,
+    pub partitions: u32,
+    /// The savepoint's positions (empty unless rewinding to one).
+    pub savepoint: Vec<(u32, u64)>,
+    pub describe: String,
+}
+
 /// A named position of a route's job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]

@@ -248,6 +248,18 @@ test("a route declared in the console delivers ingested events, and its job page
   };
   await setState("paused", "sink maintenance");
   await setState("running", "maintenance done");
+
+  // A savepoint, and a rewind estimate (any state); the rewind itself needs the route stopped.
+  await page.getByTestId("rewind-section").locator("summary").click();
+  await page.getByLabel("Savepoint name").fill("before-edit");
+  await page.getByRole("button", { name: "Take savepoint" }).click();
+  await expect(page.getByTestId("savepoints")).toContainText("before-edit");
+  await page.getByLabel("Rewind to").selectOption("earliest");
+  await page.getByRole("button", { name: "Go" }).click();
+  await expect(page.getByTestId("rewind-result")).toHaveText("Estimate: 40 event(s) would be delivered again, 0 skipped.");
+  await page.getByLabel("Mode").selectOption("rewind");
+  await page.getByRole("button", { name: "Go" }).click();
+  await expect(page.getByTestId("rewind-section")).toContainText("must be stopped before a rewind");
   await page.screenshot({ path: "test-results/route-job.png", fullPage: true });
 
   // The preview runs the edited (unsaved) filter and projection on the newest events. The edit

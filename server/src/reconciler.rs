@@ -50,6 +50,11 @@ pub struct ReconcilerHealth {
     /// When the last pass succeeded (ms since the epoch; 0 before the first).
     pub last_success_ms: std::sync::atomic::AtomicI64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// The reconciler's queue: a pass plans every difference between goal and world at once,
+    /// so its queue is the actions the last pass found to do (topics and jobs).
+    pub last_actions: std::sync::atomic::AtomicU64,
+    /// Deployments still in their stability window.
+    pub deploying: std::sync::atomic::AtomicU64,
 }
 
 /// A full pass also runs this often when nothing changed, to catch drift.
@@ -134,7 +139,10 @@ impl Reconciler {
                 max_bytes_per_partition: r.max_bytes_per_partition,
             })
             .collect();
-        for action in plan_topics(&goal, &observed) {
+        let plan = plan_topics(&goal, &observed);
+        let work = plan.iter().filter(|a| matches!(a, TopicAction::Create(_) | TopicAction::Update(_))).count();
+        self.health.last_actions.store(work as u64, std::sync::atomic::Ordering::Relaxed);
+        for action in plan {
             match action {
                 TopicAction::Create(g) | TopicAction::Update(g) => {
                     let retention =
@@ -189,7 +197,9 @@ impl Reconciler {
             .into_iter()
             .map(|(route_id, fingerprint, paused)| ObservedJob { route_id, fingerprint, paused })
             .collect();
-        for action in plan_jobs(&goal, &observed) {
+        let plan = plan_jobs(&goal, &observed);
+        self.health.last_actions.fetch_add(plan.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for action in plan {
             match action {
                 JobAction::Start(g) => {
                     self.record_deployment(&inputs[&g.route_id].0).await?;
@@ -241,6 +251,7 @@ impl Reconciler {
     /// Runs every deployment in progress through its route's stability gate.
     async fn judge_deployments(&self) -> anyhow::Result<()> {
         let deploying = self.store.deploying().await?;
+        self.health.deploying.store(deploying.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if deploying.is_empty() {
             return Ok(());
         }

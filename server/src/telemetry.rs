@@ -95,6 +95,11 @@ fn describe() {
         "Time since the last reconcile pass that succeeded."
     );
     describe_counter!("keystone_reconciler_failures_total", "Reconcile passes that failed (retried on the next tick).");
+    describe_gauge!(
+        "keystone_reconciler_last_actions",
+        "Actions (topics to create or change, jobs to start, redeploy, pause, resume or stop) the last pass found to do."
+    );
+    describe_gauge!("keystone_deployments_in_progress", "Deployments still in their stability window.");
     describe_counter!("keystone_log_fsyncs_total", "fsyncs the embedded log issued (group commit shares them).");
     describe_gauge!("keystone_database_up", "1 when the source-of-truth database answered the last telemetry query.");
     describe_gauge!("keystone_database_query_seconds", Unit::Seconds, "How long that query took.");
@@ -311,6 +316,8 @@ impl Telemetry {
             gauge!("keystone_reconciler_last_success_age_seconds").set((now - last).max(0) as f64 / 1000.0);
         }
         counter!("keystone_reconciler_failures_total").absolute(h.failures.load(Ordering::Relaxed));
+        gauge!("keystone_reconciler_last_actions").set(h.last_actions.load(Ordering::Relaxed) as f64);
+        gauge!("keystone_deployments_in_progress").set(h.deploying.load(Ordering::Relaxed) as f64);
         counter!("keystone_log_fsyncs_total").absolute(self.log.fsync_count());
         for (topic, _, retention) in self.log.topics() {
             if keystone_control::is_dead_letter_topic(&topic) {

@@ -1273,6 +1273,9 @@ mod delivery {
         let platform = scrape(SCRAPE_TOKEN.to_owned()).await;
         assert!(platform.contains("keystone_database_up 1"), "{platform}");
         assert!(platform.contains("keystone_reconciler_pass_seconds "), "{platform}");
+        // The route's first deployment waits out its 60 s stability window.
+        assert!(platform.contains("keystone_reconciler_last_actions "), "{platform}");
+        assert!(platform.contains("keystone_deployments_in_progress 1"), "{platform}");
         assert!(platform.contains("keystone_jobs{phase=\"running\"} 1"), "{platform}");
         let other = scrape(app.beta.clone()).await;
         assert!(!other.contains("team=\"alpha\""), "team beta sees alpha's series: {other}");

@@ -194,6 +194,7 @@ pub struct RouteJobView {
     pub dead_letters: Vec<(u64, serde_json::Value)>,
     /// Newest first.
     pub deployments: Vec<keystone_control::deployments::Deployment>,
+    pub savepoints: Vec<keystone_control::rewind::Savepoint>,
 }
 
 #[server]
@@ -218,6 +219,7 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
         transitions: store.transitions(&route.id, 10).await?,
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
         deployments: store.deployments(&route.id, 10).await?,
+        savepoints: store.savepoints(&route.id).await?,
     })
 }
 
@@ -250,6 +252,61 @@ pub async fn set_route_state(team: String, name: String, state: String, reason: 
     Goal::new(&app.store, &who).set_route_state(&team, &name, desired, &reason).await?;
     app.jobs.request_pass();
     Ok(())
+}
+
+/// Records the route's committed positions under a name.
+#[server]
+pub async fn take_savepoint(team: String, name: String, label: String) -> Result<(), AppError> {
+    use keystone_control::goal::Goal;
+    let (app, who) = crate::state::signed_in().await?;
+    Goal::new(&app.store, &who).take_savepoint(&team, &name, label.trim()).await?;
+    Ok(())
+}
+
+/// Estimates (`mode` = `estimate`) or makes a rewind of a stopped route: to the earliest retained
+/// event, a UTC time (`at`), or a savepoint. Says what it did, or would do.
+#[server]
+pub async fn rewind_route(
+    team: String,
+    name: String,
+    to: String,
+    at: String,
+    savepoint: String,
+    mode: String,
+) -> Result<String, AppError> {
+    use keystone_control::goal::Goal;
+    use keystone_control::rewind::RewindTo;
+    use keystone_control::ValidationErrors;
+    let (app, who) = crate::state::signed_in().await?;
+    let target = match to.as_str() {
+        "earliest" => RewindTo::Earliest,
+        "time" => match parse_utc(&at) {
+            Some(timestamp) => RewindTo::Timestamp { timestamp },
+            None => return Err(AppError::Invalid(ValidationErrors::single("at", "use YYYY-MM-DD HH:MM (UTC)"))),
+        },
+        "savepoint" => RewindTo::Savepoint { savepoint: savepoint.trim().to_owned() },
+        _ => return Err(AppError::Invalid(ValidationErrors::single("to", "must be earliest, time or savepoint"))),
+    };
+    let dry_run = mode != "rewind";
+    let goal = Goal::new(&app.store, &who);
+    let i = goal.rewind_inputs(&team, &name, &target).await?;
+    let positions =
+        keystone_engine::job::rewind::target_positions(app.log.as_ref(), &i.topic, i.partitions, &target, &i.savepoint)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "Resolving rewind positions failed.");
+                AppError::Internal
+            })?;
+    let held = app.jobs.metrics(&i.route.id).is_some();
+    let plan = goal.rewind_route(&i.route, held, &positions, &i.describe, dry_run).await?;
+    Ok(if dry_run {
+        format!("Estimate: {} event(s) would be delivered again, {} skipped.", plan.redelivered, plan.skipped)
+    } else {
+        format!(
+            "Rewound: {} event(s) will be delivered again, {} skipped, once the route runs.",
+            plan.redelivered, plan.skipped
+        )
+    })
 }
 
 /// Sets the route back to an earlier version's declaration (a new revision).
@@ -322,13 +379,18 @@ fn RouteJob() -> impl IntoView {
     let retry = ServerAction::<RetryDeadLetters>::new();
     let set_state = ServerAction::<SetRouteState>::new();
     let roll_back = ServerAction::<RollBackRoute>::new();
+    let savepoint = ServerAction::<TakeSavepoint>::new();
+    let rewind = ServerAction::<RewindRoute>::new();
     let data = Resource::new(
         move || {
             let acted = (restart.version().get(), retry.version().get(), set_state.version().get());
-            (team(), name(), acted, roll_back.version().get())
+            let moved = (roll_back.version().get(), savepoint.version().get(), rewind.version().get());
+            (team(), name(), acted, moved)
         },
         |(t, n, _, _)| route_job(t, n),
     );
+    let savepoint_errors = field_errors(savepoint.value());
+    let rewind_errors = field_errors(rewind.value());
     let state_errors = field_errors(set_state.value());
     let roll_back_errors = field_errors(roll_back.value());
     view! {
@@ -368,6 +430,30 @@ fn RouteJob() -> impl IntoView {
                     <button type="submit" class=BUTTON_SECONDARY>"Roll back"</button>
                 </ActionForm>
                 <FormStatus error=last_error(roll_back.value())/>
+                <details class="mb-4 text-sm" data-testid="rewind-section">
+                    <summary class="cursor-pointer font-medium">"Savepoints and rewind"</summary>
+                    <p class="mt-2 text-slate-600">"A rewind needs the route stopped; an estimate works in any state."</p>
+                    <ActionForm action=savepoint attr:class="mt-2 flex flex-wrap items-end gap-2">
+                        <input type="hidden" name="team" value=team/>
+                        <input type="hidden" name="name" value=name/>
+                        <div class="w-56"><Field label="Savepoint name" name="label" error_key="name" errors=savepoint_errors/></div>
+                        <button type="submit" class=BUTTON_SECONDARY>"Take savepoint"</button>
+                    </ActionForm>
+                    <FormStatus error=last_error(savepoint.value())/>
+                    <ActionForm action=rewind attr:class="mt-3 flex flex-wrap items-end gap-2">
+                        <input type="hidden" name="team" value=team/>
+                        <input type="hidden" name="name" value=name/>
+                        <div class="w-36"><Field label="Rewind to" name="to" kind="select:earliest,time,savepoint" value="earliest" errors=rewind_errors/></div>
+                        <div class="w-52"><Field label="Time (UTC)" name="at" help="YYYY-MM-DD HH:MM" errors=rewind_errors/></div>
+                        <div class="w-40"><Field label="Savepoint" name="savepoint" errors=rewind_errors/></div>
+                        <div class="w-32"><Field label="Mode" name="mode" kind="select:estimate,rewind" value="estimate" errors=rewind_errors/></div>
+                        <button type="submit" class=BUTTON_SECONDARY>"Go"</button>
+                    </ActionForm>
+                    <FormStatus error=last_error(rewind.value())/>
+                    {move || rewind.value().get().and_then(Result::ok).map(|msg| view! {
+                        <p class="mt-2 rounded-md border border-green-200 bg-green-50 px-4 py-3 text-green-800" data-testid="rewind-result">{msg}</p>
+                    })}
+                </details>
             })}
             {can_edit().then(|| view! {
                 <ActionForm action=retry attr:class="mb-4">
@@ -481,6 +567,12 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         <DeadLetterTable letters=v.dead_letters/>
+        {(!v.savepoints.is_empty()).then(|| view! {
+            <p class="mt-4 text-sm text-slate-600" data-testid="savepoints">
+                "Savepoints: "
+                {v.savepoints.iter().map(|sp| format!("{} ({} by {})", sp.name, format_time(sp.created_at), sp.created_by)).collect::<Vec<_>>().join(" · ")}
+            </p>
+        })}
         {(!v.deployments.is_empty()).then(|| view! {
             <h3 class="mt-6 mb-2 font-medium">"Deployments"</h3>
             <div class=format!("{CARD} overflow-hidden")>
