@@ -223,5 +223,5 @@ pub async fn operations(
     State(s): State<ApiState>,
     Caller(who): Caller,
 ) -> Result<Json<Vec<keystone_control::Operation>>, ApiError> {
-    Ok(Json(s.store.operations(&who.scope(), 200).await?))
+    Ok(Json(s.store.operations(&who.scope(), None, 200).await?))
 }

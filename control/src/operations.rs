@@ -29,12 +29,22 @@ impl Store {
         Ok(())
     }
 
-    /// The newest operations on objects the scope may see, newest first.
-    pub async fn operations(&self, scope: &Scope, limit: i64) -> Result<Vec<Operation>, StoreError> {
+    /// The newest operations on objects the scope may see (on one object with `object_id`),
+    /// newest first.
+    pub async fn operations(
+        &self,
+        scope: &Scope,
+        object_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Operation>, StoreError> {
         let mut sql = "SELECT p.at, p.actor, p.action, p.detail, o.kind, o.name, COALESCE(t.name, o.name) AS team_name \
              FROM operations p JOIN objects o ON o.id = p.object_id LEFT JOIN objects t ON t.id = o.team_id WHERE 1 = 1"
             .to_owned();
         let mut binds = Vec::new();
+        if let Some(id) = object_id {
+            binds.push(id.to_owned());
+            sql.push_str(&format!(" AND p.object_id = ${}", binds.len()));
+        }
         push_scope(&mut sql, &mut binds, "o.team_id", scope, Kind::Route);
         sql.push_str(&format!(" ORDER BY p.at DESC, p.id DESC LIMIT ${}", binds.len() + 1));
         let mut q = sqlx::query(&sql);

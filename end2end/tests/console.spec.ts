@@ -310,6 +310,10 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("windows").getByRole("link", { name: "24h" })).toHaveAttribute("aria-current", "true");
   await expect(page.getByTestId("dash-delivered")).toHaveText("10");
   await expect(page.getByText("Totals over the last 24h.", { exact: false })).toBeVisible();
+  // Operations share the timeline: the savepoint and the silence, by whom.
+  await expect(page.getByTestId("timeline")).toContainText("savepoint by alice: before-edit");
+  await expect(page.getByTestId("timeline")).toContainText("silence alerts by alice");
+  await expect(page.getByTestId("timeline")).toContainText("first version v1 (no_gap)");
 
   await navigate(page, "Audit log");
   await expect(page.getByTestId("operations-table")).toContainText("silence alerts");

@@ -28,7 +28,7 @@ pub async fn audit_log(kind: String, team: String, author: String) -> Result<Vec
 #[server]
 pub async fn operations_log() -> Result<Vec<keystone_control::Operation>, AppError> {
     let (store, who) = crate::state::caller().await?;
-    Ok(store.operations(&who.scope(), 100).await?)
+    Ok(store.operations(&who.scope(), None, 100).await?)
 }
 
 /// Revisions, newest first, each linking to its object's history at that version.

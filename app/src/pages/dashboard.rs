@@ -124,6 +124,18 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             text: format!("{} → {}: {}", t.from.map_or("none", |p| p.as_str()), t.to.as_str(), t.cause),
         }
     }));
+    // Restarts, retries, silences, savepoints and rewinds, by whom and why.
+    let operations = store.operations(&who.scope(), Some(&route.id), 100).await?;
+    timeline.extend(operations.into_iter().filter(|o| o.at >= from).map(|o| TimelineEntry {
+        at: o.at,
+        kind: "ops".into(),
+        text: format!(
+            "{} by {}{}",
+            o.action,
+            o.actor,
+            if o.detail.is_empty() { String::new() } else { format!(": {}", o.detail) }
+        ),
+    }));
     timeline.extend(store.deployments(&route.id, 50).await?.into_iter().filter(|d| d.started_at >= from).map(|d| {
         TimelineEntry {
             at: d.started_at,
