@@ -20,6 +20,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn log_file(dir: &Path) -> Stdio {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"));
+    f.map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+}
+
 fn start(dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_keystone"))
         .arg("serve")
@@ -27,9 +32,11 @@ fn start(dir: &Path, port: u16) -> Child {
         .env("KEYSTONE_LISTEN", format!("127.0.0.1:{port}"))
         .env("KEYSTONE_SITE_ROOT", dir.join("site"))
         .env_remove("KEYSTONE_DATABASE_URL")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "warn,sqlx=warn")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Every start's warnings, kept to be shown if the test fails.
+        .stderr(log_file(dir))
         .spawn()
         .expect("the keystone binary starts")
 }
@@ -155,7 +162,17 @@ async fn kill_9_loses_no_acknowledged_event() {
             break;
         }
         let missing: Vec<&u64> = acked.difference(&delivered).take(5).collect();
-        assert!(Instant::now() < deadline, "acknowledged events never delivered, e.g. {missing:?}");
+        if Instant::now() >= deadline {
+            // What the server said helps more than the numbers alone.
+            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let missing_all = acked.difference(&delivered).count();
+            panic!(
+                "acknowledged events never delivered: {missing_all} of {}, e.g. {missing:?}; server log (newest first):\n{}",
+                acked.len(),
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server.kill().unwrap();
