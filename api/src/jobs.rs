@@ -224,8 +224,8 @@ pub async fn rewind(
     let target = target_positions(s.log.as_ref(), &i.topic, i.partitions, &req.to, &i.savepoint)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
-    let held = s.jobs.metrics(&i.route.id).is_some();
-    Ok(Json(goal.rewind_route(&i.route, held, &target, &i.describe, req.dry_run).await?))
+    let held = s.jobs.metrics(i.route_id()).is_some();
+    Ok(Json(goal.rewind_route(&i, held, &target, req.dry_run).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

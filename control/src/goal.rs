@@ -370,13 +370,12 @@ impl<'a> Goal<'a> {
     /// operations log with the plan.
     pub async fn rewind_route(
         &self,
-        route: &Object,
+        inputs: &crate::rewind::RewindInputs,
         job_held: bool,
         target: &[(u32, u64)],
-        describe: &str,
         dry_run: bool,
     ) -> Result<crate::rewind::RewindPlan, GoalError> {
-        let route = self.operable_route(&route.team, &route.name).await?;
+        let (route, describe) = (&inputs.route, &inputs.describe);
         let spec: RouteSpec = route.spec_as().map_err(|err| StoreError::Corrupt(err.to_string()))?;
         let committed: Vec<(u32, u64)> =
             self.store.checkpoints(&route.id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
@@ -392,7 +391,7 @@ impl<'a> Goal<'a> {
         }
         self.store.commit_checkpoints(&route.id, target).await?;
         let detail = format!("{describe}: {} event(s) to deliver again, {} skipped", plan.redelivered, plan.skipped);
-        self.record(&route, "rewind", &detail).await?;
+        self.record(route, "rewind", &detail).await?;
         Ok(plan)
     }
 

@@ -54,15 +54,24 @@ pub fn plan_rewind(committed: &[(u32, u64)], target: &[(u32, u64)]) -> RewindPla
     RewindPlan { partitions, redelivered, skipped }
 }
 
-/// What a rewind needs besides the log (see `Goal::rewind_inputs`).
+/// What a rewind needs besides the log (see `Goal::rewind_inputs`). Only `rewind_inputs`
+/// builds one, after checking the caller may operate the route, so `Goal::rewind_route` need not
+/// check again.
 #[cfg(feature = "store")]
 pub struct RewindInputs {
-    pub route: crate::Object,
+    pub(crate) route: crate::Object,
+    pub(crate) describe: String,
     pub topic: String,
     pub partitions: u32,
     /// The savepoint's positions (empty unless rewinding to one).
     pub savepoint: Vec<(u32, u64)>,
-    pub describe: String,
+}
+
+#[cfg(feature = "store")]
+impl RewindInputs {
+    pub fn route_id(&self) -> &str {
+        &self.route.id
+    }
 }
 
 /// A named position of a route's job.

@@ -42,7 +42,8 @@ pub enum SinkErrorKind {
 }
 
 impl SinkErrorKind {
-    pub const ALL: [SinkErrorKind; 7] = [
+    pub const COUNT: usize = 7;
+    pub const ALL: [SinkErrorKind; Self::COUNT] = [
         SinkErrorKind::Connection,
         SinkErrorKind::Timeout,
         SinkErrorKind::Throttled,
@@ -68,7 +69,7 @@ impl SinkErrorKind {
 /// Failed sink requests, counted by [`SinkErrorKind`] (in its order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
-pub struct SinkErrors(pub [u64; 7]);
+pub struct SinkErrors(pub [u64; SinkErrorKind::COUNT]);
 
 impl SinkErrors {
     pub fn get(&self, kind: SinkErrorKind) -> u64 {

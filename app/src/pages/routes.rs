@@ -297,8 +297,8 @@ pub async fn rewind_route(
                 tracing::error!(error = %e, "Resolving rewind positions failed.");
                 AppError::Internal
             })?;
-    let held = app.jobs.metrics(&i.route.id).is_some();
-    let plan = goal.rewind_route(&i.route, held, &positions, &i.describe, dry_run).await?;
+    let held = app.jobs.metrics(i.route_id()).is_some();
+    let plan = goal.rewind_route(&i, held, &positions, dry_run).await?;
     Ok(if dry_run {
         format!("Estimate: {} event(s) would be delivered again, {} skipped.", plan.redelivered, plan.skipped)
     } else {

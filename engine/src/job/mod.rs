@@ -158,7 +158,7 @@ pub struct JobStats {
     pub retries: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Failed sink requests, by `SinkErrorKind` (its order).
-    pub sink_errors: [AtomicU64; 7],
+    pub sink_errors: [AtomicU64; keystone_control::SinkErrorKind::COUNT],
     /// Set while the sink keeps failing a batch; cleared when a batch goes through.
     pub failing: AtomicBool,
     /// Set while the job is paused (see `set_paused`).
