@@ -34,8 +34,8 @@ fn start(dir: &Path, port: u16) -> Child {
         .env_remove("KEYSTONE_DATABASE_URL")
         .env("RUST_LOG", "warn,sqlx=warn")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        // Every start's warnings, kept to be shown if the test fails.
+        // Every start's warnings (the server logs to stdout), kept to be shown if the test fails.
+        .stdout(log_file(dir))
         .stderr(log_file(dir))
         .spawn()
         .expect("the keystone binary starts")

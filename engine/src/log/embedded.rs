@@ -161,10 +161,17 @@ impl EmbeddedLog {
         self.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Opens a topic under the topics lock, so two callers can never both open it: two writers
+    /// on one partition's files would interleave records with clashing offsets, and recovery
+    /// would cut the log at the first clash.
     fn open_topic(&self, name: &str, partitions: u32, retention: Retention) -> Result<Arc<Topic>, LogError> {
+        let mut topics = self.topics.write().expect("topics lock");
+        if let Some(existing) = topics.get(name) {
+            return Ok(existing.clone());
+        }
         let topic = Arc::new(Topic { partitions: RwLock::new(Vec::new()), retention: Mutex::new(retention) });
         self.grow(name, &topic, partitions)?;
-        self.topics.write().expect("topics lock").insert(name.to_owned(), topic.clone());
+        topics.insert(name.to_owned(), topic.clone());
         Ok(topic)
     }
 
@@ -483,7 +490,9 @@ impl Log for EmbeddedLog {
             None => {
                 std::fs::create_dir_all(self.dir.join(topic))?;
                 sync_dir(&self.dir)?;
-                self.open_topic(topic, partitions, retention).map(|_| ())
+                // Another caller may have opened it meanwhile: then this settles its size.
+                let t = self.open_topic(topic, partitions, retention)?;
+                self.grow(topic, &t, partitions)
             }
         }
     }
