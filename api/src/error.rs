@@ -54,9 +54,22 @@ impl From<keystone_control::store::StoreError> for ApiError {
     }
 }
 
+/// What a change held back by the approval policy answers (202 Accepted): nothing is applied
+/// yet; the change request says what waits, and why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PendingBody {
+    pub message: String,
+    pub change_request: keystone_control::approvals::ChangeRequest,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, details) = match self {
+            ApiError::Goal(GoalError::ApprovalRequired(request)) => {
+                let message = GoalError::ApprovalRequired(request.clone()).to_string();
+                return (StatusCode::ACCEPTED, Json(PendingBody { message, change_request: *request })).into_response();
+            }
+            ApiError::Goal(GoalError::Refused(m)) => (StatusCode::FORBIDDEN, "forbidden", m, vec![]),
             ApiError::Unauthenticated => (
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",

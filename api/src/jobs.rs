@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use keystone_control::deployments::Deployment;
 use keystone_control::goal::Goal;
-use keystone_control::rewind::{RewindPlan, RewindTo, Savepoint};
+use keystone_control::rewind::{HistoricCheckpoint, RewindPlan, RewindTo, Savepoint};
 use keystone_control::store::StoreError;
 use keystone_control::{
     dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
@@ -184,6 +184,20 @@ pub async fn take_savepoint(
     Ok((StatusCode::CREATED, Json(saved)))
 }
 
+/// A route's checkpoint history, newest first: its committed positions copied at most once a
+/// minute, the newest 60 kept (rewind targets).
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/checkpoints",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = [HistoricCheckpoint]), (status = 404, body = ErrorBody)))]
+pub async fn checkpoint_history(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<Vec<HistoricCheckpoint>>, ApiError> {
+    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.store.checkpoint_history(&route.id).await?))
+}
+
 /// A route's savepoints, newest first.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/savepoints",
     params(("team" = String, Path), ("name" = String, Path)),
@@ -221,7 +235,7 @@ pub async fn rewind(
 ) -> Result<Json<RewindPlan>, ApiError> {
     let goal = Goal::new(&s.store, &who);
     let i = goal.rewind_inputs(&team, &name, &req.to).await?;
-    let target = target_positions(s.log.as_ref(), &i.topic, i.partitions, &req.to, &i.savepoint)
+    let target = target_positions(s.log.as_ref(), &i.topic, i.partitions, &req.to, &i.recorded)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
     let held = s.jobs.metrics(i.route_id()).is_some();

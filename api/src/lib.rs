@@ -2,6 +2,8 @@
 //! ks_...`) and goes through the same goal-state service as the console, so validation and
 //! authorisation cannot differ. Errors share one shape: `{"error": {"code", "message", "field"}}`.
 
+mod approvals;
+mod config;
 mod error;
 mod handlers;
 mod ingest;
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest single event (rejected by index beyond).
     pub max_event_bytes: usize,
+    /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
+    pub job_env: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// The `/api/v1` router.
@@ -62,6 +66,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/rollback", post(jobs::roll_back))
         .route("/api/v1/teams/{team}/routes/{name}/savepoints", post(jobs::take_savepoint).get(jobs::savepoints))
         .route("/api/v1/teams/{team}/routes/{name}/rewind", post(jobs::rewind))
+        .route("/api/v1/teams/{team}/routes/{name}/checkpoints", get(jobs::checkpoint_history))
+        .route("/api/v1/teams/{team}/routes/{name}/config", get(config::effective))
+        .route(
+            "/api/v1/teams/{team}/routes/{name}/config/{key}",
+            axum::routing::put(config::set_override).delete(config::clear_override),
+        )
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters", get(jobs::dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/dead-letters/retry", post(jobs::retry_dead_letters))
         .route("/api/v1/teams/{team}/routes/{name}/samples", get(metrics::samples))
@@ -70,6 +80,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/alerts/silence", post(metrics::silence))
         .route("/api/v1/operations", get(metrics::operations))
         .route("/api/v1/jobs", get(jobs::list_jobs))
+        .route("/api/v1/change-requests", get(approvals::list))
+        .route("/api/v1/change-requests/{id}", get(approvals::get_one))
+        .route("/api/v1/policies/approvals", get(approvals::get_policy))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))

@@ -73,6 +73,14 @@ fn Nav(me: Me) -> impl IntoView {
                 {link("/routes", "Routes")}
                 {link("/jobs", "Jobs")}
                 {link("/audit", "Audit log")}
+                <div class="relative">
+                    {link("/approvals", "Approvals")}
+                    {(me.pending_approvals > 0).then(|| view! {
+                        <span data-testid="approvals-count" class="absolute right-2 top-2 rounded-full bg-amber-500 px-2 text-xs font-semibold text-slate-900">
+                            {me.pending_approvals}
+                        </span>
+                    })}
+                </div>
                 {link("/tokens", "API tokens")}
                 {is_admin.then(|| link("/admin", "Teams & users"))}
             </div>
@@ -234,12 +242,20 @@ pub fn Field(
 #[component]
 pub fn FormStatus(error: Signal<Option<AppError>>) -> impl IntoView {
     move || {
-        error.get().map(|e| {
-            view! {
+        error.get().map(|e| match e {
+            AppError::PendingApproval { id, .. } => view! {
+                <div role="status" data-testid="pending-approval" class="mb-4 rounded-md border border-amber-200 bg-amber-50 px-4 py-3 text-sm text-amber-800">
+                    {e.to_string()}" "
+                    <a class="font-medium underline" href=format!("/approvals/{id}")>"Follow the request"</a>
+                </div>
+            }
+            .into_any(),
+            e => view! {
                 <div role="alert" class="mb-4 rounded-md border border-red-200 bg-red-50 px-4 py-3 text-sm text-red-700">
                     {e.to_string()}
                 </div>
             }
+            .into_any(),
         })
     }
 }

@@ -19,6 +19,9 @@ pub enum AppError {
     Invalid(ValidationErrors),
     #[error("{0}")]
     Conflict(String),
+    /// Not a failure: the approval policy held the change back as change request `id`.
+    #[error("Submitted for approval as change request #{id}: it needs an admin's approval ({needs}).")]
+    PendingApproval { id: i64, needs: String },
     /// A refused sign-in or a throttled request; the message is safe to show as is.
     #[error("{0}")]
     Refused(String),
@@ -55,6 +58,8 @@ impl From<keystone_control::goal::GoalError> for AppError {
             GoalError::NotFound => AppError::NotFound,
             GoalError::Forbidden => AppError::Forbidden,
             GoalError::Conflict(m) => AppError::Conflict(m),
+            GoalError::Refused(m) => AppError::Refused(m),
+            GoalError::ApprovalRequired(r) => AppError::PendingApproval { id: r.id, needs: r.needs.join("; ") },
             GoalError::Store(e) => e.into(),
         }
     }

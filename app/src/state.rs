@@ -29,6 +29,8 @@ pub struct AppState {
     pub jobs: Arc<JobRegistry<EmbeddedLog>>,
     /// Per-stream ingest counters.
     pub meter: Arc<IngestMeter>,
+    /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
+    pub job_env: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 pub fn app_state() -> Result<AppState, AppError> {

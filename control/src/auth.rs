@@ -30,7 +30,19 @@ pub struct Principal {
     pub teams: Vec<TeamRef>,
 }
 
+/// The user id of Keystone acting on its own (automatic rollbacks): never a real user's.
+pub const SYSTEM_USER_ID: &str = "keystone";
+
 impl Principal {
+    /// Keystone itself, with `display` saying which part (e.g. `keystone (stability gate)`).
+    pub fn system(display: &str) -> Principal {
+        Principal { user_id: SYSTEM_USER_ID.into(), display: display.into(), role: Role::Admin, teams: Vec::new() }
+    }
+
+    pub fn is_system(&self) -> bool {
+        self.user_id == SYSTEM_USER_ID
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
@@ -47,7 +59,7 @@ impl Principal {
     /// Editors change their own teams' objects; admins change everything.
     pub fn can_write(&self, kind: Kind, team_id: &str) -> bool {
         match kind {
-            Kind::Team => self.is_admin(),
+            Kind::Team | Kind::Policy => self.is_admin(),
             _ => self.is_admin() || (self.role == Role::Editor && self.member_of(team_id)),
         }
     }

@@ -20,11 +20,15 @@ pub struct Change {
     pub after: Option<Value>,
 }
 
-/// Every leaf that differs between `before` and `after`, in path order.
+/// Every leaf that differs between `before` and `after`, in path order. `null` stands for no
+/// object at all (before a create, after a delete): every field is added, or removed.
 pub fn diff(before: &Value, after: &Value) -> Vec<Change> {
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    flatten(String::new(), before, &mut a);
-    flatten(String::new(), after, &mut b);
+    for (v, out) in [(before, &mut a), (after, &mut b)] {
+        if !v.is_null() {
+            flatten(String::new(), v, out);
+        }
+    }
     let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
@@ -81,6 +85,15 @@ mod tests {
         assert_eq!(d[2].after, Some(json!(6)));
         assert_eq!(d[1].before, None);
         assert_eq!(d[3].after, None);
+    }
+
+    #[test]
+    fn null_is_no_object() {
+        let spec = json!({"stream": "s", "batch_size": 5});
+        let created = diff(&Value::Null, &spec);
+        assert_eq!(created.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), ["batch_size", "stream"]);
+        assert!(created.iter().all(|c| c.before.is_none()));
+        assert!(diff(&spec, &Value::Null).iter().all(|c| c.after.is_none() && !c.path.is_empty()));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! change declarations. It authorises, validates (including checks that need the database, inside
 //! the same transaction as the write), and records every change as a revision.
 
+use crate::approval_store::{NewRequest, RequestFilter};
+use crate::approvals::{approvals_needed, ApprovalPolicy, ChangeRequest, ProposedChange, RequestState, POLICY_NAME};
 use crate::auth::Principal;
 use crate::diff::{diff, Change};
 use crate::filter_fields::filter_fields;
@@ -27,6 +29,13 @@ pub enum GoalError {
     /// The object changed since the version the caller based the change on.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The caller's role allows the kind of request, but not this one; the message says why.
+    #[error("forbidden: {0}")]
+    Refused(String),
+    /// The approval policy holds the change back: it waits, as this change request, for an
+    /// admin other than the requester. Nothing was applied.
+    #[error("change request #{} needs an admin's approval: {}", .0.id, .0.needs.join("; "))]
+    ApprovalRequired(Box<ChangeRequest>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -44,6 +53,7 @@ pub enum Declaration {
     Stream(StreamSpec),
     Sink(SinkInput),
     Route(RouteSpec),
+    Policy(ApprovalPolicy),
 }
 
 impl Declaration {
@@ -53,6 +63,18 @@ impl Declaration {
             Declaration::Stream(_) => Kind::Stream,
             Declaration::Sink(_) => Kind::Sink,
             Declaration::Route(_) => Kind::Route,
+            Declaration::Policy(_) => Kind::Policy,
+        }
+    }
+
+    /// The declaration as submitted (a sink's secret values included), to apply later.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Declaration::Team(s) => to_json(s),
+            Declaration::Stream(s) => to_json(s),
+            Declaration::Sink(s) => to_json(s),
+            Declaration::Route(s) => to_json(s),
+            Declaration::Policy(s) => to_json(s),
         }
     }
 
@@ -70,6 +92,7 @@ impl Declaration {
             Kind::Stream => Declaration::Stream(parse(spec)?),
             Kind::Sink => Declaration::Sink(parse(spec)?),
             Kind::Route => Declaration::Route(parse(spec)?),
+            Kind::Policy => Declaration::Policy(parse(spec)?),
         })
     }
 }
@@ -93,6 +116,14 @@ impl<'a> Goal<'a> {
         Goal { store, who }
     }
 
+    pub(crate) fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    pub(crate) fn who(&self) -> &'a Principal {
+        self.who
+    }
+
     /// The team id of `team` if the caller may read it; `NotFound` otherwise.
     async fn readable_team(&self, team: &str) -> Result<String, GoalError> {
         let t = self.store.get(Kind::Team, "", team).await?.ok_or(GoalError::NotFound)?;
@@ -109,9 +140,11 @@ impl<'a> Goal<'a> {
 
     pub async fn get(&self, kind: Kind, team: &str, name: &str) -> Result<Object, GoalError> {
         if kind == Kind::Team {
-            let id = self.readable_team(name).await?;
-            let _ = id;
+            self.readable_team(name).await?;
             return self.store.get(Kind::Team, "", name).await?.ok_or(GoalError::NotFound);
+        }
+        if kind == Kind::Policy {
+            return self.store.get(Kind::Policy, "", name).await?.ok_or(GoalError::NotFound);
         }
         let team_id = self.readable_team(team).await?;
         self.store.get(kind, &team_id, name).await?.ok_or(GoalError::NotFound)
@@ -249,7 +282,7 @@ impl<'a> Goal<'a> {
 
     /// Declares a new object. `team` is ignored for teams.
     pub async fn create(&self, team: &str, name: &str, decl: Declaration, reason: &str) -> Result<Applied, GoalError> {
-        self.put(team, name, decl, reason, None).await
+        self.put(team, name, decl, reason, None, Via::Author).await
     }
 
     /// Changes an existing object. With `expected_version`, refuses if the object moved since.
@@ -261,7 +294,7 @@ impl<'a> Goal<'a> {
         reason: &str,
         expected_version: Option<i64>,
     ) -> Result<Applied, GoalError> {
-        self.put(team, name, decl, reason, Some(expected_version)).await
+        self.put(team, name, decl, reason, Some(expected_version), Via::Author).await
     }
 
     /// Sets a route's desired state (running, paused, stopped). It is part of the route's goal
@@ -344,7 +377,7 @@ impl<'a> Goal<'a> {
         let spec: RouteSpec = route.spec_as().map_err(corrupt)?;
         let stream = self.get(Kind::Stream, team, spec.stream.as_str()).await?;
         let partitions = stream.spec_as::<StreamSpec>().map_err(corrupt)?.partitions;
-        let (savepoint, describe) = match to {
+        let (recorded, describe) = match to {
             RewindTo::Earliest => (Vec::new(), "to the earliest retained event".to_owned()),
             RewindTo::Timestamp { timestamp } => (Vec::new(), format!("to the events ingested from {timestamp} (ms)")),
             RewindTo::Savepoint { savepoint } => {
@@ -353,11 +386,21 @@ impl<'a> Goal<'a> {
                     .ok_or_else(|| ValidationErrors::single("savepoint", format!("no savepoint {savepoint:?}")))?;
                 (sp.positions, format!("to savepoint {savepoint:?}"))
             }
+            RewindTo::Checkpoint { checkpoint } => {
+                let found = self.store.checkpoint_history(&route.id).await?.into_iter().find(|c| c.id == *checkpoint);
+                let c = found.ok_or_else(|| {
+                    ValidationErrors::single(
+                        "checkpoint",
+                        format!("the route has no checkpoint #{checkpoint} in its history"),
+                    )
+                })?;
+                (c.positions, format!("to checkpoint #{checkpoint} (taken at {} ms)", c.taken_at))
+            }
         };
         Ok(crate::rewind::RewindInputs {
             topic: stream_topic(team, spec.stream.as_str()),
             partitions,
-            savepoint,
+            recorded,
             describe,
             route,
         })
@@ -403,10 +446,17 @@ impl<'a> Goal<'a> {
         decl: Declaration,
         reason: &str,
         update: Option<Option<i64>>,
+        via: Via<'_>,
     ) -> Result<Applied, GoalError> {
         let kind = decl.kind();
         let name_checked = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()));
         check_reason(reason)?;
+        if kind == Kind::Policy && name != POLICY_NAME {
+            return Err(
+                ValidationErrors::single("name", format!("the approval policy is named {POLICY_NAME:?}")).into()
+            );
+        }
+        let submitted = decl.to_json();
         let mut tx = self.store.write().await?;
         let (team_id, team_name) = self.writable_team(&mut tx, kind, team, name, update.is_some()).await?;
         let name = name_checked?;
@@ -426,10 +476,15 @@ impl<'a> Goal<'a> {
         }
         let version = current.as_ref().map_or(1, |c| c.version + 1);
         let mut new_secrets: Vec<(String, String)> = Vec::new();
+        let mut sink_tags: Vec<String> = Vec::new();
         let spec: Value = match decl {
             Declaration::Team(s) => {
                 s.validate()?;
                 to_json(&s)
+            }
+            Declaration::Policy(p) => {
+                p.validate()?;
+                to_json(&p)
             }
             Declaration::Stream(s) => {
                 s.validate()?;
@@ -458,7 +513,13 @@ impl<'a> Goal<'a> {
                     new_secrets.push((k.clone(), v.clone()));
                 }
                 let settings = input.settings.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                to_json(&SinkSpec { kind: input.kind, description: input.description, settings, secrets })
+                to_json(&SinkSpec {
+                    kind: input.kind,
+                    description: input.description,
+                    settings,
+                    secrets,
+                    tags: input.tags,
+                })
             }
             Declaration::Route(r) => {
                 r.validate()?;
@@ -470,10 +531,11 @@ impl<'a> Goal<'a> {
                     e.add("sink", format!("no sink named {:?} in team {team_name:?}", r.sink.as_str()));
                 }
                 // A route must not feed the stream it reads: every event would come round forever.
-                let sink = tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?;
-                if let Some(target) = sink
-                    .and_then(|s| s.spec_as::<SinkSpec>().ok())
-                    .and_then(|s| (s.kind == SinkKind::Stream).then(|| s.settings.get("stream").cloned()).flatten())
+                let sink =
+                    tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?.and_then(|s| s.spec_as::<SinkSpec>().ok());
+                sink_tags = sink.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
+                if let Some(target) =
+                    sink.and_then(|s| (s.kind == SinkKind::Stream).then(|| s.settings.get("stream").cloned()).flatten())
                 {
                     if StreamRef::parse(&target, &team_name)
                         .is_ok_and(|t| t.team == team_name && t.stream == r.stream.as_str())
@@ -494,25 +556,112 @@ impl<'a> Goal<'a> {
                 return Ok(Applied { revision: head, changed: false });
             }
         }
+        let op = if current.is_some() { Op::Update } else { Op::Create };
+        let before = current.as_ref().map(|c| &c.spec);
+        let change = ProposedChange { kind, op, before, after: Some(&spec), sink_tags: &sink_tags };
+        let needs = self.held_back(&mut tx, &via, &change).await?;
+        if !needs.is_empty() {
+            let log_on = current.as_ref().map_or(team_id.as_str(), |c| c.id.as_str());
+            let request = NewRequest {
+                team_id: &team_id,
+                team_name: &team_name,
+                kind,
+                name: name.as_str(),
+                op,
+                base_version: version - 1,
+                declaration: Some(&submitted),
+                spec: &spec,
+                changes: &diff(before.unwrap_or(&Value::Null), &spec),
+                needs: &needs,
+                requester_id: &self.who.user_id,
+                requester: &self.who.display,
+                reason,
+            };
+            return Err(self.hold_back(tx, log_on, request).await?);
+        }
+        let reason = via.reason(reason, self.who);
         let write = Write {
             kind,
             object_id: current.as_ref().map(|c| c.id.as_str()),
             team_id: &team_id,
             team_name: &team_name,
             name: name.as_str(),
-            op: if current.is_some() { Op::Update } else { Op::Create },
+            op,
             expected_version: version - 1,
             spec: &spec,
-            author_id: &self.who.user_id,
-            author_name: &self.who.display,
-            reason,
+            author_id: via.author_id(self.who),
+            author_name: via.author_name(self.who),
+            reason: &reason,
         };
         let revision = append(&mut tx, write, &name).await?;
         for (k, v) in &new_secrets {
             tx.put_secret(&revision.object_id, k, version, v).await?;
         }
+        self.settle_requests(&mut tx, &via, &revision, &team_id).await?;
         tx.commit().await?;
         Ok(Applied { revision, changed: true })
+    }
+
+    /// The policy rules `change` matches; none for a change that already went through
+    /// approval, or made by Keystone itself (an automatic rollback returns to an approved
+    /// version).
+    async fn held_back(
+        &self,
+        tx: &mut WriteTx,
+        via: &Via<'_>,
+        change: &ProposedChange<'_>,
+    ) -> Result<Vec<String>, GoalError> {
+        if !matches!(via, Via::Author) || self.who.is_system() || change.kind.is_platform() {
+            return Ok(Vec::new());
+        }
+        let policy = match tx.get(Kind::Policy, "", POLICY_NAME).await? {
+            Some(p) => p.spec_as::<ApprovalPolicy>().map_err(corrupt)?,
+            None => return Ok(Vec::new()),
+        };
+        Ok(approvals_needed(&policy, change))
+    }
+
+    /// Stores a held-back change as a pending change request, in the audit log too.
+    async fn hold_back(&self, mut tx: WriteTx, log_on: &str, n: NewRequest<'_>) -> Result<GoalError, GoalError> {
+        let request = tx.insert_change_request(n).await?;
+        let detail =
+            format!("#{} submitted: {} (needs approval: {})", request.id, request.summary(), request.needs.join("; "));
+        tx.record_operation(log_on, &self.who.display, "change request", &detail).await?;
+        tx.commit().await?;
+        Ok(GoalError::ApprovalRequired(Box::new(request)))
+    }
+
+    /// After a change to an object: an approved request is marked applied, and any other
+    /// request pending on the object goes stale (it was based on a version that is gone).
+    async fn settle_requests(
+        &self,
+        tx: &mut WriteTx,
+        via: &Via<'_>,
+        revision: &Revision,
+        team_id: &str,
+    ) -> Result<(), GoalError> {
+        if let Via::Approval { request, comment, .. } = via {
+            if !tx
+                .decide_change_request(
+                    request.id,
+                    RequestState::Approved,
+                    &self.who.display,
+                    comment,
+                    Some(revision.seq),
+                )
+                .await?
+            {
+                return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
+            }
+            let detail = format!("#{} approved: {}", request.id, request.summary());
+            tx.record_operation(&revision.object_id, &self.who.display, "change request", &detail).await?;
+        }
+        for id in tx.stale_change_requests(team_id, revision.kind, &revision.name).await? {
+            let detail =
+                format!("#{id} stale: {} {} moved to version {}", revision.kind, revision.name, revision.version);
+            tx.record_operation(&revision.object_id, &self.who.display, "change request", &detail).await?;
+        }
+        Ok(())
     }
 
     /// Writes a tombstone. Refuses while other live objects depend on this one.
@@ -523,6 +672,18 @@ impl<'a> Goal<'a> {
         name: &str,
         reason: &str,
         expected_version: Option<i64>,
+    ) -> Result<Revision, GoalError> {
+        self.delete_via(kind, team, name, reason, expected_version, Via::Author).await
+    }
+
+    async fn delete_via(
+        &self,
+        kind: Kind,
+        team: &str,
+        name: &str,
+        reason: &str,
+        expected_version: Option<i64>,
+        via: Via<'_>,
     ) -> Result<Revision, GoalError> {
         check_reason(reason)?;
         let mut tx = self.store.write().await?;
@@ -554,7 +715,7 @@ impl<'a> Goal<'a> {
                 }
                 live
             }
-            Kind::Route => Vec::new(),
+            Kind::Route | Kind::Policy => Vec::new(),
         };
         if !dependants.is_empty() {
             return Err(ValidationErrors::single(
@@ -564,6 +725,27 @@ impl<'a> Goal<'a> {
             .into());
         }
         let parsed = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
+        let change = ProposedChange { kind, op: Op::Delete, before: Some(&current.spec), after: None, sink_tags: &[] };
+        let needs = self.held_back(&mut tx, &via, &change).await?;
+        if !needs.is_empty() {
+            let request = NewRequest {
+                team_id: &team_id,
+                team_name: &team_name,
+                kind,
+                name,
+                op: Op::Delete,
+                base_version: current.version,
+                declaration: None,
+                spec: &current.spec,
+                changes: &diff(&current.spec, &Value::Null),
+                needs: &needs,
+                requester_id: &self.who.user_id,
+                requester: &self.who.display,
+                reason,
+            };
+            return Err(self.hold_back(tx, &current.id, request).await?);
+        }
+        let reason = via.reason(reason, self.who);
         let write = Write {
             kind,
             object_id: Some(&current.id),
@@ -573,13 +755,116 @@ impl<'a> Goal<'a> {
             op: Op::Delete,
             expected_version: current.version,
             spec: &current.spec,
-            author_id: &self.who.user_id,
-            author_name: &self.who.display,
-            reason,
+            author_id: via.author_id(self.who),
+            author_name: via.author_name(self.who),
+            reason: &reason,
         };
         let revision = append(&mut tx, write, &parsed).await?;
+        self.settle_requests(&mut tx, &via, &revision, &team_id).await?;
         tx.commit().await?;
         Ok(revision)
+    }
+
+    /// The approval policy in force (the default, which holds nothing back, if none was
+    /// declared). Everyone may read it: it tells requesters what will wait for an admin.
+    pub async fn approval_policy(&self) -> Result<(ApprovalPolicy, Option<Object>), GoalError> {
+        match self.store.get(Kind::Policy, "", POLICY_NAME).await? {
+            Some(o) => Ok((o.spec_as().map_err(corrupt)?, Some(o))),
+            None => Ok((ApprovalPolicy::default(), None)),
+        }
+    }
+
+    /// Change requests the caller may see: admins see all, others those of their teams.
+    pub async fn change_requests(&self, filter: &RequestFilter) -> Result<Vec<ChangeRequest>, GoalError> {
+        Ok(self.store.change_requests(&self.who.scope(), filter).await?)
+    }
+
+    pub async fn change_request(&self, id: i64) -> Result<ChangeRequest, GoalError> {
+        let stored = self.store.change_request(id).await?.ok_or(GoalError::NotFound)?;
+        if !self.who.can_read(&stored.team_id) {
+            return Err(GoalError::NotFound);
+        }
+        Ok(stored.request)
+    }
+
+    /// An admin's decision on a pending change request. Approving applies the change exactly
+    /// as submitted (validated again) in the same transaction that marks the request approved;
+    /// the revision's author is the requester. The requester may never decide their own
+    /// request, and a request whose object moved on since goes stale instead.
+    pub async fn decide(&self, id: i64, approve: bool, comment: &str) -> Result<ChangeRequest, GoalError> {
+        if !self.who.is_admin() {
+            return Err(GoalError::Refused("only admins decide change requests".into()));
+        }
+        check_reason(comment)
+            .map_err(|_| ValidationErrors::single("comment", format!("must be at most {REASON_MAX} characters")))?;
+        if !approve && comment.trim().is_empty() {
+            return Err(
+                ValidationErrors::single("comment", "say why the change is rejected (the requester reads it)").into()
+            );
+        }
+        let stored = self.store.change_request(id).await?.ok_or(GoalError::NotFound)?;
+        let request = &stored.request;
+        if request.state != RequestState::Pending {
+            return Err(GoalError::Conflict(format!("change request #{id} is already {}", request.state.as_str())));
+        }
+        if stored.requester_id == self.who.user_id {
+            return Err(GoalError::Refused(format!(
+                "you submitted change request #{id}; another admin must decide it"
+            )));
+        }
+        let comment = comment.trim();
+        if !approve {
+            let mut tx = self.store.write().await?;
+            if !tx.decide_change_request(id, RequestState::Rejected, &self.who.display, comment, None).await? {
+                return Err(GoalError::Conflict(format!("change request #{id} was decided meanwhile")));
+            }
+            let log_on = self.log_object(&stored.team_id, request).await?;
+            let detail = format!("#{id} rejected: {} ({comment})", request.summary());
+            tx.record_operation(&log_on, &self.who.display, "change request", &detail).await?;
+            tx.commit().await?;
+            return self.change_request(id).await;
+        }
+        let current = self.store.get(request.kind, &stored.team_id, &request.name).await?;
+        let now_at = current.as_ref().map_or(0, |c| c.version);
+        if now_at != request.base_version {
+            let mut tx = self.store.write().await?;
+            tx.stale_change_requests(&stored.team_id, request.kind, &request.name).await?;
+            let log_on = self.log_object(&stored.team_id, request).await?;
+            let detail = format!("#{id} stale: approval refused, {} {} moved on", request.kind, request.name);
+            tx.record_operation(&log_on, &self.who.display, "change request", &detail).await?;
+            tx.commit().await?;
+            return Err(GoalError::Conflict(format!(
+                "change request #{id} is stale: {} {:?} is at version {now_at} but the request was based on \
+                 version {}; the requester must submit it again",
+                request.kind, request.name, request.base_version
+            )));
+        }
+        let via = Via::Approval { request, requester_id: &stored.requester_id, comment };
+        if request.op == Op::Delete {
+            self.delete_via(request.kind, &request.team, &request.name, &request.reason, Some(now_at), via).await?;
+        } else {
+            let submitted =
+                stored.declaration.clone().ok_or_else(|| corrupt("a pending request without its declaration"))?;
+            let decl = Declaration::from_json(request.kind, submitted)?;
+            let update = (request.op == Op::Update).then_some(Some(now_at));
+            let applied = self.put(&request.team, &request.name, decl, &request.reason, update, via).await?;
+            if !applied.changed {
+                // The goal already says what the request asked for: nothing to write.
+                let mut tx = self.store.write().await?;
+                tx.decide_change_request(id, RequestState::Approved, &self.who.display, comment, None).await?;
+                tx.commit().await?;
+            }
+        }
+        self.change_request(id).await
+    }
+
+    /// The object a request's audit entries are filed under: the object, or its team for a
+    /// create.
+    async fn log_object(&self, team_id: &str, request: &ChangeRequest) -> Result<String, GoalError> {
+        Ok(match self.store.get(request.kind, team_id, &request.name).await? {
+            Some(o) => o.id,
+            None => team_id.to_owned(),
+        })
     }
 
     /// Resolves the team a write goes to and checks the caller may write there. Teams are owned
@@ -592,6 +877,9 @@ impl<'a> Goal<'a> {
         name: &str,
         existing: bool,
     ) -> Result<(String, String), GoalError> {
+        if kind == Kind::Policy {
+            return if self.who.is_admin() { Ok((String::new(), String::new())) } else { Err(GoalError::Forbidden) };
+        }
         if kind == Kind::Team {
             if !self.who.is_admin() {
                 // Members may know their team exists; others learn nothing.
@@ -617,6 +905,39 @@ impl<'a> Goal<'a> {
             return Err(GoalError::Forbidden);
         }
         Ok((t.id, t.name))
+    }
+}
+
+/// How a change reaches `put` and `delete`: from its author, or as an approved change request
+/// (past the policy already; the requester stays the revision's author).
+#[derive(Clone, Copy)]
+enum Via<'r> {
+    Author,
+    Approval { request: &'r ChangeRequest, requester_id: &'r str, comment: &'r str },
+}
+
+impl Via<'_> {
+    fn author_id<'a>(&'a self, who: &'a Principal) -> &'a str {
+        match self {
+            Via::Author => &who.user_id,
+            Via::Approval { requester_id, .. } => requester_id,
+        }
+    }
+
+    fn author_name<'a>(&'a self, who: &'a Principal) -> &'a str {
+        match self {
+            Via::Author => &who.display,
+            Via::Approval { request, .. } => &request.requester,
+        }
+    }
+
+    fn reason(&self, reason: &str, who: &Principal) -> String {
+        match self {
+            Via::Author => reason.to_owned(),
+            Via::Approval { request, .. } => {
+                format!("{reason} (change request #{} approved by {})", request.id, who.display)
+            }
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! rules.
 
 pub mod alerts;
+pub mod approvals;
+pub mod config;
 pub mod deployments;
 pub mod diff;
 pub mod filter_fields;
@@ -20,7 +22,11 @@ pub mod validation;
 #[cfg(feature = "store")]
 pub mod alert_store;
 #[cfg(feature = "store")]
+pub mod approval_store;
+#[cfg(feature = "store")]
 pub mod auth;
+#[cfg(feature = "store")]
+pub mod config_store;
 #[cfg(feature = "store")]
 pub mod goal;
 #[cfg(feature = "store")]

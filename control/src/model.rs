@@ -54,10 +54,12 @@ pub enum Kind {
     Stream,
     Sink,
     Route,
+    /// A platform-wide policy (today one: `approvals`), owned by admins like teams are.
+    Policy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Team, Kind::Stream, Kind::Sink, Kind::Route];
+    pub const ALL: [Kind; 5] = [Kind::Team, Kind::Stream, Kind::Sink, Kind::Route, Kind::Policy];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +67,7 @@ impl Kind {
             Kind::Stream => "stream",
             Kind::Sink => "sink",
             Kind::Route => "route",
+            Kind::Policy => "policy",
         }
     }
 
@@ -79,7 +82,13 @@ impl Kind {
             Kind::Stream => "streams",
             Kind::Sink => "sinks",
             Kind::Route => "routes",
+            Kind::Policy => "policies",
         }
+    }
+
+    /// Kinds owned by the platform (team id `""`), not by a team: only admins change them.
+    pub fn is_platform(self) -> bool {
+        matches!(self, Kind::Team | Kind::Policy)
     }
 }
 
@@ -177,6 +186,9 @@ pub struct StreamSpec {
     /// producers get 429 with Retry-After.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events_per_second: Option<u32>,
+    /// Labels an approval policy can match (e.g. `critical`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl StreamSpec {
@@ -204,6 +216,7 @@ impl StreamSpec {
         if let Some(q) = self.max_events_per_second {
             check_range(&mut e, "max_events_per_second", q, QUOTA_MAX);
         }
+        check_tags(&mut e, "tags", &self.tags);
         e.into_result(())
     }
 }
@@ -344,6 +357,9 @@ pub struct SinkSpec {
     pub settings: BTreeMap<String, String>,
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Labels an approval policy can match (e.g. `production`, `critical`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// A sink as users submit it: secrets carry their values, and an omitted or empty secret keeps
@@ -359,6 +375,8 @@ pub struct SinkInput {
     pub settings: BTreeMap<String, String>,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl SinkInput {
@@ -367,6 +385,7 @@ impl SinkInput {
     pub fn validate(&self, existing_secrets: &[String]) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
         check_description(&mut e, &self.description);
+        check_tags(&mut e, "tags", &self.tags);
         let kind = self.kind;
         for key in self.settings.keys() {
             if !kind.settings().iter().any(|d| d.key == key) {
@@ -622,6 +641,9 @@ pub struct RouteSpec {
     /// Running (the default, left out of the stored spec), paused or stopped.
     #[serde(default, skip_serializing_if = "DesiredState::is_running")]
     pub state: DesiredState,
+    /// Labels an approval policy can match (e.g. `critical`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 pub fn default_batch_size() -> u32 {
@@ -632,11 +654,17 @@ pub fn default_max_latency_ms() -> u32 {
 }
 
 impl RouteSpec {
-    /// What the running job is built from: the spec without what only people and the alert
-    /// evaluator read (description, alert rules) and without the desired state (pausing is not
+    /// What the running job is built from: the spec without what only people, approval
+    /// policies and the alert evaluator read (description, tags, alert rules) and without the desired state (pausing is not
     /// a new version of the job), so changing those does not redeploy the job.
     pub fn job_relevant(&self) -> RouteSpec {
-        RouteSpec { description: String::new(), alerts: Vec::new(), state: DesiredState::Running, ..self.clone() }
+        RouteSpec {
+            description: String::new(),
+            alerts: Vec::new(),
+            state: DesiredState::Running,
+            tags: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// Structural checks; the filter is compiled and references resolved by the store-side
@@ -644,6 +672,7 @@ impl RouteSpec {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
         check_description(&mut e, &self.description);
+        check_tags(&mut e, "tags", &self.tags);
         if let Some(f) = &self.filter {
             if f.trim().is_empty() {
                 e.add("filter", "must not be blank (omit it to deliver every event)");
@@ -736,15 +765,18 @@ impl JobSettings {
     }
 }
 
+/// The platform defaults of the job properties (the lowest configuration layer).
+pub const DEFAULT_JOB_SETTINGS: JobSettings = JobSettings {
+    checkpoint_interval_ms: 1000,
+    stall_timeout_s: 120,
+    start_at_latest: false,
+    stability_s: 60,
+    max_error_percent: 50,
+};
+
 impl Default for JobSettings {
     fn default() -> Self {
-        JobSettings {
-            checkpoint_interval_ms: 1000,
-            stall_timeout_s: 120,
-            start_at_latest: false,
-            stability_s: 60,
-            max_error_percent: 50,
-        }
+        DEFAULT_JOB_SETTINGS
     }
 }
 
@@ -755,7 +787,25 @@ fn check_range(e: &mut ValidationErrors, field: &str, value: u32, max: u32) {
     }
 }
 
-fn check_description(e: &mut ValidationErrors, d: &str) {
+pub const TAGS_MAX: usize = 20;
+
+/// Tags are short lowercase labels (`production`, `pii`, `tier-1`), each given once.
+pub(crate) fn check_tags(e: &mut ValidationErrors, field: &str, tags: &[String]) {
+    if tags.len() > TAGS_MAX {
+        e.add(field, format!("at most {TAGS_MAX} tags"));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let ok = (1..=40).contains(&t.len())
+            && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            e.add(format!("{field}[{i}]"), "tags are 1 to 40 lowercase letters, digits, '-' or '_'");
+        } else if tags[..i].contains(t) {
+            e.add(format!("{field}[{i}]"), format!("{t:?} is given twice"));
+        }
+    }
+}
+
+pub(crate) fn check_description(e: &mut ValidationErrors, d: &str) {
     if d.chars().count() > DESCRIPTION_MAX {
         e.add("description", format!("must be at most {DESCRIPTION_MAX} characters"));
     }
@@ -1066,6 +1116,7 @@ mod tests {
             key_field: None,
             schema: None,
             max_events_per_second: None,
+            tags: Vec::new(),
         }
     }
 
@@ -1083,6 +1134,7 @@ mod tests {
             config: BTreeMap::new(),
             alerts: crate::alerts::default_alert_rules(),
             state: DesiredState::Running,
+            tags: Vec::new(),
         }
     }
 
@@ -1129,6 +1181,7 @@ mod tests {
             description: String::new(),
             settings: BTreeMap::from([("url".into(), "ftp://x".into()), ("bogus".into(), "1".into())]),
             secrets: BTreeMap::new(),
+            tags: Vec::new(),
         };
         let e = s.validate(&[]).unwrap_err();
         assert!(e.for_field("settings.url").unwrap().contains("http"));
@@ -1141,6 +1194,7 @@ mod tests {
             description: String::new(),
             settings: BTreeMap::from([("table".into(), "plays".into())]),
             secrets: BTreeMap::new(),
+            tags: Vec::new(),
         };
         assert_eq!(pg.validate(&[]).unwrap_err().for_field("secrets.url"), Some("is required"));
         // On update the stored secret satisfies the requirement.
@@ -1151,6 +1205,7 @@ mod tests {
             description: String::new(),
             settings: BTreeMap::from([("path".into(), "../etc".into())]),
             secrets: BTreeMap::new(),
+            tags: Vec::new(),
         };
         assert!(file.validate(&[]).unwrap_err().for_field("settings.path").is_some());
     }

@@ -3,13 +3,15 @@
 //! (`revisions`); the console's audit page shows both.
 
 use crate::model::Operation;
-use crate::store::{now_ms, push_scope, Scope, Store, StoreError};
+use crate::store::{now_ms, push_scope, Scope, Store, StoreError, WriteTx};
 use crate::Kind;
 use sqlx::Row;
 
-impl Store {
+impl WriteTx {
+    /// Writes to the operations log inside a goal-state transaction, so the entry and the
+    /// change it describes land together.
     pub async fn record_operation(
-        &self,
+        &mut self,
         object_id: &str,
         actor: &str,
         action: &str,
@@ -24,9 +26,23 @@ impl Store {
         .bind(object_id)
         .bind(action)
         .bind(detail)
-        .execute(self.pool())
+        .execute(self.conn())
         .await?;
         Ok(())
+    }
+}
+
+impl Store {
+    pub async fn record_operation(
+        &self,
+        object_id: &str,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        tx.record_operation(object_id, actor, action, detail).await?;
+        tx.commit().await
     }
 
     /// The newest operations on objects the scope may see (on one object with `object_id`),

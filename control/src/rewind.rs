@@ -1,5 +1,6 @@
 //! Rewinds: moving a stopped route's job to other positions in its stream (the earliest
-//! retained event, a time, or a savepoint) so it re-delivers from there. `plan_rewind` is the
+//! retained event, a time, a savepoint, or a checkpoint of its bounded history) so it
+//! re-delivers from there. `plan_rewind` is the
 //! pure estimate shown before anything changes (the dry run).
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,8 @@ pub enum RewindTo {
     Timestamp { timestamp: i64 },
     /// The positions a savepoint of the route recorded.
     Savepoint { savepoint: String },
+    /// The positions of one entry of the route's checkpoint history (by id).
+    Checkpoint { checkpoint: i64 },
 }
 
 /// One partition's move.
@@ -63,8 +66,8 @@ pub struct RewindInputs {
     pub(crate) describe: String,
     pub topic: String,
     pub partitions: u32,
-    /// The savepoint's positions (empty unless rewinding to one).
-    pub savepoint: Vec<(u32, u64)>,
+    /// The recorded positions of a savepoint or checkpoint (empty for other targets).
+    pub recorded: Vec<(u32, u64)>,
 }
 
 #[cfg(feature = "store")]
@@ -83,6 +86,21 @@ pub struct Savepoint {
     pub positions: Vec<(u32, u64)>,
     pub created_at: i64,
     pub created_by: String,
+}
+
+/// How often, at most, the automatic checkpoints of a route are copied into its history, and
+/// how many copies are kept (an hour's worth at one a minute).
+pub const CHECKPOINT_HISTORY_EVERY_MS: i64 = 60_000;
+pub const CHECKPOINT_HISTORY_KEEP: i64 = 60;
+
+/// An entry of a route's checkpoint history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct HistoricCheckpoint {
+    pub id: i64,
+    pub taken_at: i64,
+    /// (partition, next offset to deliver).
+    pub positions: Vec<(u32, u64)>,
 }
 
 #[cfg(test)]
@@ -111,6 +129,8 @@ mod tests {
         assert_eq!(t, RewindTo::Timestamp { timestamp: 1_700_000_000_000 });
         let s: RewindTo = serde_json::from_str(r#"{"to": "savepoint", "savepoint": "before-v2"}"#).unwrap();
         assert_eq!(s, RewindTo::Savepoint { savepoint: "before-v2".into() });
+        let c: RewindTo = serde_json::from_str(r#"{"to": "checkpoint", "checkpoint": 12}"#).unwrap();
+        assert_eq!(c, RewindTo::Checkpoint { checkpoint: 12 });
         assert!(serde_json::from_str::<RewindTo>(r#"{"to": "yesterday"}"#).is_err());
     }
 }
@@ -145,6 +165,54 @@ mod store {
             .await?;
             tx.commit().await?;
             Ok(done.rows_affected() == 1)
+        }
+
+        /// Copies the route's committed positions into its checkpoint history and drops all but
+        /// the newest `CHECKPOINT_HISTORY_KEEP` entries.
+        pub async fn snapshot_checkpoints(&self, route_id: &str) -> Result<(), StoreError> {
+            let positions: Vec<(u32, u64)> =
+                self.checkpoints(route_id).await?.into_iter().map(|c| (c.partition, c.next_offset)).collect();
+            if positions.is_empty() {
+                return Ok(());
+            }
+            let json = serde_json::to_string(&positions).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut tx = self.write().await?;
+            sqlx::query("INSERT INTO checkpoint_history (route_id, taken_at, positions) VALUES ($1, $2, $3)")
+                .bind(route_id)
+                .bind(now_ms())
+                .bind(json)
+                .execute(tx.conn())
+                .await?;
+            sqlx::query(
+                "DELETE FROM checkpoint_history WHERE route_id = $1 AND id NOT IN \
+                 (SELECT id FROM checkpoint_history WHERE route_id = $1 ORDER BY id DESC LIMIT $2)",
+            )
+            .bind(route_id)
+            .bind(CHECKPOINT_HISTORY_KEEP)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await
+        }
+
+        /// A route's checkpoint history, newest first.
+        pub async fn checkpoint_history(&self, route_id: &str) -> Result<Vec<HistoricCheckpoint>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT id, taken_at, positions FROM checkpoint_history WHERE route_id = $1 ORDER BY id DESC",
+            )
+            .bind(route_id)
+            .fetch_all(self.pool())
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let json: String = r.try_get("positions")?;
+                    Ok(HistoricCheckpoint {
+                        id: r.try_get("id")?,
+                        taken_at: r.try_get("taken_at")?,
+                        positions: serde_json::from_str(&json)
+                            .map_err(|e| StoreError::Corrupt(format!("checkpoint history: {e}")))?,
+                    })
+                })
+                .collect()
         }
 
         /// A route's savepoints, newest first.

@@ -333,3 +333,70 @@ test("a route declared in the console delivers ingested events, and its job page
   await page.getByRole("button", { name: "Apply" }).click();
   await expect(page.getByText("No job matches.")).toBeVisible();
 });
+
+test("a route to a production sink waits for an admin: the editor requests, an admin approves, the job starts", async ({ page }) => {
+  const stream = unique("orders");
+  const sink = unique("warehouse");
+  const route = unique("to-warehouse");
+
+  // An admin declares the policy: routes to sinks tagged "production" need approval.
+  await signIn(page, users.admin);
+  await navigate(page, "Approvals");
+  await fill(page, { "Routes to sinks tagged": "production", "Reason for this change": "four eyes on production" });
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await expect(page.getByLabel("Routes to sinks tagged", { exact: true })).toHaveValue("production");
+  await signOut(page);
+
+  // The editor's stream and sink apply at once; the route becomes a change request.
+  await signIn(page, users.editor);
+  await page.goto("/streams/new");
+  await fill(page, { Name: stream, Partitions: "1" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+  await page.goto("/sinks/new");
+  await page.getByLabel("Kind", { exact: true }).selectOption("file");
+  await fill(page, { Name: sink, Directory: `e2e/${sink}`, Tags: "production" });
+  await page.getByRole("button", { name: "Save sink" }).click();
+  await expect(page).toHaveURL(new RegExp(`/sinks/alpha/${sink}$`));
+  await page.goto("/routes/new");
+  await fill(page, { Name: route, "Source stream": stream, Sink: sink, "Reason for this change": "orders to the warehouse" });
+  await page.getByRole("button", { name: "Save route" }).click();
+  const pending = page.getByTestId("pending-approval");
+  await expect(pending).toContainText("needs an admin's approval");
+  await expect(pending).toContainText('a route to a sink tagged "production"');
+  await pending.getByRole("link", { name: "Follow the request" }).click();
+  await expect(page.getByTestId("request-state")).toHaveText("pending");
+  await expect(page.getByTestId("diff")).toContainText(sink);
+  const requestUrl = page.url();
+  await page.goto(`/routes/alpha/${route}`);
+  await expect(page.getByRole("alert").filter({ hasText: "Not found." }).first()).toBeVisible();
+  await signOut(page);
+
+  // The admin sees the request in the inbox (counted in the navigation) and approves it.
+  await signIn(page, users.admin);
+  await expect(page.getByTestId("approvals-count")).toBeVisible();
+  await navigate(page, "Approvals");
+  await page.getByTestId("approvals-inbox").locator("tr", { hasText: route }).getByRole("link").click();
+  await expect(page).toHaveURL(requestUrl);
+  await fill(page, { Comment: "looks right" });
+  await page.getByRole("button", { name: "Approve and apply" }).click();
+  await expect(page.getByTestId("request-state")).toHaveText("approved");
+  await expect(page.getByTestId("decided-by")).toContainText(users.admin.name);
+
+  // The route exists now, authored by the editor, and its job runs.
+  await page.goto(`/routes/alpha/${route}`);
+  await expect(page.getByTestId("history")).toContainText(users.editor.name);
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("job-phase")).toHaveText("running");
+  }).toPass({ timeout: 20_000 });
+
+  // An admin's own change waits for another admin: the request page offers no decision.
+  await page.getByRole("link", { name: "Edit" }).click();
+  await fill(page, { "Batch size": "50", "Reason for this change": "smaller batches" });
+  await page.getByRole("button", { name: "Save route" }).click();
+  await page.getByTestId("pending-approval").getByRole("link", { name: "Follow the request" }).click();
+  await expect(page.getByTestId("own-request")).toBeVisible();
+  await expect(page.getByRole("button", { name: "Approve and apply" })).toHaveCount(0);
+  await page.screenshot({ path: "test-results/approvals.png", fullPage: true });
+});

@@ -33,6 +33,7 @@ fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir
         description: String::new(),
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         secrets: BTreeMap::new(),
+        tags: Vec::new(),
     };
     let secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let log: Arc<dyn Appender> = Arc::new(EmbeddedLog::open(dir.join("log"), Default::default()).unwrap());
@@ -208,6 +209,7 @@ async fn stream_sink_re_routes_events_into_another_stream() {
         description: String::new(),
         settings: BTreeMap::from([("stream".to_owned(), "beta/plays".to_owned())]),
         secrets: BTreeMap::new(),
+        tags: Vec::new(),
     };
     let appender: Arc<dyn Appender> = log.clone();
     let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender).unwrap();

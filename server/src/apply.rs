@@ -140,13 +140,15 @@ fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
             r.validate().map_err(errors)?;
             serde_json::to_value(r)
         }
-        Declaration::Team(t) => serde_json::to_value(t),
+        Declaration::Team(_) | Declaration::Policy(_) => {
+            return Err(vec![format!("a pipeline file declares streams, sinks and routes, not {kind}s")])
+        }
     };
     stored.map_err(|e| vec![e.to_string()])
 }
 
 fn comparable_sink(s: &SinkInput) -> Value {
-    json!({"kind": s.kind, "description": s.description, "settings": s.settings})
+    json!({"kind": s.kind, "description": s.description, "settings": s.settings, "tags": s.tags})
 }
 
 /// The line declaring `name` under the top-level key `section` (block style, as written by
@@ -179,6 +181,15 @@ pub enum Plan {
     Create,
     Update { version: i64, changes: Vec<Change> },
     Unchanged,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Changes applied at once.
+    pub applied: usize,
+    /// One line per change held back as a change request.
+    pub held: Vec<String>,
 }
 
 /// The API, as `apply` uses it.
@@ -220,7 +231,7 @@ impl Client {
                 Some((version, current)) => {
                     let current = if d.kind == Kind::Sink {
                         json!({"kind": current["kind"], "description": current["description"],
-                               "settings": current["settings"]})
+                               "settings": current["settings"], "tags": current.get("tags").cloned().unwrap_or(json!([]))})
                     } else {
                         current
                     };
@@ -239,9 +250,11 @@ impl Client {
 
     /// Applies a plan (creates and updates only; objects missing from the file are left alone).
     /// Each update names the version it was planned against, so a change made by someone else
-    /// in between is refused rather than overwritten.
-    pub async fn apply(&self, team: &str, plan: &[(Declared, Plan)], reason: &str) -> anyhow::Result<usize> {
+    /// in between is refused rather than overwritten. A change the approval policy holds back
+    /// comes back as a change request, listed in the outcome.
+    pub async fn apply(&self, team: &str, plan: &[(Declared, Plan)], reason: &str) -> anyhow::Result<Outcome> {
         let mut applied = 0;
+        let mut held = Vec::new();
         for (d, p) in plan {
             let collection = format!("/api/v1/teams/{team}/{}", d.kind.plural());
             let (status, body) = match p {
@@ -255,6 +268,24 @@ impl Client {
                     self.call(reqwest::Method::PUT, &format!("{collection}/{}", d.name), Some(body)).await?
                 }
             };
+            if status == 202 {
+                let request = &body["change_request"];
+                held.push(format!(
+                    "line {}: {} {team}/{} waits for an admin's approval as change request #{} ({})",
+                    d.line,
+                    d.kind,
+                    d.name,
+                    request["id"],
+                    request["needs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                continue;
+            }
             if !(200..300).contains(&status) {
                 anyhow::bail!(
                     "line {}: {} {team}/{} was refused: {} ({applied} earlier change(s) of this file were applied)",
@@ -266,7 +297,7 @@ impl Client {
             }
             applied += 1;
         }
-        Ok(applied)
+        Ok(Outcome { applied, held })
     }
 
     /// Every object of a team's kind, as a pipeline file section would declare it.

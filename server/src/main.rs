@@ -178,8 +178,11 @@ async fn main() -> anyhow::Result<()> {
             let client = remote.client();
             let plan = client.plan(&pipeline).await?;
             print!("{}", keystone::apply::render(&pipeline.team, &plan));
-            let applied = client.apply(&pipeline.team, &plan, &reason).await?;
-            println!("{applied} change(s) applied.");
+            let outcome = client.apply(&pipeline.team, &plan, &reason).await?;
+            for line in &outcome.held {
+                println!("{line}");
+            }
+            println!("{} change(s) applied, {} waiting for approval.", outcome.applied, outcome.held.len());
             return Ok(());
         }
         Command::Diff { remote, file } => {

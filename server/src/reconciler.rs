@@ -17,8 +17,7 @@ use keystone_control::reconcile::{
 };
 use keystone_control::store::{Scope, Store};
 use keystone_control::{
-    is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, Role, RouteSpec, SinkSpec,
-    StreamSpec,
+    is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
 };
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
@@ -40,6 +39,8 @@ pub struct Reconciler {
     /// Roots file sinks.
     pub data_dir: PathBuf,
     pub health: Arc<ReconcilerHealth>,
+    /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
+    pub job_env: Arc<BTreeMap<String, String>>,
 }
 
 /// How the reconciler is doing, for `/metrics`.
@@ -166,10 +167,22 @@ impl Reconciler {
         let find = |objects: &[Object], team: &str, name: &str| {
             objects.iter().find(|o| o.team == team && o.name == name).cloned()
         };
+        let overrides = self.store.all_config_overrides().await?;
         let mut inputs: HashMap<String, (Object, Object, Object)> = HashMap::new();
         let mut goal = Vec::new();
-        for route in routes {
-            let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
+        for mut route in routes {
+            let Ok(declared) = route.spec_as::<RouteSpec>() else { continue };
+            // The job runs the effective spec: the declaration with the environment and the
+            // console overrides layered on, so changing either rolls the job like a new version.
+            let layers = overrides.get(&route.id).map_or(&[][..], Vec::as_slice);
+            let spec = match keystone_control::config::effective(&declared, &self.job_env, layers) {
+                Ok((spec, _)) => spec,
+                Err(e) => {
+                    tracing::warn!(route = %format!("{}/{}", route.team, route.name), error = %e, "Configuration layers ignored.");
+                    declared
+                }
+            };
+            route.spec = serde_json::to_value(&spec)?;
             let (Some(stream), Some(sink)) =
                 (find(streams, &route.team, spec.stream.as_str()), find(&sinks, &route.team, spec.sink.as_str()))
             else {
@@ -288,12 +301,7 @@ impl Reconciler {
             let detail = format!("{}; unhealthy ({why}) with no earlier version to return to", d.detail);
             return Ok(self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?);
         };
-        let gate = Principal {
-            user_id: "keystone".into(),
-            display: "keystone (stability gate)".into(),
-            role: Role::Admin,
-            teams: Vec::new(),
-        };
+        let gate = Principal::system("keystone (stability gate)");
         let reason = format!("automatic rollback of v{}: {why}", d.to_version);
         match Goal::new(&self.store, &gate).roll_back_route(&route.team, &route.name, target, &reason).await {
             Ok(_) => {
@@ -342,7 +350,7 @@ impl Reconciler {
                     spec.clone(),
                     self.log.clone(),
                     make_sink,
-                    Arc::new(StoreCheckpoints(self.store.clone())),
+                    Arc::new(StoreCheckpoints::new(self.store.clone())),
                     observer,
                     stats.clone(),
                     policy,
@@ -392,17 +400,39 @@ impl Reconciler {
     }
 }
 
-/// Checkpoints in the source-of-truth database.
-struct StoreCheckpoints(Store);
+/// Checkpoints in the source-of-truth database. The first commit of a job, then one a minute
+/// at most, is also copied into the route's bounded checkpoint history (a rewind target).
+struct StoreCheckpoints {
+    store: Store,
+    /// When this job last copied its checkpoints into the history (ms; 0: not yet).
+    last_snapshot: std::sync::atomic::AtomicI64,
+}
+
+impl StoreCheckpoints {
+    fn new(store: Store) -> Self {
+        StoreCheckpoints { store, last_snapshot: Default::default() }
+    }
+}
 
 impl CheckpointStore for StoreCheckpoints {
     async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
-        let saved = self.0.checkpoints(route_id).await.map_err(|e| e.to_string())?;
+        let saved = self.store.checkpoints(route_id).await.map_err(|e| e.to_string())?;
         Ok(saved.into_iter().map(|c| (c.partition, c.next_offset)).collect())
     }
 
     async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
-        self.0.commit_checkpoints(route_id, positions).await.map_err(|e| e.to_string())
+        use std::sync::atomic::Ordering::Relaxed;
+        self.store.commit_checkpoints(route_id, positions).await.map_err(|e| e.to_string())?;
+        let now = keystone_control::store::now_ms();
+        let last = self.last_snapshot.load(Relaxed);
+        if now - last >= keystone_control::rewind::CHECKPOINT_HISTORY_EVERY_MS {
+            self.last_snapshot.store(now, Relaxed);
+            // The commit itself is done: a failed copy only costs a history entry.
+            if let Err(e) = self.store.snapshot_checkpoints(route_id).await {
+                tracing::warn!(route_id, error = %e, "Checkpoint history not written.");
+            }
+        }
+        Ok(())
     }
 }
 

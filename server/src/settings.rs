@@ -1,6 +1,7 @@
 //! Typed settings, layered: defaults < config file < `KEYSTONE_*` environment variables.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +39,10 @@ pub struct Settings {
     /// scrape their teams' series only.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// The environment layer of every job's configuration, from `KEYSTONE_JOB_<KEY>` variables
+    /// (e.g. `KEYSTONE_JOB_STALL_TIMEOUT_S=300`): key -> value, checked at start-up.
+    #[serde(skip)]
+    pub job_env: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -59,10 +64,13 @@ impl Settings {
             Some(path) => builder.add_source(config::File::from(path).required(true)),
             None => builder.add_source(config::File::with_name("keystone.toml").required(false)),
         };
-        builder
+        let mut settings: Settings = builder
             .add_source(config::Environment::with_prefix("KEYSTONE").prefix_separator("_").try_parsing(true))
             .build()?
-            .try_deserialize()
+            .try_deserialize()?;
+        settings.job_env = keystone_control::config::env_layer(std::env::vars())
+            .map_err(|e| config::ConfigError::Message(format!("job configuration: {e}")))?;
+        Ok(settings)
     }
 
     /// The database URL in effect: the configured one, or the embedded SQLite file.

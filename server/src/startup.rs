@@ -100,12 +100,14 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     let jobs = Arc::new(JobRegistry::new(log.clone()));
     let meter = Arc::new(IngestMeter::default());
     let reconciler_health = Arc::new(ReconcilerHealth::default());
+    let job_env = Arc::new(settings.job_env.clone());
     let reconciler = Reconciler {
         store: store.clone(),
         log: log.clone(),
         jobs: jobs.clone(),
         data_dir: settings.data_dir.clone(),
         health: reconciler_health.clone(),
+        job_env: job_env.clone(),
     };
     Arc::new(reconciler).spawn();
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
@@ -130,6 +132,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         log: log.clone(),
         jobs: jobs.clone(),
         meter: meter.clone(),
+        job_env: job_env.clone(),
     };
 
     let sessions = DbSessionStore::connect(database_url).await?;
@@ -167,6 +170,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,
+        job_env,
     });
     let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
     let router = console

@@ -82,6 +82,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
         metrics_token: Some(SCRAPE_TOKEN.into()),
+        job_env: Default::default(),
     };
     tweak(&mut settings);
     let (base, running) = start_server(settings.clone()).await;
@@ -541,6 +542,207 @@ async fn openapi_document_is_served(db: Db) {
     app.teardown().await;
 }
 
+/// A console session of `user` (its own cookie jar), as a browser without JavaScript has.
+async fn console_session(app: &TestApp, user: &str) -> reqwest::Client {
+    let c = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = c
+        .post(format!("{}/api/login", app.base))
+        .header("origin", &app.base)
+        .form(&[("username", user), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success() || r.status().is_redirection(), "{user} signs in: {:?}", r.status());
+    c
+}
+
+/// Posts a console form in `session`; the status and the body (a server function's error is
+/// the body's JSON).
+async fn console_post(
+    app: &TestApp,
+    session: &reqwest::Client,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let r = session.post(format!("{}{path}", app.base)).header("origin", &app.base).form(fields).send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
+    let app = spawn_app(db).await;
+    upsert_user(&app.store, "root", PASSWORD, Role::Admin, &[], false).await.unwrap();
+    let admin = console_session(&app, "admin").await;
+    let root = console_session(&app, "root").await;
+    let alice = console_session(&app, "alice").await;
+
+    // Without a policy nothing waits; only admins may write one.
+    let (_, policy) = app.get(&app.alpha, "/api/v1/policies/approvals").await;
+    assert_eq!(policy["version"], 0);
+    let fields = [
+        ("version", "0"),
+        ("stream_deletes", "yes"),
+        ("capacity_increases", "yes"),
+        ("routes_to_sinks_tagged", "production"),
+        ("objects_tagged", "critical"),
+        ("reason", "four eyes on production"),
+    ];
+    let (s, body) = console_post(&app, &alice, "/api/save_policy", &fields).await;
+    assert!(!s.is_success() && !s.is_redirection() && body.contains("Forbidden"), "{s} {body}");
+    let (s, body) = console_post(&app, &admin, "/api/save_policy", &fields).await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    let (_, policy) = app.get(&app.alpha, "/api/v1/policies/approvals").await;
+    assert_eq!((policy["version"].as_i64(), policy["policy"]["stream_deletes"].as_bool()), (Some(1), Some(true)));
+
+    // An editor's route to a production sink becomes a change request: 202, nothing applied.
+    for (name, partitions) in [("plays", 3), ("old", 1)] {
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": name, "spec": stream(partitions)}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+    let sink = json!({"kind": "file", "settings": {"path": "warehouse"}, "tags": ["production"]});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sinks", json!({"name": "warehouse", "spec": sink})).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let revisions = app.revision_count().await;
+    let route = json!({"stream": "plays", "sink": "warehouse", "filter": "event.n > 1"});
+    let (s, body) = app
+        .post(
+            &app.alpha,
+            "/api/v1/teams/alpha/routes",
+            json!({"name": "to-warehouse", "spec": route, "reason": "ship it"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let route_request = body["change_request"]["id"].as_i64().unwrap();
+    assert_eq!(body["change_request"]["state"], "pending");
+    assert_eq!(body["change_request"]["needs"], json!(["a route to a sink tagged \"production\""]));
+    assert!(body["change_request"]["changes"].as_array().unwrap().iter().any(|c| c["path"] == "filter"), "{body}");
+    assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(app.revision_count().await, revisions, "a held-back change writes no revision");
+    let (_, mine) = app.get(&app.alpha, "/api/v1/change-requests?mine=true&state=pending").await;
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    // Other teams do not see alpha's requests.
+    let (_, theirs) = app.get(&app.beta, "/api/v1/change-requests").await;
+    assert_eq!(theirs, json!([]));
+    assert_eq!(app.get(&app.beta, &format!("/api/v1/change-requests/{route_request}")).await.0, StatusCode::NOT_FOUND);
+
+    // An editor cannot decide, and an admin cannot decide a request of their own.
+    let id = route_request.to_string();
+    let (s, body) =
+        console_post(&app, &alice, "/api/decide_request", &[("id", &id), ("decision", "approve"), ("comment", "")])
+            .await;
+    assert!(!s.is_success() && body.contains("only admins"), "{s} {body}");
+    let raise = [
+        ("team", "alpha"),
+        ("name", "plays"),
+        ("version", "1"),
+        ("description", "plays"),
+        ("partitions", "6"),
+        ("retention_hours", "24"),
+        ("retention_bytes", ""),
+        ("key_field", ""),
+        ("schema", ""),
+        ("reason", "more partitions"),
+    ];
+    let (_, body) = console_post(&app, &admin, "/api/save_stream", &raise).await;
+    assert!(body.contains("PendingApproval") && body.contains("raising partitions from 3 to 6"), "{body}");
+    let (_, pending) = app.get(&app.alpha, "/api/v1/change-requests?state=pending").await;
+    let raise_request = pending[0]["id"].as_i64().unwrap();
+    assert_eq!(pending[0]["requester"], "admin");
+    let raise_id = raise_request.to_string();
+    let own = [("id", raise_id.as_str()), ("decision", "approve"), ("comment", "")];
+    let (s, body) = console_post(&app, &admin, "/api/decide_request", &own).await;
+    assert!(!s.is_success() && body.contains("another admin must decide it"), "{s} {body}");
+    // The navigation counts what waits for each admin: not their own requests.
+    let count = |c: &reqwest::Client| {
+        let c = c.clone();
+        let url = format!("{}/api/whoami", app.base);
+        let origin = app.base.clone();
+        async move {
+            let me: Value = c.post(url).header("origin", origin).send().await.unwrap().json().await.unwrap();
+            me["pending_approvals"].as_i64().unwrap()
+        }
+    };
+    assert_eq!((count(&admin).await, count(&root).await), (1, 2));
+
+    // Another admin approves: the change is applied as the requester's revision.
+    let (s, body) = console_post(&app, &root, "/api/decide_request", &own).await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    let (_, plays) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/plays").await;
+    assert_eq!((plays["version"].as_i64(), plays["spec"]["partitions"].as_i64()), (Some(2), Some(6)));
+    let approve = [("id", id.as_str()), ("decision", "approve"), ("comment", "looks right")];
+    let (s, body) = console_post(&app, &admin, "/api/decide_request", &approve).await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    let (s, route_now) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse").await;
+    assert_eq!(s, StatusCode::OK, "{route_now}");
+    let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{route_request}")).await;
+    assert_eq!((request["state"].as_str(), request["decided_by"].as_str()), (Some("approved"), Some("admin")));
+    assert_eq!(request["comment"], "looks right");
+    let (_, history) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse/revisions").await;
+    assert_eq!(history[0]["author"], "token:alice-bot", "the requester authors the revision");
+    let reason = history[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("ship it") && reason.contains(&format!("#{route_request} approved by admin")), "{reason}");
+    // A decided request cannot be decided again.
+    let (s, body) = console_post(&app, &root, "/api/decide_request", &approve).await;
+    assert!(!s.is_success() && body.contains("already approved"), "{s} {body}");
+
+    // A request goes stale when its object changes first; pausing never waits for approval.
+    let filtered = json!({"stream": "plays", "sink": "warehouse", "filter": "event.n > 2"});
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse", json!({"spec": filtered})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let stale_id = body["change_request"]["id"].as_i64().unwrap().to_string();
+    let (s, body) = app
+        .post(
+            &app.alpha,
+            "/api/v1/teams/alpha/routes/to-warehouse/state",
+            json!({"state": "paused", "reason": "incident"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{stale_id}")).await;
+    assert_eq!(request["state"], "stale");
+    let (s, body) = console_post(
+        &app,
+        &admin,
+        "/api/decide_request",
+        &[("id", &stale_id), ("decision", "approve"), ("comment", "")],
+    )
+    .await;
+    assert!(!s.is_success() && body.contains("already stale"), "{s} {body}");
+    let (_, route_now) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse").await;
+    assert_eq!(route_now["spec"]["filter"], "event.n > 1", "the stale change was not applied");
+
+    // Deleting a stream waits too; a rejection needs a comment and changes nothing.
+    let (s, body) = app.delete(&app.alpha, "/api/v1/teams/alpha/streams/old?reason=unused").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let delete_id = body["change_request"]["id"].as_i64().unwrap().to_string();
+    let (s, body) = console_post(
+        &app,
+        &admin,
+        "/api/decide_request",
+        &[("id", &delete_id), ("decision", "reject"), ("comment", " ")],
+    )
+    .await;
+    assert!(!s.is_success() && body.contains("say why"), "{s} {body}");
+    let reject = [("id", delete_id.as_str()), ("decision", "reject"), ("comment", "still read by reports")];
+    let (s, body) = console_post(&app, &admin, "/api/decide_request", &reject).await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams/old").await.0, StatusCode::OK);
+    let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{delete_id}")).await;
+    assert_eq!(
+        (request["state"].as_str(), request["comment"].as_str()),
+        (Some("rejected"), Some("still read by reports"))
+    );
+
+    // Every step is in the audit log.
+    let ops = app.store.operations(&keystone_control::store::Scope::All, None, 100).await.unwrap();
+    let steps: Vec<&str> = ops.iter().filter(|o| o.action == "change request").map(|o| o.detail.as_str()).collect();
+    for needle in ["submitted", "approved", "stale", "rejected"] {
+        assert!(steps.iter().any(|d| d.contains(needle)), "no {needle} step in {steps:?}");
+    }
+    app.teardown().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -560,6 +762,7 @@ on_both_backends!(
     console_sign_in_sessions_and_csrf,
     sessions_end_at_the_absolute_timeout,
     openapi_document_is_served,
+    approvals_hold_back_changes_until_another_admin_decides,
 );
 
 mod ingest {
@@ -1325,7 +1528,8 @@ mod delivery {
 
         set("running").await;
         eventually("the waiting events", || async { delivered() == 150 }).await;
-        assert_eq!(phase().await, "running");
+        // The phase is reported by the job's supervisor, asynchronously to the delivery.
+        eventually("the job running", || async { phase().await == "running" }).await;
 
         set("stopped").await;
         eventually("the job stopped", || async { phase().await == "stopped" }).await;
@@ -1481,6 +1685,18 @@ mod delivery {
         eventually("the job stopped", || async { job(&app, "all").await["job"]["phase"] == "stopped" }).await;
         let (s, plan) = app.post(&app.alpha, &path("rewind"), json!({"to": "savepoint", "savepoint": "all-80"})).await;
         assert_eq!((s, &plan["redelivered"], &plan["skipped"]), (StatusCode::OK, &json!(0), &json!(0)), "{plan}");
+        // The checkpoint history: each job's first commit (then one a minute) was copied; the
+        // oldest entry is a rewind target like a savepoint.
+        let (s, history) = app.get(&app.alpha_viewer, &path("checkpoints")).await;
+        assert_eq!(s, StatusCode::OK, "{history}");
+        let oldest = history.as_array().unwrap().last().unwrap().clone();
+        let at: u64 = oldest["positions"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert!(at > 0 && at <= 80, "{history}");
+        let to_checkpoint = json!({"to": "checkpoint", "checkpoint": oldest["id"], "dry_run": true});
+        let (s, plan) = app.post(&app.alpha, &path("rewind"), to_checkpoint).await;
+        assert_eq!((s, plan["redelivered"].as_u64()), (StatusCode::OK, Some(80 - at)), "{plan}");
+        let (s, body) = app.post(&app.alpha, &path("rewind"), json!({"to": "checkpoint", "checkpoint": -1})).await;
+        assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("checkpoint")), "{body}");
         let (s, body) = app.post(&app.alpha, &path("rewind"), json!({"to": "savepoint", "savepoint": "nope"})).await;
         assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("savepoint")), "{body}");
         let (s, _) = app.post(&app.alpha_viewer, &path("rewind"), json!({"to": "earliest", "dry_run": true})).await;
@@ -1555,6 +1771,96 @@ mod delivery {
 
     /// `keystone apply`: a pipeline file creates what it declares, applying it again changes
     /// nothing, a change is shown as a diff before it is made, and a refusal names the line.
+    /// Effective configuration = platform default < route < environment < console override,
+    /// each value with its source; an override rolls the job, which then runs with it.
+    #[tokio::test]
+    async fn configuration_layers_show_their_source_and_an_override_rolls_the_job() {
+        let app = spawn_app_with(Db::Sqlite, |s| {
+            s.job_env =
+                keystone_control::config::env_layer([("KEYSTONE_JOB_STALL_TIMEOUT_S".into(), "300".into())]).unwrap();
+        })
+        .await;
+        declare(&app, "streams", "plays", stream(1)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "layers"}})).await;
+        // No duplicates on redeploy: the roll drains the old job, so the sink can be counted exactly.
+        let route = json!({"stream": "plays", "sink": "lake", "batch_size": 100, "max_latency_ms": 200,
+                           "delivery_on_redeploy": "no_duplicates", "config": {"job.checkpoint_interval_ms": "500"}});
+        declare(&app, "routes", "all", route).await;
+        let config = |body: &Value, key: &str| -> (String, String) {
+            let e =
+                body.as_array().unwrap().iter().find(|e| e["key"] == key).unwrap_or_else(|| panic!("{key} in {body}"));
+            let source = match e["source"]["layer"].as_str().unwrap() {
+                "env" => format!("env {}", e["source"]["var"].as_str().unwrap()),
+                "override" => format!("override by {}", e["source"]["by"].as_str().unwrap()),
+                layer => layer.to_owned(),
+            };
+            (e["value"].as_str().unwrap().to_owned(), source)
+        };
+        let (s, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/config").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(config(&body, "batch_size"), ("100".into(), "route".into()));
+        assert_eq!(config(&body, "job.checkpoint_interval_ms"), ("500".into(), "route".into()));
+        assert_eq!(config(&body, "job.stall_timeout_s"), ("300".into(), "env KEYSTONE_JOB_STALL_TIMEOUT_S".into()));
+        assert_eq!(config(&body, "job.stability_s"), ("60".into(), "default".into()));
+
+        // Bad overrides are refused with the field, and a viewer may not set one.
+        let path = "/api/v1/teams/alpha/routes/all/config";
+        let (s, body) = app.put(&app.alpha, &format!("{path}/filter"), json!({"value": "true"})).await;
+        assert_eq!((s, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("key")), "{body}");
+        let (s, body) = app.put(&app.alpha, &format!("{path}/batch_size"), json!({"value": "0"})).await;
+        assert_eq!((s, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("value")), "{body}");
+        let (s, _) = app.put(&app.alpha_viewer, &format!("{path}/batch_size"), json!({"value": "7"})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // The first 40 events go in batches of up to 100; after the override, in batches of 7.
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..40)).await;
+        eventually("the first 40 events", || async { sink_lines(&app, "layers").len() == 40 }).await;
+        let (s, body) =
+            app.put(&app.alpha, &format!("{path}/batch_size"), json!({"value": "7", "reason": "smaller files"})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(config(&body, "batch_size"), ("7".into(), "override by token:alice-bot".into()));
+        let before: std::collections::HashSet<std::path::PathBuf> = sink_files(&app, "layers").into_keys().collect();
+        // The job rolls within a reconciler pass; events sent after it are delivered 7 at a time.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        ingest(&app, &token, "plays", &plays(40..110)).await;
+        eventually("all 110 events", || async { sink_lines(&app, "layers").len() == 110 }).await;
+        let after: Vec<usize> =
+            sink_files(&app, "layers").into_iter().filter(|(p, _)| !before.contains(p)).map(|(_, n)| n).collect();
+        assert_eq!(after.iter().sum::<usize>(), 70, "{after:?}");
+        assert!(after.iter().all(|n| *n <= 7), "batches after the override: {after:?}");
+        let ops = app.store.operations(&keystone_control::store::Scope::All, None, 50).await.unwrap();
+        assert!(
+            ops.iter().any(|o| o.action == "config override" && o.detail == "batch_size = 7: smaller files"),
+            "{ops:?}"
+        );
+
+        // Clearing the override brings the route's own value back.
+        let (s, body) = app.delete(&app.alpha, &format!("{path}/batch_size?reason=done")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(config(&body, "batch_size"), ("100".into(), "route".into()));
+        app.teardown().await;
+    }
+
+    /// Every NDJSON file under a file sink's folder, with its number of events.
+    fn sink_files(app: &TestApp, path: &str) -> std::collections::HashMap<std::path::PathBuf, usize> {
+        fn walk(dir: &std::path::Path, out: &mut std::collections::HashMap<std::path::PathBuf, usize>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "ndjson") {
+                    let n = std::fs::read_to_string(&p).unwrap().lines().count();
+                    out.insert(p, n);
+                }
+            }
+        }
+        let mut out = std::collections::HashMap::new();
+        walk(&app.settings.data_dir.join("sinks").join(path), &mut out);
+        out
+    }
+
     #[tokio::test]
     async fn apply_declares_a_pipeline_idempotently_and_shows_changes_first() {
         use keystone::apply::{parse, render, Client, Plan};
@@ -1569,12 +1875,12 @@ mod delivery {
             render("alpha", &plan),
             "+ create stream alpha/plays\n+ create sink alpha/lake\n+ create route alpha/br\n"
         );
-        assert_eq!(client.apply("alpha", &plan, "from git").await.unwrap(), 3);
+        assert_eq!(client.apply("alpha", &plan, "from git").await.unwrap().applied, 3);
         let revisions = app.revision_count().await;
 
         let again = client.plan(&pipeline).await.unwrap();
         assert!(again.iter().all(|(_, p)| *p == Plan::Unchanged), "{}", render("alpha", &again));
-        assert_eq!(client.apply("alpha", &again, "from git").await.unwrap(), 0);
+        assert_eq!(client.apply("alpha", &again, "from git").await.unwrap().applied, 0);
         assert_eq!(app.revision_count().await, revisions, "applying the same file twice changes nothing");
 
         let changed = parse("p.yaml", &file.replace("\"BR\"", "\"AR\"")).unwrap();
@@ -1584,7 +1890,7 @@ mod delivery {
             "= unchanged stream alpha/plays\n= unchanged sink alpha/lake\n~ update route alpha/br (v1 -> v2)\n    \
              filter: \"event.country == \\\"BR\\\"\" -> \"event.country == \\\"AR\\\"\"\n"
         );
-        assert_eq!(client.apply("alpha", &plan, "argentina").await.unwrap(), 1);
+        assert_eq!(client.apply("alpha", &plan, "argentina").await.unwrap().applied, 1);
         let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/br").await;
         assert_eq!((&route["version"], &route["spec"]["filter"]), (&json!(2), &json!("event.country == \"AR\"")));
 
@@ -1600,6 +1906,30 @@ mod delivery {
         assert!(matches!(plan[2].1, Plan::Update { version: 2, .. }), "{}", render("alpha", &plan));
         let e = viewer.apply("alpha", &plan, "x").await.unwrap_err().to_string();
         assert!(e.contains("line 9: route alpha/br was refused: HTTP 403"), "{e}");
+
+        // A change the approval policy holds back comes back as a change request; the rest of
+        // the file is applied.
+        let root = Principal { user_id: "root".into(), display: "root".into(), role: Role::Admin, teams: vec![] };
+        let policy = keystone_control::approvals::ApprovalPolicy {
+            objects_tagged: vec!["critical".into()],
+            ..Default::default()
+        };
+        Goal::new(&app.store, &root).create("", "approvals", Declaration::Policy(policy), "").await.unwrap();
+        let tagged = file
+            .replace("\"BR\"\n", "\"PE\"\n    tags: [critical]\n")
+            .replace("partitions: 2,", "partitions: 2, description: raw,");
+        let plan = client.plan(&parse("p.yaml", &tagged).unwrap()).await.unwrap();
+        let outcome = client.apply("alpha", &plan, "peru").await.unwrap();
+        assert_eq!(outcome.applied, 1, "the stream's description is applied");
+        assert_eq!(outcome.held.len(), 1, "{:?}", outcome.held);
+        assert!(
+            outcome.held[0].starts_with("line 9: route alpha/br waits for an admin's approval as change request #")
+                && outcome.held[0].contains("tagged \"critical\""),
+            "{:?}",
+            outcome.held
+        );
+        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/br").await;
+        assert_eq!(route["spec"]["filter"], "event.country == \"AR\"", "the held-back change is not applied");
         app.teardown().await;
     }
 

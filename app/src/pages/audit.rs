@@ -55,7 +55,7 @@ pub fn RevisionTable(revisions: Vec<Revision>) -> impl IntoView {
                         .into_iter()
                         .map(|r| {
                             let label = format!("{} {}/{}", r.kind, r.team, r.name);
-                            let link = (r.kind != Kind::Team && r.op != Op::Delete)
+                            let link = (!r.kind.is_platform() && r.op != Op::Delete)
                                 .then(|| format!("/{}/{}/{}?to={}", r.kind.plural(), r.team, r.name, r.version));
                             view! {
                                 <tr>

@@ -15,6 +15,8 @@ pub struct Me {
     pub teams: Vec<String>,
     /// Teams whose objects this user may change (every team for admins).
     pub writable_teams: Vec<String>,
+    /// Change requests waiting for this user's decision (admins), for the navigation.
+    pub pending_approvals: i64,
 }
 
 #[server(endpoint = "whoami")]
@@ -28,7 +30,9 @@ pub async fn whoami() -> Result<Option<Me>, AppError> {
             Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect()
         }
     };
+    let pending_approvals = if p.is_admin() { state.store.pending_change_requests_for(&p.user_id).await? } else { 0 };
     Ok(Some(Me {
+        pending_approvals,
         username: p.display,
         role: p.role,
         teams: p.teams.into_iter().map(|t| t.name).collect(),

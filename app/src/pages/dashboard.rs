@@ -71,6 +71,28 @@ pub async fn silence_alerts(
     Ok(())
 }
 
+/// The override form's key choices (`keystone_control::config::LAYERED_KEYS`).
+const OVERRIDE_KEYS: &str = "select:batch_size,max_latency_ms,job.checkpoint_interval_ms,job.stall_timeout_s,job.start_at,job.stability_s,job.max_error_percent";
+
+/// Overrides one configuration key of the route (the top layer), or with an empty value
+/// removes the override; the reconciler then rolls the job with the route's strategy.
+#[server]
+pub async fn override_config(
+    team: String,
+    name: String,
+    config_key: String,
+    config_value: String,
+    config_reason: String,
+) -> Result<(), AppError> {
+    let (state, who) = crate::state::signed_in().await?;
+    let value = Some(config_value.trim()).filter(|v| !v.is_empty());
+    keystone_control::goal::Goal::new(&state.store, &who)
+        .set_config_override(&team, &name, &config_key, value, &config_reason)
+        .await?;
+    state.jobs.request_pass();
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRow {
     pub rule: String,
@@ -239,27 +261,14 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         chart("sink-errors", "Failed sink requests by kind", "requests/s", &sink_errors),
     ];
 
-    let settings = spec.job_settings().unwrap_or_default();
-    let source = |key: &str| if spec.config.contains_key(key) { "route" } else { "platform default" }.to_owned();
-    let config = vec![
-        ("batch_size".into(), spec.batch_size.to_string(), "route".into()),
-        ("max_latency_ms".into(), spec.max_latency_ms.to_string(), "route".into()),
-        ("ordering".into(), spec.ordering.as_str().into(), "route".into()),
-        ("delivery_on_redeploy".into(), spec.delivery_on_redeploy.as_str().into(), "route".into()),
-        (
-            "job.checkpoint_interval_ms".into(),
-            settings.checkpoint_interval_ms.to_string(),
-            source("job.checkpoint_interval_ms"),
-        ),
-        ("job.stall_timeout_s".into(), settings.stall_timeout_s.to_string(), source("job.stall_timeout_s")),
-        ("job.stability_s".into(), settings.stability_s.to_string(), source("job.stability_s")),
-        ("job.max_error_percent".into(), settings.max_error_percent.to_string(), source("job.max_error_percent")),
-        (
-            "job.start_at".into(),
-            if settings.start_at_latest { "latest" } else { "earliest" }.into(),
-            source("job.start_at"),
-        ),
-    ];
+    let mut config: Vec<(String, String, String)> = goal
+        .route_config(&team, &name, &state.job_env)
+        .await?
+        .into_iter()
+        .map(|e| (e.key, e.value, e.source.describe()))
+        .collect();
+    config.push(("ordering".into(), spec.ordering.as_str().into(), "route".into()));
+    config.push(("delivery_on_redeploy".into(), spec.delivery_on_redeploy.as_str().into(), "route".into()));
     let states = store.route_alerts(&route.id).await?;
     let topic = keystone_control::dead_letter_topic(&team, &name);
     let dead_letters =
@@ -320,9 +329,10 @@ pub fn RouteDashboardPage() -> impl IntoView {
         (p.get("team").unwrap_or_default(), p.get("name").unwrap_or_default())
     };
     let silence = ServerAction::<SilenceAlerts>::new();
+    let overrides = ServerAction::<OverrideConfig>::new();
     let (form_team, form_name) = (title_team.clone(), title_name.clone());
     let data = Resource::new(
-        move || (team(), name(), window(), tick.get(), silence.version().get()),
+        move || (team(), name(), window(), tick.get(), silence.version().get() + overrides.version().get()),
         |(t, n, w, _, _)| job_dashboard(t, n, w.as_str().to_owned()),
     );
     view! {
@@ -345,7 +355,7 @@ pub fn RouteDashboardPage() -> impl IntoView {
                 Suspend::new(async move {
                     match data.await {
                         Err(e) => view! { <LoadError error=e/> }.into_any(),
-                        Ok(d) => dashboard_view(d, silence, team, name).into_any(),
+                        Ok(d) => dashboard_view(d, silence, overrides, team, name).into_any(),
                     }
                 })
             }}
@@ -353,7 +363,15 @@ pub fn RouteDashboardPage() -> impl IntoView {
     }
 }
 
-fn dashboard_view(d: DashboardView, silence: ServerAction<SilenceAlerts>, team: String, name: String) -> impl IntoView {
+fn dashboard_view(
+    d: DashboardView,
+    silence: ServerAction<SilenceAlerts>,
+    overrides: ServerAction<OverrideConfig>,
+    team: String,
+    name: String,
+) -> impl IntoView {
+    let override_errors = field_errors(overrides.value());
+    let (config_team, config_name) = (team.clone(), name.clone());
     let rules: Vec<String> = d.alerts.iter().map(|a| a.rule.clone()).collect();
     let silence_errors = field_errors(silence.value());
     let t = d.totals;
@@ -406,6 +424,23 @@ fn dashboard_view(d: DashboardView, silence: ServerAction<SilenceAlerts>, team: 
                         }).collect_view()}
                     </tbody>
                 </table>
+                {can_edit().then(|| view! {
+                    <div class="border-t border-slate-200 px-4 py-3">
+                        <FormStatus error=last_error(overrides.value())/>
+                        <ActionForm action=overrides attr:class="space-y-3" attr:data-testid="override-form">
+                            <input type="hidden" name="team" value=config_team.clone()/>
+                            <input type="hidden" name="name" value=config_name.clone()/>
+                            <div class="grid grid-cols-2 gap-3">
+                                <Field label="Override key" name="config_key" error_key="key" errors=override_errors
+                                    kind=OVERRIDE_KEYS/>
+                                <Field label="Value" name="config_value" error_key="value" errors=override_errors
+                                    help="Empty removes the override."/>
+                            </div>
+                            <Field label="Why" name="config_reason" errors=override_errors/>
+                            <button type="submit" class=BUTTON_SECONDARY>"Set override"</button>
+                        </ActionForm>
+                    </div>
+                })}
             </section>
         </div>
         <section class=format!("{CARD} mt-6")>
@@ -496,5 +531,14 @@ fn figure(label: &'static str, value: String, test_id: &'static str) -> impl Int
             <div class="text-xs uppercase tracking-wide text-slate-500">{label}</div>
             <div class="text-lg font-semibold tabular-nums" data-testid=test_id>{value}</div>
         </div>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_override_form_offers_every_layered_key() {
+        let offered: Vec<&str> = super::OVERRIDE_KEYS.trim_start_matches("select:").split(',').collect();
+        assert_eq!(offered, keystone_control::config::LAYERED_KEYS);
     }
 }

@@ -1,6 +1,7 @@
 //! One module per page or feature, each with its components and server functions.
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod dashboard;

@@ -35,6 +35,7 @@ pub async fn save_route(
     config: String,
     // Optional: forms from before alert rules keep the route's rules (or the defaults).
     alerts: Option<String>,
+    tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -80,6 +81,7 @@ pub async fn save_route(
         config,
         alerts: Vec::new(),
         state: Default::default(),
+        tags: split_list(tags.as_deref().unwrap_or_default()),
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
@@ -195,6 +197,8 @@ pub struct RouteJobView {
     /// Newest first.
     pub deployments: Vec<keystone_control::deployments::Deployment>,
     pub savepoints: Vec<keystone_control::rewind::Savepoint>,
+    /// The newest entries of the checkpoint history.
+    pub checkpoint_history: Vec<keystone_control::rewind::HistoricCheckpoint>,
 }
 
 #[server]
@@ -220,6 +224,7 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
         deployments: store.deployments(&route.id, 10).await?,
         savepoints: store.savepoints(&route.id).await?,
+        checkpoint_history: store.checkpoint_history(&route.id).await?.into_iter().take(5).collect(),
     })
 }
 
@@ -264,7 +269,8 @@ pub async fn take_savepoint(team: String, name: String, label: String) -> Result
 }
 
 /// Estimates (`mode` = `estimate`) or makes a rewind of a stopped route: to the earliest retained
-/// event, a UTC time (`at`), or a savepoint. Says what it did, or would do.
+/// event, a UTC time (`at`), a savepoint, or a checkpoint of the history. Says what it did, or
+/// would do.
 #[server]
 pub async fn rewind_route(
     team: String,
@@ -272,6 +278,8 @@ pub async fn rewind_route(
     to: String,
     at: String,
     savepoint: String,
+    // Optional: forms from before the checkpoint history keep working.
+    checkpoint: Option<String>,
     mode: String,
 ) -> Result<String, AppError> {
     use keystone_control::goal::Goal;
@@ -285,13 +293,22 @@ pub async fn rewind_route(
             None => return Err(AppError::Invalid(ValidationErrors::single("at", "use YYYY-MM-DD HH:MM (UTC)"))),
         },
         "savepoint" => RewindTo::Savepoint { savepoint: savepoint.trim().to_owned() },
-        _ => return Err(AppError::Invalid(ValidationErrors::single("to", "must be earliest, time or savepoint"))),
+        "checkpoint" => match checkpoint.as_deref().map(|c| c.trim().trim_start_matches('#').parse::<i64>()) {
+            Some(Ok(checkpoint)) => RewindTo::Checkpoint { checkpoint },
+            _ => return Err(AppError::Invalid(ValidationErrors::single("checkpoint", "give a checkpoint number"))),
+        },
+        _ => {
+            return Err(AppError::Invalid(ValidationErrors::single(
+                "to",
+                "must be earliest, time, savepoint or checkpoint",
+            )))
+        }
     };
     let dry_run = mode != "rewind";
     let goal = Goal::new(&app.store, &who);
     let i = goal.rewind_inputs(&team, &name, &target).await?;
     let positions =
-        keystone_engine::job::rewind::target_positions(app.log.as_ref(), &i.topic, i.partitions, &target, &i.savepoint)
+        keystone_engine::job::rewind::target_positions(app.log.as_ref(), &i.topic, i.partitions, &target, &i.recorded)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "Resolving rewind positions failed.");
@@ -443,9 +460,10 @@ fn RouteJob() -> impl IntoView {
                     <ActionForm action=rewind attr:class="mt-3 flex flex-wrap items-end gap-2">
                         <input type="hidden" name="team" value=team/>
                         <input type="hidden" name="name" value=name/>
-                        <div class="w-36"><Field label="Rewind to" name="to" kind="select:earliest,time,savepoint" value="earliest" errors=rewind_errors/></div>
+                        <div class="w-36"><Field label="Rewind to" name="to" kind="select:earliest,time,savepoint,checkpoint" value="earliest" errors=rewind_errors/></div>
                         <div class="w-52"><Field label="Time (UTC)" name="at" help="YYYY-MM-DD HH:MM" errors=rewind_errors/></div>
                         <div class="w-40"><Field label="Savepoint" name="savepoint" errors=rewind_errors/></div>
+                        <div class="w-32"><Field label="Checkpoint #" name="checkpoint" errors=rewind_errors/></div>
                         <div class="w-32"><Field label="Mode" name="mode" kind="select:estimate,rewind" value="estimate" errors=rewind_errors/></div>
                         <button type="submit" class=BUTTON_SECONDARY>"Go"</button>
                     </ActionForm>
@@ -567,6 +585,15 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         <DeadLetterTable letters=v.dead_letters/>
+        {(!v.checkpoint_history.is_empty()).then(|| view! {
+            <p class="mt-4 text-sm text-slate-600" data-testid="checkpoint-history">
+                "Checkpoint history (newest): "
+                {v.checkpoint_history.iter().map(|c| {
+                    let at: Vec<String> = c.positions.iter().map(|(p, o)| format!("p{p}@{o}")).collect();
+                    format!("#{} {} ({})", c.id, format_time(c.taken_at), at.join(", "))
+                }).collect::<Vec<_>>().join(" · ")}
+            </p>
+        })}
         {(!v.savepoints.is_empty()).then(|| view! {
             <p class="mt-4 text-sm text-slate-600" data-testid="savepoints">
                 "Savepoints: "
@@ -652,6 +679,7 @@ fn route_form(t: FormTarget) -> AnyView {
             <Field label="Alert rules" name="alerts" kind="textarea" errors
                 value=get(|r| keystone_control::alerts::format_rules(&r.alerts), &keystone_control::alerts::format_rules(&keystone_control::alerts::default_alert_rules()))
                 help="One rule per line: kind threshold for seconds. Kinds: lag_seconds, no_delivery, dead_letters (per minute), restarts (within seconds), failed."/>
+            <Field label="Tags" name="tags" errors value=get(|r| r.tags.join(", "), "") help="Optional, comma-separated labels an approval policy can match (e.g. critical)."/>
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save route"</button>
         </ActionForm>

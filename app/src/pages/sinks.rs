@@ -25,6 +25,7 @@ pub async fn save_sink(
     setting_stream: Option<String>,
     secret_authorization: String,
     secret_url: String,
+    tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -56,6 +57,7 @@ pub async fn save_sink(
             ("stream", setting_stream.unwrap_or_default()),
         ]),
         secrets: non_empty(&[("authorization", secret_authorization), ("url", secret_url)]),
+        tags: crate::pages::objects::split_list(tags.as_deref().unwrap_or_default()),
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
@@ -118,6 +120,7 @@ fn sink_form(t: FormTarget) -> AnyView {
         None => "Not set.".to_owned(),
     };
     let kind = spec.as_ref().map_or("http", |s| s.kind.as_str()).to_owned();
+    let tags = spec.as_ref().map(|s| s.tags.join(", ")).unwrap_or_default();
     view! {
         <FormStatus error=last_error(save.value())/>
         <ActionForm action=save attr:class=FORM>
@@ -155,6 +158,8 @@ fn sink_form(t: FormTarget) -> AnyView {
                 <Field label="Target stream" name="setting_stream" error_key="settings.stream" errors value=setting("stream")
                     help="A stream of this team, or team/stream of a team you can edit."/>
             </fieldset>
+            <Field label="Tags" name="tags" errors value=tags
+                help="Optional, comma-separated labels an approval policy can match (e.g. production, critical)."/>
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save sink"</button>
         </ActionForm>

@@ -22,6 +22,7 @@ pub async fn save_stream(
     schema: String,
     // Optional so that forms and clients from before the field existed keep working.
     max_events_per_second: Option<String>,
+    tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
@@ -59,6 +60,7 @@ pub async fn save_stream(
         key_field: Some(key_field.trim().to_owned()).filter(|k| !k.is_empty()),
         schema,
         max_events_per_second,
+        tags: crate::pages::objects::split_list(tags.as_deref().unwrap_or_default()),
     };
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
@@ -375,6 +377,8 @@ fn stream_form(t: FormTarget) -> AnyView {
                 value=spec.as_ref().and_then(|s| s.key_field.clone()).unwrap_or_default()/>
             <Field label="JSON Schema" name="schema" kind="textarea" errors help="Optional; every event must satisfy it."
                 value=spec.as_ref().and_then(|s| s.schema.as_ref()).map(|v| serde_json::to_string_pretty(v).unwrap_or_default()).unwrap_or_default()/>
+            <Field label="Tags" name="tags" errors help="Optional, comma-separated labels an approval policy can match (e.g. critical)."
+                value=spec.as_ref().map(|s| s.tags.join(", ")).unwrap_or_default()/>
             <Field label="Reason for this change" name="reason" errors help="Shown in the history and the audit log."/>
             <button type="submit" class=BUTTON>"Save stream"</button>
         </ActionForm>
