@@ -3,6 +3,7 @@
 //! authorisation cannot differ. Errors share one shape: `{"error": {"code", "message", "field"}}`.
 
 mod approvals;
+mod backfill;
 mod config;
 mod error;
 mod handlers;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
     pub job_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.
+    pub sinks_root: std::path::PathBuf,
 }
 
 /// The `/api/v1` router.
@@ -67,6 +70,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/savepoints", post(jobs::take_savepoint).get(jobs::savepoints))
         .route("/api/v1/teams/{team}/routes/{name}/rewind", post(jobs::rewind))
         .route("/api/v1/teams/{team}/routes/{name}/checkpoints", get(jobs::checkpoint_history))
+        .route("/api/v1/teams/{team}/routes/{name}/backfill", post(backfill::start))
+        .route("/api/v1/teams/{team}/routes/{name}/backfill/cancel", post(backfill::cancel))
+        .route("/api/v1/teams/{team}/routes/{name}/backfills", get(backfill::list))
         .route("/api/v1/teams/{team}/routes/{name}/config", get(config::effective))
         .route(
             "/api/v1/teams/{team}/routes/{name}/config/{key}",

@@ -31,6 +31,8 @@ pub struct AppState {
     pub meter: Arc<IngestMeter>,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
     pub job_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.
+    pub sinks_root: std::path::PathBuf,
 }
 
 pub fn app_state() -> Result<AppState, AppError> {

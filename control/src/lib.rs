@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod approvals;
+pub mod backfill;
 pub mod config;
 pub mod deployments;
 pub mod diff;

@@ -87,6 +87,7 @@ fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projecti
         max_latency: Duration::from_millis(20),
         checkpoint_interval: Duration::from_millis(50),
         start_at: StartAt::Earliest,
+        until: Default::default(),
     })
 }
 

@@ -55,7 +55,8 @@ async fn file_sink_commits_whole_ndjson_files_in_hive_folders() {
     let folder = dir.path().join("sinks/plays/br/dt=2026-11-26/hr=05");
     let names: Vec<String> =
         std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["part-0000-00000000000000000000-00000000000000000099.ndjson"], "redelivery overwrote");
+    let expected = format!("part-0000-00000000000000000000-00000000000000000099-{}.ndjson", batch[0].id);
+    assert_eq!(names, [expected], "redelivery overwrote");
     let text = std::fs::read_to_string(folder.join(&names[0])).unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 100);

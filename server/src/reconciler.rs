@@ -9,6 +9,7 @@
 //! fails is rolled back to the last stable one (a new revision by the platform, with the reason).
 
 use keystone_control::auth::Principal;
+use keystone_control::backfill::{Backfill, BackfillState};
 use keystone_control::deployments::{judge, Deployment, DeploymentState, Verdict};
 use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
@@ -77,6 +78,14 @@ impl Reconciler {
                 if let Err(e) = self.judge_deployments().await {
                     tracing::warn!(error = %e, "Judging deployments failed; retrying on the next tick.");
                 }
+                // So are backfills: one that reached its end hands the job back to its stream.
+                let backfill_ended = match self.end_backfills().await {
+                    Ok(ended) => ended,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Checking backfills failed; retrying on the next tick.");
+                        false
+                    }
+                };
                 let seq = match self.store.goal_seq().await {
                     Ok(s) => s,
                     Err(e) => {
@@ -84,7 +93,7 @@ impl Reconciler {
                         continue;
                     }
                 };
-                if !requested && seen == Some(seq) && last_full.elapsed() < RESYNC {
+                if !requested && !backfill_ended && seen == Some(seq) && last_full.elapsed() < RESYNC {
                     continue;
                 }
                 let started = Instant::now();
@@ -168,7 +177,9 @@ impl Reconciler {
             objects.iter().find(|o| o.team == team && o.name == name).cloned()
         };
         let overrides = self.store.all_config_overrides().await?;
-        let mut inputs: HashMap<String, (Object, Object, Object)> = HashMap::new();
+        let mut backfills: HashMap<String, Backfill> =
+            self.store.running_backfills().await?.into_iter().map(|b| (b.route_id.clone(), b)).collect();
+        let mut inputs: HashMap<String, Inputs> = HashMap::new();
         let mut goal = Vec::new();
         for mut route in routes {
             let Ok(declared) = route.spec_as::<RouteSpec>() else { continue };
@@ -196,13 +207,19 @@ impl Reconciler {
                 serde_json::to_string(&spec.job_relevant()).unwrap_or_default().hash(&mut h);
                 h.finish()
             };
+            let backfill = backfills.remove(&route.id);
+            // A backfill is another source: switching to it and back is a redeploy.
+            let source = backfill.as_ref().map_or(String::new(), |b| format!(" backfill {}", b.id));
             goal.push(JobGoal {
                 route_id: route.id.clone(),
-                fingerprint: format!("route {route_hash:016x} stream v{} sink v{}", stream.version, sink.version),
+                fingerprint: format!(
+                    "route {route_hash:016x} stream v{} sink v{}{source}",
+                    stream.version, sink.version
+                ),
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
                 desired: spec.state,
             });
-            inputs.insert(route.id.clone(), (route, stream, sink));
+            inputs.insert(route.id.clone(), Inputs { route, stream, sink, backfill });
         }
         let observed: Vec<ObservedJob> = self
             .jobs
@@ -215,11 +232,11 @@ impl Reconciler {
         for action in plan {
             match action {
                 JobAction::Start(g) => {
-                    self.record_deployment(&inputs[&g.route_id].0).await?;
+                    self.record_deployment(&inputs[&g.route_id].route).await?;
                     self.start(&g, &inputs[&g.route_id]).await
                 }
                 JobAction::Redeploy(g) => {
-                    self.record_deployment(&inputs[&g.route_id].0).await?;
+                    self.record_deployment(&inputs[&g.route_id].route).await?;
                     self.jobs.stop(&g.route_id, g.drain_first).await;
                     self.start(&g, &inputs[&g.route_id]).await;
                 }
@@ -327,14 +344,29 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn start(&self, goal: &JobGoal, (route, stream, sink): &(Object, Object, Object)) {
+    /// Ends every running backfill that delivered up to its end, in the operations log too.
+    /// True when one ended (the job goes back to its stream on the next pass).
+    async fn end_backfills(&self) -> anyhow::Result<bool> {
+        let mut ended = false;
+        for b in self.store.running_backfills().await? {
+            if b.complete() && self.store.finish_backfill(&b.id, BackfillState::Done).await? {
+                let total: u64 = b.end.iter().map(|(_, o)| o).sum();
+                let detail = format!("from {} done: delivered up to {total} event(s)", b.source.describe());
+                self.store.record_operation(&b.route_id, "keystone", "backfill", &detail).await?;
+                ended = true;
+            }
+        }
+        Ok(ended)
+    }
+
+    async fn start(&self, goal: &JobGoal, Inputs { route, stream, sink, backfill }: &Inputs) {
         let observer =
             Arc::new(StoreObserver { store: self.store.clone(), route_id: route.id.clone(), version: route.version });
         let stats = Arc::new(JobStats::default());
         // Set before the readers start, so a paused route's job reads nothing.
         stats.set_paused(goal.desired == DesiredState::Paused);
         let cancel = CancellationToken::new();
-        let built = self.build(route, stream, sink).await;
+        let built = self.build(route, stream, sink, backfill.as_ref()).await;
         let (spec, task, sink) = match built {
             Ok((spec, sink_spec, secrets, policy)) => {
                 let data_dir = self.data_dir.clone();
@@ -350,7 +382,10 @@ impl Reconciler {
                     spec.clone(),
                     self.log.clone(),
                     make_sink,
-                    Arc::new(StoreCheckpoints::new(self.store.clone())),
+                    Arc::new(match backfill {
+                        Some(b) => JobCheckpoints::Backfill { store: self.store.clone(), id: b.id.clone() },
+                        None => JobCheckpoints::Route(StoreCheckpoints::new(self.store.clone())),
+                    }),
                     observer,
                     stats.clone(),
                     policy,
@@ -384,19 +419,63 @@ impl Reconciler {
         route: &Object,
         stream: &Object,
         sink: &Object,
+        backfill: Option<&Backfill>,
     ) -> Result<(Arc<JobSpec>, SinkSpec, BTreeMap<String, String>, RestartPolicy), String> {
         let route_spec: RouteSpec = route.spec_as().map_err(|e| format!("route spec: {e}"))?;
         let stream_spec: StreamSpec = stream.spec_as().map_err(|e| format!("stream spec: {e}"))?;
         let sink_spec: SinkSpec = sink.spec_as().map_err(|e| format!("sink spec: {e}"))?;
         let secrets: BTreeMap<String, String> =
             self.store.sink_secrets(&sink.id).await.map_err(|e| format!("sink secrets: {e}"))?.into_iter().collect();
-        let spec = JobSpec::for_route(&route.id, &route.team, &route.name, &route_spec, &stream_spec)?;
+        let mut spec = JobSpec::for_route(&route.id, &route.team, &route.name, &route_spec, &stream_spec)?;
+        if let Some(b) = backfill {
+            // The route's code, another source: read it from its start up to its recorded end.
+            spec.topic = b.topic.clone();
+            spec.partitions = b.partitions;
+            spec.start_at = keystone_engine::log::StartAt::Earliest;
+            spec.until = b.end.iter().copied().collect();
+        }
         let settings = route_spec.job_settings().map_err(|e| e.to_string())?;
         let policy = RestartPolicy {
             stall_after: Duration::from_secs(u64::from(settings.stall_timeout_s)),
             ..Default::default()
         };
         Ok((Arc::new(spec), sink_spec, secrets, policy))
+    }
+}
+
+/// What a route's job is built from.
+struct Inputs {
+    route: Object,
+    stream: Object,
+    sink: Object,
+    /// A running backfill: the job reads its source instead of the stream.
+    backfill: Option<Backfill>,
+}
+
+/// Where a job's positions are kept: the route's checkpoints, or a backfill's own (so the
+/// route's position in its stream stays where it was).
+enum JobCheckpoints {
+    Route(StoreCheckpoints),
+    Backfill { store: Store, id: String },
+}
+
+impl CheckpointStore for JobCheckpoints {
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
+        match self {
+            JobCheckpoints::Route(c) => c.load(route_id).await,
+            JobCheckpoints::Backfill { store, id } => {
+                Ok(store.backfill_positions(id).await.map_err(|e| e.to_string())?.into_iter().collect())
+            }
+        }
+    }
+
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+        match self {
+            JobCheckpoints::Route(c) => c.commit(route_id, positions).await,
+            JobCheckpoints::Backfill { store, id } => {
+                store.commit_backfill_positions(id, positions).await.map_err(|e| e.to_string())
+            }
+        }
     }
 }
 

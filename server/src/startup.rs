@@ -133,6 +133,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         jobs: jobs.clone(),
         meter: meter.clone(),
         job_env: job_env.clone(),
+        sinks_root: settings.data_dir.join("sinks"),
     };
 
     let sessions = DbSessionStore::connect(database_url).await?;
@@ -171,6 +172,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,
         job_env,
+        sinks_root: settings.data_dir.join("sinks"),
     });
     let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
     let router = console

@@ -1771,6 +1771,72 @@ mod delivery {
 
     /// `keystone apply`: a pipeline file creates what it declares, applying it again changes
     /// nothing, a change is shown as a diff before it is made, and a refusal names the line.
+    /// Backfills: the route's job reads another stream, then a file sink's files, through its own
+    /// transforms and sink, and each time returns to its stream where it left off: every event of
+    /// the stream and of both backfills reaches the sink, none lost, none twice.
+    #[tokio::test]
+    async fn backfills_from_a_stream_and_from_files_then_back_lose_nothing() {
+        let app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", stream(2)).await;
+        declare(&app, "streams", "archive", stream(1)).await;
+        declare(&app, "streams", "extra", stream(1)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "backfilled"}})).await;
+        declare(&app, "sinks", "old", json!({"kind": "file", "settings": {"path": "old-output"}})).await;
+        let route = |stream: &str, sink: &str| {
+            json!({"stream": stream, "sink": sink, "max_latency_ms": 20, "delivery_on_redeploy": "no_duplicates",
+                   "config": {"job.checkpoint_interval_ms": "100"}})
+        };
+        declare(&app, "routes", "all", route("plays", "lake")).await;
+        // Another route writes the files the second backfill reads.
+        declare(&app, "routes", "old", route("archive", "old")).await;
+        let plays_token = producer_token(&app, "plays").await;
+        let archive_token = producer_token(&app, "archive").await;
+        let extra_token = producer_token(&app, "extra").await;
+        let ns = |path: &str| {
+            let mut ns: Vec<u64> = sink_lines(&app, path).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns.sort();
+            ns
+        };
+        ingest(&app, &plays_token, "plays", &plays(0..40)).await;
+        ingest(&app, &archive_token, "archive", &plays(1000..1030)).await;
+        ingest(&app, &extra_token, "extra", &plays(2000..2020)).await;
+        eventually("the stream delivered", || async { ns("backfilled").len() == 40 }).await;
+        eventually("the archive written to files", || async { ns("old-output").len() == 30 }).await;
+
+        let path = "/api/v1/teams/alpha/routes/all/backfill";
+        let state = || async {
+            let (_, list) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/backfills").await;
+            list[0]["state"].as_str().unwrap_or_default().to_owned()
+        };
+        // From another stream: up to where it ends now.
+        let (s, b) = app.post(&app.alpha, path, json!({"from": "stream", "stream": "extra"})).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!((b["end"].clone(), b["state"].clone()), (json!([[0, 20]]), json!("running")));
+        let (s, body) = app.post(&app.alpha, path, json!({"from": "stream", "stream": "extra"})).await;
+        assert_eq!(s, StatusCode::CONFLICT, "one backfill at a time: {body}");
+        ingest(&app, &plays_token, "plays", &plays(40..60)).await;
+        eventually("the stream backfill done", || async { state().await == "done" }).await;
+        let mut want: Vec<u64> = (0..60).chain(2000..2020).collect();
+        eventually("the stream's events after it", || async { ns("backfilled") == want }).await;
+
+        // From the files another route's file sink wrote; bad folders are refused first.
+        let (s, body) = app.post(&app.alpha, path, json!({"from": "files", "path": "nowhere"})).await;
+        assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("path")), "{body}");
+        let (s, body) = app.post(&app.alpha, path, json!({"from": "files", "path": "../etc"})).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let (s, b) = app.post(&app.alpha, path, json!({"from": "files", "path": "old-output"})).await;
+        assert_eq!((s, &b["end"]), (StatusCode::CREATED, &json!([[0, 30]])), "{b}");
+        ingest(&app, &plays_token, "plays", &plays(60..70)).await;
+        eventually("the files backfill done", || async { state().await == "done" }).await;
+        want = (0..70).chain(1000..1030).chain(2000..2020).collect();
+        eventually("the files' events once more, and the stream's", || async { ns("backfilled") == want }).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ns("backfilled"), want, "nothing more, nothing twice");
+        let (_, ops) = app.get(&app.alpha, "/api/v1/operations").await;
+        assert!(ops.to_string().contains("from files under old-output done"), "{ops}");
+        app.teardown().await;
+    }
+
     /// Effective configuration = platform default < route < environment < console override,
     /// each value with its source; an override rolls the job, which then runs with it.
     #[tokio::test]

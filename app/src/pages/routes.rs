@@ -199,6 +199,8 @@ pub struct RouteJobView {
     pub savepoints: Vec<keystone_control::rewind::Savepoint>,
     /// The newest entries of the checkpoint history.
     pub checkpoint_history: Vec<keystone_control::rewind::HistoricCheckpoint>,
+    /// The newest backfills.
+    pub backfills: Vec<keystone_control::backfill::Backfill>,
 }
 
 #[server]
@@ -225,6 +227,7 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
         deployments: store.deployments(&route.id, 10).await?,
         savepoints: store.savepoints(&route.id).await?,
         checkpoint_history: store.checkpoint_history(&route.id).await?.into_iter().take(5).collect(),
+        backfills: store.backfills(&route.id).await?.into_iter().take(3).collect(),
     })
 }
 
@@ -326,6 +329,50 @@ pub async fn rewind_route(
     })
 }
 
+/// Starts a backfill (`from`: `stream` or `files`, `source`: the stream, or the file sink's
+/// folder), or with `from` = `cancel` cancels the running one.
+#[server]
+pub async fn backfill_route(team: String, name: String, from: String, source: String) -> Result<String, AppError> {
+    use keystone_control::backfill::BackfillSource;
+    use keystone_control::goal::Goal;
+    use keystone_control::ValidationErrors;
+    use keystone_engine::job::backfill::{source_end, ImportError};
+    let (app, who) = crate::state::signed_in().await?;
+    let goal = Goal::new(&app.store, &who);
+    let source = source.trim().to_owned();
+    let source = match from.as_str() {
+        "stream" => BackfillSource::Stream { stream: source },
+        "files" => BackfillSource::Files { path: source },
+        "cancel" => {
+            let b = goal.cancel_backfill(&team, &name).await?;
+            app.jobs.request_pass();
+            return Ok(format!("Backfill from {} cancelled; the job returns to its stream.", b.source.describe()));
+        }
+        _ => return Err(ValidationErrors::single("from", "must be stream or files").into()),
+    };
+    let plan = goal.plan_backfill(&team, &name, source).await?;
+    let files = plan.files.as_ref().map(|path| app.sinks_root.join(path));
+    let label = format!("{team}/{name} backfill");
+    let end = source_end(app.log.as_ref(), &plan.topic, plan.partitions, files.as_deref(), &label).await.map_err(
+        |e| match e {
+            ImportError::Empty(_) | ImportError::BadLine { .. } => {
+                ValidationErrors::single("source", e.to_string()).into()
+            }
+            e => {
+                tracing::error!(error = %e, "Starting a backfill failed.");
+                AppError::Internal
+            }
+        },
+    )?;
+    let started = goal.start_backfill(plan, &end).await?;
+    app.jobs.request_pass();
+    Ok(format!(
+        "Backfilling from {}: {} event(s); the job returns to its stream after them.",
+        started.source.describe(),
+        started.remaining()
+    ))
+}
+
 /// Sets the route back to an earlier version's declaration (a new revision).
 #[server]
 pub async fn roll_back_route(team: String, name: String, version: String, why: String) -> Result<(), AppError> {
@@ -398,16 +445,22 @@ fn RouteJob() -> impl IntoView {
     let roll_back = ServerAction::<RollBackRoute>::new();
     let savepoint = ServerAction::<TakeSavepoint>::new();
     let rewind = ServerAction::<RewindRoute>::new();
+    let backfill = ServerAction::<BackfillRoute>::new();
     let data = Resource::new(
         move || {
             let acted = (restart.version().get(), retry.version().get(), set_state.version().get());
-            let moved = (roll_back.version().get(), savepoint.version().get(), rewind.version().get());
+            let moved = (
+                roll_back.version().get(),
+                savepoint.version().get(),
+                rewind.version().get() + backfill.version().get(),
+            );
             (team(), name(), acted, moved)
         },
         |(t, n, _, _)| route_job(t, n),
     );
     let savepoint_errors = field_errors(savepoint.value());
     let rewind_errors = field_errors(rewind.value());
+    let backfill_errors = field_errors(backfill.value());
     let state_errors = field_errors(set_state.value());
     let roll_back_errors = field_errors(roll_back.value());
     view! {
@@ -470,6 +523,21 @@ fn RouteJob() -> impl IntoView {
                     <FormStatus error=last_error(rewind.value())/>
                     {move || rewind.value().get().and_then(Result::ok).map(|msg| view! {
                         <p class="mt-2 rounded-md border border-green-200 bg-green-50 px-4 py-3 text-green-800" data-testid="rewind-result">{msg}</p>
+                    })}
+                </details>
+                <details class=format!("{CARD} mb-4 p-4 text-sm") data-testid="backfill">
+                    <summary class="cursor-pointer font-medium">"Backfill"</summary>
+                    <p class="mt-2 text-slate-600">"Run the route's filter, projection and sink over another stream, or over the files a file sink wrote, up to where they end now; then the job returns to its stream where it left off. Cancel to return at once."</p>
+                    <ActionForm action=backfill attr:class="mt-3 flex flex-wrap items-end gap-2">
+                        <input type="hidden" name="team" value=team/>
+                        <input type="hidden" name="name" value=name/>
+                        <div class="w-36"><Field label="Backfill from" name="from" kind="select:stream,files,cancel" value="stream" errors=backfill_errors/></div>
+                        <div class="w-64"><Field label="Stream or folder" name="source" errors=backfill_errors help="A stream (or team/stream), or a file sink's path."/></div>
+                        <button type="submit" class=BUTTON_SECONDARY>"Go"</button>
+                    </ActionForm>
+                    <FormStatus error=last_error(backfill.value())/>
+                    {move || backfill.value().get().and_then(Result::ok).map(|msg| view! {
+                        <p class="mt-2 rounded-md border border-green-200 bg-green-50 px-4 py-3 text-green-800" data-testid="backfill-result">{msg}</p>
                     })}
                 </details>
             })}
@@ -585,6 +653,12 @@ fn job_view(v: RouteJobView) -> impl IntoView {
         })}
         <h3 class="mt-6 mb-2 font-medium">"Dead-letter queue"</h3>
         <DeadLetterTable letters=v.dead_letters/>
+        {(!v.backfills.is_empty()).then(|| view! {
+            <p class="mt-4 text-sm text-slate-600" data-testid="backfills">
+                "Backfills: "
+                {v.backfills.iter().map(|b| format!("from {} {} ({} left, {} by {})", b.source.describe(), b.state.as_str(), b.remaining(), format_time(b.started_at), b.started_by)).collect::<Vec<_>>().join(" · ")}
+            </p>
+        })}
         {(!v.checkpoint_history.is_empty()).then(|| view! {
             <p class="mt-4 text-sm text-slate-600" data-testid="checkpoint-history">
                 "Checkpoint history (newest): "

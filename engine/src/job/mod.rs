@@ -7,6 +7,7 @@
 //! acknowledged positions every `checkpoint_interval`. After a crash the job resumes from the last
 //! commit, so duplicates are bounded by one checkpoint interval.
 
+pub mod backfill;
 pub mod dead_letters;
 pub mod latency;
 pub mod preview;
@@ -45,6 +46,9 @@ pub struct JobSpec {
     pub checkpoint_interval: Duration,
     /// Where a partition without a checkpoint starts.
     pub start_at: StartAt,
+    /// Per partition, the offset the job reads up to and not beyond (a backfill's end); a
+    /// partition not named has no limit.
+    pub until: HashMap<u32, u64>,
 }
 
 impl JobSpec {
@@ -69,6 +73,7 @@ impl JobSpec {
             max_latency: Duration::from_millis(u64::from(route.max_latency_ms)),
             checkpoint_interval: Duration::from_millis(u64::from(settings.checkpoint_interval_ms)),
             start_at: if settings.start_at_latest { StartAt::Latest } else { StartAt::Earliest },
+            until: HashMap::new(),
         })
     }
 }
@@ -459,8 +464,17 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 if (self.cancel.is_cancelled() || self.stats.is_paused()) && batch.is_empty() {
                     break;
                 }
-                let want = spec.batch_size - batch.len();
-                let records = match self.log.read(&spec.topic, self.partition, scanned, want).await {
+                let room = spec.batch_size - batch.len();
+                let want = match spec.until.get(&self.partition) {
+                    Some(until) => room.min(until.saturating_sub(scanned) as usize),
+                    None => room,
+                };
+                let read = if want == 0 {
+                    Ok(Vec::new())
+                } else {
+                    self.log.read(&spec.topic, self.partition, scanned, want).await
+                };
+                let records = match read {
                     Ok(r) => r,
                     Err(LogError::OffsetOutOfRange { earliest, .. }) => {
                         self.stats.record_error(format!(

@@ -69,13 +69,23 @@ impl Sink for FileSink {
         for ((folder, partition), events) in files {
             let first = events.first().map_or(0, |e| e.offset);
             let last = events.last().map_or(0, |e| e.offset);
+            // Named by partition and offsets, so a redelivered batch replaces its own file, and
+            // by its first event's id, so a batch from another source (a backfill) with the
+            // same offsets never replaces one.
+            let first_id: String = events
+                .first()
+                .map_or("", |e| e.id.as_str())
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect();
             let mut body = Vec::with_capacity(events.len() * 256);
             for e in events {
                 serde_json::to_writer(&mut body, e)
                     .map_err(|e| SinkError::transient(SinkErrorKind::Io, e.to_string()))?;
                 body.push(b'\n');
             }
-            let name = format!("part-{partition:04}-{first:020}-{last:020}.ndjson");
+            let name = format!("part-{partition:04}-{first:020}-{last:020}-{first_id}.ndjson");
             writes.push((self.config.dir.join(folder), name, body));
         }
         tokio::task::spawn_blocking(move || {

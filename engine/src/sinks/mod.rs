@@ -14,7 +14,7 @@ pub mod postgres;
 pub mod stream;
 
 use keystone_control::{SinkErrorKind, SinkKind, SinkSpec};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,16 +27,16 @@ pub use postgres::{PostgresSink, PostgresSinkConfig};
 pub use stream::{Appender, StreamSink, StreamSinkConfig};
 
 /// One event as a sink receives it: the envelope's identity and the projected payload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkEvent {
     /// The envelope id (UUID v7): the idempotency key of sinks that support it.
     pub id: String,
     pub ingested_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub partition: u32,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub offset: u64,
     /// The payload after the route's projection.
     pub event: Value,
