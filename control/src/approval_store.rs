@@ -1,7 +1,7 @@
 //! Change requests in the store. Requests are written and decided inside the goal-state write
 //! transaction (`WriteTx`), so a change is either applied or held back, never both or neither.
 
-use crate::approvals::{ChangeRequest, RequestState};
+use crate::approvals::{ChangeRequest, RequestAction, RequestState};
 use crate::diff::Change;
 use crate::model::{Kind, Op};
 use crate::store::{now_ms, push_scope, Scope, Store, StoreError, WriteTx};
@@ -11,6 +11,7 @@ use sqlx::Row;
 
 /// A change request about to be written.
 pub struct NewRequest<'a> {
+    pub action: RequestAction,
     pub team_id: &'a str,
     pub team_name: &'a str,
     pub kind: Kind,
@@ -45,7 +46,7 @@ pub struct RequestFilter {
     pub limit: i64,
 }
 
-const COLUMNS: &str = "id, team_name, kind, name, op, base_version, spec, changes, needs, requester, reason, \
+const COLUMNS: &str = "id, action, team_name, kind, name, op, base_version, spec, changes, needs, requester, reason, \
      state, created_at, decided_by, decided_at, comment, revision_seq";
 
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
@@ -62,8 +63,13 @@ fn from_row(r: &AnyRow) -> Result<ChangeRequest, StoreError> {
     let kind = text("kind")?;
     let op = text("op")?;
     let state = text("state")?;
+    let action = text("action")?;
     Ok(ChangeRequest {
         id: r.try_get("id")?,
+        action: [RequestAction::Change, RequestAction::Rewind]
+            .into_iter()
+            .find(|a| a.as_str() == action)
+            .ok_or_else(|| corrupt("action", &action))?,
         team: text("team_name")?,
         kind: Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
         name: text("name")?,
@@ -87,8 +93,8 @@ impl WriteTx {
     pub async fn insert_change_request(&mut self, n: NewRequest<'_>) -> Result<ChangeRequest, StoreError> {
         let row = sqlx::query(
             "INSERT INTO change_requests (team_id, team_name, kind, name, op, base_version, declaration, spec, \
-             changes, needs, requester_id, requester, reason, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+             changes, needs, requester_id, requester, reason, state, created_at, action) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
         )
         .bind(n.team_id)
         .bind(n.team_name)
@@ -105,6 +111,7 @@ impl WriteTx {
         .bind(n.reason)
         .bind(RequestState::Pending.as_str())
         .bind(now_ms())
+        .bind(n.action.as_str())
         .fetch_one(self.conn())
         .await?;
         let id: i64 = row.try_get("id")?;

@@ -32,6 +32,9 @@ pub struct ApprovalPolicy {
     /// (e.g. `critical`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects_tagged: Vec<String>,
+    /// A rewind that would deliver more than this many events again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewinds_over_events: Option<u64>,
 }
 
 impl ApprovalPolicy {
@@ -132,6 +135,37 @@ fn capacity_increases(before: &Value, after: &Value) -> Vec<String> {
     out
 }
 
+/// Why `policy` holds back a rewind that delivers `redelivered` events again, if it does.
+pub fn rewind_needs(policy: &ApprovalPolicy, redelivered: u64) -> Option<String> {
+    let max = policy.rewinds_over_events?;
+    (redelivered > max).then(|| format!("a rewind delivering {redelivered} event(s) again (more than {max})"))
+}
+
+/// What a change request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RequestAction {
+    /// A change of goal state (create, update or delete).
+    #[default]
+    Change,
+    /// A rewind of a stopped route's job to recorded positions.
+    Rewind,
+}
+
+impl RequestAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestAction::Change => "change",
+            RequestAction::Rewind => "rewind",
+        }
+    }
+
+    fn is_change(&self) -> bool {
+        *self == RequestAction::Change
+    }
+}
+
 /// Where a change request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
@@ -169,6 +203,8 @@ impl RequestState {
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
 pub struct ChangeRequest {
     pub id: i64,
+    #[serde(default, skip_serializing_if = "RequestAction::is_change")]
+    pub action: RequestAction,
     pub team: String,
     pub kind: Kind,
     pub name: String,
@@ -202,7 +238,11 @@ pub struct ChangeRequest {
 impl ChangeRequest {
     /// "update route plays-to-search" and the like.
     pub fn summary(&self) -> String {
-        format!("{} {} {}/{}", self.op.as_str(), self.kind, self.team, self.name)
+        let verb = match self.action {
+            RequestAction::Change => self.op.as_str(),
+            RequestAction::Rewind => "rewind",
+        };
+        format!("{verb} {} {}/{}", self.kind, self.team, self.name)
     }
 }
 
@@ -276,6 +316,7 @@ mod tests {
     fn change_requests_travel_to_the_browser_and_back() {
         let r = ChangeRequest {
             id: 7,
+            action: RequestAction::Change,
             team: "alpha".into(),
             kind: Kind::Route,
             name: "r".into(),
@@ -295,6 +336,14 @@ mod tests {
         };
         let back: ChangeRequest = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn large_rewinds_only() {
+        let p = ApprovalPolicy { rewinds_over_events: Some(1000), ..Default::default() };
+        assert_eq!(rewind_needs(&p, 1000), None);
+        assert_eq!(rewind_needs(&p, 1001).unwrap(), "a rewind delivering 1001 event(s) again (more than 1000)");
+        assert_eq!(rewind_needs(&ApprovalPolicy::default(), u64::MAX), None);
     }
 
     #[test]

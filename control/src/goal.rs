@@ -3,7 +3,10 @@
 //! the same transaction as the write), and records every change as a revision.
 
 use crate::approval_store::{NewRequest, RequestFilter};
-use crate::approvals::{approvals_needed, ApprovalPolicy, ChangeRequest, ProposedChange, RequestState, POLICY_NAME};
+use crate::approvals::{
+    approvals_needed, rewind_needs, ApprovalPolicy, ChangeRequest, ProposedChange, RequestAction, RequestState,
+    POLICY_NAME,
+};
 use crate::auth::Principal;
 use crate::diff::{diff, Change};
 use crate::filter_fields::filter_fields;
@@ -410,7 +413,8 @@ impl<'a> Goal<'a> {
     /// or only estimates it with `dry_run`. Only a route declared stopped may be rewound, so no
     /// running job can commit over the new positions; `job_held` says whether this process
     /// still holds a job of the route (it is being stopped). The rewind goes to the
-    /// operations log with the plan.
+    /// operations log with the plan. One that delivers more events again than the approval
+    /// policy allows becomes a change request instead (`ApprovalRequired`).
     pub async fn rewind_route(
         &self,
         inputs: &crate::rewind::RewindInputs,
@@ -432,10 +436,94 @@ impl<'a> Goal<'a> {
                 route.name
             )));
         }
-        self.store.commit_checkpoints(&route.id, target).await?;
+        let team_id = self.readable_team(&route.team).await?;
+        let mut tx = self.store.write().await?;
+        if !self.who.is_system() {
+            let policy = match tx.get(Kind::Policy, "", POLICY_NAME).await? {
+                Some(p) => p.spec_as::<ApprovalPolicy>().map_err(corrupt)?,
+                None => ApprovalPolicy::default(),
+            };
+            if let Some(need) = rewind_needs(&policy, plan.redelivered) {
+                let changes: Vec<Change> = plan
+                    .partitions
+                    .iter()
+                    .filter(|p| p.from != p.to)
+                    .map(|p| Change {
+                        path: format!("partition {}", p.partition),
+                        before: Some(Value::from(p.from)),
+                        after: Some(Value::from(p.to)),
+                    })
+                    .collect();
+                let positions = serde_json::json!({"positions": target, "describe": describe});
+                let shown =
+                    serde_json::json!({"rewind": describe, "redelivered": plan.redelivered, "skipped": plan.skipped});
+                let request = NewRequest {
+                    action: RequestAction::Rewind,
+                    team_id: &team_id,
+                    team_name: &route.team,
+                    kind: Kind::Route,
+                    name: &route.name,
+                    op: Op::Update,
+                    base_version: route.version,
+                    declaration: Some(&positions),
+                    spec: &shown,
+                    changes: &changes,
+                    needs: &[need],
+                    requester_id: &self.who.user_id,
+                    requester: &self.who.display,
+                    reason: describe,
+                };
+                return Err(self.hold_back(tx, &route.id, request).await?);
+            }
+        }
+        tx.put_checkpoints(&route.id, target).await?;
         let detail = format!("{describe}: {} event(s) to deliver again, {} skipped", plan.redelivered, plan.skipped);
-        self.record(route, "rewind", &detail).await?;
+        tx.record_operation(&route.id, &self.who.display, "rewind", &detail).await?;
+        tx.commit().await?;
         Ok(plan)
+    }
+
+    /// Applies an approved rewind request: the route must still be at the version it was asked
+    /// for (else the request is stale) and stopped, with no job held (`job_held`).
+    async fn approve_rewind(
+        &self,
+        stored: &crate::approval_store::StoredRequest,
+        comment: &str,
+        job_held: bool,
+    ) -> Result<(), GoalError> {
+        let request = &stored.request;
+        let route = self.store.get(Kind::Route, &stored.team_id, &request.name).await?;
+        let Some(route) = route.filter(|r| r.version == request.base_version) else {
+            let mut tx = self.store.write().await?;
+            tx.stale_change_requests(&stored.team_id, Kind::Route, &request.name).await?;
+            tx.commit().await?;
+            return Err(GoalError::Conflict(format!(
+                "change request #{} is stale: route {:?} changed since the rewind was asked for; ask again",
+                request.id, request.name
+            )));
+        };
+        let spec: RouteSpec = route.spec_as().map_err(corrupt)?;
+        if spec.state != DesiredState::Stopped || job_held {
+            return Err(GoalError::Conflict(format!(
+                "route {:?} must be stopped before its rewind is approved; it stays pending",
+                request.name
+            )));
+        }
+        let submitted = stored.declaration.as_ref().ok_or_else(|| corrupt("a pending rewind without its positions"))?;
+        let positions: Vec<(u32, u64)> = serde_json::from_value(submitted["positions"].clone()).map_err(corrupt)?;
+        let describe = submitted["describe"].as_str().unwrap_or("to recorded positions");
+        let mut tx = self.store.write().await?;
+        if !tx.decide_change_request(request.id, RequestState::Approved, &self.who.display, comment, None).await? {
+            return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
+        }
+        tx.put_checkpoints(&route.id, &positions).await?;
+        let detail = format!(
+            "{describe} (change request #{} by {}, approved by {})",
+            request.id, request.requester, self.who.display
+        );
+        tx.record_operation(&route.id, &self.who.display, "rewind", &detail).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// `update`: `None` to create, `Some(expected)` to update.
@@ -563,6 +651,7 @@ impl<'a> Goal<'a> {
         if !needs.is_empty() {
             let log_on = current.as_ref().map_or(team_id.as_str(), |c| c.id.as_str());
             let request = NewRequest {
+                action: RequestAction::Change,
                 team_id: &team_id,
                 team_name: &team_name,
                 kind,
@@ -729,6 +818,7 @@ impl<'a> Goal<'a> {
         let needs = self.held_back(&mut tx, &via, &change).await?;
         if !needs.is_empty() {
             let request = NewRequest {
+                action: RequestAction::Change,
                 team_id: &team_id,
                 team_name: &team_name,
                 kind,
@@ -791,7 +881,15 @@ impl<'a> Goal<'a> {
     /// as submitted (validated again) in the same transaction that marks the request approved;
     /// the revision's author is the requester. The requester may never decide their own
     /// request, and a request whose object moved on since goes stale instead.
-    pub async fn decide(&self, id: i64, approve: bool, comment: &str) -> Result<ChangeRequest, GoalError> {
+    /// `job_held` says whether this process still runs a route's job (a rewind is applied only
+    /// to a stopped route).
+    pub async fn decide(
+        &self,
+        id: i64,
+        approve: bool,
+        comment: &str,
+        job_held: impl Fn(&str) -> bool,
+    ) -> Result<ChangeRequest, GoalError> {
         if !self.who.is_admin() {
             return Err(GoalError::Refused("only admins decide change requests".into()));
         }
@@ -822,6 +920,12 @@ impl<'a> Goal<'a> {
             let detail = format!("#{id} rejected: {} ({comment})", request.summary());
             tx.record_operation(&log_on, &self.who.display, "change request", &detail).await?;
             tx.commit().await?;
+            return self.change_request(id).await;
+        }
+        if request.action == RequestAction::Rewind {
+            let route_id = self.store.get(Kind::Route, &stored.team_id, &request.name).await?.map(|r| r.id);
+            let held = route_id.is_some_and(|id| job_held(&id));
+            self.approve_rewind(&stored, comment, held).await?;
             return self.change_request(id).await;
         }
         let current = self.store.get(request.kind, &stored.team_id, &request.name).await?;

@@ -3,7 +3,7 @@
 //! console and API read it.
 
 use crate::model::{CheckpointInfo, JobPhase, JobRecord, JobTransition};
-use crate::store::{now_ms, Scope, Store, StoreError};
+use crate::store::{now_ms, Scope, Store, StoreError, WriteTx};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -172,21 +172,8 @@ impl Store {
         if positions.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
         let mut tx = self.write().await?;
-        for &(partition, next_offset) in positions {
-            sqlx::query(
-                "INSERT INTO checkpoints (route_id, partition_no, next_offset, committed_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (route_id, partition_no) DO UPDATE SET next_offset = excluded.next_offset, \
-                 committed_at = excluded.committed_at",
-            )
-            .bind(route_id)
-            .bind(i64::from(partition))
-            .bind(next_offset as i64)
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-        }
+        tx.put_checkpoints(route_id, positions).await?;
         tx.commit().await
     }
 
@@ -211,5 +198,26 @@ impl Store {
         .execute(tx.conn())
         .await?;
         tx.commit().await
+    }
+}
+
+impl WriteTx {
+    /// Sets a route's checkpoints inside a goal-state transaction (a rewind, approved or not).
+    pub async fn put_checkpoints(&mut self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for &(partition, next_offset) in positions {
+            sqlx::query(
+                "INSERT INTO checkpoints (route_id, partition_no, next_offset, committed_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (route_id, partition_no) DO UPDATE SET next_offset = excluded.next_offset, \
+                 committed_at = excluded.committed_at",
+            )
+            .bind(route_id)
+            .bind(i64::from(partition))
+            .bind(next_offset as i64)
+            .bind(now)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -1703,6 +1703,35 @@ mod delivery {
         assert_eq!(s, StatusCode::FORBIDDEN);
         let (_, ops) = app.get(&app.alpha, "/api/v1/operations").await;
         assert!(ops.to_string().contains("30 event(s) to deliver again"), "{ops}");
+
+        // With a policy, a large rewind waits for an admin; the positions move only on approval.
+        let root = Principal { user_id: "root".into(), display: "root".into(), role: Role::Admin, teams: vec![] };
+        let policy =
+            keystone_control::approvals::ApprovalPolicy { rewinds_over_events: Some(10), ..Default::default() };
+        Goal::new(&app.store, &root).create("", "approvals", Declaration::Policy(policy), "").await.unwrap();
+        let committed = || async {
+            let c = job(&app, "all").await["checkpoints"].clone();
+            c.as_array().unwrap().iter().map(|c| c["next_offset"].as_u64().unwrap()).sum::<u64>()
+        };
+        assert_eq!(committed().await, 80);
+        let (s, body) = app.post(&app.alpha, &path("rewind"), json!({"to": "earliest"})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        let request = &body["change_request"];
+        assert_eq!(
+            (request["action"].as_str(), request["state"].as_str()),
+            (Some("rewind"), Some("pending")),
+            "{body}"
+        );
+        assert!(request["needs"][0].as_str().unwrap().contains("80 event(s) again (more than 10)"), "{body}");
+        assert_eq!(committed().await, 80, "nothing moved yet");
+        let id = request["id"].as_i64().unwrap().to_string();
+        let admin = console_session(&app, "admin").await;
+        let approve = [("id", id.as_str()), ("decision", "approve"), ("comment", "replay for the audit")];
+        let (s, body) = console_post(&app, &admin, "/api/decide_request", &approve).await;
+        assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+        assert_eq!(committed().await, 0, "the approved rewind moved the positions");
+        let (_, ops) = app.get(&app.alpha, "/api/v1/operations").await;
+        assert!(ops.to_string().contains("approved by admin"), "{ops}");
         app.teardown().await;
     }
 

@@ -71,8 +71,9 @@ pub async fn decide_request(id: i64, decision: String, comment: String) -> Resul
         "reject" => false,
         _ => return Err(keystone_control::ValidationErrors::single("decision", "must be approve or reject").into()),
     };
-    let (store, who) = crate::state::caller().await?;
-    Goal::new(&store, &who).decide(id, approve, &comment).await?;
+    let (app, who) = crate::state::signed_in().await?;
+    let jobs = app.jobs.clone();
+    Goal::new(&app.store, &who).decide(id, approve, &comment, |route_id| jobs.metrics(route_id).is_some()).await?;
     leptos_axum::redirect(&format!("/approvals/{id}"));
     Ok(())
 }
@@ -85,6 +86,8 @@ pub async fn save_policy(
     capacity_increases: Option<String>,
     routes_to_sinks_tagged: String,
     objects_tagged: String,
+    // Optional: forms from before the rewind rule keep working.
+    rewinds_over_events: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use super::objects::{parse_version, split_list};
@@ -92,7 +95,14 @@ pub async fn save_policy(
     use keystone_control::goal::{Declaration, Goal};
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
+    let rewinds_over_events = match rewinds_over_events.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) => Some(n.parse::<u64>().map_err(|_| {
+            keystone_control::ValidationErrors::single("rewinds_over_events", "must be a whole number of events")
+        })?),
+    };
     let policy = ApprovalPolicy {
+        rewinds_over_events,
         description: String::new(),
         stream_deletes: stream_deletes.is_some(),
         capacity_increases: capacity_increases.is_some(),
@@ -199,6 +209,8 @@ pub fn ApprovalsPage() -> impl IntoView {
                                     value=p.routes_to_sinks_tagged.join(", ") help="Comma-separated, e.g. production: creating or changing such a route waits."/>
                                 <Field label="Any change to objects tagged" name="objects_tagged" errors readonly=!is_admin
                                     value=p.objects_tagged.join(", ") help="Comma-separated, e.g. critical."/>
+                                <Field label="Rewinds delivering more events again than" name="rewinds_over_events" kind="number" errors readonly=!is_admin
+                                    value=p.rewinds_over_events.map(|n| n.to_string()).unwrap_or_default() help="Empty: rewinds never wait."/>
                                 <p class="text-xs text-slate-500">
                                     "Pausing, resuming or stopping a route never waits: it is how an incident is contained. Keystone's automatic rollbacks do not wait either."
                                 </p>
