@@ -137,14 +137,38 @@ impl<'a> Goal<'a> {
         }
     }
 
+    /// A team's alert webhook URL often carries a credential (Slack and Teams webhooks do):
+    /// only admins, who set it, read it; members see that one is set.
+    fn redact(&self, kind: Kind, spec: &mut Value) {
+        if kind != Kind::Team || self.who.is_admin() {
+            return;
+        }
+        if let Some(url) = spec.get_mut("alert_webhook").filter(|v| !v.is_null()) {
+            *url = Value::String(WEBHOOK_HIDDEN.to_owned());
+        }
+    }
+
+    fn redact_revisions(&self, mut revisions: Vec<Revision>) -> Vec<Revision> {
+        for r in &mut revisions {
+            self.redact(r.kind, &mut r.spec);
+        }
+        revisions
+    }
+
     pub async fn list(&self, kind: Kind) -> Result<Vec<Object>, GoalError> {
-        Ok(self.store.list(kind, &self.who.scope()).await?)
+        let mut objects = self.store.list(kind, &self.who.scope()).await?;
+        for o in &mut objects {
+            self.redact(kind, &mut o.spec);
+        }
+        Ok(objects)
     }
 
     pub async fn get(&self, kind: Kind, team: &str, name: &str) -> Result<Object, GoalError> {
         if kind == Kind::Team {
             self.readable_team(name).await?;
-            return self.store.get(Kind::Team, "", name).await?.ok_or(GoalError::NotFound);
+            let mut team = self.store.get(Kind::Team, "", name).await?.ok_or(GoalError::NotFound)?;
+            self.redact(kind, &mut team.spec);
+            return Ok(team);
         }
         if kind == Kind::Policy {
             return self.store.get(Kind::Policy, "", name).await?.ok_or(GoalError::NotFound);
@@ -156,7 +180,7 @@ impl<'a> Goal<'a> {
     /// Every revision of a live object, oldest first.
     pub async fn history(&self, kind: Kind, team: &str, name: &str) -> Result<Vec<Revision>, GoalError> {
         let o = self.get(kind, team, name).await?;
-        Ok(self.store.history(&o.id).await?)
+        Ok(self.redact_revisions(self.store.history(&o.id).await?))
     }
 
     /// A stream sink's target must exist, and the caller must be allowed to edit its team: a
@@ -269,7 +293,7 @@ impl<'a> Goal<'a> {
         if !self.who.can_read(&team_id) {
             return Err(GoalError::NotFound);
         }
-        Ok(self.store.history(object_id).await?)
+        Ok(self.redact_revisions(self.store.history(object_id).await?))
     }
 
     /// The field-level changes from version `from` to version `to` of one object.
@@ -280,7 +304,7 @@ impl<'a> Goal<'a> {
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<Revision>, GoalError> {
-        Ok(self.store.audit(&self.who.scope(), filter).await?)
+        Ok(self.redact_revisions(self.store.audit(&self.who.scope(), filter).await?))
     }
 
     /// Declares a new object. `team` is ignored for teams.
@@ -1066,6 +1090,9 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
 fn corrupt(e: impl std::fmt::Display) -> GoalError {
     GoalError::Store(StoreError::Corrupt(e.to_string()))
 }
+
+/// What members see instead of their team's alert webhook URL.
+pub const WEBHOOK_HIDDEN: &str = "(set; only admins can read it)";
 
 pub const REASON_MAX: usize = 500;
 

@@ -2074,6 +2074,13 @@ mod delivery {
         assert!(e.to_string().contains("alert_webhook"), "{e}");
         let team = TeamSpec { description: String::new(), alert_webhook: Some(format!("{local}/alerts")) };
         goal.update("", "alpha", Declaration::Team(team), "alerts to the on-call bot", None).await.unwrap();
+        // The URL may carry a credential: members see that it is set, never the URL, anywhere.
+        let (_, teams) = app.get(&app.alpha, "/api/v1/teams").await;
+        assert_eq!(teams[0]["spec"]["alert_webhook"], keystone_control::goal::WEBHOOK_HIDDEN, "{teams}");
+        let (_, audit) = app.get(&app.alpha, "/api/v1/revisions").await;
+        assert!(!audit.to_string().contains(&local), "the audit log shows the URL to a member: {audit}");
+        assert!(audit.to_string().contains(keystone_control::goal::WEBHOOK_HIDDEN), "{audit}");
+        assert_eq!(goal.get(Kind::Team, "", "alpha").await.unwrap().spec["alert_webhook"], format!("{local}/alerts"));
 
         declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24})).await;
         declare(&app, "sinks", "hook", json!({"kind": "http", "settings": {"url": format!("{local}/sink")}})).await;
