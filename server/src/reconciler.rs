@@ -344,14 +344,27 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Ends every running backfill that delivered up to its end, in the operations log too.
-    /// True when one ended (the job goes back to its stream on the next pass).
+    /// Ends every running backfill that delivered up to its end (or whose route was deleted),
+    /// in the operations log too. True when one ended (the job goes back to its stream on the
+    /// next pass).
     async fn end_backfills(&self) -> anyhow::Result<bool> {
+        let running = self.store.running_backfills().await?;
+        if running.is_empty() {
+            return Ok(false);
+        }
+        let live: std::collections::HashSet<String> =
+            self.store.list(Kind::Route, &Scope::All).await?.into_iter().map(|r| r.id).collect();
         let mut ended = false;
-        for b in self.store.running_backfills().await? {
-            if b.complete() && self.store.finish_backfill(&b.id, BackfillState::Done).await? {
+        for b in running {
+            let (state, detail) = if !live.contains(&b.route_id) {
+                (BackfillState::Cancelled, format!("from {} cancelled: the route was deleted", b.source.describe()))
+            } else if b.complete() {
                 let total: u64 = b.end.iter().map(|(_, o)| o).sum();
-                let detail = format!("from {} done: delivered up to {total} event(s)", b.source.describe());
+                (BackfillState::Done, format!("from {} done: delivered up to {total} event(s)", b.source.describe()))
+            } else {
+                continue;
+            };
+            if self.store.finish_backfill(&b.id, state).await? {
                 self.store.record_operation(&b.route_id, "keystone", "backfill", &detail).await?;
                 ended = true;
             }

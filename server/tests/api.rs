@@ -1863,6 +1863,18 @@ mod delivery {
         assert_eq!(ns("backfilled"), want, "nothing more, nothing twice");
         let (_, ops) = app.get(&app.alpha, "/api/v1/operations").await;
         assert!(ops.to_string().contains("from files under old-output done"), "{ops}");
+
+        // A backfill whose route is deleted ends with it.
+        app.post(&app.alpha, "/api/v1/teams/alpha/routes/all/state", json!({"state": "paused", "reason": "hold"}))
+            .await;
+        let (s, b) = app.post(&app.alpha, path, json!({"from": "stream", "stream": "extra"})).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, body) = app.delete(&app.alpha, "/api/v1/teams/alpha/routes/all?reason=gone").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        eventually("the orphaned backfill cancelled", || async {
+            app.store.running_backfills().await.unwrap().is_empty()
+        })
+        .await;
         app.teardown().await;
     }
 
