@@ -199,13 +199,23 @@ impl Reconciler {
             else {
                 continue;
             };
-            // The route by content (a new alert threshold must not restart the job), the stream
-            // and sink by version (a grown stream or a rotated secret must).
-            let route_hash = {
+            // The route and the sink by content (a new alert threshold, description or tag must
+            // not restart the job; a rotated secret changes the sink's `set_in_version`, so it
+            // does), the stream by version (a grown stream must).
+            let hash = |v: &serde_json::Value| {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                serde_json::to_string(&spec.job_relevant()).unwrap_or_default().hash(&mut h);
+                v.to_string().hash(&mut h);
                 h.finish()
+            };
+            let route_hash = hash(&serde_json::to_value(spec.job_relevant())?);
+            let sink_hash = {
+                let mut s = sink.spec.clone();
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("description");
+                    m.remove("tags");
+                }
+                hash(&s)
             };
             let backfill = backfills.remove(&route.id);
             // A backfill is another source: switching to it and back is a redeploy.
@@ -213,8 +223,8 @@ impl Reconciler {
             goal.push(JobGoal {
                 route_id: route.id.clone(),
                 fingerprint: format!(
-                    "route {route_hash:016x} stream v{} sink v{}{source}",
-                    stream.version, sink.version
+                    "route {route_hash:016x} stream v{} sink {sink_hash:016x}{source}",
+                    stream.version
                 ),
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
                 desired: spec.state,

@@ -1942,6 +1942,16 @@ mod delivery {
             "{ops:?}"
         );
 
+        // Describing or tagging the sink does not restart the job (nothing it runs changed).
+        let transitions = || async { job(&app, "all").await["transitions"].as_array().unwrap().len() };
+        let before = transitions().await;
+        let tagged =
+            json!({"spec": {"kind": "file", "settings": {"path": "layers"}, "description": "lake", "tags": ["gold"]}});
+        let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/sinks/lake", tagged).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(transitions().await, before, "a sink's tags restarted its routes' jobs");
+
         // Clearing the override brings the route's own value back.
         let (s, body) = app.delete(&app.alpha, &format!("{path}/batch_size?reason=done")).await;
         assert_eq!(s, StatusCode::OK, "{body}");
