@@ -247,11 +247,7 @@ mod store {
                     (crate::model::stream_topic(&r.team, &r.stream), spec.partitions, None)
                 }
                 BackfillSource::Files { path } => {
-                    let bad = path.is_empty()
-                        || path.starts_with('/')
-                        || path.split(['/', '\\']).any(|seg| seg == ".." || seg.is_empty())
-                        || path.contains('\0');
-                    if bad {
+                    if !crate::model::is_relative_path(path) {
                         return Err(ValidationErrors::single(
                             "path",
                             "must be a file sink's relative path, without '..' or empty segments",

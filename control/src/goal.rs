@@ -463,11 +463,7 @@ impl<'a> Goal<'a> {
         let team_id = self.readable_team(&route.team).await?;
         let mut tx = self.store.write().await?;
         if !self.who.is_system() {
-            let policy = match tx.get(Kind::Policy, "", POLICY_NAME).await? {
-                Some(p) => p.spec_as::<ApprovalPolicy>().map_err(corrupt)?,
-                None => ApprovalPolicy::default(),
-            };
-            if let Some(need) = rewind_needs(&policy, plan.redelivered) {
+            if let Some(need) = rewind_needs(&policy_in(&mut tx).await?, plan.redelivered) {
                 let changes: Vec<Change> = plan
                     .partitions
                     .iter()
@@ -507,25 +503,16 @@ impl<'a> Goal<'a> {
         Ok(plan)
     }
 
-    /// Applies an approved rewind request: the route must still be at the version it was asked
-    /// for (else the request is stale) and stopped, with no job held (`job_held`).
+    /// Applies an approved rewind request to `route` (still at the version it was asked of):
+    /// the route must be stopped, with no job held (`job_held`), or the request stays pending.
     async fn approve_rewind(
         &self,
         stored: &crate::approval_store::StoredRequest,
+        route: &Object,
         comment: &str,
         job_held: bool,
     ) -> Result<(), GoalError> {
         let request = &stored.request;
-        let route = self.store.get(Kind::Route, &stored.team_id, &request.name).await?;
-        let Some(route) = route.filter(|r| r.version == request.base_version) else {
-            let mut tx = self.store.write().await?;
-            tx.stale_change_requests(&stored.team_id, Kind::Route, &request.name).await?;
-            tx.commit().await?;
-            return Err(GoalError::Conflict(format!(
-                "change request #{} is stale: route {:?} changed since the rewind was asked for; ask again",
-                request.id, request.name
-            )));
-        };
         let spec: RouteSpec = route.spec_as().map_err(corrupt)?;
         if spec.state != DesiredState::Stopped || job_held {
             return Err(GoalError::Conflict(format!(
@@ -727,11 +714,7 @@ impl<'a> Goal<'a> {
         if !matches!(via, Via::Author) || self.who.is_system() || change.kind.is_platform() {
             return Ok(Vec::new());
         }
-        let policy = match tx.get(Kind::Policy, "", POLICY_NAME).await? {
-            Some(p) => p.spec_as::<ApprovalPolicy>().map_err(corrupt)?,
-            None => return Ok(Vec::new()),
-        };
-        Ok(approvals_needed(&policy, change))
+        Ok(approvals_needed(&policy_in(tx).await?, change))
     }
 
     /// Stores a held-back change as a pending change request, in the audit log too.
@@ -894,11 +877,16 @@ impl<'a> Goal<'a> {
     }
 
     pub async fn change_request(&self, id: i64) -> Result<ChangeRequest, GoalError> {
+        Ok(self.change_request_and_author(id).await?.0)
+    }
+
+    /// A change request, and whether the caller submitted it (and so may not decide it).
+    pub async fn change_request_and_author(&self, id: i64) -> Result<(ChangeRequest, bool), GoalError> {
         let stored = self.store.change_request(id).await?.ok_or(GoalError::NotFound)?;
         if !self.who.can_read(&stored.team_id) {
             return Err(GoalError::NotFound);
         }
-        Ok(stored.request)
+        Ok((stored.request, stored.requester_id == self.who.user_id))
     }
 
     /// An admin's decision on a pending change request. Approving applies the change exactly
@@ -946,18 +934,14 @@ impl<'a> Goal<'a> {
             tx.commit().await?;
             return self.change_request(id).await;
         }
-        if request.action == RequestAction::Rewind {
-            let route_id = self.store.get(Kind::Route, &stored.team_id, &request.name).await?.map(|r| r.id);
-            let held = route_id.is_some_and(|id| job_held(&id));
-            self.approve_rewind(&stored, comment, held).await?;
-            return self.change_request(id).await;
-        }
+        // A change, or a rewind, was asked of one version of the object: if it moved on since,
+        // the request is stale whatever it asks.
         let current = self.store.get(request.kind, &stored.team_id, &request.name).await?;
         let now_at = current.as_ref().map_or(0, |c| c.version);
         if now_at != request.base_version {
+            let log_on = current.map_or_else(|| stored.team_id.clone(), |c| c.id);
             let mut tx = self.store.write().await?;
             tx.stale_change_requests(&stored.team_id, request.kind, &request.name).await?;
-            let log_on = self.log_object(&stored.team_id, request).await?;
             let detail = format!("#{id} stale: approval refused, {} {} moved on", request.kind, request.name);
             tx.record_operation(&log_on, &self.who.display, "change request", &detail).await?;
             tx.commit().await?;
@@ -966,6 +950,10 @@ impl<'a> Goal<'a> {
                  version {}; the requester must submit it again",
                 request.kind, request.name, request.base_version
             )));
+        }
+        if let (RequestAction::Rewind, Some(route)) = (request.action, &current) {
+            self.approve_rewind(&stored, route, comment, job_held(&route.id)).await?;
+            return self.change_request(id).await;
         }
         let via = Via::Approval { request, requester_id: &stored.requester_id, comment };
         if request.op == Op::Delete {
@@ -1033,6 +1021,15 @@ impl<'a> Goal<'a> {
             return Err(GoalError::Forbidden);
         }
         Ok((t.id, t.name))
+    }
+}
+
+/// The approval policy in force, read in the transaction that applies or holds back a change
+/// (none declared: the default, which holds nothing back).
+async fn policy_in(tx: &mut WriteTx) -> Result<ApprovalPolicy, GoalError> {
+    match tx.get(Kind::Policy, "", POLICY_NAME).await? {
+        Some(p) => Ok(p.spec_as().map_err(corrupt)?),
+        None => Ok(ApprovalPolicy::default()),
     }
 }
 

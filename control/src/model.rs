@@ -362,6 +362,15 @@ pub struct SinkSpec {
     pub tags: Vec<String>,
 }
 
+impl SinkSpec {
+    /// What a job's sink is built from: the spec without what only people and approval
+    /// policies read (description, tags). A rotated secret changes its `set_in_version`, so
+    /// it counts.
+    pub fn job_relevant(&self) -> SinkSpec {
+        SinkSpec { description: String::new(), tags: Vec::new(), ..self.clone() }
+    }
+}
+
 /// A sink as users submit it: secrets carry their values, and an omitted or empty secret keeps
 /// the value already stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,10 +441,7 @@ impl SinkInput {
             }
             SinkKind::File => {
                 if let Some(p) = setting("path") {
-                    let bad = p.starts_with('/')
-                        || p.split(['/', '\\']).any(|seg| seg == ".." || seg.is_empty())
-                        || p.contains('\0');
-                    if bad {
+                    if !is_relative_path(p) {
                         e.add("settings.path", "must be a relative path without '..' or empty segments");
                     }
                 }
@@ -785,6 +791,14 @@ fn check_range(e: &mut ValidationErrors, field: &str, value: u32, max: u32) {
     if !(1..=max).contains(&value) {
         e.add(field, format!("must be between 1 and {max} (got {value})"));
     }
+}
+
+/// A folder below the file sinks' root: relative, without `..`, empty segments or NUL.
+pub fn is_relative_path(p: &str) -> bool {
+    !(p.is_empty()
+        || p.starts_with('/')
+        || p.split(['/', '\\']).any(|seg| seg == ".." || seg.is_empty())
+        || p.contains('\0'))
 }
 
 pub const TAGS_MAX: usize = 20;

@@ -141,6 +141,12 @@ mod store {
     use crate::store::{now_ms, Store, StoreError};
     use sqlx::Row;
 
+    /// The `positions` column of a savepoint or history row: (partition, next offset) pairs.
+    fn positions(r: &sqlx::any::AnyRow, what: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        let json: String = r.try_get("positions")?;
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    }
+
     impl Store {
         /// Records a savepoint; a name already used for the route is refused (`Ok(false)`).
         pub async fn put_savepoint(
@@ -204,12 +210,10 @@ mod store {
             .await?;
             rows.iter()
                 .map(|r| {
-                    let json: String = r.try_get("positions")?;
                     Ok(HistoricCheckpoint {
                         id: r.try_get("id")?,
                         taken_at: r.try_get("taken_at")?,
-                        positions: serde_json::from_str(&json)
-                            .map_err(|e| StoreError::Corrupt(format!("checkpoint history: {e}")))?,
+                        positions: positions(r, "checkpoint history")?,
                     })
                 })
                 .collect()
@@ -226,11 +230,9 @@ mod store {
             .await?;
             rows.iter()
                 .map(|r| {
-                    let json: String = r.try_get("positions")?;
                     Ok(Savepoint {
                         name: r.try_get("name")?,
-                        positions: serde_json::from_str(&json)
-                            .map_err(|e| StoreError::Corrupt(format!("savepoint: {e}")))?,
+                        positions: positions(r, "savepoint")?,
                         created_at: r.try_get("created_at")?,
                         created_by: r.try_get("created_by")?,
                     })

@@ -209,14 +209,8 @@ impl Reconciler {
                 h.finish()
             };
             let route_hash = hash(&serde_json::to_value(spec.job_relevant())?);
-            let sink_hash = {
-                let mut s = sink.spec.clone();
-                if let Some(m) = s.as_object_mut() {
-                    m.remove("description");
-                    m.remove("tags");
-                }
-                hash(&s)
-            };
+            let Ok(sink_spec) = sink.spec_as::<SinkSpec>() else { continue };
+            let sink_hash = hash(&serde_json::to_value(sink_spec.job_relevant())?);
             let backfill = backfills.remove(&route.id);
             // A backfill is another source: switching to it and back is a redeploy.
             let source = backfill.as_ref().map_or(String::new(), |b| format!(" backfill {}", b.id));

@@ -57,8 +57,7 @@ pub struct RequestView {
 pub async fn load_change_request(id: i64) -> Result<RequestView, AppError> {
     use keystone_control::goal::Goal;
     let (store, who) = crate::state::caller().await?;
-    let request = Goal::new(&store, &who).change_request(id).await?;
-    let own = store.change_request(id).await?.is_some_and(|s| s.requester_id == who.user_id);
+    let (request, own) = Goal::new(&store, &who).change_request_and_author(id).await?;
     let may_decide = who.is_admin() && !own && request.state == RequestState::Pending;
     Ok(RequestView { request, own, may_decide })
 }

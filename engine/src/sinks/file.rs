@@ -23,7 +23,7 @@ impl FileSinkConfig {
     /// `settings.path` is relative to `<data_dir>/sinks` (validated at declaration).
     pub fn from_spec(settings: &BTreeMap<String, String>, data_dir: &Path) -> Result<FileSinkConfig, ConfigError> {
         let path = required(settings, "settings", "path")?;
-        if path.starts_with('/') || path.split(['/', '\\']).any(|s| s == ".." || s.is_empty()) {
+        if !keystone_control::is_relative_path(path) {
             return Err(ConfigError::new("settings.path", "must be a relative path without '..'"));
         }
         Ok(FileSinkConfig { dir: data_dir.join("sinks").join(path) })
