@@ -32,11 +32,9 @@ pub async fn start(
     let label = format!("{team}/{name} backfill");
     let end = match source_end(s.log.as_ref(), &plan.topic, plan.partitions, files.as_deref(), &label).await {
         Ok(end) => end,
-        Err(e @ (ImportError::Empty(_) | ImportError::BadLine { .. })) => {
-            return Err(ValidationErrors::single("path", e.to_string()).into())
-        }
         Err(ImportError::Log(e)) => return Err(ApiError::Log(e)),
         Err(ImportError::Io(e)) => return Err(ApiError::Unavailable(format!("reading the files failed: {e}"))),
+        Err(e) => return Err(ValidationErrors::single("path", e.to_string()).into()),
     };
     let started = goal.start_backfill(plan, &end).await?;
     s.jobs.request_pass();

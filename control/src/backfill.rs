@@ -258,7 +258,9 @@ mod store {
                     // separated by team on disk.
                     let visible = self.list(Kind::Sink).await?.into_iter().any(|sink| {
                         sink.spec_as::<crate::model::SinkSpec>().is_ok_and(|spec| {
+                            // Files in a bucket are not read back yet: local folders only.
                             spec.kind == crate::model::SinkKind::File
+                                && !spec.settings.contains_key("store_url")
                                 && spec.settings.get("path").is_some_and(|p| {
                                     path == p || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
                                 })
@@ -267,7 +269,7 @@ mod store {
                     if !visible {
                         return Err(ValidationErrors::single(
                             "path",
-                            format!("{path:?} is not the folder of a file sink you can read"),
+                            format!("{path:?} is not the folder of a local file sink you can read"),
                         )
                         .into());
                     }

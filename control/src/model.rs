@@ -278,11 +278,37 @@ impl SinkKind {
                 },
                 SettingDoc { key: "index", required: false, help: "target index of the bulk format" },
             ],
-            SinkKind::File => &[SettingDoc {
-                key: "path",
-                required: true,
-                help: "relative directory under the data directory's sinks/ folder",
-            }],
+            SinkKind::File => &[
+                SettingDoc {
+                    key: "path",
+                    required: true,
+                    help:
+                        "relative directory: under the data directory's sinks/ folder, or the key prefix in the bucket",
+                },
+                SettingDoc { key: "format", required: false, help: "ndjson (the default) or parquet" },
+                SettingDoc {
+                    key: "roll_bytes",
+                    required: false,
+                    help: "roll a file at about this many bytes of events (1024 to 268435456); with roll_seconds, \
+                           replaces the route's batch size and max latency as the file's bounds",
+                },
+                SettingDoc {
+                    key: "roll_seconds",
+                    required: false,
+                    help: "roll a file when its first event has waited this long (1 to 3600)",
+                },
+                SettingDoc {
+                    key: "store_url",
+                    required: false,
+                    help: "s3://bucket of an S3-compatible object store; empty for the data directory",
+                },
+                SettingDoc {
+                    key: "endpoint",
+                    required: false,
+                    help: "S3 endpoint URL (MinIO, R2, ...); empty for AWS",
+                },
+                SettingDoc { key: "region", required: false, help: "S3 region" },
+            ],
             SinkKind::Postgres => &[SettingDoc { key: "table", required: true, help: "target table name" }],
             SinkKind::Stream => &[SettingDoc {
                 key: "stream",
@@ -298,7 +324,11 @@ impl SinkKind {
             SinkKind::Http => {
                 &[SettingDoc { key: "authorization", required: false, help: "value of the Authorization header" }]
             }
-            SinkKind::File | SinkKind::Stream => &[],
+            SinkKind::Stream => &[],
+            SinkKind::File => &[
+                SettingDoc { key: "access_key_id", required: false, help: "S3 access key id" },
+                SettingDoc { key: "secret_access_key", required: false, help: "S3 secret access key" },
+            ],
             SinkKind::Postgres => {
                 &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }]
             }
@@ -423,12 +453,7 @@ impl SinkInput {
                 if let Some(u) = setting("url") {
                     check_http_url(&mut e, "settings.url", u);
                 }
-                if let Some(t) = setting("timeout_ms") {
-                    match t.parse::<u32>() {
-                        Ok(1..=300_000) => {}
-                        _ => e.add("settings.timeout_ms", "must be a whole number from 1 to 300000"),
-                    }
-                }
+                check_number(&mut e, "settings.timeout_ms", setting("timeout_ms"), 1, 300_000);
                 match setting("format") {
                     None | Some("json") => {}
                     Some("bulk") => {
@@ -443,6 +468,29 @@ impl SinkInput {
                 if let Some(p) = setting("path") {
                     if !is_relative_path(p) {
                         e.add("settings.path", "must be a relative path without '..' or empty segments");
+                    }
+                }
+                if FileFormat::parse(setting("format")).is_none() {
+                    e.add("settings.format", "must be ndjson or parquet");
+                }
+                check_number(&mut e, "settings.roll_bytes", setting("roll_bytes"), 1024, 268_435_456);
+                check_number(&mut e, "settings.roll_seconds", setting("roll_seconds"), 1, 3600);
+                match setting("store_url") {
+                    None => {
+                        for k in ["endpoint", "region"] {
+                            if setting(k).is_some() {
+                                e.add(format!("settings.{k}"), "applies only with a store_url");
+                            }
+                        }
+                    }
+                    Some(u) => {
+                        let bucket = u.strip_prefix("s3://").unwrap_or_default();
+                        if bucket.is_empty() || bucket.contains('/') {
+                            e.add("settings.store_url", "must be s3://bucket (the key prefix goes in path)");
+                        }
+                        if let Some(ep) = setting("endpoint") {
+                            check_http_url(&mut e, "settings.endpoint", ep);
+                        }
                     }
                 }
             }
@@ -470,6 +518,43 @@ impl SinkInput {
             }
         }
         e.into_result(())
+    }
+}
+
+/// How a file sink encodes its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// One JSON event a line.
+    Ndjson,
+    /// Columnar, Snappy-compressed; the schema is inferred from each file's events.
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format a `format` setting names; `None` (absent) is NDJSON.
+    pub fn parse(setting: Option<&str>) -> Option<FileFormat> {
+        match setting {
+            None | Some("ndjson") => Some(FileFormat::Ndjson),
+            Some("parquet") => Some(FileFormat::Parquet),
+            Some(_) => None,
+        }
+    }
+
+    /// The file name extension, which is how a reader (a backfill) knows the format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Ndjson => "ndjson",
+            FileFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// Checks an optional whole-number setting against its range.
+fn check_number(e: &mut ValidationErrors, field: &str, value: Option<&str>, min: u64, max: u64) {
+    if let Some(v) = value {
+        if !v.parse::<u64>().is_ok_and(|n| (min..=max).contains(&n)) {
+            e.add(field, format!("must be a whole number from {min} to {max}"));
+        }
     }
 }
 
@@ -1222,6 +1307,25 @@ mod tests {
             tags: Vec::new(),
         };
         assert!(file.validate(&[]).unwrap_err().for_field("settings.path").is_some());
+        let file_with = |pairs: &[(&str, &str)]| SinkInput {
+            settings: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([("path".into(), "lake".into())])
+                .collect(),
+            ..file.clone()
+        };
+        let e = file_with(&[("format", "csv"), ("roll_bytes", "10"), ("roll_seconds", "x"), ("region", "eu")])
+            .validate(&[])
+            .unwrap_err();
+        assert!(e.for_field("settings.format").unwrap().contains("parquet"));
+        assert!(e.for_field("settings.roll_bytes").unwrap().contains("1024"));
+        assert!(e.for_field("settings.roll_seconds").is_some());
+        assert!(e.for_field("settings.region").unwrap().contains("store_url"));
+        let e = file_with(&[("store_url", "s3://bucket/prefix")]).validate(&[]).unwrap_err();
+        assert!(e.for_field("settings.store_url").unwrap().contains("path"));
+        let ok = [("format", "parquet"), ("roll_seconds", "60"), ("store_url", "s3://lake"), ("region", "eu-west-1")];
+        assert!(file_with(&ok).validate(&[]).is_ok());
     }
 
     #[test]

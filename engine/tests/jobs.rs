@@ -5,7 +5,7 @@ use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats, Transforms};
 use keystone_engine::log::{EmbeddedLog, Log, NewRecord, Retention, StartAt};
-use keystone_engine::sinks::{ConfigError, Sink, SinkError, SinkEvent};
+use keystone_engine::sinks::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
 use keystone_engine::transforms::{Filter, Projection};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -26,6 +26,10 @@ struct MemorySink {
     refuse_poison: bool,
     /// Never answer (a hung endpoint).
     hang: bool,
+    /// Batch bounds of its own, like a file sink rolling files.
+    rolling: Option<Rolling>,
+    /// The size of every batch it accepted.
+    batches: Mutex<Vec<usize>>,
 }
 
 impl Sink for MemorySink {
@@ -37,6 +41,7 @@ impl Sink for MemorySink {
             self.transient_failures.fetch_sub(1, Ordering::SeqCst);
             return Err(SinkError::transient(SinkErrorKind::Server, "endpoint returned 503"));
         }
+        self.batches.lock().unwrap().push(batch.len());
         let mut refused = Vec::new();
         let mut got = self.got.lock().unwrap();
         for (i, e) in batch.iter().enumerate() {
@@ -51,6 +56,10 @@ impl Sink for MemorySink {
         } else {
             Err(SinkError::Rejected(refused))
         }
+    }
+
+    fn rolling(&self) -> Option<Rolling> {
+        self.rolling
     }
 }
 
@@ -160,6 +169,37 @@ async fn delivers_filtered_projected_events_in_partition_order_and_checkpoints_a
     // Every partition's checkpoint is past the last event, filtered-out ones included.
     let saved = checkpoints.load("id-br").await.unwrap();
     assert_eq!(saved, HashMap::from([(0, 200), (1, 200), (2, 200)]));
+}
+
+#[tokio::test]
+async fn a_rolling_sink_gets_batches_bounded_by_its_size_and_age_not_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    produce(&log, 1, 0, 100).await;
+    // The first batch must close at the event that brings it to max_bytes of stored records.
+    let sizes: Vec<usize> = log.read("alpha.plays", 0, 0, 100).await.unwrap().iter().map(|r| r.value.len()).collect();
+    let max_bytes = sizes[..30].iter().sum::<usize>() - 1;
+    let rolling = Rolling { max_bytes, max_age: Duration::from_millis(300) };
+    let sink = Arc::new(MemorySink { rolling: Some(rolling), ..Default::default() });
+    let cancel = CancellationToken::new();
+    // A route batch of 10 events: the sink's bounds replace it.
+    let job = spec("roll", 1, None, Projection::default(), 10);
+    let stats = Arc::new(JobStats::default());
+    let task = tokio::spawn(run(
+        job,
+        log.clone(),
+        sink.clone(),
+        Arc::new(MemoryCheckpoints::default()),
+        stats,
+        cancel.clone(),
+    ));
+    wait_for("100 events", || ns(&sink).len() == 100).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let batches = sink.batches.lock().unwrap().clone();
+    assert_eq!(batches[..3], [30, 30, 30], "rolled by size: {batches:?}");
+    assert_eq!(batches[3..], [10], "the rest rolled by age: {batches:?}");
+    assert_eq!(ns(&sink), (0..100).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -63,6 +63,53 @@ async fn file_sink_commits_whole_ndjson_files_in_hive_folders() {
     assert_eq!(lines[7], json!({"id": batch[7].id, "ingested_at": batch[7].ingested_at, "event": batch[7].event}));
 }
 
+#[tokio::test]
+async fn file_sink_commits_parquet_files_that_read_back_to_the_same_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::File, &[("path", "lake/plays"), ("format", "parquet")], &[], dir.path());
+    let batch = events(100);
+    accepts_a_batch_and_its_redelivery(&s, &batch).await;
+    let folder = dir.path().join("sinks/lake/plays/dt=2026-11-26/hr=05");
+    let names: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let expected = format!("part-0000-00000000000000000000-00000000000000000099-{}.parquet", batch[0].id);
+    assert_eq!(names, [expected], "one committed file, no staging leftovers");
+    let back = keystone_engine::sinks::parquet::decode(std::fs::read(folder.join(&names[0])).unwrap().into()).unwrap();
+    assert_eq!(back.len(), 100);
+    assert_eq!(
+        (&back[7].id, back[7].ingested_at, &back[7].event),
+        (&batch[7].id, batch[7].ingested_at, &batch[7].event)
+    );
+}
+
+#[tokio::test]
+async fn file_sink_refuses_only_the_events_that_do_not_fit_a_parquet_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::File, &[("path", "lake"), ("format", "parquet")], &[], dir.path());
+    let mut batch = events(10);
+    batch[4].event = json!({"n": {"nested": 1}, "country": "BR", "title": "t4"});
+    match s.deliver(&batch).await {
+        Err(SinkError::Rejected(refused)) => assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [4]),
+        other => panic!("expected event 4 refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn file_sink_writes_through_any_object_store() {
+    use keystone_engine::sinks::FileSink;
+    use object_store::ObjectStoreExt;
+    let store = Arc::new(object_store::memory::InMemory::new());
+    let s = FileSink::with_store(store.clone(), "bucket/plays".into(), keystone_control::FileFormat::Ndjson, None);
+    let batch = events(20);
+    s.deliver(&batch).await.unwrap();
+    let path = object_store::path::Path::from(format!(
+        "bucket/plays/dt=2026-11-26/hr=05/part-0000-00000000000000000000-00000000000000000019-{}.ndjson",
+        batch[0].id
+    ));
+    let body = store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 20);
+}
+
 /// What the endpoint saw of one request: content type, Authorization header, body.
 type Seen = (String, Option<String>, String);
 

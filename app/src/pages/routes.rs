@@ -355,9 +355,7 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
     let label = format!("{team}/{name} backfill");
     let end = source_end(app.log.as_ref(), &plan.topic, plan.partitions, files.as_deref(), &label).await.map_err(
         |e| match e {
-            ImportError::Empty(_) | ImportError::BadLine { .. } => {
-                ValidationErrors::single("source", e.to_string()).into()
-            }
+            e if e.is_bad_input() => ValidationErrors::single("source", e.to_string()).into(),
             e => {
                 tracing::error!(error = %e, "Starting a backfill failed.");
                 AppError::Internal

@@ -23,8 +23,16 @@ pub async fn save_sink(
     setting_path: String,
     setting_table: String,
     setting_stream: Option<String>,
+    setting_file_format: Option<String>,
+    setting_roll_bytes: Option<String>,
+    setting_roll_seconds: Option<String>,
+    setting_store_url: Option<String>,
+    setting_endpoint: Option<String>,
+    setting_region: Option<String>,
     secret_authorization: String,
     secret_url: String,
+    secret_access_key_id: Option<String>,
+    secret_secret_access_key: Option<String>,
     tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
@@ -46,17 +54,28 @@ pub async fn save_sink(
             // default, and other kinds have none), so re-saving a sink does not change its spec.
             (
                 "format",
-                match setting_format {
-                    Some(f) if sink_kind == keystone_control::SinkKind::Http && f != "json" => f,
+                match (sink_kind, setting_format, setting_file_format) {
+                    (keystone_control::SinkKind::Http, Some(f), _) if f != "json" => f,
+                    (keystone_control::SinkKind::File, _, Some(f)) if f != "ndjson" => f,
                     _ => String::new(),
                 },
             ),
+            ("roll_bytes", setting_roll_bytes.unwrap_or_default()),
+            ("roll_seconds", setting_roll_seconds.unwrap_or_default()),
+            ("store_url", setting_store_url.unwrap_or_default()),
+            ("endpoint", setting_endpoint.unwrap_or_default()),
+            ("region", setting_region.unwrap_or_default()),
             ("index", setting_index.unwrap_or_default()),
             ("path", setting_path),
             ("table", setting_table),
             ("stream", setting_stream.unwrap_or_default()),
         ]),
-        secrets: non_empty(&[("authorization", secret_authorization), ("url", secret_url)]),
+        secrets: non_empty(&[
+            ("authorization", secret_authorization),
+            ("url", secret_url),
+            ("access_key_id", secret_access_key_id.unwrap_or_default()),
+            ("secret_access_key", secret_secret_access_key.unwrap_or_default()),
+        ]),
         tags: crate::pages::objects::split_list(tags.as_deref().unwrap_or_default()),
     };
     let (store, who) = crate::state::caller().await?;
@@ -120,6 +139,7 @@ fn sink_form(t: FormTarget) -> AnyView {
         None => "Not set.".to_owned(),
     };
     let kind = spec.as_ref().map_or("http", |s| s.kind.as_str()).to_owned();
+    let file_format = if kind == "file" && setting("format") == "parquet" { "parquet" } else { "ndjson" }.to_owned();
     let tags = spec.as_ref().map(|s| s.tags.join(", ")).unwrap_or_default();
     view! {
         <FormStatus error=last_error(save.value())/>
@@ -145,7 +165,27 @@ fn sink_form(t: FormTarget) -> AnyView {
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
                 <legend class="px-1 text-sm font-medium text-slate-600">"File"</legend>
                 <Field label="Directory" name="setting_path" error_key="settings.path" errors value=setting("path")
-                    help="Relative to the data directory's sinks/ folder."/>
+                    help="Relative to the data directory's sinks/ folder, or the key prefix in the bucket."/>
+                <div class="grid grid-cols-3 gap-4">
+                    <Field label="File format" name="setting_file_format" kind="select:ndjson,parquet"
+                        error_key="settings.format" errors
+                        value=file_format/>
+                    <Field label="Roll at bytes" name="setting_roll_bytes" error_key="settings.roll_bytes" errors
+                        value=setting("roll_bytes") help="Optional: files roll by size and age instead of by batch."/>
+                    <Field label="Roll after seconds" name="setting_roll_seconds" error_key="settings.roll_seconds" errors
+                        value=setting("roll_seconds")/>
+                </div>
+                <Field label="Object store" name="setting_store_url" error_key="settings.store_url" errors
+                    value=setting("store_url") help="Optional s3://bucket of an S3-compatible store; empty for local files."/>
+                <div class="grid grid-cols-2 gap-4">
+                    <Field label="S3 endpoint" name="setting_endpoint" error_key="settings.endpoint" errors
+                        value=setting("endpoint") help="MinIO, R2, ...; empty for AWS."/>
+                    <Field label="S3 region" name="setting_region" error_key="settings.region" errors value=setting("region")/>
+                    <Field label="Access key id (secret)" name="secret_access_key_id" kind="password"
+                        error_key="secrets.access_key_id" errors help=secret_help("access_key_id")/>
+                    <Field label="Secret access key (secret)" name="secret_secret_access_key" kind="password"
+                        error_key="secrets.secret_access_key" errors help=secret_help("secret_access_key")/>
+                </div>
             </fieldset>
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
                 <legend class="px-1 text-sm font-medium text-slate-600">"PostgreSQL"</legend>

@@ -1,5 +1,5 @@
 //! The log's part of a backfill: where a source ends when the backfill starts, and the import of
-//! a file sink's NDJSON files into a scratch topic the job then reads like a stream. (What may
+//! a file sink's NDJSON and Parquet files into a scratch topic the job then reads like a stream. (What may
 //! be backfilled, and the record of it, are the control plane's: `Goal::plan_backfill`.)
 
 use crate::ingest::Envelope;
@@ -40,25 +40,35 @@ pub async fn source_end<L: Log>(
 /// Why files could not be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("no NDJSON files under {0}")]
+    #[error("no NDJSON or Parquet files under {0}")]
     Empty(String),
     #[error("{file}, line {line}: {reason}")]
     BadLine { file: String, line: usize, reason: String },
+    #[error("{file}: {reason}")]
+    BadFile { file: String, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
 }
 
-/// Every `.ndjson` file below `dir`, in path order: a file sink names its files by partition and
-/// offsets inside time folders, so path order is delivery order.
-fn ndjson_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+impl ImportError {
+    /// The files themselves are at fault (none, or not a file sink's), not the machine.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ImportError::Empty(_) | ImportError::BadLine { .. } | ImportError::BadFile { .. })
+    }
+}
+
+/// Every `.ndjson` and `.parquet` file below `dir`, in path order: a file sink names its files by
+/// partition and offsets inside time folders, so path order is delivery order. (Staging files
+/// end in `#<n>` and are skipped.)
+fn sink_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| x == "ndjson") {
+            } else if p.extension().is_some_and(|x| x == "ndjson" || x == "parquet") {
                 out.push(p);
             }
         }
@@ -82,16 +92,28 @@ pub async fn import_files<L: Log>(
     source: &str,
     retention: Retention,
 ) -> Result<Vec<(u32, u64)>, ImportError> {
-    let files = ndjson_files(dir)?;
+    let files = sink_files(dir)?;
     let mut records = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file)?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let e: SinkEvent = serde_json::from_str(line).map_err(|err| ImportError::BadLine {
-                file: file.display().to_string(),
-                line: i + 1,
-                reason: format!("not an event a file sink wrote: {err}"),
-            })?;
+        let events: Vec<SinkEvent> = if file.extension().is_some_and(|x| x == "parquet") {
+            let body = std::fs::read(file)?;
+            crate::sinks::parquet::decode(body.into())
+                .map_err(|reason| ImportError::BadFile { file: file.display().to_string(), reason })?
+        } else {
+            let text = std::fs::read_to_string(file)?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, line)| {
+                    serde_json::from_str(line).map_err(|err| ImportError::BadLine {
+                        file: file.display().to_string(),
+                        line: i + 1,
+                        reason: format!("not an event a file sink wrote: {err}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for e in events {
             let envelope = Envelope {
                 id: e.id,
                 stream: source.to_owned(),

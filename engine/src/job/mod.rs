@@ -310,9 +310,15 @@ impl JobStats {
         }
     }
 
-    /// Sum of acknowledged positions: grows whenever the job makes progress.
+    /// Sum of acknowledged positions: grows whenever the job delivers.
     pub fn progress(&self) -> u64 {
         self.acked.lock().expect("stats lock").iter().sum()
+    }
+
+    /// Acknowledged positions and events read: a job gathering a large rolled file acknowledges
+    /// nothing for minutes, and is not stalled while it reads.
+    pub fn activity(&self) -> (u64, u64) {
+        (self.progress(), self.read.load(Ordering::Relaxed))
     }
 }
 
@@ -451,11 +457,17 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
     async fn run(self, mut next: u64) -> Result<(), JobError> {
         let spec = &self.spec;
         let mut end = self.log.watch_end(&spec.topic, self.partition)?;
+        // A sink that rolls files by size and age bounds its batches itself.
+        let (max_events, max_bytes, max_latency) = match self.sink.rolling() {
+            Some(r) => (usize::MAX, r.max_bytes, r.max_age),
+            None => (spec.batch_size, usize::MAX, spec.max_latency),
+        };
         loop {
             self.stats.wait_while_paused(&self.cancel).await;
-            // Gather one batch: up to batch_size deliverable events, or whatever arrived by the
-            // time the first of them has waited max_latency.
+            // Gather one batch: up to max_events deliverable events (or max_bytes of them), or
+            // whatever arrived by the time the first of them has waited max_latency.
             let mut batch: Vec<SinkEvent> = Vec::new();
+            let mut bytes = 0usize;
             let mut sources: Vec<StoredRecord> = Vec::new();
             let mut dead: Vec<(StoredRecord, String)> = Vec::new();
             let mut scanned = next;
@@ -464,7 +476,8 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 if (self.cancel.is_cancelled() || self.stats.is_paused()) && batch.is_empty() {
                     break;
                 }
-                let room = spec.batch_size - batch.len();
+                // Read in chunks a normal batch could hold, however large a rolled file grows.
+                let room = (max_events - batch.len()).min(keystone_control::BATCH_SIZE_MAX as usize);
                 let want = match spec.until.get(&self.partition) {
                     Some(until) => room.min(until.saturating_sub(scanned) as usize),
                     None => room,
@@ -503,10 +516,15 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                     continue;
                 }
                 for r in records {
+                    if bytes >= max_bytes {
+                        // The file is full: the rest is read again for the next one.
+                        break;
+                    }
                     scanned = r.offset + 1;
                     self.stats.read.fetch_add(1, Ordering::Relaxed);
                     match self.route(&r) {
                         Routed::Deliver(e) => {
+                            bytes += r.value.len();
                             batch.push(e);
                             sources.push(r);
                         }
@@ -514,11 +532,11 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                         Routed::DeadLetter(why) => dead.push((r, why)),
                     }
                 }
-                if batch.len() >= spec.batch_size {
+                if batch.len() >= max_events || bytes >= max_bytes {
                     break;
                 }
                 if !batch.is_empty() && deadline.is_none() {
-                    deadline = Some(Instant::now() + spec.max_latency);
+                    deadline = Some(Instant::now() + max_latency);
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;

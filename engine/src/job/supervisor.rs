@@ -137,7 +137,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
         tokio::spawn(run(spec.clone(), log.clone(), sink, checkpoints.clone(), stats.clone(), this_run.clone()));
     // (failing, paused) as last reported.
     let mut reported: Option<(bool, bool)> = None;
-    let mut last_progress = (stats.progress(), Instant::now());
+    let mut last_progress = (stats.activity(), Instant::now());
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tokio::select! {
@@ -174,7 +174,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
             observer.report(report).await;
             reported = Some((failing, paused));
         }
-        let progress = stats.progress();
+        let progress = stats.activity();
         // A paused job makes no progress on purpose: that is not a stall.
         if progress != last_progress.0 || failing || paused {
             last_progress = (progress, Instant::now());

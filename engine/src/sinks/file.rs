@@ -1,42 +1,144 @@
-//! File sink: NDJSON files under the data directory, in Hive-style partition folders
-//! (`dt=YYYY-MM-DD/hr=HH`, by ingest time, UTC). Each delivered batch becomes one file, so files
-//! roll by the route's batch size and max latency. A file is committed atomically: written to a
-//! hidden temporary name, fsynced, renamed, and the folder fsynced, so a reader never sees half a
-//! file and an acknowledged file survives a crash.
+//! File sink: NDJSON or Parquet files in Hive-style partition folders (`dt=YYYY-MM-DD/hr=HH`, by
+//! ingest time, UTC), written through the `object_store` crate: the data directory's `sinks/`
+//! folder by default, any S3-compatible bucket by configuration.
+//!
+//! A file is committed atomically: object_store's local store writes a staging file, fsyncs it,
+//! renames it into place and fsyncs the folder (`with_fsync`), and an S3 PUT is atomic by nature,
+//! so a reader never sees half a file and an acknowledged file survives a crash.
+//!
+//! Files roll by the route's batch size and max latency, or, when the sink sets `roll_bytes` /
+//! `roll_seconds`, by size and age: the job then gathers a whole file's events before delivering
+//! it, and commits its position only after the file is written (the log is the buffer, as a
+//! Flink file sink commits on checkpoint), so a crash redelivers at most one file's events.
 //!
 //! Redelivery is idempotent for a repeated batch: the file name is derived from the partition and
 //! the offsets it holds, so the same batch overwrites the same file.
 
-use super::{required, ConfigError, Sink, SinkError, SinkEvent};
-use keystone_control::SinkErrorKind;
+use super::{required, ConfigError, Rolling, Sink, SinkError, SinkEvent};
+use keystone_control::{FileFormat, SinkErrorKind};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a file sink's files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileStore {
+    /// A folder on this machine.
+    Local(PathBuf),
+    /// An S3-compatible bucket.
+    S3 {
+        url: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSinkConfig {
-    /// The folder that receives the partition folders.
-    pub dir: PathBuf,
+    pub store: FileStore,
+    /// The key prefix (the declared `path`) under which partition folders go.
+    pub prefix: String,
+    pub format: FileFormat,
+    pub rolling: Option<Rolling>,
 }
 
+/// How big a file grows when only `roll_seconds` is set, and how long one waits when only
+/// `roll_bytes` is: bounds that keep a job's memory and a file's delay finite.
+const DEFAULT_ROLL_BYTES: usize = 64 << 20;
+const DEFAULT_ROLL_SECONDS: u64 = 300;
+
 impl FileSinkConfig {
-    /// `settings.path` is relative to `<data_dir>/sinks` (validated at declaration).
-    pub fn from_spec(settings: &BTreeMap<String, String>, data_dir: &Path) -> Result<FileSinkConfig, ConfigError> {
+    /// `settings.path` is relative to `<data_dir>/sinks`, or the key prefix in the bucket of
+    /// `settings.store_url` (validated at declaration).
+    pub fn from_spec(
+        settings: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, String>,
+        data_dir: &Path,
+    ) -> Result<FileSinkConfig, ConfigError> {
         let path = required(settings, "settings", "path")?;
         if !keystone_control::is_relative_path(path) {
             return Err(ConfigError::new("settings.path", "must be a relative path without '..'"));
         }
-        Ok(FileSinkConfig { dir: data_dir.join("sinks").join(path) })
+        let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
+        let format = FileFormat::parse(settings.get("format").map(String::as_str))
+            .ok_or_else(|| ConfigError::new("settings.format", "must be ndjson or parquet"))?;
+        let number = |k: &str| -> Result<Option<u64>, ConfigError> {
+            get(k)
+                .map(|v| v.parse().map_err(|_| ConfigError::new(format!("settings.{k}"), "must be a whole number")))
+                .transpose()
+        };
+        let rolling = match (number("roll_bytes")?, number("roll_seconds")?) {
+            (None, None) => None,
+            (bytes, seconds) => Some(Rolling {
+                max_bytes: bytes.map_or(DEFAULT_ROLL_BYTES, |b| b as usize),
+                max_age: Duration::from_secs(seconds.unwrap_or(DEFAULT_ROLL_SECONDS)),
+            }),
+        };
+        let store = match get("store_url") {
+            None => FileStore::Local(data_dir.join("sinks")),
+            Some(url) => FileStore::S3 {
+                url,
+                endpoint: get("endpoint"),
+                region: get("region"),
+                access_key_id: secrets.get("access_key_id").cloned(),
+                secret_access_key: secrets.get("secret_access_key").cloned(),
+            },
+        };
+        Ok(FileSinkConfig { store, prefix: path.to_owned(), format, rolling })
+    }
+
+    /// Opens the object store (no I/O for S3: requests are made on delivery).
+    fn open(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+        Ok(match &self.store {
+            FileStore::Local(root) => {
+                std::fs::create_dir_all(root)
+                    .map_err(|e| ConfigError::new("settings.path", format!("cannot create {}: {e}", root.display())))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| ConfigError::new("settings.path", e.to_string()))?;
+                Arc::new(local.with_fsync(true))
+            }
+            FileStore::S3 { url, endpoint, region, access_key_id, secret_access_key } => {
+                let mut b = object_store::aws::AmazonS3Builder::new().with_url(url);
+                if let Some(ep) = endpoint {
+                    b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+                }
+                if let Some(r) = region {
+                    b = b.with_region(r);
+                }
+                if let (Some(id), Some(key)) = (access_key_id, secret_access_key) {
+                    b = b.with_access_key_id(id).with_secret_access_key(key);
+                }
+                Arc::new(b.build().map_err(|e| ConfigError::new("settings.store_url", e.to_string()))?)
+            }
+        })
     }
 }
 
 pub struct FileSink {
-    config: FileSinkConfig,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    format: FileFormat,
+    rolling: Option<Rolling>,
 }
 
 impl FileSink {
-    pub fn new(config: FileSinkConfig) -> FileSink {
-        FileSink { config }
+    pub fn new(config: FileSinkConfig) -> Result<FileSink, ConfigError> {
+        Ok(FileSink::with_store(config.open()?, config.prefix, config.format, config.rolling))
+    }
+
+    /// A file sink writing to a given store (tests use an in-memory one).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        format: FileFormat,
+        rolling: Option<Rolling>,
+    ) -> FileSink {
+        FileSink { store, prefix, format, rolling }
     }
 }
 
@@ -47,56 +149,76 @@ pub fn partition_folder(ms: i64) -> String {
     format!("dt={:04}-{:02}-{:02}/hr={:02}", t.year(), u8::from(t.month()), t.day(), t.hour())
 }
 
-fn write_atomically(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+/// The file of a run of events of one partition: named by partition and offsets, so a
+/// redelivered batch replaces its own file, and by its first event's id, so a batch from another
+/// source (a backfill) with the same offsets never replaces one.
+fn file_name(events: &[(usize, &SinkEvent)], format: FileFormat) -> String {
+    let (first, last) = (events.first().map(|e| e.1), events.last().map(|e| e.1));
+    let first_id: String = first
+        .map_or("", |e| e.id.as_str())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    format!(
+        "part-{:04}-{:020}-{:020}-{first_id}.{}",
+        first.map_or(0, |e| e.partition),
+        first.map_or(0, |e| e.offset),
+        last.map_or(0, |e| e.offset),
+        format.extension()
+    )
+}
+
+fn io_error(e: impl std::fmt::Display) -> SinkError {
+    SinkError::transient(SinkErrorKind::Io, format!("writing the file failed: {e}"))
 }
 
 impl Sink for FileSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
-        // One file per (hour folder, partition) run of the batch.
-        let mut files: BTreeMap<(String, u32), Vec<&SinkEvent>> = BTreeMap::new();
-        for e in batch {
-            files.entry((partition_folder(e.ingested_at), e.partition)).or_default().push(e);
+        // One file per (hour folder, partition) run of the batch, remembering batch indexes.
+        let mut files: BTreeMap<(String, u32), Vec<(usize, &SinkEvent)>> = BTreeMap::new();
+        for (i, e) in batch.iter().enumerate() {
+            files.entry((partition_folder(e.ingested_at), e.partition)).or_default().push((i, e));
         }
-        let mut writes = Vec::with_capacity(files.len());
-        for ((folder, partition), events) in files {
-            let first = events.first().map_or(0, |e| e.offset);
-            let last = events.last().map_or(0, |e| e.offset);
-            // Named by partition and offsets, so a redelivered batch replaces its own file, and
-            // by its first event's id, so a batch from another source (a backfill) with the
-            // same offsets never replaces one.
-            let first_id: String = events
-                .first()
-                .map_or("", |e| e.id.as_str())
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(40)
-                .collect();
-            let mut body = Vec::with_capacity(events.len() * 256);
-            for e in events {
-                serde_json::to_writer(&mut body, e)
-                    .map_err(|e| SinkError::transient(SinkErrorKind::Io, e.to_string()))?;
-                body.push(b'\n');
-            }
-            let name = format!("part-{partition:04}-{first:020}-{last:020}-{first_id}.ndjson");
-            writes.push((self.config.dir.join(folder), name, body));
+        let mut refused = Vec::new();
+        for ((folder, _), events) in files {
+            let (body, kept) = match self.format {
+                FileFormat::Ndjson => {
+                    let mut body = Vec::with_capacity(events.len() * 256);
+                    for (_, e) in &events {
+                        serde_json::to_writer(&mut body, e).map_err(io_error)?;
+                        body.push(b'\n');
+                    }
+                    (body, events)
+                }
+                FileFormat::Parquet => {
+                    let rows: Vec<SinkEvent> = events.iter().map(|(_, e)| (*e).clone()).collect();
+                    // Encoding is CPU work: off the runtime's threads.
+                    let encoded =
+                        tokio::task::spawn_blocking(move || super::parquet::encode(&rows)).await.map_err(io_error)?;
+                    refused.extend(encoded.refused.iter().map(|(i, why)| (events[*i].0, why.clone())));
+                    let Some(body) = encoded.body else { continue };
+                    let kept = events
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !encoded.refused.iter().any(|(r, _)| r == i))
+                        .map(|(_, e)| *e)
+                        .collect();
+                    (body, kept)
+                }
+            };
+            let path = ObjectPath::from(format!("{}/{folder}/{}", self.prefix, file_name(&kept, self.format)));
+            self.store.put(&path, PutPayload::from(body)).await.map_err(io_error)?;
         }
-        tokio::task::spawn_blocking(move || {
-            for (dir, name, body) in writes {
-                write_atomically(&dir, &name, &body)?;
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .map_err(|e| SinkError::transient(SinkErrorKind::Io, format!("file writer stopped: {e}")))?
-        .map_err(|e| SinkError::transient(SinkErrorKind::Io, format!("writing the file failed: {e}")))
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(refused))
+        }
+    }
+
+    fn rolling(&self) -> Option<Rolling> {
+        self.rolling
     }
 }
 
@@ -111,13 +233,38 @@ mod tests {
         assert_eq!(partition_folder(0), "dt=1970-01-01/hr=00");
     }
 
+    fn config(settings: &[(&str, &str)]) -> Result<FileSinkConfig, ConfigError> {
+        let s = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        FileSinkConfig::from_spec(&s, &BTreeMap::new(), Path::new("/data"))
+    }
+
     #[test]
     fn paths_stay_inside_the_sinks_folder() {
-        let s = |p: &str| BTreeMap::from([("path".to_owned(), p.to_owned())]);
-        let ok = FileSinkConfig::from_spec(&s("team/plays"), Path::new("/data")).unwrap();
-        assert_eq!(ok.dir, Path::new("/data/sinks/team/plays"));
-        assert!(FileSinkConfig::from_spec(&s("../etc"), Path::new("/data")).is_err());
-        assert!(FileSinkConfig::from_spec(&s("/etc"), Path::new("/data")).is_err());
-        assert_eq!(FileSinkConfig::from_spec(&BTreeMap::new(), Path::new("/d")).unwrap_err().field, "settings.path");
+        let ok = config(&[("path", "team/plays")]).unwrap();
+        assert_eq!((ok.store, ok.prefix.as_str()), (FileStore::Local(PathBuf::from("/data/sinks")), "team/plays"));
+        assert!(config(&[("path", "../etc")]).is_err());
+        assert!(config(&[("path", "/etc")]).is_err());
+        assert_eq!(config(&[]).unwrap_err().field, "settings.path");
+    }
+
+    #[test]
+    fn rolling_by_size_or_age_fills_in_the_other_bound() {
+        assert_eq!(config(&[("path", "p")]).unwrap().rolling, None);
+        let by_size = config(&[("path", "p"), ("roll_bytes", "4096")]).unwrap().rolling.unwrap();
+        assert_eq!((by_size.max_bytes, by_size.max_age), (4096, Duration::from_secs(DEFAULT_ROLL_SECONDS)));
+        let by_age = config(&[("path", "p"), ("roll_seconds", "30")]).unwrap().rolling.unwrap();
+        assert_eq!((by_age.max_bytes, by_age.max_age), (DEFAULT_ROLL_BYTES, Duration::from_secs(30)));
+        assert_eq!(config(&[("path", "p"), ("roll_bytes", "many")]).unwrap_err().field, "settings.roll_bytes");
+        assert_eq!(config(&[("path", "p"), ("format", "csv")]).unwrap_err().field, "settings.format");
+    }
+
+    #[test]
+    fn an_s3_store_is_configured_without_contacting_it() {
+        let c = config(&[("path", "lake/plays"), ("store_url", "s3://bucket"), ("endpoint", "http://127.0.0.1:9")])
+            .unwrap();
+        assert!(matches!(&c.store, FileStore::S3 { url, .. } if url == "s3://bucket"));
+        assert!(c.open().is_ok());
+        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().open().unwrap_err();
+        assert_eq!(bad.field, "settings.store_url");
     }
 }

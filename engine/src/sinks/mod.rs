@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod http;
+pub mod parquet;
 pub mod postgres;
 pub mod stream;
 
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use file::{FileSink, FileSinkConfig};
 pub use http::{HttpSink, HttpSinkConfig};
@@ -70,6 +72,20 @@ impl SinkError {
 /// A destination of route jobs.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, batch: &[SinkEvent]) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Batch bounds of the sink's own, replacing the route's batch size and max latency: a file
+    /// sink rolling files by size and age.
+    fn rolling(&self) -> Option<Rolling> {
+        None
+    }
+}
+
+/// A batch gathers until its events' bytes reach `max_bytes` or its first event has waited
+/// `max_age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rolling {
+    pub max_bytes: usize,
+    pub max_age: Duration,
 }
 
 /// A sink could not be built from its declaration (bad setting, missing secret).
@@ -113,7 +129,9 @@ impl AnySink {
         log: &Arc<dyn Appender>,
     ) -> Result<AnySink, ConfigError> {
         Ok(match spec.kind {
-            SinkKind::File => AnySink::File(FileSink::new(FileSinkConfig::from_spec(&spec.settings, data_dir)?)),
+            SinkKind::File => {
+                AnySink::File(FileSink::new(FileSinkConfig::from_spec(&spec.settings, secrets, data_dir)?)?)
+            }
             SinkKind::Http => AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?)?),
             SinkKind::Postgres => {
                 AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?)?)
@@ -132,6 +150,13 @@ impl Sink for AnySink {
             AnySink::Http(s) => s.deliver(batch).await,
             AnySink::Postgres(s) => s.deliver(batch).await,
             AnySink::Stream(s) => s.deliver(batch).await,
+        }
+    }
+
+    fn rolling(&self) -> Option<Rolling> {
+        match self {
+            AnySink::File(s) => s.rolling(),
+            _ => None,
         }
     }
 }
