@@ -4,7 +4,7 @@
 use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats, Transforms};
-use keystone_engine::log::{EmbeddedLog, Log, NewRecord, Retention, StartAt};
+use keystone_engine::log::{EmbeddedLog, KafkaConfig, KafkaLog, Log, NewRecord, Retention, StartAt};
 use keystone_engine::sinks::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
 use keystone_engine::transforms::{Filter, Projection};
 use serde_json::{json, Value};
@@ -108,7 +108,7 @@ fn envelope(n: u64, payload: Value) -> Vec<u8> {
 }
 
 /// Appends events `from..to` (partition = n % partitions) with payload `{n, country}`.
-async fn produce(log: &EmbeddedLog, partitions: u32, from: u64, to: u64) {
+async fn produce<L: Log>(log: &Arc<L>, partitions: u32, from: u64, to: u64) {
     let records = (from..to)
         .map(|n| NewRecord {
             partition: (n % u64::from(partitions)) as u32,
@@ -200,6 +200,41 @@ async fn a_rolling_sink_gets_batches_bounded_by_its_size_and_age_not_the_routes(
     assert_eq!(batches[..3], [30, 30, 30], "rolled by size: {batches:?}");
     assert_eq!(batches[3..], [10], "the rest rolled by age: {batches:?}");
     assert_eq!(ns(&sink), (0..100).collect::<Vec<_>>());
+}
+
+/// Routes and sinks do not change with the log: the same job over the Kafka backend (librdkafka's
+/// mock cluster) delivers every event in partition order and checkpoints after the sink's ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_kafka_delivers_like_over_the_embedded_log() {
+    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+    cluster.create_topic("alpha.plays", 3, 3).unwrap();
+    cluster.create_topic("_dlq.alpha.kafka", 1, 3).unwrap();
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    config.manage_topics = false;
+    let log = Arc::new(KafkaLog::connect(config).unwrap());
+    log.ensure_topic("alpha.plays", 3, KEEP).await.unwrap();
+    produce(&log, 3, 0, 300).await;
+    let sink = Arc::new(MemorySink::default());
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let cancel = CancellationToken::new();
+    let job = spec("kafka", 3, Some(r#"event.country == "BR""#), Projection::default(), 25);
+    let stats = Arc::new(JobStats::default());
+    let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints.clone(), stats.clone(), cancel.clone()));
+    wait_for("100 BR events", || ns(&sink).len() == 100).await;
+    // Appended while the job tails the partitions.
+    produce(&log, 3, 300, 330).await;
+    wait_for("every event acknowledged", || stats.progress() == 330).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let got = sink.got.lock().unwrap().clone();
+    for p in 0..3 {
+        let offsets: Vec<u64> = got.iter().filter(|e| e.partition == p).map(|e| e.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} in log order");
+    }
+    let mut sorted = ns(&sink);
+    sorted.sort();
+    assert_eq!(sorted, (0..330).filter(|n| n % 3 == 0).collect::<Vec<_>>());
+    assert_eq!(checkpoints.load("id-kafka").await.unwrap(), HashMap::from([(0, 110), (1, 110), (2, 110)]));
 }
 
 #[tokio::test]

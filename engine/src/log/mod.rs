@@ -1,11 +1,13 @@
-//! The durable, partitioned log: one topic per stream. Kept behind the [`Log`] trait so the
-//! Kafka backend can slot in beside the embedded one without touching routes or sinks.
+//! The durable, partitioned log: one topic per stream. Kept behind the [`Log`] trait, so the
+//! embedded log and the Kafka backend serve routes and sinks alike.
 
 pub mod codec;
 pub mod embedded;
+pub mod kafka;
 
 pub use codec::StoredRecord;
 pub use embedded::EmbeddedLog;
+pub use kafka::{KafkaConfig, KafkaLog};
 
 use std::future::Future;
 
@@ -59,6 +61,9 @@ pub enum LogError {
     /// The log is shutting down.
     #[error("the log is shut down")]
     Closed,
+    /// A remote log (a Kafka cluster) did not answer in time or refused the request.
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a log backend offers the data plane.

@@ -97,7 +97,7 @@ mod tests {
         SinkEvent {
             id: format!("0190a0b0-0000-7000-8000-{i:012}"),
             ingested_at: 1_795_669_629_000 + i as i64,
-            key: (i % 2 == 0).then(|| format!("k{i}")),
+            key: i.is_multiple_of(2).then(|| format!("k{i}")),
             partition: 0,
             offset: i,
             event: payload,

@@ -1,0 +1,445 @@
+//! The Kafka backend of the [`Log`] trait: any Apache Kafka protocol cluster (Apache Kafka,
+//! Redpanda, ...) through rdkafka, the Rust binding of librdkafka, the client most Kafka tools are
+//! built on (idempotent producer, consumer groups, transactions, every broker quirk handled).
+//!
+//! - Appends are produced with `acks=all` and idempotence: `Ok` means every in-sync replica has
+//!   the records, and retries can neither duplicate nor reorder them within a partition.
+//! - Reads are positioned (assign + offset), as the embedded log's: a job keeps its checkpoints
+//!   in the source of truth and reads each partition from where it stopped. Readers are pooled
+//!   per partition, and one that is already positioned where a read starts is reused, so a
+//!   tailing job costs no seek.
+//! - End offsets are watched: our own appends move them at once; a background task polls the
+//!   cluster's high watermarks for what other processes append.
+//! - Topics: with `manage_topics` (the default) `ensure_topic` creates a missing topic with its
+//!   partitions and retention and adds partitions; without it (a platform team owns the topics)
+//!   it only checks that the topic exists with enough partitions.
+//!
+//! Unlike the embedded log, a failed multi-partition append may have kept the records of some
+//! partitions: a producer retrying after an error can duplicate them, never lose them.
+
+use super::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How to reach the cluster, and what Keystone may do to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: host:port, comma-separated.
+    pub brokers: String,
+    /// Further librdkafka properties for every client (e.g. `security.protocol`,
+    /// `sasl.mechanisms`): the way to reach a secured cluster.
+    pub properties: BTreeMap<String, String>,
+    /// Create topics and add partitions from the goal state.
+    pub manage_topics: bool,
+    /// Replication factor of created topics (3 in production, with `min.insync.replicas=2`).
+    pub replication_factor: i32,
+    /// How often end offsets written by other processes are polled.
+    pub watermark_interval: Duration,
+    /// How long one request may take before the operation fails as unavailable.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            properties: BTreeMap::new(),
+            manage_topics: true,
+            replication_factor: 3,
+            watermark_interval: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        // Topics come from the goal state only, never from a typo in a read or write.
+        c.set("allow.auto.create.topics", "false");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// One positioned reader of one partition.
+struct Reader {
+    consumer: BaseConsumer,
+    /// The offset its next message has, when positioned.
+    next: Option<u64>,
+}
+
+/// The readers of one partition.
+type ReaderPool = Vec<Arc<Mutex<Reader>>>;
+
+struct Inner {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    /// For metadata and watermarks.
+    meta: BaseConsumer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Known topics: the end watch of each partition.
+    topics: RwLock<HashMap<String, Arc<Vec<watch::Sender<u64>>>>>,
+    readers: Mutex<HashMap<(String, u32), ReaderPool>>,
+}
+
+pub struct KafkaLog {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: KafkaError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+impl KafkaLog {
+    /// Connects (lazily: no request is made until the first operation) and starts the watermark
+    /// poller. Must be called inside a Tokio runtime.
+    pub fn connect(config: KafkaConfig) -> Result<KafkaLog, LogError> {
+        let mut producer = config.client();
+        producer
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Small batches leave at once; the ingest proxy already batches per request.
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", config.request_timeout.as_millis().to_string());
+        let producer: FutureProducer = producer.create().map_err(unavailable)?;
+        let meta: BaseConsumer = config.client().set("group.id", "keystone-metadata").create().map_err(unavailable)?;
+        let admin = config.client().create().map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            config,
+            producer,
+            meta,
+            admin,
+            topics: RwLock::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(poll_watermarks(Arc::downgrade(&inner)));
+        Ok(KafkaLog { inner })
+    }
+
+    /// The partition count of a topic on the cluster, `None` when it does not exist.
+    async fn partition_count(&self, topic: &str) -> Result<Option<u32>, LogError> {
+        let inner = self.inner.clone();
+        let topic = topic.to_owned();
+        blocking(move || {
+            let md = inner.meta.fetch_metadata(Some(&topic), inner.config.request_timeout).map_err(unavailable)?;
+            Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| match t.error() {
+                None if !t.partitions().is_empty() => Some(t.partitions().len() as u32),
+                _ => None,
+            }))
+        })
+        .await
+    }
+
+    fn ends(&self, topic: &str) -> Result<Arc<Vec<watch::Sender<u64>>>, LogError> {
+        self.inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_owned()))
+    }
+
+    /// Registers a topic's partitions, each watch starting at its current high watermark.
+    async fn register(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        let known = self.inner.topics.read().expect("topics lock").get(topic).map(|e| e.len() as u32);
+        if known == Some(partitions) {
+            return Ok(());
+        }
+        let mut ends = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            ends.push(watch::Sender::new(self.watermarks(topic, p).await?.1));
+        }
+        self.inner.topics.write().expect("topics lock").insert(topic.to_owned(), Arc::new(ends));
+        Ok(())
+    }
+
+    async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        let inner = self.inner.clone();
+        let topic = topic.to_owned();
+        blocking(move || inner.watermarks(&topic, partition)).await
+    }
+}
+
+impl Inner {
+    fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        let (low, high) =
+            self.meta.fetch_watermarks(topic, partition as i32, self.config.request_timeout).map_err(unavailable)?;
+        Ok((low.max(0) as u64, high.max(0) as u64))
+    }
+
+    /// A reader of the partition, preferably one already positioned at `from`.
+    fn reader(&self, topic: &str, partition: u32, from: u64) -> Result<Arc<Mutex<Reader>>, LogError> {
+        let mut all = self.readers.lock().expect("readers lock");
+        let pool = all.entry((topic.to_owned(), partition)).or_default();
+        let idle = |r: &&Arc<Mutex<Reader>>| r.try_lock().is_ok();
+        if let Some(r) = pool.iter().filter(idle).find(|r| r.lock().expect("reader").next == Some(from)) {
+            return Ok(r.clone());
+        }
+        if let Some(r) = pool.iter().find(idle) {
+            return Ok(r.clone());
+        }
+        let consumer: BaseConsumer = self
+            .config
+            .client()
+            .set("group.id", "keystone-readers")
+            .set("enable.auto.commit", "false")
+            // Reading below the retained range is an error the job handles, not a silent jump.
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(unavailable)?;
+        let r = Arc::new(Mutex::new(Reader { consumer, next: None }));
+        pool.push(r.clone());
+        Ok(r)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        end: u64,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let reader = self.reader(topic, partition, from)?;
+        let mut reader = reader.lock().expect("reader lock");
+        if reader.next != Some(from) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from as i64)).map_err(unavailable)?;
+            reader.consumer.assign(&tpl).map_err(unavailable)?;
+            reader.next = Some(from);
+        }
+        let mut out = Vec::new();
+        // Wait for what is known to exist (the first fetch after a seek takes a round trip);
+        // return soon when at the end.
+        let patience = if from < end { self.config.request_timeout } else { Duration::from_millis(20) };
+        let deadline = Instant::now() + patience;
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Once records came, wait briefly for more only while more are known to exist.
+            let wait = match reader.next {
+                _ if out.is_empty() => left,
+                Some(next) if next < end => left.min(Duration::from_millis(100)),
+                _ => Duration::ZERO,
+            };
+            match reader.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    let offset = m.offset() as u64;
+                    out.push(StoredRecord {
+                        offset,
+                        timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                    });
+                    reader.next = Some(offset + 1);
+                }
+                // An end-of-partition event can be stale (queued before the latest appends):
+                // it ends the read only once the reader is where the known end is.
+                Some(Err(KafkaError::PartitionEOF(_))) if reader.next.unwrap_or(from) >= end || !out.is_empty() => {
+                    break
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ))) => {
+                    reader.next = None;
+                    let (earliest, _) = self.watermarks(topic, partition)?;
+                    return Err(LogError::OffsetOutOfRange { requested: from, earliest });
+                }
+                Some(Err(e)) => {
+                    reader.next = None;
+                    return Err(unavailable(e));
+                }
+            }
+            if out.is_empty() && Instant::now() >= deadline {
+                break;
+            }
+        }
+        if out.is_empty() && from < end {
+            // Records known to exist did not arrive: fail (the job restarts) rather than wait for
+            // an append that may never come.
+            reader.next = None;
+            return Err(LogError::Unavailable(format!("{topic}/{partition}: offset {from} did not arrive in time")));
+        }
+        Ok(out)
+    }
+}
+
+/// Runs blocking librdkafka calls off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LogError> + Send + 'static) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| LogError::Unavailable(format!("Kafka call panicked: {e}")))?
+}
+
+/// Moves end watches to the cluster's high watermarks, for appends by other processes, until the
+/// log is dropped.
+async fn poll_watermarks(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let interval = strong.config.watermark_interval;
+        let _ = tokio::task::spawn_blocking(move || {
+            let topics: Vec<(String, Arc<Vec<watch::Sender<u64>>>)> =
+                strong.topics.read().expect("topics lock").iter().map(|(t, e)| (t.clone(), e.clone())).collect();
+            for (topic, ends) in topics {
+                for (p, end) in ends.iter().enumerate() {
+                    if let Ok((_, high)) = strong.watermarks(&topic, p as u32) {
+                        end.send_if_modified(|e| std::mem::replace(e, high.max(*e)) < high);
+                    }
+                }
+            }
+        })
+        .await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+impl Log for KafkaLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32, retention: Retention) -> Result<(), LogError> {
+        let existing = self.partition_count(topic).await?;
+        if self.inner.config.manage_topics {
+            let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
+            match existing {
+                None => {
+                    let ms = retention.max_age_ms.to_string();
+                    let bytes = retention.max_bytes_per_partition.map_or("-1".to_owned(), |b| b.to_string());
+                    let new = NewTopic::new(
+                        topic,
+                        partitions as i32,
+                        TopicReplication::Fixed(self.inner.config.replication_factor),
+                    )
+                    .set("retention.ms", &ms)
+                    .set("retention.bytes", &bytes);
+                    let results = self.inner.admin.create_topics(&[new], &opts).await.map_err(unavailable)?;
+                    for r in results {
+                        match r {
+                            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                            Err((t, code)) => return Err(LogError::Unavailable(format!("creating topic {t}: {code}"))),
+                        }
+                    }
+                }
+                Some(n) if n < partitions => {
+                    let more = NewPartitions::new(topic, partitions as usize);
+                    let results = self.inner.admin.create_partitions(&[more], &opts).await.map_err(unavailable)?;
+                    for r in results {
+                        if let Err((t, code)) = r {
+                            return Err(LogError::Unavailable(format!("adding partitions to {t}: {code}")));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        } else {
+            match existing {
+                None => return Err(LogError::UnknownTopic(topic.to_owned())),
+                Some(n) if n < partitions => {
+                    return Err(LogError::Unavailable(format!(
+                        "topic {topic} has {n} partitions, the stream declares {partitions}, and topics are managed \
+                         outside Keystone"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        // Wait until the cluster's metadata shows every partition (creation is asynchronous).
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        loop {
+            match self.partition_count(topic).await? {
+                Some(n) if n >= partitions => return self.register(topic, n).await,
+                _ if Instant::now() >= deadline => {
+                    return Err(LogError::Unavailable(format!("topic {topic} did not appear in time")))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<(u32, u64)>, LogError> {
+        let ends = self.ends(topic)?;
+        let mut pending = Vec::with_capacity(records.len());
+        for r in &records {
+            if r.partition as usize >= ends.len() {
+                return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition: r.partition });
+            }
+            let mut record =
+                FutureRecord::to(topic).partition(r.partition as i32).payload(&r.value).timestamp(r.timestamp_ms);
+            if let Some(k) = &r.key {
+                record = record.key(k);
+            }
+            let delivery = match self.inner.producer.send_result(record) {
+                Ok(d) => d,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return Err(LogError::Full),
+                Err((e, _)) => return Err(unavailable(e)),
+            };
+            pending.push(delivery);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        let mut failed = None;
+        // Await every delivery, even after a failure, so nothing is left in flight unaccounted.
+        for d in pending {
+            match d.await {
+                Ok(Ok(delivery)) => out.push((delivery.partition as u32, delivery.offset as u64)),
+                Ok(Err((e, _))) => failed = failed.or(Some(unavailable(e))),
+                Err(_) => failed = failed.or(Some(LogError::Closed)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for &(p, o) in &out {
+            ends[p as usize].send_if_modified(|e| std::mem::replace(e, (o + 1).max(*e)) <= o);
+        }
+        Ok(out)
+    }
+
+    async fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, LogError> {
+        let end = *self.watch_end(topic, partition)?.borrow();
+        let inner = self.inner.clone();
+        let topic = topic.to_owned();
+        blocking(move || inner.read(&topic, partition, from, max, end)).await
+    }
+
+    async fn resolve(&self, topic: &str, partition: u32, at: StartAt) -> Result<u64, LogError> {
+        let (low, high) = self.watermarks(topic, partition).await?;
+        match at {
+            StartAt::Earliest => Ok(low),
+            StartAt::Latest => Ok(high),
+            StartAt::Offset(o) => Ok(o.clamp(low, high)),
+            StartAt::Timestamp(ms) => {
+                let inner = self.inner.clone();
+                let topic = topic.to_owned();
+                blocking(move || {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(ms)).map_err(unavailable)?;
+                    let found = inner.meta.offsets_for_times(tpl, inner.config.request_timeout).map_err(unavailable)?;
+                    Ok(match found.find_partition(&topic, partition as i32).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => (o as u64).clamp(low, high),
+                        // No record at or after the time: the end.
+                        _ => high,
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    fn watch_end(&self, topic: &str, partition: u32) -> Result<watch::Receiver<u64>, LogError> {
+        self.ends(topic)?
+            .get(partition as usize)
+            .map(watch::Sender::subscribe)
+            .ok_or_else(|| LogError::UnknownPartition { topic: topic.to_owned(), partition })
+    }
+}
