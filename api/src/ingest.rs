@@ -35,11 +35,7 @@ fn topic_of(o: &Object) -> String {
 }
 
 impl IngestCache {
-    async fn target(
-        &self,
-        log: &keystone_engine::log::EmbeddedLog,
-        stream: &Object,
-    ) -> Result<Arc<IngestTarget>, Response> {
+    async fn target(&self, log: &keystone_engine::log::AnyLog, stream: &Object) -> Result<Arc<IngestTarget>, Response> {
         let key = (stream.id.clone(), stream.version);
         if let Some(t) = self.0.lock().expect("ingest cache").get(&key) {
             return Ok(t.clone());

@@ -19,7 +19,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
-use keystone_engine::log::EmbeddedLog;
+use keystone_engine::log::AnyLog;
 use keystone_engine::meter::IngestMeter;
 use std::sync::Arc;
 
@@ -29,9 +29,9 @@ pub use ingest::IngestCache;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    pub log: Arc<EmbeddedLog>,
+    pub log: Arc<AnyLog>,
     /// The route jobs this process runs (live numbers).
-    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    pub jobs: Arc<JobRegistry<AnyLog>>,
     /// Per-stream ingest counters.
     pub meter: Arc<IngestMeter>,
     /// Renders this process's metrics (`/metrics`).

@@ -4,7 +4,7 @@ use axum::extract::FromRef;
 use keystone_control::auth::{principal_for_user, LoginLimiter, Principal};
 use keystone_control::store::{now_ms, Store};
 use keystone_engine::job::registry::JobRegistry;
-use keystone_engine::log::EmbeddedLog;
+use keystone_engine::log::AnyLog;
 use keystone_engine::meter::IngestMeter;
 use leptos::prelude::*;
 use std::sync::Arc;
@@ -24,9 +24,9 @@ pub struct AppState {
     /// A session older than this is ended however active it is.
     pub session_absolute_ms: i64,
     /// The embedded log (dead letters, recent events).
-    pub log: Arc<EmbeddedLog>,
+    pub log: Arc<AnyLog>,
     /// The route jobs this process runs (live numbers).
-    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    pub jobs: Arc<JobRegistry<AnyLog>>,
     /// Per-stream ingest counters.
     pub meter: Arc<IngestMeter>,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).

@@ -125,6 +125,7 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         ingest_max_event_bytes: 64 << 10,
         telemetry_interval_ms: 10_000,
         metrics_token: None,
+        kafka: None,
         job_env: Default::default(),
     };
     let app = Application::build(settings.clone()).await?;
@@ -362,6 +363,7 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
         ingest_max_event_bytes: 64 << 10,
         telemetry_interval_ms: 10_000,
         metrics_token: None,
+        kafka: None,
         job_env: Default::default(),
     };
     let app = Application::build(settings).await?;

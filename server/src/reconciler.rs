@@ -23,7 +23,7 @@ use keystone_control::{
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
-use keystone_engine::log::{EmbeddedLog, Log, Retention};
+use keystone_engine::log::{AnyLog, Log, Retention};
 use keystone_engine::sinks::{AnySink, Appender};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -31,11 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub type Jobs = JobRegistry<EmbeddedLog>;
+pub type Jobs = JobRegistry<AnyLog>;
 
 pub struct Reconciler {
     pub store: Store,
-    pub log: Arc<EmbeddedLog>,
+    pub log: Arc<AnyLog>,
     pub jobs: Arc<Jobs>,
     /// Roots file sinks.
     pub data_dir: PathBuf,

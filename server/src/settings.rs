@@ -39,10 +39,50 @@ pub struct Settings {
     /// scrape their teams' series only.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// Streams on a Kafka cluster instead of the embedded log: a `[kafka]` table in the config
+    /// file, or `KEYSTONE_KAFKA__BROKERS` (and `__MANAGE_TOPICS`, `__REPLICATION_FACTOR`).
+    #[serde(default)]
+    pub kafka: Option<KafkaSettings>,
     /// The environment layer of every job's configuration, from `KEYSTONE_JOB_<KEY>` variables
     /// (e.g. `KEYSTONE_JOB_STALL_TIMEOUT_S=300`): key -> value, checked at start-up.
     #[serde(skip)]
     pub job_env: BTreeMap<String, String>,
+}
+
+/// How to reach a Kafka cluster (any Apache Kafka protocol broker).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Create topics and set partitions and retention from the goal state; off when a platform
+    /// team owns the topics (they must then exist with the declared partitions).
+    #[serde(default = "yes")]
+    pub manage_topics: bool,
+    /// Replication factor of created topics (with `min.insync.replicas=2` on the cluster).
+    #[serde(default = "three")]
+    pub replication_factor: i32,
+    /// Further librdkafka properties for every client, e.g. `security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username` (config file only: they may hold secrets).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn three() -> i32 {
+    3
+}
+
+impl KafkaSettings {
+    pub fn log_config(&self) -> keystone_engine::log::KafkaConfig {
+        let mut c = keystone_engine::log::KafkaConfig::new(self.brokers.clone());
+        c.manage_topics = self.manage_topics;
+        c.replication_factor = self.replication_factor;
+        c.properties = self.properties.clone();
+        c
+    }
 }
 
 impl Settings {
@@ -65,7 +105,9 @@ impl Settings {
             None => builder.add_source(config::File::with_name("keystone.toml").required(false)),
         };
         let mut settings: Settings = builder
-            .add_source(config::Environment::with_prefix("KEYSTONE").prefix_separator("_").try_parsing(true))
+            .add_source(
+                config::Environment::with_prefix("KEYSTONE").prefix_separator("_").separator("__").try_parsing(true),
+            )
             .build()?
             .try_deserialize()?;
         settings.job_env = keystone_control::config::env_layer(std::env::vars())

@@ -15,7 +15,7 @@ use keystone_control::auth::{user_count, LoginLimiter};
 use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::log::embedded::EmbeddedConfig;
-use keystone_engine::log::EmbeddedLog;
+use keystone_engine::log::{AnyLog, EmbeddedLog, KafkaLog};
 use keystone_engine::meter::IngestMeter;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -94,8 +94,14 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .site_root(settings.site_root.to_string_lossy().to_string())
         .site_pkg_dir("pkg")
         .build();
-    // The embedded log: events wait here, durably, for the routes that read them.
-    let log = Arc::new(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?);
+    // The log: events wait here, durably, for the routes that read them.
+    let log = Arc::new(match &settings.kafka {
+        None => AnyLog::Embedded(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?),
+        Some(kafka) => {
+            tracing::info!(brokers = %kafka.brokers, manage_topics = kafka.manage_topics, "Streams live on Kafka.");
+            AnyLog::Kafka(KafkaLog::connect(kafka.log_config())?)
+        }
+    });
     spawn_retention(log.clone());
     let jobs = Arc::new(JobRegistry::new(log.clone()));
     let meter = Arc::new(IngestMeter::default());
@@ -188,7 +194,7 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
 }
 
 /// Drops log segments that retention no longer keeps, once a minute.
-fn spawn_retention(log: Arc<EmbeddedLog>) {
+fn spawn_retention(log: Arc<AnyLog>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

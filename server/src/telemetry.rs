@@ -13,7 +13,7 @@ use keystone_control::{Distribution, IngestStats, JobPhase, JobSample, StreamSam
 use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
-use keystone_engine::log::EmbeddedLog;
+use keystone_engine::log::AnyLog;
 use keystone_engine::meter::IngestMeter;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -109,8 +109,8 @@ fn describe() {
 
 pub struct Telemetry {
     pub store: Store,
-    pub log: Arc<EmbeddedLog>,
-    pub jobs: Arc<JobRegistry<EmbeddedLog>>,
+    pub log: Arc<AnyLog>,
+    pub jobs: Arc<JobRegistry<AnyLog>>,
     pub meter: Arc<IngestMeter>,
     pub exporter: Arc<Exporter>,
     pub interval: Duration,
@@ -318,14 +318,18 @@ impl Telemetry {
         counter!("keystone_reconciler_failures_total").absolute(h.failures.load(Ordering::Relaxed));
         gauge!("keystone_reconciler_last_actions").set(h.last_actions.load(Ordering::Relaxed) as f64);
         gauge!("keystone_deployments_in_progress").set(h.deploying.load(Ordering::Relaxed) as f64);
-        counter!("keystone_log_fsyncs_total").absolute(self.log.fsync_count());
+        if let Some(n) = self.log.fsync_count() {
+            counter!("keystone_log_fsyncs_total").absolute(n);
+        }
         for (topic, _, retention) in self.log.topics() {
             if keystone_control::is_dead_letter_topic(&topic) {
                 continue;
             }
             let (team, stream) = topic.split_once('.').unwrap_or(("", &topic));
             let labels = [("team", team.to_owned()), ("stream", stream.to_owned())];
-            gauge!("keystone_stream_log_bytes", &labels).set(self.log.topic_bytes(&topic) as f64);
+            if let Some(bytes) = self.log.topic_bytes(&topic) {
+                gauge!("keystone_stream_log_bytes", &labels).set(bytes as f64);
+            }
             if retention.max_age_ms < i64::MAX {
                 gauge!("keystone_stream_retention_seconds", &labels).set(retention.max_age_ms as f64 / 1000.0);
             }

@@ -82,6 +82,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
         metrics_token: Some(SCRAPE_TOKEN.into()),
+        kafka: None,
         job_env: Default::default(),
     };
     tweak(&mut settings);
@@ -1057,6 +1058,7 @@ mod delivery {
     }
 
     /// Every NDJSON line a file sink wrote under `sinks/<path>`.
+    /// Every event a file sink wrote under `sinks/<path>`, NDJSON and Parquet.
     fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
         fn walk(dir: &std::path::Path, out: &mut Vec<Value>) {
             let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -1100,6 +1102,46 @@ mod delivery {
         range
             .map(|n| json!({"n": n, "country": if n % 4 == 0 { "BR" } else { "US" }, "user": {"email": format!("u{n}@x.io")}}))
             .collect()
+    }
+
+    /// The same server on a Kafka cluster (librdkafka's mock cluster, in this process) instead of
+    /// the embedded log: ingest produces to the stream's topic, the route's job reads it and
+    /// delivers every event once, and nothing is written to the embedded log's folder. (The mock
+    /// broker has no CreateTopics API: the topics exist first and Keystone does not manage them.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_on_kafka_flow_from_ingest_to_the_sink() {
+        let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+        cluster.create_topic("alpha.plays", 2, 3).unwrap();
+        cluster.create_topic("_dlq.alpha.br", 1, 3).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let app = spawn_app_with(Db::Sqlite, |s| {
+            s.kafka = Some(keystone::settings::KafkaSettings {
+                brokers,
+                manage_topics: false,
+                replication_factor: 3,
+                properties: Default::default(),
+            })
+        })
+        .await;
+        declare(&app, "streams", "plays", stream(2)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "kafka"}})).await;
+        let route =
+            json!({"stream": "plays", "sink": "lake", "filter": "event.country == \"BR\"", "max_latency_ms": 20});
+        declare(&app, "routes", "br", route).await;
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..400)).await;
+        let ns = || {
+            let mut ns: Vec<u64> =
+                sink_lines(&app, "kafka").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns.sort();
+            ns
+        };
+        let want: Vec<u64> = (0..400).filter(|n| n % 4 == 0).collect();
+        eventually("the BR events delivered from Kafka", || async { ns() == want }).await;
+        let job = job(&app, "br").await;
+        assert_eq!(job["job"]["phase"], "running", "{job}");
+        assert!(!app.settings.data_dir.join("log").join("alpha.plays").exists(), "the embedded log stayed unused");
+        app.teardown().await;
     }
 
     async fn route_delivers_filtered_projected_events_and_reports_its_job(db: Db) {

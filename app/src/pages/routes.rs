@@ -336,7 +336,7 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
     use keystone_control::backfill::BackfillSource;
     use keystone_control::goal::Goal;
     use keystone_control::ValidationErrors;
-    use keystone_engine::job::backfill::{source_end, ImportError};
+    use keystone_engine::job::backfill::source_end;
     let (app, who) = crate::state::signed_in().await?;
     let goal = Goal::new(&app.store, &who);
     let source = source.trim().to_owned();

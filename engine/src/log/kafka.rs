@@ -11,14 +11,17 @@
 //! - End offsets are watched: our own appends move them at once; a background task polls the
 //!   cluster's high watermarks for what other processes append.
 //! - Topics: with `manage_topics` (the default) `ensure_topic` creates a missing topic with its
-//!   partitions and retention and adds partitions; without it (a platform team owns the topics)
-//!   it only checks that the topic exists with enough partitions.
+//!   partitions and retention, adds partitions, and alters a changed retention; without it (a
+//!   platform team owns the topics) it only checks that the topic exists with enough partitions.
+//!   A topic deleted on the cluster is noticed by the poller and recreated by the reconciler.
 //!
 //! Unlike the embedded log, a failed multi-partition append may have kept the records of some
 //! partitions: a producer retrying after an error can duplicate them, never lose them.
 
 use super::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -91,6 +94,8 @@ struct Inner {
     admin: AdminClient<DefaultClientContext>,
     /// Known topics: the end watch of each partition.
     topics: RwLock<HashMap<String, Arc<Vec<watch::Sender<u64>>>>>,
+    /// The retention last applied to (or, unmanaged, asked of) each topic.
+    retention: Mutex<HashMap<String, Retention>>,
     readers: Mutex<HashMap<(String, u32), ReaderPool>>,
 }
 
@@ -122,10 +127,43 @@ impl KafkaLog {
             meta,
             admin,
             topics: RwLock::new(HashMap::new()),
+            retention: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(poll_watermarks(Arc::downgrade(&inner)));
         Ok(KafkaLog { inner })
+    }
+
+    /// Every topic this log serves, with its partition count and retention: what the
+    /// reconciler observes. A topic deleted on the cluster drops out (the watermark poller
+    /// notices), so the reconciler creates it again from the goal state.
+    pub fn topics(&self) -> Vec<(String, u32, Retention)> {
+        let retention = self.inner.retention.lock().expect("retention lock");
+        let mut out: Vec<(String, u32, Retention)> = self
+            .inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .filter_map(|(t, ends)| retention.get(t).map(|r| (t.clone(), ends.len() as u32, *r)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Sets a managed topic's retention on the cluster.
+    async fn apply_retention(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
+        let ms = retention.max_age_ms.to_string();
+        let bytes = retention.max_bytes_per_partition.map_or("-1".to_owned(), |b| b.to_string());
+        let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        change = change.set("retention.ms", &ms).set("retention.bytes", &bytes);
+        let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
+        for r in self.inner.admin.alter_configs(&[change], &opts).await.map_err(unavailable)? {
+            if let Err((_, code)) = r {
+                return Err(LogError::Unavailable(format!("setting the retention of {topic}: {code}")));
+            }
+        }
+        Ok(())
     }
 
     /// The partition count of a topic on the cluster, `None` when it does not exist.
@@ -295,6 +333,16 @@ async fn poll_watermarks(inner: Weak<Inner>) {
             let topics: Vec<(String, Arc<Vec<watch::Sender<u64>>>)> =
                 strong.topics.read().expect("topics lock").iter().map(|(t, e)| (t.clone(), e.clone())).collect();
             for (topic, ends) in topics {
+                let gone = strong.meta.fetch_metadata(Some(&topic), strong.config.request_timeout).is_ok_and(|md| {
+                    md.topics().iter().any(|t| t.name() == topic && (t.error().is_some() || t.partitions().is_empty()))
+                });
+                if gone {
+                    // Deleted on the cluster: forget it, so the reconciler recreates it.
+                    tracing::warn!(topic = %topic, "Topic missing on the Kafka cluster.");
+                    strong.topics.write().expect("topics lock").remove(&topic);
+                    strong.retention.lock().expect("retention lock").remove(&topic);
+                    continue;
+                }
                 for (p, end) in ends.iter().enumerate() {
                     if let Ok((_, high)) = strong.watermarks(&topic, p as u32) {
                         end.send_if_modified(|e| std::mem::replace(e, high.max(*e)) < high);
@@ -342,6 +390,10 @@ impl Log for KafkaLog {
                 }
                 Some(_) => {}
             }
+            let applied = self.inner.retention.lock().expect("retention lock").get(topic).copied();
+            if existing.is_some() && applied != Some(retention) {
+                self.apply_retention(topic, retention).await?;
+            }
         } else {
             match existing {
                 None => return Err(LogError::UnknownTopic(topic.to_owned())),
@@ -358,7 +410,11 @@ impl Log for KafkaLog {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
             match self.partition_count(topic).await? {
-                Some(n) if n >= partitions => return self.register(topic, n).await,
+                Some(n) if n >= partitions => {
+                    self.register(topic, n).await?;
+                    self.inner.retention.lock().expect("retention lock").insert(topic.to_owned(), retention);
+                    return Ok(());
+                }
                 _ if Instant::now() >= deadline => {
                     return Err(LogError::Unavailable(format!("topic {topic} did not appear in time")))
                 }

@@ -107,3 +107,81 @@ pub trait Log: Send + Sync + 'static {
         (0u32..).map_while(|p| self.watch_end(topic, p).ok().map(|w| *w.borrow())).collect()
     }
 }
+
+/// The log a process runs on, chosen by configuration: routes, sinks and the console use it
+/// through [`Log`] and never see which.
+pub enum AnyLog {
+    Embedded(EmbeddedLog),
+    Kafka(KafkaLog),
+}
+
+impl AnyLog {
+    /// Every topic with its partition count and retention (the reconciler's observed state).
+    pub fn topics(&self) -> Vec<(String, u32, Retention)> {
+        match self {
+            AnyLog::Embedded(l) => l.topics(),
+            AnyLog::Kafka(l) => l.topics(),
+        }
+    }
+
+    /// Bytes a topic holds, where this process can know it (the embedded log's files).
+    pub fn topic_bytes(&self, topic: &str) -> Option<u64> {
+        match self {
+            AnyLog::Embedded(l) => Some(l.topic_bytes(topic)),
+            AnyLog::Kafka(_) => None,
+        }
+    }
+
+    /// fsyncs issued by the embedded log's group commit.
+    pub fn fsync_count(&self) -> Option<u64> {
+        match self {
+            AnyLog::Embedded(l) => Some(l.fsync_count()),
+            AnyLog::Kafka(_) => None,
+        }
+    }
+
+    /// Drops what retention no longer keeps; Kafka brokers enforce retention themselves.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.enforce_retention(now_ms),
+            AnyLog::Kafka(_) => Ok(0),
+        }
+    }
+}
+
+impl Log for AnyLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32, retention: Retention) -> Result<(), LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.ensure_topic(topic, partitions, retention).await,
+            AnyLog::Kafka(l) => l.ensure_topic(topic, partitions, retention).await,
+        }
+    }
+
+    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<(u32, u64)>, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.append(topic, records).await,
+            AnyLog::Kafka(l) => l.append(topic, records).await,
+        }
+    }
+
+    async fn read(&self, topic: &str, partition: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.read(topic, partition, from, max).await,
+            AnyLog::Kafka(l) => l.read(topic, partition, from, max).await,
+        }
+    }
+
+    async fn resolve(&self, topic: &str, partition: u32, at: StartAt) -> Result<u64, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.resolve(topic, partition, at).await,
+            AnyLog::Kafka(l) => l.resolve(topic, partition, at).await,
+        }
+    }
+
+    fn watch_end(&self, topic: &str, partition: u32) -> Result<tokio::sync::watch::Receiver<u64>, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.watch_end(topic, partition),
+            AnyLog::Kafka(l) => l.watch_end(topic, partition),
+        }
+    }
+}
