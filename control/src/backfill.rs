@@ -173,12 +173,17 @@ mod store {
                 .collect()
         }
 
+        /// Saves a backfill's positions, only while `lease` (the reconciler's) is still held.
         pub async fn commit_backfill_positions(
             &self,
             backfill_id: &str,
             positions: &[(u32, u64)],
+            lease: Option<&crate::lease_store::Lease>,
         ) -> Result<(), StoreError> {
             let mut tx = self.write().await?;
+            if let Some(l) = lease {
+                tx.check_lease(l).await?;
+            }
             for &(p, o) in positions {
                 sqlx::query(
                     "INSERT INTO backfill_checkpoints (backfill_id, partition_no, next_offset) VALUES ($1, $2, $3) \

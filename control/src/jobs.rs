@@ -168,11 +168,21 @@ impl Store {
     }
 
     /// Commits checkpoints of several partitions of one route together.
-    pub async fn commit_checkpoints(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), StoreError> {
+    /// Saves a job's acknowledged positions, only while `lease` (the reconciler's, under which
+    /// the job runs) is still held: a job of a process that lost its lease cannot move them.
+    pub async fn commit_checkpoints(
+        &self,
+        route_id: &str,
+        positions: &[(u32, u64)],
+        lease: Option<&crate::lease_store::Lease>,
+    ) -> Result<(), StoreError> {
         if positions.is_empty() {
             return Ok(());
         }
         let mut tx = self.write().await?;
+        if let Some(l) = lease {
+            tx.check_lease(l).await?;
+        }
         tx.put_checkpoints(route_id, positions).await?;
         tx.commit().await
     }

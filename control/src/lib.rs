@@ -33,6 +33,8 @@ pub mod goal;
 #[cfg(feature = "store")]
 pub mod jobs;
 #[cfg(feature = "store")]
+pub mod lease_store;
+#[cfg(feature = "store")]
 pub mod operations;
 #[cfg(feature = "store")]
 pub mod producers;

@@ -45,6 +45,9 @@ pub enum StoreError {
     /// A stored row does not decode (a bug or a hand-edited database).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// This process no longer holds the lease the write needs (another process took over).
+    #[error("this process no longer holds the {0} lease")]
+    Fenced(String),
 }
 
 impl StoreError {

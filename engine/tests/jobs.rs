@@ -30,12 +30,23 @@ struct MemorySink {
     rolling: Option<Rolling>,
     /// The size of every batch it accepted.
     batches: Mutex<Vec<usize>>,
+    /// Take this long over each delivery (a slow endpoint).
+    delay: Option<Duration>,
+    /// Deliveries under way now, and the most ever at once.
+    active: AtomicUsize,
+    most_active: AtomicUsize,
 }
 
 impl Sink for MemorySink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
         if self.hang {
             std::future::pending::<()>().await;
+        }
+        if let Some(delay) = self.delay {
+            let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_active.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            self.active.fetch_sub(1, Ordering::SeqCst);
         }
         if self.transient_failures.load(Ordering::SeqCst) > 0 {
             self.transient_failures.fetch_sub(1, Ordering::SeqCst);
@@ -97,6 +108,7 @@ fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projecti
         checkpoint_interval: Duration::from_millis(50),
         start_at: StartAt::Earliest,
         until: Default::default(),
+        in_flight: 1,
     })
 }
 
@@ -200,6 +212,51 @@ async fn a_rolling_sink_gets_batches_bounded_by_its_size_and_age_not_the_routes(
     assert_eq!(batches[..3], [30, 30, 30], "rolled by size: {batches:?}");
     assert_eq!(batches[3..], [10], "the rest rolled by age: {batches:?}");
     assert_eq!(ns(&sink), (0..100).collect::<Vec<_>>());
+}
+
+/// An unordered route keeps several batches of a partition in flight against a slow sink, yet
+/// its position never passes an event the sink has not acknowledged; an ordered one keeps one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unordered_routes_deliver_batches_in_parallel_and_acknowledge_in_order() {
+    for in_flight in [1, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(&dir, 1).await;
+        produce(&log, 1, 0, 200).await;
+        let sink = Arc::new(MemorySink { delay: Some(Duration::from_millis(30)), ..Default::default() });
+        let mut job = spec("fast", 1, None, Projection::default(), 10);
+        Arc::get_mut(&mut job).unwrap().in_flight = in_flight;
+        let stats = Arc::new(JobStats::default());
+        let cancel = CancellationToken::new();
+        let checkpoints = Arc::new(MemoryCheckpoints::default());
+        let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints, stats.clone(), cancel.clone()));
+        for _ in 0..1000 {
+            // Acknowledged means delivered: every offset below the position reached the sink.
+            let acked = stats.progress();
+            let mut got: Vec<u64> = sink.got.lock().unwrap().iter().map(|e| e.offset).collect();
+            got.sort();
+            assert!(
+                got.iter().take(acked as usize).copied().eq(0..acked),
+                "position {acked} passed an undelivered event"
+            );
+            if acked == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stats.progress(), 200, "everything acknowledged");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+        let mut all = ns(&sink);
+        all.sort();
+        assert_eq!(all, (0..200).collect::<Vec<_>>(), "each event once");
+        let most = sink.most_active.load(Ordering::SeqCst);
+        if in_flight == 1 {
+            assert_eq!(most, 1, "an ordered route delivers one batch at a time");
+            assert_eq!(ns(&sink), (0..200).collect::<Vec<_>>(), "in log order");
+        } else {
+            assert!(most > 1, "an unordered route delivers batches in parallel ({most} at most)");
+        }
+    }
 }
 
 /// Routes and sinks do not change with the log: the same job over the Kafka backend (librdkafka's

@@ -125,6 +125,8 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         ingest_max_event_bytes: 64 << 10,
         telemetry_interval_ms: 10_000,
         metrics_token: None,
+        instance: None,
+        reconciler_lease_ms: 10_000,
         kafka: None,
         job_env: Default::default(),
     };
@@ -363,6 +365,8 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
         ingest_max_event_bytes: 64 << 10,
         telemetry_interval_ms: 10_000,
         metrics_token: None,
+        instance: None,
+        reconciler_lease_ms: 10_000,
         kafka: None,
         job_env: Default::default(),
     };

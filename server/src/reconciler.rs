@@ -13,6 +13,7 @@ use keystone_control::backfill::{Backfill, BackfillState};
 use keystone_control::deployments::{judge, Deployment, DeploymentState, Verdict};
 use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
+use keystone_control::lease_store::Lease;
 use keystone_control::reconcile::{
     plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
 };
@@ -34,6 +35,12 @@ use tokio_util::sync::CancellationToken;
 pub type Jobs = JobRegistry<AnyLog>;
 
 pub struct Reconciler {
+    /// This process among those sharing the database: the reconciler lease's holder name.
+    pub instance: String,
+    /// How long the lease lasts unless renewed (renewed every second).
+    pub lease_ttl: Duration,
+    /// The lease while held (`None`: another process reconciles and runs the jobs).
+    pub lease: std::sync::Mutex<Option<Lease>>,
     pub store: Store,
     pub log: Arc<AnyLog>,
     pub jobs: Arc<Jobs>,
@@ -57,13 +64,28 @@ pub struct ReconcilerHealth {
     pub last_actions: std::sync::atomic::AtomicU64,
     /// Deployments still in their stability window.
     pub deploying: std::sync::atomic::AtomicU64,
+    /// Whether this process holds the reconciler lease (and runs the jobs).
+    pub leader: std::sync::atomic::AtomicBool,
+}
+
+/// The lease that makes one process among those sharing a database the reconciler.
+pub const RECONCILER_LEASE: &str = "reconciler";
+
+/// Whether this process may reconcile now.
+enum Leadership {
+    /// It holds the lease; `new` when it just took it.
+    Leading {
+        new: bool,
+    },
+    Following,
 }
 
 /// A full pass also runs this often when nothing changed, to catch drift.
 const RESYNC: Duration = Duration::from_secs(30);
 
 impl Reconciler {
-    pub fn spawn(self: Arc<Self>) {
+    /// Runs the control loop until `stop` fires (after the jobs were drained at shutdown).
+    pub fn spawn(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,7 +95,15 @@ impl Reconciler {
                 let requested = tokio::select! {
                     _ = tick.tick() => false,
                     _ = self.jobs.pass_requested() => true,
+                    // Shutting down: the caller drains the jobs, then releases the lease.
+                    _ = stop.cancelled() => return,
                 };
+                match self.lead().await {
+                    Leadership::Following => continue,
+                    // Everything is checked again: another process ran it until now.
+                    Leadership::Leading { new: true } => seen = None,
+                    Leadership::Leading { new: false } => {}
+                }
                 // Deployments are judged every tick: a gate window is seconds, not a resync.
                 if let Err(e) = self.judge_deployments().await {
                     tracing::warn!(error = %e, "Judging deployments failed; retrying on the next tick.");
@@ -113,7 +143,7 @@ impl Reconciler {
                 }
                 last_full = Instant::now();
             }
-        });
+        })
     }
 
     /// One pass over topics, then jobs (which need their topics).
@@ -255,6 +285,61 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Hands the lease over at once (at shutdown, after the jobs were drained).
+    pub async fn release(&self) {
+        let held = self.lease.lock().expect("lease lock").take();
+        if let Some(lease) = held {
+            if let Err(e) = self.store.release_lease(&lease).await {
+                tracing::warn!(error = %e, "Releasing the reconciler lease failed; it will expire.");
+            }
+        }
+    }
+
+    /// The lease held now, for the writes a job makes under it.
+    fn lease(&self) -> Option<Lease> {
+        self.lease.lock().expect("lease lock").clone()
+    }
+
+    /// Takes or renews the reconciler lease. A process that loses it stops its jobs at once
+    /// (their checkpoint commits would be refused anyway); one that cannot reach the database
+    /// stops them before its lease could expire, so two processes never run a job at once.
+    async fn lead(&self) -> Leadership {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ttl_ms = self.lease_ttl.as_millis() as i64;
+        let held = self.lease();
+        let outcome = self.store.acquire_lease(RECONCILER_LEASE, &self.instance, ttl_ms).await;
+        let lost = match outcome {
+            Ok(Some(lease)) => {
+                let new = held.as_ref().map(|l| l.token) != Some(lease.token);
+                if new {
+                    tracing::info!(instance = %self.instance, token = lease.token, "Took the reconciler lease.");
+                }
+                *self.lease.lock().expect("lease lock") = Some(lease);
+                self.health.leader.store(true, Relaxed);
+                return Leadership::Leading { new };
+            }
+            Ok(None) => held.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot renew the reconciler lease.");
+                // Still ours for a while; give it up with half its time left.
+                match &held {
+                    Some(l) if keystone_control::store::now_ms() < l.expires_at - ttl_ms / 2 => {
+                        return Leadership::Leading { new: false }
+                    }
+                    Some(_) => true,
+                    None => false,
+                }
+            }
+        };
+        if lost {
+            tracing::warn!(instance = %self.instance, "Lost the reconciler lease; stopping this process's jobs.");
+            *self.lease.lock().expect("lease lock") = None;
+            self.jobs.stop_all().await;
+        }
+        self.health.leader.store(false, Relaxed);
+        Leadership::Following
     }
 
     /// Records a deployment when the job about to start runs a route version with different
@@ -400,8 +485,12 @@ impl Reconciler {
                     self.log.clone(),
                     make_sink,
                     Arc::new(match backfill {
-                        Some(b) => JobCheckpoints::Backfill { store: self.store.clone(), id: b.id.clone() },
-                        None => JobCheckpoints::Route(StoreCheckpoints::new(self.store.clone())),
+                        Some(b) => JobCheckpoints::Backfill {
+                            store: self.store.clone(),
+                            id: b.id.clone(),
+                            lease: self.lease(),
+                        },
+                        None => JobCheckpoints::Route(StoreCheckpoints::new(self.store.clone(), self.lease())),
                     }),
                     observer,
                     stats.clone(),
@@ -473,14 +562,14 @@ struct Inputs {
 /// route's position in its stream stays where it was).
 enum JobCheckpoints {
     Route(StoreCheckpoints),
-    Backfill { store: Store, id: String },
+    Backfill { store: Store, id: String, lease: Option<Lease> },
 }
 
 impl CheckpointStore for JobCheckpoints {
     async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
         match self {
             JobCheckpoints::Route(c) => c.load(route_id).await,
-            JobCheckpoints::Backfill { store, id } => {
+            JobCheckpoints::Backfill { store, id, .. } => {
                 Ok(store.backfill_positions(id).await.map_err(|e| e.to_string())?.into_iter().collect())
             }
         }
@@ -489,8 +578,8 @@ impl CheckpointStore for JobCheckpoints {
     async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
         match self {
             JobCheckpoints::Route(c) => c.commit(route_id, positions).await,
-            JobCheckpoints::Backfill { store, id } => {
-                store.commit_backfill_positions(id, positions).await.map_err(|e| e.to_string())
+            JobCheckpoints::Backfill { store, id, lease } => {
+                store.commit_backfill_positions(id, positions, lease.as_ref()).await.map_err(|e| e.to_string())
             }
         }
     }
@@ -500,13 +589,15 @@ impl CheckpointStore for JobCheckpoints {
 /// at most, is also copied into the route's bounded checkpoint history (a rewind target).
 struct StoreCheckpoints {
     store: Store,
+    /// The reconciler's lease the job was started under: commits are fenced by it.
+    lease: Option<Lease>,
     /// When this job last copied its checkpoints into the history (ms; 0: not yet).
     last_snapshot: std::sync::atomic::AtomicI64,
 }
 
 impl StoreCheckpoints {
-    fn new(store: Store) -> Self {
-        StoreCheckpoints { store, last_snapshot: Default::default() }
+    fn new(store: Store, lease: Option<Lease>) -> Self {
+        StoreCheckpoints { store, lease, last_snapshot: Default::default() }
     }
 }
 
@@ -518,7 +609,7 @@ impl CheckpointStore for StoreCheckpoints {
 
     async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.store.commit_checkpoints(route_id, positions).await.map_err(|e| e.to_string())?;
+        self.store.commit_checkpoints(route_id, positions, self.lease.as_ref()).await.map_err(|e| e.to_string())?;
         let now = keystone_control::store::now_ms();
         let last = self.last_snapshot.load(Relaxed);
         if now - last >= keystone_control::rewind::CHECKPOINT_HISTORY_EVERY_MS {

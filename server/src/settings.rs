@@ -39,6 +39,13 @@ pub struct Settings {
     /// scrape their teams' series only.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// This process's name among processes sharing the database (`KEYSTONE_INSTANCE`); defaults
+    /// to the host name and the data directory.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// How long the reconciler lease lasts unless renewed (`KEYSTONE_RECONCILER_LEASE_MS`, at least
+    /// 2000): with several processes on one database, the most a failover waits.
+    pub reconciler_lease_ms: u64,
     /// Streams on a Kafka cluster instead of the embedded log: a `[kafka]` table in the config
     /// file, or `KEYSTONE_KAFKA__BROKERS` (and `__MANAGE_TOPICS`, `__REPLICATION_FACTOR`).
     #[serde(default)]
@@ -99,7 +106,8 @@ impl Settings {
             .set_default("session_absolute_hours", 12)?
             .set_default("ingest_max_body_bytes", 5 << 20)?
             .set_default("ingest_max_event_bytes", 1 << 20)?
-            .set_default("telemetry_interval_ms", 10_000)?;
+            .set_default("telemetry_interval_ms", 10_000)?
+            .set_default("reconciler_lease_ms", 10_000)?;
         builder = match file {
             Some(path) => builder.add_source(config::File::from(path).required(true)),
             None => builder.add_source(config::File::with_name("keystone.toml").required(false)),

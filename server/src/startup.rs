@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -35,7 +36,26 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     jobs: Arc<Jobs>,
+    control: ControlLoop,
     port: u16,
+}
+
+/// The running reconciler, stopped in order at shutdown.
+pub struct ControlLoop {
+    reconciler: Arc<Reconciler>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlLoop {
+    /// Stops planning, drains every job (each commits its checkpoint), and only then hands the
+    /// reconciler lease over, so the next holder never starts a job this one still runs.
+    async fn shut_down(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.reconciler.jobs.stop_all().await;
+        self.reconciler.release().await;
+    }
 }
 
 impl Application {
@@ -54,8 +74,8 @@ impl Application {
         }
         let listener = TcpListener::bind(&settings.listen).await?;
         let port = listener.local_addr()?.port();
-        let (router, jobs) = router(&settings, store, &url).await?;
-        Ok(Application { listener, router, jobs, port })
+        let (router, jobs, control) = router(&settings, store, &url).await?;
+        Ok(Application { listener, router, jobs, control, port })
     }
 
     pub fn port(&self) -> u16 {
@@ -77,7 +97,7 @@ impl Application {
         let served = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
-        self.jobs.stop_all().await;
+        self.control.shut_down().await;
         served
     }
 }
@@ -88,7 +108,11 @@ async fn shutdown_signal() {
 }
 
 /// The whole application, and the jobs it runs (stopped cleanly at shutdown).
-pub async fn router(settings: &Settings, store: Store, database_url: &str) -> anyhow::Result<(Router, Arc<Jobs>)> {
+pub async fn router(
+    settings: &Settings,
+    store: Store,
+    database_url: &str,
+) -> anyhow::Result<(Router, Arc<Jobs>, ControlLoop)> {
     let leptos_options = LeptosOptions::builder()
         .output_name("keystone")
         .site_root(settings.site_root.to_string_lossy().to_string())
@@ -108,6 +132,9 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
     let reconciler_health = Arc::new(ReconcilerHealth::default());
     let job_env = Arc::new(settings.job_env.clone());
     let reconciler = Reconciler {
+        instance: instance_name(settings),
+        lease_ttl: Duration::from_millis(settings.reconciler_lease_ms.max(2_000)),
+        lease: Default::default(),
         store: store.clone(),
         log: log.clone(),
         jobs: jobs.clone(),
@@ -115,7 +142,9 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         health: reconciler_health.clone(),
         job_env: job_env.clone(),
     };
-    Arc::new(reconciler).spawn();
+    let reconciler = Arc::new(reconciler);
+    let stop = CancellationToken::new();
+    let control = ControlLoop { reconciler: reconciler.clone(), stop: stop.clone(), task: reconciler.spawn(stop) };
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
     let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
     Telemetry {
@@ -190,7 +219,22 @@ pub async fn router(settings: &Settings, store: Store, database_url: &str) -> an
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
-    Ok((router, jobs))
+    Ok((router, jobs, control))
+}
+
+/// This process's name among those sharing the database: the configured `instance`, else the
+/// host name and the data directory (stable across restarts, so a restarted process renews its
+/// own lease at once instead of waiting for it to expire).
+fn instance_name(settings: &Settings) -> String {
+    if let Some(name) = settings.instance.as_ref().filter(|n| !n.trim().is_empty()) {
+        return name.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let dir = std::fs::canonicalize(&settings.data_dir).unwrap_or_else(|_| settings.data_dir.clone());
+    format!("{host}:{}", dir.display())
 }
 
 /// Drops log segments that retention no longer keeps, once a minute.

@@ -95,6 +95,7 @@ fn describe() {
         "Time since the last reconcile pass that succeeded."
     );
     describe_counter!("keystone_reconciler_failures_total", "Reconcile passes that failed (retried on the next tick).");
+    describe_gauge!("keystone_reconciler_leader", "1 while this process holds the reconciler lease and runs the jobs.");
     describe_gauge!(
         "keystone_reconciler_last_actions",
         "Actions (topics to create or change, jobs to start, redeploy, pause, resume or stop) the last pass found to do."
@@ -316,6 +317,7 @@ impl Telemetry {
             gauge!("keystone_reconciler_last_success_age_seconds").set((now - last).max(0) as f64 / 1000.0);
         }
         counter!("keystone_reconciler_failures_total").absolute(h.failures.load(Ordering::Relaxed));
+        gauge!("keystone_reconciler_leader").set(if h.leader.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
         gauge!("keystone_reconciler_last_actions").set(h.last_actions.load(Ordering::Relaxed) as f64);
         gauge!("keystone_deployments_in_progress").set(h.deploying.load(Ordering::Relaxed) as f64);
         if let Some(n) = self.log.fsync_count() {

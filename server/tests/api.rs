@@ -82,6 +82,8 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
         metrics_token: Some(SCRAPE_TOKEN.into()),
+        instance: None,
+        reconciler_lease_ms: 10_000,
         kafka: None,
         job_env: Default::default(),
     };
@@ -744,6 +746,36 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     app.teardown().await;
 }
 
+/// The reconciler lease: one holder at a time, a renewal keeps the fencing token, a takeover
+/// after expiry raises it and fences the old holder's writes, a release hands over at once.
+async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
+    use keystone_control::lease_store::Lease;
+    use keystone_control::store::StoreError;
+    let app = spawn_app(db).await;
+    let store = &app.store;
+    let take = |holder: &'static str| async move { store.acquire_lease("test-role", holder, 60_000).await.unwrap() };
+    let a: Lease = take("a").await.expect("a free lease is taken");
+    assert_eq!(take("b").await, None, "held by a");
+    assert_eq!(take("a").await.unwrap().token, a.token, "a renewal keeps the token");
+    // a's lease runs out (a paused process): b takes over with a higher token.
+    sqlx::query("UPDATE leases SET expires_at = 1 WHERE name = 'test-role'").execute(store.pool()).await.unwrap();
+    let b = take("b").await.expect("an expired lease is taken");
+    assert_eq!(b.token, a.token + 1);
+    let mut tx = store.write().await.unwrap();
+    assert!(matches!(tx.check_lease(&a).await, Err(StoreError::Fenced(_))), "a's writes are refused");
+    tx.check_lease(&b).await.unwrap();
+    drop(tx);
+    let refused = store.commit_checkpoints("some-route", &[(0, 5)], Some(&a)).await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    assert!(store.checkpoints("some-route").await.unwrap().is_empty(), "nothing written under a stale lease");
+    assert_eq!(take("a").await, None, "a cannot take it back while b holds it");
+    store.release_lease(&b).await.unwrap();
+    assert_eq!(take("a").await.expect("a released lease is taken").token, b.token + 1);
+    // The server's own reconciler holds its lease.
+    assert!(store.lease("reconciler").await.unwrap().is_some_and(|l| l.expires_at > 0));
+    app.teardown().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -764,6 +796,7 @@ on_both_backends!(
     sessions_end_at_the_absolute_timeout,
     openapi_document_is_served,
     approvals_hold_back_changes_until_another_admin_decides,
+    leases_allow_one_holder_and_fence_a_stale_one,
 );
 
 mod ingest {
@@ -1060,6 +1093,11 @@ mod delivery {
     /// Every NDJSON line a file sink wrote under `sinks/<path>`.
     /// Every event a file sink wrote under `sinks/<path>`, NDJSON and Parquet.
     fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
+        events_under(&app.settings.data_dir.join("sinks").join(path))
+    }
+
+    /// Every event in the NDJSON and Parquet files under a folder.
+    fn events_under(dir: &std::path::Path) -> Vec<Value> {
         fn walk(dir: &std::path::Path, out: &mut Vec<Value>) {
             let Ok(entries) = std::fs::read_dir(dir) else { return };
             for e in entries.flatten() {
@@ -1076,7 +1114,7 @@ mod delivery {
             }
         }
         let mut out = Vec::new();
-        walk(&app.settings.data_dir.join("sinks").join(path), &mut out);
+        walk(dir, &mut out);
         out
     }
 
@@ -1142,6 +1180,77 @@ mod delivery {
         assert_eq!(job["job"]["phase"], "running", "{job}");
         assert!(!app.settings.data_dir.join("log").join("alpha.plays").exists(), "the embedded log stayed unused");
         app.teardown().await;
+    }
+
+    /// Two servers on one database and one Kafka cluster: only the holder of the reconciler lease
+    /// runs the route's job; when it shuts down (jobs drained, lease released) the other takes
+    /// over where it stopped: every event delivered once, by exactly one server at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_server_takes_over_the_jobs_when_the_first_stops() {
+        let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+        cluster.create_topic("alpha.plays", 2, 3).unwrap();
+        cluster.create_topic("_dlq.alpha.all", 1, 3).unwrap();
+        let kafka = keystone::settings::KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            manage_topics: false,
+            replication_factor: 3,
+            properties: Default::default(),
+        };
+        let mut first = spawn_app_with(Db::Sqlite, |s| s.kafka = Some(kafka.clone())).await;
+        eventually("the first server leads", || async {
+            first.store.lease("reconciler").await.unwrap().is_some_and(|l| l.holder.ends_with(&first_dir(&first)))
+        })
+        .await;
+        let second_dir = tempfile::tempdir().unwrap();
+        let mut settings = first.settings.clone();
+        settings.data_dir = second_dir.path().to_path_buf();
+        let (second_base, second) = start_server(settings).await;
+
+        declare(&first, "streams", "plays", stream(2)).await;
+        declare(&first, "sinks", "lake", json!({"kind": "file", "settings": {"path": "all"}})).await;
+        declare(&first, "routes", "all", json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20})).await;
+        let token = producer_token(&first, "plays").await;
+        ingest(&first, &token, "plays", &plays(0..100)).await;
+        let ns = |dir: &std::path::Path| {
+            let mut ns: Vec<u64> =
+                events_under(&dir.join("sinks/all")).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns.sort();
+            ns
+        };
+        let first_data = first.settings.data_dir.clone();
+        eventually("the leader delivered", || async { ns(&first_data) == (0..100).collect::<Vec<_>>() }).await;
+        assert!(ns(second_dir.path()).is_empty(), "the follower ran no job");
+
+        // The leader stops the way Ctrl-C stops it; the follower takes over.
+        let running = first.running.take().unwrap();
+        let _ = running.stop.send(());
+        running.task.await.unwrap().unwrap();
+        // Events sent to the remaining server (ingest needs no lease).
+        let body: String = plays(100..200).iter().map(|e| format!("{e}\n")).collect();
+        let resp = first
+            .http
+            .post(format!("{second_base}/ingest/plays"))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        eventually("the second server delivered the rest", || async {
+            ns(second_dir.path()) == (100..200).collect::<Vec<_>>()
+        })
+        .await;
+        assert_eq!(ns(&first_data), (0..100).collect::<Vec<_>>(), "the stopped server delivered nothing more");
+        let lease = first.store.lease("reconciler").await.unwrap().unwrap();
+        assert!(lease.holder.ends_with(&second_dir.path().canonicalize().unwrap().display().to_string()), "{lease:?}");
+        let _ = second.stop.send(());
+        second.task.await.unwrap().unwrap();
+        first.teardown().await;
+    }
+
+    fn first_dir(app: &TestApp) -> String {
+        app.settings.data_dir.canonicalize().unwrap().display().to_string()
     }
 
     async fn route_delivers_filtered_projected_events_and_reports_its_job(db: Db) {

@@ -49,7 +49,13 @@ pub struct JobSpec {
     /// Per partition, the offset the job reads up to and not beyond (a backfill's end); a
     /// partition not named has no limit.
     pub until: HashMap<u32, u64>,
+    /// Batches of one partition delivered at once: 1 keeps the partition's order at the sink;
+    /// more (an unordered route) trade order for throughput against a slow sink.
+    pub in_flight: usize,
 }
+
+/// Batches in flight per partition of an unordered route.
+pub const UNORDERED_IN_FLIGHT: usize = 4;
 
 impl JobSpec {
     /// Compiles a declared route (and the stream it reads) into a job.
@@ -74,6 +80,10 @@ impl JobSpec {
             checkpoint_interval: Duration::from_millis(u64::from(settings.checkpoint_interval_ms)),
             start_at: if settings.start_at_latest { StartAt::Latest } else { StartAt::Earliest },
             until: HashMap::new(),
+            in_flight: match route.ordering {
+                keystone_control::Ordering::Partition => 1,
+                keystone_control::Ordering::Unordered => UNORDERED_IN_FLIGHT,
+            },
         })
     }
 }
@@ -453,8 +463,37 @@ enum Routed {
     DeadLetter(String),
 }
 
+impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
+    fn clone(&self) -> Self {
+        PartitionReader {
+            spec: self.spec.clone(),
+            log: self.log.clone(),
+            sink: self.sink.clone(),
+            stats: self.stats.clone(),
+            cancel: self.cancel.clone(),
+            partition: self.partition,
+        }
+    }
+}
+
+/// A gathered batch on its way to the sink: what it came from, and where its partition's
+/// position may move once it is settled.
+struct InFlight {
+    /// The delivery; `None` for a batch of dead letters only. Its result: the events the sink
+    /// refused for good, or `None` if cancelled while retrying.
+    delivery: Option<tokio::task::JoinHandle<Option<Vec<(usize, String)>>>>,
+    sources: Vec<StoredRecord>,
+    dead: Vec<(StoredRecord, String)>,
+    /// The offset after the last record the batch covers.
+    end: u64,
+}
+
 impl<L: Log, S: Sink> PartitionReader<L, S> {
-    async fn run(self, mut next: u64) -> Result<(), JobError> {
+    /// Gathers batches and hands them to the sink. An ordered route has one batch in flight at a
+    /// time; an unordered one up to `spec.in_flight`, delivered in parallel. Either way batches
+    /// are settled (dead letters written, position acknowledged) in log order, so the position
+    /// never passes an event the sink has not acknowledged.
+    async fn run(self, start: u64) -> Result<(), JobError> {
         let spec = &self.spec;
         let mut end = self.log.watch_end(&spec.topic, self.partition)?;
         // A sink that rolls files by size and age bounds its batches itself.
@@ -462,7 +501,21 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             Some(r) => (usize::MAX, r.max_bytes, r.max_age),
             None => (spec.batch_size, usize::MAX, spec.max_latency),
         };
+        let depth = spec.in_flight.max(1);
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        let settled = Arc::new(tokio::sync::Notify::new());
+        // Where the next batch starts (ahead of the acknowledged position while batches fly).
+        let mut next = start;
         loop {
+            // Settle what already came back, then wait for room.
+            while in_flight.front().is_some_and(|f| f.delivery.as_ref().is_none_or(|d| d.is_finished()))
+                || in_flight.len() >= depth
+            {
+                let f = in_flight.pop_front().expect("a batch in flight");
+                if !self.settle(f).await? {
+                    return Ok(());
+                }
+            }
             self.stats.wait_while_paused(&self.cancel).await;
             // Gather one batch: up to max_events deliverable events (or max_bytes of them), or
             // whatever arrived by the time the first of them has waited max_latency.
@@ -500,18 +553,27 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                     Err(e) => return Err(e.into()),
                 };
                 if records.is_empty() {
-                    if batch.is_empty() && dead.is_empty() && scanned > next {
+                    if batch.is_empty() && dead.is_empty() && scanned > next && in_flight.is_empty() {
                         // Only filtered-out events so far: their position is acknowledged too,
                         // now, since no later batch may come to carry it.
                         next = scanned;
                         self.stats.set_acked(self.partition, next);
                     }
-                    // Nothing new: wait for an append, the batch deadline, or cancellation.
+                    // Nothing new: wait for an append, the batch deadline, cancellation, or a
+                    // batch in flight coming back (settled at once, so positions keep moving).
                     tokio::select! {
                         changed = end.changed() => changed.map_err(|_| LogError::Closed)?,
                         // Stop gathering; a partial batch is still delivered before stopping.
                         _ = self.cancel.cancelled() => if !batch.is_empty() { break },
                         _ = sleep_until(deadline) => break,
+                        _ = settled.notified(), if !in_flight.is_empty() => {
+                            while in_flight.front().is_some_and(|f| f.delivery.as_ref().is_none_or(|d| d.is_finished())) {
+                                let f = in_flight.pop_front().expect("a batch in flight");
+                                if !self.settle(f).await? {
+                                    return Ok(());
+                                }
+                            }
+                        }
                     }
                     continue;
                 }
@@ -543,26 +605,48 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 }
             }
             if batch.is_empty() && dead.is_empty() && scanned == next && self.cancel.is_cancelled() {
+                // Stopping: what is in flight is settled first, in order.
+                while let Some(f) = in_flight.pop_front() {
+                    if !self.settle(f).await? {
+                        return Ok(());
+                    }
+                }
                 return Ok(());
             }
-            if !batch.is_empty() {
-                match self.deliver(&batch).await {
-                    Some(refused) => {
-                        for (i, why) in refused {
-                            dead.push((sources[i].clone(), why));
-                        }
-                    }
-                    // Cancelled while retrying: nothing acknowledged, nothing committed.
-                    None => return Ok(()),
-                }
-            }
-            if !dead.is_empty() {
-                dead.sort_by_key(|(r, _)| r.offset);
-                self.dead_letter(dead).await?;
-            }
+            let delivery = (!batch.is_empty()).then(|| {
+                let me = self.clone();
+                let settled = settled.clone();
+                tokio::spawn(async move {
+                    let refused = me.deliver(&batch).await;
+                    settled.notify_one();
+                    refused
+                })
+            });
+            in_flight.push_back(InFlight { delivery, sources, dead, end: scanned });
             next = scanned;
-            self.stats.set_acked(self.partition, next);
         }
+    }
+
+    /// Settles the oldest batch in flight: its refused events and dead letters go to the
+    /// dead-letter queue, then the partition's position moves past it. `false` when the delivery
+    /// was cancelled while retrying (nothing acknowledged, nothing committed).
+    async fn settle(&self, f: InFlight) -> Result<bool, JobError> {
+        let mut dead = f.dead;
+        if let Some(delivery) = f.delivery {
+            let outcome = delivery.await.map_err(|e| {
+                JobError::Log(LogError::Io(std::io::Error::other(format!("delivery task panicked: {e}"))))
+            })?;
+            match outcome {
+                Some(refused) => dead.extend(refused.into_iter().map(|(i, why)| (f.sources[i].clone(), why))),
+                None => return Ok(false),
+            }
+        }
+        if !dead.is_empty() {
+            dead.sort_by_key(|(r, _)| r.offset);
+            self.dead_letter(dead).await?;
+        }
+        self.stats.set_acked(self.partition, f.end);
+        Ok(true)
     }
 
     /// Filter and projection of one record.
