@@ -62,11 +62,7 @@ impl Sink for MemorySink {
                 got.push(e.clone());
             }
         }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(refused))
-        }
+        SinkError::refusing(refused)
     }
 
     fn rolling(&self) -> Option<Rolling> {

@@ -210,11 +210,7 @@ impl Sink for FileSink {
             let path = ObjectPath::from(format!("{}/{folder}/{}", self.prefix, file_name(&kept, self.format)));
             self.store.put(&path, PutPayload::from(body)).await.map_err(io_error)?;
         }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(refused))
-        }
+        SinkError::refusing(refused)
     }
 
     fn rolling(&self) -> Option<Rolling> {

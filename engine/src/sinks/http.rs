@@ -127,11 +127,7 @@ impl HttpSink {
                         Answer::Refused(why) => refused.push((i, why)),
                     }
                 }
-                if refused.is_empty() {
-                    Ok(())
-                } else {
-                    Err(SinkError::Rejected(refused))
-                }
+                SinkError::refusing(refused)
             }
         }
     }
@@ -182,11 +178,7 @@ impl HttpSink {
                 .unwrap_or_else(|| format!("bulk item answered {status}"));
             refused.push((i, reason));
         }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(refused))
-        }
+        SinkError::refusing(refused)
     }
 }
 

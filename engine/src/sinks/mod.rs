@@ -61,6 +61,15 @@ impl SinkError {
         SinkError::Transient { kind, message: message.into() }
     }
 
+    /// The outcome of a batch with these events refused for good (by index): `Ok` when none.
+    pub fn refusing(refused: Vec<(usize, String)>) -> Result<(), SinkError> {
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(refused))
+        }
+    }
+
     pub fn kind(&self) -> SinkErrorKind {
         match self {
             SinkError::Transient { kind, .. } => *kind,

@@ -154,11 +154,7 @@ impl Sink for PostgresSink {
                         Err(e) => return Err(transient(&e)),
                     }
                 }
-                if refused.is_empty() {
-                    Ok(())
-                } else {
-                    Err(SinkError::Rejected(refused))
-                }
+                SinkError::refusing(refused)
             }
             Err(e) => Err(transient(&e)),
         }
