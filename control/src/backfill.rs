@@ -180,10 +180,7 @@ mod store {
             positions: &[(u32, u64)],
             lease: Option<&crate::lease_store::Lease>,
         ) -> Result<(), StoreError> {
-            let mut tx = self.write().await?;
-            if let Some(l) = lease {
-                tx.check_lease(l).await?;
-            }
+            let mut tx = self.write_fenced(lease).await?;
             for &(p, o) in positions {
                 sqlx::query(
                     "INSERT INTO backfill_checkpoints (backfill_id, partition_no, next_offset) VALUES ($1, $2, $3) \

@@ -167,8 +167,7 @@ impl Store {
             .collect()
     }
 
-    /// Commits checkpoints of several partitions of one route together.
-    /// Saves a job's acknowledged positions, only while `lease` (the reconciler's, under which
+    /// Commits checkpoints of several partitions of one route together, only while `lease` (the reconciler's, under which
     /// the job runs) is still held: a job of a process that lost its lease cannot move them.
     pub async fn commit_checkpoints(
         &self,
@@ -179,10 +178,7 @@ impl Store {
         if positions.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write().await?;
-        if let Some(l) = lease {
-            tx.check_lease(l).await?;
-        }
+        let mut tx = self.write_fenced(lease).await?;
         tx.put_checkpoints(route_id, positions).await?;
         tx.commit().await
     }

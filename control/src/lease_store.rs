@@ -54,6 +54,16 @@ impl Store {
         }))
     }
 
+    /// A write transaction that goes through only while `lease` is still held (`None`: not
+    /// fenced), for the writes a lease holder makes.
+    pub async fn write_fenced(&self, lease: Option<&Lease>) -> Result<WriteTx, StoreError> {
+        let mut tx = self.write().await?;
+        if let Some(l) = lease {
+            tx.check_lease(l).await?;
+        }
+        Ok(tx)
+    }
+
     /// Gives a lease up (at shutdown), so another process can take it at once.
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut tx = self.write().await?;

@@ -549,13 +549,15 @@ impl FileFormat {
     }
 }
 
-/// Checks an optional whole-number setting against its range.
-fn check_number(e: &mut ValidationErrors, field: &str, value: Option<&str>, min: u64, max: u64) {
-    if let Some(v) = value {
-        if !v.parse::<u64>().is_ok_and(|n| (min..=max).contains(&n)) {
-            e.add(field, format!("must be a whole number from {min} to {max}"));
-        }
+/// Checks an optional whole-number setting against its range: the number when given and valid;
+/// an error on `field` when given and not.
+fn check_number(e: &mut ValidationErrors, field: &str, value: Option<&str>, min: u32, max: u32) -> Option<u32> {
+    let v = value?;
+    let n = v.parse::<u32>().ok().filter(|n| (min..=max).contains(n));
+    if n.is_none() {
+        e.add(field, format!("must be a whole number from {min} to {max}"));
     }
+    n
 }
 
 /// What a route promises when its job is redeployed (the latency vs duplicates trade-off).
@@ -803,13 +805,7 @@ impl RouteSpec {
         let mut s = JobSettings::default();
         for (key, value) in self.config.iter().filter(|(k, _)| k.starts_with("job.")) {
             let field = format!("config.{key}");
-            let number = |lo: u32, hi: u32, e: &mut ValidationErrors| match value.parse::<u32>() {
-                Ok(n) if (lo..=hi).contains(&n) => Some(n),
-                _ => {
-                    e.add(field.clone(), format!("must be a whole number from {lo} to {hi}"));
-                    None
-                }
-            };
+            let number = |lo: u32, hi: u32, e: &mut ValidationErrors| check_number(e, &field, Some(value), lo, hi);
             match key.as_str() {
                 "job.checkpoint_interval_ms" => {
                     s.checkpoint_interval_ms = number(10, 600_000, &mut e).unwrap_or(s.checkpoint_interval_ms)

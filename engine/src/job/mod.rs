@@ -24,7 +24,7 @@ use keystone_control::{
 };
 use rand::Rng;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -502,19 +502,14 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             None => (spec.batch_size, usize::MAX, spec.max_latency),
         };
         let depth = spec.in_flight.max(1);
-        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let settled = Arc::new(tokio::sync::Notify::new());
         // Where the next batch starts (ahead of the acknowledged position while batches fly).
         let mut next = start;
         loop {
             // Settle what already came back, then wait for room.
-            while in_flight.front().is_some_and(|f| f.delivery.as_ref().is_none_or(|d| d.is_finished()))
-                || in_flight.len() >= depth
-            {
-                let f = in_flight.pop_front().expect("a batch in flight");
-                if !self.settle(f).await? {
-                    return Ok(());
-                }
+            if !self.settle_front(&mut in_flight, depth - 1).await? {
+                return Ok(());
             }
             self.stats.wait_while_paused(&self.cancel).await;
             // Gather one batch: up to max_events deliverable events (or max_bytes of them), or
@@ -567,11 +562,8 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                         _ = self.cancel.cancelled() => if !batch.is_empty() { break },
                         _ = sleep_until(deadline) => break,
                         _ = settled.notified(), if !in_flight.is_empty() => {
-                            while in_flight.front().is_some_and(|f| f.delivery.as_ref().is_none_or(|d| d.is_finished())) {
-                                let f = in_flight.pop_front().expect("a batch in flight");
-                                if !self.settle(f).await? {
-                                    return Ok(());
-                                }
+                            if !self.settle_front(&mut in_flight, usize::MAX).await? {
+                                return Ok(());
                             }
                         }
                     }
@@ -606,11 +598,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             }
             if batch.is_empty() && dead.is_empty() && scanned == next && self.cancel.is_cancelled() {
                 // Stopping: what is in flight is settled first, in order.
-                while let Some(f) = in_flight.pop_front() {
-                    if !self.settle(f).await? {
-                        return Ok(());
-                    }
-                }
+                self.settle_front(&mut in_flight, 0).await?;
                 return Ok(());
             }
             let delivery = (!batch.is_empty()).then(|| {
@@ -625,6 +613,23 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             in_flight.push_back(InFlight { delivery, sources, dead, end: scanned });
             next = scanned;
         }
+    }
+
+    /// Settles batches from the front, in log order: every one already back, and more (waiting
+    /// for them) until at most `keep` remain in flight. `false` when a delivery was cancelled
+    /// while retrying: nothing after it may be acknowledged.
+    async fn settle_front(&self, in_flight: &mut VecDeque<InFlight>, keep: usize) -> Result<bool, JobError> {
+        while let Some(f) = in_flight.front() {
+            let back = f.delivery.as_ref().is_none_or(|d| d.is_finished());
+            if !back && in_flight.len() <= keep {
+                break;
+            }
+            let f = in_flight.pop_front().expect("a batch in flight");
+            if !self.settle(f).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Settles the oldest batch in flight: its refused events and dead letters go to the

@@ -153,10 +153,8 @@ impl KafkaLog {
 
     /// Sets a managed topic's retention on the cluster.
     async fn apply_retention(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
-        let ms = retention.max_age_ms.to_string();
-        let bytes = retention.max_bytes_per_partition.map_or("-1".to_owned(), |b| b.to_string());
-        let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
-        change = change.set("retention.ms", &ms).set("retention.bytes", &bytes);
+        let [(k1, v1), (k2, v2)] = retention_configs(retention);
+        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(k1, &v1).set(k2, &v2);
         let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
         for r in self.inner.admin.alter_configs(&[change], &opts).await.map_err(unavailable)? {
             if let Err((_, code)) = r {
@@ -318,6 +316,14 @@ impl Inner {
     }
 }
 
+/// A topic's retention as Kafka topic configs (`-1`: no size cap).
+fn retention_configs(r: Retention) -> [(&'static str, String); 2] {
+    [
+        ("retention.ms", r.max_age_ms.to_string()),
+        ("retention.bytes", r.max_bytes_per_partition.map_or("-1".to_owned(), |b| b.to_string())),
+    ]
+}
+
 /// Runs blocking librdkafka calls off the runtime's threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LogError> + Send + 'static) -> Result<T, LogError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| LogError::Unavailable(format!("Kafka call panicked: {e}")))?
@@ -332,11 +338,20 @@ async fn poll_watermarks(inner: Weak<Inner>) {
         let _ = tokio::task::spawn_blocking(move || {
             let topics: Vec<(String, Arc<Vec<watch::Sender<u64>>>)> =
                 strong.topics.read().expect("topics lock").iter().map(|(t, e)| (t.clone(), e.clone())).collect();
-            for (topic, ends) in topics {
-                let gone = strong.meta.fetch_metadata(Some(&topic), strong.config.request_timeout).is_ok_and(|md| {
-                    md.topics().iter().any(|t| t.name() == topic && (t.error().is_some() || t.partitions().is_empty()))
+            if topics.is_empty() {
+                return;
+            }
+            // One metadata request for the whole cluster; none answered means none judged gone.
+            let on_cluster: Option<std::collections::HashSet<String>> =
+                strong.meta.fetch_metadata(None, strong.config.request_timeout).ok().map(|md| {
+                    md.topics()
+                        .iter()
+                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                        .map(|t| t.name().to_owned())
+                        .collect()
                 });
-                if gone {
+            for (topic, ends) in topics {
+                if on_cluster.as_ref().is_some_and(|names| !names.contains(&topic)) {
                     // Deleted on the cluster: forget it, so the reconciler recreates it.
                     tracing::warn!(topic = %topic, "Topic missing on the Kafka cluster.");
                     strong.topics.write().expect("topics lock").remove(&topic);
@@ -362,15 +377,14 @@ impl Log for KafkaLog {
             let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
             match existing {
                 None => {
-                    let ms = retention.max_age_ms.to_string();
-                    let bytes = retention.max_bytes_per_partition.map_or("-1".to_owned(), |b| b.to_string());
+                    let [(k1, v1), (k2, v2)] = retention_configs(retention);
                     let new = NewTopic::new(
                         topic,
                         partitions as i32,
                         TopicReplication::Fixed(self.inner.config.replication_factor),
                     )
-                    .set("retention.ms", &ms)
-                    .set("retention.bytes", &bytes);
+                    .set(k1, &v1)
+                    .set(k2, &v2);
                     let results = self.inner.admin.create_topics(&[new], &opts).await.map_err(unavailable)?;
                     for r in results {
                         match r {
@@ -408,8 +422,9 @@ impl Log for KafkaLog {
         }
         // Wait until the cluster's metadata shows every partition (creation is asynchronous).
         let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut seen = existing;
         loop {
-            match self.partition_count(topic).await? {
+            match seen {
                 Some(n) if n >= partitions => {
                     self.register(topic, n).await?;
                     self.inner.retention.lock().expect("retention lock").insert(topic.to_owned(), retention);
@@ -420,6 +435,7 @@ impl Log for KafkaLog {
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
+            seen = self.partition_count(topic).await?;
         }
     }
 

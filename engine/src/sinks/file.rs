@@ -18,6 +18,7 @@ use super::{required, ConfigError, Rolling, Sink, SinkError, SinkEvent};
 use keystone_control::{FileFormat, SinkErrorKind};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -192,10 +193,10 @@ impl Sink for FileSink {
                     (body, events)
                 }
                 FileFormat::Parquet => {
-                    let rows: Vec<SinkEvent> = events.iter().map(|(_, e)| (*e).clone()).collect();
+                    let rows: Vec<Value> = events.iter().map(|(_, e)| super::parquet::row(e)).collect();
                     // Encoding is CPU work: off the runtime's threads.
                     let encoded =
-                        tokio::task::spawn_blocking(move || super::parquet::encode(&rows)).await.map_err(io_error)?;
+                        tokio::task::spawn_blocking(move || super::parquet::encode(rows)).await.map_err(io_error)?;
                     refused.extend(encoded.refused.iter().map(|(i, why)| (events[*i].0, why.clone())));
                     let Some(body) = encoded.body else { continue };
                     let kept = events

@@ -23,11 +23,15 @@ pub struct Encoded {
     pub refused: Vec<(usize, String)>,
 }
 
-/// Encodes events as one Parquet file. An event whose fields contradict the types of the first
-/// event's (an object where a number was, say) is refused rather than failing the whole file:
+/// An event as a row of a file: the same record an NDJSON line holds.
+pub fn row(event: &SinkEvent) -> Value {
+    serde_json::to_value(event).unwrap_or(Value::Null)
+}
+
+/// Encodes rows (see [`row`]) as one Parquet file. A row whose fields contradict the types of the
+/// first row's (an object where a number was, say) is refused rather than failing the whole file:
 /// retrying could never succeed, so it belongs in the dead-letter queue with the reason.
-pub fn encode(events: &[SinkEvent]) -> Encoded {
-    let rows: Vec<Value> = events.iter().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).collect();
+pub fn encode(rows: Vec<Value>) -> Encoded {
     let mut refused = Vec::new();
     let mut kept: Vec<usize> = (0..rows.len()).collect();
     if infer_json_schema_from_iterator(rows.iter().map(Ok)).is_err() {
@@ -109,7 +113,7 @@ mod tests {
         let events: Vec<SinkEvent> = (0..50)
             .map(|i| event(i, json!({"n": i, "user": {"country": "BR", "score": i as f64 / 2.0}, "tags": ["a", "b"]})))
             .collect();
-        let encoded = encode(&events);
+        let encoded = encode(events.iter().map(row).collect());
         assert!(encoded.refused.is_empty());
         let body = encoded.body.unwrap();
         assert_eq!(&body[..4], b"PAR1");
@@ -124,7 +128,7 @@ mod tests {
     fn an_event_of_contradicting_shape_is_refused_alone() {
         let mut events: Vec<SinkEvent> = (0..5).map(|i| event(i, json!({"n": i, "title": "t"}))).collect();
         events[3].event = json!({"n": {"nested": true}, "title": "t"});
-        let encoded = encode(&events);
+        let encoded = encode(events.iter().map(row).collect());
         assert_eq!(encoded.refused.iter().map(|r| r.0).collect::<Vec<_>>(), [3]);
         assert!(encoded.refused[0].1.contains("Parquet schema"), "{}", encoded.refused[0].1);
         let back = decode(encoded.body.unwrap().into()).unwrap();
@@ -134,7 +138,7 @@ mod tests {
     #[test]
     fn mixed_numbers_widen_instead_of_failing() {
         let events = vec![event(0, json!({"bitrate": 3000})), event(1, json!({"bitrate": 3000.5}))];
-        let encoded = encode(&events);
+        let encoded = encode(events.iter().map(row).collect());
         assert!(encoded.refused.is_empty());
         let back = decode(encoded.body.unwrap().into()).unwrap();
         assert_eq!(back[1].event["bitrate"], json!(3000.5));
