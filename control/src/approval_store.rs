@@ -66,10 +66,7 @@ fn from_row(r: &AnyRow) -> Result<ChangeRequest, StoreError> {
     let action = text("action")?;
     Ok(ChangeRequest {
         id: r.try_get("id")?,
-        action: [RequestAction::Change, RequestAction::Rewind]
-            .into_iter()
-            .find(|a| a.as_str() == action)
-            .ok_or_else(|| corrupt("action", &action))?,
+        action: RequestAction::parse(&action).ok_or_else(|| corrupt("action", &action))?,
         team: text("team_name")?,
         kind: Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
         name: text("name")?,

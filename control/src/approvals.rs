@@ -32,7 +32,8 @@ pub struct ApprovalPolicy {
     /// (e.g. `critical`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects_tagged: Vec<String>,
-    /// A rewind that would deliver more than this many events again.
+    /// A rewind that would deliver more than this many events again, or a backfill that would
+    /// deliver more than this many events from another source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewinds_over_events: Option<u64>,
 }
@@ -141,6 +142,27 @@ pub fn rewind_needs(policy: &ApprovalPolicy, redelivered: u64) -> Option<String>
     (redelivered > max).then(|| format!("a rewind delivering {redelivered} event(s) again (more than {max})"))
 }
 
+/// Why `policy` holds back a backfill of up to `events` events, if it does (the rewind
+/// threshold: both deliver old events to the sink again).
+pub fn backfill_needs(policy: &ApprovalPolicy, events: u64) -> Option<String> {
+    let max = policy.rewinds_over_events?;
+    (events > max).then(|| format!("a backfill of up to {events} event(s) (more than {max})"))
+}
+
+/// Why `policy` holds back an operation on a route that leaves its declaration as it is (an
+/// override of its configuration, a backfill): the rules a change to the route would match,
+/// since the operation changes what its job delivers.
+pub fn route_operation_needs(policy: &ApprovalPolicy, route_spec: &Value, sink_tags: &[String]) -> Vec<String> {
+    let change = ProposedChange {
+        kind: Kind::Route,
+        op: Op::Update,
+        before: Some(route_spec),
+        after: Some(route_spec),
+        sink_tags,
+    };
+    approvals_needed(policy, &change)
+}
+
 /// What a change request asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
@@ -151,14 +173,27 @@ pub enum RequestAction {
     Change,
     /// A rewind of a stopped route's job to recorded positions.
     Rewind,
+    /// A console override of one key of a route's configuration.
+    Override,
+    /// A backfill of a route from another source.
+    Backfill,
 }
 
 impl RequestAction {
+    pub const ALL: [RequestAction; 4] =
+        [RequestAction::Change, RequestAction::Rewind, RequestAction::Override, RequestAction::Backfill];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RequestAction::Change => "change",
             RequestAction::Rewind => "rewind",
+            RequestAction::Override => "override",
+            RequestAction::Backfill => "backfill",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestAction> {
+        RequestAction::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
     fn is_change(&self) -> bool {
@@ -240,7 +275,8 @@ impl ChangeRequest {
     pub fn summary(&self) -> String {
         let verb = match self.action {
             RequestAction::Change => self.op.as_str(),
-            RequestAction::Rewind => "rewind",
+            RequestAction::Override => "override the configuration of",
+            action => action.as_str(),
         };
         format!("{verb} {} {}/{}", self.kind, self.team, self.name)
     }
@@ -280,6 +316,27 @@ mod tests {
         let lowered = json!({"partitions": 2, "retention_hours": 24, "max_events_per_second": 50});
         assert!(check(&p, Kind::Stream, Op::Update, Some(s.clone()), Some(lowered)).is_empty());
         assert!(check(&p, Kind::Stream, Op::Create, None, Some(s)).is_empty(), "a new stream raises nothing");
+    }
+
+    #[test]
+    fn operations_on_a_route_follow_its_rules_and_backfills_the_rewind_threshold() {
+        let p = ApprovalPolicy {
+            routes_to_sinks_tagged: vec!["production".into()],
+            objects_tagged: vec!["critical".into()],
+            rewinds_over_events: Some(100),
+            ..Default::default()
+        };
+        let route = json!({"stream": "plays", "sink": "warehouse"});
+        assert!(route_operation_needs(&p, &route, &["staging".to_owned()]).is_empty());
+        assert_eq!(
+            route_operation_needs(&p, &route, &["production".to_owned()]),
+            ["a route to a sink tagged \"production\""]
+        );
+        let critical = json!({"stream": "plays", "sink": "warehouse", "tags": ["critical"]});
+        assert_eq!(route_operation_needs(&p, &critical, &[]), ["a change to a route tagged \"critical\""]);
+        assert_eq!(backfill_needs(&p, 100), None);
+        assert_eq!(backfill_needs(&p, 101).as_deref(), Some("a backfill of up to 101 event(s) (more than 100)"));
+        assert_eq!(backfill_needs(&ApprovalPolicy::default(), 1_000_000), None);
     }
 
     #[test]

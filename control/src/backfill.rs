@@ -99,10 +99,14 @@ pub fn import_topic(team: &str, route: &str, backfill_id: &str) -> String {
 #[cfg(feature = "store")]
 mod store {
     use super::*;
-    use crate::goal::{Goal, GoalError};
-    use crate::model::{Kind, Object, StreamRef, StreamSpec};
-    use crate::store::{now_ms, Store, StoreError};
+    use crate::approval_store::StoredRequest;
+    use crate::approvals::{backfill_needs, RequestAction, RequestState};
+    use crate::diff::Change;
+    use crate::goal::{Goal, GoalError, HeldOperation};
+    use crate::model::{Kind, Object, RouteSpec, StreamRef, StreamSpec};
+    use crate::store::{now_ms, Store, StoreError, WriteTx};
     use crate::ValidationErrors;
+    use serde_json::{json, Value};
     use sqlx::Row;
 
     fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -282,11 +286,91 @@ mod store {
         }
 
         /// Records a planned backfill with where its source ends now (the reconciler switches the
-        /// job over on its next pass), in the operations log too.
+        /// job over on its next pass), in the operations log too. One the approval policy holds
+        /// back (too many events, a route to a production sink) becomes a change request instead
+        /// (`ApprovalRequired`), carrying the end found now: an approval delivers what was asked.
         pub async fn start_backfill(&self, plan: BackfillPlan, end: &[(u32, u64)]) -> Result<Backfill, GoalError> {
-            let source = serde_json::to_string(&plan.source).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let end_json = serde_json::to_string(end).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let total: u64 = end.iter().map(|(_, o)| o).sum();
             let mut tx = self.store().write().await?;
+            let needs = self.operation_needs(&mut tx, &plan.route, |p| backfill_needs(p, total)).await?;
+            if !needs.is_empty() {
+                let described = plan.source.describe();
+                let declaration = json!({
+                    "id": plan.id, "source": plan.source, "topic": plan.topic,
+                    "partitions": plan.partitions, "end": end,
+                });
+                let shown = json!({ "backfill": described, "events": total });
+                let spec: RouteSpec = plan.route.spec_as().map_err(corrupt)?;
+                let changes = [Change {
+                    path: "source".into(),
+                    before: Some(Value::from(format!("stream {}", spec.stream.as_str()))),
+                    after: Some(Value::from(format!("{described}, up to {total} event(s), then back"))),
+                }];
+                let held = HeldOperation {
+                    action: RequestAction::Backfill,
+                    declaration: &declaration,
+                    shown: &shown,
+                    changes: &changes,
+                    needs: &needs,
+                    reason: &format!("backfill from {described}"),
+                };
+                return Err(self.hold_back_operation(tx, &plan.route, held).await?);
+            }
+            self.insert_backfill(&mut tx, &plan, end, &self.who().display, "").await?;
+            tx.commit().await?;
+            let started = self.store().backfills(&plan.route.id).await?.into_iter().find(|b| b.id == plan.id);
+            Ok(started.ok_or_else(|| StoreError::Corrupt("a backfill vanished after it was written".into()))?)
+        }
+
+        /// Starts the backfill of an approved request on `route` (still at the version it was
+        /// asked of), up to the end found when it was requested.
+        pub(crate) async fn approve_backfill(
+            &self,
+            stored: &StoredRequest,
+            route: &Object,
+            comment: &str,
+        ) -> Result<(), GoalError> {
+            let request = &stored.request;
+            let submitted =
+                stored.declaration.as_ref().ok_or_else(|| corrupt("a pending backfill without its plan"))?;
+            let field = |k: &str| submitted.get(k).cloned().unwrap_or(Value::Null);
+            let plan = BackfillPlan {
+                route: route.clone(),
+                id: serde_json::from_value(field("id")).map_err(corrupt)?,
+                source: serde_json::from_value(field("source")).map_err(corrupt)?,
+                topic: serde_json::from_value(field("topic")).map_err(corrupt)?,
+                partitions: serde_json::from_value(field("partitions")).map_err(corrupt)?,
+                files: None,
+            };
+            let end: Vec<(u32, u64)> = serde_json::from_value(field("end")).map_err(corrupt)?;
+            let mut tx = self.store().write().await?;
+            if !tx.decide_change_request(request.id, RequestState::Approved, &self.who().display, comment, None).await?
+            {
+                return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
+            }
+            let detail = format!(
+                " (change request #{} by {}, approved by {})",
+                request.id,
+                request.requester,
+                self.who().display
+            );
+            self.insert_backfill(&mut tx, &plan, &end, &request.requester, &detail).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Writes a running backfill started by `by` and its operations-log entry (`detail`
+        /// appended).
+        async fn insert_backfill(
+            &self,
+            tx: &mut WriteTx,
+            plan: &BackfillPlan,
+            end: &[(u32, u64)],
+            by: &str,
+            detail: &str,
+        ) -> Result<(), GoalError> {
+            let source = serde_json::to_string(&plan.source).map_err(corrupt)?;
+            let end_json = serde_json::to_string(end).map_err(corrupt)?;
             let inserted = sqlx::query(
                 "INSERT INTO backfills (id, route_id, source, topic, partitions, end_offsets, state, started_by, started_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8)",
@@ -297,7 +381,7 @@ mod store {
             .bind(&plan.topic)
             .bind(i64::from(plan.partitions))
             .bind(end_json)
-            .bind(&self.who().display)
+            .bind(by)
             .bind(now_ms())
             .execute(tx.conn())
             .await;
@@ -310,11 +394,9 @@ mod store {
                 });
             }
             let total: u64 = end.iter().map(|(_, o)| o).sum();
-            let detail = format!("from {}: up to {total} event(s)", plan.source.describe());
-            tx.record_operation(&plan.route.id, &self.who().display, "backfill", &detail).await?;
-            tx.commit().await?;
-            let started = self.store().backfills(&plan.route.id).await?.into_iter().find(|b| b.id == plan.id);
-            Ok(started.ok_or_else(|| StoreError::Corrupt("a backfill vanished after it was written".into()))?)
+            let what = format!("from {}: up to {total} event(s){detail}", plan.source.describe());
+            tx.record_operation(&plan.route.id, &self.who().display, "backfill", &what).await?;
+            Ok(())
         }
 
         /// Cancels a route's running backfill: the job goes back to its stream, where it was.

@@ -59,6 +59,29 @@ pub struct Deployment {
     pub finished_at: Option<i64>,
     /// What changed, and how it ended.
     pub detail: String,
+    /// For the deployment of a console override (the route version stays): the key and its
+    /// override before and after, which a rollback puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigChange>,
+}
+
+/// One override of a route's configuration, as deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct ConfigChange {
+    pub key: String,
+    /// The override before (none: the layers below decided).
+    pub before: Option<String>,
+    /// The override after (none: cleared).
+    pub after: Option<String>,
+}
+
+impl ConfigChange {
+    /// "batch_size: 500 → 50" (an absent override reads "the layers below").
+    pub fn describe(&self) -> String {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "the layers below".to_owned());
+        format!("{}: {} → {}", self.key, show(&self.before), show(&self.after))
+    }
 }
 
 /// The stability gate of a route (its `job.stability_s` and `job.max_error_percent`).
@@ -144,76 +167,97 @@ mod tests {
 }
 
 #[cfg(feature = "store")]
+pub use store::NewDeployment;
+
+#[cfg(feature = "store")]
 mod store {
     use super::*;
-    use crate::store::{now_ms, Store, StoreError};
+    use crate::store::{now_ms, Store, StoreError, WriteTx};
     use sqlx::Row;
 
     const SELECT: &str = "SELECT id, route_id, from_version, to_version, strategy, state, started_at, finished_at, \
-                          detail FROM deployments";
+                          detail, config FROM deployments";
+
+    fn corrupt(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt(format!("deployment {e}"))
+    }
 
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Deployment, StoreError> {
         let strategy: String = r.try_get("strategy")?;
         let state: String = r.try_get("state")?;
+        let config: Option<String> = r.try_get("config")?;
         Ok(Deployment {
             id: r.try_get("id")?,
             route_id: r.try_get("route_id")?,
             from_version: r.try_get("from_version")?,
             to_version: r.try_get("to_version")?,
-            strategy: Delivery::parse(&strategy)
-                .ok_or_else(|| StoreError::Corrupt(format!("deployment strategy {strategy:?}")))?,
-            state: DeploymentState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("deployment state {state:?}")))?,
+            strategy: Delivery::parse(&strategy).ok_or_else(|| corrupt(format!("strategy {strategy:?}")))?,
+            state: DeploymentState::parse(&state).ok_or_else(|| corrupt(format!("state {state:?}")))?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
             detail: r.try_get("detail")?,
+            config: config.map(|c| serde_json::from_str(&c)).transpose().map_err(corrupt)?,
         })
+    }
+
+    /// A deployment about to start.
+    pub struct NewDeployment<'a> {
+        pub route_id: &'a str,
+        pub from_version: Option<i64>,
+        pub to_version: i64,
+        pub strategy: Delivery,
+        pub detail: &'a str,
+        pub config: Option<ConfigChange>,
+    }
+
+    impl WriteTx {
+        /// Records a new deployment of a route's job; one still being judged is superseded.
+        pub async fn start_deployment(&mut self, n: NewDeployment<'_>) -> Result<Deployment, StoreError> {
+            let now = now_ms();
+            let d = Deployment {
+                id: uuid::Uuid::now_v7().to_string(),
+                route_id: n.route_id.to_owned(),
+                from_version: n.from_version,
+                to_version: n.to_version,
+                strategy: n.strategy,
+                state: DeploymentState::Deploying,
+                started_at: now,
+                finished_at: None,
+                detail: n.detail.to_owned(),
+                config: n.config,
+            };
+            sqlx::query("UPDATE deployments SET state = $1, finished_at = $2 WHERE route_id = $3 AND state = $4")
+                .bind(DeploymentState::Superseded.as_str())
+                .bind(now)
+                .bind(&d.route_id)
+                .bind(DeploymentState::Deploying.as_str())
+                .execute(self.conn())
+                .await?;
+            let config = d.config.as_ref().map(|c| serde_json::to_string(c).expect("a config change serializes"));
+            sqlx::query(
+                "INSERT INTO deployments (id, route_id, from_version, to_version, strategy, state, started_at, \
+                 detail, config) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&d.id)
+            .bind(&d.route_id)
+            .bind(d.from_version)
+            .bind(d.to_version)
+            .bind(d.strategy.as_str())
+            .bind(d.state.as_str())
+            .bind(now)
+            .bind(&d.detail)
+            .bind(config)
+            .execute(self.conn())
+            .await?;
+            Ok(d)
+        }
     }
 
     impl Store {
         /// Records a new deployment of a route's job; one still being judged is superseded.
-        pub async fn start_deployment(
-            &self,
-            route_id: &str,
-            from_version: Option<i64>,
-            to_version: i64,
-            strategy: Delivery,
-            detail: &str,
-        ) -> Result<Deployment, StoreError> {
-            let now = now_ms();
-            let d = Deployment {
-                id: uuid::Uuid::now_v7().to_string(),
-                route_id: route_id.to_owned(),
-                from_version,
-                to_version,
-                strategy,
-                state: DeploymentState::Deploying,
-                started_at: now,
-                finished_at: None,
-                detail: detail.to_owned(),
-            };
+        pub async fn start_deployment(&self, n: NewDeployment<'_>) -> Result<Deployment, StoreError> {
             let mut tx = self.write().await?;
-            sqlx::query("UPDATE deployments SET state = $1, finished_at = $2 WHERE route_id = $3 AND state = $4")
-                .bind(DeploymentState::Superseded.as_str())
-                .bind(now)
-                .bind(route_id)
-                .bind(DeploymentState::Deploying.as_str())
-                .execute(tx.conn())
-                .await?;
-            sqlx::query(
-                "INSERT INTO deployments (id, route_id, from_version, to_version, strategy, state, started_at, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&d.id)
-            .bind(route_id)
-            .bind(from_version)
-            .bind(to_version)
-            .bind(strategy.as_str())
-            .bind(d.state.as_str())
-            .bind(now)
-            .bind(detail)
-            .execute(tx.conn())
-            .await?;
+            let d = tx.start_deployment(n).await?;
             tx.commit().await?;
             Ok(d)
         }

@@ -4,8 +4,8 @@
 
 use crate::approval_store::{NewRequest, RequestFilter};
 use crate::approvals::{
-    approvals_needed, rewind_needs, ApprovalPolicy, ChangeRequest, ProposedChange, RequestAction, RequestState,
-    POLICY_NAME,
+    approvals_needed, rewind_needs, route_operation_needs, ApprovalPolicy, ChangeRequest, ProposedChange,
+    RequestAction, RequestState, POLICY_NAME,
 };
 use crate::auth::Principal;
 use crate::diff::{diff, Change};
@@ -460,7 +460,7 @@ impl<'a> Goal<'a> {
                 route.name
             )));
         }
-        let team_id = self.readable_team(&route.team).await?;
+        self.readable_team(&route.team).await?;
         let mut tx = self.store.write().await?;
         if !self.who.is_system() {
             if let Some(need) = rewind_needs(&policy_in(&mut tx).await?, plan.redelivered) {
@@ -477,23 +477,15 @@ impl<'a> Goal<'a> {
                 let positions = serde_json::json!({"positions": target, "describe": describe});
                 let shown =
                     serde_json::json!({"rewind": describe, "redelivered": plan.redelivered, "skipped": plan.skipped});
-                let request = NewRequest {
+                let held = HeldOperation {
                     action: RequestAction::Rewind,
-                    team_id: &team_id,
-                    team_name: &route.team,
-                    kind: Kind::Route,
-                    name: &route.name,
-                    op: Op::Update,
-                    base_version: route.version,
-                    declaration: Some(&positions),
-                    spec: &shown,
+                    declaration: &positions,
+                    shown: &shown,
                     changes: &changes,
                     needs: &[need],
-                    requester_id: &self.who.user_id,
-                    requester: &self.who.display,
                     reason: describe,
                 };
-                return Err(self.hold_back(tx, &route.id, request).await?);
+                return Err(self.hold_back_operation(tx, route, held).await?);
             }
         }
         tx.put_checkpoints(&route.id, target).await?;
@@ -718,6 +710,56 @@ impl<'a> Goal<'a> {
     }
 
     /// Stores a held-back change as a pending change request, in the audit log too.
+    /// The policy rules an operation on `route` matches that leaves its declaration as it is (an
+    /// override, a backfill: see `route_operation_needs`), plus the operation's own rule
+    /// (`own`); none for Keystone itself.
+    pub(crate) async fn operation_needs(
+        &self,
+        tx: &mut WriteTx,
+        route: &Object,
+        own: impl FnOnce(&ApprovalPolicy) -> Option<String>,
+    ) -> Result<Vec<String>, GoalError> {
+        if self.who.is_system() {
+            return Ok(Vec::new());
+        }
+        let policy = policy_in(tx).await?;
+        let spec: RouteSpec = route.spec_as().map_err(corrupt)?;
+        let team_id = team_id_in(tx, &route.team).await?;
+        let sink = tx.get(Kind::Sink, &team_id, spec.sink.as_str()).await?;
+        let sink_tags = sink.and_then(|s| s.spec_as::<SinkSpec>().ok()).map(|s| s.tags).unwrap_or_default();
+        let mut needs = route_operation_needs(&policy, &route.spec, &sink_tags);
+        needs.extend(own(&policy));
+        Ok(needs)
+    }
+
+    /// Stores an operation on `route` the policy holds back as a pending change request based
+    /// on the route's current version.
+    pub(crate) async fn hold_back_operation(
+        &self,
+        mut tx: WriteTx,
+        route: &Object,
+        op: HeldOperation<'_>,
+    ) -> Result<GoalError, GoalError> {
+        let team_id = team_id_in(&mut tx, &route.team).await?;
+        let request = NewRequest {
+            action: op.action,
+            team_id: &team_id,
+            team_name: &route.team,
+            kind: Kind::Route,
+            name: &route.name,
+            op: Op::Update,
+            base_version: route.version,
+            declaration: Some(op.declaration),
+            spec: op.shown,
+            changes: op.changes,
+            needs: op.needs,
+            requester_id: &self.who.user_id,
+            requester: &self.who.display,
+            reason: op.reason,
+        };
+        self.hold_back(tx, &route.id, request).await
+    }
+
     async fn hold_back(&self, mut tx: WriteTx, log_on: &str, n: NewRequest<'_>) -> Result<GoalError, GoalError> {
         let request = tx.insert_change_request(n).await?;
         let detail =
@@ -951,9 +993,21 @@ impl<'a> Goal<'a> {
                 request.kind, request.name, request.base_version
             )));
         }
-        if let (RequestAction::Rewind, Some(route)) = (request.action, &current) {
-            self.approve_rewind(&stored, route, comment, job_held(&route.id)).await?;
-            return self.change_request(id).await;
+        match (request.action, &current) {
+            (RequestAction::Rewind, Some(route)) => {
+                self.approve_rewind(&stored, route, comment, job_held(&route.id)).await?;
+                return self.change_request(id).await;
+            }
+            (RequestAction::Override, Some(route)) => {
+                // A stale override is recorded as such before the refusal is returned.
+                self.approve_override(&stored, route, comment).await?;
+                return self.change_request(id).await;
+            }
+            (RequestAction::Backfill, Some(route)) => {
+                self.approve_backfill(&stored, route, comment).await?;
+                return self.change_request(id).await;
+            }
+            _ => {}
         }
         let via = Via::Approval { request, requester_id: &stored.requester_id, comment };
         if request.op == Op::Delete {
@@ -1026,11 +1080,28 @@ impl<'a> Goal<'a> {
 
 /// The approval policy in force, read in the transaction that applies or holds back a change
 /// (none declared: the default, which holds nothing back).
+/// The id of a team (a route's, known to exist) inside a write.
+async fn team_id_in(tx: &mut WriteTx, team: &str) -> Result<String, GoalError> {
+    Ok(tx.get(Kind::Team, "", team).await?.ok_or(GoalError::NotFound)?.id)
+}
+
 async fn policy_in(tx: &mut WriteTx) -> Result<ApprovalPolicy, GoalError> {
     match tx.get(Kind::Policy, "", POLICY_NAME).await? {
         Some(p) => Ok(p.spec_as().map_err(corrupt)?),
         None => Ok(ApprovalPolicy::default()),
     }
+}
+
+/// An operation on a route held back for approval (see `Goal::hold_back_operation`).
+pub(crate) struct HeldOperation<'a> {
+    pub action: RequestAction,
+    /// What the approval needs to carry the operation out.
+    pub declaration: &'a Value,
+    /// What the request shows.
+    pub shown: &'a Value,
+    pub changes: &'a [Change],
+    pub needs: &'a [String],
+    pub reason: &'a str,
 }
 
 /// How a change reaches `put` and `delete`: from its author, or as an approved change request
@@ -1093,7 +1164,7 @@ pub const WEBHOOK_HIDDEN: &str = "(set; only admins can read it)";
 
 pub const REASON_MAX: usize = 500;
 
-fn check_reason(reason: &str) -> Result<(), ValidationErrors> {
+pub(crate) fn check_reason(reason: &str) -> Result<(), ValidationErrors> {
     if reason.chars().count() > REASON_MAX {
         return Err(ValidationErrors::single("reason", format!("must be at most {REASON_MAX} characters")));
     }

@@ -10,7 +10,7 @@
 
 use keystone_control::auth::Principal;
 use keystone_control::backfill::{Backfill, BackfillState};
-use keystone_control::deployments::{judge, Deployment, DeploymentState, Verdict};
+use keystone_control::deployments::{judge, Deployment, DeploymentState, NewDeployment, Verdict};
 use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
 use keystone_control::lease_store::Lease;
@@ -363,7 +363,15 @@ impl Reconciler {
             None => format!("first version v{}", route.version),
             Some(v) => format!("v{v} → v{}", route.version),
         };
-        self.store.start_deployment(&route.id, previous, route.version, spec.delivery_on_redeploy, &detail).await?;
+        let deployment = NewDeployment {
+            route_id: &route.id,
+            from_version: previous,
+            to_version: route.version,
+            strategy: spec.delivery_on_redeploy,
+            detail: &detail,
+            config: None,
+        };
+        self.store.start_deployment(deployment).await?;
         Ok(())
     }
 
@@ -375,6 +383,7 @@ impl Reconciler {
             return Ok(());
         }
         let routes = self.store.list(Kind::Route, &Scope::All).await?;
+        let overrides = self.store.all_config_overrides().await?;
         let now = keystone_control::store::now_ms();
         for d in deploying {
             let Some(route) = routes.iter().find(|r| r.id == d.route_id) else {
@@ -382,11 +391,21 @@ impl Reconciler {
                 self.store.finish_deployment(&d.id, DeploymentState::Superseded, &why).await?;
                 continue;
             };
-            let spec: RouteSpec = route.spec_as()?;
+            // The gate in force is the effective one (an override may set it).
+            let declared: RouteSpec = route.spec_as()?;
+            let layers = overrides.get(&route.id).map_or(&[][..], Vec::as_slice);
+            let spec =
+                keystone_control::config::effective(&declared, &self.job_env, layers).map_or(declared, |(s, _)| s);
             let gate = spec.job_settings().unwrap_or_default().gate();
-            // Only the job of this deployment's version speaks for it.
-            let phase = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version).map(|j| j.phase);
-            let counts = self.jobs.metrics(&d.route_id).map(|m| m.counters).unwrap_or_default();
+            // Only the job of this deployment's version speaks for it; an override keeps the
+            // version, so there only a job started since speaks.
+            let speaks = d.config.is_none() || self.jobs.started_at(&d.route_id).is_some_and(|at| at >= d.started_at);
+            let (phase, counts) = if speaks {
+                let job = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version);
+                (job.map(|j| j.phase), self.jobs.metrics(&d.route_id).map(|m| m.counters).unwrap_or_default())
+            } else {
+                (None, Default::default())
+            };
             let elapsed_s = (now - d.started_at) as f64 / 1000.0;
             match judge(gate, elapsed_s, phase, &counts) {
                 Verdict::Wait => {}
@@ -400,14 +419,25 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Sets a route whose new version failed its gate back to the last stable version.
+    /// Sets a route whose new version failed its gate back to the last stable version (an
+    /// override back to what it was).
     async fn roll_back(&self, d: &Deployment, route: &Object, why: &str) -> anyhow::Result<()> {
+        let gate = Principal::system("keystone (stability gate)");
+        if let Some(c) = &d.config {
+            let reason = format!("automatic rollback of the override {}: {why}", c.describe());
+            Goal::new(&self.store, &gate)
+                .set_config_override(&route.team, &route.name, &c.key, c.before.as_deref(), &reason)
+                .await?;
+            tracing::warn!(route = %format!("{}/{}", route.team, route.name), key = %c.key, why, "Override rolled back.");
+            let detail = format!("{}; rolled back: {why}", d.detail);
+            self.store.finish_deployment(&d.id, DeploymentState::RolledBack, &detail).await?;
+            return Ok(());
+        }
         let target = self.store.last_stable_version(&d.route_id).await?.or(d.from_version);
         let Some(target) = target else {
             let detail = format!("{}; unhealthy ({why}) with no earlier version to return to", d.detail);
             return Ok(self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?);
         };
-        let gate = Principal::system("keystone (stability gate)");
         let reason = format!("automatic rollback of v{}: {why}", d.to_version);
         match Goal::new(&self.store, &gate).roll_back_route(&route.team, &route.name, target, &reason).await {
             Ok(_) => {
@@ -516,7 +546,15 @@ impl Reconciler {
         tracing::info!(route = %format!("{}/{}", route.team, route.name), fingerprint = %goal.fingerprint, "Job started.");
         self.jobs.insert(
             route.id.clone(),
-            RunningJob { fingerprint: goal.fingerprint.clone(), spec, stats, cancel, task, sink },
+            RunningJob {
+                fingerprint: goal.fingerprint.clone(),
+                started_at: keystone_control::store::now_ms(),
+                spec,
+                stats,
+                cancel,
+                task,
+                sink,
+            },
         );
     }
 

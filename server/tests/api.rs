@@ -689,6 +689,78 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let (s, body) = console_post(&app, &root, "/api/decide_request", &approve).await;
     assert!(!s.is_success() && body.contains("already approved"), "{s} {body}");
 
+    // Operations on that route wait too: an override of its configuration and a backfill. An
+    // approved override applies as the requester's and is deployed; one asked of an override
+    // that moved on since is stale.
+    let config = "/api/v1/teams/alpha/routes/to-warehouse/config";
+    let batch_size = || async {
+        let (_, body) = app.get(&app.alpha, config).await;
+        let e = body.as_array().unwrap().iter().find(|e| e["key"] == "batch_size").unwrap().clone();
+        (e["value"].as_str().unwrap().to_owned(), e["source"]["layer"].as_str().unwrap().to_owned())
+    };
+    let declared = batch_size().await;
+    let mut overrides = Vec::new();
+    for value in ["7", "9"] {
+        let (s, body) =
+            app.put(&app.alpha, &format!("{config}/batch_size"), json!({"value": value, "reason": "files"})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        let r = &body["change_request"];
+        assert_eq!((r["action"].as_str(), r["state"].as_str()), (Some("override"), Some("pending")), "{body}");
+        assert_eq!(r["needs"], json!(["a route to a sink tagged \"production\""]), "{body}");
+        assert_eq!(
+            (r["changes"][0]["path"].as_str(), r["changes"][0]["after"].as_str()),
+            (Some("config.batch_size"), Some(value))
+        );
+        overrides.push(r["id"].as_i64().unwrap().to_string());
+    }
+    assert_eq!(batch_size().await, declared, "nothing applied while pending");
+    let (s, body) = console_post(
+        &app,
+        &root,
+        "/api/decide_request",
+        &[("id", &overrides[0]), ("decision", "approve"), ("comment", "")],
+    )
+    .await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    assert_eq!(batch_size().await, ("7".to_owned(), "override".to_owned()));
+    let (_, deployments) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse/deployments").await;
+    assert_eq!(deployments[0]["config"], json!({"key": "batch_size", "before": null, "after": "7"}), "{deployments}");
+    let (s, body) = console_post(
+        &app,
+        &root,
+        "/api/decide_request",
+        &[("id", &overrides[1]), ("decision", "approve"), ("comment", "")],
+    )
+    .await;
+    assert!(!s.is_success() && body.contains("is stale"), "{s} {body}");
+    let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{}", overrides[1])).await;
+    assert_eq!(request["state"], "stale");
+    assert_eq!(batch_size().await.0, "7");
+    let backfills = || async {
+        let (_, body) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse/backfills").await;
+        body.as_array().unwrap().clone()
+    };
+    let (s, body) = app
+        .post(
+            &app.alpha,
+            "/api/v1/teams/alpha/routes/to-warehouse/backfill",
+            json!({"from": "stream", "stream": "old"}),
+        )
+        .await;
+    assert_eq!((s, body["change_request"]["action"].as_str()), (StatusCode::ACCEPTED, Some("backfill")), "{body}");
+    assert!(backfills().await.is_empty(), "nothing started while pending");
+    let backfill_id = body["change_request"]["id"].as_i64().unwrap().to_string();
+    let (s, body) = console_post(
+        &app,
+        &root,
+        "/api/decide_request",
+        &[("id", &backfill_id), ("decision", "approve"), ("comment", "")],
+    )
+    .await;
+    assert!(s.is_success() || s.is_redirection(), "{s} {body}");
+    let started = backfills().await;
+    assert_eq!((started.len(), started[0]["started_by"].as_str()), (1, Some("token:alice-bot")), "{started:?}");
+
     // A request goes stale when its object changes first; pausing never waits for approval.
     let filtered = json!({"stream": "plays", "sink": "warehouse", "filter": "event.n > 2"});
     let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse", json!({"spec": filtered})).await;
@@ -2092,7 +2164,7 @@ mod delivery {
         assert!(after.iter().all(|n| *n <= 7), "batches after the override: {after:?}");
         let ops = app.store.operations(&keystone_control::store::Scope::All, None, 50).await.unwrap();
         assert!(
-            ops.iter().any(|o| o.action == "config override" && o.detail == "batch_size = 7: smaller files"),
+            ops.iter().any(|o| o.action == "config override" && o.detail == "batch_size: the layers below → 7: smaller files"),
             "{ops:?}"
         );
 
@@ -2110,6 +2182,63 @@ mod delivery {
         let (s, body) = app.delete(&app.alpha, &format!("{path}/batch_size?reason=done")).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         assert_eq!(config(&body, "batch_size"), ("100".into(), "route".into()));
+        app.teardown().await;
+    }
+
+    /// A console override is deployed like a new version: judged by the route's stability gate,
+    /// and put back by the platform when the job fails it (here a tighter error budget than the
+    /// route's events can meet).
+    #[tokio::test]
+    async fn an_override_that_fails_the_stability_gate_is_put_back() {
+        let app = spawn_app(Db::Sqlite).await;
+        declare(&app, "streams", "plays", stream(1)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "override-gate"}})).await;
+        // Events without a bitrate fail the filter, which the route tolerates.
+        let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "filter": "event.bitrate > 3000",
+            "config": {"job.stability_s": "1", "job.max_error_percent": "100"}});
+        declare(&app, "routes", "all", route).await;
+        let token = producer_token(&app, "plays").await;
+        let deployments = || async {
+            let (_, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/deployments").await;
+            body.as_array().unwrap().clone()
+        };
+        eventually("v1 stable", || async { deployments().await.first().is_some_and(|d| d["state"] == "stable") }).await;
+
+        let path = "/api/v1/teams/alpha/routes/all/config/job.max_error_percent";
+        let (s, body) = app.put(&app.alpha, path, json!({"value": "10", "reason": "tighter"})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let ds = deployments().await;
+        assert_eq!(
+            (&ds[0]["state"], &ds[0]["to_version"], &ds[0]["config"]["after"]),
+            (&json!("deploying"), &json!(1), &json!("10"))
+        );
+        // Events keep coming while the job rolls; the new job's failures count against it.
+        let mut n = 0;
+        eventually("the override rolled back", || {
+            n += 20;
+            let (app, token) = (&app, &token);
+            async move {
+                ingest(app, token, "plays", &plays(n - 20..n)).await;
+                let ds = deployments().await;
+                ds.iter().any(|d| d["config"]["key"] == "job.max_error_percent" && d["state"] == "rolled_back")
+            }
+        })
+        .await;
+        let ds = deployments().await;
+        let detail = ds[0]["detail"].as_str().unwrap();
+        assert!(detail.contains("rolled back") && detail.contains("over the 10% threshold"), "{detail}");
+        let (_, config) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/config").await;
+        let e = config.as_array().unwrap().iter().find(|e| e["key"] == "job.max_error_percent").unwrap().clone();
+        assert_eq!((&e["value"], &e["source"]["layer"]), (&json!("100"), &json!("route")), "{e}");
+        let ops = app.store.operations(&keystone_control::store::Scope::All, None, 50).await.unwrap();
+        assert!(
+            ops.iter().any(|o| o.action == "config override"
+                && o.actor == "keystone (stability gate)"
+                && o.detail.contains("automatic rollback of the override job.max_error_percent")),
+            "{ops:?}"
+        );
+        // The platform's own rollback is not judged again.
+        assert_eq!(deployments().await.len(), ds.len());
         app.teardown().await;
     }
 

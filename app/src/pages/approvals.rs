@@ -73,6 +73,8 @@ pub async fn decide_request(id: i64, decision: String, comment: String) -> Resul
     let (app, who) = crate::state::signed_in().await?;
     let jobs = app.jobs.clone();
     Goal::new(&app.store, &who).decide(id, approve, &comment, |route_id| jobs.metrics(route_id).is_some()).await?;
+    // An approved override or backfill changes what a job runs: no need to wait for the resync.
+    jobs.request_pass();
     leptos_axum::redirect(&format!("/approvals/{id}"));
     Ok(())
 }
@@ -208,7 +210,7 @@ pub fn ApprovalsPage() -> impl IntoView {
                                     value=p.routes_to_sinks_tagged.join(", ") help="Comma-separated, e.g. production: creating or changing such a route waits."/>
                                 <Field label="Any change to objects tagged" name="objects_tagged" errors readonly=!is_admin
                                     value=p.objects_tagged.join(", ") help="Comma-separated, e.g. critical."/>
-                                <Field label="Rewinds delivering more events again than" name="rewinds_over_events" kind="number" errors readonly=!is_admin
+                                <Field label="Rewinds or backfills delivering more events than" name="rewinds_over_events" kind="number" errors readonly=!is_admin
                                     value=p.rewinds_over_events.map(|n| n.to_string()).unwrap_or_default() help="Empty: rewinds never wait."/>
                                 <p class="text-xs text-slate-500">
                                     "Pausing, resuming or stopping a route never waits: it is how an incident is contained. Keystone's automatic rollbacks do not wait either."

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct RunningJob {
     /// What it was built from (see `reconcile::JobGoal::fingerprint`).
     pub fingerprint: String,
+    /// When it started (ms since the epoch).
+    pub started_at: i64,
     /// `None` for a job whose route could not be compiled (held as failed).
     pub spec: Option<Arc<JobSpec>>,
     pub stats: Arc<JobStats>,
@@ -80,6 +82,11 @@ impl<L: Log> JobRegistry<L> {
     pub fn fingerprints(&self) -> Vec<(String, String, bool)> {
         let jobs = self.jobs.lock().expect("registry lock");
         jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone(), j.stats.is_paused())).collect()
+    }
+
+    /// When the route's job held now started.
+    pub fn started_at(&self, route_id: &str) -> Option<i64> {
+        self.jobs.lock().expect("registry lock").get(route_id).map(|j| j.started_at)
     }
 
     /// Pauses or resumes a route's job in place (its supervisor reports the phase). False if no
