@@ -2,7 +2,7 @@
 //! sink wrote, through the route's own transforms and sink, then returns to its stream where it
 //! left off.
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, PendingBody};
 use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, State};
@@ -19,7 +19,7 @@ use keystone_engine::job::backfill::{source_end, ImportError};
 /// its stream where it left off. Files are checked whole and imported first.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/backfill", request_body = BackfillSource,
     params(("team" = String, Path), ("name" = String, Path)),
-    responses((status = 201, body = Backfill), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Backfill), (status = 202, body = PendingBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn start(
     State(s): State<ApiState>,
     Caller(who): Caller,

@@ -1,7 +1,7 @@
 //! A route's layered configuration over the API: the effective value of every key with its
 //! source, and the console overrides (the top layer), set and cleared by editors.
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, PendingBody};
 use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
@@ -32,10 +32,11 @@ pub struct SetOverride {
     pub reason: String,
 }
 
-/// Overrides one key of a route; the job is rolled with the route's deployment strategy.
+/// Overrides one key of a route; the job is rolled with the route's deployment strategy and
+/// judged by its stability gate. 202 with a change request when the approval policy holds it back.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/routes/{name}/config/{key}", request_body = SetOverride,
     params(("team" = String, Path), ("name" = String, Path), ("key" = String, Path)),
-    responses((status = 200, body = [ConfigEntry]), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = [ConfigEntry]), (status = 202, body = PendingBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_override(
     State(s): State<ApiState>,
     Caller(who): Caller,
@@ -57,7 +58,7 @@ pub struct ClearParams {
 /// Removes a route's override of one key: the layers below apply again.
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/routes/{name}/config/{key}",
     params(("team" = String, Path), ("name" = String, Path), ("key" = String, Path), ClearParams),
-    responses((status = 200, body = [ConfigEntry]), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = [ConfigEntry]), (status = 202, body = PendingBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn clear_override(
     State(s): State<ApiState>,
     Caller(who): Caller,
