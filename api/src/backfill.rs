@@ -11,7 +11,7 @@ use axum::Json;
 use keystone_control::backfill::{Backfill, BackfillSource};
 use keystone_control::goal::Goal;
 use keystone_control::{Kind, ValidationErrors};
-use keystone_engine::job::backfill::{source_end, ImportError};
+use keystone_engine::job::backfill::{source_end, ImportError, SinkFiles};
 
 /// Starts a backfill of a route (editors): `{"from": "stream", "stream": "archive"}` or
 /// `{"from": "files", "path": "plays/br"}` (a file sink's folder). The job switches to the
@@ -28,12 +28,17 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<Backfill>), ApiError> {
     let goal = Goal::new(&s.store, &who);
     let plan = goal.plan_backfill(&team, &name, source).await?;
-    let files = plan.files.as_ref().map(|path| s.sinks_root.join(path));
+    let files = plan
+        .files
+        .as_ref()
+        .map(|f| SinkFiles::of_sink(&f.path, &f.settings, &f.secrets, &s.sinks_root))
+        .transpose()
+        .map_err(|e| ValidationErrors::single("sink", format!("the file sink's store cannot be opened: {e}")))?;
     let label = format!("{team}/{name} backfill");
-    let end = match source_end(s.log.as_ref(), &plan.topic, plan.partitions, files.as_deref(), &label).await {
+    let end = match source_end(s.log.as_ref(), &plan.topic, plan.partitions, files.as_ref(), &label).await {
         Ok(end) => end,
         Err(ImportError::Log(e)) => return Err(ApiError::Log(e)),
-        Err(ImportError::Io(e)) => return Err(ApiError::Unavailable(format!("reading the files failed: {e}"))),
+        Err(e @ ImportError::Store(_)) => return Err(ApiError::Unavailable(e.to_string())),
         Err(e) => return Err(ValidationErrors::single("path", e.to_string()).into()),
     };
     let started = goal.start_backfill(plan, &end).await?;

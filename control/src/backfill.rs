@@ -13,16 +13,23 @@ pub enum BackfillSource {
     /// A stream of the route's team (`name`) or of another team the caller may read
     /// (`team/name`).
     Stream { stream: String },
-    /// The NDJSON files under the folder of a file sink the caller can read (its `path` setting,
-    /// e.g. `plays/br`, or a folder below it), in file-name order.
-    Files { path: String },
+    /// The NDJSON and Parquet files under the folder of a file sink the caller can read (its
+    /// `path` setting, e.g. `plays/br`, or a folder below it), in file-name order, in the sink's
+    /// store (its local folder or its bucket). `sink` (`name` or `team/name`) says which sink's
+    /// store when sinks in different stores share the path.
+    Files {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sink: Option<String>,
+    },
 }
 
 impl BackfillSource {
     pub fn describe(&self) -> String {
         match self {
             BackfillSource::Stream { stream } => format!("stream {stream}"),
-            BackfillSource::Files { path } => format!("files under {path}"),
+            BackfillSource::Files { path, sink: None } => format!("files under {path}"),
+            BackfillSource::Files { path, sink: Some(sink) } => format!("files under {path} of sink {sink}"),
         }
     }
 }
@@ -103,11 +110,12 @@ mod store {
     use crate::approvals::{backfill_needs, RequestAction, RequestState};
     use crate::diff::Change;
     use crate::goal::{Goal, GoalError, HeldOperation};
-    use crate::model::{Kind, Object, RouteSpec, StreamRef, StreamSpec};
+    use crate::model::{Kind, Object, RouteSpec, SinkKind, SinkSpec, StreamRef, StreamSpec};
     use crate::store::{now_ms, Store, StoreError, WriteTx};
     use crate::ValidationErrors;
     use serde_json::{json, Value};
     use sqlx::Row;
+    use std::collections::BTreeMap;
 
     fn corrupt(e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt(format!("backfill: {e}"))
@@ -224,8 +232,17 @@ mod store {
         pub topic: String,
         /// The stream's partitions (1 for imported files).
         pub partitions: u32,
-        /// For files: the folder, relative to the file sinks' root.
-        pub files: Option<String>,
+        /// For files: where they are.
+        pub files: Option<BackfillFiles>,
+    }
+
+    /// The files a backfill imports: a folder (`path`, a key prefix in a bucket) in the store of
+    /// the file sink that wrote them (its settings and secrets; the secrets never leave the
+    /// server).
+    pub struct BackfillFiles {
+        pub path: String,
+        pub settings: BTreeMap<String, String>,
+        pub secrets: BTreeMap<String, String>,
     }
 
     impl Goal<'_> {
@@ -252,7 +269,7 @@ mod store {
                     let spec: StreamSpec = object.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     (crate::model::stream_topic(&r.team, &r.stream), spec.partitions, None)
                 }
-                BackfillSource::Files { path } => {
+                BackfillSource::Files { path, sink } => {
                     if !crate::model::is_relative_path(path) {
                         return Err(ValidationErrors::single(
                             "path",
@@ -260,26 +277,51 @@ mod store {
                         )
                         .into());
                     }
-                    // Only the output of a file sink the caller can see: sink folders are not
-                    // separated by team on disk.
-                    let visible = self.list(Kind::Sink).await?.into_iter().any(|sink| {
-                        sink.spec_as::<crate::model::SinkSpec>().is_ok_and(|spec| {
-                            // Files in a bucket are not read back yet: local folders only.
-                            spec.kind == crate::model::SinkKind::File
-                                && !spec.settings.contains_key("store_url")
+                    // Only the output of a file sink the caller can see: local sink folders are
+                    // not separated by team on disk.
+                    let named = |o: &Object| {
+                        sink.as_ref().is_none_or(|n| {
+                            StreamRef::parse(n, team).is_ok_and(|r| r.team == o.team && r.stream == o.name)
+                        })
+                    };
+                    let candidates: Vec<(Object, SinkSpec)> = self
+                        .list(Kind::Sink)
+                        .await?
+                        .into_iter()
+                        .filter(|o| named(o))
+                        .filter_map(|o| o.spec_as::<SinkSpec>().ok().map(|spec| (o, spec)))
+                        .filter(|(_, spec)| {
+                            spec.kind == SinkKind::File
                                 && spec.settings.get("path").is_some_and(|p| {
                                     path == p || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
                                 })
                         })
-                    });
-                    if !visible {
+                        .collect();
+                    fn store_of(spec: &SinkSpec) -> (Option<&String>, Option<&String>) {
+                        (spec.settings.get("store_url"), spec.settings.get("endpoint"))
+                    }
+                    let Some((sink_object, sink_spec)) = candidates.first() else {
+                        let field = if sink.is_some() { "sink" } else { "path" };
                         return Err(ValidationErrors::single(
-                            "path",
-                            format!("{path:?} is not the folder of a local file sink you can read"),
+                            field,
+                            format!("{path:?} is not the folder of a file sink you can read"),
+                        )
+                        .into());
+                    };
+                    if candidates.iter().any(|(_, spec)| store_of(spec) != store_of(sink_spec)) {
+                        return Err(ValidationErrors::single(
+                            "sink",
+                            format!("file sinks in different stores write under {path:?}: name the sink to read"),
                         )
                         .into());
                     }
-                    (import_topic(team, name, &id), 1, Some(path.clone()))
+                    let secrets = if sink_spec.settings.contains_key("store_url") {
+                        self.store().sink_secrets(&sink_object.id).await?.into_iter().collect()
+                    } else {
+                        BTreeMap::new()
+                    };
+                    let files = BackfillFiles { path: path.clone(), settings: sink_spec.settings.clone(), secrets };
+                    (import_topic(team, name, &id), 1, Some(files))
                 }
             };
             Ok(BackfillPlan { route, id, source, topic, partitions, files })
@@ -414,7 +456,7 @@ mod store {
 }
 
 #[cfg(feature = "store")]
-pub use store::BackfillPlan;
+pub use store::{BackfillFiles, BackfillPlan};
 
 #[cfg(test)]
 mod tests {
@@ -447,7 +489,9 @@ mod tests {
     #[test]
     fn sources_read_from_json() {
         let s: BackfillSource = serde_json::from_str(r#"{"from": "files", "path": "plays/br"}"#).unwrap();
-        assert_eq!(s, BackfillSource::Files { path: "plays/br".into() });
+        assert_eq!(s, BackfillSource::Files { path: "plays/br".into(), sink: None });
+        let s: BackfillSource = serde_json::from_str(r#"{"from": "files", "path": "p", "sink": "lake"}"#).unwrap();
+        assert_eq!(s.describe(), "files under p of sink lake");
         let s: BackfillSource = serde_json::from_str(r#"{"from": "stream", "stream": "beta/plays"}"#).unwrap();
         assert_eq!(s.describe(), "stream beta/plays");
     }

@@ -336,13 +336,13 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
     use keystone_control::backfill::BackfillSource;
     use keystone_control::goal::Goal;
     use keystone_control::ValidationErrors;
-    use keystone_engine::job::backfill::source_end;
+    use keystone_engine::job::backfill::{source_end, SinkFiles};
     let (app, who) = crate::state::signed_in().await?;
     let goal = Goal::new(&app.store, &who);
     let source = source.trim().to_owned();
     let source = match from.as_str() {
         "stream" => BackfillSource::Stream { stream: source },
-        "files" => BackfillSource::Files { path: source },
+        "files" => BackfillSource::Files { path: source, sink: None },
         "cancel" => {
             let b = goal.cancel_backfill(&team, &name).await?;
             app.jobs.request_pass();
@@ -351,9 +351,17 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
         _ => return Err(ValidationErrors::single("from", "must be stream or files").into()),
     };
     let plan = goal.plan_backfill(&team, &name, source).await?;
-    let files = plan.files.as_ref().map(|path| app.sinks_root.join(path));
+    let files = plan
+        .files
+        .as_ref()
+        .map(|f| SinkFiles::of_sink(&f.path, &f.settings, &f.secrets, &app.sinks_root))
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(error = %e, "Opening a file sink's store failed.");
+            AppError::Internal
+        })?;
     let label = format!("{team}/{name} backfill");
-    let end = source_end(app.log.as_ref(), &plan.topic, plan.partitions, files.as_deref(), &label).await.map_err(
+    let end = source_end(app.log.as_ref(), &plan.topic, plan.partitions, files.as_ref(), &label).await.map_err(
         |e| match e {
             e if e.is_bad_input() => ValidationErrors::single("source", e.to_string()).into(),
             e => {

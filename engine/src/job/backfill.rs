@@ -5,7 +5,11 @@
 use crate::ingest::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt};
 use crate::sinks::SinkEvent;
-use std::path::{Path, PathBuf};
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where each partition of `topic` ends now: (partition, next offset).
 pub async fn end_offsets<L: Log>(log: &L, topic: &str, partitions: u32) -> Result<Vec<(u32, u64)>, LogError> {
@@ -19,21 +23,41 @@ pub async fn end_offsets<L: Log>(log: &L, topic: &str, partitions: u32) -> Resul
 /// How long files imported for a backfill are kept (the scratch topic is not a stream).
 const IMPORTED_KEPT_MS: i64 = 7 * 24 * 3_600_000;
 
-/// Where a planned backfill's source ends: a stream's end now, or, for files (`files`: their
-/// folder), the end of the scratch `topic` they are imported into first.
+/// Where a planned backfill's source ends: a stream's end now, or, for `files`, the end of the
+/// scratch `topic` they are imported into first.
 pub async fn source_end<L: Log>(
     log: &L,
     topic: &str,
     partitions: u32,
-    files: Option<&Path>,
+    files: Option<&SinkFiles>,
     label: &str,
 ) -> Result<Vec<(u32, u64)>, ImportError> {
     match files {
         None => Ok(end_offsets(log, topic, partitions).await?),
-        Some(dir) => {
+        Some(files) => {
             let keep = Retention { max_age_ms: IMPORTED_KEPT_MS, max_bytes_per_partition: None };
-            import_files(log, dir, topic, label, keep).await
+            import_files(log, files, topic, label, keep).await
         }
+    }
+}
+
+/// The files of a file sink under a folder (`prefix`) of its store.
+pub struct SinkFiles {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: String,
+}
+
+impl SinkFiles {
+    /// The files under `path` in the store of the file sink with `settings` and `secrets`
+    /// (`sinks_root`: the local sinks folder).
+    pub fn of_sink(
+        path: &str,
+        settings: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, String>,
+        sinks_root: &std::path::Path,
+    ) -> Result<SinkFiles, crate::sinks::ConfigError> {
+        let store = crate::sinks::file::FileStore::of(settings, secrets, sinks_root).open()?;
+        Ok(SinkFiles { store, prefix: path.to_owned() })
     }
 }
 
@@ -46,8 +70,9 @@ pub enum ImportError {
     BadLine { file: String, line: usize, reason: String },
     #[error("{file}: {reason}")]
     BadFile { file: String, reason: String },
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    /// The store could not be read (a bucket unreachable, credentials refused).
+    #[error("reading the files failed: {0}")]
+    Store(#[from] object_store::Error),
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -59,54 +84,46 @@ impl ImportError {
     }
 }
 
-/// Every `.ndjson` and `.parquet` file below `dir`, in path order: a file sink names its files by
-/// partition and offsets inside time folders, so path order is delivery order. (Staging files
-/// end in `#<n>` and are skipped.)
-fn sink_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| x == "ndjson" || x == "parquet") {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    if dir.is_dir() {
-        walk(dir, &mut out)?;
-    }
+/// Every `.ndjson` and `.parquet` object below `prefix`, in path order: a file sink names its
+/// files by partition and offsets inside time folders, so path order is delivery order. (A
+/// local store's staging files end in `#<n>` and are skipped.)
+async fn listed_files(files: &SinkFiles) -> Result<Vec<ObjectPath>, ImportError> {
+    let prefix = ObjectPath::from(files.prefix.as_str());
+    let listed: Vec<_> = files.store.list(Some(&prefix)).try_collect().await?;
+    let mut out: Vec<ObjectPath> = listed
+        .into_iter()
+        .map(|meta| meta.location)
+        .filter(|p| matches!(p.extension(), Some("ndjson" | "parquet")))
+        .collect();
     out.sort();
     Ok(out)
 }
 
-/// Imports the events of a file sink's files under `dir` into `topic` (one partition), each
-/// with its original id, key and ingest time, so idempotent sinks recognise repeats. Every line
-/// is checked before anything is appended: a bad file imports nothing. Returns the topic's end.
+/// Imports the events of a file sink's files into `topic` (one partition), each with its
+/// original id, key and ingest time, so idempotent sinks recognise repeats. Every line is
+/// checked before anything is appended: a bad file imports nothing. Returns the topic's end.
 pub async fn import_files<L: Log>(
     log: &L,
-    dir: &Path,
+    files: &SinkFiles,
     topic: &str,
     source: &str,
     retention: Retention,
 ) -> Result<Vec<(u32, u64)>, ImportError> {
-    let files = sink_files(dir)?;
     let mut records = Vec::new();
-    for file in &files {
-        let events: Vec<SinkEvent> = if file.extension().is_some_and(|x| x == "parquet") {
-            let body = std::fs::read(file)?;
-            crate::sinks::parquet::decode(body.into())
-                .map_err(|reason| ImportError::BadFile { file: file.display().to_string(), reason })?
+    for file in listed_files(files).await? {
+        let body = files.store.get(&file).await?.bytes().await?;
+        let events: Vec<SinkEvent> = if file.extension() == Some("parquet") {
+            crate::sinks::parquet::decode(body)
+                .map_err(|reason| ImportError::BadFile { file: file.to_string(), reason })?
         } else {
-            let text = std::fs::read_to_string(file)?;
+            let text = std::str::from_utf8(&body)
+                .map_err(|e| ImportError::BadFile { file: file.to_string(), reason: format!("not UTF-8 text: {e}") })?;
             text.lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, line)| {
                     serde_json::from_str(line).map_err(|err| ImportError::BadLine {
-                        file: file.display().to_string(),
+                        file: file.to_string(),
                         line: i + 1,
                         reason: format!("not an event a file sink wrote: {err}"),
                     })
@@ -131,7 +148,7 @@ pub async fn import_files<L: Log>(
         }
     }
     if records.is_empty() {
-        return Err(ImportError::Empty(dir.display().to_string()));
+        return Err(ImportError::Empty(files.prefix.clone()));
     }
     log.ensure_topic(topic, 1, retention).await?;
     let mut chunk = Vec::with_capacity(1000);

@@ -80,8 +80,18 @@ impl FileSinkConfig {
                 max_age: Duration::from_secs(seconds.unwrap_or(DEFAULT_ROLL_SECONDS)),
             }),
         };
-        let store = match get("store_url") {
-            None => FileStore::Local(data_dir.join("sinks")),
+        let store = FileStore::of(settings, secrets, &data_dir.join("sinks"));
+        Ok(FileSinkConfig { store, prefix: path.to_owned(), format, rolling })
+    }
+}
+
+impl FileStore {
+    /// The store of a file sink's settings and secrets: its bucket (`store_url`), or the local
+    /// sinks folder `sinks_root`.
+    pub fn of(settings: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, sinks_root: &Path) -> FileStore {
+        let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
+        match get("store_url") {
+            None => FileStore::Local(sinks_root.to_owned()),
             Some(url) => FileStore::S3 {
                 url,
                 endpoint: get("endpoint"),
@@ -89,13 +99,12 @@ impl FileSinkConfig {
                 access_key_id: secrets.get("access_key_id").cloned(),
                 secret_access_key: secrets.get("secret_access_key").cloned(),
             },
-        };
-        Ok(FileSinkConfig { store, prefix: path.to_owned(), format, rolling })
+        }
     }
 
-    /// Opens the object store (no I/O for S3: requests are made on delivery).
-    fn open(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-        Ok(match &self.store {
+    /// Opens the object store (no I/O for S3: requests are made on use).
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+        Ok(match self {
             FileStore::Local(root) => {
                 std::fs::create_dir_all(root)
                     .map_err(|e| ConfigError::new("settings.path", format!("cannot create {}: {e}", root.display())))?;
@@ -129,7 +138,7 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn new(config: FileSinkConfig) -> Result<FileSink, ConfigError> {
-        Ok(FileSink::with_store(config.open()?, config.prefix, config.format, config.rolling))
+        Ok(FileSink::with_store(config.store.open()?, config.prefix, config.format, config.rolling))
     }
 
     /// A file sink writing to a given store (tests use an in-memory one).
@@ -260,8 +269,8 @@ mod tests {
         let c = config(&[("path", "lake/plays"), ("store_url", "s3://bucket"), ("endpoint", "http://127.0.0.1:9")])
             .unwrap();
         assert!(matches!(&c.store, FileStore::S3 { url, .. } if url == "s3://bucket"));
-        assert!(c.open().is_ok());
-        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().open().unwrap_err();
+        assert!(c.store.open().is_ok());
+        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().store.open().unwrap_err();
         assert_eq!(bad.field, "settings.store_url");
     }
 }
