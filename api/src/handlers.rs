@@ -264,7 +264,7 @@ pub async fn not_found() -> ApiError {
     info(title = "Keystone API", description = "Declare streams, sinks and routes; read their revisions."),
     paths(me, list_teams, list_objects, create_object, get_object, update_object, delete_object, object_history,
           history_by_id, diff, audit, crate::ingest::ingest, crate::ingest::create_token, crate::ingest::list_tokens,
-          crate::ingest::revoke_token, crate::ingest::events, crate::jobs::job_status, crate::jobs::list_jobs,
+          crate::ingest::revoke_token, crate::ingest::events, crate::jobs::job_status, crate::jobs::list_jobs, crate::jobs::workers,
           crate::jobs::restart, crate::jobs::set_state, crate::jobs::deployments, crate::jobs::roll_back, crate::jobs::take_savepoint, crate::jobs::savepoints, crate::jobs::checkpoint_history, crate::backfill::start, crate::backfill::list, crate::backfill::cancel, crate::jobs::rewind, crate::jobs::dead_letters, crate::jobs::preview, crate::ingest::stream_stats, crate::jobs::retry_dead_letters, crate::metrics::samples, crate::metrics::stream_samples, crate::metrics::alerts,
           crate::metrics::silence, crate::metrics::operations, crate::approvals::list, crate::approvals::get_one,
           crate::approvals::get_policy, crate::config::effective, crate::config::set_override,

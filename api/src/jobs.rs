@@ -66,6 +66,16 @@ pub struct JobSummary {
     pub lag: Option<u64>,
 }
 
+/// The processes running route jobs, and the partitions of each job they hold (any signed-in
+/// caller: route names and partition numbers only).
+#[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [keystone_control::workers::WorkerStatus])))]
+pub async fn workers(
+    State(s): State<ApiState>,
+    Caller(_who): Caller,
+) -> Result<Json<Vec<keystone_control::workers::WorkerStatus>>, ApiError> {
+    Ok(Json(s.store.workers().await?))
+}
+
 /// Every job the caller may see, with its phase and lag.
 #[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
 pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {

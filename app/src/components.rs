@@ -72,6 +72,7 @@ fn Nav(me: Me) -> impl IntoView {
                 {link("/sinks", "Sinks")}
                 {link("/routes", "Routes")}
                 {link("/jobs", "Jobs")}
+                {link("/workers", "Workers")}
                 {link("/audit", "Audit log")}
                 <div class="relative">
                     {link("/approvals", "Approvals")}

@@ -64,6 +64,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/routes/:team/:name/edit") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name/dashboard") view=pages::dashboard::RouteDashboardPage ssr=SsrMode::Async/>
                     <Route path=path!("/jobs") view=pages::jobs::JobsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/workers") view=pages::workers::WorkersPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/tokens") view=pages::tokens::TokensPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=pages::admin::AdminPage ssr=SsrMode::Async/>

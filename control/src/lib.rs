@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod rewind;
 pub mod telemetry;
 pub mod validation;
+pub mod workers;
 
 #[cfg(feature = "store")]
 pub mod alert_store;

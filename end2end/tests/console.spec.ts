@@ -234,6 +234,14 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(page.getByTestId("route-job")).toContainText("No refused event is waiting for a retry.");
   await expect(page.getByTestId("deployments")).toContainText("first version v1");
 
+  // This server (role all) runs the job itself: the workers page lists it with both partitions.
+  await page.goto("/workers");
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("workers-table")).toContainText(`alpha/${route} · partitions 0-1`);
+  }).toPass({ timeout: 10_000 });
+  await page.goto(`/routes/alpha/${route}`);
+
   // The desired state: pause the job from the console, see it paused, then resume it.
   const setState = async (state: string, why: string) => {
     const form = page.getByTestId("state-form");

@@ -3,7 +3,8 @@
 
 use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
-use keystone_engine::job::{run, CheckpointStore, JobSpec, JobStats, Transforms};
+use keystone_engine::job::{run, run_assigned, CheckpointStore, JobSpec, JobStats, Transforms};
+use keystone_engine::log::group::GroupMember;
 use keystone_engine::log::{EmbeddedLog, KafkaConfig, KafkaLog, Log, NewRecord, Retention, StartAt};
 use keystone_engine::sinks::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
 use keystone_engine::transforms::{Filter, Projection};
@@ -290,6 +291,125 @@ async fn a_job_over_kafka_delivers_like_over_the_embedded_log() {
     assert_eq!(checkpoints.load("id-kafka").await.unwrap(), HashMap::from([(0, 110), (1, 110), (2, 110)]));
 }
 
+/// One member of a route job's consumer group, as one `keystone worker` runs it.
+struct Member {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), keystone_engine::job::JobError>>,
+    group: GroupMember,
+    stats: Arc<JobStats>,
+}
+
+impl Member {
+    fn join(
+        log: &Arc<KafkaLog>,
+        job: &Arc<JobSpec>,
+        sink: &Arc<MemorySink>,
+        checkpoints: &Arc<MemoryCheckpoints>,
+    ) -> Member {
+        let (group, changes) = log.join_group("keystone.route.id-shared", &job.topic, Duration::from_secs(6)).unwrap();
+        let stats = Arc::new(JobStats::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_assigned(
+            job.clone(),
+            log.clone(),
+            sink.clone(),
+            checkpoints.clone(),
+            stats.clone(),
+            cancel.clone(),
+            Some(changes),
+        ));
+        Member { cancel, task, group, stats }
+    }
+
+    fn owned(&self) -> usize {
+        self.stats.owned.lock().unwrap().as_ref().map_or(0, |o| o.len())
+    }
+
+    /// Stops as a worker does at shutdown: drains, commits, then leaves the group.
+    async fn leave(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap().unwrap();
+        drop(self.group);
+    }
+
+    /// Dies as a killed worker does: its readers stop without committing what they delivered
+    /// since the last periodic commit, and its membership ends without handing anything over.
+    fn crash(self) {
+        self.task.abort();
+        self.cancel.cancel();
+        drop(self.group);
+    }
+}
+
+async fn wait_long(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Several workers share one route job through a Kafka consumer group (librdkafka's mock
+/// cluster): members joining while events flow take partitions over exactly where the previous
+/// owner committed on revocation (a graceful handover repeats nothing and loses nothing), and a
+/// member that dies loses nothing either: its partitions resume from the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_sharing_a_job_through_a_consumer_group_hand_partitions_over_without_loss() {
+    let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+    cluster.create_topic("alpha.plays", 12, 3).unwrap();
+    cluster.create_topic("_dlq.alpha.shared", 1, 3).unwrap();
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    config.manage_topics = false;
+    let log = Arc::new(KafkaLog::connect(config).unwrap());
+    log.ensure_topic("alpha.plays", 12, KEEP).await.unwrap();
+    let distinct = |sink: &MemorySink| ns(sink).into_iter().collect::<std::collections::BTreeSet<u64>>();
+    produce(&log, 12, 0, 600).await;
+    let sink = Arc::new(MemorySink::default());
+    let checkpoints = Arc::new(MemoryCheckpoints::default());
+    let job = spec("shared", 12, None, Projection::default(), 20);
+
+    let a = Member::join(&log, &job, &sink, &checkpoints);
+    wait_long("the only member holds every partition", || a.owned() == 12).await;
+    wait_long("600 events", || ns(&sink).len() == 600).await;
+
+    // Two more members join while producers keep sending: the partitions spread out.
+    let producing = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for from in (600..1800).step_by(50) {
+                produce(&log, 12, from, from + 50).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let b = Member::join(&log, &job, &sink, &checkpoints);
+    let c = Member::join(&log, &job, &sink, &checkpoints);
+    wait_long("12 partitions spread over three members", || {
+        a.owned() > 0 && b.owned() > 0 && c.owned() > 0 && a.owned() + b.owned() + c.owned() == 12
+    })
+    .await;
+    producing.await.unwrap();
+    wait_long("1800 distinct events", || distinct(&sink).len() == 1800).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ns(&sink).len(), 1800, "graceful handovers deliver no event twice");
+
+    // One member dies: the others take its partitions and deliver everything, repeating at
+    // most what it delivered after its last commit.
+    c.crash();
+    produce(&log, 12, 1800, 2400).await;
+    wait_long("two members hold every partition", || a.owned() + b.owned() == 12).await;
+    wait_long("2400 distinct events", || distinct(&sink).len() == 2400).await;
+    assert_eq!(distinct(&sink), (0..2400).collect(), "none lost");
+    let repeated = ns(&sink).len() - 2400;
+    assert!(repeated <= 600, "repeats bounded by what the dead member had not committed: {repeated}");
+
+    // Both remaining members leave: everything is committed at the end of the stream.
+    a.leave().await;
+    b.leave().await;
+    let committed = checkpoints.load("id-shared").await.unwrap();
+    assert_eq!(committed, (0..12).map(|p| (p, 200)).collect::<HashMap<u32, u64>>());
+}
+
 #[tokio::test]
 async fn a_partition_whose_events_are_all_filtered_out_is_acknowledged_without_waiting_for_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -527,6 +647,7 @@ async fn the_supervisor_restarts_with_backoff_then_marks_a_job_failed() {
         phases.clone(),
         Arc::new(JobStats::default()),
         policy,
+        None,
         cancel.clone(),
     ));
     wait_for("the failed phase", || phases.0.lock().unwrap().iter().any(|r| r.phase == JobPhase::Failed)).await;
@@ -557,6 +678,7 @@ async fn the_supervisor_reports_failing_while_the_sink_is_down_and_running_once_
         phases.clone(),
         stats.clone(),
         RestartPolicy::default(),
+        None,
         cancel.clone(),
     ));
     wait_for("delivery", || stats.progress() == 5).await;

@@ -128,6 +128,7 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         instance: None,
         reconciler_lease_ms: 10_000,
         kafka: None,
+        role: Default::default(),
         job_env: Default::default(),
     };
     let app = Application::build(settings.clone()).await?;
@@ -368,6 +369,7 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
         instance: None,
         reconciler_lease_ms: 10_000,
         kafka: None,
+        role: Default::default(),
         job_env: Default::default(),
     };
     let app = Application::build(settings).await?;

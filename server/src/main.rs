@@ -22,8 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the console and the JSON API.
-    Serve,
+    /// Run the console, the JSON API and ingest, and the control plane; with the default role
+    /// also the route jobs.
+    Serve {
+        /// all: everything (one machine); control: no route jobs (they run on workers); ingest:
+        /// console, API and ingest only. Overrides KEYSTONE_ROLE.
+        #[arg(long, value_enum)]
+        role: Option<keystone::settings::ProcessRole>,
+    },
+    /// Run route jobs only, sharing each route's job with the other workers through its Kafka
+    /// consumer group (needs streams on Kafka and the shared PostgreSQL database).
+    Worker,
     /// Measure parts of the platform on this machine (see README, "Figures").
     Bench {
         #[command(subcommand)]
@@ -205,10 +214,22 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config)?;
     match cli.command {
         Command::Apply { .. } | Command::Diff { .. } | Command::Get { .. } => unreachable!("handled above"),
-        Command::Serve => {
+        Command::Serve { role } => {
+            let mut settings = settings;
+            if let Some(role) = role {
+                settings.role = role;
+            }
+            if settings.role == keystone::settings::ProcessRole::Worker {
+                anyhow::bail!("the worker role is `keystone worker`");
+            }
             let app = Application::build(settings).await?;
             println!("Keystone console: http://127.0.0.1:{}/", app.port());
             app.run_until_stopped().await?;
+        }
+        Command::Worker => {
+            let worker = keystone::startup::Worker::build(settings).await?;
+            println!("Keystone worker running route jobs; Ctrl-C drains them and hands their partitions over.");
+            worker.run_until_stopped().await;
         }
         Command::Bench { command: BenchCommand::Log { events, size } } => {
             keystone::bench::log(&settings.data_dir.join("bench"), events, size).await?;

@@ -8,6 +8,7 @@
 //! deployments still being judged go through the route's stability gate: a new version that
 //! fails is rolled back to the last stable one (a new revision by the platform, with the reason).
 
+use crate::settings::ProcessRole;
 use keystone_control::auth::Principal;
 use keystone_control::backfill::{Backfill, BackfillState};
 use keystone_control::deployments::{judge, Deployment, DeploymentState, NewDeployment, Verdict};
@@ -22,7 +23,7 @@ use keystone_control::{
     is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
 };
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
-use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
+use keystone_engine::job::supervisor::{supervise, JobObserver, JoinGroup, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
 use keystone_engine::log::{AnyLog, Log, Retention};
 use keystone_engine::sinks::{AnySink, Appender};
@@ -49,6 +50,13 @@ pub struct Reconciler {
     pub health: Arc<ReconcilerHealth>,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
     pub job_env: Arc<BTreeMap<String, String>>,
+    /// What this process does: control (under the lease), jobs, or both.
+    pub role: ProcessRole,
+    /// The jobs the workers should run, as this control plane last planned them (role
+    /// `control`, which runs none itself): route id -> (fingerprint, paused).
+    pub planned: std::sync::Mutex<HashMap<String, (String, bool)>>,
+    /// `session.timeout.ms` of a worker's consumer-group memberships.
+    pub group_session: Duration,
 }
 
 /// How the reconciler is doing, for `/metrics`.
@@ -98,24 +106,27 @@ impl Reconciler {
                     // Shutting down: the caller drains the jobs, then releases the lease.
                     _ = stop.cancelled() => return,
                 };
-                match self.lead().await {
-                    Leadership::Following => continue,
-                    // Everything is checked again: another process ran it until now.
-                    Leadership::Leading { new: true } => seen = None,
-                    Leadership::Leading { new: false } => {}
-                }
-                // Deployments are judged every tick: a gate window is seconds, not a resync.
-                if let Err(e) = self.judge_deployments().await {
-                    tracing::warn!(error = %e, "Judging deployments failed; retrying on the next tick.");
-                }
-                // So are backfills: one that reached its end hands the job back to its stream.
-                let backfill_ended = match self.end_backfills().await {
-                    Ok(ended) => ended,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Checking backfills failed; retrying on the next tick.");
-                        false
+                let mut backfill_ended = false;
+                if self.role.controls() {
+                    match self.lead().await {
+                        Leadership::Following => continue,
+                        // Everything is checked again: another process ran it until now.
+                        Leadership::Leading { new: true } => seen = None,
+                        Leadership::Leading { new: false } => {}
                     }
-                };
+                    // Deployments are judged every tick: a gate window is seconds, not a resync.
+                    if let Err(e) = self.judge_deployments().await {
+                        tracing::warn!(error = %e, "Judging deployments failed; retrying on the next tick.");
+                    }
+                    // So are backfills: one that reached its end hands the job back to its stream.
+                    backfill_ended = match self.end_backfills().await {
+                        Ok(ended) => ended,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Checking backfills failed; retrying on the next tick.");
+                            false
+                        }
+                    };
+                }
                 let seq = match self.store.goal_seq().await {
                     Ok(s) => s,
                     Err(e) => {
@@ -146,10 +157,14 @@ impl Reconciler {
         })
     }
 
-    /// One pass over topics, then jobs (which need their topics).
+    /// One pass over topics, then jobs (which need their topics). Outside the control plane,
+    /// the topics pass only checks that the streams' topics exist (and learns them).
     pub async fn pass(&self) -> anyhow::Result<()> {
         let streams = self.store.list(Kind::Stream, &Scope::All).await?;
         self.topics(&streams).await?;
+        if self.role == ProcessRole::Ingest {
+            return Ok(());
+        }
         self.routes(&streams).await
     }
 
@@ -255,22 +270,32 @@ impl Reconciler {
             });
             inputs.insert(route.id.clone(), Inputs { route, stream, sink, backfill });
         }
-        let observed: Vec<ObservedJob> = self
-            .jobs
-            .fingerprints()
-            .into_iter()
-            .map(|(route_id, fingerprint, paused)| ObservedJob { route_id, fingerprint, paused })
-            .collect();
+        let observed: Vec<ObservedJob> = if self.role.runs_jobs() {
+            self.jobs.fingerprints()
+        } else {
+            let planned = self.planned.lock().expect("planned lock");
+            planned.iter().map(|(id, (fingerprint, paused))| (id.clone(), fingerprint.clone(), *paused)).collect()
+        }
+        .into_iter()
+        .map(|(route_id, fingerprint, paused)| ObservedJob { route_id, fingerprint, paused })
+        .collect();
         let plan = plan_jobs(&goal, &observed);
         self.health.last_actions.fetch_add(plan.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if !self.role.runs_jobs() {
+            return self.plan_for_workers(plan, &inputs).await;
+        }
         for action in plan {
             match action {
                 JobAction::Start(g) => {
-                    self.record_deployment(&inputs[&g.route_id].route).await?;
+                    if self.role.controls() {
+                        self.record_deployment(&inputs[&g.route_id].route).await?;
+                    }
                     self.start(&g, &inputs[&g.route_id]).await
                 }
                 JobAction::Redeploy(g) => {
-                    self.record_deployment(&inputs[&g.route_id].route).await?;
+                    if self.role.controls() {
+                        self.record_deployment(&inputs[&g.route_id].route).await?;
+                    }
                     self.jobs.stop(&g.route_id, g.drain_first).await;
                     self.start(&g, &inputs[&g.route_id]).await;
                 }
@@ -285,6 +310,42 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// The control plane's side of a plan whose jobs run on workers: it records deployments and
+    /// declared stops, and creates the dead-letter topics the workers' jobs need (workers do
+    /// not create topics).
+    async fn plan_for_workers(&self, plan: Vec<JobAction>, inputs: &HashMap<String, Inputs>) -> anyhow::Result<()> {
+        for action in plan {
+            match action {
+                JobAction::Start(g) | JobAction::Redeploy(g) => {
+                    let route = &inputs[&g.route_id].route;
+                    self.record_deployment(route).await?;
+                    let retention = Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
+                    let dead_letters = keystone_control::dead_letter_topic(&route.team, &route.name);
+                    self.log.ensure_topic(&dead_letters, 1, retention).await?;
+                    let paused = g.desired == DesiredState::Paused;
+                    self.planned.lock().expect("planned lock").insert(g.route_id.clone(), (g.fingerprint, paused));
+                }
+                JobAction::Pause { route_id } => self.set_planned_paused(&route_id, true),
+                JobAction::Resume { route_id } => self.set_planned_paused(&route_id, false),
+                JobAction::Halt { route_id } => {
+                    self.planned.lock().expect("planned lock").remove(&route_id);
+                    self.stop(&route_id, "stopped as declared").await?;
+                }
+                JobAction::Stop { route_id } => {
+                    self.planned.lock().expect("planned lock").remove(&route_id);
+                    self.stop(&route_id, "the route was deleted").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_planned_paused(&self, route_id: &str, paused: bool) {
+        if let Some(p) = self.planned.lock().expect("planned lock").get_mut(route_id) {
+            p.1 = paused;
+        }
     }
 
     /// Hands the lease over at once (at shutdown, after the jobs were drained).
@@ -457,6 +518,10 @@ impl Reconciler {
     /// Drains a route's job (finishing and committing the batch in hand) and records why.
     async fn stop(&self, route_id: &str, cause: &str) -> anyhow::Result<()> {
         self.jobs.stop(route_id, true).await;
+        if !self.role.controls() {
+            // The control plane records it once, not every worker.
+            return Ok(());
+        }
         let version = self.store.job(route_id).await?.map_or(0, |j| j.version);
         let change = PhaseChange { route_id, version, to: JobPhase::Stopped, cause, error: None, restart: false };
         self.store.record_phase(change).await?;
@@ -510,6 +575,16 @@ impl Reconciler {
                     let factory = factory.clone();
                     move || factory()
                 };
+                // A worker shares the job with the other workers: a consumer group per route (and
+                // per backfill, which reads another topic) assigns each its partitions.
+                let group: Option<JoinGroup> = (self.role == ProcessRole::Worker).then(|| {
+                    let group_id = match backfill {
+                        Some(b) => format!("keystone.route.{}.backfill.{}", route.id, b.id),
+                        None => format!("keystone.route.{}", route.id),
+                    };
+                    let (log, topic, session) = (self.log.clone(), spec.topic.clone(), self.group_session);
+                    Arc::new(move || log.join_group(&group_id, &topic, session)) as JoinGroup
+                });
                 let task = tokio::spawn(supervise(
                     spec.clone(),
                     self.log.clone(),
@@ -525,6 +600,7 @@ impl Reconciler {
                     observer,
                     stats.clone(),
                     policy,
+                    group,
                     cancel.clone(),
                 ));
                 (Some(spec), task, Some(factory))

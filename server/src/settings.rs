@@ -50,10 +50,44 @@ pub struct Settings {
     /// file, or `KEYSTONE_KAFKA__BROKERS` (and `__MANAGE_TOPICS`, `__REPLICATION_FACTOR`).
     #[serde(default)]
     pub kafka: Option<KafkaSettings>,
+    /// What this process does among those sharing the database (`KEYSTONE_ROLE`, or `keystone
+    /// serve --role`; `keystone worker` is the worker role).
+    #[serde(default)]
+    pub role: ProcessRole,
     /// The environment layer of every job's configuration, from `KEYSTONE_JOB_<KEY>` variables
     /// (e.g. `KEYSTONE_JOB_STALL_TIMEOUT_S=300`): key -> value, checked at start-up.
     #[serde(skip)]
     pub job_env: BTreeMap<String, String>,
+}
+
+/// What a process does among those sharing the database and the Kafka cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessRole {
+    /// Console, API and ingest; the control plane and, holding the reconciler lease, every
+    /// route job (one machine, or a standby of it).
+    #[default]
+    All,
+    /// Console, API and ingest, and the control plane (topics, deployments, backfills) when it
+    /// holds the lease; route jobs run on `keystone worker` processes.
+    Control,
+    /// Console, API and ingest only, for more ingest capacity behind a load balancer.
+    Ingest,
+    /// Route jobs only: each route's job is shared by the workers through its Kafka consumer
+    /// group.
+    Worker,
+}
+
+impl ProcessRole {
+    /// Takes part in the reconciler lease (topics, deployments, backfills).
+    pub fn controls(self) -> bool {
+        matches!(self, ProcessRole::All | ProcessRole::Control)
+    }
+
+    /// Runs route jobs.
+    pub fn runs_jobs(self) -> bool {
+        matches!(self, ProcessRole::All | ProcessRole::Worker)
+    }
 }
 
 /// How to reach a Kafka cluster (any Apache Kafka protocol broker).
@@ -72,6 +106,14 @@ pub struct KafkaSettings {
     /// `sasl.mechanisms`, `sasl.username` (config file only: they may hold secrets).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// How long a worker may go silent before the group hands its partitions to the others
+    /// (`session.timeout.ms`): the longest a dead worker's partitions wait.
+    #[serde(default = "ten_seconds")]
+    pub session_timeout_ms: u64,
+}
+
+fn ten_seconds() -> u64 {
+    10_000
 }
 
 fn yes() -> bool {
@@ -83,9 +125,11 @@ fn three() -> i32 {
 }
 
 impl KafkaSettings {
-    pub fn log_config(&self) -> keystone_engine::log::KafkaConfig {
+    /// The log's configuration in a process of `role`: only the control plane creates and
+    /// changes topics; other processes check that they exist.
+    pub fn log_config(&self, role: ProcessRole) -> keystone_engine::log::KafkaConfig {
         let mut c = keystone_engine::log::KafkaConfig::new(self.brokers.clone());
-        c.manage_topics = self.manage_topics;
+        c.manage_topics = self.manage_topics && role.controls();
         c.replication_factor = self.replication_factor;
         c.properties = self.properties.clone();
         c

@@ -3,7 +3,7 @@
 use crate::csrf::{check_origin, OriginPolicy};
 use crate::reconciler::{Jobs, Reconciler, ReconcilerHealth};
 use crate::sessions::DbSessionStore;
-use crate::settings::Settings;
+use crate::settings::{ProcessRole, Settings};
 use crate::telemetry::{Exporter, Telemetry};
 use app::state::AppState;
 use app::{shell, App, STYLESHEET};
@@ -45,9 +45,38 @@ pub struct ControlLoop {
     reconciler: Arc<Reconciler>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Renews this process's row of the workers list (processes that run jobs).
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ControlLoop {
+    /// Starts this process's reconciler (what it does follows the settings' role).
+    fn start(
+        settings: &Settings,
+        store: &Store,
+        log: &Arc<AnyLog>,
+        jobs: &Arc<Jobs>,
+        health: &Arc<ReconcilerHealth>,
+    ) -> ControlLoop {
+        let reconciler = Arc::new(Reconciler {
+            instance: instance_name(settings),
+            lease_ttl: Duration::from_millis(settings.reconciler_lease_ms.max(2_000)),
+            lease: Default::default(),
+            store: store.clone(),
+            log: log.clone(),
+            jobs: jobs.clone(),
+            data_dir: settings.data_dir.clone(),
+            health: health.clone(),
+            job_env: Arc::new(settings.job_env.clone()),
+            role: settings.role,
+            planned: Default::default(),
+            group_session: Duration::from_millis(settings.kafka.as_ref().map_or(10_000, |k| k.session_timeout_ms)),
+        });
+        let stop = CancellationToken::new();
+        let heartbeat = settings.role.runs_jobs().then(|| spawn_heartbeat(&reconciler, settings.role, stop.clone()));
+        ControlLoop { reconciler: reconciler.clone(), stop: stop.clone(), task: reconciler.spawn(stop), heartbeat }
+    }
+
     /// Stops planning, drains every job (each commits its checkpoint), and only then hands the
     /// reconciler lease over, so the next holder never starts a job this one still runs.
     async fn shut_down(self) {
@@ -55,6 +84,12 @@ impl ControlLoop {
         let _ = self.task.await;
         self.reconciler.jobs.stop_all().await;
         self.reconciler.release().await;
+        if let Some(heartbeat) = self.heartbeat {
+            let _ = heartbeat.await;
+            if let Err(e) = self.reconciler.store.forget_worker(&self.reconciler.instance).await {
+                tracing::warn!(error = %e, "Could not remove this process from the workers list.");
+            }
+        }
     }
 }
 
@@ -118,33 +153,13 @@ pub async fn router(
         .site_root(settings.site_root.to_string_lossy().to_string())
         .site_pkg_dir("pkg")
         .build();
-    // The log: events wait here, durably, for the routes that read them.
-    let log = Arc::new(match &settings.kafka {
-        None => AnyLog::Embedded(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?),
-        Some(kafka) => {
-            tracing::info!(brokers = %kafka.brokers, manage_topics = kafka.manage_topics, "Streams live on Kafka.");
-            AnyLog::Kafka(KafkaLog::connect(kafka.log_config())?)
-        }
-    });
+    let log = open_log(settings)?;
     spawn_retention(log.clone());
     let jobs = Arc::new(JobRegistry::new(log.clone()));
     let meter = Arc::new(IngestMeter::default());
     let reconciler_health = Arc::new(ReconcilerHealth::default());
     let job_env = Arc::new(settings.job_env.clone());
-    let reconciler = Reconciler {
-        instance: instance_name(settings),
-        lease_ttl: Duration::from_millis(settings.reconciler_lease_ms.max(2_000)),
-        lease: Default::default(),
-        store: store.clone(),
-        log: log.clone(),
-        jobs: jobs.clone(),
-        data_dir: settings.data_dir.clone(),
-        health: reconciler_health.clone(),
-        job_env: job_env.clone(),
-    };
-    let reconciler = Arc::new(reconciler);
-    let stop = CancellationToken::new();
-    let control = ControlLoop { reconciler: reconciler.clone(), stop: stop.clone(), task: reconciler.spawn(stop) };
+    let control = ControlLoop::start(settings, &store, &log, &jobs, &reconciler_health);
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
     let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
     Telemetry {
@@ -220,6 +235,96 @@ pub async fn router(
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     Ok((router, jobs, control))
+}
+
+/// Renews this process's row in the workers list with the partitions of each job it holds,
+/// until `stop` fires.
+fn spawn_heartbeat(
+    reconciler: &Arc<Reconciler>,
+    role: ProcessRole,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use keystone_control::workers::{HeldJob, HEARTBEAT_EVERY_MS};
+    let reconciler = reconciler.clone();
+    let role = match role {
+        ProcessRole::Worker => "worker",
+        _ => "all",
+    };
+    tokio::spawn(async move {
+        let started_at = keystone_control::store::now_ms();
+        let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_EVERY_MS as u64));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let held: Vec<HeldJob> = reconciler
+                .jobs
+                .holdings()
+                .into_iter()
+                .map(|(route_id, route, partitions)| HeldJob { route_id, route, partitions })
+                .collect();
+            let beat = reconciler.store.heartbeat_worker(&reconciler.instance, role, started_at, &held);
+            if let Err(e) = beat.await {
+                tracing::warn!(error = %e, "Worker heartbeat not recorded.");
+            }
+        }
+    })
+}
+
+/// The log: events wait here, durably, for the routes that read them. Processes in roles that
+/// share the data plane need it on Kafka.
+fn open_log(settings: &Settings) -> anyhow::Result<Arc<AnyLog>> {
+    Ok(Arc::new(match &settings.kafka {
+        None if settings.role != ProcessRole::All => anyhow::bail!(
+            "the {:?} role shares streams with other processes: it needs them on Kafka ([kafka] brokers, or \
+             KEYSTONE_KAFKA__BROKERS)",
+            settings.role
+        ),
+        None => AnyLog::Embedded(EmbeddedLog::open(settings.data_dir.join("log"), EmbeddedConfig::default())?),
+        Some(kafka) => {
+            tracing::info!(brokers = %kafka.brokers, manage_topics = kafka.manage_topics, role = ?settings.role, "Streams live on Kafka.");
+            AnyLog::Kafka(KafkaLog::connect(kafka.log_config(settings.role))?)
+        }
+    }))
+}
+
+/// A `keystone worker`: no console, no API; it runs route jobs, each shared with the other
+/// workers through the route's Kafka consumer group, from the goal state in the shared
+/// database.
+pub struct Worker {
+    control: ControlLoop,
+}
+
+impl Worker {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Worker> {
+        settings.role = ProcessRole::Worker;
+        let store = Store::connect(&settings.database_url()).await?;
+        if store.backend() != keystone_control::store::Backend::Postgres {
+            tracing::warn!("This worker's database is SQLite: only processes on this machine can share it.");
+        }
+        let log = open_log(&settings)?;
+        let jobs = Arc::new(JobRegistry::new(log.clone()));
+        let health = Arc::new(ReconcilerHealth::default());
+        let control = ControlLoop::start(&settings, &store, &log, &jobs, &health);
+        Ok(Worker { control })
+    }
+
+    /// The route jobs this worker runs.
+    pub fn jobs(&self) -> Arc<Jobs> {
+        self.control.reconciler.jobs.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then drains every job: each commits and hands its
+    /// partitions over to the other workers.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        self.control.shut_down().await;
+    }
+
+    pub async fn run_until_stopped(self) {
+        self.run_until(shutdown_signal()).await
+    }
 }
 
 /// This process's name among those sharing the database: the configured `instance`, else the

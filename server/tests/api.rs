@@ -85,6 +85,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         instance: None,
         reconciler_lease_ms: 10_000,
         kafka: None,
+        role: Default::default(),
         job_env: Default::default(),
     };
     tweak(&mut settings);
@@ -1230,6 +1231,7 @@ mod delivery {
                 manage_topics: false,
                 replication_factor: 3,
                 properties: Default::default(),
+                session_timeout_ms: 6_000,
             })
         })
         .await;
@@ -1254,6 +1256,146 @@ mod delivery {
         app.teardown().await;
     }
 
+    /// A `keystone worker` process of this build, on the test's database and Kafka cluster.
+    struct WorkerProcess {
+        child: std::process::Child,
+        name: String,
+    }
+
+    impl WorkerProcess {
+        fn start(app: &TestApp, brokers: &str, name: &str) -> WorkerProcess {
+            let log = std::fs::File::create(app.settings.data_dir.join(format!("{name}.log"))).unwrap();
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
+                .arg("worker")
+                .env("KEYSTONE_DATABASE_URL", app.settings.database_url.as_deref().unwrap())
+                .env("KEYSTONE_DATA_DIR", &app.settings.data_dir)
+                .env("KEYSTONE_INSTANCE", name)
+                .env("KEYSTONE_KAFKA__BROKERS", brokers)
+                .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
+                .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+                .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            WorkerProcess { child, name: name.to_owned() }
+        }
+    }
+
+    impl Drop for WorkerProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Scale-out: the control plane (this server, role `control`: console, API, ingest, no jobs)
+    /// and three `keystone worker` processes share PostgreSQL and a Kafka cluster (librdkafka's
+    /// mock cluster, which the worker processes reach over TCP). The route's job over a
+    /// 12-partition stream is spread over the workers by its consumer group. One worker is killed
+    /// with SIGKILL under load: its partitions move to the other two after the session timeout,
+    /// and every acknowledged event reaches the sink; repeats are bounded by what the dead worker
+    /// had not committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_workers_share_a_route_job_and_one_killed_loses_nothing() {
+        let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+        cluster.create_topic("alpha.plays", 12, 3).unwrap();
+        cluster.create_topic("_dlq.alpha.all", 1, 3).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let kafka = keystone::settings::KafkaSettings {
+            brokers: brokers.clone(),
+            manage_topics: false,
+            replication_factor: 3,
+            properties: Default::default(),
+            session_timeout_ms: 6_000,
+        };
+        let app = spawn_app_with(Db::Postgres, |s| {
+            s.kafka = Some(kafka);
+            s.role = keystone::settings::ProcessRole::Control;
+        })
+        .await;
+        declare(&app, "streams", "plays", stream(12)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "shared"}})).await;
+        let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 50,
+                           "config": {"job.checkpoint_interval_ms": "200"}});
+        declare(&app, "routes", "all", route).await;
+        let mut workers: Vec<WorkerProcess> =
+            (1..=3).map(|i| WorkerProcess::start(&app, &brokers, &format!("worker-{i}"))).collect();
+        let held = || async {
+            let (s, body) = app.get(&app.alpha_viewer, "/api/v1/workers").await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            body.as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["alive"] == true)
+                .map(|w| {
+                    let n =
+                        w["jobs"].as_array().unwrap().iter().map(|j| j["partitions"].as_array().unwrap().len()).sum();
+                    (w["name"].as_str().unwrap().to_owned(), n)
+                })
+                .collect::<HashMap<String, usize>>()
+        };
+        eventually("12 partitions spread over three workers", || async {
+            let h = held().await;
+            h.len() == 3 && h.values().all(|n| *n > 0) && h.values().sum::<usize>() == 12
+        })
+        .await;
+        // The control plane runs no job itself.
+        assert!(app.store.workers().await.unwrap().iter().all(|w| w.name.starts_with("worker-")));
+
+        let token = producer_token(&app, "plays").await;
+        let distinct = || {
+            let ns: std::collections::BTreeSet<u64> =
+                sink_lines(&app, "shared").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns
+        };
+        ingest(&app, &token, "plays", &plays(0..1000)).await;
+        eventually("the first 1000 events", || async { distinct().len() == 1000 }).await;
+
+        // Under load, one worker is killed: no drain, no commit, no leaving the group.
+        let producing = {
+            let (base, http, token) = (app.base.clone(), app.http.clone(), token.clone());
+            tokio::spawn(async move {
+                for from in (1000..3000).step_by(100) {
+                    let body: String = plays(from..from + 100).iter().map(|e| format!("{e}\n")).collect();
+                    let r = http
+                        .post(format!("{base}/ingest/plays"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "ingest acknowledged: {}", r.status());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = workers.remove(1);
+        let killed_name = killed.name.clone();
+        drop(killed);
+        producing.await.unwrap();
+        eventually("the two survivors hold all 12 partitions", || async {
+            let h = held().await;
+            !h.contains_key(&killed_name) && h.values().sum::<usize>() == 12
+        })
+        .await;
+        eventually("every acknowledged event delivered", || async { distinct().len() == 3000 }).await;
+        assert_eq!(distinct(), (0..3000).collect(), "none lost");
+        let delivered = sink_lines(&app, "shared").len();
+        assert!(
+            delivered - 3000 <= 1000,
+            "repeats bounded by the dead worker's uncommitted work: {}",
+            delivered - 3000
+        );
+        let (_, silent) = app.get(&app.alpha_viewer, "/api/v1/workers").await;
+        let dead = silent.as_array().unwrap().iter().find(|w| w["name"] == killed_name.as_str()).cloned();
+        assert!(dead.is_none_or(|w| w["alive"] == false), "the killed worker is shown silent: {silent}");
+        drop(workers);
+        app.teardown().await;
+    }
+
     /// Two servers on one database and one Kafka cluster: only the holder of the reconciler lease
     /// runs the route's job; when it shuts down (jobs drained, lease released) the other takes
     /// over where it stopped: every event delivered once, by exactly one server at a time.
@@ -1267,6 +1409,7 @@ mod delivery {
             manage_topics: false,
             replication_factor: 3,
             properties: Default::default(),
+            session_timeout_ms: 6_000,
         };
         let mut first = spawn_app_with(Db::Sqlite, |s| s.kafka = Some(kafka.clone())).await;
         eventually("the first server leads", || async {
@@ -1996,6 +2139,17 @@ mod delivery {
                     let (s, r) = app.put(&app.alpha, &format!("/api/v1/teams/alpha/routes/{sink}"), body).await;
                     assert_eq!(s, StatusCode::OK, "{r}");
                 }
+                // The rest is sent while the new versions take over (a busy machine may take a
+                // while to plan the redeploy: the test waits, so it really happens mid-stream).
+                eventually("both redeploys under way", || async {
+                    let mut both = true;
+                    for sink in ["exact", "fast"] {
+                        let path = format!("/api/v1/teams/alpha/routes/{sink}/deployments");
+                        both &= app.get(&app.alpha_viewer, &path).await.1[0]["detail"] == "v1 → v2";
+                    }
+                    both
+                })
+                .await;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

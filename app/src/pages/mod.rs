@@ -12,6 +12,7 @@ pub mod routes;
 pub mod sinks;
 pub mod streams;
 pub mod tokens;
+pub mod workers;
 
 use leptos::prelude::*;
 

@@ -181,6 +181,9 @@ pub struct JobStats {
     resumed: tokio::sync::Notify,
     pub acked: Mutex<Vec<u64>>,
     pub committed: Mutex<Vec<u64>>,
+    /// The partitions this instance runs when it shares the job with others (a consumer group
+    /// assigns them); `None`: all of them.
+    pub owned: Mutex<Option<std::collections::BTreeSet<u32>>>,
     /// When positions were last committed (ms since the epoch; the job's start before that).
     pub committed_at: AtomicI64,
     pub recent_errors: Mutex<Vec<RecentError>>,
@@ -252,18 +255,22 @@ impl JobStats {
     }
 
     fn set_acked(&self, partition: u32, next: u64) {
-        let mut acked = self.acked.lock().expect("stats lock");
-        if acked.len() <= partition as usize {
-            acked.resize(partition as usize + 1, 0);
-        }
-        acked[partition as usize] = next;
+        set_at(&self.acked, partition, next);
+    }
+
+    fn set_committed(&self, partition: u32, next: u64) {
+        set_at(&self.committed, partition, next);
     }
 
     /// Each partition's acknowledged position beside the log's end offset.
+    /// Only the partitions this instance runs, when it shares the job (the others' lag is
+    /// theirs).
     pub fn positions<L: Log>(&self, spec: &JobSpec, log: &L) -> Vec<PartitionLag> {
         let ends = log.end_offsets(&spec.topic);
         let acked = self.acked.lock().expect("stats lock");
+        let owned = self.owned.lock().expect("stats lock").clone();
         (0..spec.partitions)
+            .filter(|p| owned.as_ref().is_none_or(|o| o.contains(p)))
             .map(|p| PartitionLag {
                 partition: p,
                 acked: acked.get(p as usize).copied().unwrap_or(0),
@@ -342,14 +349,35 @@ pub enum JobError {
     DeadLetter(LogError),
 }
 
+/// Sets one partition's entry of a position vector, growing it as needed.
+fn set_at(positions: &Mutex<Vec<u64>>, partition: u32, next: u64) {
+    let mut positions = positions.lock().expect("stats lock");
+    if positions.len() <= partition as usize {
+        positions.resize(partition as usize + 1, 0);
+    }
+    positions[partition as usize] = next;
+}
+
 /// Exponential backoff with full jitter: 100 ms doubling to 30 s.
 pub fn backoff(attempt: u32) -> Duration {
     let cap = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
     Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
 }
 
-/// Runs a job until `cancel` fires (then finishes the batch in hand, commits, and returns
-/// `Ok`) or until something it cannot retry fails.
+/// A change of the partitions one instance of a job runs, when several share a route's job
+/// through a consumer group (see `log::kafka::GroupMember`).
+pub enum AssignmentChange {
+    Assigned(Vec<u32>),
+    /// Stop these partitions and commit their acknowledged positions, then say `done`: only then
+    /// may another member take them, and it resumes exactly where this one stopped.
+    Revoked {
+        partitions: Vec<u32>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
+}
+
+/// Runs a job on every partition of its stream until `cancel` fires (then finishes the batch in
+/// hand, commits, and returns `Ok`) or until something it cannot retry fails.
 pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
     spec: Arc<JobSpec>,
     log: Arc<L>,
@@ -358,54 +386,189 @@ pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
     stats: Arc<JobStats>,
     cancel: CancellationToken,
 ) -> Result<(), JobError> {
+    run_assigned(spec, log, sink, checkpoints, stats, cancel, None).await
+}
+
+/// Runs a job on the partitions `changes` assign it, as one member of a group sharing the
+/// route's job: a revoked partition is drained and committed before it is handed over. With no
+/// `changes`, it runs every partition.
+pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    sink: Arc<S>,
+    checkpoints: Arc<C>,
+    stats: Arc<JobStats>,
+    cancel: CancellationToken,
+    mut changes: Option<tokio::sync::mpsc::Receiver<AssignmentChange>>,
+) -> Result<(), JobError> {
     let dead_letter_retention = Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
     log.ensure_topic(&spec.dead_letter_topic, 1, dead_letter_retention).await?;
-    let saved = checkpoints.load(&spec.route_id).await.map_err(JobError::Checkpoints)?;
-    let mut starts = Vec::with_capacity(spec.partitions as usize);
-    for p in 0..spec.partitions {
-        let end = *log.watch_end(&spec.topic, p)?.borrow();
-        let start = match saved.get(&p) {
-            // A checkpoint past the end means the log was rebuilt from nothing: start over.
-            Some(&next) if next <= end => next,
-            _ => log.resolve(&spec.topic, p, spec.start_at).await?,
-        };
-        stats.set_acked(p, start);
-        starts.push(start);
-    }
-    *stats.committed.lock().expect("stats lock") = starts.clone();
     stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
-
+    *stats.owned.lock().expect("stats lock") = changes.as_ref().map(|_| Default::default());
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let mut members = Partitions {
+        spec: spec.clone(),
+        log,
+        sink,
+        checkpoints: checkpoints.clone(),
+        stats: stats.clone(),
+        cancel: cancel.clone(),
+        commit: Arc::new(tokio::sync::Mutex::new(())),
+        running: HashMap::new(),
+        ended: ended_tx,
+    };
     let stop_checkpointer = CancellationToken::new();
-    let checkpointer =
-        tokio::spawn(checkpoint_loop(spec.clone(), checkpoints.clone(), stats.clone(), stop_checkpointer.clone()));
-    let mut readers = tokio::task::JoinSet::new();
-    for (p, start) in starts.into_iter().enumerate() {
-        let reader = PartitionReader {
-            spec: spec.clone(),
-            log: log.clone(),
-            sink: sink.clone(),
-            stats: stats.clone(),
-            cancel: cancel.clone(),
-            partition: p as u32,
-        };
-        readers.spawn(reader.run(start));
-    }
-    let mut result = Ok(());
-    while let Some(joined) = readers.join_next().await {
-        let outcome = joined.unwrap_or_else(|e| {
-            Err(JobError::Log(LogError::Io(std::io::Error::other(format!("partition reader panicked: {e}")))))
-        });
-        if let Err(e) = outcome {
-            if result.is_ok() {
-                // One partition failing fails the job: stop the others, then restart whole.
-                cancel.cancel();
-                result = Err(e);
+    let checkpointer = tokio::spawn(checkpoint_loop(
+        spec.clone(),
+        checkpoints,
+        stats,
+        members.commit.clone(),
+        stop_checkpointer.clone(),
+    ));
+    let mut result = match changes {
+        None => members.open(&(0..spec.partitions).collect::<Vec<_>>()).await,
+        Some(_) => Ok(()),
+    };
+    while result.is_ok() {
+        let change = async {
+            match changes.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some((p, outcome)) = ended.recv() => {
+                // A reader ends on its own only when it fails: one partition failing fails the
+                // job (the supervisor restarts it whole).
+                if members.running.remove(&p).is_some() {
+                    result = outcome;
+                }
+            }
+            change = change => match change {
+                Some(AssignmentChange::Assigned(partitions)) => result = members.open(&partitions).await,
+                Some(AssignmentChange::Revoked { partitions, done }) => {
+                    result = members.close(&partitions).await;
+                    let _ = done.send(());
+                }
+                // The group membership ended (the process is leaving).
+                None => break,
+            },
         }
     }
+    // Whatever ended the job, what is still running is drained and committed.
+    cancel.cancel();
+    let running: Vec<u32> = members.running.keys().copied().collect();
+    let closed = members.close(&running).await;
     stop_checkpointer.cancel();
     let committed = checkpointer.await.unwrap_or_else(|e| Err(JobError::Checkpoints(e.to_string())));
-    result.and(committed)
+    result.and(closed).and(committed)
+}
+
+/// The partitions one job instance runs: a reader task each, stopped one by one.
+struct Partitions<L, S, C> {
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    sink: Arc<S>,
+    checkpoints: Arc<C>,
+    stats: Arc<JobStats>,
+    cancel: CancellationToken,
+    /// Held while positions are committed, so a periodic commit never lands after (and below)
+    /// the commit that hands a partition over.
+    commit: Arc<tokio::sync::Mutex<()>>,
+    running: HashMap<u32, RunningPartition>,
+    ended: tokio::sync::mpsc::UnboundedSender<(u32, Result<(), JobError>)>,
+}
+
+struct RunningPartition {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningPartition {
+    /// A job aborted (a crash, a stop past its grace) takes its readers with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
+    /// Starts readers of `partitions` at their committed positions (read now: a previous
+    /// owner committed on handing them over).
+    async fn open(&mut self, partitions: &[u32]) -> Result<(), JobError> {
+        let saved = self.checkpoints.load(&self.spec.route_id).await.map_err(JobError::Checkpoints)?;
+        for &p in partitions.iter().filter(|p| **p < self.spec.partitions) {
+            if self.running.contains_key(&p) {
+                continue;
+            }
+            let end = *self.log.watch_end(&self.spec.topic, p)?.borrow();
+            let start = match saved.get(&p) {
+                // A checkpoint past the end means the log was rebuilt from nothing: start over.
+                Some(&next) if next <= end => next,
+                _ => self.log.resolve(&self.spec.topic, p, self.spec.start_at).await?,
+            };
+            self.stats.set_acked(p, start);
+            self.stats.set_committed(p, start);
+            if let Some(owned) = self.stats.owned.lock().expect("stats lock").as_mut() {
+                owned.insert(p);
+            }
+            let cancel = self.cancel.child_token();
+            let reader = PartitionReader {
+                spec: self.spec.clone(),
+                log: self.log.clone(),
+                sink: self.sink.clone(),
+                stats: self.stats.clone(),
+                cancel: cancel.clone(),
+                partition: p,
+            };
+            let ended = self.ended.clone();
+            let task = tokio::spawn(async move {
+                let outcome = reader.run(start).await;
+                let _ = ended.send((p, outcome));
+            });
+            self.running.insert(p, RunningPartition { cancel, task });
+        }
+        Ok(())
+    }
+
+    /// Stops the readers of `partitions` (each finishes the batch in hand) and commits how far
+    /// they got.
+    async fn close(&mut self, partitions: &[u32]) -> Result<(), JobError> {
+        let stopping: Vec<(u32, RunningPartition)> =
+            partitions.iter().filter_map(|p| self.running.remove(p).map(|r| (*p, r))).collect();
+        for (_, r) in &stopping {
+            r.cancel.cancel();
+        }
+        for (_, mut r) in stopping {
+            let _ = (&mut r.task).await;
+        }
+        let _held = self.commit.lock().await;
+        if let Some(owned) = self.stats.owned.lock().expect("stats lock").as_mut() {
+            for p in partitions {
+                owned.remove(p);
+            }
+        }
+        let moved: Vec<(u32, u64)> = {
+            let acked = self.stats.acked.lock().expect("stats lock");
+            let committed = self.stats.committed.lock().expect("stats lock");
+            partitions
+                .iter()
+                .filter_map(|&p| {
+                    let a = *acked.get(p as usize)?;
+                    (committed.get(p as usize) != Some(&a)).then_some((p, a))
+                })
+                .collect()
+        };
+        if moved.is_empty() {
+            return Ok(());
+        }
+        self.checkpoints.commit(&self.spec.route_id, &moved).await.map_err(JobError::Checkpoints)?;
+        for (p, a) in moved {
+            self.stats.set_committed(p, a);
+        }
+        self.stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Commits acknowledged positions that moved, every interval and once more when stopped.
@@ -413,6 +576,7 @@ async fn checkpoint_loop<C: CheckpointStore>(
     spec: Arc<JobSpec>,
     store: Arc<C>,
     stats: Arc<JobStats>,
+    commit: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
 ) -> Result<(), JobError> {
     let mut tick = tokio::time::interval(spec.checkpoint_interval);
@@ -422,6 +586,7 @@ async fn checkpoint_loop<C: CheckpointStore>(
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
+        let _held = commit.lock().await;
         let acked = stats.acked.lock().expect("stats lock").clone();
         let committed = stats.committed.lock().expect("stats lock").clone();
         let moved: Vec<(u32, u64)> = acked
@@ -433,7 +598,9 @@ async fn checkpoint_loop<C: CheckpointStore>(
         if !moved.is_empty() {
             match store.commit(&spec.route_id, &moved).await {
                 Ok(()) => {
-                    *stats.committed.lock().expect("stats lock") = acked;
+                    for (p, a) in moved {
+                        stats.set_committed(p, a);
+                    }
                     stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
                 }
                 // Not fatal: the positions stay acknowledged and the next tick tries again.

@@ -84,6 +84,25 @@ impl<L: Log> JobRegistry<L> {
         jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone(), j.stats.is_paused())).collect()
     }
 
+    /// What this process runs: each job's route id, `team/route`, and the partitions of its
+    /// stream it holds (all of them, unless it shares the job through a consumer group).
+    pub fn holdings(&self) -> Vec<(String, String, Vec<u32>)> {
+        let jobs = self.jobs.lock().expect("registry lock");
+        let mut out: Vec<(String, String, Vec<u32>)> = jobs
+            .iter()
+            .filter_map(|(id, j)| {
+                let spec = j.spec.as_ref()?;
+                let partitions = match j.stats.owned.lock().expect("stats lock").as_ref() {
+                    None => (0..spec.partitions).collect(),
+                    Some(owned) => owned.iter().copied().collect(),
+                };
+                Some((id.clone(), spec.route.clone(), partitions))
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
     /// When the route's job held now started.
     pub fn started_at(&self, route_id: &str) -> Option<i64> {
         self.jobs.lock().expect("registry lock").get(route_id).map(|j| j.started_at)

@@ -2,8 +2,9 @@
 //! backoff when it crashes or stalls, and marks it failed when it keeps failing. Each job has its
 //! own supervisor task, so one job's trouble never delays another's restart.
 
-use super::{run, CheckpointStore, JobSpec, JobStats};
-use crate::log::Log;
+use super::{run_assigned, AssignmentChange, CheckpointStore, JobSpec, JobStats};
+use crate::log::group::GroupMember;
+use crate::log::{Log, LogError};
 use crate::sinks::{ConfigError, Sink};
 use keystone_control::JobPhase;
 use std::future::Future;
@@ -58,7 +59,13 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// How long a job asked to stop may take to finish its batch before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Joins a route job's consumer group for one run of the job (see `log::group`).
+pub type JoinGroup =
+    Arc<dyn Fn() -> Result<(GroupMember, tokio::sync::mpsc::Receiver<AssignmentChange>), LogError> + Send + Sync>;
+
 /// Supervises one job until `cancel` fires. `make_sink` builds a fresh sink for every start.
+/// With `group`, every run of the job joins the route's consumer group and runs the partitions
+/// it is assigned (the job is shared by several workers); without, it runs them all.
 #[allow(clippy::too_many_arguments)]
 pub async fn supervise<L, S, C, O, F>(
     spec: Arc<JobSpec>,
@@ -68,6 +75,7 @@ pub async fn supervise<L, S, C, O, F>(
     observer: Arc<O>,
     stats: Arc<JobStats>,
     policy: RestartPolicy,
+    group: Option<JoinGroup>,
     cancel: CancellationToken,
 ) where
     L: Log,
@@ -82,10 +90,18 @@ pub async fn supervise<L, S, C, O, F>(
         let restart = restart_cause.is_some();
         let cause = restart_cause.clone().unwrap_or_else(|| "declared".into());
         observer.report(PhaseReport { phase: JobPhase::Starting, cause, error: None, restart }).await;
-        let failure = match make_sink() {
-            Err(e) => format!("the sink cannot be built: {e}"),
-            Ok(sink) => {
-                match watch(&spec, &log, Arc::new(sink), &checkpoints, &observer, &stats, &policy, &cancel).await {
+        let membership = group.as_ref().map(|join| join()).transpose();
+        let failure = match (make_sink(), membership) {
+            (Err(e), _) => format!("the sink cannot be built: {e}"),
+            (_, Err(e)) => format!("joining the route's consumer group failed: {e}"),
+            (Ok(sink), Ok(membership)) => {
+                // The member stays in the group while the job runs and leaves after it ended.
+                let (member, changes) = membership.unzip();
+                let sink = Arc::new(sink);
+                let outcome =
+                    watch(&spec, &log, sink, &checkpoints, &observer, &stats, &policy, changes, &cancel).await;
+                drop(member);
+                match outcome {
                     None => return,
                     Some(failure) => failure,
                 }
@@ -130,11 +146,19 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     observer: &Arc<O>,
     stats: &Arc<JobStats>,
     policy: &RestartPolicy,
+    changes: Option<tokio::sync::mpsc::Receiver<AssignmentChange>>,
     cancel: &CancellationToken,
 ) -> Option<String> {
     let this_run = cancel.child_token();
-    let mut task =
-        tokio::spawn(run(spec.clone(), log.clone(), sink, checkpoints.clone(), stats.clone(), this_run.clone()));
+    let mut task = tokio::spawn(run_assigned(
+        spec.clone(),
+        log.clone(),
+        sink,
+        checkpoints.clone(),
+        stats.clone(),
+        this_run.clone(),
+        changes,
+    ));
     // (failing, paused) as last reported.
     let mut reported: Option<(bool, bool)> = None;
     let mut last_progress = (stats.activity(), Instant::now());

@@ -64,7 +64,7 @@ impl KafkaConfig {
         }
     }
 
-    fn client(&self) -> ClientConfig {
+    pub(crate) fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         // Topics come from the goal state only, never from a typo in a read or write.
@@ -132,6 +132,17 @@ impl KafkaLog {
         });
         tokio::spawn(poll_watermarks(Arc::downgrade(&inner)));
         Ok(KafkaLog { inner })
+    }
+
+    /// Joins the consumer group `group` on `topic` (see `group`): how several processes share
+    /// one route's job.
+    pub fn join_group(
+        &self,
+        group: &str,
+        topic: &str,
+        session_timeout: Duration,
+    ) -> Result<(super::group::GroupMember, tokio::sync::mpsc::Receiver<crate::job::AssignmentChange>), LogError> {
+        super::group::join(&self.inner.config, group, topic, session_timeout)
     }
 
     /// Every topic this log serves, with its partition count and retention: what the

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod group;
 pub mod kafka;
 
 pub use codec::StoredRecord;
@@ -137,6 +138,21 @@ impl AnyLog {
         match self {
             AnyLog::Embedded(l) => Some(l.fsync_count()),
             AnyLog::Kafka(_) => None,
+        }
+    }
+
+    /// Joins a route job's consumer group (see `group`); only the Kafka backend has groups.
+    pub fn join_group(
+        &self,
+        group: &str,
+        topic: &str,
+        session_timeout: std::time::Duration,
+    ) -> Result<(group::GroupMember, tokio::sync::mpsc::Receiver<crate::job::AssignmentChange>), LogError> {
+        match self {
+            AnyLog::Embedded(_) => {
+                Err(LogError::Unavailable("sharing jobs between workers needs streams on Kafka".into()))
+            }
+            AnyLog::Kafka(l) => l.join_group(group, topic, session_timeout),
         }
     }
 
