@@ -239,6 +239,8 @@ pub enum SinkKind {
     Postgres,
     /// Appends events to another Keystone stream (re-routing, e.g. to feed a downstream team).
     Stream,
+    /// Produces events to a topic of a Kafka cluster (any Apache Kafka protocol broker).
+    Kafka,
 }
 
 /// One setting a sink kind understands.
@@ -250,7 +252,8 @@ pub struct SettingDoc {
 }
 
 impl SinkKind {
-    pub const ALL: [SinkKind; 4] = [SinkKind::Http, SinkKind::File, SinkKind::Postgres, SinkKind::Stream];
+    pub const ALL: [SinkKind; 5] =
+        [SinkKind::Http, SinkKind::File, SinkKind::Postgres, SinkKind::Stream, SinkKind::Kafka];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -258,6 +261,7 @@ impl SinkKind {
             SinkKind::File => "file",
             SinkKind::Postgres => "postgres",
             SinkKind::Stream => "stream",
+            SinkKind::Kafka => "kafka",
         }
     }
 
@@ -315,6 +319,21 @@ impl SinkKind {
                 required: true,
                 help: "target stream: a name in the same team, or team/name (you must be able to edit that team)",
             }],
+            SinkKind::Kafka => &[
+                SettingDoc { key: "brokers", required: true, help: "bootstrap servers, host:port[,host:port...]" },
+                SettingDoc { key: "topic", required: true, help: "the topic events are produced to (it must exist)" },
+                SettingDoc {
+                    key: "security_protocol",
+                    required: false,
+                    help: "plaintext (the default), ssl, sasl_plaintext or sasl_ssl",
+                },
+                SettingDoc {
+                    key: "sasl_mechanism",
+                    required: false,
+                    help: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_ protocol)",
+                },
+                SettingDoc { key: "sasl_username", required: false, help: "SASL user name" },
+            ],
         }
     }
 
@@ -332,6 +351,7 @@ impl SinkKind {
             SinkKind::Postgres => {
                 &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }]
             }
+            SinkKind::Kafka => &[SettingDoc { key: "sasl_password", required: false, help: "SASL password" }],
         }
     }
 }
@@ -499,6 +519,40 @@ impl SinkInput {
                     if let Err(msg) = StreamRef::parse(target, "") {
                         e.add("settings.stream", msg);
                     }
+                }
+            }
+            SinkKind::Kafka => {
+                if let Some(b) = setting("brokers") {
+                    let ok = b.split(',').all(|hp| {
+                        hp.trim().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                    });
+                    if !ok {
+                        e.add("settings.brokers", "must be host:port, comma-separated");
+                    }
+                }
+                if let Some(t) = setting("topic") {
+                    // Kafka's own rule for topic names.
+                    let ok = t.len() <= 249
+                        && t != "."
+                        && t != ".."
+                        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                    if !ok {
+                        e.add("settings.topic", "must be 1 to 249 of letters, digits, '.', '_' and '-'");
+                    }
+                }
+                let protocol = setting("security_protocol").unwrap_or("plaintext");
+                if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol) {
+                    e.add("settings.security_protocol", "must be plaintext, ssl, sasl_plaintext or sasl_ssl");
+                }
+                match setting("sasl_mechanism") {
+                    None => {}
+                    Some(_) if !protocol.starts_with("sasl_") => {
+                        e.add("settings.sasl_mechanism", "applies only with a sasl_ security protocol")
+                    }
+                    Some(m) if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m) => {
+                        e.add("settings.sasl_mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+                    }
+                    Some(_) => {}
                 }
             }
             SinkKind::Postgres => {
@@ -1322,6 +1376,36 @@ mod tests {
         assert!(e.for_field("settings.store_url").unwrap().contains("path"));
         let ok = [("format", "parquet"), ("roll_seconds", "60"), ("store_url", "s3://lake"), ("region", "eu-west-1")];
         assert!(file_with(&ok).validate(&[]).is_ok());
+    }
+
+    #[test]
+    fn kafka_sink_settings_name_a_cluster_and_a_topic() {
+        let kafka = |pairs: &[(&str, &str)]| SinkInput {
+            kind: SinkKind::Kafka,
+            description: String::new(),
+            settings: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            secrets: BTreeMap::new(),
+            tags: Vec::new(),
+        };
+        let e = kafka(&[]).validate(&[]).unwrap_err();
+        assert_eq!(
+            (e.for_field("settings.brokers"), e.for_field("settings.topic")),
+            (Some("is required"), Some("is required"))
+        );
+        let e = kafka(&[("brokers", "kafka-1"), ("topic", "bad topic"), ("sasl_mechanism", "PLAIN")])
+            .validate(&[])
+            .unwrap_err();
+        assert!(e.for_field("settings.brokers").unwrap().contains("host:port"));
+        assert!(e.for_field("settings.topic").unwrap().contains("letters"));
+        assert!(e.for_field("settings.sasl_mechanism").unwrap().contains("sasl_"));
+        let ok = [
+            ("brokers", "kafka-1:9092,kafka-2:9092"),
+            ("topic", "plays.mirror"),
+            ("security_protocol", "sasl_ssl"),
+            ("sasl_mechanism", "SCRAM-SHA-512"),
+            ("sasl_username", "keystone"),
+        ];
+        assert!(kafka(&ok).validate(&[]).is_ok());
     }
 
     #[test]

@@ -283,3 +283,58 @@ async fn stream_sink_re_routes_events_into_another_stream() {
     assert_eq!((e["stream"].as_str(), e["key"].as_str()), (Some("beta/plays"), Some("user-7")));
     assert_eq!(e["payload"], batch[3].event);
 }
+
+/// The Kafka sink against librdkafka's mock cluster: every event becomes a record keyed by the
+/// event's key (its id when it has none), valued with the event as a file sink writes it, with
+/// the id in a header; a record larger than the cluster takes is refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_produces_keyed_records_and_refuses_oversized_ones_alone() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("plays.mirror", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let sink = sink(SinkKind::Kafka, &[("brokers", &brokers), ("topic", "plays.mirror")], &[], dir.path());
+    let mut batch = events(5);
+    batch[1].key = Some("user-7".into());
+    accepts_a_batch_and_its_redelivery(&sink, &batch).await;
+    let mut huge = events(3);
+    huge[1].event = json!({"blob": "x".repeat(2 << 20)});
+    match sink.deliver(&huge).await {
+        Err(SinkError::Rejected(refused)) => {
+            assert_eq!(refused.len(), 1, "{refused:?}");
+            assert_eq!(refused[0].0, 1);
+        }
+        other => panic!("the oversized event refused alone, got {other:?}"),
+    }
+
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "sink-test")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("plays.mirror", 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while records.len() < 12 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            let value: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let header = m.headers().map(|h| String::from_utf8(h.get(0).value.unwrap().to_vec()).unwrap());
+            records.push((key, value, header));
+        }
+    }
+    // Two deliveries of the batch, then the two events that fit of the third.
+    assert_eq!(records.len(), 12, "{records:?}");
+    let (key, value, header) = &records[1];
+    assert_eq!(key, "user-7");
+    assert_eq!(value["event"]["n"], 1);
+    assert_eq!(value["id"], batch[1].id.as_str());
+    assert_eq!(header.as_deref(), Some(batch[1].id.as_str()));
+    assert_eq!(records[0].0, batch[0].id, "no key: the event id is the key");
+    let last: Vec<u64> = records[10..].iter().map(|r| r.1["event"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(last, [0, 2]);
+}

@@ -33,6 +33,12 @@ pub async fn save_sink(
     secret_url: String,
     secret_access_key_id: Option<String>,
     secret_secret_access_key: Option<String>,
+    setting_brokers: Option<String>,
+    setting_topic: Option<String>,
+    setting_security_protocol: Option<String>,
+    setting_sasl_mechanism: Option<String>,
+    setting_sasl_username: Option<String>,
+    secret_sasl_password: Option<String>,
     tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
@@ -69,12 +75,19 @@ pub async fn save_sink(
             ("path", setting_path),
             ("table", setting_table),
             ("stream", setting_stream.unwrap_or_default()),
+            ("brokers", setting_brokers.unwrap_or_default()),
+            ("topic", setting_topic.unwrap_or_default()),
+            // The select always posts a protocol: plaintext is the default, kept implicit.
+            ("security_protocol", setting_security_protocol.filter(|p| p != "plaintext").unwrap_or_default()),
+            ("sasl_mechanism", setting_sasl_mechanism.unwrap_or_default()),
+            ("sasl_username", setting_sasl_username.unwrap_or_default()),
         ]),
         secrets: non_empty(&[
             ("authorization", secret_authorization),
             ("url", secret_url),
             ("access_key_id", secret_access_key_id.unwrap_or_default()),
             ("secret_access_key", secret_secret_access_key.unwrap_or_default()),
+            ("sasl_password", secret_sasl_password.unwrap_or_default()),
         ]),
         tags: crate::pages::objects::split_list(tags.as_deref().unwrap_or_default()),
     };
@@ -98,6 +111,7 @@ fn summary(o: &Object) -> Vec<String> {
                 .or(s.settings.get("path"))
                 .or(s.settings.get("table"))
                 .or(s.settings.get("stream"))
+                .or(s.settings.get("topic"))
                 .cloned()
                 .unwrap_or_default(),
         ],
@@ -110,7 +124,7 @@ pub fn SinksPage() -> impl IntoView {
     view! {
         <ObjectList
             kind=Kind::Sink
-            subtitle="Managed destinations: HTTP endpoints, files, PostgreSQL tables, other streams."
+            subtitle="Managed destinations: HTTP endpoints, files, PostgreSQL tables, other streams, Kafka topics."
             headers=&["Kind", "Target"]
             summary=summary
         />
@@ -145,7 +159,7 @@ fn sink_form(t: FormTarget) -> AnyView {
         <FormStatus error=last_error(save.value())/>
         <ActionForm action=save attr:class=FORM>
             <IdentityFields target=t.clone() errors/>
-            <Field label="Kind" name="kind" kind="select:http,file,postgres,stream" value=kind errors/>
+            <Field label="Kind" name="kind" kind="select:http,file,postgres,stream,kafka" value=kind errors/>
             <Field label="Description" name="description" errors
                 value=spec.as_ref().map(|s| s.description.clone()).unwrap_or_default()/>
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
@@ -197,6 +211,24 @@ fn sink_form(t: FormTarget) -> AnyView {
                 <legend class="px-1 text-sm font-medium text-slate-600">"Stream (re-routing)"</legend>
                 <Field label="Target stream" name="setting_stream" error_key="settings.stream" errors value=setting("stream")
                     help="A stream of this team, or team/stream of a team you can edit."/>
+            </fieldset>
+            <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
+                <legend class="px-1 text-sm font-medium text-slate-600">"Kafka"</legend>
+                <div class="grid grid-cols-2 gap-4">
+                    <Field label="Brokers" name="setting_brokers" error_key="settings.brokers" errors value=setting("brokers")
+                        help="host:port, comma-separated."/>
+                    <Field label="Topic" name="setting_topic" error_key="settings.topic" errors value=setting("topic")
+                        help="It must exist on that cluster."/>
+                    <Field label="Security protocol" name="setting_security_protocol"
+                        kind="select:plaintext,ssl,sasl_plaintext,sasl_ssl" error_key="settings.security_protocol" errors
+                        value=Some(setting("security_protocol")).filter(|p| !p.is_empty()).unwrap_or_else(|| "plaintext".into())/>
+                    <Field label="SASL mechanism" name="setting_sasl_mechanism" error_key="settings.sasl_mechanism" errors
+                        value=setting("sasl_mechanism") help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."/>
+                    <Field label="SASL user name" name="setting_sasl_username" error_key="settings.sasl_username" errors
+                        value=setting("sasl_username")/>
+                    <Field label="SASL password (secret)" name="secret_sasl_password" kind="password"
+                        error_key="secrets.sasl_password" errors help=secret_help("sasl_password")/>
+                </div>
             </fieldset>
             <Field label="Tags" name="tags" errors value=tags
                 help="Optional, comma-separated labels an approval policy can match (e.g. production, critical)."/>

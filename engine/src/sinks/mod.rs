@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod parquet;
 pub mod postgres;
 pub mod stream;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use file::{FileSink, FileSinkConfig};
 pub use http::{HttpSink, HttpSinkConfig};
+pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use postgres::{PostgresSink, PostgresSinkConfig};
 pub use stream::{Appender, StreamSink, StreamSinkConfig};
 
@@ -125,6 +127,7 @@ pub enum AnySink {
     Http(HttpSink),
     Postgres(PostgresSink),
     Stream(StreamSink),
+    Kafka(KafkaSink),
 }
 
 impl AnySink {
@@ -148,6 +151,7 @@ impl AnySink {
             SinkKind::Stream => {
                 AnySink::Stream(StreamSink::new(StreamSinkConfig::from_spec(&spec.settings, team)?, log.clone()))
             }
+            SinkKind::Kafka => AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_spec(&spec.settings, secrets)?)?),
         })
     }
 }
@@ -159,6 +163,7 @@ impl Sink for AnySink {
             AnySink::Http(s) => s.deliver(batch).await,
             AnySink::Postgres(s) => s.deliver(batch).await,
             AnySink::Stream(s) => s.deliver(batch).await,
+            AnySink::Kafka(s) => s.deliver(batch).await,
         }
     }
 
