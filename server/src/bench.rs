@@ -77,6 +77,39 @@ pub struct PipelineBench {
     pub postgres_url: Option<String>,
 }
 
+/// A team in a benchmark's database, and an admin declaring objects in it.
+struct BenchTeam {
+    store: keystone_control::store::Store,
+    root: keystone_control::auth::Principal,
+    name: String,
+}
+
+impl BenchTeam {
+    async fn create(database_url: &str, name: &str) -> anyhow::Result<BenchTeam> {
+        use keystone_control::goal::{Declaration, Goal};
+        let store = keystone_control::store::Store::connect(database_url).await?;
+        let root = keystone_control::auth::Principal {
+            user_id: "bench".into(),
+            display: "bench".into(),
+            role: keystone_control::Role::Admin,
+            teams: vec![],
+        };
+        let team = Declaration::Team(keystone_control::TeamSpec::default());
+        Goal::new(&store, &root).create("", name, team, "benchmark").await?;
+        Ok(BenchTeam { store, root, name: name.to_owned() })
+    }
+
+    async fn declare(&self, kind: keystone_control::Kind, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        use keystone_control::goal::{Declaration, Goal};
+        let decl = Declaration::from_json(kind, spec).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        Goal::new(&self.store, &self.root)
+            .create(&self.name, name, decl, "benchmark")
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        Ok(())
+    }
+}
+
 /// A ~250-byte play event; half of them pass the benchmark route's filter.
 fn play_event(n: usize) -> String {
     format!(
@@ -105,32 +138,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     use crate::settings::Settings;
     use crate::startup::Application;
-    use keystone_control::auth::Principal;
-    use keystone_control::goal::{Declaration, Goal};
-    use keystone_control::{Kind, Role, TeamSpec};
+    use keystone_control::Kind;
     use serde_json::json;
 
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        database_url: Some(format!("sqlite://{}", dir.join("keystone.db").display())),
-        site_root: dir.join("site"),
-        secure_cookies: false,
-        session_idle_minutes: 60,
-        session_absolute_hours: 12,
-        public_origin: None,
-        ingest_max_body_bytes: 16 << 20,
-        ingest_max_event_bytes: 64 << 10,
-        telemetry_interval_ms: 10_000,
-        metrics_token: None,
-        instance: None,
-        reconciler_lease_ms: 10_000,
-        kafka: None,
-        role: Default::default(),
-        job_env: Default::default(),
-    };
+    let settings = Settings::local(dir);
     let app = Application::build(settings.clone()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let jobs = app.jobs();
@@ -139,26 +152,16 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
-    let store = keystone_control::store::Store::connect(settings.database_url.as_deref().unwrap_or_default()).await?;
-    let root = Principal { user_id: "bench".into(), display: "bench".into(), role: Role::Admin, teams: vec![] };
-    let goal = Goal::new(&store, &root);
-    goal.create("", "bench", Declaration::Team(TeamSpec::default()), "benchmark").await?;
-    let declare = |kind: Kind, name: &'static str, spec: serde_json::Value| {
-        let goal = Goal::new(&store, &root);
-        async move {
-            let decl = Declaration::from_json(kind, spec).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            goal.create("bench", name, decl, "benchmark").await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            Ok::<_, anyhow::Error>(())
-        }
-    };
-    declare(Kind::Stream, "plays", json!({"partitions": b.partitions, "retention_hours": 24})).await?;
-    declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "plays"}})).await?;
+    let team = BenchTeam::create(settings.database_url.as_deref().unwrap_or_default(), "bench").await?;
+    let (store, root) = (&team.store, &team.root);
+    team.declare(Kind::Stream, "plays", json!({"partitions": b.partitions, "retention_hours": 24})).await?;
+    team.declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "plays"}})).await?;
     let route = |sink: &str| {
         json!({"stream": "plays", "sink": sink, "filter": "event.bitrate > 3000",
                "projection": {"keep": ["user_id", "title_id", "country", "bitrate"]},
                "batch_size": 5000, "max_latency_ms": 200})
     };
-    declare(Kind::Route, "to-lake", route("lake")).await?;
+    team.declare(Kind::Route, "to-lake", route("lake")).await?;
     let mut routes = vec!["to-lake"];
     if let Some(url) = &b.postgres_url {
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
@@ -169,16 +172,16 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         )
         .execute(&mut conn)
         .await?;
-        declare(
+        team.declare(
             Kind::Sink,
             "dwh",
             json!({"kind": "postgres", "settings": {"table": "keystone_bench_plays"}, "secrets": {"url": url}}),
         )
         .await?;
-        declare(Kind::Route, "to-dwh", route("dwh")).await?;
+        team.declare(Kind::Route, "to-dwh", route("dwh")).await?;
         routes.push("to-dwh");
     }
-    let (_, token) = keystone_control::producers::create(&store, &root, "bench", "plays", "bench").await?;
+    let (_, token) = keystone_control::producers::create(store, root, "bench", "plays", "bench").await?;
     let team_id = store.get(Kind::Team, "", "bench").await?.map(|t| t.id).unwrap_or_default();
     let mut route_ids = Vec::new();
     for r in &routes {
@@ -300,36 +303,25 @@ fn sink_latencies(dir: &Path) -> anyhow::Result<Vec<f64>> {
 pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<()> {
     use crate::settings::Settings;
     use crate::startup::Application;
-    use keystone_control::auth::{upsert_user, Principal};
-    use keystone_control::goal::{Declaration, Goal};
+    use keystone_control::auth::upsert_user;
     use keystone_control::telemetry::RESOLUTIONS;
-    use keystone_control::{JobCounters, JobSample, Kind, Role, TeamSpec};
+    use keystone_control::{JobCounters, JobSample, Kind, Role};
     use serde_json::json;
 
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let url = format!("sqlite://{}", dir.join("keystone.db").display());
-    let store = keystone_control::store::Store::connect(&url).await?;
-    let root = Principal { user_id: "bench".into(), display: "bench".into(), role: Role::Admin, teams: vec![] };
-    let goal = Goal::new(&store, &root);
-    goal.create("", "bench", Declaration::Team(TeamSpec::default()), "benchmark").await?;
-    let declare = |kind: Kind, name: String, spec: serde_json::Value| {
-        let goal = Goal::new(&store, &root);
-        async move {
-            let decl = Declaration::from_json(kind, spec).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            goal.create("bench", &name, decl, "benchmark").await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            Ok::<_, anyhow::Error>(())
-        }
-    };
+    let team = BenchTeam::create(&url, "bench").await?;
+    let (store, root) = (&team.store, &team.root);
     let started = Instant::now();
-    declare(Kind::Stream, "plays".into(), json!({"partitions": 1, "retention_hours": 24})).await?;
-    declare(Kind::Sink, "lake".into(), json!({"kind": "file", "settings": {"path": "plays"}})).await?;
+    team.declare(Kind::Stream, "plays", json!({"partitions": 1, "retention_hours": 24})).await?;
+    team.declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "plays"}})).await?;
     for n in 0..jobs {
-        declare(Kind::Route, format!("route-{n:05}"), json!({"stream": "plays", "sink": "lake"})).await?;
+        team.declare(Kind::Route, &format!("route-{n:05}"), json!({"stream": "plays", "sink": "lake"})).await?;
     }
     let fine = RESOLUTIONS[0];
     let now = keystone_control::store::now_ms();
-    let routes = goal.list(Kind::Route).await?;
+    let routes = keystone_control::goal::Goal::new(store, root).list(Kind::Route).await?;
     for chunk in routes.chunks(500) {
         let mut samples = Vec::new();
         for (i, r) in chunk.iter().enumerate() {
@@ -353,25 +345,7 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
     println!("Declared {jobs} routes with 30 samples each in {:.1?}", started.elapsed());
     upsert_user(&store, "bench-admin", "bench-password-1", Role::Admin, &[], false).await?;
 
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        database_url: Some(url),
-        site_root: dir.join("site"),
-        secure_cookies: false,
-        session_idle_minutes: 60,
-        session_absolute_hours: 12,
-        public_origin: None,
-        ingest_max_body_bytes: 1 << 20,
-        ingest_max_event_bytes: 64 << 10,
-        telemetry_interval_ms: 10_000,
-        metrics_token: None,
-        instance: None,
-        reconciler_lease_ms: 10_000,
-        kafka: None,
-        role: Default::default(),
-        job_env: Default::default(),
-    };
+    let settings = Settings { database_url: Some(url), ingest_max_body_bytes: 1 << 20, ..Settings::local(dir) };
     let app = Application::build(settings).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let running = app.jobs();
@@ -415,4 +389,182 @@ pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<
     server.await??;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+/// Shape of the scale-out benchmark.
+#[derive(Debug, Clone)]
+pub struct WorkersBench {
+    pub events: usize,
+    /// Worker counts to measure, one run each.
+    pub workers: Vec<usize>,
+    pub partitions: u32,
+    /// A PostgreSQL server: each run gets a fresh database on it.
+    pub postgres_url: String,
+    /// A Kafka cluster (its topics are created); librdkafka's mock cluster in this process when
+    /// none is given.
+    pub brokers: Option<String>,
+}
+
+/// Route jobs spread over `keystone worker` processes. For each worker count: a fresh
+/// PostgreSQL database, a control-role server in this process, that many worker processes of
+/// this binary, and a stream of `partitions` partitions on Kafka. Once every partition is held
+/// by a worker, the stream is filled with `events` play events; the figure is events over the
+/// time until the route committed them all (at a file sink, so each worker writes its own files).
+pub async fn workers(dir: &Path, b: WorkersBench) -> anyhow::Result<()> {
+    let cluster = match &b.brokers {
+        Some(_) => None,
+        None => Some(rdkafka::mocking::MockCluster::new(1)?),
+    };
+    let brokers = match (&b.brokers, &cluster) {
+        (Some(brokers), _) => brokers.clone(),
+        (None, Some(c)) => c.bootstrap_servers(),
+        (None, None) => unreachable!("a mock cluster is started without brokers"),
+    };
+    println!(
+        "Workers: {} events of ~{} bytes, a {}-partition stream on {}, one route to a file sink, PostgreSQL at {}",
+        b.events,
+        play_event(0).len(),
+        b.partitions,
+        if cluster.is_some() { "librdkafka's mock cluster (in this process)" } else { brokers.as_str() },
+        b.postgres_url.rsplit('@').next().unwrap_or_default()
+    );
+    for (run, &count) in b.workers.iter().enumerate() {
+        // Each run its own topic: a fresh stream, so every run reads exactly its events.
+        let team = format!("bench{run}");
+        if let Some(c) = &cluster {
+            c.create_topic(&keystone_control::stream_topic(&team, "plays"), b.partitions as i32, 1)?;
+            c.create_topic(&keystone_control::dead_letter_topic(&team, "all"), 1, 1)?;
+        }
+        let secs = workers_run(&dir.join(&team), &b, &brokers, &team, count).await?;
+        println!(
+            "  {count} worker(s): {:>9.0} events/s   (all {} committed {:.2} s after the first append)",
+            b.events as f64 / secs,
+            b.events,
+            secs
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+async fn workers_run(dir: &Path, b: &WorkersBench, brokers: &str, team: &str, count: usize) -> anyhow::Result<f64> {
+    use crate::settings::{KafkaSettings, ProcessRole, Settings};
+    use crate::startup::Application;
+    use keystone_control::Kind;
+    use keystone_engine::log::{KafkaConfig, KafkaLog};
+    use serde_json::json;
+    use sqlx::Connection;
+
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let db = format!("keystone_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&b.postgres_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await?;
+    let url = format!("{}/{db}", &b.postgres_url[..b.postgres_url.rfind('/').unwrap_or(b.postgres_url.len())]);
+    let kafka = KafkaSettings {
+        brokers: brokers.to_owned(),
+        manage_topics: b.brokers.is_some(),
+        replication_factor: 1,
+        properties: Default::default(),
+        session_timeout_ms: 6_000,
+    };
+    let settings = Settings {
+        database_url: Some(url.clone()),
+        kafka: Some(kafka),
+        role: ProcessRole::Control,
+        ..Settings::local(dir)
+    };
+    let app = Application::build(settings).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let bench = BenchTeam::create(&url, team).await?;
+    let store = &bench.store;
+    bench.declare(Kind::Stream, "plays", json!({"partitions": b.partitions, "retention_hours": 24})).await?;
+    bench.declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "plays"}})).await?;
+    let route = json!({"stream": "plays", "sink": "lake", "batch_size": 5000, "max_latency_ms": 200,
+                       "config": {"job.checkpoint_interval_ms": "200"}});
+    bench.declare(Kind::Route, "all", route).await?;
+    let team_id = store.get(Kind::Team, "", team).await?.map(|t| t.id).unwrap_or_default();
+    let route_id = store.get(Kind::Route, &team_id, "all").await?.map(|o| o.id).unwrap_or_default();
+
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for i in 0..count {
+        children.push(
+            std::process::Command::new(&exe)
+                .arg("worker")
+                .env("KEYSTONE_DATABASE_URL", &url)
+                .env("KEYSTONE_DATA_DIR", dir)
+                .env("KEYSTONE_INSTANCE", format!("bench-worker-{i}"))
+                .env("KEYSTONE_KAFKA__BROKERS", brokers)
+                .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
+                .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
+    let outcome = async {
+        // Every partition held by one of the workers, all of them heartbeating.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let workers = store.workers().await?;
+            let held: usize =
+                workers.iter().filter(|w| w.alive).flat_map(|w| &w.jobs).map(|j| j.partitions.len()).sum();
+            if workers.iter().filter(|w| w.alive).count() == count && held == b.partitions as usize {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the workers did not share the partitions within 120 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut config = KafkaConfig::new(brokers);
+        config.manage_topics = false;
+        let log = KafkaLog::connect(config)?;
+        let topic = keystone_control::stream_topic(team, "plays");
+        log.ensure_topic(&topic, b.partitions, Retention { max_age_ms: i64::MAX, max_bytes_per_partition: None })
+            .await?;
+        let started = Instant::now();
+        for from in (0..b.events).step_by(1000) {
+            let records = (from..(from + 1000).min(b.events))
+                .map(|n| {
+                    let envelope = keystone_engine::ingest::Envelope {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        stream: format!("{team}/plays"),
+                        ingested_at: keystone_control::store::now_ms(),
+                        key: None,
+                        headers: Default::default(),
+                        payload: serde_json::from_str(&play_event(n)).expect("a play event is JSON"),
+                    };
+                    NewRecord {
+                        partition: (n % b.partitions as usize) as u32,
+                        timestamp_ms: envelope.ingested_at,
+                        key: None,
+                        value: envelope.to_bytes(),
+                    }
+                })
+                .collect();
+            log.append(&topic, records).await?;
+        }
+        loop {
+            let committed: u64 = store.checkpoints(&route_id).await?.iter().map(|c| c.next_offset).sum();
+            if committed >= b.events as u64 {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(started.elapsed().as_secs() < 600, "not all events were committed within 10 minutes");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = stop.send(());
+    server.await??;
+    store.pool().close().await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await?;
+    outcome
 }

@@ -157,6 +157,22 @@ enum BenchCommand {
         #[arg(long)]
         postgres_url: Option<String>,
     },
+    /// Route jobs spread over 1, 2, 3... `keystone worker` processes on Kafka and PostgreSQL.
+    Workers {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Worker counts, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 12)]
+        partitions: u32,
+        /// A PostgreSQL server; each run creates (and drops) a database on it.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// A Kafka cluster; default: librdkafka's mock cluster in this process.
+        #[arg(long)]
+        brokers: Option<String>,
+    },
     /// Server render time of the jobs overview with many routes (each running its job).
     Overview {
         #[arg(long, default_value_t = 5000)]
@@ -237,6 +253,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Pipeline { events, producers, batch, partitions, postgres_url } } => {
             let shape = keystone::bench::PipelineBench { events, producers, batch, partitions, postgres_url };
             keystone::bench::pipeline(&settings.data_dir.join("bench-pipeline"), shape).await?;
+        }
+        Command::Bench { command: BenchCommand::Workers { events, workers, partitions, postgres_url, brokers } } => {
+            let shape = keystone::bench::WorkersBench { events, workers, partitions, postgres_url, brokers };
+            keystone::bench::workers(&settings.data_dir.join("bench-workers"), shape).await?;
         }
         Command::Bench { command: BenchCommand::Overview { jobs, rounds } } => {
             keystone::bench::overview(&settings.data_dir.join("bench-overview"), jobs, rounds).await?;

@@ -167,6 +167,29 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The defaults, with everything local under `dir` (benchmarks build their servers so).
+    pub fn local(dir: &std::path::Path) -> Settings {
+        Settings {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.to_path_buf(),
+            database_url: Some(format!("sqlite://{}", dir.join("keystone.db").display())),
+            site_root: dir.join("site"),
+            secure_cookies: false,
+            session_idle_minutes: 60,
+            session_absolute_hours: 12,
+            public_origin: None,
+            ingest_max_body_bytes: 16 << 20,
+            ingest_max_event_bytes: 64 << 10,
+            telemetry_interval_ms: 10_000,
+            metrics_token: None,
+            instance: None,
+            reconciler_lease_ms: 10_000,
+            kafka: None,
+            role: ProcessRole::All,
+            job_env: Default::default(),
+        }
+    }
+
     /// The database URL in effect: the configured one, or the embedded SQLite file.
     pub fn database_url(&self) -> String {
         self.database_url
