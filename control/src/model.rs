@@ -854,6 +854,12 @@ impl RouteSpec {
 
     /// The job properties Keystone itself reads from `config` (keys under `job.`), with their
     /// defaults. Other keys are free-form.
+    /// The worker pool whose workers run this route's job (`job.pool`); `None`: the workers
+    /// without a pool. (A process in role `all` runs every route.)
+    pub fn pool(&self) -> Option<&str> {
+        self.config.get("job.pool").map(String::as_str).filter(|p| !p.is_empty())
+    }
+
     pub fn job_settings(&self) -> Result<JobSettings, ValidationErrors> {
         let mut e = ValidationErrors::default();
         let mut s = JobSettings::default();
@@ -867,6 +873,12 @@ impl RouteSpec {
                 "job.stall_timeout_s" => s.stall_timeout_s = number(10, 86_400, &mut e).unwrap_or(s.stall_timeout_s),
                 "job.stability_s" => s.stability_s = number(0, 3_600, &mut e).unwrap_or(s.stability_s),
                 "job.max_error_percent" => s.max_error_percent = number(1, 100, &mut e).unwrap_or(s.max_error_percent),
+                // Read by `pool`; checked here with the other job properties.
+                "job.pool" => {
+                    if let Err(err) = Name::parse(value) {
+                        e.add(field, format!("must be a pool name: {err}"));
+                    }
+                }
                 "job.start_at" => match value.as_str() {
                     "earliest" => s.start_at_latest = false,
                     "latest" => s.start_at_latest = true,
@@ -875,7 +887,7 @@ impl RouteSpec {
                 _ => e.add(
                     field,
                     "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at, \
-                     job.stability_s, job.max_error_percent)",
+                     job.stability_s, job.max_error_percent, job.pool)",
                 ),
             }
         }
@@ -1451,5 +1463,16 @@ mod tests {
         assert!(e.for_field("config.job.start_at").is_some());
         assert!(e.for_field("config.job.stall_timeout_s").unwrap().contains("10 to 86400"));
         assert!(e.for_field("config.job.paralelism").unwrap().contains("not a job property"));
+    }
+
+    #[test]
+    fn a_route_names_its_worker_pool() {
+        let mut r = route();
+        assert_eq!(r.pool(), None);
+        r.config.insert("job.pool".into(), "search".into());
+        assert_eq!(r.pool(), Some("search"));
+        assert!(r.validate().is_ok());
+        r.config.insert("job.pool".into(), "Search Fleet".into());
+        assert!(r.validate().unwrap_err().for_field("config.job.pool").unwrap().contains("pool name"));
     }
 }

@@ -40,7 +40,9 @@ mod store {
     use sqlx::Row;
 
     impl Store {
-        /// Records what process `name` holds now (creating its row on the first beat).
+        /// Records what process `name` holds now (creating its row on the first beat), and drops
+        /// rows silent for an hour (a dead process is shown that long). Through the serialized
+        /// write path: on SQLite a beat must not contend with the other writers.
         pub async fn heartbeat_worker(
             &self,
             name: &str,
@@ -49,6 +51,8 @@ mod store {
             jobs: &[HeldJob],
         ) -> Result<(), StoreError> {
             let jobs = serde_json::to_string(jobs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let now = now_ms();
+            let mut tx = self.write().await?;
             sqlx::query(
                 "INSERT INTO workers (name, role, started_at, heartbeat_at, jobs) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (name) DO UPDATE SET role = excluded.role, started_at = excluded.started_at, \
@@ -57,27 +61,26 @@ mod store {
             .bind(name)
             .bind(role)
             .bind(started_at)
-            .bind(now_ms())
+            .bind(now)
             .bind(jobs)
-            .execute(self.pool())
+            .execute(tx.conn())
             .await?;
+            sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1").bind(now - 3_600_000).execute(tx.conn()).await?;
+            tx.commit().await?;
             Ok(())
         }
 
         /// Removes a process's row (it stopped cleanly).
         pub async fn forget_worker(&self, name: &str) -> Result<(), StoreError> {
-            sqlx::query("DELETE FROM workers WHERE name = $1").bind(name).execute(self.pool()).await?;
+            let mut tx = self.write().await?;
+            sqlx::query("DELETE FROM workers WHERE name = $1").bind(name).execute(tx.conn()).await?;
+            tx.commit().await?;
             Ok(())
         }
 
-        /// Every registered process, live ones first, then by name. Rows silent for an hour are
-        /// dropped on the way (a dead process is shown for that long).
+        /// Every registered process, live ones first, then by name.
         pub async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
             let now = now_ms();
-            sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1")
-                .bind(now - 3_600_000)
-                .execute(self.pool())
-                .await?;
             let rows = sqlx::query("SELECT name, role, started_at, heartbeat_at, jobs FROM workers ORDER BY name")
                 .fetch_all(self.pool())
                 .await?;

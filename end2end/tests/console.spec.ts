@@ -239,7 +239,7 @@ test("a route declared in the console delivers ingested events, and its job page
   await expect(async () => {
     await page.reload();
     await expect(page.getByTestId("workers-table")).toContainText(`alpha/${route} · partitions 0-1`);
-  }).toPass({ timeout: 10_000 });
+  }).toPass({ timeout: 20_000 });
   await page.goto(`/routes/alpha/${route}`);
 
   // The desired state: pause the job from the console, see it paused, then resume it.

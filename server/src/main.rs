@@ -32,7 +32,12 @@ enum Command {
     },
     /// Run route jobs only, sharing each route's job with the other workers through its Kafka
     /// consumer group (needs streams on Kafka and the shared PostgreSQL database).
-    Worker,
+    Worker {
+        /// Run only the routes whose `job.pool` is this (default: the routes without a pool).
+        /// Overrides KEYSTONE_POOL.
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Measure parts of the platform on this machine (see README, "Figures").
     Bench {
         #[command(subcommand)]
@@ -242,7 +247,11 @@ async fn main() -> anyhow::Result<()> {
             println!("Keystone console: http://127.0.0.1:{}/", app.port());
             app.run_until_stopped().await?;
         }
-        Command::Worker => {
+        Command::Worker { pool } => {
+            let mut settings = settings;
+            if pool.is_some() {
+                settings.pool = pool;
+            }
             let worker = keystone::startup::Worker::build(settings).await?;
             println!("Keystone worker running route jobs; Ctrl-C drains them and hands their partitions over.");
             worker.run_until_stopped().await;

@@ -57,6 +57,8 @@ pub struct Reconciler {
     pub planned: std::sync::Mutex<HashMap<String, (String, bool)>>,
     /// `session.timeout.ms` of a worker's consumer-group memberships.
     pub group_session: Duration,
+    /// A worker's pool: it runs only the routes of that pool (`job.pool`).
+    pub pool: Option<String>,
 }
 
 /// How the reconciler is doing, for `/metrics`.
@@ -238,6 +240,11 @@ impl Reconciler {
                     declared
                 }
             };
+            // A worker runs the routes of its own pool only: a pool isolates one kind of sink's
+            // jobs on their own machines.
+            if self.role == ProcessRole::Worker && spec.pool() != self.pool.as_deref() {
+                continue;
+            }
             route.spec = serde_json::to_value(&spec)?;
             let (Some(stream), Some(sink)) =
                 (find(streams, &route.team, spec.stream.as_str()), find(&sinks, &route.team, spec.sink.as_str()))

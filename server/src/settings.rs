@@ -54,6 +54,10 @@ pub struct Settings {
     /// serve --role`; `keystone worker` is the worker role).
     #[serde(default)]
     pub role: ProcessRole,
+    /// The worker pool of a `keystone worker` (`KEYSTONE_POOL`, or `--pool`): it runs the routes
+    /// whose `job.pool` names it; without one, the routes without a pool.
+    #[serde(default)]
+    pub pool: Option<String>,
     /// The environment layer of every job's configuration, from `KEYSTONE_JOB_<KEY>` variables
     /// (e.g. `KEYSTONE_JOB_STALL_TIMEOUT_S=300`): key -> value, checked at start-up.
     #[serde(skip)]
@@ -186,6 +190,7 @@ impl Settings {
             reconciler_lease_ms: 10_000,
             kafka: None,
             role: ProcessRole::All,
+            pool: None,
             job_env: Default::default(),
         }
     }

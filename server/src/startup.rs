@@ -71,9 +71,10 @@ impl ControlLoop {
             role: settings.role,
             planned: Default::default(),
             group_session: Duration::from_millis(settings.kafka.as_ref().map_or(10_000, |k| k.session_timeout_ms)),
+            pool: settings.pool.clone().filter(|p| !p.is_empty()),
         });
         let stop = CancellationToken::new();
-        let heartbeat = settings.role.runs_jobs().then(|| spawn_heartbeat(&reconciler, settings.role, stop.clone()));
+        let heartbeat = settings.role.runs_jobs().then(|| spawn_heartbeat(&reconciler, stop.clone()));
         ControlLoop { reconciler: reconciler.clone(), stop: stop.clone(), task: reconciler.spawn(stop), heartbeat }
     }
 
@@ -239,16 +240,13 @@ pub async fn router(
 
 /// Renews this process's row in the workers list with the partitions of each job it holds,
 /// until `stop` fires.
-fn spawn_heartbeat(
-    reconciler: &Arc<Reconciler>,
-    role: ProcessRole,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_heartbeat(reconciler: &Arc<Reconciler>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     use keystone_control::workers::{HeldJob, HEARTBEAT_EVERY_MS};
     let reconciler = reconciler.clone();
-    let role = match role {
-        ProcessRole::Worker => "worker",
-        _ => "all",
+    let role = match (reconciler.role, &reconciler.pool) {
+        (ProcessRole::Worker, Some(pool)) => format!("worker, pool {pool}"),
+        (ProcessRole::Worker, None) => "worker".to_owned(),
+        _ => "all".to_owned(),
     };
     tokio::spawn(async move {
         let started_at = keystone_control::store::now_ms();
@@ -264,7 +262,7 @@ fn spawn_heartbeat(
                 .into_iter()
                 .map(|(route_id, route, partitions)| HeldJob { route_id, route, partitions })
                 .collect();
-            let beat = reconciler.store.heartbeat_worker(&reconciler.instance, role, started_at, &held);
+            let beat = reconciler.store.heartbeat_worker(&reconciler.instance, &role, started_at, &held);
             if let Err(e) = beat.await {
                 tracing::warn!(error = %e, "Worker heartbeat not recorded.");
             }

@@ -86,6 +86,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         reconciler_lease_ms: 10_000,
         kafka: None,
         role: Default::default(),
+        pool: None,
         job_env: Default::default(),
     };
     tweak(&mut settings);
@@ -1263,10 +1264,14 @@ mod delivery {
     }
 
     impl WorkerProcess {
-        fn start(app: &TestApp, brokers: &str, name: &str) -> WorkerProcess {
+        fn start(app: &TestApp, brokers: &str, name: &str, pool: Option<&str>) -> WorkerProcess {
             let log = std::fs::File::create(app.settings.data_dir.join(format!("{name}.log"))).unwrap();
-            let child = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
-                .arg("worker")
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"));
+            command.arg("worker");
+            if let Some(pool) = pool {
+                command.args(["--pool", pool]);
+            }
+            let child = command
                 .env("KEYSTONE_DATABASE_URL", app.settings.database_url.as_deref().unwrap())
                 .env("KEYSTONE_DATA_DIR", &app.settings.data_dir)
                 .env("KEYSTONE_INSTANCE", name)
@@ -1295,12 +1300,14 @@ mod delivery {
     /// 12-partition stream is spread over the workers by its consumer group. One worker is killed
     /// with SIGKILL under load: its partitions move to the other two after the session timeout,
     /// and every acknowledged event reaches the sink; repeats are bounded by what the dead worker
-    /// had not committed.
+    /// had not committed. A fourth worker in pool `isolated` runs the route of that pool, alone,
+    /// and no other worker runs it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_workers_share_a_route_job_and_one_killed_loses_nothing() {
         let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
         cluster.create_topic("alpha.plays", 12, 3).unwrap();
         cluster.create_topic("_dlq.alpha.all", 1, 3).unwrap();
+        cluster.create_topic("_dlq.alpha.isolated", 1, 3).unwrap();
         let brokers = cluster.bootstrap_servers();
         let kafka = keystone::settings::KafkaSettings {
             brokers: brokers.clone(),
@@ -1319,25 +1326,32 @@ mod delivery {
         let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 50,
                            "config": {"job.checkpoint_interval_ms": "200"}});
         declare(&app, "routes", "all", route).await;
+        declare(&app, "sinks", "apart", json!({"kind": "file", "settings": {"path": "apart"}})).await;
+        let isolated = json!({"stream": "plays", "sink": "apart", "max_latency_ms": 20, "batch_size": 50,
+                              "config": {"job.pool": "isolated"}});
+        declare(&app, "routes", "isolated", isolated).await;
         let mut workers: Vec<WorkerProcess> =
-            (1..=3).map(|i| WorkerProcess::start(&app, &brokers, &format!("worker-{i}"))).collect();
-        let held = || async {
-            let (s, body) = app.get(&app.alpha_viewer, "/api/v1/workers").await;
+            (1..=3).map(|i| WorkerProcess::start(&app, &brokers, &format!("worker-{i}"), None)).collect();
+        let _apart = WorkerProcess::start(&app, &brokers, "worker-isolated", Some("isolated"));
+        // Per live worker, the partitions of `route` it holds.
+        let app_ref = &app;
+        let held = move |route: &'static str| async move {
+            let (s, body) = app_ref.get(&app_ref.alpha_viewer, "/api/v1/workers").await;
             assert_eq!(s, StatusCode::OK, "{body}");
             body.as_array()
                 .unwrap()
                 .iter()
                 .filter(|w| w["alive"] == true)
-                .map(|w| {
-                    let n =
-                        w["jobs"].as_array().unwrap().iter().map(|j| j["partitions"].as_array().unwrap().len()).sum();
-                    (w["name"].as_str().unwrap().to_owned(), n)
+                .filter_map(|w| {
+                    let job = w["jobs"].as_array().unwrap().iter().find(|j| j["route"] == route)?;
+                    Some((w["name"].as_str().unwrap().to_owned(), job["partitions"].as_array().unwrap().len()))
                 })
                 .collect::<HashMap<String, usize>>()
         };
-        eventually("12 partitions spread over three workers", || async {
-            let h = held().await;
-            h.len() == 3 && h.values().all(|n| *n > 0) && h.values().sum::<usize>() == 12
+        eventually("12 partitions spread over three workers, the pool's route on its own worker", || async {
+            let h = held("alpha/all").await;
+            let spread = h.len() == 3 && h.values().all(|n| *n > 0) && h.values().sum::<usize>() == 12;
+            spread && held("alpha/isolated").await == HashMap::from([("worker-isolated".to_owned(), 12)])
         })
         .await;
         // The control plane runs no job itself.
@@ -1377,12 +1391,18 @@ mod delivery {
         drop(killed);
         producing.await.unwrap();
         eventually("the two survivors hold all 12 partitions", || async {
-            let h = held().await;
+            let h = held("alpha/all").await;
             !h.contains_key(&killed_name) && h.values().sum::<usize>() == 12
         })
         .await;
         eventually("every acknowledged event delivered", || async { distinct().len() == 3000 }).await;
         assert_eq!(distinct(), (0..3000).collect(), "none lost");
+        let apart = || {
+            let ns: std::collections::BTreeSet<u64> =
+                sink_lines(&app, "apart").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns
+        };
+        eventually("the pool's route delivered everything too", || async { apart().len() == 3000 }).await;
         let delivered = sink_lines(&app, "shared").len();
         assert!(
             delivered - 3000 <= 1000,
@@ -1734,8 +1754,8 @@ mod delivery {
         // Two producers share the work; a third request is refused whole (not an object).
         let (token, token2) = (producer_token(&app, "plays").await, producer_token(&app, "plays").await);
         let mut events = plays(0..N);
-        for n in 1..=K as usize {
-            events[n]["country"] = json!("XX");
+        for e in &mut events[1..=K as usize] {
+            e["country"] = json!("XX");
         }
         ingest(&app, &token, "plays", &events[..500]).await;
         ingest(&app, &token2, "plays", &events[500..]).await;
@@ -1853,7 +1873,7 @@ mod delivery {
         assert!(!other.contains("team=\"alpha\""), "team beta sees alpha's series: {other}");
         let anonymous = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(scrape("not-the-scrape-token".into()).await.contains("keystone_"), false);
+        assert!(!scrape("not-the-scrape-token".into()).await.contains("keystone_"));
 
         app.teardown().await;
         sink_db.remove().await;
@@ -1876,7 +1896,7 @@ mod delivery {
             let body = json!({"state": state, "reason": format!("test: {state}")});
             async move { app.post(&app.alpha, "/api/v1/teams/alpha/routes/all/state", body).await }
         };
-        let delivered = || sink_lines(&app, "life").len();
+        let delivered = || sink_lines(app, "life").len();
         let phase = || async { job(&app, "all").await["job"]["phase"].clone() };
 
         ingest(&app, &token, "plays", &plays(0..100)).await;

@@ -165,7 +165,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
             text: format!("{} ({}): {}", d.detail, d.strategy.as_str(), d.state.as_str()),
         }
     }));
-    timeline.sort_by(|a, b| b.at.cmp(&a.at));
+    timeline.sort_by_key(|t| std::cmp::Reverse(t.at));
     let markers: Vec<i64> = timeline.iter().map(|t| t.at).collect();
 
     // Rates are per second of each sample's own length (10 s or 5 min).

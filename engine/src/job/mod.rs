@@ -643,12 +643,16 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
     }
 }
 
+/// What a delivery came back with: the events the sink refused for good (by index, with why),
+/// or `None` if it was cancelled while retrying.
+type Refusals = Option<Vec<(usize, String)>>;
+
 /// A gathered batch on its way to the sink: what it came from, and where its partition's
 /// position may move once it is settled.
 struct InFlight {
     /// The delivery; `None` for a batch of dead letters only. Its result: the events the sink
     /// refused for good, or `None` if cancelled while retrying.
-    delivery: Option<tokio::task::JoinHandle<Option<Vec<(usize, String)>>>>,
+    delivery: Option<tokio::task::JoinHandle<Refusals>>,
     sources: Vec<StoredRecord>,
     dead: Vec<(StoredRecord, String)>,
     /// The offset after the last record the batch covers.
@@ -851,7 +855,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
 
     /// Delivers a batch, retrying transient failures with backoff until it goes through.
     /// Returns the events the sink refused for good, or `None` if cancelled while retrying.
-    async fn deliver(&self, batch: &[SinkEvent]) -> Option<Vec<(usize, String)>> {
+    async fn deliver(&self, batch: &[SinkEvent]) -> Refusals {
         let mut attempt = 0u32;
         loop {
             let started = std::time::Instant::now();
