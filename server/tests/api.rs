@@ -573,6 +573,17 @@ async fn console_post(
     (r.status(), r.text().await.unwrap())
 }
 
+/// An admin's decision on a change request, as the console posts it.
+async fn decide(
+    app: &TestApp,
+    session: &reqwest::Client,
+    id: &str,
+    decision: &str,
+    comment: &str,
+) -> (StatusCode, String) {
+    console_post(app, session, "/api/decide_request", &[("id", id), ("decision", decision), ("comment", comment)]).await
+}
+
 async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let app = spawn_app(db).await;
     upsert_user(&app.store, "root", PASSWORD, Role::Admin, &[], false).await.unwrap();
@@ -633,9 +644,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
 
     // An editor cannot decide, and an admin cannot decide a request of their own.
     let id = route_request.to_string();
-    let (s, body) =
-        console_post(&app, &alice, "/api/decide_request", &[("id", &id), ("decision", "approve"), ("comment", "")])
-            .await;
+    let (s, body) = decide(&app, &alice, &id, "approve", "").await;
     assert!(!s.is_success() && body.contains("only admins"), "{s} {body}");
     let raise = [
         ("team", "alpha"),
@@ -655,8 +664,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let raise_request = pending[0]["id"].as_i64().unwrap();
     assert_eq!(pending[0]["requester"], "admin");
     let raise_id = raise_request.to_string();
-    let own = [("id", raise_id.as_str()), ("decision", "approve"), ("comment", "")];
-    let (s, body) = console_post(&app, &admin, "/api/decide_request", &own).await;
+    let (s, body) = decide(&app, &admin, &raise_id, "approve", "").await;
     assert!(!s.is_success() && body.contains("another admin must decide it"), "{s} {body}");
     // The navigation counts what waits for each admin: not their own requests.
     let count = |c: &reqwest::Client| {
@@ -671,12 +679,11 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     assert_eq!((count(&admin).await, count(&root).await), (1, 2));
 
     // Another admin approves: the change is applied as the requester's revision.
-    let (s, body) = console_post(&app, &root, "/api/decide_request", &own).await;
+    let (s, body) = decide(&app, &root, &raise_id, "approve", "").await;
     assert!(s.is_success() || s.is_redirection(), "{s} {body}");
     let (_, plays) = app.get(&app.alpha, "/api/v1/teams/alpha/streams/plays").await;
     assert_eq!((plays["version"].as_i64(), plays["spec"]["partitions"].as_i64()), (Some(2), Some(6)));
-    let approve = [("id", id.as_str()), ("decision", "approve"), ("comment", "looks right")];
-    let (s, body) = console_post(&app, &admin, "/api/decide_request", &approve).await;
+    let (s, body) = decide(&app, &admin, &id, "approve", "looks right").await;
     assert!(s.is_success() || s.is_redirection(), "{s} {body}");
     let (s, route_now) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse").await;
     assert_eq!(s, StatusCode::OK, "{route_now}");
@@ -688,7 +695,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let reason = history[0]["reason"].as_str().unwrap();
     assert!(reason.contains("ship it") && reason.contains(&format!("#{route_request} approved by admin")), "{reason}");
     // A decided request cannot be decided again.
-    let (s, body) = console_post(&app, &root, "/api/decide_request", &approve).await;
+    let (s, body) = decide(&app, &root, &id, "approve", "looks right").await;
     assert!(!s.is_success() && body.contains("already approved"), "{s} {body}");
 
     // Operations on that route wait too: an override of its configuration and a backfill. An
@@ -716,24 +723,12 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
         overrides.push(r["id"].as_i64().unwrap().to_string());
     }
     assert_eq!(batch_size().await, declared, "nothing applied while pending");
-    let (s, body) = console_post(
-        &app,
-        &root,
-        "/api/decide_request",
-        &[("id", &overrides[0]), ("decision", "approve"), ("comment", "")],
-    )
-    .await;
+    let (s, body) = decide(&app, &root, &overrides[0], "approve", "").await;
     assert!(s.is_success() || s.is_redirection(), "{s} {body}");
     assert_eq!(batch_size().await, ("7".to_owned(), "override".to_owned()));
     let (_, deployments) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse/deployments").await;
     assert_eq!(deployments[0]["config"], json!({"key": "batch_size", "before": null, "after": "7"}), "{deployments}");
-    let (s, body) = console_post(
-        &app,
-        &root,
-        "/api/decide_request",
-        &[("id", &overrides[1]), ("decision", "approve"), ("comment", "")],
-    )
-    .await;
+    let (s, body) = decide(&app, &root, &overrides[1], "approve", "").await;
     assert!(!s.is_success() && body.contains("is stale"), "{s} {body}");
     let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{}", overrides[1])).await;
     assert_eq!(request["state"], "stale");
@@ -752,13 +747,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     assert_eq!((s, body["change_request"]["action"].as_str()), (StatusCode::ACCEPTED, Some("backfill")), "{body}");
     assert!(backfills().await.is_empty(), "nothing started while pending");
     let backfill_id = body["change_request"]["id"].as_i64().unwrap().to_string();
-    let (s, body) = console_post(
-        &app,
-        &root,
-        "/api/decide_request",
-        &[("id", &backfill_id), ("decision", "approve"), ("comment", "")],
-    )
-    .await;
+    let (s, body) = decide(&app, &root, &backfill_id, "approve", "").await;
     assert!(s.is_success() || s.is_redirection(), "{s} {body}");
     let started = backfills().await;
     assert_eq!((started.len(), started[0]["started_by"].as_str()), (1, Some("token:alice-bot")), "{started:?}");
@@ -778,13 +767,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     assert_eq!(s, StatusCode::OK, "{body}");
     let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{stale_id}")).await;
     assert_eq!(request["state"], "stale");
-    let (s, body) = console_post(
-        &app,
-        &admin,
-        "/api/decide_request",
-        &[("id", &stale_id), ("decision", "approve"), ("comment", "")],
-    )
-    .await;
+    let (s, body) = decide(&app, &admin, &stale_id, "approve", "").await;
     assert!(!s.is_success() && body.contains("already stale"), "{s} {body}");
     let (_, route_now) = app.get(&app.alpha, "/api/v1/teams/alpha/routes/to-warehouse").await;
     assert_eq!(route_now["spec"]["filter"], "event.n > 1", "the stale change was not applied");
@@ -793,16 +776,9 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let (s, body) = app.delete(&app.alpha, "/api/v1/teams/alpha/streams/old?reason=unused").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let delete_id = body["change_request"]["id"].as_i64().unwrap().to_string();
-    let (s, body) = console_post(
-        &app,
-        &admin,
-        "/api/decide_request",
-        &[("id", &delete_id), ("decision", "reject"), ("comment", " ")],
-    )
-    .await;
+    let (s, body) = decide(&app, &admin, &delete_id, "reject", " ").await;
     assert!(!s.is_success() && body.contains("say why"), "{s} {body}");
-    let reject = [("id", delete_id.as_str()), ("decision", "reject"), ("comment", "still read by reports")];
-    let (s, body) = console_post(&app, &admin, "/api/decide_request", &reject).await;
+    let (s, body) = decide(&app, &admin, &delete_id, "reject", "still read by reports").await;
     assert!(s.is_success() || s.is_redirection(), "{s} {body}");
     assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams/old").await.0, StatusCode::OK);
     let (_, request) = app.get(&app.alpha, &format!("/api/v1/change-requests/{delete_id}")).await;
@@ -2115,8 +2091,7 @@ mod delivery {
         assert_eq!(committed().await, 80, "nothing moved yet");
         let id = request["id"].as_i64().unwrap().to_string();
         let admin = console_session(&app, "admin").await;
-        let approve = [("id", id.as_str()), ("decision", "approve"), ("comment", "replay for the audit")];
-        let (s, body) = console_post(&app, &admin, "/api/decide_request", &approve).await;
+        let (s, body) = decide(&app, &admin, &id, "approve", "replay for the audit").await;
         assert!(s.is_success() || s.is_redirection(), "{s} {body}");
         assert_eq!(committed().await, 0, "the approved rewind moved the positions");
         let (_, ops) = app.get(&app.alpha, "/api/v1/operations").await;
