@@ -1392,6 +1392,95 @@ mod delivery {
         app.teardown().await;
     }
 
+    /// A real Kafka-protocol broker process for one test: tansu (installed by `cargo xtask test`,
+    /// found through `KEYSTONE_TANSU`) with its SQLite storage in a scratch folder, on a free
+    /// loopback port; killed on drop. `None` (the test says SKIPPED) when it is not installed.
+    struct Tansu {
+        child: std::process::Child,
+        brokers: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Tansu {
+        async fn start() -> Option<Tansu> {
+            let Some(bin) = std::env::var_os("KEYSTONE_TANSU").filter(|b| std::path::Path::new(b).exists()) else {
+                eprintln!("SKIPPED: no tansu broker (KEYSTONE_TANSU); `cargo xtask test` installs it");
+                return None;
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+            // Its SQLite URL takes a path relative to the working folder.
+            let child = std::process::Command::new(bin)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(dir.path())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(Tansu { child, brokers: format!("127.0.0.1:{port}"), _dir: dir })
+        }
+    }
+
+    impl Drop for Tansu {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The scale-out set-up on a real broker process (tansu) instead of librdkafka's mock: the
+    /// control plane creates the stream's and the dead-letter topics on it (the mock cannot),
+    /// ingest produces idempotently with acks=all, and two `keystone worker` processes share the
+    /// route's job through a consumer group and deliver every event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_on_a_real_kafka_broker_deliver_every_event() {
+        let Some(broker) = Tansu::start().await else { return };
+        let kafka = keystone::settings::KafkaSettings {
+            brokers: broker.brokers.clone(),
+            manage_topics: true,
+            replication_factor: 1,
+            properties: Default::default(),
+            session_timeout_ms: 6_000,
+        };
+        let app = spawn_app_with(Db::Postgres, |s| {
+            s.kafka = Some(kafka);
+            s.role = keystone::settings::ProcessRole::Control;
+        })
+        .await;
+        declare(&app, "streams", "plays", stream(4)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "tansu"}})).await;
+        let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 100});
+        declare(&app, "routes", "all", route).await;
+        let _workers: Vec<WorkerProcess> =
+            (1..=2).map(|i| WorkerProcess::start(&app, &broker.brokers, &format!("worker-{i}"), None)).collect();
+        eventually("4 partitions spread over two workers", || async {
+            let workers = app.store.workers().await.unwrap();
+            let held: Vec<usize> =
+                workers.iter().filter(|w| w.alive).map(|w| w.jobs.iter().map(|j| j.partitions.len()).sum()).collect();
+            held.len() == 2 && held.iter().all(|n| *n > 0) && held.iter().sum::<usize>() == 4
+        })
+        .await;
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..1000)).await;
+        let distinct = || {
+            let ns: std::collections::BTreeSet<u64> =
+                sink_lines(&app, "tansu").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+            ns
+        };
+        eventually("every event delivered from the broker", || async { distinct().len() == 1000 }).await;
+        assert_eq!(distinct(), (0..1000).collect(), "none lost");
+        assert_eq!(sink_lines(&app, "tansu").len(), 1000, "a steady group delivers each event once");
+        app.teardown().await;
+    }
+
     /// Two servers on one database and one Kafka cluster: only the holder of the reconciler lease
     /// runs the route's job; when it shuts down (jobs drained, lease released) the other takes
     /// over where it stopped: every event delivered once, by exactly one server at a time.

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 const WASM_BINDGEN_VERSION: &str = "0.2.130";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const TANSU_VERSION: &str = "0.6.0";
 
 fn main() -> Result<()> {
     let root = workspace_root();
@@ -82,6 +83,25 @@ fn ensure_tools() -> Result<()> {
         status(cargo().args(["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION]))?;
     }
     Ok(())
+}
+
+/// A real Kafka-protocol broker for the tests that need one: tansu with its SQLite storage,
+/// installed once into a fixed folder outside the clone (about 9 minutes cold).
+fn ensure_tansu() -> Result<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let root = home.join(".cache/keystone-tools/tansu");
+    let bin = root.join("bin/tansu");
+    if !bin.exists() {
+        step("Installing the tansu broker for the Kafka tests (about 9 minutes, once)");
+        // Its own build folder: the workspace's stays free of its dependencies.
+        status(
+            cargo()
+                .args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "libsql", "--root"])
+                .arg(&root)
+                .env_remove("CARGO_TARGET_DIR"),
+        )?;
+    }
+    Ok(bin)
 }
 
 /// Builds the browser bundle into target/site/pkg and the server binary.
@@ -201,8 +221,12 @@ fn test(root: &Path) -> Result<()> {
 
     // `cargo test` also builds the keystone binary the browser tests run, with the same features,
     // so the server is compiled once.
+    let tansu = ensure_tansu()?;
     step("Unit and integration tests (SQLite and PostgreSQL)");
-    let unit_ok = run_counting(cargo().args(["test", "--workspace", "--no-fail-fast"]), |l| tally.read_cargo_line(l))?;
+    let unit_ok =
+        run_counting(cargo().args(["test", "--workspace", "--no-fail-fast"]).env("KEYSTONE_TANSU", &tansu), |l| {
+            tally.read_cargo_line(l)
+        })?;
 
     step("Browser tests (headless Chromium)");
     ensure_browser()?;
