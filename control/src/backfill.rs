@@ -107,7 +107,7 @@ pub fn import_topic(team: &str, route: &str, backfill_id: &str) -> String {
 mod store {
     use super::*;
     use crate::approval_store::StoredRequest;
-    use crate::approvals::{backfill_needs, RequestAction, RequestState};
+    use crate::approvals::{backfill_needs, RequestAction};
     use crate::diff::Change;
     use crate::goal::{Goal, GoalError, HeldOperation};
     use crate::model::{Kind, Object, RouteSpec, SinkKind, SinkSpec, StreamRef, StreamSpec};
@@ -386,16 +386,7 @@ mod store {
             };
             let end: Vec<(u32, u64)> = serde_json::from_value(field("end")).map_err(corrupt)?;
             let mut tx = self.store().write().await?;
-            if !tx.decide_change_request(request.id, RequestState::Approved, &self.who().display, comment, None).await?
-            {
-                return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
-            }
-            let detail = format!(
-                " (change request #{} by {}, approved by {})",
-                request.id,
-                request.requester,
-                self.who().display
-            );
+            let detail = self.approve_operation(&mut tx, request, comment).await?;
             self.insert_backfill(&mut tx, &plan, &end, &request.requester, &detail).await?;
             tx.commit().await?;
             Ok(())

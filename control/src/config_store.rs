@@ -16,9 +16,27 @@ use std::collections::{BTreeMap, HashMap};
 impl Store {
     /// Every route's overrides, by route id (what the reconciler layers onto each route).
     pub async fn all_config_overrides(&self) -> Result<HashMap<String, Vec<ConfigOverride>>, StoreError> {
-        let rows = sqlx::query("SELECT route_id, key, value, set_by, set_at FROM config_overrides ORDER BY key")
-            .fetch_all(self.pool())
-            .await?;
+        self.overrides_where(None).await
+    }
+
+    /// One route's overrides.
+    pub async fn config_overrides(&self, route_id: &str) -> Result<Vec<ConfigOverride>, StoreError> {
+        Ok(self.overrides_where(Some(route_id)).await?.remove(route_id).unwrap_or_default())
+    }
+
+    /// Overrides by route id, of one route or all.
+    async fn overrides_where(
+        &self,
+        route_id: Option<&str>,
+    ) -> Result<HashMap<String, Vec<ConfigOverride>>, StoreError> {
+        const SELECT: &str = "SELECT route_id, key, value, set_by, set_at FROM config_overrides";
+        let rows = match route_id {
+            Some(id) => {
+                let sql = format!("{SELECT} WHERE route_id = $1 ORDER BY key");
+                sqlx::query(&sql).bind(id).fetch_all(self.pool()).await?
+            }
+            None => sqlx::query(&format!("{SELECT} ORDER BY key")).fetch_all(self.pool()).await?,
+        };
         let mut out: HashMap<String, Vec<ConfigOverride>> = HashMap::new();
         for r in rows {
             out.entry(r.try_get("route_id")?).or_default().push(ConfigOverride {
@@ -29,10 +47,6 @@ impl Store {
             });
         }
         Ok(out)
-    }
-
-    pub async fn config_overrides(&self, route_id: &str) -> Result<Vec<ConfigOverride>, StoreError> {
-        Ok(self.all_config_overrides().await?.remove(route_id).unwrap_or_default())
     }
 }
 
@@ -201,11 +215,7 @@ impl Goal<'_> {
                 request.id, change.key
             )));
         }
-        if !tx.decide_change_request(request.id, RequestState::Approved, &self.who().display, comment, None).await? {
-            return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
-        }
-        let detail =
-            format!(" (change request #{} by {}, approved by {})", request.id, request.requester, self.who().display);
+        let detail = self.approve_operation(&mut tx, request, comment).await?;
         self.apply_override(&mut tx, route, &change, &request.requester, &detail).await?;
         tx.commit().await?;
         Ok(())

@@ -495,6 +495,20 @@ impl<'a> Goal<'a> {
         Ok(plan)
     }
 
+    /// Marks an operation's change request approved inside `tx` (the operation is applied in the
+    /// same transaction) and returns what its operations-log entry adds: who asked, who approved.
+    pub(crate) async fn approve_operation(
+        &self,
+        tx: &mut WriteTx,
+        request: &ChangeRequest,
+        comment: &str,
+    ) -> Result<String, GoalError> {
+        if !tx.decide_change_request(request.id, RequestState::Approved, &self.who.display, comment, None).await? {
+            return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
+        }
+        Ok(format!(" (change request #{} by {}, approved by {})", request.id, request.requester, self.who.display))
+    }
+
     /// Applies an approved rewind request to `route` (still at the version it was asked of):
     /// the route must be stopped, with no job held (`job_held`), or the request stays pending.
     async fn approve_rewind(
@@ -516,14 +530,9 @@ impl<'a> Goal<'a> {
         let positions: Vec<(u32, u64)> = serde_json::from_value(submitted["positions"].clone()).map_err(corrupt)?;
         let describe = submitted["describe"].as_str().unwrap_or("to recorded positions");
         let mut tx = self.store.write().await?;
-        if !tx.decide_change_request(request.id, RequestState::Approved, &self.who.display, comment, None).await? {
-            return Err(GoalError::Conflict(format!("change request #{} was decided meanwhile", request.id)));
-        }
+        let approved = self.approve_operation(&mut tx, request, comment).await?;
         tx.put_checkpoints(&route.id, &positions).await?;
-        let detail = format!(
-            "{describe} (change request #{} by {}, approved by {})",
-            request.id, request.requester, self.who.display
-        );
+        let detail = format!("{describe}{approved}");
         tx.record_operation(&route.id, &self.who.display, "rewind", &detail).await?;
         tx.commit().await?;
         Ok(())

@@ -229,17 +229,8 @@ impl Reconciler {
         let mut inputs: HashMap<String, Inputs> = HashMap::new();
         let mut goal = Vec::new();
         for mut route in routes {
-            let Ok(declared) = route.spec_as::<RouteSpec>() else { continue };
-            // The job runs the effective spec: the declaration with the environment and the
-            // console overrides layered on, so changing either rolls the job like a new version.
-            let layers = overrides.get(&route.id).map_or(&[][..], Vec::as_slice);
-            let spec = match keystone_control::config::effective(&declared, &self.job_env, layers) {
-                Ok((spec, _)) => spec,
-                Err(e) => {
-                    tracing::warn!(route = %format!("{}/{}", route.team, route.name), error = %e, "Configuration layers ignored.");
-                    declared
-                }
-            };
+            // The job runs the effective spec, so changing a layer rolls the job like a new version.
+            let Ok(spec) = self.effective_spec(&route, &overrides) else { continue };
             // A worker runs the routes of its own pool only: a pool isolates one kind of sink's
             // jobs on their own machines.
             if self.role == ProcessRole::Worker && spec.pool() != self.pool.as_deref() {
@@ -328,9 +319,8 @@ impl Reconciler {
                 JobAction::Start(g) | JobAction::Redeploy(g) => {
                     let route = &inputs[&g.route_id].route;
                     self.record_deployment(route).await?;
-                    let retention = Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
                     let dead_letters = keystone_control::dead_letter_topic(&route.team, &route.name);
-                    self.log.ensure_topic(&dead_letters, 1, retention).await?;
+                    self.log.ensure_topic(&dead_letters, 1, keystone_engine::job::DEAD_LETTER_RETENTION).await?;
                     let paused = g.desired == DesiredState::Paused;
                     self.planned.lock().expect("planned lock").insert(g.route_id.clone(), (g.fingerprint, paused));
                 }
@@ -410,6 +400,24 @@ impl Reconciler {
         Leadership::Following
     }
 
+    /// A route's effective spec: the declaration with the environment and the console overrides
+    /// layered on (a layer that no longer applies is ignored, with a warning).
+    fn effective_spec(
+        &self,
+        route: &Object,
+        overrides: &HashMap<String, Vec<keystone_control::config::ConfigOverride>>,
+    ) -> Result<RouteSpec, serde_json::Error> {
+        let declared: RouteSpec = route.spec_as()?;
+        let layers = overrides.get(&route.id).map_or(&[][..], Vec::as_slice);
+        Ok(match keystone_control::config::effective(&declared, &self.job_env, layers) {
+            Ok((spec, _)) => spec,
+            Err(e) => {
+                tracing::warn!(route = %format!("{}/{}", route.team, route.name), error = %e, "Configuration layers ignored.");
+                declared
+            }
+        })
+    }
+
     /// Records a deployment when the job about to start runs a route version with different
     /// job-relevant content than the one it last ran (not for a restart of the same version,
     /// nor for a version that only changed the description, alerts or desired state).
@@ -460,10 +468,7 @@ impl Reconciler {
                 continue;
             };
             // The gate in force is the effective one (an override may set it).
-            let declared: RouteSpec = route.spec_as()?;
-            let layers = overrides.get(&route.id).map_or(&[][..], Vec::as_slice);
-            let spec =
-                keystone_control::config::effective(&declared, &self.job_env, layers).map_or(declared, |(s, _)| s);
+            let spec = self.effective_spec(route, &overrides)?;
             let gate = spec.job_settings().unwrap_or_default().gate();
             // Only the job of this deployment's version speaks for it; an override keeps the
             // version, so there only a job started since speaks.

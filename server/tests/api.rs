@@ -69,25 +69,13 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         }
     };
     let mut settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.clone(),
         database_url: Some(database_url.clone()),
-        site_root: dir.join("site"),
-        secure_cookies: false,
-        session_idle_minutes: 60,
-        session_absolute_hours: 12,
-        public_origin: None,
         ingest_max_body_bytes: 64 * 1024,
         ingest_max_event_bytes: 2048,
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
         metrics_token: Some(SCRAPE_TOKEN.into()),
-        instance: None,
-        reconciler_lease_ms: 10_000,
-        kafka: None,
-        role: Default::default(),
-        pool: None,
-        job_env: Default::default(),
+        ..Settings::local(&dir)
     };
     tweak(&mut settings);
     let (base, running) = start_server(settings.clone()).await;
@@ -1235,7 +1223,7 @@ mod delivery {
 
     /// A `keystone worker` process of this build, on the test's database and Kafka cluster.
     struct WorkerProcess {
-        child: std::process::Child,
+        _process: Spawned,
         name: String,
     }
 
@@ -1259,14 +1247,31 @@ mod delivery {
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            WorkerProcess { child, name: name.to_owned() }
+            WorkerProcess { _process: Spawned(child), name: name.to_owned() }
         }
     }
 
-    impl Drop for WorkerProcess {
+    /// A process a test started, killed (SIGKILL) and reaped when dropped.
+    struct Spawned(std::process::Child);
+
+    impl Drop for Spawned {
         fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A loopback port free now, for a server a test starts.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Waits until something listens on `port` (a server a test started).
+    async fn until_listening(port: u16, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -1396,7 +1401,7 @@ mod delivery {
     /// found through `KEYSTONE_TANSU`) with its SQLite storage in a scratch folder, on a free
     /// loopback port; killed on drop. `None` (the test says SKIPPED) when it is not installed.
     struct Tansu {
-        child: std::process::Child,
+        _process: Spawned,
         brokers: String,
         _dir: tempfile::TempDir,
     }
@@ -1408,7 +1413,7 @@ mod delivery {
                 return None;
             };
             let dir = tempfile::tempdir().unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = free_port();
             let url = format!("tcp://127.0.0.1:{port}");
             let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
             // Its SQLite URL takes a path relative to the working folder.
@@ -1420,19 +1425,9 @@ mod delivery {
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Some(Tansu { child, brokers: format!("127.0.0.1:{port}"), _dir: dir })
-        }
-    }
-
-    impl Drop for Tansu {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let tansu = Tansu { _process: Spawned(child), brokers: format!("127.0.0.1:{port}"), _dir: dir };
+            until_listening(port, "tansu").await;
+            Some(tansu)
         }
     }
 
@@ -2427,13 +2422,13 @@ mod delivery {
     /// machine with Python's `moto`), on a free loopback port, stopped on drop. `None` when
     /// `moto_server` is not installed.
     struct S3Server {
-        child: std::process::Child,
+        _process: Spawned,
         endpoint: String,
     }
 
     impl S3Server {
         async fn start() -> Option<S3Server> {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = free_port();
             let child = std::process::Command::new("moto_server")
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(std::process::Stdio::null())
@@ -2443,12 +2438,8 @@ mod delivery {
                 eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]'), so no S3 server runs");
                 return None;
             };
-            let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let server = S3Server { _process: Spawned(child), endpoint: format!("http://127.0.0.1:{port}") };
+            until_listening(port, "moto_server").await;
             Some(server)
         }
 
@@ -2485,13 +2476,6 @@ mod delivery {
                 out.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
             }
             out
-        }
-    }
-
-    impl Drop for S3Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 

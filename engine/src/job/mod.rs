@@ -54,6 +54,10 @@ pub struct JobSpec {
     pub in_flight: usize,
 }
 
+/// How long a route's dead letters are kept (its dead-letter topic has one partition).
+pub const DEAD_LETTER_RETENTION: Retention =
+    Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
+
 /// Batches in flight per partition of an unordered route.
 pub const UNORDERED_IN_FLIGHT: usize = 4;
 
@@ -267,16 +271,24 @@ impl JobStats {
     /// theirs).
     pub fn positions<L: Log>(&self, spec: &JobSpec, log: &L) -> Vec<PartitionLag> {
         let ends = log.end_offsets(&spec.topic);
+        let held = self.held(spec);
         let acked = self.acked.lock().expect("stats lock");
-        let owned = self.owned.lock().expect("stats lock").clone();
-        (0..spec.partitions)
-            .filter(|p| owned.as_ref().is_none_or(|o| o.contains(p)))
+        held.into_iter()
             .map(|p| PartitionLag {
                 partition: p,
                 acked: acked.get(p as usize).copied().unwrap_or(0),
                 end: ends.get(p as usize).copied().unwrap_or(0),
             })
             .collect()
+    }
+
+    /// The partitions this instance runs: every partition of the stream, unless it shares the
+    /// job through a consumer group.
+    pub fn held(&self, spec: &JobSpec) -> Vec<u32> {
+        match self.owned.lock().expect("stats lock").as_ref() {
+            None => (0..spec.partitions).collect(),
+            Some(owned) => owned.iter().copied().collect(),
+        }
     }
 
     /// Events in the log not acknowledged yet.
@@ -401,8 +413,7 @@ pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
     cancel: CancellationToken,
     mut changes: Option<tokio::sync::mpsc::Receiver<AssignmentChange>>,
 ) -> Result<(), JobError> {
-    let dead_letter_retention = Retention { max_age_ms: 7 * 24 * 3_600_000, max_bytes_per_partition: None };
-    log.ensure_topic(&spec.dead_letter_topic, 1, dead_letter_retention).await?;
+    log.ensure_topic(&spec.dead_letter_topic, 1, DEAD_LETTER_RETENTION).await?;
     stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
     *stats.owned.lock().expect("stats lock") = changes.as_ref().map(|_| Default::default());
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
@@ -548,27 +559,39 @@ impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
                 owned.remove(p);
             }
         }
-        let moved: Vec<(u32, u64)> = {
-            let acked = self.stats.acked.lock().expect("stats lock");
-            let committed = self.stats.committed.lock().expect("stats lock");
-            partitions
-                .iter()
-                .filter_map(|&p| {
-                    let a = *acked.get(p as usize)?;
-                    (committed.get(p as usize) != Some(&a)).then_some((p, a))
-                })
-                .collect()
-        };
-        if moved.is_empty() {
-            return Ok(());
-        }
-        self.checkpoints.commit(&self.spec.route_id, &moved).await.map_err(JobError::Checkpoints)?;
-        for (p, a) in moved {
-            self.stats.set_committed(p, a);
-        }
-        self.stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
-        Ok(())
+        commit_moved(self.checkpoints.as_ref(), &self.spec.route_id, &self.stats, Some(partitions))
+            .await
+            .map_err(JobError::Checkpoints)
     }
+}
+
+/// Commits the acknowledged positions that moved since their last commit: of `partitions`, or of
+/// every partition with `None`. The caller holds the job's commit lock.
+async fn commit_moved<C: CheckpointStore>(
+    store: &C,
+    route_id: &str,
+    stats: &JobStats,
+    partitions: Option<&[u32]>,
+) -> Result<(), String> {
+    let moved: Vec<(u32, u64)> = {
+        let acked = stats.acked.lock().expect("stats lock");
+        let committed = stats.committed.lock().expect("stats lock");
+        acked
+            .iter()
+            .enumerate()
+            .map(|(p, a)| (p as u32, *a))
+            .filter(|(p, a)| committed.get(*p as usize) != Some(a) && partitions.is_none_or(|ps| ps.contains(p)))
+            .collect()
+    };
+    if moved.is_empty() {
+        return Ok(());
+    }
+    store.commit(route_id, &moved).await?;
+    for (p, a) in moved {
+        stats.set_committed(p, a);
+    }
+    stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
+    Ok(())
 }
 
 /// Commits acknowledged positions that moved, every interval and once more when stopped.
@@ -587,26 +610,11 @@ async fn checkpoint_loop<C: CheckpointStore>(
             _ = stop.cancelled() => true,
         };
         let _held = commit.lock().await;
-        let acked = stats.acked.lock().expect("stats lock").clone();
-        let committed = stats.committed.lock().expect("stats lock").clone();
-        let moved: Vec<(u32, u64)> = acked
-            .iter()
-            .enumerate()
-            .filter(|(p, a)| committed.get(*p) != Some(a))
-            .map(|(p, a)| (p as u32, *a))
-            .collect();
-        if !moved.is_empty() {
-            match store.commit(&spec.route_id, &moved).await {
-                Ok(()) => {
-                    for (p, a) in moved {
-                        stats.set_committed(p, a);
-                    }
-                    stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
-                }
-                // Not fatal: the positions stay acknowledged and the next tick tries again.
-                Err(e) if !stopping => stats.record_error(format!("checkpoint commit failed: {e}")),
-                Err(e) => return Err(JobError::Checkpoints(e)),
-            }
+        match commit_moved(store.as_ref(), &spec.route_id, &stats, None).await {
+            Ok(()) => {}
+            // Not fatal: the positions stay acknowledged and the next tick tries again.
+            Err(e) if !stopping => stats.record_error(format!("checkpoint commit failed: {e}")),
+            Err(e) => return Err(JobError::Checkpoints(e)),
         }
         if stopping {
             return Ok(());

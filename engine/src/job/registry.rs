@@ -92,11 +92,7 @@ impl<L: Log> JobRegistry<L> {
             .iter()
             .filter_map(|(id, j)| {
                 let spec = j.spec.as_ref()?;
-                let partitions = match j.stats.owned.lock().expect("stats lock").as_ref() {
-                    None => (0..spec.partitions).collect(),
-                    Some(owned) => owned.iter().copied().collect(),
-                };
-                Some((id.clone(), spec.route.clone(), partitions))
+                Some((id.clone(), spec.route.clone(), j.stats.held(spec)))
             })
             .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1));

@@ -3,7 +3,7 @@
 //! own supervisor task, so one job's trouble never delays another's restart.
 
 use super::{run_assigned, AssignmentChange, CheckpointStore, JobSpec, JobStats};
-use crate::log::group::GroupMember;
+use crate::log::group::Membership;
 use crate::log::{Log, LogError};
 use crate::sinks::{ConfigError, Sink};
 use keystone_control::JobPhase;
@@ -60,8 +60,7 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Joins a route job's consumer group for one run of the job (see `log::group`).
-pub type JoinGroup =
-    Arc<dyn Fn() -> Result<(GroupMember, tokio::sync::mpsc::Receiver<AssignmentChange>), LogError> + Send + Sync>;
+pub type JoinGroup = Arc<dyn Fn() -> Result<Membership, LogError> + Send + Sync>;
 
 /// Supervises one job until `cancel` fires. `make_sink` builds a fresh sink for every start.
 /// With `group`, every run of the job joins the route's consumer group and runs the partitions

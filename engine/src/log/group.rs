@@ -34,6 +34,9 @@ use tokio::sync::mpsc;
 /// anyway (a sink stuck retrying is cancelled well before this).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A membership and the assignment changes it brings, for `job::run_assigned`.
+pub type Membership = (GroupMember, mpsc::Receiver<AssignmentChange>);
+
 /// This process's membership of one route job's consumer group; leaves the group when dropped.
 pub struct GroupMember {
     stop: Arc<AtomicBool>,
@@ -96,12 +99,7 @@ impl GroupContext {
 /// Joins consumer group `group` on `topic`: the assignment changes arrive on the returned
 /// receiver, for `job::run_assigned`. Uses the cooperative-sticky assignor, so a rebalance moves
 /// only the partitions that change owner and the others keep running.
-pub fn join(
-    config: &KafkaConfig,
-    group: &str,
-    topic: &str,
-    session_timeout: Duration,
-) -> Result<(GroupMember, mpsc::Receiver<AssignmentChange>), LogError> {
+pub fn join(config: &KafkaConfig, group: &str, topic: &str, session_timeout: Duration) -> Result<Membership, LogError> {
     let (changes, rx) = mpsc::channel(16);
     let context = GroupContext { topic: topic.to_owned(), changes };
     let consumer: BaseConsumer<GroupContext> = config

@@ -141,7 +141,7 @@ impl KafkaLog {
         group: &str,
         topic: &str,
         session_timeout: Duration,
-    ) -> Result<(super::group::GroupMember, tokio::sync::mpsc::Receiver<crate::job::AssignmentChange>), LogError> {
+    ) -> Result<super::group::Membership, LogError> {
         super::group::join(&self.inner.config, group, topic, session_timeout)
     }
 

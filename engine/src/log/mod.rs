@@ -147,7 +147,7 @@ impl AnyLog {
         group: &str,
         topic: &str,
         session_timeout: std::time::Duration,
-    ) -> Result<(group::GroupMember, tokio::sync::mpsc::Receiver<crate::job::AssignmentChange>), LogError> {
+    ) -> Result<group::Membership, LogError> {
         match self {
             AnyLog::Embedded(_) => {
                 Err(LogError::Unavailable("sharing jobs between workers needs streams on Kafka".into()))
