@@ -1251,6 +1251,24 @@ mod delivery {
         }
     }
 
+    /// A control-role server (no jobs of its own) on a fresh PostgreSQL database and the Kafka
+    /// cluster at `brokers`, which workers then share; `manage_topics` on a broker that can create
+    /// them (one broker: replication factor 1).
+    async fn control_plane(brokers: &str, manage_topics: bool) -> TestApp {
+        let kafka = keystone::settings::KafkaSettings {
+            brokers: brokers.to_owned(),
+            manage_topics,
+            replication_factor: 1,
+            properties: Default::default(),
+            session_timeout_ms: 6_000,
+        };
+        spawn_app_with(Db::Postgres, |s| {
+            s.kafka = Some(kafka);
+            s.role = keystone::settings::ProcessRole::Control;
+        })
+        .await
+    }
+
     /// A process a test started, killed (SIGKILL) and reaped when dropped.
     struct Spawned(std::process::Child);
 
@@ -1290,18 +1308,7 @@ mod delivery {
         cluster.create_topic("_dlq.alpha.all", 1, 3).unwrap();
         cluster.create_topic("_dlq.alpha.isolated", 1, 3).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let kafka = keystone::settings::KafkaSettings {
-            brokers: brokers.clone(),
-            manage_topics: false,
-            replication_factor: 3,
-            properties: Default::default(),
-            session_timeout_ms: 6_000,
-        };
-        let app = spawn_app_with(Db::Postgres, |s| {
-            s.kafka = Some(kafka);
-            s.role = keystone::settings::ProcessRole::Control;
-        })
-        .await;
+        let app = control_plane(&brokers, false).await;
         declare(&app, "streams", "plays", stream(12)).await;
         declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "shared"}})).await;
         let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 50,
@@ -1438,18 +1445,7 @@ mod delivery {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_on_a_real_kafka_broker_deliver_every_event() {
         let Some(broker) = Tansu::start().await else { return };
-        let kafka = keystone::settings::KafkaSettings {
-            brokers: broker.brokers.clone(),
-            manage_topics: true,
-            replication_factor: 1,
-            properties: Default::default(),
-            session_timeout_ms: 6_000,
-        };
-        let app = spawn_app_with(Db::Postgres, |s| {
-            s.kafka = Some(kafka);
-            s.role = keystone::settings::ProcessRole::Control;
-        })
-        .await;
+        let app = control_plane(&broker.brokers, true).await;
         declare(&app, "streams", "plays", stream(4)).await;
         declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "tansu"}})).await;
         let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 100});
