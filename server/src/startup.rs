@@ -170,6 +170,8 @@ pub async fn router(
         meter: meter.clone(),
         exporter: exporter.clone(),
         interval,
+        // On Kafka, other processes may run shares of the same jobs.
+        shared_as: settings.kafka.is_some().then(|| control.reconciler.instance.clone()),
         reconciler: reconciler_health,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
     }
@@ -292,6 +294,8 @@ fn open_log(settings: &Settings) -> anyhow::Result<Arc<AnyLog>> {
 /// database.
 pub struct Worker {
     control: ControlLoop,
+    telemetry: tokio::task::JoinHandle<()>,
+    stop_telemetry: CancellationToken,
 }
 
 impl Worker {
@@ -305,7 +309,15 @@ impl Worker {
         let jobs = Arc::new(JobRegistry::new(log.clone()));
         let health = Arc::new(ReconcilerHealth::default());
         let control = ControlLoop::start(&settings, &store, &log, &jobs, &health);
-        Ok(Worker { control })
+        let stop_telemetry = CancellationToken::new();
+        let telemetry = crate::telemetry::spawn_shares(
+            store,
+            jobs,
+            control.reconciler.instance.clone(),
+            Duration::from_millis(settings.telemetry_interval_ms.max(100)),
+            stop_telemetry.clone(),
+        );
+        Ok(Worker { control, telemetry, stop_telemetry })
     }
 
     /// The route jobs this worker runs.
@@ -317,6 +329,8 @@ impl Worker {
     /// partitions over to the other workers.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
+        self.stop_telemetry.cancel();
+        let _ = self.telemetry.await;
         self.control.shut_down().await;
     }
 

@@ -7,9 +7,10 @@
 
 use keystone_control::alerts::{condition, step, AlertKind, AlertRule, AlertState, Observation, RuleStatus};
 use keystone_control::alerts::{AlertEvent, AlertStatus};
+use keystone_control::samples::SampleShare;
 use keystone_control::store::{now_ms, Scope, Store, StoreError};
-use keystone_control::telemetry::{Resolution, RESOLUTIONS};
-use keystone_control::{Distribution, IngestStats, JobPhase, JobSample, StreamSample};
+use keystone_control::telemetry::{add_share, Resolution, RESOLUTIONS};
+use keystone_control::{Distribution, IngestStats, JobCounters, JobPhase, JobSample, StreamSample};
 use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
@@ -18,7 +19,7 @@ use keystone_engine::meter::IngestMeter;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_util::MetricKindMask;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,17 +116,131 @@ pub struct Telemetry {
     pub meter: Arc<IngestMeter>,
     pub exporter: Arc<Exporter>,
     pub interval: Duration,
+    /// This process's instance name when jobs are shared among processes (streams on Kafka):
+    /// it then stores its share of each job's samples, and the jobs' samples are the sums of
+    /// every process's shares.
+    pub shared_as: Option<String>,
     pub reconciler: Arc<crate::reconciler::ReconcilerHealth>,
     /// Sends alert notifications.
     pub http: reqwest::Client,
 }
 
-/// The sample of the fine bucket in progress, per route and per stream, and the counts they
-/// started from; and what the alert rules are evaluated on.
-struct Open {
+/// This process's jobs sampled into the fine bucket in progress: one sample per route, merged
+/// over the passes within the bucket, and the counts each job had at the last pass.
+#[derive(Default)]
+pub struct JobSampler {
     bucket: i64,
     samples: HashMap<String, JobSample>,
-    previous: HashMap<String, (Arc<JobStats>, keystone_control::JobCounters)>,
+    previous: HashMap<String, (Arc<JobStats>, JobCounters)>,
+}
+
+impl JobSampler {
+    /// Each job's sample of `bucket` so far, and what it counted since the last pass.
+    fn sample(
+        &mut self,
+        observed: &[Observed],
+        bucket: i64,
+    ) -> (Vec<(String, JobSample)>, HashMap<String, JobCounters>) {
+        if bucket != self.bucket {
+            self.samples.clear();
+            self.bucket = bucket;
+        }
+        let mut rows = Vec::with_capacity(observed.len());
+        let mut increments = HashMap::new();
+        for o in observed {
+            let before =
+                self.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
+            let sample = JobSample {
+                at: bucket,
+                seconds: RESOLUTIONS[0].seconds,
+                counts: o.counters.since(before),
+                lag: o.lag,
+                lag_seconds: o.lag_seconds,
+                end_to_end: o.interval.end_to_end,
+                sink_request: o.interval.sink_request,
+                batch_size: o.interval.batch_size,
+            };
+            increments.insert(o.route_id.clone(), sample.counts);
+            let merged = match self.samples.get_mut(&o.route_id) {
+                Some(s) => {
+                    keystone_control::telemetry::merge(s, &sample);
+                    // Lag is a level, not a worst-of within one fine bucket: the latest counts.
+                    s.lag = o.lag;
+                    s.lag_seconds = o.lag_seconds;
+                    s.clone()
+                }
+                None => {
+                    self.samples.insert(o.route_id.clone(), sample.clone());
+                    sample
+                }
+            };
+            rows.push((o.route_id.clone(), merged));
+        }
+        self.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
+        (rows, increments)
+    }
+}
+
+/// A job's lag now: events waiting, and the age of the oldest, in seconds.
+type Level = (u64, f64);
+
+/// Jobs shared by several processes (streams on Kafka, partitions spread by consumer groups):
+/// each process stores its share of every job's fine sample, and the job's sample is their sum.
+#[derive(Default)]
+struct ShareSums {
+    /// The sums at the last pass, by route and bucket.
+    seen: HashMap<(String, i64), JobCounters>,
+}
+
+impl ShareSums {
+    /// Adds the shares up: each job's sample per bucket, what the sums grew by since the last
+    /// pass, and each job's lag now. A share not rewritten since `live_since` is a process gone
+    /// (or its job moved away): its counts happened, but its lag is someone else's now.
+    fn add_up(
+        &mut self,
+        shares: Vec<SampleShare>,
+        live_since: i64,
+    ) -> (Vec<(String, JobSample)>, HashMap<String, JobCounters>, HashMap<String, Level>) {
+        let mut sums: BTreeMap<(String, i64), JobSample> = BTreeMap::new();
+        // The newest live share of each process, per route: the job's lag is the sum of theirs.
+        let mut newest: HashMap<(String, String), (i64, Level)> = HashMap::new();
+        for share in shares {
+            let s = &share.sample;
+            if share.written_at >= live_since {
+                let key = (share.route_id.clone(), share.worker.clone());
+                if newest.get(&key).is_none_or(|(at, _)| *at < s.at) {
+                    newest.insert(key, (s.at, (s.lag, s.lag_seconds)));
+                }
+            }
+            match sums.get_mut(&(share.route_id.clone(), s.at)) {
+                Some(sum) => add_share(sum, s),
+                None => {
+                    sums.insert((share.route_id, s.at), share.sample);
+                }
+            }
+        }
+        let mut increments: HashMap<String, JobCounters> = HashMap::new();
+        for ((route, at), sum) in &sums {
+            let grown = sum.counts.since(self.seen.get(&(route.clone(), *at)));
+            *increments.entry(route.clone()).or_default() += grown;
+        }
+        let mut levels: HashMap<String, Level> = HashMap::new();
+        for ((route, _), (_, (lag, lag_seconds))) in newest {
+            let level = levels.entry(route).or_default();
+            level.0 += lag;
+            level.1 = level.1.max(lag_seconds);
+        }
+        self.seen = sums.iter().map(|(key, s)| (key.clone(), s.counts)).collect();
+        (sums.into_iter().map(|((route, _), s)| (route, s)).collect(), increments, levels)
+    }
+}
+
+/// The fine bucket in progress, per stream, and the counts they started from; this process's
+/// jobs' samples; and what the alert rules are evaluated on.
+struct Open {
+    bucket: i64,
+    jobs: JobSampler,
+    shares: ShareSums,
     stream_samples: HashMap<String, StreamSample>,
     /// Each stream's cumulative ingest counts at the previous pass, by topic.
     ingested: HashMap<String, IngestStats>,
@@ -133,13 +248,41 @@ struct Open {
     alerts: Alerts,
 }
 
+/// A `keystone worker`'s telemetry: every interval, its share of each job it runs, stored for the
+/// serving processes to add up (a worker serves no dashboards and no `/metrics` itself).
+pub fn spawn_shares(
+    store: Store,
+    jobs: Arc<JobRegistry<AnyLog>>,
+    worker: String,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sampler = JobSampler::default();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = now_ms();
+            let bucket = RESOLUTIONS[0].bucket(now - interval.as_millis() as i64 / 2);
+            let (shares, _) = sampler.sample(&jobs.observe(now).await, bucket);
+            if let Err(e) = store.put_sample_shares(&worker, &shares, now).await {
+                tracing::warn!(error = %e, "Job samples not stored; the next pass tries again.");
+            }
+        }
+    })
+}
+
 impl Telemetry {
     pub fn spawn(self) {
         tokio::spawn(async move {
             let mut open = Open {
                 bucket: 0,
-                samples: HashMap::new(),
-                previous: HashMap::new(),
+                jobs: JobSampler::default(),
+                shares: ShareSums::default(),
                 stream_samples: HashMap::new(),
                 ingested: HashMap::new(),
                 rolled_up_to: i64::MIN,
@@ -166,43 +309,23 @@ impl Telemetry {
         // A tick reports what happened over the interval before it: file it under the middle.
         let bucket = fine.bucket(now - self.interval.as_millis() as i64 / 2);
         if bucket != open.bucket {
-            open.samples.clear();
             open.stream_samples.clear();
             open.bucket = bucket;
         }
         let observed = self.jobs.observe(now).await;
-        let mut rows = Vec::with_capacity(observed.len());
-        let mut increments: HashMap<String, keystone_control::JobCounters> = HashMap::new();
-        for o in &observed {
-            let before =
-                open.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
-            let sample = JobSample {
-                at: bucket,
-                seconds: fine.seconds,
-                counts: o.counters.since(before),
-                lag: o.lag,
-                lag_seconds: o.lag_seconds,
-                end_to_end: o.interval.end_to_end,
-                sink_request: o.interval.sink_request,
-                batch_size: o.interval.batch_size,
-            };
-            increments.insert(o.route_id.clone(), sample.counts);
-            let merged = match open.samples.get_mut(&o.route_id) {
-                Some(s) => {
-                    keystone_control::telemetry::merge(s, &sample);
-                    // Lag is a level, not a worst-of within one fine bucket: the latest counts.
-                    s.lag = o.lag;
-                    s.lag_seconds = o.lag_seconds;
-                    s.clone()
-                }
-                None => {
-                    open.samples.insert(o.route_id.clone(), sample.clone());
-                    sample
-                }
-            };
-            rows.push((o.route_id.clone(), merged));
-        }
-        open.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
+        let (rows, increments) = open.jobs.sample(&observed, bucket);
+        let (rows, increments, levels) = match &self.shared_as {
+            None => {
+                let levels = observed.iter().map(|o| (o.route_id.clone(), (o.lag, o.lag_seconds))).collect();
+                (rows, increments, levels)
+            }
+            Some(me) => {
+                self.store.put_sample_shares(me, &rows, now).await?;
+                // The bucket before too: shares written after its last pass here still count.
+                let shares = self.store.sample_shares(bucket - fine.seconds * 1000).await?;
+                open.shares.add_up(shares, now - 3 * self.interval.as_millis() as i64)
+            }
+        };
         self.store.put_samples(fine, &rows).await?;
         self.sample_streams(open, bucket, now).await?;
         self.roll_up(open, now).await?;
@@ -215,7 +338,7 @@ impl Telemetry {
             gauge!("keystone_database_query_seconds").set(asked.elapsed().as_secs_f64());
         });
         let jobs = jobs?;
-        self.evaluate_alerts(&mut open.alerts, &observed, &increments, &jobs, now).await?;
+        self.evaluate_alerts(&mut open.alerts, &levels, &increments, &jobs, now).await?;
         metrics::with_local_recorder(&self.exporter.recorder, || {
             self.publish(&observed, &jobs, now);
         });
@@ -268,8 +391,10 @@ impl Telemetry {
         let closed = current - coarse.seconds * 1000;
         self.store.roll_up_samples::<JobSample>(closed).await?;
         self.store.roll_up_samples::<StreamSample>(closed).await?;
-        let removed =
-            self.store.prune_samples::<JobSample>(now).await? + self.store.prune_samples::<StreamSample>(now).await?;
+        // Shares are summed within a bucket or two; a coarse bucket back is long past that.
+        let removed = self.store.prune_samples::<JobSample>(now).await?
+            + self.store.prune_samples::<StreamSample>(now).await?
+            + self.store.prune_sample_shares(closed).await?;
         if removed > 0 {
             tracing::debug!(removed, "Pruned old samples.");
         }
@@ -383,8 +508,8 @@ impl Telemetry {
     async fn evaluate_alerts(
         &self,
         a: &mut Alerts,
-        observed: &[Observed],
-        increments: &HashMap<String, keystone_control::JobCounters>,
+        levels: &HashMap<String, Level>,
+        increments: &HashMap<String, JobCounters>,
         jobs: &[keystone_control::JobRecord],
         now: i64,
     ) -> Result<(), keystone_control::store::StoreError> {
@@ -400,7 +525,6 @@ impl Telemetry {
             .into_iter()
             .filter_map(|t| Some((t.name.clone(), t.spec_as().ok()?)))
             .collect();
-        let live: HashMap<&str, &Observed> = observed.iter().map(|o| (o.route_id.as_str(), o)).collect();
         let jobs: HashMap<&str, &keystone_control::JobRecord> = jobs.iter().map(|j| (j.route_id.as_str(), j)).collect();
         let silences = self.store.active_silences(None, now).await?;
         let mut states = Vec::new();
@@ -412,15 +536,15 @@ impl Telemetry {
                 totals.delivered += inc.delivered;
                 totals.dead_lettered += inc.dead_lettered;
             }
-            let o = live.get(route.id.as_str());
+            let (lag, lag_seconds) = levels.get(&route.id).copied().unwrap_or_default();
             let history = a.history.entry(route.id.clone()).or_default();
             history.push_back(Observation {
                 at: now,
                 delivered: totals.delivered,
                 dead_lettered: totals.dead_lettered,
                 restarts: job.map_or(0, |j| j.restarts),
-                lag: o.map_or(0, |o| o.lag),
-                lag_seconds: o.map_or(0.0, |o| o.lag_seconds),
+                lag,
+                lag_seconds,
                 phase: job.map(|j| j.phase),
             });
             let keep_ms =
@@ -523,4 +647,60 @@ async fn send_with_retry(http: &reqwest::Client, url: &str, payload: &serde_json
         }
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(route: &str, worker: &str, written_at: i64, at: i64, delivered: u64, lag: u64) -> SampleShare {
+        SampleShare {
+            route_id: route.into(),
+            worker: worker.into(),
+            written_at,
+            sample: JobSample {
+                at,
+                seconds: 10,
+                counts: JobCounters { read: delivered, delivered, ..Default::default() },
+                lag,
+                lag_seconds: lag as f64 / 10.0,
+                end_to_end: Some(Distribution { count: delivered, p50: 5.0, p95: 9.0, p99: 10.0, max: 12.0 }),
+                sink_request: None,
+                batch_size: None,
+            },
+        }
+    }
+
+    #[test]
+    fn shares_of_one_job_add_up_and_a_gone_process_keeps_its_counts_but_not_its_lag() {
+        let mut sums = ShareSums::default();
+        // Two workers share route r in bucket 0; a third stopped writing (at 1_000) in bucket 0.
+        let first = vec![
+            share("r", "w1", 9_000, 0, 100, 5),
+            share("r", "w2", 9_000, 0, 50, 7),
+            share("r", "w3", 1_000, 0, 30, 40),
+            share("q", "w1", 9_000, 0, 8, 0),
+        ];
+        let (rows, grown, levels) = sums.add_up(first, 5_000);
+        let r = rows.iter().find(|(id, _)| id == "r").map(|(_, s)| s).unwrap();
+        assert_eq!(r.counts.delivered, 180);
+        assert_eq!(r.end_to_end.unwrap().count, 180);
+        assert_eq!(grown["r"].delivered, 180);
+        assert_eq!(levels["r"], (12, 0.7));
+        assert_eq!(levels["q"].0, 0);
+        // Next pass: w1's share of bucket 0 grew, and it moved on to bucket 10_000.
+        let second = vec![
+            share("r", "w1", 19_000, 0, 120, 5),
+            share("r", "w2", 19_000, 0, 50, 7),
+            share("r", "w3", 1_000, 0, 30, 40),
+            share("r", "w1", 19_000, 10_000, 10, 2),
+        ];
+        let (rows, grown, levels) = sums.add_up(second, 15_000);
+        let buckets: Vec<(i64, u64)> =
+            rows.iter().filter(|(id, _)| id == "r").map(|(_, s)| (s.at, s.counts.delivered)).collect();
+        assert_eq!(buckets, [(0, 200), (10_000, 10)]);
+        assert_eq!(grown["r"].delivered, 30, "20 more in bucket 0 and 10 in the new one");
+        // w1's newest share speaks for it; w2 is still live with its bucket-0 lag.
+        assert_eq!(levels["r"].0, 2 + 7);
+    }
 }

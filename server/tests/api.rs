@@ -1242,6 +1242,7 @@ mod delivery {
                 .env("KEYSTONE_KAFKA__BROKERS", brokers)
                 .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
                 .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+                .env("KEYSTONE_TELEMETRY_INTERVAL_MS", "200")
                 .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -1353,6 +1354,25 @@ mod delivery {
         };
         ingest(&app, &token, "plays", &plays(0..1000)).await;
         eventually("the first 1000 events", || async { distinct().len() == 1000 }).await;
+        // The dashboards see the whole job: each worker stores its share of the job's samples and
+        // the control plane adds the shares up (no rebalance yet, so nothing was delivered twice).
+        eventually("the job's samples add up to what the three workers delivered", || async {
+            let (_, samples) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/samples?window=15m").await;
+            let samples = samples.as_array().unwrap();
+            let delivered: u64 = samples.iter().map(|s| s["counts"]["delivered"].as_u64().unwrap()).sum();
+            delivered == 1000 && samples.last().is_some_and(|s| s["lag"] == 0)
+        })
+        .await;
+        let sharing: std::collections::BTreeSet<String> = app
+            .store
+            .sample_shares(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.worker != "worker-isolated" && s.sample.counts.delivered > 0)
+            .map(|s| s.worker)
+            .collect();
+        assert_eq!(sharing.len(), 3, "{sharing:?}");
 
         // Under load, one worker is killed: no drain, no commit, no leaving the group.
         let producing = {

@@ -15,7 +15,6 @@ pub mod registry;
 pub mod rewind;
 pub mod supervisor;
 
-use crate::ingest::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::{Filter, Hygiene, Projection};
@@ -651,6 +650,16 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
     }
 }
 
+/// What a job reads of a record's envelope: the stream and headers are skipped, not copied.
+#[derive(serde::Deserialize)]
+struct Routable {
+    id: String,
+    ingested_at: i64,
+    #[serde(default)]
+    key: Option<String>,
+    payload: Value,
+}
+
 /// What a delivery came back with: the events the sink refused for good (by index, with why),
 /// or `None` if it was cancelled while retrying.
 type Refusals = Option<Vec<(usize, String)>>;
@@ -835,7 +844,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
 
     /// Filter and projection of one record.
     fn route(&self, r: &StoredRecord) -> Routed {
-        let envelope: Envelope = match serde_json::from_slice(&r.value) {
+        let envelope: Routable = match serde_json::from_slice(&r.value) {
             Ok(e) => e,
             Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
         };
