@@ -248,6 +248,12 @@ struct Open {
     alerts: Alerts,
 }
 
+/// The fine bucket a tick at `now` reports: it covers the interval before the tick, so it is
+/// filed under that interval's middle.
+fn tick_bucket(now: i64, interval: Duration) -> i64 {
+    RESOLUTIONS[0].bucket(now - interval.as_millis() as i64 / 2)
+}
+
 /// A `keystone worker`'s telemetry: every interval, its share of each job it runs, stored for the
 /// serving processes to add up (a worker serves no dashboards and no `/metrics` itself).
 pub fn spawn_shares(
@@ -267,7 +273,7 @@ pub fn spawn_shares(
                 _ = stop.cancelled() => return,
             }
             let now = now_ms();
-            let bucket = RESOLUTIONS[0].bucket(now - interval.as_millis() as i64 / 2);
+            let bucket = tick_bucket(now, interval);
             let (shares, _) = sampler.sample(&jobs.observe(now).await, bucket);
             if let Err(e) = store.put_sample_shares(&worker, &shares, now).await {
                 tracing::warn!(error = %e, "Job samples not stored; the next pass tries again.");
@@ -306,8 +312,7 @@ impl Telemetry {
     async fn pass(&self, open: &mut Open) -> Result<(), keystone_control::store::StoreError> {
         let now = now_ms();
         let fine = RESOLUTIONS[0];
-        // A tick reports what happened over the interval before it: file it under the middle.
-        let bucket = fine.bucket(now - self.interval.as_millis() as i64 / 2);
+        let bucket = tick_bucket(now, self.interval);
         if bucket != open.bucket {
             open.stream_samples.clear();
             open.bucket = bucket;
