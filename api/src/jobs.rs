@@ -30,7 +30,8 @@ pub struct JobStatus {
     pub desired: DesiredState,
     /// The recorded phase; null before the reconciler first started the job.
     pub job: Option<JobRecord>,
-    /// Live numbers while this server runs the job.
+    /// Live numbers while the job runs: from this server, or summed over the workers that share
+    /// it (null when no live process runs it).
     pub metrics: Option<JobMetrics>,
     pub checkpoints: Vec<CheckpointInfo>,
     /// Most recent first.
@@ -51,7 +52,7 @@ pub async fn job_status(
     Ok(Json(JobStatus {
         desired: spec.state,
         job: s.store.job(&route.id).await?,
-        metrics: s.jobs.metrics(&route.id),
+        metrics: s.jobs.live_metrics(&route.id, &mut s.store.shared_job_metrics().await?),
         checkpoints: s.store.checkpoints(&route.id).await?,
         transitions: s.store.transitions(&route.id, 20).await?,
     }))
@@ -62,7 +63,7 @@ pub async fn job_status(
 pub struct JobSummary {
     #[serde(flatten)]
     pub job: JobRecord,
-    /// Events not yet acknowledged by the sink (null when this server does not run the job).
+    /// Events not yet acknowledged by the sink (null when no live process runs the job).
     pub lag: Option<u64>,
 }
 
@@ -80,10 +81,11 @@ pub async fn workers(
 #[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
 pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {
     let jobs = s.store.jobs(&who.scope()).await?;
+    let mut shared = s.store.shared_job_metrics().await?;
     Ok(Json(
         jobs.into_iter()
             .map(|job| {
-                let lag = s.jobs.metrics(&job.route_id).map(|m| m.lag);
+                let lag = s.jobs.live_metrics(&job.route_id, &mut shared).map(|m| m.lag);
                 JobSummary { job, lag }
             })
             .collect(),

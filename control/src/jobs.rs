@@ -19,6 +19,24 @@ pub struct PhaseChange<'a> {
     pub error: Option<&'a str>,
     /// The job was restarted after a crash or stall (counted).
     pub restart: bool,
+    /// The worker reporting the phase of its part of a job shared by several (`None`: the
+    /// reporter runs the whole job, or is the control plane).
+    pub reporter: Option<&'a str>,
+}
+
+/// A shared job's phase from its live parts' phases and errors: the worst part speaks for the
+/// job (one part failing makes the job failing), with its error. `None` for no parts.
+pub fn combined_phase(parts: &[(JobPhase, Option<String>)]) -> Option<(JobPhase, Option<String>)> {
+    let severity = |p: JobPhase| match p {
+        JobPhase::Stopped => 0,
+        JobPhase::Paused => 1,
+        JobPhase::Running => 2,
+        JobPhase::Pending => 3,
+        JobPhase::Starting => 4,
+        JobPhase::Failing => 5,
+        JobPhase::Failed => 6,
+    };
+    parts.iter().max_by_key(|(p, _)| severity(*p)).cloned()
 }
 
 const JOB_SELECT: &str = "SELECT j.route_id, t.name AS team_name, o.name AS route_name, j.version, j.phase, \
@@ -48,7 +66,9 @@ impl Store {
     }
 
     /// Records a job's phase. A transition row is written only when the phase or version
-    /// changes, so a job reporting "running" again does not flood the history.
+    /// changes, so a job reporting "running" again does not flood the history. A worker's report
+    /// of its part of a shared job is kept as that part's phase, and the job's phase is then the
+    /// worst of the live workers' parts (see [`combined_phase`]).
     pub async fn record_phase(&self, c: PhaseChange<'_>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.write().await?;
@@ -65,10 +85,52 @@ impl Store {
             None => (None, false, None),
         };
         // A running job clears its error; other phases keep the last one unless given a new one.
-        let error = match (c.error, c.to) {
+        let keep_error = |given: Option<&str>, to: JobPhase, old: Option<String>| match (given, to) {
             (Some(e), _) => Some(e.to_owned()),
             (None, JobPhase::Running | JobPhase::Paused | JobPhase::Stopped) => None,
-            (None, _) => old_error,
+            (None, _) => old,
+        };
+        let (to, error, cause) = match c.reporter {
+            None => {
+                if c.to == JobPhase::Stopped {
+                    // Stopped as a whole: no part speaks any more.
+                    sqlx::query("DELETE FROM job_phase_shares WHERE route_id = $1")
+                        .bind(c.route_id)
+                        .execute(tx.conn())
+                        .await?;
+                }
+                (c.to, keep_error(c.error, c.to, old_error), c.cause.to_owned())
+            }
+            Some(worker) => {
+                let old_part = sqlx::query(
+                    "SELECT last_error FROM job_phase_shares WHERE route_id = $1 AND worker = $2 AND version = $3",
+                )
+                .bind(c.route_id)
+                .bind(worker)
+                .bind(c.version)
+                .fetch_optional(tx.conn())
+                .await?
+                .map(|r| r.try_get::<Option<String>, _>("last_error"))
+                .transpose()?
+                .flatten();
+                sqlx::query(
+                    "INSERT INTO job_phase_shares (route_id, worker, version, phase, last_error, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (route_id, worker) DO UPDATE SET \
+                     version = excluded.version, phase = excluded.phase, last_error = excluded.last_error, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(c.route_id)
+                .bind(worker)
+                .bind(c.version)
+                .bind(c.to.as_str())
+                .bind(keep_error(c.error, c.to, old_part))
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+                let parts = live_parts(&mut tx, c.route_id, c.version, Some(worker), now).await?;
+                let (to, error) = combined_phase(&parts).unwrap_or((c.to, None));
+                (to, error, format!("{worker}: {}", c.cause))
+            }
         };
         let restart = i64::from(c.restart);
         sqlx::query(
@@ -79,23 +141,64 @@ impl Store {
         )
         .bind(c.route_id)
         .bind(c.version)
-        .bind(c.to.as_str())
+        .bind(to.as_str())
         .bind(error)
         .bind(restart)
         .bind(now)
         .execute(tx.conn())
         .await?;
-        if from != Some(c.to) || !same_version {
-            sqlx::query(
-                "INSERT INTO job_transitions (route_id, at, from_phase, to_phase, cause) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(c.route_id)
-            .bind(now)
-            .bind(from.map(JobPhase::as_str))
-            .bind(c.to.as_str())
-            .bind(c.cause)
-            .execute(tx.conn())
-            .await?;
+        if from != Some(to) || !same_version {
+            record_transition(&mut tx, c.route_id, now, from, to, &cause).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Forgets the parts of shared jobs whose workers went silent and sets each such job's
+    /// phase from its remaining live parts (the control plane's leader, every pass): a dead
+    /// worker's failing part no longer holds its job failing after its partitions moved on.
+    pub async fn recombine_shared_phases(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let silent_since = now - crate::workers::SILENT_AFTER_MS;
+        let gone = sqlx::query(
+            "SELECT DISTINCT s.route_id, s.worker FROM job_phase_shares s WHERE NOT EXISTS \
+             (SELECT 1 FROM workers w WHERE w.name = s.worker AND w.heartbeat_at >= $1)",
+        )
+        .bind(silent_since)
+        .fetch_all(self.pool())
+        .await?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for row in gone {
+            let (route_id, worker): (String, String) = (row.try_get("route_id")?, row.try_get("worker")?);
+            sqlx::query("DELETE FROM job_phase_shares WHERE route_id = $1 AND worker = $2")
+                .bind(&route_id)
+                .bind(&worker)
+                .execute(tx.conn())
+                .await?;
+            let Some(job) = sqlx::query("SELECT phase, version FROM jobs WHERE route_id = $1")
+                .bind(&route_id)
+                .fetch_optional(tx.conn())
+                .await?
+            else {
+                continue;
+            };
+            let (phase, version): (String, i64) = (job.try_get("phase")?, job.try_get("version")?);
+            let parts = live_parts(&mut tx, &route_id, version, None, now).await?;
+            let Some((to, error)) = combined_phase(&parts) else { continue };
+            let from = JobPhase::parse(&phase);
+            if from != Some(to) {
+                sqlx::query("UPDATE jobs SET phase = $1, last_error = $2, updated_at = $3 WHERE route_id = $4")
+                    .bind(to.as_str())
+                    .bind(error)
+                    .bind(now)
+                    .bind(&route_id)
+                    .execute(tx.conn())
+                    .await?;
+                let cause = format!("{worker} went silent; the other workers' parts speak");
+                record_transition(&mut tx, &route_id, now, from, to, &cause).await?;
+            }
         }
         tx.commit().await
     }
@@ -225,5 +328,73 @@ impl WriteTx {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// The phases and errors of a shared job's parts of `version` run by live workers (and by
+/// `reporter`, which may not have beaten yet).
+async fn live_parts(
+    tx: &mut WriteTx,
+    route_id: &str,
+    version: i64,
+    reporter: Option<&str>,
+    now: i64,
+) -> Result<Vec<(JobPhase, Option<String>)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.phase, s.last_error FROM job_phase_shares s WHERE s.route_id = $1 AND s.version = $2 \
+         AND (s.worker = $3 OR EXISTS (SELECT 1 FROM workers w WHERE w.name = s.worker AND w.heartbeat_at >= $4)) \
+         ORDER BY s.worker",
+    )
+    .bind(route_id)
+    .bind(version)
+    .bind(reporter.unwrap_or_default())
+    .bind(now - crate::workers::SILENT_AFTER_MS)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let phase: String = r.try_get("phase")?;
+            let phase = JobPhase::parse(&phase).ok_or_else(|| StoreError::Corrupt(format!("job phase {phase}")))?;
+            Ok((phase, r.try_get("last_error")?))
+        })
+        .collect()
+}
+
+async fn record_transition(
+    tx: &mut WriteTx,
+    route_id: &str,
+    at: i64,
+    from: Option<JobPhase>,
+    to: JobPhase,
+    cause: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_transitions (route_id, at, from_phase, to_phase, cause) VALUES ($1, $2, $3, $4, $5)")
+        .bind(route_id)
+        .bind(at)
+        .bind(from.map(JobPhase::as_str))
+        .bind(to.as_str())
+        .bind(cause)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_part_speaks_for_a_shared_job() {
+        let part = |p: JobPhase, e: Option<&str>| (p, e.map(str::to_owned));
+        let parts =
+            [part(JobPhase::Running, None), part(JobPhase::Failing, Some("down")), part(JobPhase::Starting, None)];
+        assert_eq!(combined_phase(&parts), Some(part(JobPhase::Failing, Some("down"))));
+        let parts = [part(JobPhase::Running, None), part(JobPhase::Starting, None), part(JobPhase::Paused, None)];
+        assert_eq!(combined_phase(&parts).unwrap().0, JobPhase::Starting);
+        assert_eq!(
+            combined_phase(&[part(JobPhase::Failed, Some("x")), part(JobPhase::Failing, Some("y"))]).unwrap().0,
+            JobPhase::Failed
+        );
+        assert_eq!(combined_phase(&[]), None);
     }
 }

@@ -2,6 +2,7 @@
 //! role `all`) renews a row every few seconds with what it holds, so the console can show which
 //! process runs which partitions of which job, and which processes went silent.
 
+use crate::JobMetrics;
 use serde::{Deserialize, Serialize};
 
 /// How often a process renews its row.
@@ -10,17 +11,69 @@ pub const HEARTBEAT_EVERY_MS: i64 = 2_000;
 pub const SILENT_AFTER_MS: i64 = 3 * HEARTBEAT_EVERY_MS;
 
 /// One job a process holds, and the partitions of its stream it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
 pub struct HeldJob {
     pub route_id: String,
     /// `team/route`.
     pub route: String,
     pub partitions: Vec<u32>,
+    /// The route version this process's instance runs, and when it started (ms since the epoch).
+    #[serde(default)]
+    pub version: i64,
+    #[serde(default)]
+    pub started_at: i64,
+    /// The process's live numbers of its part of the job, so that any process can show a job
+    /// that others run. Stored with the beat, never listed: recent errors carry event samples,
+    /// and the workers list is open to every signed-in caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(ignore))]
+    pub metrics: Option<JobMetrics>,
+}
+
+/// When the oldest live instance of a route's job started, among the processes in `workers`
+/// (`None` when none runs it): a job changed since then runs everywhere once this is later.
+pub fn oldest_start(workers: &[WorkerStatus], route_id: &str) -> Option<i64> {
+    workers
+        .iter()
+        .filter(|w| w.alive)
+        .flat_map(|w| w.jobs.iter())
+        .filter(|j| j.route_id == route_id)
+        .map(|j| j.started_at)
+        .min()
+}
+
+/// A process's share of a job's live numbers, as it beats: the newest few errors only, so a
+/// beat stays small.
+pub fn share_of(mut metrics: JobMetrics) -> JobMetrics {
+    let keep = metrics.recent_errors.len().saturating_sub(SHARED_ERRORS);
+    metrics.recent_errors.drain(..keep);
+    metrics
+}
+
+/// Recent errors each process beats per job.
+const SHARED_ERRORS: usize = 5;
+
+/// One job's live numbers from the shares of the processes that run parts of it: counters
+/// summed, each partition once (during a handover two processes may both report one: the
+/// further position is the newer), errors merged oldest first.
+pub fn combine(shares: impl IntoIterator<Item = JobMetrics>) -> Option<JobMetrics> {
+    let mut shares = shares.into_iter();
+    let mut sum = shares.next()?;
+    for share in shares {
+        sum.counters += share.counters;
+        sum.partitions.extend(share.partitions);
+        sum.recent_errors.extend(share.recent_errors);
+    }
+    sum.partitions.sort_by(|a, b| a.partition.cmp(&b.partition).then(b.acked.cmp(&a.acked)));
+    sum.partitions.dedup_by_key(|p| p.partition);
+    sum.lag = sum.partitions.iter().map(|p| p.end.saturating_sub(p.acked)).sum();
+    sum.recent_errors.sort_by_key(|e| e.at);
+    Some(sum)
 }
 
 /// A process running route jobs, as it last reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
 pub struct WorkerStatus {
     pub name: String,
@@ -38,6 +91,7 @@ mod store {
     use super::*;
     use crate::store::{now_ms, Store, StoreError};
     use sqlx::Row;
+    use std::collections::HashMap;
 
     impl Store {
         /// Records what process `name` holds now (creating its row on the first beat), and drops
@@ -78,8 +132,40 @@ mod store {
             Ok(())
         }
 
-        /// Every registered process, live ones first, then by name.
+        /// Every registered process, live ones first, then by name (without their jobs' live
+        /// numbers: see [`Store::shared_job_metrics`]).
         pub async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
+            let mut workers = self.beats().await?;
+            for job in workers.iter_mut().flat_map(|w| w.jobs.iter_mut()) {
+                job.metrics = None;
+            }
+            Ok(workers)
+        }
+
+        /// The live numbers of every job that live workers run, by route id, each combined from
+        /// every worker's share. (Only workers share jobs; a server runs its jobs whole and
+        /// answers for them itself.)
+        pub async fn shared_job_metrics(&self) -> Result<HashMap<String, JobMetrics>, StoreError> {
+            self.shared_job_metrics_of(|_| true).await
+        }
+
+        /// As [`Store::shared_job_metrics`], of the job instances `counts` picks.
+        pub async fn shared_job_metrics_of(
+            &self,
+            counts: impl Fn(&HeldJob) -> bool,
+        ) -> Result<HashMap<String, JobMetrics>, StoreError> {
+            let mut shares: HashMap<String, Vec<JobMetrics>> = HashMap::new();
+            for worker in self.beats().await?.into_iter().filter(|w| w.alive && w.role.starts_with("worker")) {
+                for job in worker.jobs.into_iter().filter(|j| counts(j)) {
+                    if let Some(m) = job.metrics {
+                        shares.entry(job.route_id).or_default().push(m);
+                    }
+                }
+            }
+            Ok(shares.into_iter().filter_map(|(id, s)| Some((id, combine(s)?))).collect())
+        }
+
+        async fn beats(&self) -> Result<Vec<WorkerStatus>, StoreError> {
             let now = now_ms();
             let rows = sqlx::query("SELECT name, role, started_at, heartbeat_at, jobs FROM workers ORDER BY name")
                 .fetch_all(self.pool())
@@ -100,5 +186,50 @@ mod store {
             out.sort_by_key(|w| !w.alive);
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobCounters, PartitionLag, RecentError};
+
+    fn share(partitions: &[(u32, u64, u64)], delivered: u64, errors: &[i64]) -> JobMetrics {
+        JobMetrics {
+            counters: JobCounters { read: delivered, delivered, ..Default::default() },
+            lag: 0,
+            partitions: partitions
+                .iter()
+                .map(|&(partition, acked, end)| PartitionLag { partition, acked, end })
+                .collect(),
+            recent_errors: errors
+                .iter()
+                .map(|&at| RecentError { at, message: format!("e{at}"), sample: None })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn shares_combine_into_one_job_with_each_partition_once() {
+        let m = combine([
+            share(&[(2, 10, 15), (0, 5, 5)], 15, &[30, 10]),
+            // Partition 2 moved here: this process is further along it.
+            share(&[(1, 7, 9), (2, 12, 15)], 19, &[20]),
+        ])
+        .unwrap();
+        assert_eq!(m.counters.delivered, 34);
+        let parts: Vec<(u32, u64)> = m.partitions.iter().map(|p| (p.partition, p.acked)).collect();
+        assert_eq!(parts, [(0, 5), (1, 7), (2, 12)]);
+        assert_eq!(m.lag, 2 + 3);
+        let at: Vec<i64> = m.recent_errors.iter().map(|e| e.at).collect();
+        assert_eq!(at, [10, 20, 30]);
+        assert!(combine(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_share_keeps_the_newest_errors() {
+        let m = share_of(share(&[], 0, &[1, 2, 3, 4, 5, 6, 7]));
+        let at: Vec<i64> = m.recent_errors.iter().map(|e| e.at).collect();
+        assert_eq!(at, [3, 4, 5, 6, 7]);
     }
 }

@@ -1,13 +1,13 @@
 //! Route jobs over the real embedded log: delivery, order, checkpoints, retries, dead letters,
 //! isolation between jobs, and the supervisor's restarts.
 
+use keystone_control::Projection;
 use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
 use keystone_engine::job::{run, run_assigned, CheckpointStore, JobSpec, JobStats, Transforms};
 use keystone_engine::log::group::GroupMember;
 use keystone_engine::log::{EmbeddedLog, KafkaConfig, KafkaLog, Log, NewRecord, Retention, StartAt};
 use keystone_engine::sinks::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
-use keystone_engine::transforms::{Filter, Projection};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,11 +95,7 @@ fn spec(route: &str, partitions: u32, filter: Option<&str>, projection: Projecti
         topic: "alpha.plays".into(),
         partitions,
         dead_letter_topic: format!("_dlq.alpha.{route}"),
-        transforms: Transforms {
-            filter: filter.map(|f| Filter::compile(f).unwrap()),
-            hygiene: Default::default(),
-            projection,
-        },
+        transforms: Transforms::compile(filter, &projection, "alpha").unwrap(),
         batch_size: batch,
         max_latency: Duration::from_millis(20),
         checkpoint_interval: Duration::from_millis(50),
@@ -158,7 +154,11 @@ async fn delivers_filtered_projected_events_in_partition_order_and_checkpoints_a
     let checkpoints = Arc::new(MemoryCheckpoints::default());
     let stats = Arc::new(JobStats::default());
     let cancel = CancellationToken::new();
-    let projection = Projection::new(["n", "country"], [], [("country", "where")]);
+    let projection = Projection {
+        keep: vec!["n".into(), "country".into()],
+        rename: [("country".into(), "where".into())].into(),
+        ..Default::default()
+    };
     let job = spec("br", 3, Some(r#"event.country == "BR""#), projection, 50);
     let task = tokio::spawn(run(job, log.clone(), sink.clone(), checkpoints.clone(), stats.clone(), cancel.clone()));
     wait_for("200 BR events", || ns(&sink).len() == 200).await;
@@ -306,7 +306,8 @@ impl Member {
         sink: &Arc<MemorySink>,
         checkpoints: &Arc<MemoryCheckpoints>,
     ) -> Member {
-        let (group, changes) = log.join_group("keystone.route.id-shared", &job.topic, Duration::from_secs(6)).unwrap();
+        let (group, assignments) =
+            log.join_group("keystone.route.id-shared", &job.topic, Duration::from_secs(6)).unwrap();
         let stats = Arc::new(JobStats::default());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run_assigned(
@@ -316,7 +317,7 @@ impl Member {
             checkpoints.clone(),
             stats.clone(),
             cancel.clone(),
-            Some(changes),
+            Some(assignments),
         ));
         Member { cancel, task, group, stats }
     }
@@ -329,7 +330,7 @@ impl Member {
     async fn leave(self) {
         self.cancel.cancel();
         self.task.await.unwrap().unwrap();
-        drop(self.group);
+        self.group.leave().await;
     }
 
     /// Dies as a killed worker does: its readers stop without committing what they delivered
@@ -408,6 +409,26 @@ async fn workers_sharing_a_job_through_a_consumer_group_hand_partitions_over_wit
     b.leave().await;
     let committed = checkpoints.load("id-shared").await.unwrap();
     assert_eq!(committed, (0..12).map(|p| (p, 200)).collect::<HashMap<u32, u64>>());
+    // The group's own offsets say the same, for Kafka's tools (committed as partitions were
+    // handed over and as the last members left).
+    let outside: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "keystone.route.id-shared")
+        .create()
+        .unwrap();
+    let mut asked = rdkafka::TopicPartitionList::new();
+    for p in 0..12 {
+        asked.add_partition("alpha.plays", p);
+    }
+    let group_offsets = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        outside.committed_offsets(asked, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    let group_offsets: Vec<(i32, rdkafka::Offset)> =
+        group_offsets.elements().iter().map(|e| (e.partition(), e.offset())).collect();
+    assert_eq!(group_offsets, (0..12).map(|p| (p, rdkafka::Offset::Offset(200))).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use keystone_control::reconcile::{
     plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
+use keystone_control::workers::{oldest_start, HeldJob};
 use keystone_control::{
     is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
 };
@@ -115,6 +116,11 @@ impl Reconciler {
                         // Everything is checked again: another process ran it until now.
                         Leadership::Leading { new: true } => seen = None,
                         Leadership::Leading { new: false } => {}
+                    }
+                    // A silent worker's part of a shared job stops speaking for the job's phase
+                    // (before the deployments are judged on it).
+                    if let Err(e) = self.store.recombine_shared_phases().await {
+                        tracing::warn!(error = %e, "Recombining shared jobs' phases failed; retrying on the next tick.");
                     }
                     // Deployments are judged every tick: a gate window is seconds, not a resync.
                     if let Err(e) = self.judge_deployments().await {
@@ -460,6 +466,8 @@ impl Reconciler {
         }
         let routes = self.store.list(Kind::Route, &Scope::All).await?;
         let overrides = self.store.all_config_overrides().await?;
+        // Jobs run by workers speak through their heartbeats.
+        let workers = self.store.workers().await?;
         let now = keystone_control::store::now_ms();
         for d in deploying {
             let Some(route) = routes.iter().find(|r| r.id == d.route_id) else {
@@ -471,11 +479,18 @@ impl Reconciler {
             let spec = self.effective_spec(route, &overrides)?;
             let gate = spec.job_settings().unwrap_or_default().gate();
             // Only the job of this deployment's version speaks for it; an override keeps the
-            // version, so there only a job started since speaks.
-            let speaks = d.config.is_none() || self.jobs.started_at(&d.route_id).is_some_and(|at| at >= d.started_at);
+            // version, so there only a job started since (by every worker running it) speaks.
+            let started = self.jobs.started_at(&d.route_id).or_else(|| oldest_start(&workers, &d.route_id));
+            let speaks = d.config.is_none() || started.is_some_and(|at| at >= d.started_at);
             let (phase, counts) = if speaks {
                 let job = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version);
-                (job.map(|j| j.phase), self.jobs.metrics(&d.route_id).map(|m| m.counters).unwrap_or_default())
+                // Only workers' instances of this deployment speak (those of the old version, or
+                // from before an override, may still beat).
+                let this_deployment =
+                    |j: &HeldJob| j.version == d.to_version && (d.config.is_none() || j.started_at >= d.started_at);
+                let mut shared = self.store.shared_job_metrics_of(this_deployment).await?;
+                let live = self.jobs.live_metrics(&d.route_id, &mut shared);
+                (job.map(|j| j.phase), live.map(|m| m.counters).unwrap_or_default())
             } else {
                 (None, Default::default())
             };
@@ -535,7 +550,15 @@ impl Reconciler {
             return Ok(());
         }
         let version = self.store.job(route_id).await?.map_or(0, |j| j.version);
-        let change = PhaseChange { route_id, version, to: JobPhase::Stopped, cause, error: None, restart: false };
+        let change = PhaseChange {
+            route_id,
+            version,
+            to: JobPhase::Stopped,
+            cause,
+            error: None,
+            restart: false,
+            reporter: None,
+        };
         self.store.record_phase(change).await?;
         Ok(())
     }
@@ -569,8 +592,12 @@ impl Reconciler {
     }
 
     async fn start(&self, goal: &JobGoal, Inputs { route, stream, sink, backfill }: &Inputs) {
-        let observer =
-            Arc::new(StoreObserver { store: self.store.clone(), route_id: route.id.clone(), version: route.version });
+        let observer = Arc::new(StoreObserver {
+            store: self.store.clone(),
+            route_id: route.id.clone(),
+            version: route.version,
+            part_of: (self.role == ProcessRole::Worker).then(|| self.instance.clone()),
+        });
         let stats = Arc::new(JobStats::default());
         // Set before the readers start, so a paused route's job reads nothing.
         stats.set_paused(goal.desired == DesiredState::Paused);
@@ -636,6 +663,7 @@ impl Reconciler {
             route.id.clone(),
             RunningJob {
                 fingerprint: goal.fingerprint.clone(),
+                version: route.version,
                 started_at: keystone_control::store::now_ms(),
                 spec,
                 stats,
@@ -754,6 +782,8 @@ struct StoreObserver {
     store: Store,
     route_id: String,
     version: i64,
+    /// A worker's name: it reports the phase of its part of the shared job.
+    part_of: Option<String>,
 }
 
 impl JobObserver for StoreObserver {
@@ -765,6 +795,7 @@ impl JobObserver for StoreObserver {
             cause: &r.cause,
             error: r.error.as_deref(),
             restart: r.restart,
+            reporter: self.part_of.as_deref(),
         };
         if let Err(e) = self.store.record_phase(change).await {
             tracing::warn!(route_id = %self.route_id, error = %e, "Cannot record a job phase.");

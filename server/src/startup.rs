@@ -243,7 +243,7 @@ pub async fn router(
 /// Renews this process's row in the workers list with the partitions of each job it holds,
 /// until `stop` fires.
 fn spawn_heartbeat(reconciler: &Arc<Reconciler>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    use keystone_control::workers::{HeldJob, HEARTBEAT_EVERY_MS};
+    use keystone_control::workers::HEARTBEAT_EVERY_MS;
     let reconciler = reconciler.clone();
     let role = match (reconciler.role, &reconciler.pool) {
         (ProcessRole::Worker, Some(pool)) => format!("worker, pool {pool}"),
@@ -258,12 +258,7 @@ fn spawn_heartbeat(reconciler: &Arc<Reconciler>, stop: CancellationToken) -> tok
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let held: Vec<HeldJob> = reconciler
-                .jobs
-                .holdings()
-                .into_iter()
-                .map(|(route_id, route, partitions)| HeldJob { route_id, route, partitions })
-                .collect();
+            let held = reconciler.jobs.holdings();
             let beat = reconciler.store.heartbeat_worker(&reconciler.instance, &role, started_at, &held);
             if let Err(e) = beat.await {
                 tracing::warn!(error = %e, "Worker heartbeat not recorded.");
@@ -329,9 +324,9 @@ impl Worker {
     /// partitions over to the other workers.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
+        self.control.shut_down().await;
         self.stop_telemetry.cancel();
         let _ = self.telemetry.await;
-        self.control.shut_down().await;
     }
 
     pub async fn run_until_stopped(self) {

@@ -12,6 +12,7 @@ use keystone_control::store::{now_ms, Scope, Store, StoreError};
 use keystone_control::telemetry::{add_share, Resolution, RESOLUTIONS};
 use keystone_control::{Distribution, IngestStats, JobCounters, JobPhase, JobSample, StreamSample};
 use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
+use keystone_engine::job::latency::Interval;
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
 use keystone_engine::log::AnyLog;
@@ -132,6 +133,10 @@ pub struct JobSampler {
     bucket: i64,
     samples: HashMap<String, JobSample>,
     previous: HashMap<String, (Arc<JobStats>, JobCounters)>,
+    /// Job instances gone from the registry since a pass saw them (stopped, restarted, their
+    /// partitions moved, this process shutting down): they may have counted after that pass
+    /// while they drained, so they are sampled until nothing but this sampler holds their stats.
+    departed: Vec<(String, Arc<JobStats>, JobCounters)>,
 }
 
 impl JobSampler {
@@ -145,38 +150,54 @@ impl JobSampler {
             self.samples.clear();
             self.bucket = bucket;
         }
-        let mut rows = Vec::with_capacity(observed.len());
-        let mut increments = HashMap::new();
+        let at = |counts, lag, lag_seconds, interval: Interval| JobSample {
+            at: bucket,
+            seconds: RESOLUTIONS[0].seconds,
+            counts,
+            lag,
+            lag_seconds,
+            end_to_end: interval.end_to_end,
+            sink_request: interval.sink_request,
+            batch_size: interval.batch_size,
+        };
+        let previous = std::mem::replace(
+            &mut self.previous,
+            observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect(),
+        );
+        // A departed instance's tail first: a job still observed (restarted here) sets the lag.
+        let mut parts = Vec::with_capacity(observed.len() + self.departed.len());
+        for (route_id, (stats, before)) in &previous {
+            if !observed.iter().any(|o| Arc::ptr_eq(&o.stats, stats)) {
+                self.departed.push((route_id.clone(), stats.clone(), *before));
+            }
+        }
+        for (route_id, stats, before) in &mut self.departed {
+            let now = stats.counters();
+            let interval = stats.latency.lock().expect("stats lock").take();
+            parts.push((route_id.clone(), at(now.since(Some(&*before)), 0, 0.0, interval)));
+            *before = now;
+        }
+        self.departed.retain(|(_, stats, _)| Arc::strong_count(stats) > 1);
         for o in observed {
-            let before =
-                self.previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
-            let sample = JobSample {
-                at: bucket,
-                seconds: RESOLUTIONS[0].seconds,
-                counts: o.counters.since(before),
-                lag: o.lag,
-                lag_seconds: o.lag_seconds,
-                end_to_end: o.interval.end_to_end,
-                sink_request: o.interval.sink_request,
-                batch_size: o.interval.batch_size,
-            };
-            increments.insert(o.route_id.clone(), sample.counts);
-            let merged = match self.samples.get_mut(&o.route_id) {
+            let before = previous.get(&o.route_id).filter(|(stats, _)| Arc::ptr_eq(stats, &o.stats)).map(|(_, c)| c);
+            parts.push((o.route_id.clone(), at(o.counters.since(before), o.lag, o.lag_seconds, o.interval)));
+        }
+        let mut increments: HashMap<String, JobCounters> = HashMap::new();
+        for (route_id, part) in parts {
+            *increments.entry(route_id.clone()).or_default() += part.counts;
+            match self.samples.get_mut(&route_id) {
                 Some(s) => {
-                    keystone_control::telemetry::merge(s, &sample);
+                    keystone_control::telemetry::merge(s, &part);
                     // Lag is a level, not a worst-of within one fine bucket: the latest counts.
-                    s.lag = o.lag;
-                    s.lag_seconds = o.lag_seconds;
-                    s.clone()
+                    s.lag = part.lag;
+                    s.lag_seconds = part.lag_seconds;
                 }
                 None => {
-                    self.samples.insert(o.route_id.clone(), sample.clone());
-                    sample
+                    self.samples.insert(route_id, part);
                 }
-            };
-            rows.push((o.route_id.clone(), merged));
+            }
         }
-        self.previous = observed.iter().map(|o| (o.route_id.clone(), (o.stats.clone(), o.counters))).collect();
+        let rows = increments.keys().map(|id| (id.clone(), self.samples[id].clone())).collect();
         (rows, increments)
     }
 }
@@ -246,6 +267,9 @@ struct Open {
     ingested: HashMap<String, IngestStats>,
     rolled_up_to: i64,
     alerts: Alerts,
+    /// Per route: what its jobs counted since this process started (across job restarts, and
+    /// over every process's share of a shared job).
+    totals: HashMap<String, JobCounters>,
 }
 
 /// The fine bucket a tick at `now` reports: it covers the interval before the tick, so it is
@@ -255,7 +279,8 @@ fn tick_bucket(now: i64, interval: Duration) -> i64 {
 }
 
 /// A `keystone worker`'s telemetry: every interval, its share of each job it runs, stored for the
-/// serving processes to add up (a worker serves no dashboards and no `/metrics` itself).
+/// serving processes to add up (a worker serves no dashboards and no `/metrics` itself). Stop it
+/// after the jobs drained: its last pass then counts their final batches.
 pub fn spawn_shares(
     store: Store,
     jobs: Arc<JobRegistry<AnyLog>>,
@@ -268,15 +293,19 @@ pub fn spawn_shares(
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.cancelled() => return,
-            }
+            // Stopped after the jobs drained: one last pass stores what they did meanwhile.
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
             let now = now_ms();
             let bucket = tick_bucket(now, interval);
             let (shares, _) = sampler.sample(&jobs.observe(now).await, bucket);
             if let Err(e) = store.put_sample_shares(&worker, &shares, now).await {
                 tracing::warn!(error = %e, "Job samples not stored; the next pass tries again.");
+            }
+            if last {
+                return;
             }
         }
     })
@@ -293,6 +322,7 @@ impl Telemetry {
                 ingested: HashMap::new(),
                 rolled_up_to: i64::MIN,
                 alerts: Alerts::default(),
+                totals: HashMap::new(),
             };
             let mut tick = tokio::time::interval(self.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,9 +373,42 @@ impl Telemetry {
             gauge!("keystone_database_query_seconds").set(asked.elapsed().as_secs_f64());
         });
         let jobs = jobs?;
-        self.evaluate_alerts(&mut open.alerts, &levels, &increments, &jobs, now).await?;
+        let routes = self.store.list(Kind::Route, &Scope::All).await?;
+        let declared: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+        open.totals.retain(|id, _| declared.contains(id.as_str()));
+        for (route_id, grown) in &increments {
+            *open.totals.entry(route_id.clone()).or_default() += *grown;
+        }
+        self.evaluate_alerts(&mut open.alerts, &routes, &levels, &open.totals, &jobs, now).await?;
+        // A shared job's series come from the sums, published by one process: the leader.
+        let series: Vec<JobSeries> = match &self.shared_as {
+            None => observed.iter().map(JobSeries::observed).collect(),
+            Some(_) if self.reconciler.leader.load(Ordering::Relaxed) => {
+                let newest: HashMap<&str, &JobSample> = rows.iter().map(|(id, s)| (id.as_str(), s)).collect();
+                routes
+                    .iter()
+                    .filter_map(|r| {
+                        let counters = *open.totals.get(&r.id)?;
+                        let (lag, lag_seconds) = levels.get(&r.id).copied().unwrap_or_default();
+                        let sample = newest.get(r.id.as_str());
+                        Some(JobSeries {
+                            team: r.team.clone(),
+                            route: r.name.clone(),
+                            counters,
+                            lag,
+                            lag_seconds,
+                            checkpoint_age_s: None,
+                            end_to_end: sample.and_then(|s| s.end_to_end),
+                            sink_request: sample.and_then(|s| s.sink_request),
+                            batch_size: sample.and_then(|s| s.batch_size),
+                        })
+                    })
+                    .collect()
+            }
+            Some(_) => Vec::new(),
+        };
         metrics::with_local_recorder(&self.exporter.recorder, || {
-            self.publish(&observed, &jobs, now);
+            self.publish(&series, &jobs, now);
         });
         self.exporter.handle.run_upkeep();
         Ok(())
@@ -407,10 +470,9 @@ impl Telemetry {
         Ok(())
     }
 
-    fn publish(&self, observed: &[Observed], jobs: &[keystone_control::JobRecord], now: i64) {
-        for o in observed {
-            let (team, route) = o.route.split_once('/').unwrap_or(("", &o.route));
-            let labels = [("team", team.to_owned()), ("route", route.to_owned())];
+    fn publish(&self, series: &[JobSeries], jobs: &[keystone_control::JobRecord], now: i64) {
+        for o in series {
+            let labels = [("team", o.team.clone()), ("route", o.route.clone())];
             let c = &o.counters;
             counter!("keystone_job_events_read_total", &labels).absolute(c.read);
             counter!("keystone_job_events_delivered_total", &labels).absolute(c.delivered);
@@ -422,15 +484,17 @@ impl Telemetry {
             counter!("keystone_job_sink_bytes_total", &labels).absolute(c.bytes_out);
             gauge!("keystone_job_lag_events", &labels).set(o.lag as f64);
             gauge!("keystone_job_lag_seconds", &labels).set(o.lag_seconds);
-            gauge!("keystone_job_checkpoint_age_seconds", &labels).set(o.checkpoint_age_s);
+            if let Some(age) = o.checkpoint_age_s {
+                gauge!("keystone_job_checkpoint_age_seconds", &labels).set(age);
+            }
             for (kind, n) in c.sink_errors.seen() {
                 let mut by = labels.to_vec();
                 by.push(("kind", kind.as_str().to_owned()));
                 counter!("keystone_job_sink_errors_total", &by).absolute(n);
             }
-            quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.interval.end_to_end, 1e-3);
-            quantiles("keystone_job_sink_request_seconds", &labels, o.interval.sink_request, 1e-3);
-            quantiles("keystone_job_batch_size_events", &labels, o.interval.batch_size, 1.0);
+            quantiles("keystone_job_end_to_end_latency_seconds", &labels, o.end_to_end, 1e-3);
+            quantiles("keystone_job_sink_request_seconds", &labels, o.sink_request, 1e-3);
+            quantiles("keystone_job_batch_size_events", &labels, o.batch_size, 1.0);
         }
         for j in jobs {
             let labels = [("team", j.team.clone()), ("route", j.route.clone())];
@@ -485,6 +549,37 @@ impl Telemetry {
     }
 }
 
+/// One job's series on `/metrics`: this process's own job, or a shared job's sums.
+struct JobSeries {
+    team: String,
+    route: String,
+    counters: JobCounters,
+    lag: u64,
+    lag_seconds: f64,
+    /// Known only to the process running the job.
+    checkpoint_age_s: Option<f64>,
+    end_to_end: Option<Distribution>,
+    sink_request: Option<Distribution>,
+    batch_size: Option<Distribution>,
+}
+
+impl JobSeries {
+    fn observed(o: &Observed) -> JobSeries {
+        let (team, route) = o.route.split_once('/').unwrap_or(("", &o.route));
+        JobSeries {
+            team: team.to_owned(),
+            route: route.to_owned(),
+            counters: o.counters,
+            lag: o.lag,
+            lag_seconds: o.lag_seconds,
+            checkpoint_age_s: Some(o.checkpoint_age_s),
+            end_to_end: o.interval.end_to_end,
+            sink_request: o.interval.sink_request,
+            batch_size: o.interval.batch_size,
+        }
+    }
+}
+
 /// Quantile gauges of an interval's distribution, times `scale` (ms to seconds); nothing when
 /// nothing was measured.
 fn quantiles(name: &'static str, labels: &[(&'static str, String); 2], d: Option<Distribution>, scale: f64) {
@@ -502,8 +597,7 @@ struct Alerts {
     /// Loaded from the store on the first pass, so a restart neither re-fires nor forgets.
     loaded: bool,
     states: HashMap<(String, AlertKind), RuleStatus>,
-    /// Per route: cumulative counts (across job restarts) and recent observations, oldest first.
-    totals: HashMap<String, keystone_control::JobCounters>,
+    /// Per route: recent observations, oldest first.
     history: HashMap<String, VecDeque<Observation>>,
 }
 
@@ -513,8 +607,9 @@ impl Telemetry {
     async fn evaluate_alerts(
         &self,
         a: &mut Alerts,
+        routes: &[Object],
         levels: &HashMap<String, Level>,
-        increments: &HashMap<String, JobCounters>,
+        totals: &HashMap<String, JobCounters>,
         jobs: &[keystone_control::JobRecord],
         now: i64,
     ) -> Result<(), keystone_control::store::StoreError> {
@@ -522,7 +617,6 @@ impl Telemetry {
             a.states = self.store.alert_states().await?.into_iter().map(|(r, k, s)| ((r, k), s)).collect();
             a.loaded = true;
         }
-        let routes = self.store.list(Kind::Route, &Scope::All).await?;
         let teams: HashMap<String, TeamSpec> = self
             .store
             .list(Kind::Team, &Scope::All)
@@ -533,14 +627,10 @@ impl Telemetry {
         let jobs: HashMap<&str, &keystone_control::JobRecord> = jobs.iter().map(|j| (j.route_id.as_str(), j)).collect();
         let silences = self.store.active_silences(None, now).await?;
         let mut states = Vec::new();
-        for route in &routes {
+        for route in routes {
             let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
             let job = jobs.get(route.id.as_str());
-            let totals = a.totals.entry(route.id.clone()).or_default();
-            if let Some(inc) = increments.get(&route.id) {
-                totals.delivered += inc.delivered;
-                totals.dead_lettered += inc.dead_lettered;
-            }
+            let totals = totals.get(&route.id).copied().unwrap_or_default();
             let (lag, lag_seconds) = levels.get(&route.id).copied().unwrap_or_default();
             let history = a.history.entry(route.id.clone()).or_default();
             history.push_back(Observation {
@@ -588,7 +678,6 @@ impl Telemetry {
         a.states.retain(|(id, kind), _| evaluated.contains(&(id.as_str(), *kind)));
         let declared: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
         a.history.retain(|id, _| declared.contains(id.as_str()));
-        a.totals.retain(|id, _| declared.contains(id.as_str()));
         self.store.put_alert_states(&states).await
     }
 
@@ -674,6 +763,45 @@ mod tests {
                 batch_size: None,
             },
         }
+    }
+
+    fn observed(route_id: &str, stats: &Arc<JobStats>, lag: u64) -> Observed {
+        Observed {
+            route_id: route_id.into(),
+            route: format!("alpha/{route_id}"),
+            stats: stats.clone(),
+            counters: stats.counters(),
+            lag,
+            lag_seconds: 0.0,
+            checkpoint_age_s: 0.0,
+            interval: stats.latency.lock().unwrap().take(),
+        }
+    }
+
+    #[test]
+    fn a_job_that_left_is_sampled_until_it_finished_draining() {
+        let mut sampler = JobSampler::default();
+        let first = Arc::new(JobStats::default());
+        first.delivered.store(10, Ordering::Relaxed);
+        let (rows, grown) = sampler.sample(&[observed("r", &first, 4)], 0);
+        assert_eq!((rows[0].1.counts.delivered, rows[0].1.lag, grown["r"].delivered), (10, 4, 10));
+        // The job is stopped (gone from the registry) but still draining: its last batch counts.
+        first.delivered.store(15, Ordering::Relaxed);
+        let (rows, grown) = sampler.sample(&[], 0);
+        assert_eq!((rows[0].1.counts.delivered, rows[0].1.lag, grown["r"].delivered), (15, 0, 5));
+        // A new instance of the route starts while the old one finishes its final batch.
+        let second = Arc::new(JobStats::default());
+        second.delivered.store(3, Ordering::Relaxed);
+        first.delivered.store(16, Ordering::Relaxed);
+        let job_task = first.clone();
+        drop(first);
+        let (rows, grown) = sampler.sample(&[observed("r", &second, 2)], 0);
+        assert_eq!((rows[0].1.counts.delivered, rows[0].1.lag, grown["r"].delivered), (19, 2, 4));
+        // Drained: only the sampler held the old stats, so it lets them go.
+        drop(job_task);
+        let (_, grown) = sampler.sample(&[observed("r", &second, 0)], 0);
+        assert_eq!(grown["r"].delivered, 0);
+        assert!(sampler.departed.is_empty());
     }
 
     #[test]

@@ -1373,6 +1373,34 @@ mod delivery {
             .map(|s| s.worker)
             .collect();
         assert_eq!(sharing.len(), 3, "{sharing:?}");
+        // The route's live panel too: the control plane runs no part of the job, and shows the
+        // sum of the three workers' beats, each partition once.
+        eventually("the job's live numbers add up to what the three workers delivered", || async {
+            let (s, job) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+            assert_eq!(s, StatusCode::OK, "{job}");
+            let m = &job["metrics"];
+            let partitions: Vec<u64> = m["partitions"].as_array().map_or(Vec::new(), |ps| {
+                ps.iter().filter(|p| p["acked"] == p["end"]).map(|p| p["partition"].as_u64().unwrap()).collect()
+            });
+            m["delivered"] == 1000 && m["lag"] == 0 && partitions == (0..12).collect::<Vec<u64>>()
+        })
+        .await;
+        // `/metrics` of the leading control process carries the job's series, summed too.
+        eventually("the job's series on /metrics", || async {
+            let req = app.http.get(format!("{}/metrics", app.base)).bearer_auth(SCRAPE_TOKEN);
+            let text = req.send().await.unwrap().text().await.unwrap();
+            text.lines().any(|l| {
+                l.starts_with("keystone_job_events_delivered_total{")
+                    && l.contains("route=\"all\"")
+                    && l.ends_with(" 1000")
+            })
+        })
+        .await;
+        let (_, listed) = app.get(&app.alpha_viewer, "/api/v1/workers").await;
+        assert!(
+            !listed.to_string().contains("recent_errors"),
+            "the open workers list carries no job numbers: {listed}"
+        );
 
         // Under load, one worker is killed: no drain, no commit, no leaving the group.
         let producing = {
@@ -1420,7 +1448,90 @@ mod delivery {
         let (_, silent) = app.get(&app.alpha_viewer, "/api/v1/workers").await;
         let dead = silent.as_array().unwrap().iter().find(|w| w["name"] == killed_name.as_str()).cloned();
         assert!(dead.is_none_or(|w| w["alive"] == false), "the killed worker is shown silent: {silent}");
+
+        // The stability gate judges a job only workers run by their beats: a new version whose
+        // filter cannot evaluate any event is rolled back by the control plane.
+        let broken = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 50,
+                            "filter": "event.bitrate > 3000", "config": {"job.checkpoint_interval_ms": "200"}});
+        let (s, body) =
+            app.put(&app.alpha, "/api/v1/teams/alpha/routes/all", json!({"spec": broken, "reason": "bitrate"})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let deployments = || async {
+            let (_, body) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/deployments").await;
+            body.as_array().unwrap().clone()
+        };
+        eventually("v2 deploying", || async { deployments().await.first().is_some_and(|d| d["to_version"] == 2) })
+            .await;
+        eventually("v2's job running on the workers", || async {
+            let (_, job) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+            job["job"]["version"] == 2 && job["job"]["phase"] == "running"
+        })
+        .await;
+        ingest(&app, &token, "plays", &plays(3000..3100)).await;
+        eventually("v2 rolled back on the workers' counts", || async {
+            deployments().await.iter().any(|d| d["to_version"] == 2 && d["state"] == "rolled_back")
+        })
+        .await;
+        let ds = deployments().await;
+        let detail = ds.iter().find(|d| d["state"] == "rolled_back").unwrap()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("events failed"), "{detail}");
         drop(workers);
+        app.teardown().await;
+    }
+
+    /// A job shared by workers has the phase of its worst live part, not of whichever worker
+    /// reported last; when the failing worker goes away, the control plane's leader lets the
+    /// others' parts speak again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_job_is_as_healthy_as_its_worst_live_part() {
+        use keystone_control::jobs::PhaseChange;
+        use keystone_control::JobPhase;
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("alpha.plays", 2, 1).unwrap();
+        let app = control_plane(&cluster.bootstrap_servers(), false).await;
+        declare(&app, "streams", "plays", stream(2)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "parts"}})).await;
+        declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake"})).await;
+        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
+        let route_id = route["id"].as_str().unwrap().to_owned();
+        for w in ["w1", "w2"] {
+            app.store.heartbeat_worker(w, "worker", 0, &[]).await.unwrap();
+        }
+        let report = |worker: &'static str, to: JobPhase, error: Option<&'static str>| {
+            let (store, route_id) = (app.store.clone(), route_id.clone());
+            async move {
+                let cause = format!("{} here", to.as_str());
+                let change = PhaseChange {
+                    route_id: &route_id,
+                    version: 1,
+                    to,
+                    cause: &cause,
+                    error,
+                    restart: false,
+                    reporter: Some(worker),
+                };
+                store.record_phase(change).await.unwrap();
+            }
+        };
+        let job = || async {
+            let (_, job) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+            (job["job"]["phase"].as_str().unwrap_or_default().to_owned(), job["job"]["last_error"].clone(), job)
+        };
+        report("w1", JobPhase::Running, None).await;
+        report("w2", JobPhase::Failing, Some("sink down")).await;
+        report("w1", JobPhase::Running, None).await;
+        let (phase, error, _) = job().await;
+        assert_eq!((phase.as_str(), error), ("failing", json!("sink down")), "w2's part still fails");
+        // w2 stops (its row goes): the leader's next pass lets w1's part speak.
+        app.store.heartbeat_worker("w1", "worker", 0, &[]).await.unwrap();
+        app.store.forget_worker("w2").await.unwrap();
+        eventually("the job running again without w2", || async { job().await.0 == "running" }).await;
+        let (_, _, body) = job().await;
+        let causes: Vec<&str> =
+            body["transitions"].as_array().unwrap().iter().map(|t| t["cause"].as_str().unwrap()).collect();
+        assert!(causes.iter().any(|c| c.starts_with("w2: failing here")), "{causes:?}");
+        assert!(causes.iter().any(|c| c.starts_with("w2 went silent")), "{causes:?}");
+        assert_eq!(body["job"]["last_error"], Value::Null, "{body}");
         app.teardown().await;
     }
 
@@ -1912,8 +2023,12 @@ mod delivery {
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse().ok())
         };
+        // Events are counted read before they are delivered: wait for the end of both.
         eventually("exported numbers", || async {
-            value(&scrape(app.alpha_viewer.clone()).await, "keystone_job_events_read_total") == Some(N as f64)
+            let text = scrape(app.alpha_viewer.clone()).await;
+            value(&text, "keystone_job_events_read_total") == Some(N as f64)
+                && value(&text, "keystone_job_events_delivered_total").is_some_and(|d| d >= (N - M - K) as f64)
+                && value(&text, "keystone_job_events_dead_lettered_total").is_some_and(|d| d >= K as f64)
         })
         .await;
         let text = scrape(app.alpha_viewer.clone()).await;

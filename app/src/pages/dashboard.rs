@@ -302,7 +302,11 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         charts,
         timeline,
         config,
-        recent_errors: state.jobs.metrics(&route.id).map(|m| m.recent_errors).unwrap_or_default(),
+        recent_errors: state
+            .jobs
+            .live_metrics(&route.id, &mut store.shared_job_metrics().await?)
+            .map(|m| m.recent_errors)
+            .unwrap_or_default(),
     })
 }
 

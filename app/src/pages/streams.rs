@@ -176,6 +176,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
         &[],
     );
     let mut routes = Vec::new();
+    let mut shared = store.shared_job_metrics().await?;
     for r in Goal::new(&store, &who).list(Kind::Route).await? {
         if r.team != object.team
             || r.spec_as::<keystone_control::RouteSpec>().map_or(true, |s| s.stream.as_str() != name)
@@ -183,7 +184,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             continue;
         }
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
-        routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).map(|m| m.lag)));
+        routes.push((r.name.clone(), phase, state.jobs.live_metrics(&r.id, &mut shared).map(|m| m.lag)));
     }
     Ok(StreamActivityView { routes, counted: state.meter.stats(&topic, now), log_end_offsets, recent, chart })
 }

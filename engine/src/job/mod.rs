@@ -108,6 +108,9 @@ pub struct Transforms {
     pub filter: Option<Filter>,
     pub hygiene: Hygiene,
     pub projection: Projection,
+    /// The payload's top-level fields the route reads (filter and kept fields), when it keeps
+    /// only some: the others need not be parsed. `None`: it reads them all.
+    reads: Option<Vec<String>>,
 }
 
 impl Transforms {
@@ -128,12 +131,36 @@ impl Transforms {
             projection.drop_nulls,
             team,
         );
+        // Masking, hashing, dropping and renaming act on kept fields only: with a keep list, the
+        // filter's fields and the kept ones are all the route reads.
+        let reads = match filter.as_ref().map(Filter::fields) {
+            _ if projection.keep.is_empty() => None,
+            Some(None) => None,
+            filtered => {
+                let mut reads: Vec<String> = Vec::new();
+                for field in filtered.flatten().unwrap_or_default().iter().chain(&projection.keep) {
+                    let top = field.split('.').next().unwrap_or_default();
+                    if !reads.iter().any(|f| f == top) {
+                        reads.push(top.to_owned());
+                    }
+                }
+                Some(reads)
+            }
+        };
         let projection = Projection::new(
             projection.keep.iter().map(String::as_str),
             projection.drop.iter().map(String::as_str),
             projection.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
         );
-        Ok(Transforms { filter, hygiene, projection })
+        Ok(Transforms { filter, hygiene, projection, reads })
+    }
+
+    /// Parses a stored payload as far as the route reads it (see `reads`).
+    pub fn parse(&self, payload: &str) -> serde_json::Result<Value> {
+        match &self.reads {
+            Some(fields) => crate::transforms::parse_fields(payload, fields),
+            None => serde_json::from_str(payload),
+        }
     }
 
     pub fn transform(&self, mut payload: Value) -> Transformed {
@@ -281,6 +308,11 @@ impl JobStats {
             .collect()
     }
 
+    /// Whether this instance runs part of its job, beside other processes in a consumer group.
+    pub fn is_shared(&self) -> bool {
+        self.owned.lock().expect("stats lock").is_some()
+    }
+
     /// The partitions this instance runs: every partition of the stream, unless it shares the
     /// job through a consumer group.
     pub fn held(&self, spec: &JobSpec) -> Vec<u32> {
@@ -387,6 +419,14 @@ pub enum AssignmentChange {
     },
 }
 
+/// What one instance of a job shared through a consumer group gets from the group.
+pub struct Assignments {
+    pub changes: tokio::sync::mpsc::Receiver<AssignmentChange>,
+    /// Positions the job committed (in the source of truth), to commit as the group's offsets
+    /// too: Kafka's own tools then see how far the route got. Keystone resumes from its own.
+    pub committed: std::sync::mpsc::Sender<Vec<(u32, u64)>>,
+}
+
 /// Runs a job on every partition of its stream until `cancel` fires (then finishes the batch in
 /// hand, commits, and returns `Ok`) or until something it cannot retry fails.
 pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
@@ -400,9 +440,9 @@ pub async fn run<L: Log, S: Sink, C: CheckpointStore>(
     run_assigned(spec, log, sink, checkpoints, stats, cancel, None).await
 }
 
-/// Runs a job on the partitions `changes` assign it, as one member of a group sharing the
+/// Runs a job on the partitions its `assignments` give it, as one member of a group sharing the
 /// route's job: a revoked partition is drained and committed before it is handed over. With no
-/// `changes`, it runs every partition.
+/// `assignments`, it runs every partition.
 pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
     spec: Arc<JobSpec>,
     log: Arc<L>,
@@ -410,8 +450,9 @@ pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
     checkpoints: Arc<C>,
     stats: Arc<JobStats>,
     cancel: CancellationToken,
-    mut changes: Option<tokio::sync::mpsc::Receiver<AssignmentChange>>,
+    assignments: Option<Assignments>,
 ) -> Result<(), JobError> {
+    let (mut changes, mirror) = assignments.map(|a| (a.changes, a.committed)).unzip();
     log.ensure_topic(&spec.dead_letter_topic, 1, DEAD_LETTER_RETENTION).await?;
     stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
     *stats.owned.lock().expect("stats lock") = changes.as_ref().map(|_| Default::default());
@@ -424,6 +465,7 @@ pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
         stats: stats.clone(),
         cancel: cancel.clone(),
         commit: Arc::new(tokio::sync::Mutex::new(())),
+        mirror: mirror.clone(),
         running: HashMap::new(),
         ended: ended_tx,
     };
@@ -433,6 +475,7 @@ pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
         checkpoints,
         stats,
         members.commit.clone(),
+        mirror,
         stop_checkpointer.clone(),
     ));
     let mut result = match changes {
@@ -486,6 +529,8 @@ struct Partitions<L, S, C> {
     /// Held while positions are committed, so a periodic commit never lands after (and below)
     /// the commit that hands a partition over.
     commit: Arc<tokio::sync::Mutex<()>>,
+    /// See [`Assignments::committed`].
+    mirror: Option<std::sync::mpsc::Sender<Vec<(u32, u64)>>>,
     running: HashMap<u32, RunningPartition>,
     ended: tokio::sync::mpsc::UnboundedSender<(u32, Result<(), JobError>)>,
 }
@@ -507,6 +552,7 @@ impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
     /// owner committed on handing them over).
     async fn open(&mut self, partitions: &[u32]) -> Result<(), JobError> {
         let saved = self.checkpoints.load(&self.spec.route_id).await.map_err(JobError::Checkpoints)?;
+        let mut opened = Vec::new();
         for &p in partitions.iter().filter(|p| **p < self.spec.partitions) {
             if self.running.contains_key(&p) {
                 continue;
@@ -519,6 +565,7 @@ impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
             };
             self.stats.set_acked(p, start);
             self.stats.set_committed(p, start);
+            opened.push((p, start));
             if let Some(owned) = self.stats.owned.lock().expect("stats lock").as_mut() {
                 owned.insert(p);
             }
@@ -537,6 +584,11 @@ impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
                 let _ = ended.send((p, outcome));
             });
             self.running.insert(p, RunningPartition { cancel, task });
+        }
+        // Where the route resumes is the group's offset too, even before anything moves (an
+        // idle partition taken over would otherwise keep a stale one).
+        if let (Some(mirror), false) = (&self.mirror, opened.is_empty()) {
+            let _ = mirror.send(opened);
         }
         Ok(())
     }
@@ -558,19 +610,27 @@ impl<L: Log, S: Sink, C: CheckpointStore> Partitions<L, S, C> {
                 owned.remove(p);
             }
         }
-        commit_moved(self.checkpoints.as_ref(), &self.spec.route_id, &self.stats, Some(partitions))
-            .await
-            .map_err(JobError::Checkpoints)
+        commit_moved(
+            self.checkpoints.as_ref(),
+            &self.spec.route_id,
+            &self.stats,
+            Some(partitions),
+            self.mirror.as_ref(),
+        )
+        .await
+        .map_err(JobError::Checkpoints)
     }
 }
 
 /// Commits the acknowledged positions that moved since their last commit: of `partitions`, or of
-/// every partition with `None`. The caller holds the job's commit lock.
+/// every partition with `None`; then passes them to `mirror` (the group's offsets). The caller
+/// holds the job's commit lock.
 async fn commit_moved<C: CheckpointStore>(
     store: &C,
     route_id: &str,
     stats: &JobStats,
     partitions: Option<&[u32]>,
+    mirror: Option<&std::sync::mpsc::Sender<Vec<(u32, u64)>>>,
 ) -> Result<(), String> {
     let moved: Vec<(u32, u64)> = {
         let acked = stats.acked.lock().expect("stats lock");
@@ -586,10 +646,14 @@ async fn commit_moved<C: CheckpointStore>(
         return Ok(());
     }
     store.commit(route_id, &moved).await?;
-    for (p, a) in moved {
+    for &(p, a) in &moved {
         stats.set_committed(p, a);
     }
     stats.committed_at.store(crate::now_ms(), Ordering::Relaxed);
+    if let Some(mirror) = mirror {
+        // The member may have left already (the process is stopping): nothing to mirror to.
+        let _ = mirror.send(moved);
+    }
     Ok(())
 }
 
@@ -599,6 +663,7 @@ async fn checkpoint_loop<C: CheckpointStore>(
     store: Arc<C>,
     stats: Arc<JobStats>,
     commit: Arc<tokio::sync::Mutex<()>>,
+    mirror: Option<std::sync::mpsc::Sender<Vec<(u32, u64)>>>,
     stop: CancellationToken,
 ) -> Result<(), JobError> {
     let mut tick = tokio::time::interval(spec.checkpoint_interval);
@@ -609,7 +674,7 @@ async fn checkpoint_loop<C: CheckpointStore>(
             _ = stop.cancelled() => true,
         };
         let _held = commit.lock().await;
-        match commit_moved(store.as_ref(), &spec.route_id, &stats, None).await {
+        match commit_moved(store.as_ref(), &spec.route_id, &stats, None, mirror.as_ref()).await {
             Ok(()) => {}
             // Not fatal: the positions stay acknowledged and the next tick tries again.
             Err(e) if !stopping => stats.record_error(format!("checkpoint commit failed: {e}")),
@@ -652,12 +717,13 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
 
 /// What a job reads of a record's envelope: the stream and headers are skipped, not copied.
 #[derive(serde::Deserialize)]
-struct Routable {
+struct Routable<'a> {
     id: String,
     ingested_at: i64,
     #[serde(default)]
     key: Option<String>,
-    payload: Value,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
 }
 
 /// What a delivery came back with: the events the sink refused for good (by index, with why),
@@ -848,7 +914,16 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             Ok(e) => e,
             Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
         };
-        match self.spec.transforms.transform(envelope.payload) {
+        let transforms = &self.spec.transforms;
+        let payload = match transforms.parse(envelope.payload.get()) {
+            Ok(p) => p,
+            // Not an object: the route's own code paths say what it makes of it.
+            Err(_) => match serde_json::from_str(envelope.payload.get()) {
+                Ok(p) => p,
+                Err(e) => return Routed::DeadLetter(format!("the record's payload is not JSON: {e}")),
+            },
+        };
+        match transforms.transform(payload) {
             Transformed::Deliver(event) => Routed::Deliver(SinkEvent {
                 id: envelope.id,
                 ingested_at: envelope.ingested_at,
@@ -864,7 +939,9 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             Transformed::FilterError(e, payload) => {
                 self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
                 let why = format!("filter could not evaluate event {}: {e}", envelope.id);
-                self.stats.record_error_with_sample(why, &payload);
+                // The sample shows the whole event, not just the fields the route parsed.
+                let whole = serde_json::from_str(envelope.payload.get()).unwrap_or(payload);
+                self.stats.record_error_with_sample(why, &whole);
                 Routed::Skip
             }
         }
@@ -953,6 +1030,49 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transforms(filter: Option<&str>, keep: &[&str], rename: &[(&str, &str)]) -> Transforms {
+        let projection = keystone_control::Projection {
+            keep: keep.iter().map(|k| k.to_string()).collect(),
+            rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            mask: vec!["user.email".into()],
+            ..Default::default()
+        };
+        Transforms::compile(filter, &projection, "alpha").unwrap()
+    }
+
+    #[test]
+    fn a_route_keeping_some_fields_parses_only_what_it_reads_and_delivers_the_same() {
+        let event = r#"{"country":"BR","bitrate":4800,"user":{"id":7,"email":"a@b.c"},"session":"x","skipped":[1,{"deep":null}]}"#;
+        let cases = [
+            (
+                Some("event.bitrate > 3000"),
+                &["country", "user.email"][..],
+                &[("country", "where")][..],
+                Some(vec!["bitrate", "country", "user"]),
+            ),
+            (None, &["user.id"][..], &[][..], Some(vec!["user"])),
+            (Some("event.bitrate > 3000"), &[][..], &[][..], None),
+            (Some("size(event) > 2"), &["country"][..], &[][..], None),
+        ];
+        for (filter, keep, rename, reads) in cases {
+            let t = transforms(filter, keep, rename);
+            assert_eq!(
+                t.reads,
+                reads.map(|r| r.into_iter().map(String::from).collect::<Vec<_>>()),
+                "{filter:?} {keep:?}"
+            );
+            let partial = match t.transform(t.parse(event).unwrap()) {
+                Transformed::Deliver(v) => v,
+                _ => panic!("delivered"),
+            };
+            let full = match t.transform(serde_json::from_str(event).unwrap()) {
+                Transformed::Deliver(v) => v,
+                _ => panic!("delivered"),
+            };
+            assert_eq!(partial, full, "{filter:?} {keep:?}");
+        }
+    }
 
     #[test]
     fn checkpoint_age_counts_only_while_acknowledged_positions_wait() {

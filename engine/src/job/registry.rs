@@ -6,6 +6,7 @@ use super::dead_letters::{ReplayError, Replayed};
 use super::{JobSpec, JobStats};
 use crate::log::Log;
 use crate::sinks::{AnySink, ConfigError};
+use keystone_control::workers::{share_of, HeldJob};
 use keystone_control::{JobCounters, JobMetrics};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 pub struct RunningJob {
     /// What it was built from (see `reconcile::JobGoal::fingerprint`).
     pub fingerprint: String,
+    /// The route version it runs.
+    pub version: i64,
     /// When it started (ms since the epoch).
     pub started_at: i64,
     /// `None` for a job whose route could not be compiled (held as failed).
@@ -77,25 +80,33 @@ impl<L: Log> JobRegistry<L> {
         self.jobs.lock().expect("registry lock").len()
     }
 
-    /// `(route_id, fingerprint)` of every job held.
     /// Each held job: (route id, fingerprint, paused).
     pub fn fingerprints(&self) -> Vec<(String, String, bool)> {
         let jobs = self.jobs.lock().expect("registry lock");
         jobs.iter().map(|(id, j)| (id.clone(), j.fingerprint.clone(), j.stats.is_paused())).collect()
     }
 
-    /// What this process runs: each job's route id, `team/route`, and the partitions of its
-    /// stream it holds (all of them, unless it shares the job through a consumer group).
-    pub fn holdings(&self) -> Vec<(String, String, Vec<u32>)> {
-        let jobs = self.jobs.lock().expect("registry lock");
-        let mut out: Vec<(String, String, Vec<u32>)> = jobs
-            .iter()
-            .filter_map(|(id, j)| {
-                let spec = j.spec.as_ref()?;
-                Some((id.clone(), spec.route.clone(), j.stats.held(spec)))
+    /// What this process runs: each job with the partitions of its stream it holds (all of
+    /// them, unless it shares the job through a consumer group) and its share of the live numbers.
+    pub fn holdings(&self) -> Vec<HeldJob> {
+        let running: Vec<(String, Arc<JobSpec>, Arc<JobStats>, i64, i64)> = {
+            let jobs = self.jobs.lock().expect("registry lock");
+            jobs.iter()
+                .filter_map(|(id, j)| Some((id.clone(), j.spec.clone()?, j.stats.clone(), j.version, j.started_at)))
+                .collect()
+        };
+        let mut out: Vec<HeldJob> = running
+            .into_iter()
+            .map(|(route_id, spec, stats, version, started_at)| HeldJob {
+                route_id,
+                route: spec.route.clone(),
+                partitions: stats.held(&spec),
+                version,
+                started_at,
+                metrics: Some(share_of(self.metrics_of(&spec, &stats))),
             })
             .collect();
-        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out.sort_by(|a, b| a.route.cmp(&b.route));
         out
     }
 
@@ -194,8 +205,26 @@ impl<L: Log> JobRegistry<L> {
             let j = jobs.get(route_id)?;
             (j.spec.clone()?, j.stats.clone())
         };
-        let partitions = stats.positions(&spec, self.log.as_ref());
+        Some(self.metrics_of(&spec, &stats))
+    }
+
+    /// Live numbers of a route's job, to show: this process's own when it runs all of the job,
+    /// else the sum of the shares of every live process that runs part of it (`shared`, as
+    /// `Store::shared_job_metrics` combined them from their beats).
+    pub fn live_metrics(&self, route_id: &str, shared: &mut HashMap<String, JobMetrics>) -> Option<JobMetrics> {
+        let whole = {
+            let jobs = self.jobs.lock().expect("registry lock");
+            jobs.get(route_id).and_then(|j| Some((j.spec.clone()?, j.stats.clone()))).filter(|(_, s)| !s.is_shared())
+        };
+        match whole {
+            Some((spec, stats)) => Some(self.metrics_of(&spec, &stats)),
+            None => shared.remove(route_id),
+        }
+    }
+
+    fn metrics_of(&self, spec: &JobSpec, stats: &JobStats) -> JobMetrics {
+        let partitions = stats.positions(spec, self.log.as_ref());
         let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
-        Some(JobMetrics { counters: stats.counters(), lag: super::waiting(&partitions), partitions, recent_errors })
+        JobMetrics { counters: stats.counters(), lag: super::waiting(&partitions), partitions, recent_errors }
     }
 }

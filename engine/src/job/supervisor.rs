@@ -2,7 +2,7 @@
 //! backoff when it crashes or stalls, and marks it failed when it keeps failing. Each job has its
 //! own supervisor task, so one job's trouble never delays another's restart.
 
-use super::{run_assigned, AssignmentChange, CheckpointStore, JobSpec, JobStats};
+use super::{run_assigned, Assignments, CheckpointStore, JobSpec, JobStats};
 use crate::log::group::Membership;
 use crate::log::{Log, LogError};
 use crate::sinks::{ConfigError, Sink};
@@ -95,11 +95,13 @@ pub async fn supervise<L, S, C, O, F>(
             (_, Err(e)) => format!("joining the route's consumer group failed: {e}"),
             (Ok(sink), Ok(membership)) => {
                 // The member stays in the group while the job runs and leaves after it ended.
-                let (member, changes) = membership.unzip();
+                let (member, assignments) = membership.unzip();
                 let sink = Arc::new(sink);
                 let outcome =
-                    watch(&spec, &log, sink, &checkpoints, &observer, &stats, &policy, changes, &cancel).await;
-                drop(member);
+                    watch(&spec, &log, sink, &checkpoints, &observer, &stats, &policy, assignments, &cancel).await;
+                if let Some(member) = member {
+                    member.leave().await;
+                }
                 match outcome {
                     None => return,
                     Some(failure) => failure,
@@ -145,7 +147,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     observer: &Arc<O>,
     stats: &Arc<JobStats>,
     policy: &RestartPolicy,
-    changes: Option<tokio::sync::mpsc::Receiver<AssignmentChange>>,
+    assignments: Option<Assignments>,
     cancel: &CancellationToken,
 ) -> Option<String> {
     let this_run = cancel.child_token();
@@ -156,7 +158,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
         checkpoints.clone(),
         stats.clone(),
         this_run.clone(),
-        changes,
+        assignments,
     ));
     // (failing, paused) as last reported.
     let mut reported: Option<(bool, bool)> = None;

@@ -18,15 +18,20 @@
 //! A member that dies without leaving (kill -9) stops heartbeating; after the session timeout
 //! the group gives its partitions to the others, which resume from the last periodic commit:
 //! duplicates bounded by one checkpoint interval, no loss.
+//!
+//! The source of truth holds the positions Keystone resumes from; the member also commits them
+//! as the group's offsets (for the partitions it holds), so Kafka's own tools show each route's
+//! progress and lag.
 
 use super::kafka::KafkaConfig;
 use super::LogError;
-use crate::job::AssignmentChange;
+use crate::job::{AssignmentChange, Assignments};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -34,12 +39,29 @@ use tokio::sync::mpsc;
 /// anyway (a sink stuck retrying is cancelled well before this).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A membership and the assignment changes it brings, for `job::run_assigned`.
-pub type Membership = (GroupMember, mpsc::Receiver<AssignmentChange>);
+/// How long a leaving member keeps trying to commit its last positions as the group's offsets.
+const LEAVE_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// This process's membership of one route job's consumer group; leaves the group when dropped.
+/// A membership and the assignment changes it brings, for `job::run_assigned`.
+pub type Membership = (GroupMember, Assignments);
+
+/// This process's membership of one route job's consumer group; leaves the group when dropped
+/// (without waiting: see [`GroupMember::leave`]).
 pub struct GroupMember {
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupMember {
+    /// Leaves the group and waits until it has left: the job's last positions committed as the
+    /// group's offsets and its partitions handed over. A process about to exit must wait, or
+    /// the group holds its partitions until the session times out.
+    pub async fn leave(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
 }
 
 impl Drop for GroupMember {
@@ -52,6 +74,9 @@ impl Drop for GroupMember {
 struct GroupContext {
     topic: String,
     changes: mpsc::Sender<AssignmentChange>,
+    /// The job's committed positions (see `Assignments::committed`), and those not yet
+    /// committed as the group's offsets, by partition.
+    committed: Mutex<(std::sync::mpsc::Receiver<Vec<(u32, u64)>>, BTreeMap<u32, u64>)>,
 }
 
 impl ClientContext for GroupContext {}
@@ -72,6 +97,8 @@ impl ConsumerContext for GroupContext {
         if self.changes.blocking_send(AssignmentChange::Revoked { partitions: revoked, done }).is_ok() {
             let _ = drained.recv_timeout(REVOKE_TIMEOUT);
         }
+        // Still held until this callback returns: the handover's positions become the group's.
+        let _ = self.mirror_offsets(consumer);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -89,6 +116,39 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Commits the positions the job committed as the group's offsets, for the partitions this
+    /// member holds now (never for one handed over: its new owner commits it). What fails (a
+    /// rebalance in progress) is tried again on the next poll. True when nothing is left to commit.
+    fn mirror_offsets(&self, consumer: &BaseConsumer<Self>) -> bool {
+        let mut committed = self.committed.lock().expect("committed lock");
+        let (positions, pending) = &mut *committed;
+        // The newest position of each partition wins (a rewind may lower one).
+        pending.extend(positions.try_iter().flatten());
+        if pending.is_empty() {
+            return true;
+        }
+        let Ok(held) = consumer.assignment() else { return false };
+        pending.retain(|p, _| held.find_partition(&self.topic, *p as i32).is_some());
+        let mut offsets = TopicPartitionList::new();
+        for (&p, &next) in pending.iter() {
+            let _ = offsets.add_partition_offset(&self.topic, p as i32, Offset::Offset(next as i64));
+        }
+        if offsets.count() == 0 {
+            return true;
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => {
+                pending.clear();
+                true
+            }
+            // Keystone resumes from its own checkpoints; only outside tools see this late.
+            Err(e) => {
+                tracing::debug!(error = %e, topic = %self.topic, "Committing the group's offsets failed.");
+                false
+            }
+        }
+    }
+
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
         let mut out: Vec<u32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition() as u32).collect();
         out.sort_unstable();
@@ -101,7 +161,9 @@ impl GroupContext {
 /// only the partitions that change owner and the others keep running.
 pub fn join(config: &KafkaConfig, group: &str, topic: &str, session_timeout: Duration) -> Result<Membership, LogError> {
     let (changes, rx) = mpsc::channel(16);
-    let context = GroupContext { topic: topic.to_owned(), changes };
+    let (committed, positions) = std::sync::mpsc::channel();
+    let context =
+        GroupContext { topic: topic.to_owned(), changes, committed: Mutex::new((positions, BTreeMap::new())) };
     let consumer: BaseConsumer<GroupContext> = config
         .client()
         .set("group.id", group)
@@ -115,18 +177,26 @@ pub fn join(config: &KafkaConfig, group: &str, topic: &str, session_timeout: Dur
     consumer.subscribe(&[topic]).map_err(|e| LogError::Unavailable(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("group-{topic}"))
         .spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 // Rebalance callbacks run inside poll; no record comes (partitions are paused).
                 let _ = consumer.poll(Duration::from_millis(100));
+                let _ = consumer.context().mirror_offsets(&consumer);
             }
-            // Leaving: close revokes what is held (the job drains and commits if it still runs).
+            // Leaving: the job has ended, so its last positions are in; they become the group's
+            // while this member still holds the partitions (a rebalance in progress refuses
+            // commits: polling lets it finish, for a moment). Then close revokes what is held
+            // (the job drains and commits if it still runs).
+            let deadline = std::time::Instant::now() + LEAVE_COMMIT_TIMEOUT;
+            while !consumer.context().mirror_offsets(&consumer) && std::time::Instant::now() < deadline {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
             consumer.unsubscribe();
             let _ = consumer.poll(Duration::from_millis(100));
             drop(consumer);
         })
         .map_err(LogError::Io)?;
-    Ok((GroupMember { stop }, rx))
+    Ok((GroupMember { stop, thread: Some(thread) }, Assignments { changes: rx, committed }))
 }

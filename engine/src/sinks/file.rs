@@ -185,13 +185,16 @@ fn io_error(e: impl std::fmt::Display) -> SinkError {
 
 impl Sink for FileSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
-        // One file per (hour folder, partition) run of the batch, remembering batch indexes.
-        let mut files: BTreeMap<(String, u32), Vec<(usize, &SinkEvent)>> = BTreeMap::new();
+        // One file per (hour, partition) run of the batch, remembering batch indexes; the hour's
+        // folder name is made once per file, not per event.
+        const HOUR_MS: i64 = 3_600_000;
+        let mut files: BTreeMap<(i64, u32), Vec<(usize, &SinkEvent)>> = BTreeMap::new();
         for (i, e) in batch.iter().enumerate() {
-            files.entry((partition_folder(e.ingested_at), e.partition)).or_default().push((i, e));
+            files.entry((e.ingested_at.div_euclid(HOUR_MS), e.partition)).or_default().push((i, e));
         }
         let mut refused = Vec::new();
-        for ((folder, _), events) in files {
+        for ((hour, _), events) in files {
+            let folder = partition_folder(hour * HOUR_MS);
             let (body, kept) = match self.format {
                 FileFormat::Ndjson => {
                     let mut body = Vec::with_capacity(events.len() * 256);

@@ -28,6 +28,11 @@ impl Filter {
         Ok(Filter { program, root: cel::Context::default(), fields: top_level_fields(expr) })
     }
 
+    /// The top-level fields of `event` the expression reads; `None` when it may read any.
+    pub fn fields(&self) -> Option<&[String]> {
+        self.fields.as_deref()
+    }
+
     /// True when the event should be delivered.
     pub fn matches(&self, payload: &Value) -> Result<bool, FilterError> {
         let event: Box<dyn Val> = match (&self.fields, payload) {
