@@ -1229,27 +1229,32 @@ mod delivery {
 
     impl WorkerProcess {
         fn start(app: &TestApp, brokers: &str, name: &str, pool: Option<&str>) -> WorkerProcess {
-            let log = std::fs::File::create(app.settings.data_dir.join(format!("{name}.log"))).unwrap();
-            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"));
-            command.arg("worker");
-            if let Some(pool) = pool {
-                command.args(["--pool", pool]);
-            }
-            let child = command
-                .env("KEYSTONE_DATABASE_URL", app.settings.database_url.as_deref().unwrap())
-                .env("KEYSTONE_DATA_DIR", &app.settings.data_dir)
-                .env("KEYSTONE_INSTANCE", name)
-                .env("KEYSTONE_KAFKA__BROKERS", brokers)
-                .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
-                .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
-                .env("KEYSTONE_TELEMETRY_INTERVAL_MS", "200")
-                .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            WorkerProcess { _process: Spawned(child), name: name.to_owned() }
+            let mut args = vec!["worker"];
+            args.extend(pool.iter().flat_map(|p| ["--pool", p]));
+            WorkerProcess { _process: keystone_process(app, brokers, name, &args, &[]), name: name.to_owned() }
         }
+    }
+
+    /// A `keystone <args>` process of this build named `name`, on the test's database, data
+    /// folder and Kafka cluster (topics made by the test), logging to `<name>.log` there.
+    fn keystone_process(app: &TestApp, brokers: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let log = std::fs::File::create(app.settings.data_dir.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
+            .args(args)
+            .env("KEYSTONE_DATABASE_URL", app.settings.database_url.as_deref().unwrap())
+            .env("KEYSTONE_DATA_DIR", &app.settings.data_dir)
+            .env("KEYSTONE_INSTANCE", name)
+            .env("KEYSTONE_KAFKA__BROKERS", brokers)
+            .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
+            .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("KEYSTONE_TELEMETRY_INTERVAL_MS", "200")
+            .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Spawned(child)
     }
 
     /// A control-role server (no jobs of its own) on a fresh PostgreSQL database and the Kafka
@@ -1669,6 +1674,89 @@ mod delivery {
         let _ = second.stop.send(());
         second.task.await.unwrap().unwrap();
         first.teardown().await;
+    }
+
+    /// Two servers (role `all`, real processes) on one PostgreSQL database and Kafka cluster:
+    /// the lease holder runs the route's job; killed with SIGKILL under load (no drain, no
+    /// release), the other takes the lease over once it expires, with a higher fencing token, and
+    /// resumes the job from the last checkpoint: every acknowledged event delivered, repeats
+    /// bounded by what the dead one had not committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_leader_is_replaced_and_its_jobs_resume_elsewhere() {
+        let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+        cluster.create_topic("alpha.plays", 2, 3).unwrap();
+        cluster.create_topic("_dlq.alpha.all", 1, 3).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        // This test's own server only takes declarations and events (role ingest: no control).
+        let kafka = keystone::settings::KafkaSettings {
+            brokers: brokers.clone(),
+            manage_topics: false,
+            replication_factor: 3,
+            properties: Default::default(),
+            session_timeout_ms: 6_000,
+        };
+        let app = spawn_app_with(Db::Postgres, |s| {
+            s.kafka = Some(kafka);
+            s.role = keystone::settings::ProcessRole::Ingest;
+        })
+        .await;
+        let server = |name: &str| {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let env = [("KEYSTONE_LISTEN", listen.as_str()), ("KEYSTONE_RECONCILER_LEASE_MS", "2000")];
+            keystone_process(&app, &brokers, name, &["serve"], &env)
+        };
+        let holder = || async { app.store.lease("reconciler").await.unwrap().map(|l| (l.holder, l.token)) };
+        let first = server("server-a");
+        eventually("server-a leads", || async { holder().await.is_some_and(|(h, _)| h == "server-a") }).await;
+        let _second = server("server-b");
+        declare(&app, "streams", "plays", stream(2)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "takeover"}})).await;
+        let route = json!({"stream": "plays", "sink": "lake", "max_latency_ms": 20, "batch_size": 50,
+                           "config": {"job.checkpoint_interval_ms": "200"}});
+        declare(&app, "routes", "all", route).await;
+        let token = producer_token(&app, "plays").await;
+        let distinct = || {
+            sink_lines(&app, "takeover")
+                .iter()
+                .map(|l| l["event"]["n"].as_u64().unwrap())
+                .collect::<std::collections::BTreeSet<u64>>()
+        };
+        ingest(&app, &token, "plays", &plays(0..500)).await;
+        eventually("the leader delivered the first events", || async { distinct().len() == 500 }).await;
+        let (_, token_a) = holder().await.unwrap();
+
+        let producing = {
+            let (base, http, token) = (app.base.clone(), app.http.clone(), token.clone());
+            tokio::spawn(async move {
+                for from in (500..1500).step_by(100) {
+                    let body: String = plays(from..from + 100).iter().map(|e| format!("{e}\n")).collect();
+                    let r = http
+                        .post(format!("{base}/ingest/plays"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "ingest acknowledged: {}", r.status());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(first);
+        producing.await.unwrap();
+        eventually("server-b took the lease over", || async { holder().await.is_some_and(|(h, _)| h == "server-b") })
+            .await;
+        let (_, token_b) = holder().await.unwrap();
+        assert!(token_b > token_a, "a takeover raises the fencing token: {token_a} -> {token_b}");
+        eventually("every acknowledged event delivered", || async { distinct().len() == 1500 }).await;
+        assert_eq!(distinct(), (0..1500).collect(), "none lost");
+        let repeated = sink_lines(&app, "takeover").len() - 1500;
+        assert!(repeated <= 1000, "repeats bounded by what the killed leader had not committed: {repeated}");
+        let (_, job) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+        assert_eq!(job["job"]["phase"], "running", "{job}");
+        app.teardown().await;
     }
 
     fn first_dir(app: &TestApp) -> String {
