@@ -155,12 +155,9 @@ impl Transforms {
         Ok(Transforms { filter, hygiene, projection, reads })
     }
 
-    /// Parses a stored payload as far as the route reads it (see `reads`).
-    pub fn parse(&self, payload: &str) -> serde_json::Result<Value> {
-        match &self.reads {
-            Some(fields) => crate::transforms::parse_fields(payload, fields),
-            None => serde_json::from_str(payload),
-        }
+    /// The payload's top-level fields the route reads, when not all (see `reads`).
+    pub fn reads(&self) -> Option<&[String]> {
+        self.reads.as_deref()
     }
 
     pub fn transform(&self, mut payload: Value) -> Transformed {
@@ -715,15 +712,68 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
     }
 }
 
-/// What a job reads of a record's envelope: the stream and headers are skipped, not copied.
-#[derive(serde::Deserialize)]
-struct Routable<'a> {
+/// What a job reads of a record's envelope, in one pass over it: the payload parsed as far as
+/// the route reads it, the stream and headers skipped, not copied.
+struct Routable {
     id: String,
     ingested_at: i64,
-    #[serde(default)]
     key: Option<String>,
-    #[serde(borrow)]
-    payload: &'a serde_json::value::RawValue,
+    payload: Value,
+}
+
+impl Routable {
+    /// `reads`: the payload's top-level fields to parse (`None`: all of it).
+    fn parse(record: &[u8], reads: Option<&[String]>) -> serde_json::Result<Routable> {
+        let mut de = serde_json::Deserializer::from_slice(record);
+        let envelope = serde::de::DeserializeSeed::deserialize(EnvelopeSeed(reads), &mut de)?;
+        de.end()?;
+        Ok(envelope)
+    }
+}
+
+struct EnvelopeSeed<'r>(Option<&'r [String]>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Routable;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Routable, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Routable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Keystone envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Routable, A::Error> {
+        use serde::de::Error;
+        let (mut id, mut ingested_at, mut key, mut payload) = (None, None, None, None);
+        while let Some(crate::transforms::Key(field)) = map.next_key()? {
+            match field.as_ref() {
+                "id" => id = Some(map.next_value::<String>()?),
+                "ingested_at" => ingested_at = Some(map.next_value::<i64>()?),
+                "key" => key = map.next_value::<Option<String>>()?,
+                "payload" => {
+                    payload = Some(match self.0 {
+                        Some(fields) => map.next_value_seed(crate::transforms::Fields(fields))?,
+                        None => map.next_value::<Value>()?,
+                    })
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Routable {
+            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+            ingested_at: ingested_at.ok_or_else(|| A::Error::missing_field("ingested_at"))?,
+            key,
+            payload: payload.ok_or_else(|| A::Error::missing_field("payload"))?,
+        })
+    }
 }
 
 /// What a delivery came back with: the events the sink refused for good (by index, with why),
@@ -910,20 +960,17 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
 
     /// Filter and projection of one record.
     fn route(&self, r: &StoredRecord) -> Routed {
-        let envelope: Routable = match serde_json::from_slice(&r.value) {
+        let transforms = &self.spec.transforms;
+        let parsed = match Routable::parse(&r.value, transforms.reads()) {
+            // A payload that is not an object is parsed whole: the transforms say what they make of it.
+            Err(_) if transforms.reads().is_some() => Routable::parse(&r.value, None),
+            parsed => parsed,
+        };
+        let envelope = match parsed {
             Ok(e) => e,
             Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
         };
-        let transforms = &self.spec.transforms;
-        let payload = match transforms.parse(envelope.payload.get()) {
-            Ok(p) => p,
-            // Not an object: the route's own code paths say what it makes of it.
-            Err(_) => match serde_json::from_str(envelope.payload.get()) {
-                Ok(p) => p,
-                Err(e) => return Routed::DeadLetter(format!("the record's payload is not JSON: {e}")),
-            },
-        };
-        match transforms.transform(payload) {
+        match transforms.transform(envelope.payload) {
             Transformed::Deliver(event) => Routed::Deliver(SinkEvent {
                 id: envelope.id,
                 ingested_at: envelope.ingested_at,
@@ -940,7 +987,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
                 let why = format!("filter could not evaluate event {}: {e}", envelope.id);
                 // The sample shows the whole event, not just the fields the route parsed.
-                let whole = serde_json::from_str(envelope.payload.get()).unwrap_or(payload);
+                let whole = Routable::parse(&r.value, None).map_or(payload, |e| e.payload);
                 self.stats.record_error_with_sample(why, &whole);
                 Routed::Skip
             }
@@ -1062,7 +1109,12 @@ mod tests {
                 reads.map(|r| r.into_iter().map(String::from).collect::<Vec<_>>()),
                 "{filter:?} {keep:?}"
             );
-            let partial = match t.transform(t.parse(event).unwrap()) {
+            let record = format!(
+                r#"{{"id":"e1","stream":"alpha/plays","ingested_at":5,"key":null,"headers":{{"h":"x"}},"payload":{event}}}"#
+            );
+            let envelope = Routable::parse(record.as_bytes(), t.reads()).unwrap();
+            assert_eq!((envelope.id.as_str(), envelope.ingested_at, envelope.key), ("e1", 5, None));
+            let partial = match t.transform(envelope.payload) {
                 Transformed::Deliver(v) => v,
                 _ => panic!("delivered"),
             };

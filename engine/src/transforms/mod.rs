@@ -12,16 +12,10 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
-/// Parses a JSON object's top-level fields named in `fields` and skips the others unparsed: a
-/// route whose filter and projection read a few fields of a wide event builds only those.
-pub fn parse_fields(json: &str, fields: &[String]) -> serde_json::Result<Value> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    let value = Fields(fields).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
-}
-
-struct Fields<'f>(&'f [String]);
+/// Deserializes a JSON object keeping only its top-level fields named here; the others are
+/// skipped unparsed: a route whose filter and projection read a few fields of a wide event
+/// builds only those.
+pub(crate) struct Fields<'f>(pub &'f [String]);
 
 impl<'de> DeserializeSeed<'de> for Fields<'_> {
     type Value = Value;
@@ -53,7 +47,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
 }
 
 /// An object key, borrowed from the input unless it has escapes.
-struct Key<'de>(Cow<'de, str>);
+pub(crate) struct Key<'de>(pub Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -78,6 +72,13 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn parse_fields(json: &str, fields: &[String]) -> serde_json::Result<Value> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let value = Fields(fields).deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
 
     #[test]
     fn only_the_named_fields_are_parsed_and_the_rest_is_skipped() {
