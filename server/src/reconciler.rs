@@ -425,10 +425,12 @@ impl Reconciler {
     }
 
     /// Records a deployment when the job about to start runs a route version with different
-    /// job-relevant content than the one it last ran (not for a restart of the same version,
-    /// nor for a version that only changed the description, alerts or desired state).
+    /// job-relevant content than the one last deployed (not for a restart of the same version,
+    /// nor for a version that only changed the description, alerts or desired state). Compared
+    /// with the deployments, not the job's phase record: workers record their phases themselves
+    /// and may report the new version before this pass.
     async fn record_deployment(&self, route: &Object) -> anyhow::Result<()> {
-        let previous = self.store.job(&route.id).await?.map(|j| j.version);
+        let previous = self.store.deployments(&route.id, 1).await?.first().map(|d| d.to_version);
         if previous == Some(route.version) {
             return Ok(());
         }
