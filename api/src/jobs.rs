@@ -52,7 +52,7 @@ pub async fn job_status(
     Ok(Json(JobStatus {
         desired: spec.state,
         job: s.store.job(&route.id).await?,
-        metrics: s.jobs.live_metrics(&route.id, &mut s.store.shared_job_metrics().await?),
+        metrics: s.store.live_job_metrics(&route.id, s.jobs.metrics(&route.id)).await?,
         checkpoints: s.store.checkpoints(&route.id).await?,
         transitions: s.store.transitions(&route.id, 20).await?,
     }))
@@ -81,11 +81,12 @@ pub async fn workers(
 #[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
 pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {
     let jobs = s.store.jobs(&who.scope()).await?;
+    // Jobs run by workers are in their beats (a server's own are not).
     let mut shared = s.store.shared_job_metrics().await?;
     Ok(Json(
         jobs.into_iter()
             .map(|job| {
-                let lag = s.jobs.live_metrics(&job.route_id, &mut shared).map(|m| m.lag);
+                let lag = s.jobs.metrics(&job.route_id).or_else(|| shared.remove(&job.route_id)).map(|m| m.lag);
                 JobSummary { job, lag }
             })
             .collect(),

@@ -4,6 +4,7 @@
 
 use crate::JobMetrics;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// How often a process renews its row.
 pub const HEARTBEAT_EVERY_MS: i64 = 2_000;
@@ -31,16 +32,21 @@ pub struct HeldJob {
     pub metrics: Option<JobMetrics>,
 }
 
-/// When the oldest live instance of a route's job started, among the processes in `workers`
-/// (`None` when none runs it): a job changed since then runs everywhere once this is later.
-pub fn oldest_start(workers: &[WorkerStatus], route_id: &str) -> Option<i64> {
-    workers
-        .iter()
-        .filter(|w| w.alive)
-        .flat_map(|w| w.jobs.iter())
-        .filter(|j| j.route_id == route_id)
-        .map(|j| j.started_at)
-        .min()
+/// When the oldest instance of a route's job among `jobs` started (`None` when none runs it):
+/// a job changed since then runs everywhere once this is later.
+pub fn oldest_start(jobs: &[HeldJob], route_id: &str) -> Option<i64> {
+    jobs.iter().filter(|j| j.route_id == route_id).map(|j| j.started_at).min()
+}
+
+/// Every job's live numbers, by route id, combined from the shares in `jobs` (see [`combine`]).
+pub fn combine_shares<'a>(jobs: impl IntoIterator<Item = &'a HeldJob>) -> HashMap<String, JobMetrics> {
+    let mut shares: HashMap<String, Vec<JobMetrics>> = HashMap::new();
+    for job in jobs {
+        if let Some(m) = &job.metrics {
+            shares.entry(job.route_id.clone()).or_default().push(m.clone());
+        }
+    }
+    shares.into_iter().filter_map(|(id, s)| Some((id, combine(s)?))).collect()
 }
 
 /// A process's share of a job's live numbers, as it beats: the newest few errors only, so a
@@ -91,7 +97,6 @@ mod store {
     use super::*;
     use crate::store::{now_ms, Store, StoreError};
     use sqlx::Row;
-    use std::collections::HashMap;
 
     impl Store {
         /// Records what process `name` holds now (creating its row on the first beat), and drops
@@ -133,7 +138,7 @@ mod store {
         }
 
         /// Every registered process, live ones first, then by name (without their jobs' live
-        /// numbers: see [`Store::shared_job_metrics`]).
+        /// numbers: see [`Store::worker_jobs`]).
         pub async fn workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
             let mut workers = self.beats().await?;
             for job in workers.iter_mut().flat_map(|w| w.jobs.iter_mut()) {
@@ -143,26 +148,29 @@ mod store {
         }
 
         /// The live numbers of every job that live workers run, by route id, each combined from
-        /// every worker's share. (Only workers share jobs; a server runs its jobs whole and
-        /// answers for them itself.)
+        /// every worker's share.
         pub async fn shared_job_metrics(&self) -> Result<HashMap<String, JobMetrics>, StoreError> {
-            self.shared_job_metrics_of(|_| true).await
+            Ok(combine_shares(&self.worker_jobs().await?))
         }
 
-        /// As [`Store::shared_job_metrics`], of the job instances `counts` picks.
-        pub async fn shared_job_metrics_of(
+        /// A route's job's live numbers, to show: `local` when the serving process runs the job
+        /// (a server runs its jobs whole), else the sum of the live workers' shares.
+        pub async fn live_job_metrics(
             &self,
-            counts: impl Fn(&HeldJob) -> bool,
-        ) -> Result<HashMap<String, JobMetrics>, StoreError> {
-            let mut shares: HashMap<String, Vec<JobMetrics>> = HashMap::new();
-            for worker in self.beats().await?.into_iter().filter(|w| w.alive && w.role.starts_with("worker")) {
-                for job in worker.jobs.into_iter().filter(|j| counts(j)) {
-                    if let Some(m) = job.metrics {
-                        shares.entry(job.route_id).or_default().push(m);
-                    }
-                }
+            route_id: &str,
+            local: Option<JobMetrics>,
+        ) -> Result<Option<JobMetrics>, StoreError> {
+            match local {
+                Some(m) => Ok(Some(m)),
+                None => Ok(self.shared_job_metrics().await?.remove(route_id)),
             }
-            Ok(shares.into_iter().filter_map(|(id, s)| Some((id, combine(s)?))).collect())
+        }
+
+        /// The job instances live workers run, with their shares of the live numbers. (Only
+        /// workers share jobs; a server runs its jobs whole and answers for them itself.)
+        pub async fn worker_jobs(&self) -> Result<Vec<HeldJob>, StoreError> {
+            let beats = self.beats().await?.into_iter();
+            Ok(beats.filter(|w| w.alive && w.role.starts_with("worker")).flat_map(|w| w.jobs).collect())
         }
 
         async fn beats(&self) -> Result<Vec<WorkerStatus>, StoreError> {

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// What every record of a stream's topic holds: the event's identity and the payload as sent.
-/// Written by the ingest proxy and the stream sink, read by route jobs, the preview and the
-/// dead-letter replay.
+/// Written by the ingest proxy (as `SentEnvelope`, the payload as sent) and the stream sink;
+/// read by the preview and the dead-letter replay (route jobs read it in one pass of their own,
+/// `job::Routable`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// UUID v7: unique and time-ordered; the idempotency key of sinks.

@@ -19,7 +19,7 @@ use keystone_control::reconcile::{
     plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
-use keystone_control::workers::{oldest_start, HeldJob};
+use keystone_control::workers::{combine_shares, oldest_start, HeldJob};
 use keystone_control::{
     is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
 };
@@ -469,7 +469,7 @@ impl Reconciler {
         let routes = self.store.list(Kind::Route, &Scope::All).await?;
         let overrides = self.store.all_config_overrides().await?;
         // Jobs run by workers speak through their heartbeats.
-        let workers = self.store.workers().await?;
+        let worker_jobs = self.store.worker_jobs().await?;
         let now = keystone_control::store::now_ms();
         for d in deploying {
             let Some(route) = routes.iter().find(|r| r.id == d.route_id) else {
@@ -482,16 +482,20 @@ impl Reconciler {
             let gate = spec.job_settings().unwrap_or_default().gate();
             // Only the job of this deployment's version speaks for it; an override keeps the
             // version, so there only a job started since (by every worker running it) speaks.
-            let started = self.jobs.started_at(&d.route_id).or_else(|| oldest_start(&workers, &d.route_id));
+            let started = self.jobs.started_at(&d.route_id).or_else(|| oldest_start(&worker_jobs, &d.route_id));
             let speaks = d.config.is_none() || started.is_some_and(|at| at >= d.started_at);
             let (phase, counts) = if speaks {
                 let job = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version);
                 // Only workers' instances of this deployment speak (those of the old version, or
                 // from before an override, may still beat).
-                let this_deployment =
-                    |j: &HeldJob| j.version == d.to_version && (d.config.is_none() || j.started_at >= d.started_at);
-                let mut shared = self.store.shared_job_metrics_of(this_deployment).await?;
-                let live = self.jobs.live_metrics(&d.route_id, &mut shared);
+                let live = self.jobs.metrics(&d.route_id).or_else(|| {
+                    let this_deployment = |j: &&HeldJob| {
+                        j.route_id == d.route_id
+                            && j.version == d.to_version
+                            && (d.config.is_none() || j.started_at >= d.started_at)
+                    };
+                    combine_shares(worker_jobs.iter().filter(this_deployment)).remove(&d.route_id)
+                });
                 (job.map(|j| j.phase), live.map(|m| m.counters).unwrap_or_default())
             } else {
                 (None, Default::default())

@@ -129,7 +129,7 @@ pub struct Telemetry {
 /// This process's jobs sampled into the fine bucket in progress: one sample per route, merged
 /// over the passes within the bucket, and the counts each job had at the last pass.
 #[derive(Default)]
-pub struct JobSampler {
+struct JobSampler {
     bucket: i64,
     samples: HashMap<String, JobSample>,
     previous: HashMap<String, (Arc<JobStats>, JobCounters)>,

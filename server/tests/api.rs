@@ -1108,10 +1108,13 @@ mod delivery {
     }
 
     async fn ingest_once(app: &TestApp, token: &str, stream: &str, events: &[Value]) {
+        post_events(&app.http, &app.base, token, stream, events).await
+    }
+
+    async fn post_events(http: &reqwest::Client, base: &str, token: &str, stream: &str, events: &[Value]) {
         let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-        let resp = app
-            .http
-            .post(format!("{}/ingest/{stream}", app.base))
+        let resp = http
+            .post(format!("{base}/ingest/{stream}"))
             .bearer_auth(token)
             .header("content-type", "application/x-ndjson")
             .body(body)
@@ -1119,6 +1122,23 @@ mod delivery {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    }
+
+    /// A producer in the background: `plays` events of `range` in requests of 100, 50 ms apart,
+    /// each acknowledged.
+    fn producing(app: &TestApp, token: &str, range: std::ops::Range<u64>) -> tokio::task::JoinHandle<()> {
+        let (base, http, token) = (app.base.clone(), app.http.clone(), token.to_owned());
+        tokio::spawn(async move {
+            for from in range.clone().step_by(100) {
+                post_events(&http, &base, &token, "plays", &plays(from..(from + 100).min(range.end))).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    /// The distinct `n`s of the events delivered to a file sink's folder.
+    fn delivered_ns(app: &TestApp, path: &str) -> std::collections::BTreeSet<u64> {
+        sink_lines(app, path).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect()
     }
 
     async fn producer_token(app: &TestApp, stream: &str) -> String {
@@ -1352,11 +1372,7 @@ mod delivery {
         assert!(app.store.workers().await.unwrap().iter().all(|w| w.name.starts_with("worker-")));
 
         let token = producer_token(&app, "plays").await;
-        let distinct = || {
-            let ns: std::collections::BTreeSet<u64> =
-                sink_lines(&app, "shared").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
-            ns
-        };
+        let distinct = || delivered_ns(&app, "shared");
         ingest(&app, &token, "plays", &plays(0..1000)).await;
         eventually("the first 1000 events", || async { distinct().len() == 1000 }).await;
         // The dashboards see the whole job: each worker stores its share of the job's samples and
@@ -1408,29 +1424,12 @@ mod delivery {
         );
 
         // Under load, one worker is killed: no drain, no commit, no leaving the group.
-        let producing = {
-            let (base, http, token) = (app.base.clone(), app.http.clone(), token.clone());
-            tokio::spawn(async move {
-                for from in (1000..3000).step_by(100) {
-                    let body: String = plays(from..from + 100).iter().map(|e| format!("{e}\n")).collect();
-                    let r = http
-                        .post(format!("{base}/ingest/plays"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "ingest acknowledged: {}", r.status());
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
+        let producer = producing(&app, &token, 1000..3000);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = workers.remove(1);
         let killed_name = killed.name.clone();
         drop(killed);
-        producing.await.unwrap();
+        producer.await.unwrap();
         eventually("the two survivors hold all 12 partitions", || async {
             let h = held("alpha/all").await;
             !h.contains_key(&killed_name) && h.values().sum::<usize>() == 12
@@ -1438,11 +1437,7 @@ mod delivery {
         .await;
         eventually("every acknowledged event delivered", || async { distinct().len() == 3000 }).await;
         assert_eq!(distinct(), (0..3000).collect(), "none lost");
-        let apart = || {
-            let ns: std::collections::BTreeSet<u64> =
-                sink_lines(&app, "apart").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
-            ns
-        };
+        let apart = || delivered_ns(&app, "apart");
         eventually("the pool's route delivered everything too", || async { apart().len() == 3000 }).await;
         let delivered = sink_lines(&app, "shared").len();
         assert!(
@@ -1597,11 +1592,7 @@ mod delivery {
         .await;
         let token = producer_token(&app, "plays").await;
         ingest(&app, &token, "plays", &plays(0..1000)).await;
-        let distinct = || {
-            let ns: std::collections::BTreeSet<u64> =
-                sink_lines(&app, "tansu").iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
-            ns
-        };
+        let distinct = || delivered_ns(&app, "tansu");
         eventually("every event delivered from the broker", || async { distinct().len() == 1000 }).await;
         assert_eq!(distinct(), (0..1000).collect(), "none lost");
         assert_eq!(sink_lines(&app, "tansu").len(), 1000, "a steady group delivers each event once");
@@ -1715,37 +1706,15 @@ mod delivery {
                            "config": {"job.checkpoint_interval_ms": "200"}});
         declare(&app, "routes", "all", route).await;
         let token = producer_token(&app, "plays").await;
-        let distinct = || {
-            sink_lines(&app, "takeover")
-                .iter()
-                .map(|l| l["event"]["n"].as_u64().unwrap())
-                .collect::<std::collections::BTreeSet<u64>>()
-        };
+        let distinct = || delivered_ns(&app, "takeover");
         ingest(&app, &token, "plays", &plays(0..500)).await;
         eventually("the leader delivered the first events", || async { distinct().len() == 500 }).await;
         let (_, token_a) = holder().await.unwrap();
 
-        let producing = {
-            let (base, http, token) = (app.base.clone(), app.http.clone(), token.clone());
-            tokio::spawn(async move {
-                for from in (500..1500).step_by(100) {
-                    let body: String = plays(from..from + 100).iter().map(|e| format!("{e}\n")).collect();
-                    let r = http
-                        .post(format!("{base}/ingest/plays"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "ingest acknowledged: {}", r.status());
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
+        let producer = producing(&app, &token, 500..1500);
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(first);
-        producing.await.unwrap();
+        producer.await.unwrap();
         eventually("server-b took the lease over", || async { holder().await.is_some_and(|(h, _)| h == "server-b") })
             .await;
         let (_, token_b) = holder().await.unwrap();

@@ -302,9 +302,9 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         charts,
         timeline,
         config,
-        recent_errors: state
-            .jobs
-            .live_metrics(&route.id, &mut store.shared_job_metrics().await?)
+        recent_errors: store
+            .live_job_metrics(&route.id, state.jobs.metrics(&route.id))
+            .await?
             .map(|m| m.recent_errors)
             .unwrap_or_default(),
     })

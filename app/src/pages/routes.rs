@@ -220,7 +220,7 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
     Ok(RouteJobView {
         desired: spec.state,
         job: store.job(&route.id).await?,
-        metrics: state.jobs.live_metrics(&route.id, &mut store.shared_job_metrics().await?),
+        metrics: store.live_job_metrics(&route.id, state.jobs.metrics(&route.id)).await?,
         checkpoints: store.checkpoints(&route.id).await?,
         transitions: store.transitions(&route.id, 10).await?,
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),

@@ -176,6 +176,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
         &[],
     );
     let mut routes = Vec::new();
+    // Jobs run by workers are in their beats (a server's own are not).
     let mut shared = store.shared_job_metrics().await?;
     for r in Goal::new(&store, &who).list(Kind::Route).await? {
         if r.team != object.team
@@ -184,7 +185,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             continue;
         }
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
-        routes.push((r.name.clone(), phase, state.jobs.live_metrics(&r.id, &mut shared).map(|m| m.lag)));
+        routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).or_else(|| shared.remove(&r.id)).map(|m| m.lag)));
     }
     Ok(StreamActivityView { routes, counted: state.meter.stats(&topic, now), log_end_offsets, recent, chart })
 }

@@ -305,11 +305,6 @@ impl JobStats {
             .collect()
     }
 
-    /// Whether this instance runs part of its job, beside other processes in a consumer group.
-    pub fn is_shared(&self) -> bool {
-        self.owned.lock().expect("stats lock").is_some()
-    }
-
     /// The partitions this instance runs: every partition of the stream, unless it shares the
     /// job through a consumer group.
     pub fn held(&self, spec: &JobSpec) -> Vec<u32> {

@@ -208,20 +208,6 @@ impl<L: Log> JobRegistry<L> {
         Some(self.metrics_of(&spec, &stats))
     }
 
-    /// Live numbers of a route's job, to show: this process's own when it runs all of the job,
-    /// else the sum of the shares of every live process that runs part of it (`shared`, as
-    /// `Store::shared_job_metrics` combined them from their beats).
-    pub fn live_metrics(&self, route_id: &str, shared: &mut HashMap<String, JobMetrics>) -> Option<JobMetrics> {
-        let whole = {
-            let jobs = self.jobs.lock().expect("registry lock");
-            jobs.get(route_id).and_then(|j| Some((j.spec.clone()?, j.stats.clone()))).filter(|(_, s)| !s.is_shared())
-        };
-        match whole {
-            Some((spec, stats)) => Some(self.metrics_of(&spec, &stats)),
-            None => shared.remove(route_id),
-        }
-    }
-
     fn metrics_of(&self, spec: &JobSpec, stats: &JobStats) -> JobMetrics {
         let partitions = stats.positions(spec, self.log.as_ref());
         let recent_errors = stats.recent_errors.lock().expect("stats lock").clone();
