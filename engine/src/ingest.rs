@@ -180,6 +180,7 @@ pub fn prepare(
     let mut records = Vec::with_capacity(events.len());
     let key_field = if header_key.is_some() { None } else { target.key_field.as_deref() };
     let mut id = uuid::Uuid::encode_buffer();
+    let headers_len: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
     for (index, event) in events.into_iter().enumerate() {
         let reject = |kind: &'static str, reason: String| Rejection { index, kind, reason };
         let raw = match event {
@@ -252,7 +253,10 @@ pub fn prepare(
             headers,
             payload: raw,
         };
-        let mut value = Vec::with_capacity(text.len() + target.stream.len() + 96);
+        // Sized for the whole envelope (its fixed text is ~130 bytes): a buffer a few bytes too
+        // small was copied into one twice its size for every event.
+        let framing = 160 + target.stream.len() + key.map_or(0, str::len) + headers_len;
+        let mut value = Vec::with_capacity(text.len() + framing);
         serde_json::to_writer(&mut value, &envelope).expect("an envelope serialises");
         records.push(NewRecord { partition, timestamp_ms: now_ms, key: key.map(|k| k.as_bytes().to_vec()), value });
     }

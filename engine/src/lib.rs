@@ -13,3 +13,8 @@ pub mod transforms;
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
+
+/// Events a task handles between yields to the runtime. Jobs and ingest share the runtime's few
+/// threads, so a job working through a large batch in one go delays acknowledgements; a few
+/// hundred events is well under a millisecond of work.
+pub const YIELD_EVERY: usize = 256;

@@ -113,7 +113,7 @@ impl BenchTeam {
 /// A ~250-byte play event; half of them pass the benchmark route's filter.
 fn play_event(n: usize) -> String {
     format!(
-        r#"{{"user_id":"user-{:08}","title_id":"title-{:06}","country":"{}","bitrate":{},"device":"tv-model-x","session":"{:032x}","position_ms":{},"event":"play","app_version":"12.4.1","network":"wifi"}}"#,
+        r#"{{"user_id":"user-{:08}","title_id":"title-{:06}","country":"{}","bitrate":{},"device":"tv-model-x","session":"{:032x}","position_ms":{},"event":"play","app_version":"12.4.1","network":"wifi","cdn":"edge-042.eu-west-1"}}"#,
         n % 100_000,
         n % 5_000,
         ["BR", "US", "DE", "JP"][n % 4],
@@ -209,6 +209,7 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     let bodies: Vec<Vec<String>> = (0..b.producers)
         .map(|p| (0..per_producer).map(|i| body_of((p * per_producer + i) * b.batch)).collect())
         .collect();
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for bodies in bodies {
@@ -235,15 +236,21 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
         latencies.extend(t.await??);
     }
     let ingest_secs = started.elapsed().as_secs_f64();
+    let busy = cpu_before.zip(cpu_seconds()).map(|(a, b)| (b - a) / ingest_secs);
     latencies.sort_by(f64::total_cmp);
     println!(
-        "  ingest (durable acks): {:>9.0} events/s {:>6.1} MB/s   ack p50 {:.1} ms, p99 {:.1} ms (per {}-event request)",
+        "  ingest (durable acks): {:>9.0} events/s {:>6.1} MB/s   ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (per {}-event request)",
         total as f64 / ingest_secs,
         (total * event_bytes) as f64 / ingest_secs / 1e6,
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
         b.batch
     );
+    if let Some(busy) = busy {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!("  CPU while ingesting: {busy:.2} of {cores} cores busy (producers, proxy, log and routes alike)");
+    }
     for (name, id) in routes.iter().zip(&route_ids) {
         loop {
             let m = jobs.metrics(id).ok_or_else(|| anyhow::anyhow!("job {name} vanished"))?;
@@ -274,6 +281,18 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     server.await??;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+/// CPU time this process has used (user and system), from `/proc/self/stat`; `None` where there
+/// is no procfs.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) start at state; utime and stime
+    // are the 14th and 15th fields of the line, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// For every event in the file sink's output: the file's modification time (set when it was

@@ -60,6 +60,8 @@ pub struct Reconciler {
     pub group_session: Duration,
     /// A worker's pool: it runs only the routes of that pool (`job.pool`).
     pub pool: Option<String>,
+    /// Where jobs are spawned: the job runtime (`keystone_engine::job::runtime`).
+    pub jobs_on: tokio::runtime::Handle,
 }
 
 /// How the reconciler is doing, for `/metrics`.
@@ -630,7 +632,7 @@ impl Reconciler {
                     let (log, topic, session) = (self.log.clone(), spec.topic.clone(), self.group_session);
                     Arc::new(move || log.join_group(&group_id, &topic, session)) as JoinGroup
                 });
-                let task = tokio::spawn(supervise(
+                let task = self.jobs_on.spawn(supervise(
                     spec.clone(),
                     self.log.clone(),
                     make_sink,

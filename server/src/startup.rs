@@ -14,6 +14,7 @@ use axum::Router;
 use keystone_control::auth::{user_count, LoginLimiter};
 use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
+use keystone_engine::job::runtime::JobRuntime;
 use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::{AnyLog, EmbeddedLog, KafkaLog};
 use keystone_engine::meter::IngestMeter;
@@ -47,6 +48,8 @@ pub struct ControlLoop {
     task: tokio::task::JoinHandle<()>,
     /// Renews this process's row of the workers list (processes that run jobs).
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The threads this process's route jobs run on (none in role `control`); stopped last.
+    runtime: Option<JobRuntime>,
 }
 
 impl ControlLoop {
@@ -57,7 +60,8 @@ impl ControlLoop {
         log: &Arc<AnyLog>,
         jobs: &Arc<Jobs>,
         health: &Arc<ReconcilerHealth>,
-    ) -> ControlLoop {
+    ) -> std::io::Result<ControlLoop> {
+        let runtime = settings.role.runs_jobs().then(JobRuntime::start).transpose()?;
         let reconciler = Arc::new(Reconciler {
             instance: instance_name(settings),
             lease_ttl: Duration::from_millis(settings.reconciler_lease_ms.max(2_000)),
@@ -72,10 +76,17 @@ impl ControlLoop {
             planned: Default::default(),
             group_session: Duration::from_millis(settings.kafka.as_ref().map_or(10_000, |k| k.session_timeout_ms)),
             pool: settings.pool.clone().filter(|p| !p.is_empty()),
+            jobs_on: runtime.as_ref().map_or_else(tokio::runtime::Handle::current, JobRuntime::handle),
         });
         let stop = CancellationToken::new();
         let heartbeat = settings.role.runs_jobs().then(|| spawn_heartbeat(&reconciler, stop.clone()));
-        ControlLoop { reconciler: reconciler.clone(), stop: stop.clone(), task: reconciler.spawn(stop), heartbeat }
+        Ok(ControlLoop {
+            reconciler: reconciler.clone(),
+            stop: stop.clone(),
+            task: reconciler.spawn(stop),
+            heartbeat,
+            runtime,
+        })
     }
 
     /// Stops planning, drains every job (each commits its checkpoint), and only then hands the
@@ -84,6 +95,8 @@ impl ControlLoop {
         self.stop.cancel();
         let _ = self.task.await;
         self.reconciler.jobs.stop_all().await;
+        // Every job is drained: their threads can go.
+        drop(self.runtime);
         self.reconciler.release().await;
         if let Some(heartbeat) = self.heartbeat {
             let _ = heartbeat.await;
@@ -160,7 +173,7 @@ pub async fn router(
     let meter = Arc::new(IngestMeter::default());
     let reconciler_health = Arc::new(ReconcilerHealth::default());
     let job_env = Arc::new(settings.job_env.clone());
-    let control = ControlLoop::start(settings, &store, &log, &jobs, &reconciler_health);
+    let control = ControlLoop::start(settings, &store, &log, &jobs, &reconciler_health)?;
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
     let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
     Telemetry {
@@ -303,7 +316,7 @@ impl Worker {
         let log = open_log(&settings)?;
         let jobs = Arc::new(JobRegistry::new(log.clone()));
         let health = Arc::new(ReconcilerHealth::default());
-        let control = ControlLoop::start(&settings, &store, &log, &jobs, &health);
+        let control = ControlLoop::start(&settings, &store, &log, &jobs, &health)?;
         let stop_telemetry = CancellationToken::new();
         let telemetry = crate::telemetry::spawn_shares(
             store,

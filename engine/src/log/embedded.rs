@@ -87,7 +87,7 @@ struct AppendRequest {
 }
 
 impl AppendRequest {
-    /// Roughly what the request adds to the segment (payload plus framing).
+    /// What the request adds to the segment, at most (payload plus framing).
     fn encoded_size(&self) -> usize {
         self.records.iter().map(|(_, key, value)| value.len() + key.as_ref().map_or(0, Vec::len) + 32).sum()
     }
@@ -325,7 +325,8 @@ fn read_segment(
         static CHUNK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let file = File::open(path)?;
-    let mut records = Vec::new();
+    // Up to a chunk's worth of ~256-byte records up front, not grown record by record.
+    let mut records = Vec::with_capacity(want.min(READ_CHUNK / 256));
     let mut pos = start_pos;
     // Size reads to what is wanted (about 512 bytes a record), not to the segment.
     let chunk = want.saturating_mul(512).clamp(16 << 10, READ_CHUNK);
@@ -399,7 +400,8 @@ impl Writer {
             let seg = st.segments.last().expect("active segment");
             (st.next_offset, seg.len, seg.index.last().map(|(_, p)| *p))
         };
-        let mut buf = Vec::with_capacity(64 * 1024);
+        // Sized for the whole batch: growing it by doubling copied megabytes per commit.
+        let mut buf = Vec::with_capacity(batch.iter().map(AppendRequest::encoded_size).sum());
         let mut offsets: Vec<Vec<u64>> = Vec::with_capacity(batch.len());
         let mut new_index = Vec::new();
         let (mut first_ts, mut last_ts) = (i64::MAX, i64::MIN);

@@ -198,7 +198,10 @@ impl Sink for FileSink {
             let (body, kept) = match self.format {
                 FileFormat::Ndjson => {
                     let mut body = Vec::with_capacity(events.len() * 256);
-                    for (_, e) in &events {
+                    for (n, (_, e)) in events.iter().enumerate() {
+                        if n > 0 && n.is_multiple_of(crate::YIELD_EVERY) {
+                            tokio::task::yield_now().await;
+                        }
                         serde_json::to_writer(&mut body, e).map_err(io_error)?;
                         body.push(b'\n');
                     }
