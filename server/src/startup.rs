@@ -48,7 +48,8 @@ pub struct ControlLoop {
     task: tokio::task::JoinHandle<()>,
     /// Renews this process's row of the workers list (processes that run jobs).
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// The threads this process's route jobs run on (none in role `control`); stopped last.
+    /// The threads this process's route jobs run on when it also serves ingest (role `all`);
+    /// stopped last.
     runtime: Option<JobRuntime>,
 }
 
@@ -61,7 +62,9 @@ impl ControlLoop {
         jobs: &Arc<Jobs>,
         health: &Arc<ReconcilerHealth>,
     ) -> std::io::Result<ControlLoop> {
-        let runtime = settings.role.runs_jobs().then(JobRuntime::start).transpose()?;
+        // Only a process that also answers producers needs its jobs below ingest; a worker's jobs
+        // are all it runs, so they stay on its main runtime at the normal priority.
+        let runtime = (settings.role == ProcessRole::All).then(JobRuntime::start).transpose()?;
         let reconciler = Arc::new(Reconciler {
             instance: instance_name(settings),
             lease_ttl: Duration::from_millis(settings.reconciler_lease_ms.max(2_000)),

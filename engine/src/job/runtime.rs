@@ -1,5 +1,6 @@
-//! The threads route jobs run on: a Tokio runtime of their own, below the priority of the
-//! process's main runtime, which serves ingest and the console.
+//! The threads route jobs run on in a process that also serves ingest: a Tokio runtime of their
+//! own, below the priority of the process's main runtime, which answers producers and the console.
+//! (A process that only runs jobs keeps them on its main runtime.)
 //!
 //! Producers wait for ingest's durable acknowledgement; a route job only has to keep up, with the
 //! log as its buffer. Sharing one runtime, a job working through a large batch delayed the acks
