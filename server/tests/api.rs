@@ -1462,8 +1462,19 @@ mod delivery {
         };
         eventually("v2 deploying", || async { deployments().await.first().is_some_and(|d| d["to_version"] == 2) })
             .await;
+        // Each state the job passes through is printed, for when this wait times out under load.
+        let seen = std::sync::Mutex::new(String::new());
         eventually("v2's job running on the workers", || async {
             let (_, job) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/job").await;
+            let state = format!(
+                "version {} phase {} error {}",
+                job["job"]["version"], job["job"]["phase"], job["job"]["error"]
+            );
+            let mut last = seen.lock().unwrap();
+            if *last != state {
+                eprintln!("route all: {state}");
+                *last = state;
+            }
             job["job"]["version"] == 2 && job["job"]["phase"] == "running"
         })
         .await;
