@@ -14,7 +14,8 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Events a task handles between yields to the runtime. Jobs and ingest share the runtime's few
-/// threads, so a job working through a large batch in one go delays acknowledgements; a few
-/// hundred events is well under a millisecond of work.
+/// Events a task handles between yields to the runtime. Jobs share a runtime's few threads (with
+/// each other, and with ingest where a process runs them on its main runtime), so a job working
+/// through a large batch in one go delays the others; a few hundred events is well under a
+/// millisecond of work.
 pub const YIELD_EVERY: usize = 256;

@@ -8,9 +8,7 @@
 //! On their own threads, niced, jobs take whatever CPU ingest leaves, and the kernel, not the
 //! order of tasks in a queue, decides who runs.
 
-use std::future::Future;
 use tokio::runtime::{Builder, Handle, Runtime};
-use tokio::task::JoinHandle;
 
 /// How much lower than the rest of the process job threads run (Linux `nice` steps: at 10, a
 /// job thread gets about a tenth of a core a busy ingest thread would get, and all of what it
@@ -39,14 +37,6 @@ impl JobRuntime {
     /// Where jobs are spawned.
     pub fn handle(&self) -> Handle {
         self.handle.clone()
-    }
-
-    pub fn spawn<F>(&self, job: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.handle.spawn(job)
     }
 }
 
@@ -84,7 +74,7 @@ mod tests {
     #[test]
     fn jobs_run_on_their_own_lower_priority_threads() {
         let jobs = JobRuntime::start().unwrap();
-        let probe = jobs.spawn(async { (std::thread::current().name().map(str::to_owned), nice()) });
+        let probe = jobs.handle().spawn(async { (std::thread::current().name().map(str::to_owned), nice()) });
         let (name, job_nice) = jobs.handle().block_on(probe).unwrap();
         assert_eq!(name.as_deref(), Some("keystone-job"));
         assert_eq!(job_nice, (nice() + JOB_NICE).min(19));
