@@ -70,8 +70,11 @@ impl Store {
     /// of its part of a shared job is kept as that part's phase, and the job's phase is then the
     /// worst of the live workers' parts (see [`combined_phase`]).
     pub async fn record_phase(&self, c: PhaseChange<'_>) -> Result<(), StoreError> {
-        let now = now_ms();
         let mut tx = self.write().await?;
+        // Workers report their parts of one job at the same moments (a new version starts on all
+        // of them): each must combine the others' latest parts, not the ones before theirs.
+        tx.serialize_on(&job_lock(c.route_id)).await?;
+        let now = now_ms();
         let current = sqlx::query("SELECT phase, version, last_error FROM jobs WHERE route_id = $1")
             .bind(c.route_id)
             .fetch_optional(tx.conn())
@@ -172,6 +175,7 @@ impl Store {
         let mut tx = self.write().await?;
         for row in gone {
             let (route_id, worker): (String, String) = (row.try_get("route_id")?, row.try_get("worker")?);
+            tx.serialize_on(&job_lock(&route_id)).await?;
             sqlx::query("DELETE FROM job_phase_shares WHERE route_id = $1 AND worker = $2")
                 .bind(&route_id)
                 .bind(&worker)
@@ -329,6 +333,11 @@ impl WriteTx {
         }
         Ok(())
     }
+}
+
+/// The key serializing writes of one job's phase (see [`WriteTx::serialize_on`]).
+fn job_lock(route_id: &str) -> String {
+    format!("job-phase:{route_id}")
 }
 
 /// The phases and errors of a shared job's parts of `version` run by live workers (and by

@@ -149,7 +149,7 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx { tx, backend: self.backend, _guard: guard })
     }
 
     /// Live objects of one kind that the scope may see, ordered by team then name.
@@ -341,6 +341,7 @@ pub enum AppendError {
 /// A write transaction (see [`Store::write`]).
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -467,6 +468,22 @@ impl WriteTx {
     /// Runs any statement inside the transaction (used by user and token management).
     pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
+    }
+
+    /// Waits until no other transaction holding `key` is open, in any process, and holds it until
+    /// this one ends: for a read-then-write that other processes make at the same time (each
+    /// worker reporting its part of one shared job). SQLite already runs one writer at a time
+    /// across processes (`BEGIN IMMEDIATE`); PostgreSQL at its default isolation lets two such
+    /// transactions each read the other's old row and write a result neither would alone.
+    pub async fn serialize_on(&mut self, key: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            // The lock function returns `void`, which the Any driver cannot decode: select a constant.
+            sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {

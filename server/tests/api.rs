@@ -1546,6 +1546,56 @@ mod delivery {
         app.teardown().await;
     }
 
+    /// Workers report their parts of a shared job at the same moments (a new version starts on
+    /// all of them at once), each from its own process and connections. However their
+    /// transactions interleave, once every part said running the job is running: a report must
+    /// not combine the others' parts as they were before their own reports landed (the job then
+    /// stayed `starting` for good, and a deployment waiting for it never went on).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn simultaneous_reports_of_a_shared_jobs_parts_leave_its_latest_phase() {
+        use keystone_control::jobs::PhaseChange;
+        use keystone_control::JobPhase;
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("alpha.plays", 2, 1).unwrap();
+        let app = control_plane(&cluster.bootstrap_servers(), false).await;
+        declare(&app, "streams", "plays", stream(2)).await;
+        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "parts"}})).await;
+        declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake"})).await;
+        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
+        let route_id = route["id"].as_str().unwrap().to_owned();
+        // One store (pool, in-process write lock) per worker, as in separate processes.
+        let url = app.settings.database_url.clone().unwrap();
+        let mut workers = Vec::new();
+        for n in 0..6 {
+            let name = format!("w{n}");
+            app.store.heartbeat_worker(&name, "worker", 0, &[]).await.unwrap();
+            workers.push((name, Store::connect(&url).await.unwrap()));
+        }
+        for version in 1..=8 {
+            for to in [JobPhase::Starting, JobPhase::Running] {
+                let cause = format!("{} here", to.as_str());
+                let reports = workers.iter().map(|(name, store)| {
+                    store.record_phase(PhaseChange {
+                        route_id: &route_id,
+                        version,
+                        to,
+                        cause: &cause,
+                        error: None,
+                        restart: false,
+                        reporter: Some(name),
+                    })
+                });
+                for r in futures_util::future::join_all(reports).await {
+                    r.unwrap();
+                }
+                let job = app.store.job(&route_id).await.unwrap().unwrap();
+                let tr = app.store.transitions(&route_id, 20).await.unwrap();
+                assert_eq!((job.version, job.phase), (version, to), "after every part reported {to:?}: {tr:#?}");
+            }
+        }
+        app.teardown().await;
+    }
+
     /// A real Kafka-protocol broker process for one test: tansu (installed by `cargo xtask test`,
     /// found through `KEYSTONE_TANSU`) with its SQLite storage in a scratch folder, on a free
     /// loopback port; killed on drop. `None` (the test says SKIPPED) when it is not installed.
