@@ -75,6 +75,9 @@ pub struct PipelineBench {
     pub partitions: u32,
     /// Also run a route to this PostgreSQL database (a table is created there).
     pub postgres_url: Option<String>,
+    /// Offered events per second over all producers; `None`: each sends its next request as soon
+    /// as the last was acknowledged.
+    pub rate: Option<u32>,
 }
 
 /// A team in a benchmark's database, and an admin declaring objects in it.
@@ -197,13 +200,19 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     let requests = b.events / b.batch;
     let per_producer = requests / b.producers;
     let total = per_producer * b.producers * b.batch;
+    let offered = b.rate.map_or_else(|| "as fast as acknowledged".to_owned(), |r| format!("offering {r} events/s"));
     println!(
-        "Pipeline: {total} events of ~{event_bytes} bytes, {} producers posting {}-event NDJSON batches, {} partitions, routes: {}",
+        "Pipeline: {total} events of ~{event_bytes} bytes, {} producers posting {}-event NDJSON batches ({offered}), {} partitions, routes: {}",
         b.producers,
         b.batch,
         b.partitions,
         routes.join(", ")
     );
+    // With a rate, each producer's requests are due at fixed times, staggered between
+    // producers; one that falls behind sends at once until it is on time again (its latency
+    // counts from when each request was due).
+    let every =
+        b.rate.map(|r| std::time::Duration::from_secs_f64((b.batch * b.producers) as f64 / f64::from(r.max(1))));
     let http = reqwest::Client::new();
     // Producers are other programs: their request bodies are made before the clock starts.
     let bodies: Vec<Vec<String>> = (0..b.producers)
@@ -212,12 +221,19 @@ pub async fn pipeline(dir: &Path, b: PipelineBench) -> anyhow::Result<()> {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for bodies in bodies {
+    for (p, bodies) in bodies.into_iter().enumerate() {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        let first = every.map(|e| started + e.mul_f64(p as f64 / b.producers as f64));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(bodies.len());
-            for body in bodies {
-                let sent = Instant::now();
+            for (i, body) in bodies.into_iter().enumerate() {
+                // A request's latency counts from when it was due: time spent behind schedule
+                // is latency a producer would see too.
+                let due = first.zip(every).map(|(first, every)| first + every * i as u32);
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = due.unwrap_or_else(Instant::now);
                 let resp = http
                     .post(format!("{base}/ingest/plays"))
                     .bearer_auth(&token)

@@ -161,6 +161,10 @@ enum BenchCommand {
         /// Also deliver to PostgreSQL at this URL (creates table keystone_bench_plays).
         #[arg(long)]
         postgres_url: Option<String>,
+        /// Offered load in events/s, spread over the producers (default: as fast as acks come
+        /// back). Ack latency below saturation, rather than with requests queueing.
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// Route jobs spread over 1, 2, 3... `keystone worker` processes on Kafka and PostgreSQL.
     Workers {
@@ -259,8 +263,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Log { events, size } } => {
             keystone::bench::log(&settings.data_dir.join("bench"), events, size).await?;
         }
-        Command::Bench { command: BenchCommand::Pipeline { events, producers, batch, partitions, postgres_url } } => {
-            let shape = keystone::bench::PipelineBench { events, producers, batch, partitions, postgres_url };
+        Command::Bench {
+            command: BenchCommand::Pipeline { events, producers, batch, partitions, postgres_url, rate },
+        } => {
+            let shape = keystone::bench::PipelineBench { events, producers, batch, partitions, postgres_url, rate };
             keystone::bench::pipeline(&settings.data_dir.join("bench-pipeline"), shape).await?;
         }
         Command::Bench { command: BenchCommand::Workers { events, workers, partitions, postgres_url, brokers } } => {

@@ -1,8 +1,13 @@
 //! The route filter: a CEL expression over `event` (the payload), compiled once per job.
 
-use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
-use cel::common::value::Val;
-use serde_json::Value;
+use cel::common::traits::Indexer;
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt, Type, MAP_TYPE,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::ExecutionError;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 /// A compiled filter. Building CEL's root context registers every built-in function (~18 µs), so
@@ -35,22 +40,85 @@ impl Filter {
 
     /// True when the event should be delivered.
     pub fn matches(&self, payload: &Value) -> Result<bool, FilterError> {
-        let event: Box<dyn Val> = match (&self.fields, payload) {
-            (Some(fields), Value::Object(map)) => Box::new(CelMap::from(
-                fields
-                    .iter()
-                    .filter_map(|f| Some((CelMapKey::from(f.clone()), to_cel(map.get(f)?))))
-                    .collect::<HashMap<_, _>>(),
-            )),
-            _ => to_cel(payload),
+        // Declared before the scope that borrows it (and so dropped after it).
+        let event;
+        // The root's `'static` narrows to the payload's borrow: values bound below borrow it.
+        let root: &cel::Context<'_, '_> = &self.root;
+        let mut scope = root.new_inner_scope();
+        let outcome = match (&self.fields, payload) {
+            (Some(_), Value::Object(map)) => {
+                event = Event(map);
+                scope.set_variable_resolver(&event);
+                self.program.execute(&scope)
+            }
+            _ => {
+                scope.add_variable_as_val("event", to_cel(payload));
+                self.program.execute(&scope)
+            }
         };
-        let mut scope = self.root.new_inner_scope();
-        scope.add_variable_as_val("event", event);
-        match self.program.execute(&scope) {
+        match outcome {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(FilterError(format!("the filter returned {other:?}, not a boolean"))),
             Err(e) => Err(FilterError(e.to_string())),
         }
+    }
+}
+
+/// `event` for an expression that only reads `event.<field>...`: the payload's object, whose
+/// fields become CEL values only when the expression reads them, borrowing the payload's
+/// strings. Converting the fields up front into a map the interpreter owns (with its keys, and
+/// a scope variable holding it) was most of a filter's cost per event.
+#[derive(Debug)]
+struct Event<'a>(&'a Map<String, Value>);
+
+impl VariableResolver for Event<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        (variable == "event").then_some(CowVal::Borrowed(self))
+    }
+}
+
+impl Val for Event<'_> {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(Event(self.0))
+    }
+}
+
+impl Indexer for Event<'_> {
+    fn get<'b, 'w>(&'b self, field: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        let name = field.downcast_ref::<CelString>().map(CelString::inner);
+        match name.and_then(|n| self.0.get(n)) {
+            Some(value) => Ok(CowVal::Owned(to_cel(value))),
+            // What makes `has(event.f)` false, and `event.f` the map's "no such key" error.
+            None => Err(ExecutionError::no_such_key(name.unwrap_or_default())),
+        }
+    }
+
+    fn steal<'w>(self: Box<Self>, field: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        self.get(field).map(CowVal::into_owned)
     }
 }
 
@@ -73,9 +141,9 @@ fn top_level_fields(expr: &str) -> Option<Vec<String>> {
 
 /// JSON to CEL with whole numbers as `int` (CEL refuses to mix `uint` and `int`, so
 /// `event.n % 2 == 0` must see an int), `uint` only past i64, and other numbers as `double`.
-/// Built as the interpreter's own values directly: going through `cel::Value` built and hashed
-/// every map twice more, which was most of a filter's cost per event.
-fn to_cel(v: &Value) -> Box<dyn Val> {
+/// Built as the interpreter's own values directly, borrowing strings and keys: going through
+/// `cel::Value` built and hashed every map twice more.
+fn to_cel(v: &Value) -> Box<dyn Val + '_> {
     match v {
         Value::Null => Box::new(CelNull),
         Value::Bool(b) => Box::new(CelBool::from(*b)),
@@ -84,10 +152,10 @@ fn to_cel(v: &Value) -> Box<dyn Val> {
             (None, Some(u)) => Box::new(CelUInt::from(u)),
             _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        Value::String(s) => Box::new(CelString::from(s.clone())),
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
         Value::Array(items) => Box::new(CelList::from(items.iter().map(to_cel).collect::<Vec<_>>())),
         Value::Object(map) => Box::new(CelMap::from(
-            map.iter().map(|(k, v)| (CelMapKey::from(k.clone()), to_cel(v))).collect::<HashMap<_, _>>(),
+            map.iter().map(|(k, v)| (CelMapKey::from(k.as_str()), to_cel(v))).collect::<HashMap<_, _>>(),
         )),
     }
 }
@@ -147,6 +215,28 @@ mod tests {
         ] {
             assert!(Filter::compile(expr).unwrap().matches(&e).unwrap(), "{expr}");
         }
+    }
+
+    #[test]
+    fn fields_read_on_access_behave_as_the_whole_event_converted() {
+        let e = json!({"country": "BR", "n": 3, "user": {"tier": "gold"}, "tags": ["a"], "none": null});
+        for expr in [
+            "event.user == {'tier': 'gold'}",
+            "has(event.user.tier) && !has(event.nope) && has(event.none)",
+            "event.tags[0] == 'a' && event.none == null",
+            "event.missing == 1",
+            "event.n.x == 1",
+            "event.user.missing == 1",
+        ] {
+            let lazy = Filter::compile(expr).unwrap();
+            assert!(lazy.fields().is_some(), "{expr}");
+            // Reading `size(event)` too makes the filter convert the whole event up front.
+            let whole = Filter::compile(&format!("size(event) > 0 && ({expr})")).unwrap();
+            assert!(whole.fields().is_none(), "{expr}");
+            assert_eq!(lazy.matches(&e), whole.matches(&e), "{expr}");
+        }
+        let missing = Filter::compile("event.missing == 1").unwrap().matches(&e).unwrap_err();
+        assert!(missing.0.contains("missing"), "{missing}");
     }
 
     #[test]

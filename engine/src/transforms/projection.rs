@@ -24,10 +24,6 @@ fn take(v: &mut Value, path: &[String]) -> Option<Value> {
     cur.as_object_mut()?.remove(last)
 }
 
-fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, seg| v.get(seg))
-}
-
 /// Sets `path` in `v`, creating intermediate objects (and replacing non-objects on the way).
 fn put(v: &mut Value, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else { return };
@@ -52,21 +48,25 @@ impl Projection {
         drop: impl IntoIterator<Item = &'a str>,
         rename: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Projection {
+        let mut keep: Vec<Vec<String>> = keep.into_iter().map(split).collect();
+        // Shortest first: a path inside one kept before it is then kept already, whole.
+        keep.sort_by_key(Vec::len);
         Projection {
-            keep: keep.into_iter().map(split).collect(),
+            keep,
             drop: drop.into_iter().map(split).collect(),
             rename: rename.into_iter().map(|(from, to)| (split(from), split(to))).collect(),
         }
     }
 
-    pub fn apply(&self, payload: Value) -> Value {
+    pub fn apply(&self, mut payload: Value) -> Value {
         let mut out = if self.keep.is_empty() {
             payload
         } else {
+            // Kept values move out of the payload, which is dropped: no copy of each string.
             let mut kept = Value::Object(Map::new());
             for path in &self.keep {
-                if let Some(v) = get(&payload, path) {
-                    put(&mut kept, path, v.clone());
+                if let Some(v) = take(&mut payload, path) {
+                    put(&mut kept, path, v);
                 }
             }
             kept
@@ -101,6 +101,10 @@ mod tests {
     fn keep_selects_nested_paths() {
         let p = Projection::new(["id", "user.name", "missing.path"], [], []);
         assert_eq!(p.apply(event()), json!({"id": 1, "user": {"name": "Ana"}}));
+        // A path inside another kept path changes nothing, in either order.
+        let whole_user = json!({"user": {"email": "a@b.c", "name": "Ana", "tier": "gold"}});
+        assert_eq!(Projection::new(["user.name", "user"], [], []).apply(event()), whole_user);
+        assert_eq!(Projection::new(["user", "user.name", "user"], [], []).apply(event()), whole_user);
     }
 
     #[test]
