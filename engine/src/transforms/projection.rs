@@ -59,8 +59,18 @@ impl Projection {
     }
 
     pub fn apply(&self, mut payload: Value) -> Value {
+        let top_level = self.keep.iter().all(|p| p.len() == 1);
         let mut out = if self.keep.is_empty() {
             payload
+        } else if top_level {
+            // Keeping top-level fields only: the payload's own map, less the others. A route job
+            // parses just the fields its filter and projection read, so usually nothing goes.
+            let mut map = match payload {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            map.retain(|field, _| self.keep.iter().any(|p| p[0] == *field));
+            Value::Object(map)
         } else {
             // Kept values move out of the payload, which is dropped: no copy of each string.
             let mut kept = Value::Object(Map::new());
@@ -101,6 +111,10 @@ mod tests {
     fn keep_selects_nested_paths() {
         let p = Projection::new(["id", "user.name", "missing.path"], [], []);
         assert_eq!(p.apply(event()), json!({"id": 1, "user": {"name": "Ana"}}));
+        let top = Projection::new(["id", "bitrate", "missing"], [], []);
+        assert_eq!(top.apply(event()), json!({"id": 1, "bitrate": 3000}));
+        assert_eq!(top.apply(json!([1, 2])), json!({}), "a payload that is not an object keeps nothing");
+        assert_eq!(p.apply(json!("text")), json!({}));
         // A path inside another kept path changes nothing, in either order.
         let whole_user = json!({"user": {"email": "a@b.c", "name": "Ana", "tier": "gold"}});
         assert_eq!(Projection::new(["user.name", "user"], [], []).apply(event()), whole_user);
