@@ -1490,13 +1490,11 @@ mod delivery {
         app.teardown().await;
     }
 
-    /// A job shared by workers has the phase of its worst live part, not of whichever worker
-    /// reported last; when the failing worker goes away, the control plane's leader lets the
-    /// others' parts speak again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_shared_job_is_as_healthy_as_its_worst_live_part() {
-        use keystone_control::jobs::PhaseChange;
-        use keystone_control::JobPhase;
+    /// A control plane on librdkafka's mock cluster with one route (`alpha/all`, a file sink),
+    /// run by no worker yet: for tests that report its parts' phases themselves. The cluster
+    /// must live as long as the app.
+    async fn control_plane_with_a_route(
+    ) -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, TestApp, String) {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("alpha.plays", 2, 1).unwrap();
         let app = control_plane(&cluster.bootstrap_servers(), false).await;
@@ -1505,6 +1503,17 @@ mod delivery {
         declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake"})).await;
         let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
         let route_id = route["id"].as_str().unwrap().to_owned();
+        (cluster, app, route_id)
+    }
+
+    /// A job shared by workers has the phase of its worst live part, not of whichever worker
+    /// reported last; when the failing worker goes away, the control plane's leader lets the
+    /// others' parts speak again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_job_is_as_healthy_as_its_worst_live_part() {
+        use keystone_control::jobs::PhaseChange;
+        use keystone_control::JobPhase;
+        let (_cluster, app, route_id) = control_plane_with_a_route().await;
         for w in ["w1", "w2"] {
             app.store.heartbeat_worker(w, "worker", 0, &[]).await.unwrap();
         }
@@ -1555,14 +1564,7 @@ mod delivery {
     async fn simultaneous_reports_of_a_shared_jobs_parts_leave_its_latest_phase() {
         use keystone_control::jobs::PhaseChange;
         use keystone_control::JobPhase;
-        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-        cluster.create_topic("alpha.plays", 2, 1).unwrap();
-        let app = control_plane(&cluster.bootstrap_servers(), false).await;
-        declare(&app, "streams", "plays", stream(2)).await;
-        declare(&app, "sinks", "lake", json!({"kind": "file", "settings": {"path": "parts"}})).await;
-        declare(&app, "routes", "all", json!({"stream": "plays", "sink": "lake"})).await;
-        let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
-        let route_id = route["id"].as_str().unwrap().to_owned();
+        let (_cluster, app, route_id) = control_plane_with_a_route().await;
         // One store (pool, in-process write lock) per worker, as in separate processes.
         let url = app.settings.database_url.clone().unwrap();
         let mut workers = Vec::new();
