@@ -16,8 +16,9 @@ pub struct Filter {
     program: cel::Program,
     root: cel::Context<'static, 'static>,
     /// The top-level fields of `event` the expression reads, when it only ever reads
-    /// `event.<field>`: converting just those to CEL values, not the whole payload, is most of
-    /// the filter's cost per event. `None` when it uses `event` any other way.
+    /// `event.<field>`: then `event` converts a field only when read (see [`Event`]), and a job
+    /// parses only these fields of each payload. `None` when it uses `event` any other way (the
+    /// whole payload is converted).
     fields: Option<Vec<String>>,
 }
 
