@@ -46,18 +46,14 @@ impl Filter {
         // The root's `'static` narrows to the payload's borrow: values bound below borrow it.
         let root: &cel::Context<'_, '_> = &self.root;
         let mut scope = root.new_inner_scope();
-        let outcome = match (&self.fields, payload) {
+        match (&self.fields, payload) {
             (Some(_), Value::Object(map)) => {
                 event = Event(map);
                 scope.set_variable_resolver(&event);
-                self.program.execute(&scope)
             }
-            _ => {
-                scope.add_variable_as_val("event", to_cel(payload));
-                self.program.execute(&scope)
-            }
-        };
-        match outcome {
+            _ => scope.add_variable_as_val("event", to_cel(payload)),
+        }
+        match self.program.execute(&scope) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(FilterError(format!("the filter returned {other:?}, not a boolean"))),
             Err(e) => Err(FilterError(e.to_string())),
