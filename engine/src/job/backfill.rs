@@ -131,13 +131,17 @@ pub async fn import_files<L: Log>(
                 .collect::<Result<_, _>>()?
         };
         for e in events {
+            let payload = e.event_value().map_err(|err| ImportError::BadFile {
+                file: file.to_string(),
+                reason: format!("event {} cannot be read back: {err}", e.id),
+            })?;
             let envelope = Envelope {
                 id: e.id,
                 stream: source.to_owned(),
                 ingested_at: e.ingested_at,
                 key: e.key.clone(),
                 headers: Default::default(),
-                payload: e.event,
+                payload,
             };
             records.push(NewRecord {
                 partition: 0,

@@ -18,12 +18,16 @@ pub mod supervisor;
 
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
-use crate::transforms::{Filter, Hygiene, Projection};
+use crate::transforms::raw::{RawFields, RawFieldsSeed};
+use crate::transforms::{FieldCopy, Filter, Hygiene, Projection};
 use keystone_control::{
     dead_letter_topic, stream_topic, JobCounters, PartitionLag, RecentError, RouteSpec, SinkErrors, StreamSpec,
 };
 use rand::Rng;
+use serde::de::DeserializeSeed;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -93,14 +97,13 @@ impl JobSpec {
 }
 
 /// What a route makes of one payload.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Transformed {
-    /// Passed the filter; this is what the sink receives.
-    Deliver(Value),
+    /// Passed the filter; this is what the sink receives, as JSON text.
+    Deliver(Box<RawValue>),
     FilteredOut,
-    /// The filter could not be evaluated (e.g. a field it reads is missing): why, and the
-    /// payload handed back untouched.
-    FilterError(String, Value),
+    /// The filter could not be evaluated (e.g. a field it reads is missing): why.
+    FilterError(String),
 }
 
 /// A route's compiled transforms, in order: filter, masking and hashing, projection, dropping
@@ -112,6 +115,10 @@ pub struct Transforms {
     /// The payload's top-level fields the route reads (filter and kept fields), when it keeps
     /// only some: the others need not be parsed. `None`: it reads them all.
     reads: Option<Vec<String>>,
+    /// Set when the route only tests and picks top-level fields, with no masking, hashing or
+    /// dropping of nulls: then a job copies the fields' text from the record instead of building
+    /// a tree of the payload ([`Transforms::transform_fields`]).
+    copy: Option<FieldCopy>,
 }
 
 impl Transforms {
@@ -148,12 +155,22 @@ impl Transforms {
                 Some(reads)
             }
         };
+        let top_level = |p: &String| !p.contains('.');
+        let copy = (hygiene.is_noop()
+            && filter.as_ref().is_none_or(|f| f.fields().is_some())
+            && projection.keep.iter().chain(&projection.drop).all(top_level)
+            && projection.rename.iter().all(|(from, to)| top_level(from) && top_level(to)))
+        .then(|| FieldCopy {
+            keep: projection.keep.clone(),
+            drop: projection.drop.clone(),
+            rename: projection.rename.iter().map(|(from, to)| (from.clone(), to.clone())).collect(),
+        });
         let projection = Projection::new(
             projection.keep.iter().map(String::as_str),
             projection.drop.iter().map(String::as_str),
             projection.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
         );
-        Ok(Transforms { filter, hygiene, projection, reads })
+        Ok(Transforms { filter, hygiene, projection, reads, copy })
     }
 
     /// The payload's top-level fields the route reads, when not all (see `reads`).
@@ -161,18 +178,46 @@ impl Transforms {
         self.reads.as_deref()
     }
 
+    /// True when the route's transforms can work on fields as sent (see `copy`).
+    pub fn copies_fields(&self) -> bool {
+        self.copy.is_some()
+    }
+
     pub fn transform(&self, mut payload: Value) -> Transformed {
         if let Some(filter) = &self.filter {
             match filter.matches(&payload) {
                 Ok(true) => {}
                 Ok(false) => return Transformed::FilteredOut,
-                Err(e) => return Transformed::FilterError(e.to_string(), payload),
+                Err(e) => return Transformed::FilterError(e.to_string()),
             }
         }
         self.hygiene.before(&mut payload);
         let mut out = self.projection.apply(payload);
         self.hygiene.after(&mut out);
-        Transformed::Deliver(out)
+        Transformed::Deliver(serde_json::value::to_raw_value(&out).expect("a JSON value serialises"))
+    }
+
+    /// The same as [`Transforms::transform`] on a payload's top-level fields as sent (all of
+    /// them, or those of [`Transforms::reads`]), for a route whose transforms allow it. `None`
+    /// when they do not, or this event needs the tree path: a field the filter reads has no tree
+    /// here (a number beyond f64), or a kept value spans lines.
+    pub fn transform_fields<'a>(&'a self, fields: RawFields<'a>) -> Option<Transformed> {
+        let copy = self.copy.as_ref()?;
+        if let Some(filter) = &self.filter {
+            // The filter reads only the fields it names: those become a tree, the rest stay text.
+            let mut tested = serde_json::Map::new();
+            for name in filter.fields().unwrap_or_default() {
+                if let Some((_, raw)) = fields.iter().rev().find(|(k, _)| k == name) {
+                    tested.insert(name.clone(), serde_json::from_str(raw.get()).ok()?);
+                }
+            }
+            match filter.matches(&Value::Object(tested)) {
+                Ok(true) => {}
+                Ok(false) => return Some(Transformed::FilteredOut),
+                Err(e) => return Some(Transformed::FilterError(e.to_string())),
+            }
+        }
+        copy.apply(fields).map(Transformed::Deliver)
     }
 }
 
@@ -708,56 +753,71 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
     }
 }
 
-/// What a job reads of a record's envelope, in one pass over it: the payload parsed as far as
-/// the route reads it, the stream and headers skipped, not copied.
-struct Routable {
-    id: String,
+/// What a job reads of a record's envelope, in one pass over it: the payload as far as the
+/// route reads it (`P`: a tree, or fields as sent), the stream and headers skipped, not copied,
+/// and the id and key borrowed from the record until an event is delivered.
+struct Routable<'r, P> {
+    id: Cow<'r, str>,
     ingested_at: i64,
-    key: Option<String>,
-    payload: Value,
+    key: Option<Cow<'r, str>>,
+    payload: P,
 }
 
-impl Routable {
-    /// `reads`: the payload's top-level fields to parse (`None`: all of it).
-    fn parse(record: &[u8], reads: Option<&[String]>) -> serde_json::Result<Routable> {
+impl<'r, P> Routable<'r, P> {
+    /// Reads the envelope, the payload with `payload`.
+    fn parse<S: DeserializeSeed<'r, Value = P>>(record: &'r [u8], payload: S) -> serde_json::Result<Self> {
         let mut de = serde_json::Deserializer::from_slice(record);
-        let envelope = serde::de::DeserializeSeed::deserialize(EnvelopeSeed(reads), &mut de)?;
+        let envelope = EnvelopeSeed(payload).deserialize(&mut de)?;
         de.end()?;
         Ok(envelope)
     }
 }
 
-struct EnvelopeSeed<'r>(Option<&'r [String]>);
+/// The payload as a tree: only the named top-level fields, when given.
+struct Tree<'f>(Option<&'f [String]>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
-    type Value = Routable;
+impl<'de> DeserializeSeed<'de> for Tree<'_> {
+    type Value = Value;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Routable, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Some(fields) => crate::transforms::Fields(fields).deserialize(d),
+            None => serde::Deserialize::deserialize(d),
+        }
+    }
+}
+
+struct EnvelopeSeed<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for EnvelopeSeed<S> {
+    type Value = Routable<'de, S::Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_> {
-    type Value = Routable;
+impl<'de, S: DeserializeSeed<'de>> serde::de::Visitor<'de> for EnvelopeSeed<S> {
+    type Value = Routable<'de, S::Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a Keystone envelope")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Routable, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use crate::transforms::Key;
         use serde::de::Error;
         let (mut id, mut ingested_at, mut key, mut payload) = (None, None, None, None);
-        while let Some(crate::transforms::Key(field)) = map.next_key()? {
+        let mut seed = Some(self.0);
+        while let Some(Key(field)) = map.next_key()? {
             match field.as_ref() {
-                "id" => id = Some(map.next_value::<String>()?),
+                "id" => id = Some(map.next_value::<Key>()?.0),
                 "ingested_at" => ingested_at = Some(map.next_value::<i64>()?),
-                "key" => key = map.next_value::<Option<String>>()?,
-                "payload" => {
-                    payload = Some(match self.0 {
-                        Some(fields) => map.next_value_seed(crate::transforms::Fields(fields))?,
-                        None => map.next_value::<Value>()?,
-                    })
-                }
+                "key" => key = map.next_value::<Option<Key>>()?.map(|k| k.0),
+                "payload" => match seed.take() {
+                    Some(seed) => payload = Some(map.next_value_seed(seed)?),
+                    None => return Err(A::Error::duplicate_field("payload")),
+                },
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -962,20 +1022,37 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
     /// Filter and projection of one record.
     fn route(&self, r: &StoredRecord) -> Routed {
         let transforms = &self.spec.transforms;
-        let parsed = match Routable::parse(&r.value, transforms.reads()) {
-            // A payload that is not an object is parsed whole: the transforms say what they make of it.
-            Err(_) if transforms.reads().is_some() => Routable::parse(&r.value, None),
-            parsed => parsed,
+        // Fields as sent when the route allows it; otherwise, or when this event needs it, a tree.
+        let copied = if transforms.copies_fields() {
+            Routable::parse(&r.value, RawFieldsSeed(transforms.reads())).ok().and_then(|e| {
+                let Routable { id, ingested_at, key, payload } = e;
+                Some((transforms.transform_fields(payload)?, id, ingested_at, key))
+            })
+        } else {
+            None
         };
-        let envelope = match parsed {
-            Ok(e) => e,
-            Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
+        let (outcome, id, ingested_at, key) = match copied {
+            Some(copied) => copied,
+            None => {
+                let parsed = match Routable::parse(&r.value, Tree(transforms.reads())) {
+                    // A payload that is not an object is parsed whole: the transforms say what
+                    // they make of it.
+                    Err(_) if transforms.reads().is_some() => Routable::parse(&r.value, Tree(None)),
+                    parsed => parsed,
+                };
+                match parsed {
+                    Ok(Routable { id, ingested_at, key, payload }) => {
+                        (transforms.transform(payload), id, ingested_at, key)
+                    }
+                    Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
+                }
+            }
         };
-        match transforms.transform(envelope.payload) {
+        match outcome {
             Transformed::Deliver(event) => Routed::Deliver(SinkEvent {
-                id: envelope.id,
-                ingested_at: envelope.ingested_at,
-                key: envelope.key,
+                id: id.into_owned(),
+                ingested_at,
+                key: key.map(Cow::into_owned),
                 partition: self.partition,
                 offset: r.offset,
                 event,
@@ -984,11 +1061,11 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
                 self.stats.filtered_out.fetch_add(1, Ordering::Relaxed);
                 Routed::Skip
             }
-            Transformed::FilterError(e, payload) => {
+            Transformed::FilterError(e) => {
                 self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
-                let why = format!("filter could not evaluate event {}: {e}", envelope.id);
+                let why = format!("filter could not evaluate event {id}: {e}");
                 // The sample shows the whole event, not just the fields the route parsed.
-                let whole = Routable::parse(&r.value, None).map_or(payload, |e| e.payload);
+                let whole = Routable::parse(&r.value, Tree(None)).map_or(Value::Null, |e| e.payload);
                 self.stats.record_error_with_sample(why, &whole);
                 Routed::Skip
             }
@@ -1024,7 +1101,7 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
             self.stats.failing.store(false, Ordering::Relaxed);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats.delivered.fetch_add((batch.len() - refused.len()) as u64, Ordering::Relaxed);
-            let bytes: u64 = batch.iter().map(|e| json_len(&e.event)).sum();
+            let bytes: u64 = batch.iter().map(|e| e.event.get().len() as u64).sum();
             self.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             let now = crate::now_ms();
             let mut latency = self.stats.latency.lock().expect("stats lock");
@@ -1068,23 +1145,6 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
     }
 }
 
-/// Bytes of a value's compact JSON text, counted as it is written out, not kept: a string per
-/// delivered event only to measure it was a few percent of a pipeline's CPU.
-fn json_len(value: &Value) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).map_or(0, |_| count.0)
-}
-
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -1096,11 +1156,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
-    fn transforms(filter: Option<&str>, keep: &[&str], rename: &[(&str, &str)]) -> Transforms {
+    fn transforms(filter: Option<&str>, keep: &[&str], rename: &[(&str, &str)], mask: &[&str]) -> Transforms {
         let projection = keystone_control::Projection {
             keep: keep.iter().map(|k| k.to_string()).collect(),
             rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            mask: vec!["user.email".into()],
+            mask: mask.iter().map(|k| k.to_string()).collect(),
             ..Default::default()
         };
         Transforms::compile(filter, &projection, "alpha").unwrap()
@@ -1109,19 +1169,29 @@ mod tests {
     #[test]
     fn a_route_keeping_some_fields_parses_only_what_it_reads_and_delivers_the_same() {
         let event = r#"{"country":"BR","bitrate":4800,"user":{"id":7,"email":"a@b.c"},"session":"x","skipped":[1,{"deep":null}]}"#;
+        // The last column: whether, without masking, the route can work on fields as sent.
         let cases = [
             (
                 Some("event.bitrate > 3000"),
                 &["country", "user.email"][..],
                 &[("country", "where")][..],
                 Some(vec!["bitrate", "country", "user"]),
+                false,
             ),
-            (None, &["user.id"][..], &[][..], Some(vec!["user"])),
-            (Some("event.bitrate > 3000"), &[][..], &[][..], None),
-            (Some("size(event) > 2"), &["country"][..], &[][..], None),
+            (None, &["user.id"][..], &[][..], Some(vec!["user"]), false),
+            (Some("event.bitrate > 3000"), &[][..], &[][..], None, true),
+            (Some("size(event) > 2"), &["country"][..], &[][..], None, false),
+            (
+                Some("event.bitrate > 3000"),
+                &["session", "country"][..],
+                &[("country", "where")][..],
+                Some(vec!["bitrate", "session", "country"]),
+                true,
+            ),
         ];
-        for (filter, keep, rename, reads) in cases {
-            let t = transforms(filter, keep, rename);
+        for (filter, keep, rename, reads, copies) in cases {
+            let t = transforms(filter, keep, rename, &["user.email"]);
+            assert!(!t.copies_fields(), "masking needs the tree");
             assert_eq!(
                 t.reads,
                 reads.map(|r| r.into_iter().map(String::from).collect::<Vec<_>>()),
@@ -1130,17 +1200,28 @@ mod tests {
             let record = format!(
                 r#"{{"id":"e1","stream":"alpha/plays","ingested_at":5,"key":null,"headers":{{"h":"x"}},"payload":{event}}}"#
             );
-            let envelope = Routable::parse(record.as_bytes(), t.reads()).unwrap();
-            assert_eq!((envelope.id.as_str(), envelope.ingested_at, envelope.key), ("e1", 5, None));
-            let partial = match t.transform(envelope.payload) {
-                Transformed::Deliver(v) => v,
+            let envelope = Routable::parse(record.as_bytes(), Tree(t.reads())).unwrap();
+            assert_eq!((envelope.id.as_ref(), envelope.ingested_at, envelope.key), ("e1", 5, None));
+            let delivered = |t: Transformed| match t {
+                Transformed::Deliver(v) => v.get().to_owned(),
                 _ => panic!("delivered"),
             };
-            let full = match t.transform(serde_json::from_str(event).unwrap()) {
-                Transformed::Deliver(v) => v,
-                _ => panic!("delivered"),
-            };
+            let partial = delivered(t.transform(envelope.payload));
+            let full = delivered(t.transform(serde_json::from_str(event).unwrap()));
             assert_eq!(partial, full, "{filter:?} {keep:?}");
+            // Without masking, fields as sent give the same event (nested objects keep the key
+            // order they were sent in, so compared as trees).
+            let plain = transforms(filter, keep, rename, &[]);
+            assert_eq!(plain.copies_fields(), copies, "{filter:?} {keep:?}");
+            if plain.copies_fields() {
+                let fields = Routable::parse(record.as_bytes(), RawFieldsSeed(plain.reads())).unwrap().payload;
+                let copied = delivered(plain.transform_fields(fields).unwrap());
+                let tree = delivered(plain.transform(serde_json::from_str(event).unwrap()));
+                assert_eq!(
+                    serde_json::from_str::<Value>(&copied).unwrap(),
+                    serde_json::from_str::<Value>(&tree).unwrap()
+                );
+            }
         }
     }
 

@@ -51,9 +51,12 @@ pub async fn preview<L: Log>(
             match envelope {
                 Err(e) => row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}"))),
                 Ok(env) => match transforms.transform(env.payload.clone()) {
-                    Transformed::Deliver(out) => row(env.payload, "delivered", Some(out), None),
+                    Transformed::Deliver(out) => {
+                        let out = serde_json::from_str(out.get()).expect("a transform writes JSON");
+                        row(env.payload, "delivered", Some(out), None)
+                    }
                     Transformed::FilteredOut => row(env.payload, "filtered_out", None, None),
-                    Transformed::FilterError(e, _) => row(env.payload, "error", None, Some(e)),
+                    Transformed::FilterError(e) => row(env.payload, "error", None, Some(e)),
                 },
             }
         })

@@ -115,18 +115,8 @@ impl PostgresSink {
         Ok(cols)
     }
 
-    async fn insert(&self, columns: &[String], batch: &[SinkEvent]) -> Result<(), sqlx::Error> {
-        let rows: Vec<Value> = batch
-            .iter()
-            .map(|e| {
-                let mut row = match &e.event {
-                    Value::Object(m) => m.clone(),
-                    other => Map::from_iter([("value".to_owned(), other.clone())]),
-                };
-                row.insert("event_id".into(), Value::String(e.id.clone()));
-                Value::Object(row)
-            })
-            .collect();
+    /// Inserts rows (see [`row`]) in one statement.
+    async fn insert(&self, columns: &[String], rows: &[&Value]) -> Result<(), sqlx::Error> {
         // Only columns some event fills, so the others keep their defaults.
         let used: Vec<&String> = columns.iter().filter(|c| rows.iter().any(|r| r.get(c.as_str()).is_some())).collect();
         let list = used.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
@@ -135,28 +125,51 @@ impl PostgresSink {
             "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
              ON CONFLICT (event_id) DO NOTHING"
         );
-        sqlx::query(&sql).bind(Value::Array(rows).to_string()).execute(&self.pool).await?;
+        let rows = serde_json::to_string(rows).expect("rows serialise");
+        sqlx::query(&sql).bind(rows).execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// An event as a row: its fields (or `value`, for an event that is not an object) and its id as
+/// `event_id`. `Err` for an event with no JSON tree here (a number beyond f64's range): no retry
+/// could write it.
+fn row(e: &SinkEvent) -> Result<Value, String> {
+    let mut row = match e.event_value() {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => Map::from_iter([("value".to_owned(), other)]),
+        Err(err) => return Err(format!("the event cannot be read as a row: {err}")),
+    };
+    row.insert("event_id".into(), Value::String(e.id.clone()));
+    Ok(Value::Object(row))
 }
 
 impl Sink for PostgresSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
         let columns = self.columns().await?;
-        match self.insert(columns, batch).await {
-            Ok(()) => Ok(()),
+        let mut refused = Vec::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        for (i, e) in batch.iter().enumerate() {
+            match row(e) {
+                Ok(r) => rows.push((i, r)),
+                Err(why) => refused.push((i, why)),
+            }
+        }
+        let all: Vec<&Value> = rows.iter().map(|(_, r)| r).collect();
+        match self.insert(columns, &all).await {
+            Ok(()) => {}
             Err(e) if is_data_error(&e) => {
-                let mut refused = Vec::new();
-                for (i, event) in batch.iter().enumerate() {
-                    match self.insert(columns, std::slice::from_ref(event)).await {
+                for (i, r) in &rows {
+                    match self.insert(columns, &[r]).await {
                         Ok(()) => {}
-                        Err(e) if is_data_error(&e) => refused.push((i, describe(&e))),
+                        Err(e) if is_data_error(&e) => refused.push((*i, describe(&e))),
                         Err(e) => return Err(transient(&e)),
                     }
                 }
-                SinkError::refusing(refused)
+                refused.sort_by_key(|(i, _)| *i);
             }
-            Err(e) => Err(transient(&e)),
+            Err(e) => return Err(transient(&e)),
         }
+        SinkError::refusing(refused)
     }
 }

@@ -5,7 +5,7 @@
 //! downstream routes may see an id twice (at-least-once), which idempotent sinks absorb.
 
 use super::{ConfigError, Sink, SinkError, SinkEvent};
-use crate::ingest::{partition_for_key, Envelope};
+use crate::ingest::{partition_for_key, SentEnvelope};
 use crate::log::{Log, LogError, NewRecord};
 use keystone_control::{stream_topic, SinkErrorKind, StreamRef};
 use std::collections::BTreeMap;
@@ -68,23 +68,24 @@ impl Sink for StreamSink {
             return Err(SinkError::transient(SinkErrorKind::Unavailable, why));
         };
         let now = crate::now_ms();
+        let no_headers = BTreeMap::new();
         let records = batch
             .iter()
             .map(|e| {
                 let routing = e.key.as_deref().unwrap_or(&e.id);
-                let envelope = Envelope {
-                    id: e.id.clone(),
-                    stream: self.stream.clone(),
+                let envelope = SentEnvelope {
+                    id: &e.id,
+                    stream: &self.stream,
                     ingested_at: now,
-                    key: e.key.clone(),
-                    headers: BTreeMap::new(),
-                    payload: e.event.clone(),
+                    key: e.key.as_deref(),
+                    headers: &no_headers,
+                    payload: &e.event,
                 };
                 NewRecord {
                     partition: partition_for_key(routing.as_bytes(), partitions),
                     timestamp_ms: now,
                     key: e.key.clone().map(String::into_bytes),
-                    value: envelope.to_bytes(),
+                    value: serde_json::to_vec(&envelope).expect("an envelope serialises"),
                 }
             })
             .collect();

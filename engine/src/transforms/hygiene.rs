@@ -50,6 +50,11 @@ impl Hygiene {
         }
     }
 
+    /// True when it changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.mask.is_empty() && self.hash.is_empty() && !self.drop_nulls
+    }
+
     /// The hex SHA-256 of the scope and the value's JSON text (a string hashes as its text).
     pub fn pseudonym(&self, v: &Value) -> String {
         let text = match v {

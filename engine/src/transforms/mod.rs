@@ -3,10 +3,12 @@
 pub mod filter;
 pub mod hygiene;
 pub mod projection;
+pub mod raw;
 
 pub use filter::Filter;
 pub use hygiene::Hygiene;
 pub use projection::Projection;
+pub use raw::FieldCopy;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
