@@ -155,21 +155,14 @@ impl Transforms {
                 Some(reads)
             }
         };
-        let top_level = |p: &String| !p.contains('.');
-        let copy = (hygiene.is_noop()
-            && filter.as_ref().is_none_or(|f| f.fields().is_some())
-            && projection.keep.iter().chain(&projection.drop).all(top_level)
-            && projection.rename.iter().all(|(from, to)| top_level(from) && top_level(to)))
-        .then(|| FieldCopy {
-            keep: projection.keep.clone(),
-            drop: projection.drop.clone(),
-            rename: projection.rename.iter().map(|(from, to)| (from.clone(), to.clone())).collect(),
-        });
         let projection = Projection::new(
             projection.keep.iter().map(String::as_str),
             projection.drop.iter().map(String::as_str),
             projection.rename.iter().map(|(from, to)| (from.as_str(), to.as_str())),
         );
+        let copy = (hygiene.is_noop() && filter.as_ref().is_none_or(|f| f.fields().is_some()))
+            .then(|| projection.top_level())
+            .flatten();
         Ok(Transforms { filter, hygiene, projection, reads, copy })
     }
 

@@ -58,6 +58,16 @@ impl Projection {
         }
     }
 
+    /// The same projection for fields as sent, when every path it names is a top-level field.
+    pub fn top_level(&self) -> Option<super::FieldCopy> {
+        let name = |p: &Vec<String>| (p.len() == 1).then(|| p[0].clone());
+        Some(super::FieldCopy {
+            keep: self.keep.iter().map(name).collect::<Option<_>>()?,
+            drop: self.drop.iter().map(name).collect::<Option<_>>()?,
+            rename: self.rename.iter().map(|(from, to)| Some((name(from)?, name(to)?))).collect::<Option<_>>()?,
+        })
+    }
+
     pub fn apply(&self, mut payload: Value) -> Value {
         let top_level = self.keep.iter().all(|p| p.len() == 1);
         let mut out = if self.keep.is_empty() {
