@@ -97,6 +97,7 @@ pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, to
     if done.rows_affected() == 0 {
         return Err(GoalError::NotFound);
     }
+    store.forget_producer_tokens();
     tracing::info!(stream = %format!("{team}/{stream}"), token_id = %token_id, by = %who.display, "Producer token revoked.");
     Ok(())
 }

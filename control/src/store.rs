@@ -8,8 +8,9 @@ use crate::model::{Kind, Object, Op, Revision};
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which database the URL chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,57 @@ pub struct Store {
     /// SQLite allows one writer at a time; serialising our own write transactions avoids
     /// SQLITE_BUSY on lock upgrades. PostgreSQL relies on its row locks and unique indexes.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    producer_tokens: Arc<TokenCache>,
+}
+
+/// How long a producer token's lookup is trusted. Ingest looks up the token of every request,
+/// and a query per request put the database (and, on SQLite, a hop to its worker thread) on the
+/// path of every append. Writes through this store forget every lookup at once; another
+/// process's (a token revoked, a stream changed or deleted there) take effect here within this.
+pub const PRODUCER_TOKEN_TTL: Duration = Duration::from_secs(1);
+/// Most lookups kept: requests with made-up tokens must not grow the cache without bound.
+const PRODUCER_TOKENS_KEPT: usize = 10_000;
+
+/// Recent producer-token lookups by token hash, unknown tokens included.
+#[derive(Default)]
+struct TokenCache(Mutex<Tokens>);
+
+#[derive(Default)]
+struct Tokens {
+    /// Bumped by every forget: a lookup that began before one is not kept.
+    generation: u64,
+    found: HashMap<String, (Instant, Option<Object>)>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &str, now: Instant) -> Result<Option<Object>, u64> {
+        let tokens = self.0.lock().expect("token cache");
+        match tokens.found.get(hash) {
+            Some((at, found)) if now.duration_since(*at) < PRODUCER_TOKEN_TTL => Ok(found.clone()),
+            _ => Err(tokens.generation),
+        }
+    }
+
+    /// Keeps what a lookup begun at `at`, in `generation`, found.
+    fn put(&self, hash: &str, generation: u64, at: Instant, found: Option<Object>) {
+        let mut tokens = self.0.lock().expect("token cache");
+        if tokens.generation != generation {
+            return;
+        }
+        if tokens.found.len() >= PRODUCER_TOKENS_KEPT {
+            tokens.found.retain(|_, (then, _)| at.duration_since(*then) < PRODUCER_TOKEN_TTL);
+            if tokens.found.len() >= PRODUCER_TOKENS_KEPT {
+                tokens.found.clear();
+            }
+        }
+        tokens.found.insert(hash.to_owned(), (at, found));
+    }
+
+    fn forget(&self) {
+        let mut tokens = self.0.lock().expect("token cache");
+        tokens.generation += 1;
+        tokens.found.clear();
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -118,7 +170,8 @@ impl Store {
             // WAL lets readers proceed while a write commits; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
-        let store = Store { pool, backend, write_lock: Arc::new(tokio::sync::Mutex::new(())) };
+        let store =
+            Store { pool, backend, write_lock: Arc::new(tokio::sync::Mutex::new(())), producer_tokens: Arc::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -149,7 +202,7 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, backend: self.backend, _guard: guard })
+        Ok(WriteTx { tx, backend: self.backend, producer_tokens: self.producer_tokens.clone(), _guard: guard })
     }
 
     /// Live objects of one kind that the scope may see, ordered by team then name.
@@ -174,13 +227,27 @@ impl Store {
 
     /// The live stream a (hashed, unrevoked) producer token writes to: one query, since ingest
     /// runs it on every request.
+    /// The live stream of an unrevoked producer token, as of at most [`PRODUCER_TOKEN_TTL`] ago.
     pub async fn stream_of_producer_token(&self, token_hash: &str) -> Result<Option<Object>, StoreError> {
+        let asked = Instant::now();
+        let generation = match self.producer_tokens.get(token_hash, asked) {
+            Ok(found) => return Ok(found),
+            Err(generation) => generation,
+        };
         let sql = format!(
             "{OBJECT_SELECT} JOIN producer_tokens p ON p.stream_id = o.id \
              WHERE p.token_hash = $1 AND p.revoked_at IS NULL AND o.deleted = 0"
         );
         let row = sqlx::query(&sql).bind(token_hash).fetch_optional(&self.pool).await?;
-        row.as_ref().map(object_from_row).transpose()
+        let found = row.as_ref().map(object_from_row).transpose()?;
+        self.producer_tokens.put(token_hash, generation, asked, found.clone());
+        Ok(found)
+    }
+
+    /// Makes the next producer-token lookups ask the database (after a write that may change
+    /// their answer).
+    pub fn forget_producer_tokens(&self) {
+        self.producer_tokens.forget();
     }
 
     /// The owning team id of any object, live or deleted (for authorising history reads).
@@ -342,6 +409,8 @@ pub enum AppendError {
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
+    /// Forgotten on commit: the write may have changed or deleted a token's stream.
+    producer_tokens: Arc<TokenCache>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -488,6 +557,7 @@ impl WriteTx {
 
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        self.producer_tokens.forget();
         Ok(())
     }
 }

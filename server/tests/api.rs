@@ -972,6 +972,27 @@ mod ingest {
         );
         let (s, _) = send(&app, &token, "plays", "application/json", r#"{"user": "u"}"#).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        // Ingest keeps a token's lookup for a moment; a token revoked by another process (here
+        // the test's own connection to the database) stops working within that moment.
+        let token = producer_token(&app, "plays").await;
+        let (s, _) = send(&app, &token, "plays", "application/json", r#"{"user": "u"}"#).await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, list) = app.get(&app.alpha, "/api/v1/producer-tokens/alpha/plays").await;
+        let id = list.as_array().unwrap().iter().find(|t| t["revoked"] == false).unwrap()["id"].as_str().unwrap();
+        let root = Principal { user_id: "test".into(), display: "test".into(), role: Role::Admin, teams: vec![] };
+        keystone_control::producers::revoke(&app.store, &root, "alpha", "plays", id).await.unwrap();
+        let revoked = std::time::Instant::now();
+        loop {
+            let (s, _) = send(&app, &token, "plays", "application/json", r#"{"user": "u"}"#).await;
+            if s == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert_eq!(s, StatusCode::OK);
+            let bound = keystone_control::store::PRODUCER_TOKEN_TTL + std::time::Duration::from_millis(500);
+            assert!(revoked.elapsed() < bound, "a revoked token still worked after {:?}", revoked.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         app.teardown().await;
     }
 

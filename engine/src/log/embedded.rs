@@ -453,7 +453,7 @@ impl Writer {
                     let _ = req.done.send(Ok(offs));
                 }
                 if len >= self.config.segment_bytes {
-                    if let Err(e) = self.roll(next) {
+                    if let Err(e) = self.roll(next).await {
                         tracing::error!(dir = %self.dir.display(), error = %e, "Could not start a new log segment; the current one keeps growing.");
                     }
                 }
@@ -467,12 +467,19 @@ impl Writer {
         }
     }
 
-    /// Starts a new segment at `base`.
-    fn roll(&mut self, base: u64) -> std::io::Result<()> {
+    /// Starts a new segment at `base`. Its syncs run on a blocking thread: on the runtime's
+    /// thread they held up every ingest request queued there, at each roll of each partition.
+    async fn roll(&mut self, base: u64) -> std::io::Result<()> {
         let path = segment_path(&self.dir, base);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.sync_all()?;
-        sync_dir(&self.dir)?;
+        let (dir, at) = (self.dir.clone(), path.clone());
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+            let file = OpenOptions::new().create(true).append(true).open(&at)?;
+            file.sync_all()?;
+            sync_dir(&dir)?;
+            Ok(file)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
         self.active = Arc::new(file);
         self.state.lock().expect("partition lock").segments.push(Segment {
             base,
