@@ -1198,7 +1198,7 @@ impl RecentError {
 }
 
 /// What a route would do with one recent event (the preview while editing a route).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
 pub struct PreviewRow {
     pub partition: u32,
@@ -1209,12 +1209,26 @@ pub struct PreviewRow {
     pub input: serde_json::Value,
     /// `delivered`, `filtered_out` or `error`.
     pub outcome: String,
-    /// What the sink would receive (when delivered).
+    /// What the sink would receive (when delivered), as its JSON text: values keep their text as
+    /// sent where the route copies fields (numbers their digits, nested objects their key order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "store", schema(value_type = Option<Object>))]
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `RawValue` has no equality of its own: outputs are compared as text.
+impl PartialEq for PreviewRow {
+    fn eq(&self, other: &PreviewRow) -> bool {
+        self.partition == other.partition
+            && self.offset == other.offset
+            && self.ingested_at == other.ingested_at
+            && self.input == other.input
+            && self.outcome == other.outcome
+            && self.output.as_ref().map(|o| o.get()) == other.output.as_ref().map(|o| o.get())
+            && self.error == other.error
+    }
 }
 
 /// Something a person did to a running thing (see `operations`).

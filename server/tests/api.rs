@@ -1394,7 +1394,10 @@ mod delivery {
 
         let token = producer_token(&app, "plays").await;
         let distinct = || delivered_ns(&app, "shared");
-        ingest(&app, &token, "plays", &plays(0..1000)).await;
+        // Unkeyed events of a request share a partition: 20 requests reach all 12.
+        for chunk in plays(0..1000).chunks(50) {
+            ingest_once(&app, &token, "plays", chunk).await;
+        }
         eventually("the first 1000 events", || async { distinct().len() == 1000 }).await;
         // The dashboards see the whole job: each worker stores its share of the job's samples and
         // the control plane adds the shares up (no rebalance yet, so nothing was delivered twice).
@@ -2020,6 +2023,32 @@ mod delivery {
         assert_eq!(out["user"]["email"], "****");
         assert_eq!(out["country"].as_str().unwrap().len(), 64, "{out}");
         assert_ne!(out["country"], rows[0]["input"]["country"]);
+        // The output is the sink's bytes: a route that copies fields keeps a value's text as sent
+        // (digits, nested key order, spacing), as its job does.
+        let resp = app
+            .http
+            .post(format!("{}/ingest/plays", app.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(r#"{"n": 1000, "country": "BR", "user": {"z": 1.50, "a": 2}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let req =
+            json!({"stream": "plays", "filter": "event.n == 1000", "projection": {"keep": ["n", "user"]}, "limit": 1});
+        let text = app
+            .http
+            .post(format!("{}/api/v1/teams/alpha/route-preview", app.base))
+            .bearer_auth(&app.alpha_viewer)
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(r#""output":{"n":1000,"user":{"z": 1.50, "a": 2}}"#), "{text}");
         // Bad transforms get the same field errors as a save; other teams see nothing.
         let (s, body) = app
             .post(

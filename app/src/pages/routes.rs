@@ -821,7 +821,8 @@ fn preview_table(rows: Vec<PreviewRow>) -> AnyView {
     }
     let passed = rows.iter().filter(|r| r.outcome == "delivered").count();
     let failed = rows.iter().filter(|r| r.outcome == "error").count();
-    let json = |v: &serde_json::Value| v.to_string().chars().take(160).collect::<String>();
+    let clip = |text: &str| text.chars().take(160).collect::<String>();
+    let json = |v: &serde_json::Value| clip(&v.to_string());
     view! {
         <p class="mt-3 text-sm" data-testid="preview-summary">
             {format!("{passed} of {} events pass; {failed} cannot be evaluated.", rows.len())}
@@ -844,7 +845,7 @@ fn preview_table(rows: Vec<PreviewRow>) -> AnyView {
                                 <td class=TD><span class=badge>{r.outcome.replace('_', " ")}</span></td>
                                 <td class=format!("{TD} font-mono text-xs")>{json(&r.input)}</td>
                                 <td class=format!("{TD} font-mono text-xs")>
-                                    {r.output.as_ref().map(json).or(r.error.clone()).unwrap_or_default()}
+                                    {r.output.as_ref().map(|o| clip(o.get())).or(r.error.clone()).unwrap_or_default()}
                                 </td>
                             </tr>
                         }

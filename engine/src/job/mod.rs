@@ -746,6 +746,32 @@ impl<L: Log, S: Sink> Clone for PartitionReader<L, S> {
     }
 }
 
+/// A record through a route's transforms: the outcome, and the envelope it came in (its payload
+/// as far as it was read). Jobs and the preview both call this, so the preview shows the bytes a
+/// sink would receive.
+fn transform_record<'r>(
+    transforms: &Transforms,
+    record: &'r [u8],
+) -> serde_json::Result<(Transformed, Routable<'r, ()>)> {
+    // Fields as sent when the route allows it; otherwise, or when this event needs it, a tree.
+    if transforms.copies_fields() {
+        if let Ok(Routable { id, ingested_at, key, payload }) =
+            Routable::parse(record, RawFieldsSeed(transforms.reads()))
+        {
+            if let Some(outcome) = transforms.transform_fields(payload) {
+                return Ok((outcome, Routable { id, ingested_at, key, payload: () }));
+            }
+        }
+    }
+    let parsed = match Routable::parse(record, Tree(transforms.reads())) {
+        // A payload that is not an object is parsed whole: the transforms say what they make of it.
+        Err(_) if transforms.reads().is_some() => Routable::parse(record, Tree(None)),
+        parsed => parsed,
+    };
+    let Routable { id, ingested_at, key, payload } = parsed?;
+    Ok((transforms.transform(payload), Routable { id, ingested_at, key, payload: () }))
+}
+
 /// What a job reads of a record's envelope, in one pass over it: the payload as far as the
 /// route reads it (`P`: a tree, or fields as sent), the stream and headers skipped, not copied,
 /// and the id and key borrowed from the record until an event is delivered.
@@ -1014,32 +1040,9 @@ impl<L: Log, S: Sink> PartitionReader<L, S> {
 
     /// Filter and projection of one record.
     fn route(&self, r: &StoredRecord) -> Routed {
-        let transforms = &self.spec.transforms;
-        // Fields as sent when the route allows it; otherwise, or when this event needs it, a tree.
-        let copied = if transforms.copies_fields() {
-            Routable::parse(&r.value, RawFieldsSeed(transforms.reads())).ok().and_then(|e| {
-                let Routable { id, ingested_at, key, payload } = e;
-                Some((transforms.transform_fields(payload)?, id, ingested_at, key))
-            })
-        } else {
-            None
-        };
-        let (outcome, id, ingested_at, key) = match copied {
-            Some(copied) => copied,
-            None => {
-                let parsed = match Routable::parse(&r.value, Tree(transforms.reads())) {
-                    // A payload that is not an object is parsed whole: the transforms say what
-                    // they make of it.
-                    Err(_) if transforms.reads().is_some() => Routable::parse(&r.value, Tree(None)),
-                    parsed => parsed,
-                };
-                match parsed {
-                    Ok(Routable { id, ingested_at, key, payload }) => {
-                        (transforms.transform(payload), id, ingested_at, key)
-                    }
-                    Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
-                }
-            }
+        let (outcome, Routable { id, ingested_at, key, .. }) = match transform_record(&self.spec.transforms, &r.value) {
+            Ok(routed) => routed,
+            Err(e) => return Routed::DeadLetter(format!("the record is not a Keystone envelope: {e}")),
         };
         match outcome {
             Transformed::Deliver(event) => Routed::Deliver(SinkEvent {

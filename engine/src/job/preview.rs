@@ -1,7 +1,7 @@
 //! The route preview: a route's transforms run against a stream's most recent events, without
 //! delivering anything, so users see what passes and what the sink would receive before saving.
 
-use super::{Transformed, Transforms};
+use super::{transform_record, Transformed, Transforms};
 use crate::ingest::Envelope;
 use crate::log::{Log, LogError, StartAt};
 use keystone_control::PreviewRow;
@@ -48,16 +48,18 @@ pub async fn preview<L: Log>(
                 output,
                 error,
             };
-            match envelope {
-                Err(e) => row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}"))),
-                Ok(env) => match transforms.transform(env.payload.clone()) {
-                    Transformed::Deliver(out) => {
-                        let out = serde_json::from_str(out.get()).expect("a transform writes JSON");
-                        row(env.payload, "delivered", Some(out), None)
-                    }
-                    Transformed::FilteredOut => row(env.payload, "filtered_out", None, None),
-                    Transformed::FilterError(e) => row(env.payload, "error", None, Some(e)),
-                },
+            let envelope = match envelope {
+                Ok(env) => env,
+                Err(e) => {
+                    return row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}")))
+                }
+            };
+            // The job's own path, so the output is byte for byte what the sink would receive.
+            match transform_record(transforms, &r.value).map(|(outcome, _)| outcome) {
+                Ok(Transformed::Deliver(out)) => row(envelope.payload, "delivered", Some(out), None),
+                Ok(Transformed::FilteredOut) => row(envelope.payload, "filtered_out", None, None),
+                Ok(Transformed::FilterError(e)) => row(envelope.payload, "error", None, Some(e)),
+                Err(e) => row(envelope.payload, "error", None, Some(format!("not a Keystone envelope: {e}"))),
             }
         })
         .collect())
