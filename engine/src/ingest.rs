@@ -46,18 +46,11 @@ pub struct IngestTarget {
     pub key_field: Option<String>,
     /// Compiled once per stream revision, not per request.
     pub schema: Option<jsonschema::Validator>,
-    /// Picks the partition of the next run of unkeyed events (see [`STICKY_BYTES`]).
+    /// Spreads unkeyed events over the partitions.
     pub round_robin: AtomicU32,
     /// The stream's ingest quota, if it declares one.
     pub quota: Option<crate::quota::Quota>,
 }
-
-/// Unkeyed events of one request go to one partition until their envelopes reach this many
-/// bytes, then to the next (Kafka's sticky partitioner does the same per batch). A request
-/// acknowledges only once every partition it wrote to has synced, so spreading each request's
-/// events over all partitions made every request wait for the slowest of several fsyncs; runs
-/// of this size still spread a large request, and successive requests spread over partitions.
-pub const STICKY_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
@@ -228,8 +221,6 @@ pub fn prepare(
     let key_field = if header_key.is_some() { None } else { target.key_field.as_deref() };
     let mut id = uuid::Uuid::encode_buffer();
     let frame = EnvelopeFrame::new(&target.stream, now_ms, headers);
-    // The partition of the current run of unkeyed events and the bytes put in it so far.
-    let mut sticky: Option<(u32, usize)> = None;
     for (index, event) in events.into_iter().enumerate() {
         let reject = |kind: &'static str, reason: String| Rejection { index, kind, reason };
         let raw = match event {
@@ -290,19 +281,12 @@ pub fn prepare(
             _ => None,
         });
         let key = header_key.or(field_key.as_deref());
-        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
-        let value = frame.envelope(id, key, raw);
         let partition = match key {
             Some(k) => partition_for_key(k.as_bytes(), target.partitions),
-            None => {
-                let run = match sticky {
-                    Some((partition, bytes)) if bytes < STICKY_BYTES => (partition, bytes + value.len()),
-                    _ => (target.round_robin.fetch_add(1, Ordering::Relaxed) % target.partitions, value.len()),
-                };
-                sticky = Some(run);
-                run.0
-            }
+            None => target.round_robin.fetch_add(1, Ordering::Relaxed) % target.partitions,
         };
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
+        let value = frame.envelope(id, key, raw);
         records.push(NewRecord { partition, timestamp_ms: now_ms, key: key.map(|k| k.as_bytes().to_vec()), value });
     }
     if rejected.is_empty() {
@@ -441,20 +425,9 @@ mod tests {
         let keyed: Vec<u32> =
             (0..5).map(|_| ingest(&t, &["{}"], Some("user-7"), &none).unwrap()[0].partition).collect();
         assert!(keyed.windows(2).all(|w| w[0] == w[1]));
-        // Unkeyed events of a small request share one partition; successive requests spread.
-        let requests: Vec<Vec<u32>> = (0..4)
-            .map(|_| ingest(&t, &["{}"; 8], None, &none).unwrap().iter().map(|r| r.partition).collect())
-            .collect();
-        assert!(requests.iter().all(|r| r.iter().all(|p| *p == r[0])), "{requests:?}");
-        let spread: std::collections::HashSet<u32> = requests.iter().map(|r| r[0]).collect();
+        let spread: std::collections::HashSet<u32> =
+            ingest(&t, &["{}"; 8], None, &none).unwrap().iter().map(|r| r.partition).collect();
         assert_eq!(spread.len(), 4);
-        // A request larger than a run spreads too, in runs of about STICKY_BYTES.
-        let event = format!(r#"{{"pad":"{}"}}"#, "x".repeat(150));
-        let body = vec![event.as_str(); 3 * STICKY_BYTES / 300].join("\n");
-        let events = parse_body(BodyFormat::NdJson, body.as_bytes()).unwrap();
-        let records = prepare(&t, events, None, &none, 0, IngestLimits { max_event_bytes: 1000 }).unwrap();
-        let runs = records.windows(2).filter(|w| w[0].partition != w[1].partition).count() + 1;
-        assert!((3..=4).contains(&runs), "{runs} runs");
         // murmur2 spreads keys over partitions.
         let parts: std::collections::HashSet<u32> =
             (0..100).map(|i| partition_for_key(format!("k{i}").as_bytes(), 8)).collect();

@@ -1394,10 +1394,7 @@ mod delivery {
 
         let token = producer_token(&app, "plays").await;
         let distinct = || delivered_ns(&app, "shared");
-        // Unkeyed events of a request share a partition: 20 requests reach all 12.
-        for chunk in plays(0..1000).chunks(50) {
-            ingest_once(&app, &token, "plays", chunk).await;
-        }
+        ingest(&app, &token, "plays", &plays(0..1000)).await;
         eventually("the first 1000 events", || async { distinct().len() == 1000 }).await;
         // The dashboards see the whole job: each worker stores its share of the job's samples and
         // the control plane adds the shares up (no rebalance yet, so nothing was delivered twice).
@@ -3084,7 +3081,11 @@ mod delivery {
         eventually("the alert resolved", || async { state().await == Some(json!("resolved")) }).await;
         eventually("the resolve notification", || async { notes.lock().unwrap().len() == 2 }).await;
         assert_eq!(notes.lock().unwrap()[1]["state"], "resolved");
-        let (_, a) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await;
+        // An event is recorded once its notification was tried (with the outcome): just after.
+        let alerts = || async { app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/stuck/alerts").await.1 };
+        eventually("the resolve event recorded", || async { alerts().await["events"].as_array().unwrap().len() == 2 })
+            .await;
+        let a = alerts().await;
         let events = a["events"].as_array().unwrap();
         assert_eq!(
             events.iter().map(|e| (e["state"].clone(), e["notified"].clone())).collect::<Vec<_>>(),
