@@ -691,33 +691,6 @@ async fn the_supervisor_restarts_with_backoff_then_marks_a_job_failed() {
 }
 
 #[tokio::test]
-async fn an_aborted_supervisor_leaves_no_run_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, 1).await;
-    produce(&log, 1, 0, 5).await;
-    let stats = Arc::new(JobStats::default());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(supervise(
-        spec("replaced", 1, None, Projection::default(), 10),
-        log.clone(),
-        || Ok(MemorySink::default()),
-        Arc::new(MemoryCheckpoints::default()),
-        Arc::new(Phases::default()),
-        stats.clone(),
-        RestartPolicy::default(),
-        None,
-        cancel.clone(),
-    ));
-    wait_for("delivery", || stats.progress() == 5).await;
-    // Aborted without being cancelled, as the registry does to a job replaced in place.
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
-    produce(&log, 1, 5, 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stats.progress(), 5, "nothing read or delivered after the supervisor was aborted");
-}
-
-#[tokio::test]
 async fn the_supervisor_reports_failing_while_the_sink_is_down_and_running_once_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, 1).await;

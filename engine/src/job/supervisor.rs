@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 /// A phase change the supervisor reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,9 +151,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     cancel: &CancellationToken,
 ) -> Option<String> {
     let this_run = cancel.child_token();
-    // The run dies with its supervisor: an aborted supervisor (a job replaced, or stopped
-    // without draining) left a detached run reading and delivering beside its successor.
-    let mut task = AbortOnDropHandle::new(tokio::spawn(run_assigned(
+    let mut task = tokio::spawn(run_assigned(
         spec.clone(),
         log.clone(),
         sink,
@@ -162,7 +159,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
         stats.clone(),
         this_run.clone(),
         assignments,
-    )));
+    ));
     // (failing, paused) as last reported.
     let mut reported: Option<(bool, bool)> = None;
     let mut last_progress = (stats.activity(), Instant::now());
