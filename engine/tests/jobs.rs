@@ -691,6 +691,48 @@ async fn the_supervisor_restarts_with_backoff_then_marks_a_job_failed() {
 }
 
 #[tokio::test]
+async fn a_job_replaced_in_the_registry_stops_reading() {
+    use keystone_engine::job::registry::{JobRegistry, RunningJob};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    produce(&log, 1, 0, 5).await;
+    let registry = JobRegistry::new(log.clone());
+    let running = |stats: Arc<JobStats>| {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            spec("replaced", 1, None, Projection::default(), 10),
+            log.clone(),
+            || Ok(MemorySink::default()),
+            Arc::new(MemoryCheckpoints::default()),
+            Arc::new(Phases::default()),
+            stats.clone(),
+            RestartPolicy::default(),
+            None,
+            cancel.clone(),
+        ));
+        RunningJob {
+            fingerprint: String::new(),
+            version: 1,
+            started_at: 0,
+            spec: None,
+            stats,
+            cancel,
+            task,
+            sink: None,
+        }
+    };
+    let first = Arc::new(JobStats::default());
+    registry.insert("r".into(), running(first.clone()));
+    wait_for("delivery", || first.progress() == 5).await;
+    // Replaced without `stop`: the first job must not read on beside the second.
+    registry.insert("r".into(), running(Arc::new(JobStats::default())));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(&log, 1, 5, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(first.progress(), 5, "the replaced job read and delivered after it was replaced");
+}
+
+#[tokio::test]
 async fn the_supervisor_reports_failing_while_the_sink_is_down_and_running_once_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, 1).await;

@@ -126,7 +126,9 @@ impl<L: Log> JobRegistry<L> {
     pub fn insert(&self, route_id: String, job: RunningJob) {
         let old = self.jobs.lock().expect("registry lock").insert(route_id, job);
         if let Some(old) = old {
-            // Never two instances: a job replaced without `stop` is aborted here.
+            // Never two instances: a job replaced without `stop` is stopped here. Cancelled
+            // first: aborting its supervisor alone left the run it had spawned going.
+            old.cancel.cancel();
             old.task.abort();
         }
     }
