@@ -1218,19 +1218,6 @@ pub struct PreviewRow {
     pub error: Option<String>,
 }
 
-/// `RawValue` has no equality of its own: outputs are compared as text.
-impl PartialEq for PreviewRow {
-    fn eq(&self, other: &PreviewRow) -> bool {
-        self.partition == other.partition
-            && self.offset == other.offset
-            && self.ingested_at == other.ingested_at
-            && self.input == other.input
-            && self.outcome == other.outcome
-            && self.output.as_ref().map(|o| o.get()) == other.output.as_ref().map(|o| o.get())
-            && self.error == other.error
-    }
-}
-
 /// Something a person did to a running thing (see `operations`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]

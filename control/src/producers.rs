@@ -8,6 +8,7 @@ use crate::name::Name;
 use crate::store::{new_id, now_ms, Store, StoreError};
 use crate::validation::ValidationErrors;
 use sqlx::Row;
+use std::sync::Arc;
 
 /// Prefix of every producer token.
 pub const PRODUCER_PREFIX: &str = "kp_";
@@ -85,26 +86,28 @@ pub async fn list(
 /// Revokes one producer token of a stream the caller may change.
 pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, token_id: &str) -> Result<(), GoalError> {
     let object = writable_stream(store, who, team, stream).await?;
+    // A store write: its commit makes ingest look the token up afresh.
+    let mut tx = store.write().await?;
     let done = sqlx::query(
         "UPDATE producer_tokens SET revoked_at = $1 WHERE id = $2 AND stream_id = $3 AND revoked_at IS NULL",
     )
     .bind(now_ms())
     .bind(token_id)
     .bind(&object.id)
-    .execute(store.pool())
+    .execute(tx.conn())
     .await
     .map_err(StoreError::from)?;
     if done.rows_affected() == 0 {
         return Err(GoalError::NotFound);
     }
-    store.forget_producer_tokens();
+    tx.commit().await?;
     tracing::info!(stream = %format!("{team}/{stream}"), token_id = %token_id, by = %who.display, "Producer token revoked.");
     Ok(())
 }
 
 /// The live stream a producer token may append to, if the token is valid and not revoked, with
 /// the producer's identity for counting (the token's hash: the token itself is never kept).
-pub async fn stream_for_token(store: &Store, token: &str) -> Result<Option<(Object, String)>, StoreError> {
+pub async fn stream_for_token(store: &Store, token: &str) -> Result<Option<(Arc<Object>, String)>, StoreError> {
     if !token.starts_with(PRODUCER_PREFIX) {
         return Ok(None);
     }

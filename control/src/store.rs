@@ -93,6 +93,7 @@ pub struct Store {
 /// and a query per request put the database (and, on SQLite, a hop to its worker thread) on the
 /// path of every append. Writes through this store forget every lookup at once; another
 /// process's (a token revoked, a stream changed or deleted there) take effect here within this.
+/// Revoking a token is such a write.
 pub const PRODUCER_TOKEN_TTL: Duration = Duration::from_secs(1);
 /// Most lookups kept: requests with made-up tokens must not grow the cache without bound.
 const PRODUCER_TOKENS_KEPT: usize = 10_000;
@@ -105,11 +106,12 @@ struct TokenCache(Mutex<Tokens>);
 struct Tokens {
     /// Bumped by every forget: a lookup that began before one is not kept.
     generation: u64,
-    found: HashMap<String, (Instant, Option<Object>)>,
+    found: HashMap<String, (Instant, Option<Arc<Object>>)>,
 }
 
 impl TokenCache {
-    fn get(&self, hash: &str, now: Instant) -> Result<Option<Object>, u64> {
+    /// A fresh lookup's answer, or the generation a new lookup begins in.
+    fn get(&self, hash: &str, now: Instant) -> Result<Option<Arc<Object>>, u64> {
         let tokens = self.0.lock().expect("token cache");
         match tokens.found.get(hash) {
             Some((at, found)) if now.duration_since(*at) < PRODUCER_TOKEN_TTL => Ok(found.clone()),
@@ -118,7 +120,7 @@ impl TokenCache {
     }
 
     /// Keeps what a lookup begun at `at`, in `generation`, found.
-    fn put(&self, hash: &str, generation: u64, at: Instant, found: Option<Object>) {
+    fn put(&self, hash: &str, generation: u64, at: Instant, found: Option<Arc<Object>>) {
         let mut tokens = self.0.lock().expect("token cache");
         if tokens.generation != generation {
             return;
@@ -225,10 +227,9 @@ impl Store {
         row.as_ref().map(object_from_row).transpose()
     }
 
-    /// The live stream a (hashed, unrevoked) producer token writes to: one query, since ingest
-    /// runs it on every request.
-    /// The live stream of an unrevoked producer token, as of at most [`PRODUCER_TOKEN_TTL`] ago.
-    pub async fn stream_of_producer_token(&self, token_hash: &str) -> Result<Option<Object>, StoreError> {
+    /// The live stream a (hashed, unrevoked) producer token writes to, as of at most
+    /// [`PRODUCER_TOKEN_TTL`] ago. Shared, not copied: ingest asks on every request.
+    pub async fn stream_of_producer_token(&self, token_hash: &str) -> Result<Option<Arc<Object>>, StoreError> {
         let asked = Instant::now();
         let generation = match self.producer_tokens.get(token_hash, asked) {
             Ok(found) => return Ok(found),
@@ -239,15 +240,9 @@ impl Store {
              WHERE p.token_hash = $1 AND p.revoked_at IS NULL AND o.deleted = 0"
         );
         let row = sqlx::query(&sql).bind(token_hash).fetch_optional(&self.pool).await?;
-        let found = row.as_ref().map(object_from_row).transpose()?;
+        let found = row.as_ref().map(object_from_row).transpose()?.map(Arc::new);
         self.producer_tokens.put(token_hash, generation, asked, found.clone());
         Ok(found)
-    }
-
-    /// Makes the next producer-token lookups ask the database (after a write that may change
-    /// their answer).
-    pub fn forget_producer_tokens(&self) {
-        self.producer_tokens.forget();
     }
 
     /// The owning team id of any object, live or deleted (for authorising history reads).

@@ -847,7 +847,7 @@ mod ingest {
         body["token"].as_str().unwrap().to_owned()
     }
 
-    async fn send(
+    pub(super) async fn send(
         app: &TestApp,
         token: &str,
         stream: &str,
@@ -983,13 +983,13 @@ mod ingest {
         let root = Principal { user_id: "test".into(), display: "test".into(), role: Role::Admin, teams: vec![] };
         keystone_control::producers::revoke(&app.store, &root, "alpha", "plays", id).await.unwrap();
         let revoked = std::time::Instant::now();
+        let bound = keystone_control::store::PRODUCER_TOKEN_TTL + std::time::Duration::from_millis(500);
         loop {
             let (s, _) = send(&app, &token, "plays", "application/json", r#"{"user": "u"}"#).await;
             if s == StatusCode::UNAUTHORIZED {
                 break;
             }
             assert_eq!(s, StatusCode::OK);
-            let bound = keystone_control::store::PRODUCER_TOKEN_TTL + std::time::Duration::from_millis(500);
             assert!(revoked.elapsed() < bound, "a revoked token still worked after {:?}", revoked.elapsed());
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -2022,16 +2022,9 @@ mod delivery {
         assert_ne!(out["country"], rows[0]["input"]["country"]);
         // The output is the sink's bytes: a route that copies fields keeps a value's text as sent
         // (digits, nested key order, spacing), as its job does.
-        let resp = app
-            .http
-            .post(format!("{}/ingest/plays", app.base))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(r#"{"n": 1000, "country": "BR", "user": {"z": 1.50, "a": 2}}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
+        let sent = r#"{"n": 1000, "country": "BR", "user": {"z": 1.50, "a": 2}}"#;
+        let (s, body) = super::ingest::send(&app, &token, "plays", "application/json", sent).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
         let req =
             json!({"stream": "plays", "filter": "event.n == 1000", "projection": {"keep": ["n", "user"]}, "limit": 1});
         let text = app

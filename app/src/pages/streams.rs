@@ -125,7 +125,7 @@ pub async fn revoke_producer_token(team: String, stream: String, id: String) -> 
 }
 
 /// What a stream's page shows of its traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamActivityView {
     pub counted: IngestStats,
     /// Events ever appended, per partition.
