@@ -31,7 +31,7 @@ pub async fn start(
     let files = plan
         .files
         .as_ref()
-        .map(|f| SinkFiles::of_sink(&f.path, &f.settings, &f.secrets, &s.sinks_root))
+        .map(|f| SinkFiles::of_sink(&f.path, &f.team, &f.settings, &f.secrets, &s.sinks_root, s.store.egress()))
         .transpose()
         .map_err(|e| ValidationErrors::single("sink", format!("the file sink's store cannot be opened: {e}")))?;
     let label = format!("{team}/{name} backfill");

@@ -241,6 +241,8 @@ mod store {
     /// server).
     pub struct BackfillFiles {
         pub path: String,
+        /// The team whose sink wrote them (the route's own).
+        pub team: String,
         pub settings: BTreeMap<String, String>,
         pub secrets: BTreeMap<String, String>,
     }
@@ -277,12 +279,13 @@ mod store {
                         )
                         .into());
                     }
-                    // Only the output of a file sink the caller can see: local sink folders are
-                    // not separated by team on disk.
+                    // Only the output of a file sink of the route's own team: its files are the
+                    // team's, and another team's path answers exactly as a missing one does.
                     let named = |o: &Object| {
-                        sink.as_ref().is_none_or(|n| {
-                            StreamRef::parse(n, team).is_ok_and(|r| r.team == o.team && r.stream == o.name)
-                        })
+                        o.team == route.team
+                            && sink.as_ref().is_none_or(|n| {
+                                StreamRef::parse(n, team).is_ok_and(|r| r.team == o.team && r.stream == o.name)
+                            })
                     };
                     let candidates: Vec<(Object, SinkSpec)> = self
                         .list(Kind::Sink)
@@ -304,7 +307,7 @@ mod store {
                         let field = if sink.is_some() { "sink" } else { "path" };
                         return Err(ValidationErrors::single(
                             field,
-                            format!("{path:?} is not the folder of a file sink you can read"),
+                            format!("{path:?} is not the folder of a file sink of team {:?}", route.team),
                         )
                         .into());
                     };
@@ -320,7 +323,12 @@ mod store {
                     } else {
                         BTreeMap::new()
                     };
-                    let files = BackfillFiles { path: path.clone(), settings: sink_spec.settings.clone(), secrets };
+                    let files = BackfillFiles {
+                        path: path.clone(),
+                        team: sink_object.team.clone(),
+                        settings: sink_spec.settings.clone(),
+                        secrets,
+                    };
                     (import_topic(team, name, &id), 1, Some(files))
                 }
             };

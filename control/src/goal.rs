@@ -10,6 +10,7 @@ use crate::approvals::{
 use crate::auth::Principal;
 use crate::diff::{diff, Change};
 use crate::filter_fields::filter_fields;
+use crate::lineage::{cycle_through, feeds_with, Proposed};
 use crate::model::*;
 use crate::name::Name;
 use crate::store::{AppendError, AuditFilter, Store, StoreError, Write, WriteTx};
@@ -588,6 +589,20 @@ impl<'a> Goal<'a> {
             }
             Declaration::Stream(s) => {
                 s.validate()?;
+                let before: Option<StreamSpec> = current.as_ref().map(|c| c.spec_as()).transpose().map_err(corrupt)?;
+                if let Some(before) = before.filter(|b| s.partitions < b.partitions) {
+                    // Jobs read the declared partitions only: events in the dropped ones would
+                    // never be delivered (Kafka refuses this too).
+                    return Err(ValidationErrors::single(
+                        "partitions",
+                        format!(
+                            "cannot go down from {} to {}: events in the dropped partitions would never be delivered; \
+                             create a new stream instead",
+                            before.partitions, s.partitions
+                        ),
+                    )
+                    .into());
+                }
                 if let Some(schema) = &s.schema {
                     if let Err(e) = jsonschema::validator_for(schema) {
                         return Err(
@@ -604,8 +619,37 @@ impl<'a> Goal<'a> {
                     _ => BTreeMap::new(),
                 };
                 input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
+                let ambient = |s: &BTreeMap<String, String>| s.get("ambient_credentials").is_some_and(|v| v == "true");
+                let had_ambient = previous.as_ref().is_some_and(|p| ambient(&p.settings));
+                if ambient(&input.settings) && !had_ambient && self.who.role != Role::Admin {
+                    return Err(GoalError::Refused(
+                        "only an admin may let a sink use the host's own cloud credentials (ambient_credentials)"
+                            .into(),
+                    ));
+                }
+                let destinations = crate::egress::sink_destinations(input.kind, &input.settings, &input.secrets);
+                crate::egress::check_destinations(self.store.egress(), &destinations).await.map_err(|e| {
+                    ValidationErrors::single(crate::egress::destination_field(input.kind), e.to_string())
+                })?;
                 if input.kind == SinkKind::Stream {
                     self.check_stream_target(&mut tx, &team_name, &input.settings).await?;
+                }
+                if current.is_some() {
+                    let target = (input.kind == SinkKind::Stream).then(|| input.settings.get("stream")).flatten();
+                    let change =
+                        Proposed::Sink { team: &team_name, name: name.as_str(), target: target.map(String::as_str) };
+                    let feeds = feeds_with(&mut tx, &change).await?;
+                    let into = target.and_then(|t| StreamRef::parse(t, &team_name).ok());
+                    let into = into.map(|r| format!("{}/{}", r.team, r.stream));
+                    // Only a feed into the new target can close a new cycle.
+                    let users = feeds.iter().filter(|f| Some(&f.to) == into.as_ref());
+                    if let Some(cycle) = users.into_iter().find_map(|f| cycle_through(&feeds, &f.route)) {
+                        return Err(ValidationErrors::single(
+                            "settings.stream",
+                            format!("would make events go round forever: {cycle}"),
+                        )
+                        .into());
+                    }
                 }
                 let mut secrets = kept;
                 for (k, v) in input.secrets.iter().filter(|(_, v)| !v.is_empty()) {
@@ -641,6 +685,18 @@ impl<'a> Goal<'a> {
                         .is_ok_and(|t| t.team == team_name && t.stream == r.stream.as_str())
                     {
                         e.add("sink", "delivers into the stream this route reads, which would loop forever");
+                    }
+                }
+                if e.is_empty() {
+                    let change = Proposed::Route {
+                        team: &team_name,
+                        name: name.as_str(),
+                        stream: r.stream.as_str(),
+                        sink: r.sink.as_str(),
+                    };
+                    let route = format!("{team_name}/{}", name.as_str());
+                    if let Some(cycle) = cycle_through(&feeds_with(&mut tx, &change).await?, &route) {
+                        e.add("sink", format!("would make events go round forever: {cycle}"));
                     }
                 }
                 let stream = tx.get(Kind::Stream, &team_id, r.stream.as_str()).await?;

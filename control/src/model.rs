@@ -312,6 +312,12 @@ impl SinkKind {
                     help: "S3 endpoint URL (MinIO, R2, ...); empty for AWS",
                 },
                 SettingDoc { key: "region", required: false, help: "S3 region" },
+                SettingDoc {
+                    key: "ambient_credentials",
+                    required: false,
+                    help: "true: without keys, use the host's own cloud credentials (admins only); by default \
+                           a bucket without keys is read and written unsigned",
+                },
             ],
             SinkKind::Postgres => &[SettingDoc { key: "table", required: true, help: "target table name" }],
             SinkKind::Stream => &[SettingDoc {
@@ -497,7 +503,7 @@ impl SinkInput {
                 check_number(&mut e, "settings.roll_seconds", setting("roll_seconds"), 1, 3600);
                 match setting("store_url") {
                     None => {
-                        for k in ["endpoint", "region"] {
+                        for k in ["endpoint", "region", "ambient_credentials"] {
                             if setting(k).is_some() {
                                 e.add(format!("settings.{k}"), "applies only with a store_url");
                             }
@@ -510,6 +516,9 @@ impl SinkInput {
                         }
                         if let Some(ep) = setting("endpoint") {
                             check_http_url(&mut e, "settings.endpoint", ep);
+                        }
+                        if !matches!(setting("ambient_credentials"), None | Some("true" | "false")) {
+                            e.add("settings.ambient_credentials", "must be true or false");
                         }
                     }
                 }

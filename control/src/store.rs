@@ -87,6 +87,9 @@ pub struct Store {
     /// SQLITE_BUSY on lock upgrades. PostgreSQL relies on its row locks and unique indexes.
     write_lock: Arc<tokio::sync::Mutex<()>>,
     producer_tokens: Arc<TokenCache>,
+    /// Where sinks may connect: every declaration and every job of this process checks it, so
+    /// it travels with the one handle all of them share.
+    egress: Arc<crate::egress::EgressPolicy>,
 }
 
 /// How long a producer token's lookup is trusted. Ingest looks up the token of every request,
@@ -172,8 +175,13 @@ impl Store {
             // WAL lets readers proceed while a write commits; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
-        let store =
-            Store { pool, backend, write_lock: Arc::new(tokio::sync::Mutex::new(())), producer_tokens: Arc::default() };
+        let store = Store {
+            pool,
+            backend,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            producer_tokens: Arc::default(),
+            egress: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -188,6 +196,16 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This handle with the process's egress policy (the built-in denials until set).
+    pub fn with_egress(mut self, policy: crate::egress::EgressPolicy) -> Store {
+        self.egress = Arc::new(policy);
+        self
+    }
+
+    pub fn egress(&self) -> &Arc<crate::egress::EgressPolicy> {
+        &self.egress
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -414,6 +432,13 @@ impl WriteTx {
         let sql = format!("{OBJECT_SELECT} WHERE o.kind = $1 AND o.team_id = $2 AND o.name = $3 AND o.deleted = 0");
         let row = sqlx::query(&sql).bind(kind.as_str()).bind(team_id).bind(name).fetch_optional(&mut *self.tx).await?;
         row.as_ref().map(object_from_row).transpose()
+    }
+
+    /// Every live object of one kind, of every team (within this transaction's view).
+    pub async fn live(&mut self, kind: Kind) -> Result<Vec<Object>, StoreError> {
+        let sql = format!("{OBJECT_SELECT} WHERE o.kind = $1 AND o.deleted = 0");
+        let rows = sqlx::query(&sql).bind(kind.as_str()).fetch_all(&mut *self.tx).await?;
+        rows.iter().map(object_from_row).collect()
     }
 
     /// Live routes of a team whose spec names `field` = `value` (e.g. routes reading a stream).

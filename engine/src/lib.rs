@@ -1,6 +1,7 @@
 //! Keystone's data plane. It never imports the console or the store: it runs from the specs it
 //! is handed (and reports through small traits), so `keystone worker` can run it alone.
 
+pub mod egress;
 pub mod ingest;
 pub mod job;
 pub mod log;

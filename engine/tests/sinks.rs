@@ -42,6 +42,13 @@ fn set_n(e: &mut SinkEvent, n: Value) {
     e.event = raw(event);
 }
 
+/// The sinks under test talk to servers on this machine: the egress policy must allow them.
+fn local_endpoints() -> Arc<keystone_control::egress::EgressPolicy> {
+    Arc::new(
+        keystone_control::egress::EgressPolicy::new(&["127.0.0.0/8".into(), "localhost".into()], &[], false).unwrap(),
+    )
+}
+
 fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir: &std::path::Path) -> AnySink {
     let spec = SinkSpec {
         kind,
@@ -52,7 +59,7 @@ fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir
     };
     let secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let log: Arc<dyn Appender> = Arc::new(EmbeddedLog::open(dir.join("log"), Default::default()).unwrap());
-    AnySink::build(&spec, "alpha", &secrets, dir, &log).unwrap()
+    AnySink::build(&spec, "alpha", &secrets, dir, &log, &local_endpoints()).unwrap()
 }
 
 /// The shared part: a batch goes through, and the same batch again goes through too.
@@ -275,7 +282,7 @@ async fn stream_sink_re_routes_events_into_another_stream() {
         tags: Vec::new(),
     };
     let appender: Arc<dyn Appender> = log.clone();
-    let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender).unwrap();
+    let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender, &local_endpoints()).unwrap();
     let mut batch = events(10);
     batch[3].key = Some("user-7".into());
     // No topic yet: transient (the reconciler creates it), never a refusal.

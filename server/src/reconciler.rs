@@ -616,8 +616,9 @@ impl Reconciler {
                 let data_dir = self.data_dir.clone();
                 let team = sink.team.clone();
                 let appender: Arc<dyn Appender> = self.log.clone();
+                let egress = self.store.egress().clone();
                 let factory: SinkFactory =
-                    Arc::new(move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender));
+                    Arc::new(move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender, &egress));
                 let make_sink = {
                     let factory = factory.clone();
                     move || factory()

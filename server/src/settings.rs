@@ -62,6 +62,27 @@ pub struct Settings {
     /// (e.g. `KEYSTONE_JOB_STALL_TIMEOUT_S=300`): key -> value, checked at start-up.
     #[serde(skip)]
     pub job_env: BTreeMap<String, String>,
+    /// Where sinks and alert webhooks may connect (`[egress]`, or `KEYSTONE_EGRESS__ALLOW`,
+    /// `__DENY` as comma-separated lists and `__ALLOW_PRIVATE`).
+    #[serde(default)]
+    pub egress: EgressSettings,
+}
+
+/// The egress policy's settings (see `keystone_control::egress`). Loopback, link-local (the
+/// cloud metadata service), private ranges and the platform's own database and brokers are
+/// refused unless listed in `allow`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EgressSettings {
+    /// Networks (`10.1.0.0/16`, `127.0.0.1`) and host names (`search.internal`, `*.internal`)
+    /// sinks may reach even though the defaults refuse them.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Networks and host names sinks may never reach; checked first.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Let sinks reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 /// What a process does among those sharing the database and the Kafka cluster.
@@ -162,7 +183,13 @@ impl Settings {
         };
         let mut settings: Settings = builder
             .add_source(
-                config::Environment::with_prefix("KEYSTONE").prefix_separator("_").separator("__").try_parsing(true),
+                config::Environment::with_prefix("KEYSTONE")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("egress.allow")
+                    .with_list_parse_key("egress.deny"),
             )
             .build()?
             .try_deserialize()?;
@@ -192,7 +219,30 @@ impl Settings {
             role: ProcessRole::All,
             pool: None,
             job_env: Default::default(),
+            egress: EgressSettings::default(),
         }
+    }
+
+    /// The egress policy of these settings, protecting the platform's own database and
+    /// brokers (resolved now).
+    pub fn egress_policy(&self) -> anyhow::Result<keystone_control::egress::EgressPolicy> {
+        use std::net::ToSocketAddrs;
+        let e = &self.egress;
+        let policy = keystone_control::egress::EgressPolicy::new(&e.allow, &e.deny, e.allow_private)
+            .map_err(anyhow::Error::msg)?;
+        let mut own: Vec<(String, u16)> = Vec::new();
+        if let Some(u) = self.database_url.as_deref().and_then(|u| url::Url::parse(u).ok()) {
+            if let Some(host) = u.host_str().filter(|_| u.scheme().starts_with("postgres")) {
+                own.push((host.trim_matches(['[', ']']).to_owned(), u.port().unwrap_or(5432)));
+            }
+        }
+        for hp in self.kafka.iter().flat_map(|k| k.brokers.split(',')) {
+            if let Some((h, p)) = hp.trim().rsplit_once(':') {
+                own.push((h.trim_matches(['[', ']']).to_owned(), p.parse().unwrap_or(9092)));
+            }
+        }
+        let addrs = own.iter().filter_map(|(h, p)| (h.as_str(), *p).to_socket_addrs().ok()).flatten();
+        Ok(policy.protecting(addrs.collect::<Vec<_>>()))
     }
 
     /// The database URL in effect: the configured one, or the embedded SQLite file.

@@ -119,11 +119,12 @@ impl Application {
         }
         std::fs::create_dir_all(&settings.data_dir)?;
         let url = settings.database_url();
-        let store = Store::connect(&url).await?;
+        let store = Store::connect(&url).await?.with_egress(settings.egress_policy()?);
         tracing::info!(backend = ?store.backend(), "Goal-state store ready.");
         if user_count(&store).await? == 0 {
             tracing::warn!("No users yet: create the first admin with `keystone admin create-user --role admin`.");
         }
+        prepare_sink_folders(&settings, &store).await?;
         let listener = TcpListener::bind(&settings.listen).await?;
         let port = listener.local_addr()?.port();
         let (router, jobs, control) = router(&settings, store, &url).await?;
@@ -189,7 +190,8 @@ pub async fn router(
         // On Kafka, other processes may run shares of the same jobs.
         shared_as: settings.kafka.is_some().then(|| control.reconciler.instance.clone()),
         reconciler: reconciler_health,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        // Alert webhooks are team-declared URLs: the same egress policy as sinks.
+        http: keystone_engine::egress::http_client(store.egress(), Duration::from_secs(10))?,
     }
     .spawn();
     let state = AppState {
@@ -312,10 +314,11 @@ pub struct Worker {
 impl Worker {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Worker> {
         settings.role = ProcessRole::Worker;
-        let store = Store::connect(&settings.database_url()).await?;
+        let store = Store::connect(&settings.database_url()).await?.with_egress(settings.egress_policy()?);
         if store.backend() != keystone_control::store::Backend::Postgres {
             tracing::warn!("This worker's database is SQLite: only processes on this machine can share it.");
         }
+        prepare_sink_folders(&settings, &store).await?;
         let log = open_log(&settings)?;
         let jobs = Arc::new(JobRegistry::new(log.clone()));
         let health = Arc::new(ReconcilerHealth::default());
@@ -348,6 +351,27 @@ impl Worker {
     pub async fn run_until_stopped(self) {
         self.run_until(shutdown_signal()).await
     }
+}
+
+/// Keeps every team's local file-sink files in the team's own folder, moving those written
+/// before that layout (once) before any job starts.
+async fn prepare_sink_folders(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    use keystone_control::{store::Scope, Kind, SinkKind, SinkSpec};
+    let sinks: Vec<(String, String)> = store
+        .list(Kind::Sink, &Scope::All)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let spec: SinkSpec = o.spec_as().ok()?;
+            let local = spec.kind == SinkKind::File && !spec.settings.contains_key("store_url");
+            local.then(|| Some((o.team, spec.settings.get("path")?.clone())))?
+        })
+        .collect();
+    let notes = keystone_engine::sinks::file_layout::migrate_to_team_folders(&settings.data_dir, &sinks)?;
+    for note in notes {
+        tracing::warn!(note = %note, "File sink folders need an admin.");
+    }
+    Ok(())
 }
 
 /// This process's name among those sharing the database: the configured `instance`, else the

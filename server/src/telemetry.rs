@@ -718,7 +718,10 @@ impl Telemetry {
         tokio::spawn(async move {
             let notified = match target {
                 Err(why) => why,
-                Ok(url) => send_with_retry(&http, &url, &payload).await,
+                Ok(url) => match keystone_engine::egress::check_url(store.egress(), &url) {
+                    Err(denied) => denied.to_string(),
+                    Ok(()) => send_with_retry(&http, &url, &payload).await,
+                },
             };
             if let Err(e) = store.record_alert_event(&route_id, &AlertEvent { notified, ..event }).await {
                 tracing::warn!(error = %e, "Recording an alert event failed.");

@@ -75,6 +75,11 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         // Fast enough that a test sees its samples within a second.
         telemetry_interval_ms: 200,
         metrics_token: Some(SCRAPE_TOKEN.into()),
+        // The sinks these tests deliver to run on this machine: allowed explicitly.
+        egress: keystone::settings::EgressSettings {
+            allow: vec!["127.0.0.0/8".into(), "::1".into(), "localhost".into()],
+            ..Default::default()
+        },
         ..Settings::local(&dir)
     };
     tweak(&mut settings);
@@ -814,6 +819,9 @@ async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
     app.teardown().await;
 }
 
+#[path = "api/security.rs"]
+mod security;
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1169,10 +1177,9 @@ mod delivery {
         body["token"].as_str().unwrap().to_owned()
     }
 
-    /// Every NDJSON line a file sink wrote under `sinks/<path>`.
-    /// Every event a file sink wrote under `sinks/<path>`, NDJSON and Parquet.
+    /// Every event a file sink of team alpha wrote under `sinks/alpha/<path>`, NDJSON and Parquet.
     fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
-        events_under(&app.settings.data_dir.join("sinks").join(path))
+        events_under(&app.settings.data_dir.join("sinks/alpha").join(path))
     }
 
     /// Every event in the NDJSON and Parquet files under a folder.
@@ -1715,7 +1722,7 @@ mod delivery {
         ingest(&first, &token, "plays", &plays(0..100)).await;
         let ns = |dir: &std::path::Path| {
             let mut ns: Vec<u64> =
-                events_under(&dir.join("sinks/all")).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
+                events_under(&dir.join("sinks/alpha/all")).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect();
             ns.sort();
             ns
         };
@@ -2752,9 +2759,11 @@ mod delivery {
                 [("access_key_id".to_owned(), "k".to_owned()), ("secret_access_key".to_owned(), "s".to_owned())];
             let files = keystone_engine::job::backfill::SinkFiles::of_sink(
                 prefix,
+                "alpha",
                 &settings.into_iter().collect(),
                 &secrets.into_iter().collect(),
                 std::path::Path::new("/nonexistent"),
+                &keystone_control::egress::EgressPolicy::new(&["127.0.0.0/8".into()], &[], false).unwrap(),
             )
             .unwrap();
             let prefix = object_store::path::Path::from(prefix);
@@ -2891,7 +2900,7 @@ mod delivery {
             }
         }
         let mut out = std::collections::HashMap::new();
-        walk(&app.settings.data_dir.join("sinks").join(path), &mut out);
+        walk(&app.settings.data_dir.join("sinks/alpha").join(path), &mut out);
         out
     }
 

@@ -138,7 +138,7 @@ async fn kill_9_loses_no_acknowledged_event() {
 
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 500, "the producer made progress ({} acknowledged)", acked.len());
-    let sink = dir.path().join("sinks/crash");
+    let sink = dir.path().join("sinks/alpha/crash");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (lines, broken) = sink_lines(&sink);

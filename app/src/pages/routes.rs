@@ -354,7 +354,7 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
     let files = plan
         .files
         .as_ref()
-        .map(|f| SinkFiles::of_sink(&f.path, &f.settings, &f.secrets, &app.sinks_root))
+        .map(|f| SinkFiles::of_sink(&f.path, &f.team, &f.settings, &f.secrets, &app.sinks_root, app.store.egress()))
         .transpose()
         .map_err(|e| {
             tracing::error!(error = %e, "Opening a file sink's store failed.");

@@ -48,15 +48,18 @@ pub struct SinkFiles {
 }
 
 impl SinkFiles {
-    /// The files under `path` in the store of the file sink with `settings` and `secrets`
-    /// (`sinks_root`: the local sinks folder).
+    /// The files under `path` in the store of team `team`'s file sink with `settings` and
+    /// `secrets` (`sinks_root`: the local sinks folder, which holds a folder per team).
     pub fn of_sink(
         path: &str,
+        team: &str,
         settings: &BTreeMap<String, String>,
         secrets: &BTreeMap<String, String>,
         sinks_root: &std::path::Path,
+        egress: &keystone_control::egress::EgressPolicy,
     ) -> Result<SinkFiles, crate::sinks::ConfigError> {
-        let store = crate::sinks::file::FileStore::of(settings, secrets, sinks_root).open()?;
+        let local = crate::sinks::file::team_folder(sinks_root, team);
+        let store = crate::sinks::file::FileStore::of(settings, secrets, &local).open(egress)?;
         Ok(SinkFiles { store, prefix: path.to_owned() })
     }
 }

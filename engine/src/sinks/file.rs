@@ -15,6 +15,7 @@
 //! the offsets it holds, so the same batch overwrites the same file.
 
 use super::{required, ConfigError, Rolling, Sink, SinkError, SinkEvent};
+use keystone_control::egress::EgressPolicy;
 use keystone_control::{FileFormat, SinkErrorKind};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -36,6 +37,9 @@ pub enum FileStore {
         region: Option<String>,
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
+        /// Without keys, use the host's own cloud credentials (an admin's choice per sink);
+        /// otherwise a bucket without keys is used unsigned.
+        ambient_credentials: bool,
     },
 }
 
@@ -54,12 +58,13 @@ const DEFAULT_ROLL_BYTES: usize = 64 << 20;
 const DEFAULT_ROLL_SECONDS: u64 = 300;
 
 impl FileSinkConfig {
-    /// `settings.path` is relative to `<data_dir>/sinks`, or the key prefix in the bucket of
-    /// `settings.store_url` (validated at declaration).
+    /// `settings.path` is relative to the team's folder `<data_dir>/sinks/<team>`, or the key
+    /// prefix in the bucket of `settings.store_url` (validated at declaration).
     pub fn from_spec(
         settings: &BTreeMap<String, String>,
         secrets: &BTreeMap<String, String>,
         data_dir: &Path,
+        team: &str,
     ) -> Result<FileSinkConfig, ConfigError> {
         let path = required(settings, "settings", "path")?;
         if !keystone_control::is_relative_path(path) {
@@ -80,30 +85,38 @@ impl FileSinkConfig {
                 max_age: Duration::from_secs(seconds.unwrap_or(DEFAULT_ROLL_SECONDS)),
             }),
         };
-        let store = FileStore::of(settings, secrets, &data_dir.join("sinks"));
+        let store = FileStore::of(settings, secrets, &team_folder(&data_dir.join("sinks"), team));
         Ok(FileSinkConfig { store, prefix: path.to_owned(), format, rolling })
     }
 }
 
+/// The folder on this machine that holds team `team`'s local file sinks: each team's files live
+/// apart, so no team can write into, or backfill from, another team's folder by naming its path.
+pub fn team_folder(sinks_root: &Path, team: &str) -> PathBuf {
+    sinks_root.join(team)
+}
+
 impl FileStore {
     /// The store of a file sink's settings and secrets: its bucket (`store_url`), or the local
-    /// sinks folder `sinks_root`.
-    pub fn of(settings: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, sinks_root: &Path) -> FileStore {
+    /// folder `local_root` (the sink's team's folder, [`team_folder`]).
+    pub fn of(settings: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, local_root: &Path) -> FileStore {
         let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
         match get("store_url") {
-            None => FileStore::Local(sinks_root.to_owned()),
+            None => FileStore::Local(local_root.to_owned()),
             Some(url) => FileStore::S3 {
                 url,
                 endpoint: get("endpoint"),
                 region: get("region"),
                 access_key_id: secrets.get("access_key_id").cloned(),
                 secret_access_key: secrets.get("secret_access_key").cloned(),
+                ambient_credentials: get("ambient_credentials").is_some_and(|v| v == "true"),
             },
         }
     }
 
-    /// Opens the object store (no I/O for S3: requests are made on use).
-    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+    /// Opens the object store (no I/O for S3 but resolving and checking its endpoint against
+    /// the egress policy: requests are made on use).
+    pub fn open(&self, egress: &EgressPolicy) -> Result<Arc<dyn ObjectStore>, ConfigError> {
         Ok(match self {
             FileStore::Local(root) => {
                 std::fs::create_dir_all(root)
@@ -112,10 +125,19 @@ impl FileStore {
                     .map_err(|e| ConfigError::new("settings.path", e.to_string()))?;
                 Arc::new(local.with_fsync(true))
             }
-            FileStore::S3 { url, endpoint, region, access_key_id, secret_access_key } => {
+            FileStore::S3 { url, endpoint, region, access_key_id, secret_access_key, ambient_credentials } => {
                 let mut b = object_store::aws::AmazonS3Builder::new().with_url(url);
                 if let Some(ep) = endpoint {
+                    let parsed =
+                        url::Url::parse(ep).map_err(|e| ConfigError::new("settings.endpoint", e.to_string()))?;
+                    let host = parsed.host_str().unwrap_or_default();
+                    crate::egress::checked_addrs(egress, host, parsed.port_or_known_default().unwrap_or(443))
+                        .map_err(|e| ConfigError::new("settings.endpoint", e.to_string()))?;
                     b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+                }
+                let keys = access_key_id.is_some() && secret_access_key.is_some();
+                if !keys && !ambient_credentials {
+                    b = b.with_skip_signature(true);
                 }
                 if let Some(r) = region {
                     b = b.with_region(r);
@@ -137,8 +159,8 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(config: FileSinkConfig) -> Result<FileSink, ConfigError> {
-        Ok(FileSink::with_store(config.store.open()?, config.prefix, config.format, config.rolling))
+    pub fn new(config: FileSinkConfig, egress: &EgressPolicy) -> Result<FileSink, ConfigError> {
+        Ok(FileSink::with_store(config.store.open(egress)?, config.prefix, config.format, config.rolling))
     }
 
     /// A file sink writing to a given store (tests use an in-memory one).
@@ -247,13 +269,13 @@ mod tests {
 
     fn config(settings: &[(&str, &str)]) -> Result<FileSinkConfig, ConfigError> {
         let s = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        FileSinkConfig::from_spec(&s, &BTreeMap::new(), Path::new("/data"))
+        FileSinkConfig::from_spec(&s, &BTreeMap::new(), Path::new("/data"), "ads")
     }
 
     #[test]
-    fn paths_stay_inside_the_sinks_folder() {
+    fn paths_stay_inside_the_teams_sinks_folder() {
         let ok = config(&[("path", "team/plays")]).unwrap();
-        assert_eq!((ok.store, ok.prefix.as_str()), (FileStore::Local(PathBuf::from("/data/sinks")), "team/plays"));
+        assert_eq!((ok.store, ok.prefix.as_str()), (FileStore::Local(PathBuf::from("/data/sinks/ads")), "team/plays"));
         assert!(config(&[("path", "../etc")]).is_err());
         assert!(config(&[("path", "/etc")]).is_err());
         assert_eq!(config(&[]).unwrap_err().field, "settings.path");
@@ -275,8 +297,10 @@ mod tests {
         let c = config(&[("path", "lake/plays"), ("store_url", "s3://bucket"), ("endpoint", "http://127.0.0.1:9")])
             .unwrap();
         assert!(matches!(&c.store, FileStore::S3 { url, .. } if url == "s3://bucket"));
-        assert!(c.store.open().is_ok());
-        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().store.open().unwrap_err();
+        let local = EgressPolicy::new(&["127.0.0.1".into()], &[], false).unwrap();
+        assert!(c.store.open(&local).is_ok());
+        assert_eq!(c.store.open(&EgressPolicy::default()).unwrap_err().field, "settings.endpoint", "loopback refused");
+        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().store.open(&local).unwrap_err();
         assert_eq!(bad.field, "settings.store_url");
     }
 }

@@ -9,10 +9,12 @@
 //!   failed item is refused with the server's reason.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::egress::EgressPolicy;
 use keystone_control::SinkErrorKind;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,7 @@ impl HttpSinkConfig {
 pub struct HttpSink {
     config: HttpSinkConfig,
     client: reqwest::Client,
+    egress: Arc<EgressPolicy>,
 }
 
 /// How the endpoint answered one request.
@@ -68,20 +71,33 @@ enum Answer {
     Refused(String),
 }
 
+/// A request error with its cause (reqwest's own text omits it: an egress refusal would read
+/// only "error sending request").
+fn describe_request_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn is_transient(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
 impl HttpSink {
-    pub fn new(config: HttpSinkConfig) -> Result<HttpSink, ConfigError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
+    pub fn new(config: HttpSinkConfig, egress: &Arc<EgressPolicy>) -> Result<HttpSink, ConfigError> {
+        let client = crate::egress::http_client(egress, config.timeout)
             .map_err(|e| ConfigError::new("settings.url", format!("cannot build an HTTP client: {e}")))?;
-        Ok(HttpSink { config, client })
+        Ok(HttpSink { config, client, egress: egress.clone() })
     }
 
     async fn post(&self, content_type: &str, body: Vec<u8>) -> Answer {
+        if let Err(denied) = crate::egress::check_url(&self.egress, &self.config.url) {
+            return Answer::Transient(SinkErrorKind::Connection, denied.to_string());
+        }
         let mut req = self.client.post(&self.config.url).header("content-type", content_type).body(body);
         if let Some(auth) = &self.config.authorization {
             req = req.header("authorization", auth);
@@ -91,7 +107,7 @@ impl HttpSink {
             // The error text names the URL but never the headers, so no secret leaks here.
             Err(e) => {
                 let kind = if e.is_timeout() { SinkErrorKind::Timeout } else { SinkErrorKind::Connection };
-                return Answer::Transient(kind, format!("request failed: {e}"));
+                return Answer::Transient(kind, format!("request failed: {}", describe_request_error(&e)));
             }
         };
         let status = resp.status();

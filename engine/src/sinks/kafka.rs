@@ -11,6 +11,7 @@
 //! cluster refuses for good (larger than the topic allows) is refused alone and dead-lettered.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::egress::EgressPolicy;
 use keystone_control::SinkErrorKind;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -64,7 +65,16 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Connects lazily: nothing is sent before the first batch.
-    pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, ConfigError> {
+    pub fn new(config: KafkaSinkConfig, egress: &EgressPolicy) -> Result<KafkaSink, ConfigError> {
+        // The bootstrap brokers are checked here, at every build of the sink (each job start);
+        // librdkafka resolves names itself and has no hook in this binding to check its own
+        // connections, so brokers the cluster advertises are not checked (see the README).
+        for hp in config.brokers.split(',') {
+            let (host, port) = hp.trim().rsplit_once(':').unwrap_or((hp.trim(), "9092"));
+            let port = port.parse().map_err(|_| ConfigError::new("settings.brokers", "must be host:port"))?;
+            crate::egress::checked_addrs(egress, host, port)
+                .map_err(|e| ConfigError::new("settings.brokers", e.to_string()))?;
+        }
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)

@@ -9,12 +9,14 @@
 //! and all others were accepted.
 
 pub mod file;
+pub mod file_layout;
 pub mod http;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
 pub mod stream;
 
+use keystone_control::egress::EgressPolicy;
 use keystone_control::{SinkErrorKind, SinkKind, SinkSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -156,19 +158,25 @@ impl AnySink {
         secrets: &BTreeMap<String, String>,
         data_dir: &Path,
         log: &Arc<dyn Appender>,
+        egress: &Arc<EgressPolicy>,
     ) -> Result<AnySink, ConfigError> {
         Ok(match spec.kind {
-            SinkKind::File => {
-                AnySink::File(FileSink::new(FileSinkConfig::from_spec(&spec.settings, secrets, data_dir)?)?)
+            SinkKind::File => AnySink::File(FileSink::new(
+                FileSinkConfig::from_spec(&spec.settings, secrets, data_dir, team)?,
+                egress,
+            )?),
+            SinkKind::Http => {
+                AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
             }
-            SinkKind::Http => AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?)?),
             SinkKind::Postgres => {
-                AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?)?)
+                AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
             }
             SinkKind::Stream => {
                 AnySink::Stream(StreamSink::new(StreamSinkConfig::from_spec(&spec.settings, team)?, log.clone()))
             }
-            SinkKind::Kafka => AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_spec(&spec.settings, secrets)?)?),
+            SinkKind::Kafka => {
+                AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
+            }
         })
     }
 }

@@ -11,9 +11,10 @@
 //! (connection lost, table missing, permissions) is transient: the job retries and shows the error.
 
 use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use keystone_control::egress::EgressPolicy;
 use keystone_control::SinkErrorKind;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,12 +82,24 @@ fn describe(e: &sqlx::Error) -> String {
 }
 
 impl PostgresSink {
-    pub fn new(config: PostgresSinkConfig) -> Result<PostgresSink, ConfigError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy(&config.url)
-            .map_err(|e| ConfigError::new("secrets.url", format!("is not a usable connection URL: {e}")))?;
+    pub fn new(config: PostgresSinkConfig, egress: &EgressPolicy) -> Result<PostgresSink, ConfigError> {
+        let unusable =
+            |e: &dyn std::fmt::Display| ConfigError::new("secrets.url", format!("is not a usable connection URL: {e}"));
+        let mut options: PgConnectOptions = config.url.parse().map_err(|e| unusable(&e))?;
+        // Resolved and checked once, here: the pool then connects to the checked address only,
+        // so a name that later resolves elsewhere cannot move the connections.
+        let host = options.get_host().to_owned();
+        if !host.starts_with('/') {
+            let addrs = crate::egress::checked_addrs(egress, &host, options.get_port())
+                .map_err(|e| ConfigError::new("secrets.url", e.to_string()))?;
+            if let Some(a) = addrs.first() {
+                options = options.host(&a.ip().to_string());
+            }
+        } else {
+            return Err(ConfigError::new("secrets.url", "must name a host: a local socket is the platform's own"));
+        }
+        let pool =
+            PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(options);
         Ok(PostgresSink { table: config.table, pool, columns: OnceCell::new() })
     }
 
