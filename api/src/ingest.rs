@@ -9,7 +9,6 @@ use crate::error::{ApiError, ErrorBody};
 use crate::handlers::Caller;
 use crate::ApiState;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -120,7 +119,7 @@ pub async fn ingest(
     State(s): State<ApiState>,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -151,17 +150,10 @@ pub async fn ingest(
             format!("this producer token is for stream {:?}", object.name),
         );
     }
-    let body = match body {
+    // Read only now: an unauthenticated request never makes the server read its body.
+    let body = match read_body(body, s.max_body_bytes).await {
         Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("the request body is larger than {} bytes; send smaller batches", s.max_body_bytes)
-            } else {
-                rejection.body_text()
-            };
-            return error(status, if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "invalid" }, msg);
-        }
+        Err(response) => return response,
     };
     let target = match s.ingest.target(&s.log, &object).await {
         Ok(t) => t,
@@ -170,6 +162,14 @@ pub async fn ingest(
     let format = BodyFormat::from_content_type(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
     let events = match parse_body(format, &body) {
         Ok(e) if e.is_empty() => return error(StatusCode::BAD_REQUEST, "invalid", "the body holds no events"),
+        Ok(e) if e.len() > s.max_events_per_request => {
+            let msg = format!(
+                "the request holds {} events; at most {} per request: send smaller batches",
+                e.len(),
+                s.max_events_per_request
+            );
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg);
+        }
         Ok(e) => e,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "invalid", msg),
     };
@@ -215,10 +215,41 @@ pub async fn ingest(
     }
 }
 
-fn rejected_response(rejected: Vec<Rejection>) -> Response {
-    let message = format!("{} event(s) rejected; nothing was stored", rejected.len());
-    (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": "rejected", "message": message}, "rejected": rejected})))
-        .into_response()
+/// How many rejected events a response lists; the rest are counted (`rejected_total`).
+const REJECTIONS_LISTED: usize = 100;
+
+fn rejected_response(mut rejected: Vec<Rejection>) -> Response {
+    let total = rejected.len();
+    let message = if total > REJECTIONS_LISTED {
+        format!("{total} event(s) rejected, the first {REJECTIONS_LISTED} listed; nothing was stored")
+    } else {
+        format!("{total} event(s) rejected; nothing was stored")
+    };
+    rejected.truncate(REJECTIONS_LISTED);
+    let body =
+        json!({"error": {"code": "rejected", "message": message}, "rejected": rejected, "rejected_total": total});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// The request body, up to `max` bytes (413 beyond).
+async fn read_body(body: axum::body::Body, max: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(s) = source {
+            too_large |= s.to_string().contains("length limit exceeded");
+            source = s.source();
+        }
+        if too_large {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {max} bytes; send smaller batches"),
+            )
+        } else {
+            error(StatusCode::BAD_REQUEST, "invalid", format!("the request body could not be read: {e}"))
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

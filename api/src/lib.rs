@@ -44,6 +44,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest single event (rejected by index beyond).
     pub max_event_bytes: usize,
+    /// Most events one ingest request may hold (413 beyond).
+    pub max_events_per_request: usize,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
     pub job_env: Arc<std::collections::BTreeMap<String, String>>,
     /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.

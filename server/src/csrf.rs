@@ -1,8 +1,11 @@
 //! Cross-site request forgery defence for the console: a state-changing request carrying the
 //! session cookie must come from the console's own origin. Browsers always send `Origin` on such
 //! requests (form posts and fetches), so a strict check needs no token in every form and keeps
-//! forms working without JavaScript. API calls authenticate with a bearer token, which a foreign
-//! site cannot make a browser send, so they are exempt. The session cookie is also SameSite=Lax.
+//! forms working without JavaScript. The JSON API, ingest and `/metrics` authenticate only with a
+//! bearer token (never the session cookie), which a foreign site cannot make a browser send, so
+//! those paths are exempt: by path, never because a request carries some `Authorization` header
+//! (a console request with a made-up one would otherwise pass). The session cookie is also
+//! SameSite=Lax.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -16,7 +19,7 @@ pub struct OriginPolicy {
 }
 
 pub async fn check_origin(State(policy): State<OriginPolicy>, req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) || is_token_only(req.uri().path()) {
         return next.run(req).await;
     }
     match verdict(req.headers(), policy.public_origin.as_deref()) {
@@ -28,12 +31,16 @@ pub async fn check_origin(State(policy): State<OriginPolicy>, req: Request, next
     }
 }
 
+/// Paths that never read the session cookie: their callers authenticate with bearer tokens.
+fn is_token_only(path: &str) -> bool {
+    ["/api/v1", "/ingest", "/metrics"]
+        .iter()
+        .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
 /// `Ok` when the request may change state; otherwise the origin it claimed, for the log.
 fn verdict(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), Option<String>> {
     let get = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if get(header::AUTHORIZATION).is_some_and(|v| v.starts_with("Bearer ")) {
-        return Ok(());
-    }
     // Fall back to Referer for the rare browser that omits Origin on same-origin posts.
     let origin = get(header::ORIGIN).map(str::to_owned).or_else(|| {
         let (scheme, rest) = get(header::REFERER)?.split_once("://")?;
@@ -55,6 +62,16 @@ fn verdict(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), Optio
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_the_token_paths_are_exempt() {
+        for p in ["/api/v1", "/api/v1/teams/a/streams", "/ingest/plays", "/metrics"] {
+            assert!(is_token_only(p), "{p}");
+        }
+        for p in ["/api/v10", "/ingestion", "/api/login", "/streams/new", "/metricsx"] {
+            assert!(!is_token_only(p), "{p}");
+        }
+    }
+
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (k.clone(), HeaderValue::from_str(v).unwrap())).collect()
     }
@@ -68,7 +85,10 @@ mod tests {
         assert!(
             verdict(&headers(&[host.clone(), (header::REFERER, "http://127.0.0.1:3000/streams/new")]), None).is_ok()
         );
-        assert!(verdict(&headers(&[host.clone(), (header::AUTHORIZATION, "Bearer ks_x")]), None).is_ok());
+        assert!(
+            verdict(&headers(&[host.clone(), (header::AUTHORIZATION, "Bearer ks_x")]), None).is_err(),
+            "a console request is not exempt for carrying a bearer header"
+        );
         let proxied = [(header::HOST, "10.0.0.5:3000"), (header::ORIGIN, "https://keystone.example.com")];
         assert!(verdict(&headers(&proxied), Some("https://keystone.example.com")).is_ok());
         assert!(verdict(&headers(&proxied), None).is_err());

@@ -31,6 +31,9 @@ pub struct Settings {
     pub ingest_max_body_bytes: usize,
     /// Largest single event; rejected by index beyond (`KEYSTONE_INGEST_MAX_EVENT_BYTES`).
     pub ingest_max_event_bytes: usize,
+    /// Most events one ingest request may hold; 413 beyond (`KEYSTONE_INGEST_MAX_EVENTS_PER_REQUEST`).
+    #[serde(default = "ten_thousand")]
+    pub ingest_max_events_per_request: usize,
     /// How often job telemetry is sampled, stored for the dashboards and published at `/metrics`
     /// (`KEYSTONE_TELEMETRY_INTERVAL_MS`).
     pub telemetry_interval_ms: u64,
@@ -137,6 +140,10 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
 }
 
+fn ten_thousand() -> usize {
+    10_000
+}
+
 fn ten_seconds() -> u64 {
     10_000
 }
@@ -211,6 +218,7 @@ impl Settings {
             public_origin: None,
             ingest_max_body_bytes: 16 << 20,
             ingest_max_event_bytes: 64 << 10,
+            ingest_max_events_per_request: 10_000,
             telemetry_interval_ms: 10_000,
             metrics_token: None,
             instance: None,

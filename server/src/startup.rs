@@ -210,7 +210,8 @@ pub async fn router(
     let sessions = DbSessionStore::connect(database_url).await?;
     sessions.spawn_cleanup();
     let session_layer = SessionManagerLayer::new(sessions)
-        .with_name("keystone_session")
+        // `__Host-` binds a secure cookie to this exact origin (no Domain, path /, Secure only).
+        .with_name(if settings.secure_cookies { "__Host-keystone_session" } else { "keystone_session" })
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(settings.secure_cookies)
@@ -242,6 +243,7 @@ pub async fn router(
         ingest: Default::default(),
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,
+        max_events_per_request: settings.ingest_max_events_per_request,
         job_env,
         sinks_root: settings.data_dir.join("sinks"),
     });
@@ -253,6 +255,17 @@ pub async fn router(
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        // Framing, plugins, a foreign <base> and form posts elsewhere are refused; scripts are
+        // not restricted yet (the hydration script is inline and would need a nonce).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            // Only when the console is served over HTTPS (secure cookies say so).
+            settings.secure_cookies.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
+        ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     Ok((router, jobs, control))

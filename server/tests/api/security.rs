@@ -94,12 +94,18 @@ async fn teams_file_sinks_are_kept_apart_on_disk_and_in_backfills() {
         app.post(&app.alpha, backfill, json!({"from": "files", "path": "b-only", "sink": "beta/only-b"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{named}");
 
-    // Alpha's backfill of the shared path reads alpha's own files: its ten events once more.
+    // A backfill of the shared path reads alpha's own files: its ten events, into a route of
+    // another (empty) stream.
+    declare_in(&app, &app.alpha, "alpha", "streams", "quiet", stream(1)).await;
+    declare_in(&app, &app.alpha, "alpha", "sinks", "copy", json!({"kind": "file", "settings": {"path": "copy"}})).await;
+    let route = json!({"stream": "quiet", "sink": "copy", "max_latency_ms": 20, "delivery_on_redeploy": "no_duplicates",
+                       "config": {"job.checkpoint_interval_ms": "100"}});
+    declare_in(&app, &app.alpha, "alpha", "routes", "copy", route).await;
+    let backfill = "/api/v1/teams/alpha/routes/copy/backfill";
     let (s, b) = app.post(&app.alpha, backfill, json!({"from": "files", "path": "shared/p"})).await;
     assert_eq!((s, &b["end"]), (StatusCode::CREATED, &json!([[0, 10]])), "{b}");
-    until("alpha's files imported", || ns_under(&sinks.join("alpha/shared/p")).len() == 20).await;
-    let twice: Vec<u64> = (0..10).flat_map(|n| [n, n]).collect();
-    assert_eq!(ns_under(&sinks.join("alpha")), twice, "none of beta's events");
+    until("alpha's files imported", || ns_under(&sinks.join("alpha/copy")).len() == 10).await;
+    assert_eq!(ns_under(&sinks.join("alpha/copy")), (0..10).collect::<Vec<_>>(), "none of beta's events");
     app.teardown().await;
 }
 
@@ -197,13 +203,14 @@ async fn sinks_cannot_reach_loopback_metadata_or_follow_redirects() {
     }
     let producer = producer_token_of(&app, &app.alpha, "alpha", "plays").await;
     send(&app, &producer, "plays", 0..1).await;
-    let job = |name: &'static str| {
-        let app = &app;
-        async move { app.get(&app.alpha, &format!("/api/v1/teams/alpha/routes/{name}/job")).await.1 }
-    };
+    async fn job(app: &TestApp, name: &str) -> Value {
+        app.get(&app.alpha, &format!("/api/v1/teams/alpha/routes/{name}/job")).await.1
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while job("to-hook").await["metrics"]["delivered"] != 1 || job("to-moved").await["metrics"]["dead_lettered"] != 1 {
-        assert!(Instant::now() < deadline, "{} {}", job("to-hook").await, job("to-moved").await);
+    while job(&app, "to-hook").await["metrics"]["delivered"] != 1
+        || job(&app, "to-moved").await["metrics"]["dead_lettered"] != 1
+    {
+        assert!(Instant::now() < deadline, "{} {}", job(&app, "to-hook").await, job(&app, "to-moved").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The redirect was answered, not followed: one request to /moved, one to /x, nothing more.
@@ -214,7 +221,7 @@ async fn sinks_cannot_reach_loopback_metadata_or_follow_redirects() {
     send(&app, &producer, "plays", 1..2).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let j = job("to-hook").await;
+        let j = job(&app, "to-hook").await;
         if j["job"]["phase"] == "failing" {
             let error = j["job"]["last_error"].as_str().unwrap_or_default();
             assert!(error.contains("not a destination sinks may reach") && error.contains("loopback"), "{j}");
@@ -224,5 +231,118 @@ async fn sinks_cannot_reach_loopback_metadata_or_follow_redirects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2, "nothing reached the endpoint once refused");
+    app.teardown().await;
+}
+
+/// Items 14 and 16: a stream's partitions cannot go down (events in the dropped ones would never
+/// be delivered), and routes cannot feed streams round in a cycle, within a team or across two,
+/// whether the route or the sink closes it; nothing is written by a refused change.
+#[tokio::test]
+async fn partitions_never_shrink_and_routes_never_loop() {
+    let app = spawn_app(Db::Sqlite).await;
+    declare_in(&app, &app.alpha, "alpha", "streams", "a", stream(3)).await;
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/a", json!({"spec": stream(2)})).await;
+    assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("partitions")), "{body}");
+    assert!(body.to_string().contains("from 3 to 2"), "{body}");
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/streams/a", json!({"spec": stream(4)})).await;
+    assert_eq!(s, StatusCode::OK, "growing is fine: {body}");
+
+    // a -> b -> c within alpha, then c -> a would close the loop.
+    for name in ["b", "c"] {
+        declare_in(&app, &app.alpha, "alpha", "streams", name, stream(1)).await;
+    }
+    for (sink, target) in [("into-b", "b"), ("into-c", "c"), ("into-a", "a")] {
+        declare_in(&app, &app.alpha, "alpha", "sinks", sink, json!({"kind": "stream", "settings": {"stream": target}}))
+            .await;
+    }
+    declare_in(&app, &app.alpha, "alpha", "routes", "ab", json!({"stream": "a", "sink": "into-b"})).await;
+    declare_in(&app, &app.alpha, "alpha", "routes", "bc", json!({"stream": "b", "sink": "into-c"})).await;
+    let before = app.revision_count().await;
+    let (s, body) = app
+        .post(
+            &app.alpha,
+            "/api/v1/teams/alpha/routes",
+            json!({"name": "ca", "spec": {"stream": "c", "sink": "into-a"}}),
+        )
+        .await;
+    assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("sink")), "{body}");
+    let cycle = "alpha/c -> [alpha/ca] -> alpha/a -> [alpha/ab] -> alpha/b -> [alpha/bc] -> alpha/c";
+    assert!(body.to_string().contains(cycle), "the cycle is named: {body}");
+    // The same loop closed by re-pointing a sink an existing route uses.
+    declare_in(&app, &app.alpha, "alpha", "streams", "d", stream(1)).await;
+    declare_in(&app, &app.alpha, "alpha", "sinks", "into-x", json!({"kind": "stream", "settings": {"stream": "d"}}))
+        .await;
+    declare_in(&app, &app.alpha, "alpha", "routes", "cx", json!({"stream": "c", "sink": "into-x"})).await;
+    let change = json!({"spec": {"kind": "stream", "settings": {"stream": "a"}}});
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/sinks/into-x", change).await;
+    assert_eq!((s, &body["error"]["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("settings.stream")), "{body}");
+    assert!(body.to_string().contains("[alpha/cx]"), "{body}");
+    assert_eq!(app.revision_count().await, before + 3, "only the three accepted declarations were written");
+
+    // Across teams: beta's stream feeds alpha's, and alpha's route back would loop. An admin
+    // can edit both teams, so the only thing that stops it is the cycle.
+    let admin = Principal { user_id: "root".into(), display: "root".into(), role: Role::Admin, teams: vec![] };
+    let goal = Goal::new(&app.store, &admin);
+    let decl = |kind, spec: Value| Declaration::from_json(kind, spec).unwrap();
+    goal.create("beta", "in", decl(Kind::Stream, stream(1)), "").await.unwrap();
+    let to_alpha = json!({"kind": "stream", "settings": {"stream": "alpha/a"}});
+    goal.create("beta", "to-alpha", decl(Kind::Sink, to_alpha), "").await.unwrap();
+    goal.create("beta", "fwd", decl(Kind::Route, json!({"stream": "in", "sink": "to-alpha"})), "").await.unwrap();
+    let to_beta = json!({"kind": "stream", "settings": {"stream": "beta/in"}});
+    goal.create("alpha", "to-beta", decl(Kind::Sink, to_beta), "").await.unwrap();
+    let refused = goal.create("alpha", "back", decl(Kind::Route, json!({"stream": "a", "sink": "to-beta"})), "").await;
+    let message = format!("{:?}", refused.unwrap_err());
+    assert!(message.contains("alpha/a -> [alpha/back] -> beta/in -> [beta/fwd] -> alpha/a"), "{message}");
+    app.teardown().await;
+}
+
+/// Items 8 and 9 (ingest): a producer without a token gets the documented 401 JSON error (not
+/// the console's cross-origin refusal) before the server reads its body; a request over the
+/// events-per-request cap is refused whole; a batch of many bad events lists the first hundred
+/// and counts the rest. The console stays behind the origin check even with a bearer header.
+#[tokio::test]
+async fn ingest_checks_the_token_first_and_bounds_what_a_request_may_hold() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.ingest_max_events_per_request = 1_000).await;
+    declare_in(&app, &app.alpha, "alpha", "streams", "plays", stream(1)).await;
+    let producer = producer_token_of(&app, &app.alpha, "alpha", "plays").await;
+    let post = |body: String, token: Option<&str>| {
+        let mut req =
+            app.http.post(format!("{}/ingest/plays", app.base)).header("content-type", "application/x-ndjson");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.body(body).send()
+    };
+    // 10 MB without a token: answered 401 at once, as JSON.
+    let resp = post("{}\n".repeat(5_000_000), None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+
+    let resp = post("{}\n".repeat(1_001), Some(&producer)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(resp.text().await.unwrap().contains("at most 1000 per request"));
+
+    let resp = post("[]\n".repeat(500), Some(&producer)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((body["rejected"].as_array().unwrap().len(), &body["rejected_total"]), (100, &json!(500)), "{body}");
+
+    let resp = post("{\"n\": 1}\n".into(), Some(&producer)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // A console form with a bearer header but no origin is still refused.
+    let resp = app
+        .http
+        .post(format!("{}/api/login", app.base))
+        .bearer_auth(&app.alpha)
+        .form(&[("username", "alice"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let headers = app.http.get(format!("{}/login", app.base)).send().await.unwrap().headers().clone();
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(headers.get("strict-transport-security").is_none(), "no HSTS without secure cookies");
     app.teardown().await;
 }
