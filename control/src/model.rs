@@ -130,7 +130,7 @@ impl Op {
 pub struct TeamSpec {
     #[serde(default)]
     pub description: String,
-    /// Where the team's alert notifications are POSTed (JSON, see the README); none: recorded
+    /// Where the team's alert notifications are POSTed (JSON, see docs/concepts.md); none: recorded
     /// in the console only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_webhook: Option<String>,

@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         pool: Option<String>,
     },
-    /// Measure parts of the platform on this machine (see README, "Figures").
+    /// Measure parts of the platform on this machine (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
