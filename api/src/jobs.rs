@@ -67,14 +67,14 @@ pub struct JobSummary {
     pub lag: Option<u64>,
 }
 
-/// The processes running route jobs, and the partitions of each job they hold (any signed-in
-/// caller: route names and partition numbers only).
+/// The processes running route jobs, and the partitions of each job they hold: an admin sees
+/// every process by name; anyone else only their teams' jobs, on processes shown as `process N`.
 #[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [keystone_control::workers::WorkerStatus])))]
 pub async fn workers(
     State(s): State<ApiState>,
-    Caller(_who): Caller,
+    Caller(who): Caller,
 ) -> Result<Json<Vec<keystone_control::workers::WorkerStatus>>, ApiError> {
-    Ok(Json(s.store.workers().await?))
+    Ok(Json(s.store.workers_for(&who).await?))
 }
 
 /// Every job the caller may see, with its phase and lag.

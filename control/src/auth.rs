@@ -424,17 +424,54 @@ pub struct LoginLimiter {
     max_per_address: usize,
     window: std::time::Duration,
     failures: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+    /// Password checks running at once: each takes 19 MiB and a core for a while.
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Password checks one process runs at once; further sign-ins are refused at once, not queued.
+pub const CONCURRENT_PASSWORD_CHECKS: usize = 4;
 
 impl LoginLimiter {
     pub fn new(max_per_account: usize, max_per_address: usize, window: std::time::Duration) -> Self {
-        LoginLimiter { max_per_account, max_per_address, window, failures: Default::default() }
+        LoginLimiter {
+            max_per_account,
+            max_per_address,
+            window,
+            failures: Default::default(),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
+        }
+    }
+
+    /// A permit to check one password, or `None` when as many checks as allowed are running.
+    pub fn hashing_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.hashing.clone().try_acquire_owned().ok()
+    }
+
+    /// Counts a sign-in attempt before its password is checked, so that concurrent attempts
+    /// cannot all pass the limit: `Err(wait)` when the account or the address is over its limit
+    /// (nothing counted); otherwise the attempt counts as a failure until
+    /// [`record_success`](Self::record_success) clears the account.
+    pub fn begin(&self, account: &str, address: &str) -> Result<(), std::time::Duration> {
+        let mut map = self.failures.lock().expect("limiter lock");
+        self.over_limit(&mut map, account, address)?;
+        let now = std::time::Instant::now();
+        map.entry(format!("u:{account}")).or_default().push_back(now);
+        map.entry(format!("a:{address}")).or_default().push_back(now);
+        Ok(())
     }
 
     /// `Err(wait)` when the account or the address is over its limit.
     pub fn check(&self, account: &str, address: &str) -> Result<(), std::time::Duration> {
+        self.over_limit(&mut self.failures.lock().expect("limiter lock"), account, address)
+    }
+
+    fn over_limit(
+        &self,
+        map: &mut std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+        account: &str,
+        address: &str,
+    ) -> Result<(), std::time::Duration> {
         let now = std::time::Instant::now();
-        let mut map = self.failures.lock().expect("limiter lock");
         let mut wait = None;
         for (key, max) in
             [(format!("u:{account}"), self.max_per_account), (format!("a:{address}"), self.max_per_address)]
@@ -453,16 +490,14 @@ impl LoginLimiter {
         wait.map_or(Ok(()), Err)
     }
 
-    pub fn record_failure(&self, account: &str, address: &str) {
-        let now = std::time::Instant::now();
+    /// A successful sign-in clears the account's failures and takes back its own attempt from
+    /// the address's (the address's earlier failures stay).
+    pub fn record_success(&self, account: &str, address: &str) {
         let mut map = self.failures.lock().expect("limiter lock");
-        map.entry(format!("u:{account}")).or_default().push_back(now);
-        map.entry(format!("a:{address}")).or_default().push_back(now);
-    }
-
-    /// A successful sign-in clears the account's failures (not the address's).
-    pub fn record_success(&self, account: &str) {
-        self.failures.lock().expect("limiter lock").remove(&format!("u:{account}"));
+        map.remove(&format!("u:{account}"));
+        if let Some(q) = map.get_mut(&format!("a:{address}")) {
+            q.pop_back();
+        }
     }
 }
 
@@ -497,18 +532,26 @@ mod tests {
     fn limiter_throttles_per_account_and_per_address() {
         let l = LoginLimiter::new(2, 3, std::time::Duration::from_secs(60));
         assert!(l.check("alice", "10.0.0.1").is_ok());
-        l.record_failure("alice", "10.0.0.1");
-        l.record_failure("alice", "10.0.0.1");
+        l.begin("alice", "10.0.0.1").unwrap();
+        l.begin("alice", "10.0.0.1").unwrap();
         let wait = l.check("alice", "10.0.0.9").unwrap_err();
         assert!(wait <= std::time::Duration::from_secs(60) && wait > std::time::Duration::from_secs(50));
         // Another account from the same address still has one attempt left before the address limit.
         assert!(l.check("bob", "10.0.0.1").is_ok());
-        l.record_failure("bob", "10.0.0.1");
+        l.begin("bob", "10.0.0.1").unwrap();
         assert!(l.check("carol", "10.0.0.1").is_err());
-        l.record_success("alice");
+        l.record_success("alice", "10.0.0.9");
         assert!(l.check("alice", "10.0.0.2").is_ok());
+        // Counting before the check: the third attempt is refused even before any result.
+        let counted = LoginLimiter::new(2, 100, std::time::Duration::from_secs(60));
+        assert!(counted.begin("erin", "a").is_ok() && counted.begin("erin", "b").is_ok());
+        assert!(counted.begin("erin", "c").is_err());
+        let permits: Vec<_> = (0..CONCURRENT_PASSWORD_CHECKS).map(|_| counted.hashing_permit().unwrap()).collect();
+        assert!(counted.hashing_permit().is_none(), "no more than the bound at once");
+        drop(permits);
+        assert!(counted.hashing_permit().is_some());
         let short = LoginLimiter::new(1, 10, std::time::Duration::from_millis(20));
-        short.record_failure("dave", "x");
+        short.begin("dave", "x").unwrap();
         assert!(short.check("dave", "x").is_err());
         std::thread::sleep(std::time::Duration::from_millis(30));
         assert!(short.check("dave", "x").is_ok());

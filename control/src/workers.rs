@@ -92,6 +92,25 @@ pub struct WorkerStatus {
     pub alive: bool,
 }
 
+/// What a caller may see of the processes running jobs: an admin everything; anyone else only the
+/// processes that run jobs of their teams (`teams`: names), only those jobs, and no process
+/// details (names carry host names and data directories): each shown as `process N`, by its
+/// place in the full list.
+pub fn visible_to(workers: Vec<WorkerStatus>, admin: bool, teams: &[&str]) -> Vec<WorkerStatus> {
+    if admin {
+        return workers;
+    }
+    let ours = |j: &HeldJob| j.route.split_once('/').is_some_and(|(team, _)| teams.contains(&team));
+    workers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, mut w)| {
+            w.jobs.retain(ours);
+            (!w.jobs.is_empty()).then(|| WorkerStatus { name: format!("process {}", i + 1), ..w })
+        })
+        .collect()
+}
+
 #[cfg(feature = "store")]
 mod store {
     use super::*;
@@ -135,6 +154,12 @@ mod store {
             sqlx::query("DELETE FROM workers WHERE name = $1").bind(name).execute(tx.conn()).await?;
             tx.commit().await?;
             Ok(())
+        }
+
+        /// The processes `who` may see (see [`visible_to`]).
+        pub async fn workers_for(&self, who: &crate::auth::Principal) -> Result<Vec<WorkerStatus>, StoreError> {
+            let teams: Vec<&str> = who.teams.iter().map(|t| t.name.as_str()).collect();
+            Ok(visible_to(self.workers().await?, who.is_admin(), &teams))
         }
 
         /// Every registered process, live ones first, then by name (without their jobs' live
@@ -199,6 +224,40 @@ mod store {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn callers_see_their_teams_jobs_and_no_process_details() {
+        let job = |route: &str| HeldJob {
+            route_id: route.into(),
+            route: route.into(),
+            partitions: vec![0],
+            version: 1,
+            started_at: 0,
+            metrics: None,
+        };
+        let worker = |name: &str, jobs: Vec<HeldJob>| WorkerStatus {
+            name: name.into(),
+            role: "worker".into(),
+            started_at: 0,
+            heartbeat_at: 0,
+            jobs,
+            alive: true,
+        };
+        let all = vec![
+            worker("host-a:/srv/keystone", vec![job("alpha/r1"), job("beta/r2")]),
+            worker("host-b:/srv/keystone", vec![job("beta/r3")]),
+        ];
+        assert_eq!(visible_to(all.clone(), true, &[]), all);
+        let alpha = visible_to(all.clone(), false, &["alpha"]);
+        assert_eq!(alpha.len(), 1);
+        assert_eq!(
+            (alpha[0].name.as_str(), alpha[0].jobs.len(), alpha[0].jobs[0].route.as_str()),
+            ("process 1", 1, "alpha/r1")
+        );
+        let beta = visible_to(all, false, &["beta"]);
+        assert_eq!(beta.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["process 1", "process 2"]);
+        assert!(visible_to(beta, false, &["gamma"]).is_empty());
+    }
     use super::*;
     use crate::{JobCounters, PartitionLag, RecentError};
 

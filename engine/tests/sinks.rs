@@ -74,7 +74,7 @@ async fn file_sink_commits_whole_ndjson_files_in_hive_folders() {
     let s = sink(SinkKind::File, &[("path", "plays/br")], &[], dir.path());
     let batch = events(100);
     accepts_a_batch_and_its_redelivery(&s, &batch).await;
-    let folder = dir.path().join("sinks/plays/br/dt=2026-11-26/hr=05");
+    let folder = dir.path().join("sinks/alpha/plays/br/dt=2026-11-26/hr=05");
     let names: Vec<String> =
         std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let expected = format!("part-0000-00000000000000000000-00000000000000000099-{}.ndjson", batch[0].id);
@@ -91,7 +91,7 @@ async fn file_sink_commits_parquet_files_that_read_back_to_the_same_events() {
     let s = sink(SinkKind::File, &[("path", "lake/plays"), ("format", "parquet")], &[], dir.path());
     let batch = events(100);
     accepts_a_batch_and_its_redelivery(&s, &batch).await;
-    let folder = dir.path().join("sinks/lake/plays/dt=2026-11-26/hr=05");
+    let folder = dir.path().join("sinks/alpha/lake/plays/dt=2026-11-26/hr=05");
     let names: Vec<String> =
         std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let expected = format!("part-0000-00000000000000000000-00000000000000000099-{}.parquet", batch[0].id);

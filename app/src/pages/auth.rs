@@ -54,19 +54,23 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|_| "unknown".into());
     let username = username.trim().to_owned();
-    if let Err(wait) = state.limiter.check(&username, &address) {
+    // Counted before the password is checked: concurrent guesses cannot all pass the limit.
+    if let Err(wait) = state.limiter.begin(&username, &address) {
         tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
         return Err(AppError::Refused(format!(
             "Too many failed sign-ins. Try again in {} minute(s).",
             wait.as_secs().div_ceil(60).max(1)
         )));
     }
+    let Some(_permit) = state.limiter.hashing_permit() else {
+        tracing::warn!(user = %username, address = %address, "Sign-in refused: too many password checks at once.");
+        return Err(AppError::Refused("Too many sign-ins at once. Try again in a moment.".into()));
+    };
     let Some(p) = authenticate(&state.store, &username, &password).await? else {
-        state.limiter.record_failure(&username, &address);
         tracing::warn!(user = %username, address = %address, "Sign-in failed.");
         return Err(AppError::Refused("Wrong username or password.".into()));
     };
-    state.limiter.record_success(&username);
+    state.limiter.record_success(&username, &address);
     let internal = |_| AppError::Internal;
     // A fresh session id at sign-in defeats session fixation.
     session.cycle_id().await.map_err(internal)?;

@@ -7,12 +7,12 @@ use keystone_control::workers::WorkerStatus;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-/// Every registered process. Any signed-in user may see them: they show route names and
-/// partition numbers, which every team's job page shows too, and no configuration.
+/// The registered processes the caller may see: an admin every process by name; anyone else the
+/// processes running their teams' jobs, with only those jobs and no host or folder names.
 #[server]
 pub async fn list_workers() -> Result<Vec<WorkerStatus>, AppError> {
-    let (store, _who) = crate::state::caller().await?;
-    Ok(store.workers().await?)
+    let (store, who) = crate::state::caller().await?;
+    Ok(store.workers_for(&who).await?)
 }
 
 #[component]

@@ -346,3 +346,31 @@ async fn ingest_checks_the_token_first_and_bounds_what_a_request_may_hold() {
     assert!(headers.get("strict-transport-security").is_none(), "no HSTS without secure cookies");
     app.teardown().await;
 }
+
+/// Item 7 (in part): 200 concurrent wrong passwords for one account: the attempt is counted
+/// before the password is checked and password checks are bounded, so at most the limit (5) of
+/// them are ever verified; the rest are throttled or refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_password_guesses_cannot_pass_the_limit() {
+    let app = spawn_app(Db::Sqlite).await;
+    let origin = app.base.clone();
+    let attempts = (0..200).map(|i| {
+        let (http, base, origin) = (app.http.clone(), app.base.clone(), origin.clone());
+        async move {
+            let form = [("username", "alice".to_owned()), ("password", format!("wrong-guess-{i}"))];
+            let resp =
+                http.post(format!("{base}/api/login")).header("origin", origin).form(&form).send().await.unwrap();
+            resp.text().await.unwrap()
+        }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let verified = answers.iter().filter(|a| a.contains("Wrong username or password")).count();
+    let throttled = answers.iter().filter(|a| a.contains("Too many")).count();
+    assert!((1..=5).contains(&verified), "{verified} guesses verified");
+    assert_eq!(verified + throttled, 200, "every other guess throttled or refused: {:?}", &answers[..3]);
+    // The right password is throttled too now: the account is locked for the window.
+    let form = [("username", "alice"), ("password", PASSWORD)];
+    let resp = app.http.post(format!("{}/api/login", app.base)).header("origin", &origin).form(&form).send().await;
+    assert!(resp.unwrap().text().await.unwrap().contains("Too many failed sign-ins"));
+    app.teardown().await;
+}
