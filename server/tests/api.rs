@@ -845,6 +845,28 @@ on_both_backends!(
     leases_allow_one_holder_and_fence_a_stale_one,
 );
 
+/// Every event in the NDJSON and Parquet files under a folder.
+fn events_under(dir: &std::path::Path) -> Vec<Value> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<Value>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "ndjson") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                out.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let events = keystone_engine::sinks::parquet::decode(std::fs::read(&p).unwrap().into()).unwrap();
+                out.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
 mod ingest {
     use super::*;
 
@@ -1180,28 +1202,6 @@ mod delivery {
     /// Every event a file sink of team alpha wrote under `sinks/alpha/<path>`, NDJSON and Parquet.
     fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
         events_under(&app.settings.data_dir.join("sinks/alpha").join(path))
-    }
-
-    /// Every event in the NDJSON and Parquet files under a folder.
-    fn events_under(dir: &std::path::Path) -> Vec<Value> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<Value>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if p.extension().is_some_and(|x| x == "ndjson") {
-                    let text = std::fs::read_to_string(&p).unwrap();
-                    out.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
-                } else if p.extension().is_some_and(|x| x == "parquet") {
-                    let events = keystone_engine::sinks::parquet::decode(std::fs::read(&p).unwrap().into()).unwrap();
-                    out.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(dir, &mut out);
-        out
     }
 
     async fn job(app: &TestApp, route: &str) -> Value {

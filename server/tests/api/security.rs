@@ -29,25 +29,11 @@ async fn send(app: &TestApp, producer: &str, stream: &str, ns: std::ops::Range<u
     assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
 }
 
-/// The `n`s of every event under a folder of NDJSON files.
+/// The `n`s of every event a file sink wrote under a folder, sorted.
 fn ns_under(dir: &std::path::Path) -> Vec<u64> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<u64>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "ndjson") {
-                for l in std::fs::read_to_string(&p).unwrap().lines() {
-                    out.push(serde_json::from_str::<Value>(l).unwrap()["event"]["n"].as_u64().unwrap());
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out.sort();
-    out
+    let mut ns: Vec<u64> = events_under(dir).iter().map(|e| e["event"]["n"].as_u64().unwrap()).collect();
+    ns.sort();
+    ns
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
