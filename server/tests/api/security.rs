@@ -165,24 +165,10 @@ async fn sinks_cannot_reach_loopback_metadata_or_follow_redirects() {
     // Declared while an admin allowed loopback, then the policy changes: delivery is refused.
     app.settings.egress.allow = vec!["127.0.0.1".into()];
     app.restart(|_| {}).await;
-    declare_in(
-        &app,
-        &app.alpha,
-        "alpha",
-        "sinks",
-        "hook",
-        json!({"kind": "http", "settings": {"url": format!("{local}/x")}}),
-    )
-    .await;
-    declare_in(
-        &app,
-        &app.alpha,
-        "alpha",
-        "sinks",
-        "moved",
-        json!({"kind": "http", "settings": {"url": format!("{local}/moved")}}),
-    )
-    .await;
+    for (sink, path) in [("hook", "x"), ("moved", "moved")] {
+        let spec = json!({"kind": "http", "settings": {"url": format!("{local}/{path}")}});
+        declare_in(&app, &app.alpha, "alpha", "sinks", sink, spec).await;
+    }
     for (name, sink) in [("to-hook", "hook"), ("to-moved", "moved")] {
         let route = json!({"stream": "plays", "sink": sink, "max_latency_ms": 20});
         declare_in(&app, &app.alpha, "alpha", "routes", name, route).await;
