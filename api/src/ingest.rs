@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 pub struct IngestCache(Mutex<HashMap<(String, i64), Arc<IngestTarget>>>);
 
 fn topic_of(o: &Object) -> String {
-    keystone_control::stream_topic(&o.team, &o.name)
+    o.stream_topic()
 }
 
 impl IngestCache {

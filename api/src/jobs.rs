@@ -332,7 +332,7 @@ pub async fn preview(
     let (stream, spec) = Goal::new(&s.store, &who).preview_target(&team, &req.stream, filter, &req.projection).await?;
     let transforms =
         Transforms::compile(filter, &req.projection, &team).map_err(|e| ValidationErrors::single("filter", e))?;
-    let topic = keystone_control::stream_topic(&stream.team, &stream.name);
+    let topic = stream.stream_topic();
     let limit = req.limit.unwrap_or(100).clamp(1, 1000);
     let rows = keystone_engine::job::preview::preview(s.log.as_ref(), &topic, spec.partitions, &transforms, limit)
         .await

@@ -99,7 +99,8 @@ impl WriteTx {
         .bind(n.name)
         .bind(n.op.as_str())
         .bind(n.base_version)
-        .bind(n.declaration.map(Value::to_string))
+        // The declaration holds the sink's new secrets as submitted: sealed like them.
+        .bind(n.declaration.map(|d| self.seal(&d.to_string())))
         .bind(n.spec.to_string())
         .bind(json_text(n.changes))
         .bind(json_text(n.needs))
@@ -172,6 +173,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS}, team_id, requester_id, declaration FROM change_requests WHERE id = $1");
         let Some(r) = sqlx::query(&sql).bind(id).fetch_optional(self.pool()).await? else { return Ok(None) };
         let declaration: Option<String> = r.try_get("declaration")?;
+        let declaration = declaration.map(|d| self.open_secret(d)).transpose()?;
         let declaration = declaration.map(|d| serde_json::from_str(&d).map_err(|e| corrupt("declaration", e)));
         Ok(Some(StoredRequest {
             request: from_row(&r)?,

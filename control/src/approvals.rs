@@ -39,6 +39,12 @@ pub struct ApprovalPolicy {
 }
 
 impl ApprovalPolicy {
+    /// Whether any rule is on (a policy with none holds nothing back, itself included).
+    pub fn has_rules(&self) -> bool {
+        let none = ApprovalPolicy { description: self.description.clone(), ..ApprovalPolicy::default() };
+        *self != none
+    }
+
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
         crate::model::check_description(&mut e, &self.description);
@@ -64,8 +70,17 @@ pub struct ProposedChange<'a> {
 ///
 /// Setting a route's desired state (pause, resume, stop) never waits: it is how an on-call
 /// engineer contains an incident, and the route's declaration is otherwise unchanged.
+///
+/// While any rule is on, the policy itself changes only with another admin's approval: otherwise
+/// one admin could switch it off, change what it guards, and switch it on again.
 pub fn approvals_needed(policy: &ApprovalPolicy, change: &ProposedChange<'_>) -> Vec<String> {
     let mut needs = Vec::new();
+    if change.kind == Kind::Policy {
+        if policy.has_rules() {
+            needs.push("a change to the approval policy".to_owned());
+        }
+        return needs;
+    }
     if change.kind.is_platform() {
         return needs;
     }
@@ -80,16 +95,31 @@ pub fn approvals_needed(policy: &ApprovalPolicy, change: &ProposedChange<'_>) ->
             needs.push(format!("a route to a sink tagged {tag:?}"));
         }
     }
-    if policy.capacity_increases && change.kind == Kind::Stream {
-        if let (Some(before), Some(after)) = (change.before, change.after) {
-            needs.extend(capacity_increases(before, after));
-        }
-    }
     let tags = |v: Option<&Value>| -> Vec<String> {
         v.and_then(|v| v.get("tags")).and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default()
     };
     let mut object_tags = tags(change.before);
     object_tags.extend(tags(change.after));
+    // A sink routes need approval to reach: changing where it delivers (its URL, its secrets) or
+    // dropping the tag would get around that approval. Creating one is harmless: no route
+    // reaches it yet, and each route to it waits.
+    if change.kind == Kind::Sink && change.op == Op::Update {
+        if let Some(tag) = object_tags.iter().find(|t| policy.routes_to_sinks_tagged.contains(t)) {
+            needs.push(format!("a change to a sink tagged {tag:?}, which routes need approval to reach"));
+        }
+    }
+    if policy.capacity_increases && change.kind == Kind::Stream {
+        match (change.before, change.after) {
+            (Some(before), Some(after)) => needs.extend(capacity_increases(before, after)),
+            // A new stream is capacity from nothing.
+            (None, Some(after)) => needs.push(format!(
+                "creating a stream ({} partitions, {} hours of retention)",
+                after.get("partitions").and_then(Value::as_u64).unwrap_or(1),
+                after.get("retention_hours").and_then(Value::as_u64).unwrap_or(0)
+            )),
+            _ => {}
+        }
+    }
     if let Some(tag) = object_tags.iter().find(|t| policy.objects_tagged.contains(t)) {
         needs.push(format!("a change to a {} tagged {tag:?}", change.kind));
     }
@@ -294,6 +324,36 @@ mod tests {
         )
     }
 
+    /// Issue 26 item 3: the ways around the policy that were open.
+    #[test]
+    fn tagged_sinks_new_streams_and_the_policy_itself_are_held_back() {
+        let p = ApprovalPolicy {
+            routes_to_sinks_tagged: vec!["production".into()],
+            capacity_increases: true,
+            ..Default::default()
+        };
+        let tagged = json!({"kind": "http", "settings": {"url": "https://a"}, "tags": ["production"]});
+        let moved = json!({"kind": "http", "settings": {"url": "https://elsewhere"}, "tags": ["production"]});
+        let untagged = json!({"kind": "http", "settings": {"url": "https://elsewhere"}});
+        let why = ["a change to a sink tagged \"production\", which routes need approval to reach"];
+        assert_eq!(check(&p, Kind::Sink, Op::Update, Some(tagged.clone()), Some(moved)), why);
+        assert_eq!(check(&p, Kind::Sink, Op::Update, Some(tagged.clone()), Some(untagged.clone())), why);
+        assert!(check(&p, Kind::Sink, Op::Create, None, Some(tagged)).is_empty());
+        assert!(check(&p, Kind::Sink, Op::Update, Some(untagged.clone()), Some(untagged)).is_empty());
+        let stream = json!({"partitions": 4, "retention_hours": 48});
+        assert_eq!(
+            check(&p, Kind::Stream, Op::Create, None, Some(stream)),
+            ["creating a stream (4 partitions, 48 hours of retention)"]
+        );
+        let off = json!({});
+        assert_eq!(
+            check(&p, Kind::Policy, Op::Update, Some(json!({"capacity_increases": true})), Some(off.clone())),
+            ["a change to the approval policy"]
+        );
+        // Without rules in force, writing the first policy waits for nobody.
+        assert!(check(&ApprovalPolicy::default(), Kind::Policy, Op::Create, None, Some(off)).is_empty());
+    }
+
     #[test]
     fn no_policy_holds_nothing_back() {
         let p = ApprovalPolicy::default();
@@ -315,7 +375,11 @@ mod tests {
         );
         let lowered = json!({"partitions": 2, "retention_hours": 24, "max_events_per_second": 50});
         assert!(check(&p, Kind::Stream, Op::Update, Some(s.clone()), Some(lowered)).is_empty());
-        assert!(check(&p, Kind::Stream, Op::Create, None, Some(s)).is_empty(), "a new stream raises nothing");
+        // A new stream is capacity from nothing (it was let through before issue 26).
+        assert_eq!(
+            check(&p, Kind::Stream, Op::Create, None, Some(s)),
+            ["creating a stream (3 partitions, 24 hours of retention)"]
+        );
     }
 
     #[test]
@@ -366,7 +430,11 @@ mod tests {
         assert_eq!(check(&p, Kind::Sink, Op::Update, Some(plain.clone()), Some(tagged.clone())), need);
         assert_eq!(check(&p, Kind::Sink, Op::Delete, Some(tagged), None), need);
         assert!(check(&p, Kind::Sink, Op::Update, Some(plain.clone()), Some(plain)).is_empty());
-        assert!(check(&p, Kind::Policy, Op::Update, Some(json!({"tags": ["critical"]})), None).is_empty());
+        // The policy is held back by its own rules being on, never by tags.
+        assert_eq!(
+            check(&p, Kind::Policy, Op::Update, Some(json!({"tags": ["critical"]})), None),
+            ["a change to the approval policy"]
+        );
     }
 
     #[test]

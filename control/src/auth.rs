@@ -227,19 +227,24 @@ pub async fn upsert_user(
     }
     let id = match existing {
         Some(id) => {
-            sqlx::query("UPDATE users SET password_hash = $1, role = $2 WHERE id = $3")
-                .bind(&phc)
-                .bind(role.as_str())
-                .bind(&id)
-                .execute(tx.conn())
-                .await
-                .map_err(StoreError::from)?;
+            sqlx::query(
+                "UPDATE users SET password_hash = $1, \
+                 role_since = CASE WHEN role = $2 THEN role_since ELSE $4 END, role = $2 WHERE id = $3",
+            )
+            .bind(&phc)
+            .bind(role.as_str())
+            .bind(&id)
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
             id
         }
         None => {
             let id = new_id();
             sqlx::query(
-                "INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO users (id, username, password_hash, role, created_at, role_since) \
+                 VALUES ($1, $2, $3, $4, $5, $5)",
             )
             .bind(&id)
             .bind(username)

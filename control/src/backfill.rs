@@ -269,7 +269,7 @@ mod store {
                     let missing = || ValidationErrors::single("stream", format!("no stream named {stream:?}"));
                     let object = self.get(Kind::Stream, &r.team, &r.stream).await.map_err(|_| missing())?;
                     let spec: StreamSpec = object.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    (crate::model::stream_topic(&r.team, &r.stream), spec.partitions, None)
+                    (object.stream_topic(), spec.partitions, None)
                 }
                 BackfillSource::Files { path, sink } => {
                     if !crate::model::is_relative_path(path) {

@@ -222,9 +222,37 @@ pub async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
     }
 }
 
+/// `value` with the password of every URL in it hidden (a comma-separated broker list holds
+/// several), or `None` when it holds none.
+pub fn without_url_password(value: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = value
+        .split(',')
+        .map(|part| match url::Url::parse(part.trim()) {
+            Ok(mut u) if u.password().is_some() => {
+                changed = true;
+                let _ = u.set_password(Some("****"));
+                u.to_string()
+            }
+            _ => part.to_owned(),
+        })
+        .collect();
+    changed.then(|| parts.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_hidden_for_display() {
+        assert_eq!(
+            without_url_password("https://bot:s3cret@hooks.example.com/x?a=1").as_deref(),
+            Some("https://bot:****@hooks.example.com/x?a=1")
+        );
+        assert_eq!(without_url_password("https://hooks.example.com/x"), None);
+        assert_eq!(without_url_password("plays"), None);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -141,7 +141,19 @@ impl<'a> Goal<'a> {
 
     /// A team's alert webhook URL often carries a credential (Slack and Teams webhooks do):
     /// only admins, who set it, read it; members see that one is set.
+    ///
+    /// A sink's settings never show a password written into a URL (`https://user:pw@host`), to
+    /// anyone: such credentials belong in the sink's secrets, which are never shown.
     fn redact(&self, kind: Kind, spec: &mut Value) {
+        if kind == Kind::Sink {
+            if let Some(settings) = spec.get_mut("settings").and_then(Value::as_object_mut) {
+                for value in settings.values_mut() {
+                    if let Some(hidden) = value.as_str().and_then(crate::egress::without_url_password) {
+                        *value = Value::String(hidden);
+                    }
+                }
+            }
+        }
         if kind != Kind::Team || self.who.is_admin() {
             return;
         }
@@ -176,7 +188,9 @@ impl<'a> Goal<'a> {
             return self.store.get(Kind::Policy, "", name).await?.ok_or(GoalError::NotFound);
         }
         let team_id = self.readable_team(team).await?;
-        self.store.get(kind, &team_id, name).await?.ok_or(GoalError::NotFound)
+        let mut object = self.store.get(kind, &team_id, name).await?.ok_or(GoalError::NotFound)?;
+        self.redact(kind, &mut object.spec);
+        Ok(object)
     }
 
     /// Every revision of a live object, oldest first.
@@ -429,13 +443,7 @@ impl<'a> Goal<'a> {
                 (c.positions, format!("to checkpoint #{checkpoint} (taken at {} ms)", c.taken_at))
             }
         };
-        Ok(crate::rewind::RewindInputs {
-            topic: stream_topic(team, spec.stream.as_str()),
-            partitions,
-            recorded,
-            describe,
-            route,
-        })
+        Ok(crate::rewind::RewindInputs { topic: stream.stream_topic(), partitions, recorded, describe, route })
     }
 
     /// Rewinds a stopped route's job to `target` positions (resolved from the log by the caller),
@@ -623,6 +631,18 @@ impl<'a> Goal<'a> {
                     _ => BTreeMap::new(),
                 };
                 input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
+                // Settings are shown to every reader (with URL passwords masked): a password
+                // belongs in the secrets, and a masked one saved back from a form would replace
+                // the real one.
+                if let Some((key, _)) =
+                    input.settings.iter().find(|(_, v)| crate::egress::without_url_password(v).is_some())
+                {
+                    return Err(ValidationErrors::single(
+                        format!("settings.{key}"),
+                        "must not carry a password (user:password@); put credentials in the sink's secrets",
+                    )
+                    .into());
+                }
                 let ambient = |s: &BTreeMap<String, String>| s.get("ambient_credentials").is_some_and(|v| v == "true");
                 let had_ambient = previous.as_ref().is_some_and(|p| ambient(&p.settings));
                 if ambient(&input.settings) && !had_ambient && self.who.role != Role::Admin {
@@ -772,7 +792,8 @@ impl<'a> Goal<'a> {
         via: &Via<'_>,
         change: &ProposedChange<'_>,
     ) -> Result<Vec<String>, GoalError> {
-        if !matches!(via, Via::Author) || self.who.is_system() || change.kind.is_platform() {
+        // Teams are admins' own; the policy is held back by its own rules (see `approvals_needed`).
+        if !matches!(via, Via::Author) || self.who.is_system() || change.kind == Kind::Team {
             return Ok(Vec::new());
         }
         Ok(approvals_needed(&policy_in(tx).await?, change))
@@ -1031,6 +1052,12 @@ impl<'a> Goal<'a> {
         if stored.requester_id == self.who.user_id {
             return Err(GoalError::Refused(format!(
                 "you submitted change request #{id}; another admin must decide it"
+            )));
+        }
+        // Otherwise one admin could make a second account and approve their own change.
+        if approve && self.store.role_since(&self.who.user_id).await?.is_some_and(|since| since > request.created_at) {
+            return Err(GoalError::Refused(format!(
+                "you became an admin after change request #{id} was made; an admin who was one then must decide it"
             )));
         }
         let comment = comment.trim();

@@ -46,6 +46,8 @@ pub mod producers;
 #[cfg(feature = "store")]
 pub mod samples;
 #[cfg(feature = "store")]
+pub mod secret_box;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use model::*;

@@ -222,8 +222,13 @@ impl StreamSpec {
 }
 
 /// The log topic carrying a stream's events.
-pub fn stream_topic(team: &str, stream: &str) -> String {
-    format!("{team}.{stream}")
+pub fn stream_topic(team: &str, stream: &str, incarnation: i64) -> String {
+    // The first incarnation keeps the name topics have always had.
+    if incarnation == 0 {
+        format!("{team}.{stream}")
+    } else {
+        format!("{team}.{stream}_{incarnation}")
+    }
 }
 
 /// The systems a route can deliver to.
@@ -1029,6 +1034,10 @@ pub struct Object {
     pub team: String,
     pub name: String,
     pub version: i64,
+    /// How many objects of this kind, team and name were deleted before this one was created. A
+    /// stream's topic includes it, so a re-created stream starts empty.
+    #[serde(default)]
+    pub incarnation: i64,
     #[cfg_attr(feature = "store", schema(value_type = Object))]
     pub spec: serde_json::Value,
     pub updated_by: String,
@@ -1036,6 +1045,11 @@ pub struct Object {
 }
 
 impl Object {
+    /// The log topic of a stream object (see [`stream_topic`]).
+    pub fn stream_topic(&self) -> String {
+        stream_topic(&self.team, &self.name, self.incarnation)
+    }
+
     /// The spec as its typed form; a stored spec always matches its kind.
     pub fn spec_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_value(self.spec.clone())

@@ -66,6 +66,34 @@ pub fn plan_topics(goal: &[TopicGoal], observed: &[ObservedTopic]) -> Vec<TopicA
     actions
 }
 
+/// The topic of a deleted stream: kept for the stream's retention after the deletion (so a
+/// mistaken delete can still be read back by an operator), then removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredTopic {
+    pub topic: String,
+    pub deleted_at: i64,
+    pub max_age_ms: i64,
+}
+
+/// Which orphan topics to remove now: those of deleted streams whose retention has run out since
+/// the deletion. A topic no stream ever declared (another tool's, on a shared cluster) is never
+/// removed; neither is one a live stream still declares.
+pub fn expired_topics(orphans: &[String], retired: &[RetiredTopic], now_ms: i64) -> Vec<String> {
+    let mut out: Vec<String> = orphans
+        .iter()
+        .filter(|t| {
+            let mine = retired.iter().filter(|r| &r.topic == *t);
+            let mut any = false;
+            // Every deletion of that topic's streams must have expired (the latest rules).
+            let all_expired = mine.inspect(|_| any = true).all(|r| now_ms.saturating_sub(r.deleted_at) >= r.max_age_ms);
+            any && all_expired
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
 fn topic_of(a: &TopicAction) -> &str {
     match a {
         TopicAction::Create(g) | TopicAction::Update(g) => &g.topic,
@@ -157,6 +185,25 @@ fn job_of(a: &JobAction) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleted_streams_topics_go_after_their_retention_and_no_other_topic_ever_does() {
+        let hour = 3_600_000;
+        let retired = |topic: &str, deleted_at: i64| RetiredTopic { topic: topic.into(), deleted_at, max_age_ms: hour };
+        let orphans: Vec<String> = ["a.old", "a.young", "foreign", "a.twice"].map(String::from).to_vec();
+        let known = [
+            retired("a.old", 0),
+            retired("a.young", 2 * hour - 1),
+            // Deleted long ago, re-created and deleted again recently: kept.
+            retired("a.twice", 0),
+            retired("a.twice", 2 * hour),
+            // A deleted stream whose topic is gone already: nothing to do.
+            retired("a.gone", 0),
+        ];
+        assert_eq!(expired_topics(&orphans, &known, 2 * hour + 10), ["a.old"]);
+        assert_eq!(expired_topics(&orphans, &known, 3 * hour), ["a.old", "a.twice", "a.young"]);
+        assert!(expired_topics(&orphans, &[], 10 * hour).is_empty(), "an unknown topic is never removed");
+    }
 
     fn goal(topic: &str, partitions: u32) -> TopicGoal {
         TopicGoal { topic: topic.into(), partitions, max_age_ms: 3_600_000, max_bytes_per_partition: None }

@@ -90,6 +90,9 @@ pub struct Store {
     /// Where sinks may connect: every declaration and every job of this process checks it, so
     /// it travels with the one handle all of them share.
     egress: Arc<crate::egress::EgressPolicy>,
+    /// Seals sink secrets (and pending changes holding them) at rest; `None` stores them as
+    /// given (benchmarks only: every server and worker sets one, see `Settings::secret_box`).
+    secrets: Option<Arc<crate::secret_box::SecretBox>>,
 }
 
 /// How long a producer token's lookup is trusted. Ingest looks up the token of every request,
@@ -180,6 +183,7 @@ impl Store {
             backend,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             producer_tokens: Arc::default(),
+            secrets: None,
             egress: Arc::default(),
         };
         store.migrate().await?;
@@ -208,6 +212,56 @@ impl Store {
         &self.egress
     }
 
+    pub fn with_secrets(mut self, key: crate::secret_box::SecretBox) -> Store {
+        self.secrets = Some(Arc::new(key));
+        self
+    }
+
+    /// A stored secret's plain value.
+    pub(crate) fn open_secret(&self, stored: String) -> Result<String, StoreError> {
+        match &self.secrets {
+            Some(b) => b.open(&stored).map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => Ok(stored),
+        }
+    }
+
+    /// Seals every secret still stored in clear (from before secrets were sealed), sink secrets
+    /// and pending change requests alike. Returns how many were sealed. Safe to repeat.
+    pub async fn seal_plaintext_secrets(&self) -> Result<usize, StoreError> {
+        let Some(key) = &self.secrets else { return Ok(0) };
+        let mut sealed = 0;
+        let rows = sqlx::query("SELECT sink_id, key, version, value FROM sink_secrets WHERE value NOT LIKE 'enc:v1:%'")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &rows {
+            let (sink_id, name, version, value): (String, String, i64, String) =
+                (r.try_get("sink_id")?, r.try_get("key")?, r.try_get("version")?, r.try_get("value")?);
+            sqlx::query("UPDATE sink_secrets SET value = $1 WHERE sink_id = $2 AND key = $3 AND version = $4")
+                .bind(key.seal(&value))
+                .bind(sink_id)
+                .bind(name)
+                .bind(version)
+                .execute(&self.pool)
+                .await?;
+            sealed += 1;
+        }
+        let rows = sqlx::query(
+            "SELECT id, declaration FROM change_requests WHERE declaration IS NOT NULL AND declaration NOT LIKE 'enc:v1:%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let (id, declaration): (i64, String) = (r.try_get("id")?, r.try_get("declaration")?);
+            sqlx::query("UPDATE change_requests SET declaration = $1 WHERE id = $2")
+                .bind(key.seal(&declaration))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            sealed += 1;
+        }
+        Ok(sealed)
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -222,7 +276,13 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, backend: self.backend, producer_tokens: self.producer_tokens.clone(), _guard: guard })
+        Ok(WriteTx {
+            tx,
+            backend: self.backend,
+            producer_tokens: self.producer_tokens.clone(),
+            secrets: self.secrets.clone(),
+            _guard: guard,
+        })
     }
 
     /// Live objects of one kind that the scope may see, ordered by team then name.
@@ -236,6 +296,22 @@ impl Store {
             q = q.bind(b);
         }
         q.fetch_all(&self.pool).await?.iter().map(object_from_row).collect()
+    }
+
+    /// When a user got their current role (`None` for an unknown user, such as Keystone itself).
+    pub async fn role_since(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
+        let row =
+            sqlx::query("SELECT role_since FROM users WHERE id = $1").bind(user_id).fetch_optional(&self.pool).await?;
+        row.map(|r| r.try_get("role_since")).transpose().map_err(StoreError::from)
+    }
+
+    /// Every deleted stream with its last spec and when it was deleted: the reconciler removes
+    /// their topics once retention has run out.
+    pub async fn deleted_streams(&self) -> Result<Vec<(Object, i64)>, StoreError> {
+        let sql = format!("{OBJECT_SELECT} WHERE o.kind = 'stream' AND o.deleted = 1");
+        let rows =
+            sqlx::query(&sql.replace("SELECT ", "SELECT o.updated_at AS deleted_at, ")).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((object_from_row(r)?, r.try_get("deleted_at")?))).collect()
     }
 
     /// The live object named `name` of `kind` in team `team_id` (`""` for teams).
@@ -321,7 +397,7 @@ impl Store {
         .bind(sink_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("key")?, r.try_get("value")?))).collect()
+        rows.iter().map(|r| Ok((r.try_get("key")?, self.open_secret(r.try_get("value")?)?))).collect()
     }
 }
 
@@ -341,7 +417,7 @@ pub(crate) fn push_scope(sql: &mut String, binds: &mut Vec<String>, column: &str
     }
 }
 
-const OBJECT_SELECT: &str = "SELECT o.id, o.kind, o.team_id, o.name, o.head_version, \
+const OBJECT_SELECT: &str = "SELECT o.id, o.kind, o.team_id, o.name, o.head_version, o.incarnation, \
      COALESCE(t.name, o.name) AS team_name, r.spec, r.author_name, r.created_at \
      FROM objects o JOIN revisions r ON r.object_id = o.id AND r.version = o.head_version \
      LEFT JOIN objects t ON t.id = o.team_id";
@@ -362,6 +438,7 @@ fn object_from_row(r: &AnyRow) -> Result<Object, StoreError> {
         team: r.try_get("team_name")?,
         name: r.try_get("name")?,
         version: r.try_get("head_version")?,
+        incarnation: r.try_get("incarnation")?,
         spec: parse_json(&spec)?,
         updated_by: r.try_get("author_name")?,
         updated_at: r.try_get("created_at")?,
@@ -424,6 +501,7 @@ pub struct WriteTx {
     backend: Backend,
     /// Forgotten on commit: the write may have changed or deleted a token's stream.
     producer_tokens: Arc<TokenCache>,
+    secrets: Option<Arc<crate::secret_box::SecretBox>>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -468,8 +546,9 @@ impl WriteTx {
             (Op::Create, _) => {
                 let id = new_id();
                 sqlx::query(
-                    "INSERT INTO objects (id, kind, team_id, name, head_version, deleted, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, 1, 0, $5, $5)",
+                    "INSERT INTO objects (id, kind, team_id, name, head_version, deleted, created_at, updated_at, \
+                     incarnation) VALUES ($1, $2, $3, $4, 1, 0, $5, $5, \
+                     (SELECT COUNT(*) FROM objects WHERE kind = $2 AND team_id = $3 AND name = $4))",
                 )
                 .bind(&id)
                 .bind(w.kind.as_str())
@@ -548,10 +627,15 @@ impl WriteTx {
             .bind(sink_id)
             .bind(key)
             .bind(version)
-            .bind(value)
+            .bind(self.seal(value))
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// `value` as stored at rest: sealed when the store has a key.
+    pub(crate) fn seal(&self, value: &str) -> String {
+        self.secrets.as_ref().map_or_else(|| value.to_owned(), |b| b.seal(value))
     }
 
     /// Runs any statement inside the transaction (used by user and token management).

@@ -59,7 +59,7 @@ fn sink(kind: SinkKind, settings: &[(&str, &str)], secrets: &[(&str, &str)], dir
     };
     let secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let log: Arc<dyn Appender> = Arc::new(EmbeddedLog::open(dir.join("log"), Default::default()).unwrap());
-    AnySink::build(&spec, "alpha", &secrets, dir, &log, &local_endpoints()).unwrap()
+    AnySink::build(&spec, "alpha", &secrets, dir, &log, &local_endpoints(), None).unwrap()
 }
 
 /// The shared part: a batch goes through, and the same batch again goes through too.
@@ -282,7 +282,7 @@ async fn stream_sink_re_routes_events_into_another_stream() {
         tags: Vec::new(),
     };
     let appender: Arc<dyn Appender> = log.clone();
-    let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender, &local_endpoints()).unwrap();
+    let s = AnySink::build(&spec, "alpha", &BTreeMap::new(), dir.path(), &appender, &local_endpoints(), None).unwrap();
     let mut batch = events(10);
     batch[3].key = Some("user-7".into());
     // No topic yet: transient (the reconciler creates it), never a refusal.

@@ -472,7 +472,7 @@ pub async fn workers(dir: &Path, b: WorkersBench) -> anyhow::Result<()> {
         // Each run its own topic: a fresh stream, so every run reads exactly its events.
         let team = format!("bench{run}");
         if let Some(c) = &cluster {
-            c.create_topic(&keystone_control::stream_topic(&team, "plays"), b.partitions as i32, 1)?;
+            c.create_topic(&keystone_control::stream_topic(&team, "plays", 0), b.partitions as i32, 1)?;
             c.create_topic(&keystone_control::dead_letter_topic(&team, "all"), 1, 1)?;
         }
         let secs = workers_run(&dir.join(&team), &b, &brokers, &team, count).await?;
@@ -508,10 +508,13 @@ async fn workers_run(dir: &Path, b: &WorkersBench, brokers: &str, team: &str, co
         properties: Default::default(),
         session_timeout_ms: 6_000,
     };
+    // The workers share the database, so they share its secrets key.
+    let secrets_key = keystone_control::secret_box::SecretBox::generate_hex();
     let settings = Settings {
         database_url: Some(url.clone()),
         kafka: Some(kafka),
         role: ProcessRole::Control,
+        secrets_key: Some(secrets_key.clone()),
         ..Settings::local(dir)
     };
     let app = Application::build(settings).await?;
@@ -536,6 +539,7 @@ async fn workers_run(dir: &Path, b: &WorkersBench, brokers: &str, team: &str, co
             std::process::Command::new(&exe)
                 .arg("worker")
                 .env("KEYSTONE_DATABASE_URL", &url)
+                .env("KEYSTONE_SECRETS_KEY", &secrets_key)
                 .env("KEYSTONE_DATA_DIR", dir)
                 .env("KEYSTONE_INSTANCE", format!("bench-worker-{i}"))
                 .env("KEYSTONE_KAFKA__BROKERS", brokers)
@@ -563,7 +567,7 @@ async fn workers_run(dir: &Path, b: &WorkersBench, brokers: &str, team: &str, co
         let mut config = KafkaConfig::new(brokers);
         config.manage_topics = false;
         let log = KafkaLog::connect(config)?;
-        let topic = keystone_control::stream_topic(team, "plays");
+        let topic = keystone_control::stream_topic(team, "plays", 0);
         log.ensure_topic(&topic, b.partitions, Retention { max_age_ms: i64::MAX, max_bytes_per_partition: None })
             .await?;
         let started = Instant::now();

@@ -16,18 +16,19 @@ use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
 use keystone_control::lease_store::Lease;
 use keystone_control::reconcile::{
-    plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, TopicAction, TopicGoal,
+    expired_topics, plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, RetiredTopic, TopicAction,
+    TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
 use keystone_control::workers::{combine_shares, oldest_start, HeldJob};
 use keystone_control::{
-    is_dead_letter_topic, stream_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
+    is_dead_letter_topic, Delivery, DesiredState, JobPhase, Kind, Object, RouteSpec, SinkSpec, StreamSpec,
 };
 use keystone_engine::job::registry::{JobRegistry, RunningJob, SinkFactory};
 use keystone_engine::job::supervisor::{supervise, JobObserver, JoinGroup, PhaseReport, RestartPolicy};
 use keystone_engine::job::{CheckpointStore, JobSpec, JobStats};
 use keystone_engine::log::{AnyLog, Log, Retention};
-use keystone_engine::sinks::{AnySink, Appender};
+use keystone_engine::sinks::{AnySink, Appender, StreamSinkConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -184,7 +185,7 @@ impl Reconciler {
             .filter_map(|o| {
                 let spec: StreamSpec = o.spec_as().ok()?;
                 Some(TopicGoal {
-                    topic: stream_topic(&o.team, &o.name),
+                    topic: o.stream_topic(),
                     partitions: spec.partitions,
                     max_age_ms: i64::from(spec.retention_hours) * 3_600_000,
                     max_bytes_per_partition: spec.retention_bytes,
@@ -205,6 +206,13 @@ impl Reconciler {
             })
             .collect();
         let plan = plan_topics(&goal, &observed);
+        let orphans: Vec<String> = plan
+            .iter()
+            .filter_map(|a| match a {
+                TopicAction::Orphan { topic } => Some(topic.clone()),
+                _ => None,
+            })
+            .collect();
         let work = plan.iter().filter(|a| matches!(a, TopicAction::Create(_) | TopicAction::Update(_))).count();
         self.health.last_actions.store(work as u64, std::sync::atomic::Ordering::Relaxed);
         for action in plan {
@@ -212,14 +220,48 @@ impl Reconciler {
                 TopicAction::Create(g) | TopicAction::Update(g) => {
                     let retention =
                         Retention { max_age_ms: g.max_age_ms, max_bytes_per_partition: g.max_bytes_per_partition };
-                    self.log.ensure_topic(&g.topic, g.partitions, retention).await?;
-                    tracing::info!(topic = %g.topic, partitions = g.partitions, "Topic reconciled.");
+                    // One topic the cluster refuses must not hold back the others or the jobs.
+                    match self.log.ensure_topic(&g.topic, g.partitions, retention).await {
+                        Ok(()) => tracing::info!(topic = %g.topic, partitions = g.partitions, "Topic reconciled."),
+                        Err(e) => {
+                            tracing::warn!(topic = %g.topic, error = %e, "Could not reconcile the topic; the others go on.")
+                        }
+                    }
                 }
                 TopicAction::CannotShrink { topic, declared, actual } => {
                     tracing::warn!(topic = %topic, declared, actual, "Topic has more partitions than declared; partitions never shrink.");
                 }
                 // Left to retention; reported at debug level to keep a steady log quiet.
                 TopicAction::Orphan { topic } => tracing::debug!(topic = %topic, "Topic without a stream."),
+            }
+        }
+        if !orphans.is_empty() && self.role.controls() {
+            self.retire_topics(&orphans).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the topics of deleted streams whose retention has run out since the deletion; a
+    /// failure is reported and the others still go.
+    async fn retire_topics(&self, orphans: &[String]) -> anyhow::Result<()> {
+        let retired: Vec<RetiredTopic> = self
+            .store
+            .deleted_streams()
+            .await?
+            .into_iter()
+            .filter_map(|(o, deleted_at)| {
+                let spec: StreamSpec = o.spec_as().ok()?;
+                Some(RetiredTopic {
+                    topic: o.stream_topic(),
+                    deleted_at,
+                    max_age_ms: i64::from(spec.retention_hours) * 3_600_000,
+                })
+            })
+            .collect();
+        for topic in expired_topics(orphans, &retired, keystone_control::store::now_ms()) {
+            match self.log.delete_topic(&topic).await {
+                Ok(()) => tracing::info!(topic = %topic, "Deleted stream's topic removed after its retention."),
+                Err(e) => tracing::warn!(topic = %topic, error = %e, "Could not remove a deleted stream's topic."),
             }
         }
         Ok(())
@@ -265,16 +307,23 @@ impl Reconciler {
             let backfill = backfills.remove(&route.id);
             // A backfill is another source: switching to it and back is a redeploy.
             let source = backfill.as_ref().map_or(String::new(), |b| format!(" backfill {}", b.id));
+            // A stream sink appends to its target's current topic: a re-created target is a
+            // redeploy onto the new topic.
+            let target_topic = (sink_spec.kind == keystone_control::SinkKind::Stream)
+                .then(|| StreamSinkConfig::from_spec(&sink_spec.settings, &sink.team).ok())
+                .flatten()
+                .and_then(|c| find(streams, &c.target.team, &c.target.stream).map(|s| s.stream_topic()));
             goal.push(JobGoal {
                 route_id: route.id.clone(),
                 fingerprint: format!(
-                    "route {route_hash:016x} stream v{} sink {sink_hash:016x}{source}",
-                    stream.version
+                    "route {route_hash:016x} stream v{} sink {sink_hash:016x}{source}{}",
+                    stream.version,
+                    target_topic.as_deref().map_or(String::new(), |t| format!(" into {t}")),
                 ),
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
                 desired: spec.state,
             });
-            inputs.insert(route.id.clone(), Inputs { route, stream, sink, backfill });
+            inputs.insert(route.id.clone(), Inputs { route, stream, sink, backfill, target_topic });
         }
         let observed: Vec<ObservedJob> = if self.role.runs_jobs() {
             self.jobs.fingerprints()
@@ -599,7 +648,7 @@ impl Reconciler {
         Ok(ended)
     }
 
-    async fn start(&self, goal: &JobGoal, Inputs { route, stream, sink, backfill }: &Inputs) {
+    async fn start(&self, goal: &JobGoal, Inputs { route, stream, sink, backfill, target_topic }: &Inputs) {
         let observer = Arc::new(StoreObserver {
             store: self.store.clone(),
             route_id: route.id.clone(),
@@ -617,8 +666,10 @@ impl Reconciler {
                 let team = sink.team.clone();
                 let appender: Arc<dyn Appender> = self.log.clone();
                 let egress = self.store.egress().clone();
-                let factory: SinkFactory =
-                    Arc::new(move || AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender, &egress));
+                let target = target_topic.clone();
+                let factory: SinkFactory = Arc::new(move || {
+                    AnySink::build(&sink_spec, &team, &secrets, &data_dir, &appender, &egress, target.as_deref())
+                });
                 let make_sink = {
                     let factory = factory.clone();
                     move || factory()
@@ -695,7 +746,13 @@ impl Reconciler {
         let sink_spec: SinkSpec = sink.spec_as().map_err(|e| format!("sink spec: {e}"))?;
         let secrets: BTreeMap<String, String> =
             self.store.sink_secrets(&sink.id).await.map_err(|e| format!("sink secrets: {e}"))?.into_iter().collect();
-        let mut spec = JobSpec::for_route(&route.id, &route.team, &route.name, &route_spec, &stream_spec)?;
+        let mut spec = JobSpec::for_route(
+            &route.id,
+            &route.team,
+            &route.name,
+            &route_spec,
+            (stream.stream_topic(), &stream_spec),
+        )?;
         if let Some(b) = backfill {
             // The route's code, another source: read it from its start up to its recorded end.
             spec.topic = b.topic.clone();
@@ -719,6 +776,8 @@ struct Inputs {
     sink: Object,
     /// A running backfill: the job reads its source instead of the stream.
     backfill: Option<Backfill>,
+    /// A stream sink's target topic.
+    target_topic: Option<String>,
 }
 
 /// Where a job's positions are kept: the route's checkpoints, or a backfill's own (so the

@@ -69,6 +69,12 @@ pub struct Settings {
     /// `__DENY` as comma-separated lists and `__ALLOW_PRIVATE`).
     #[serde(default)]
     pub egress: EgressSettings,
+    /// The key sealing sink secrets in the database (`KEYSTONE_SECRETS_KEY`: 64 hex characters,
+    /// e.g. `openssl rand -hex 32`; never logged). Required with PostgreSQL, where every process
+    /// must share it; on the embedded database it defaults to one generated into
+    /// `<data_dir>/secrets.key`.
+    #[serde(default)]
+    pub secrets_key: Option<String>,
 }
 
 /// The egress policy's settings (see `keystone_control::egress`). Loopback, link-local (the
@@ -228,7 +234,40 @@ impl Settings {
             pool: None,
             job_env: Default::default(),
             egress: EgressSettings::default(),
+            secrets_key: None,
         }
+    }
+
+    /// The key sealing sink secrets: the configured one; on the embedded database, the one kept
+    /// in the data directory (made on first start, readable by its owner only). A production
+    /// database without a configured key is a start-up error, not a silent plaintext store.
+    pub fn secret_box(&self) -> anyhow::Result<keystone_control::secret_box::SecretBox> {
+        use keystone_control::secret_box::SecretBox;
+        if let Some(key) = self.secrets_key.as_deref().filter(|k| !k.is_empty()) {
+            return SecretBox::from_hex(key).map_err(|e| anyhow::anyhow!("KEYSTONE_SECRETS_KEY: {e}"));
+        }
+        if !self.database_url().starts_with("sqlite:") {
+            anyhow::bail!(
+                "KEYSTONE_SECRETS_KEY is required with PostgreSQL: sink secrets are sealed with it, and every \
+                 process sharing the database needs the same one (64 hex characters, e.g. `openssl rand -hex 32`)"
+            );
+        }
+        let path = self.data_dir.join("secrets.key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::create_dir_all(&self.data_dir)?;
+                let key = SecretBox::generate_hex();
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                f.write_all(key.as_bytes())?;
+                f.sync_all()?;
+                key
+            }
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        };
+        SecretBox::from_hex(&key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// The egress policy of these settings, protecting the platform's own database and

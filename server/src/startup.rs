@@ -119,8 +119,13 @@ impl Application {
         }
         std::fs::create_dir_all(&settings.data_dir)?;
         let url = settings.database_url();
-        let store = Store::connect(&url).await?.with_egress(settings.egress_policy()?);
+        let store =
+            Store::connect(&url).await?.with_egress(settings.egress_policy()?).with_secrets(settings.secret_box()?);
         tracing::info!(backend = ?store.backend(), "Goal-state store ready.");
+        let sealed = store.seal_plaintext_secrets().await?;
+        if sealed > 0 {
+            tracing::info!(sealed, "Secrets stored in clear by an earlier version are now sealed.");
+        }
         if user_count(&store).await? == 0 {
             tracing::warn!("No users yet: create the first admin with `keystone admin create-user --role admin`.");
         }
@@ -327,7 +332,10 @@ pub struct Worker {
 impl Worker {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Worker> {
         settings.role = ProcessRole::Worker;
-        let store = Store::connect(&settings.database_url()).await?.with_egress(settings.egress_policy()?);
+        let store = Store::connect(&settings.database_url())
+            .await?
+            .with_egress(settings.egress_policy()?)
+            .with_secrets(settings.secret_box()?);
         if store.backend() != keystone_control::store::Backend::Postgres {
             tracing::warn!("This worker's database is SQLite: only processes on this machine can share it.");
         }

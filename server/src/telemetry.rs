@@ -420,7 +420,7 @@ impl Telemetry {
         let fine = RESOLUTIONS[0];
         let mut rows = Vec::new();
         for stream in self.store.list(Kind::Stream, &Scope::All).await? {
-            let topic = keystone_control::stream_topic(&stream.team, &stream.name);
+            let topic = stream.stream_topic();
             let now_counts = self.meter.stats(&topic, now);
             let before = open.ingested.get(&topic).cloned().unwrap_or_default();
             let sample = StreamSample {

@@ -46,6 +46,8 @@ fn pg_admin_url() -> String {
 const PASSWORD: &str = "correct horse battery";
 /// The test servers' `/metrics` scrape token.
 const SCRAPE_TOKEN: &str = "scrape-token-for-the-whole-platform-0123456789";
+/// The test servers' key sealing sink secrets.
+const TEST_SECRETS_KEY: &str = "6b657973746f6e652d746573742d6b65792d3332206279746573206c6f6e6721";
 
 async fn spawn_app(db: Db) -> TestApp {
     spawn_app_with(db, |_| {}).await
@@ -80,12 +82,14 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
             allow: vec!["127.0.0.0/8".into(), "::1".into(), "localhost".into()],
             ..Default::default()
         },
+        // Every process of a test shares the database, so they share the key too.
+        secrets_key: Some(TEST_SECRETS_KEY.into()),
         ..Settings::local(&dir)
     };
     tweak(&mut settings);
     let (base, running) = start_server(settings.clone()).await;
 
-    let store = Store::connect(&database_url).await.unwrap();
+    let store = Store::connect(&database_url).await.unwrap().with_secrets(settings.secret_box().unwrap());
     let root = Principal { user_id: "test".into(), display: "test".into(), role: Role::Admin, teams: vec![] };
     for team in ["alpha", "beta"] {
         Goal::new(&store, &root).create("", team, Declaration::Team(TeamSpec::default()), "").await.unwrap();
@@ -584,6 +588,16 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     let root = console_session(&app, "root").await;
     let alice = console_session(&app, "alice").await;
 
+    // Declared before the policy: under it, new streams and production sinks wait too.
+    for (name, partitions) in [("plays", 3), ("old", 1)] {
+        let (s, body) = app
+            .post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": name, "spec": stream(partitions)}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+    let sink = json!({"kind": "file", "settings": {"path": "warehouse"}, "tags": ["production"]});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sinks", json!({"name": "warehouse", "spec": sink})).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
     // Without a policy nothing waits; only admins may write one.
     let (_, policy) = app.get(&app.alpha, "/api/v1/policies/approvals").await;
     assert_eq!(policy["version"], 0);
@@ -603,15 +617,6 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
     assert_eq!((policy["version"].as_i64(), policy["policy"]["stream_deletes"].as_bool()), (Some(1), Some(true)));
 
     // An editor's route to a production sink becomes a change request: 202, nothing applied.
-    for (name, partitions) in [("plays", 3), ("old", 1)] {
-        let (s, body) = app
-            .post(&app.alpha, "/api/v1/teams/alpha/streams", json!({"name": name, "spec": stream(partitions)}))
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-    }
-    let sink = json!({"kind": "file", "settings": {"path": "warehouse"}, "tags": ["production"]});
-    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sinks", json!({"name": "warehouse", "spec": sink})).await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
     let revisions = app.revision_count().await;
     let route = json!({"stream": "plays", "sink": "warehouse", "filter": "event.n > 1"});
     let (s, body) = app
@@ -819,6 +824,8 @@ async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
     app.teardown().await;
 }
 
+#[path = "api/data_safety.rs"]
+mod data_safety;
 #[path = "api/security.rs"]
 mod security;
 
@@ -1145,14 +1152,14 @@ mod delivery {
         }
     }
 
-    async fn declare(app: &TestApp, kind: &str, name: &str, spec: Value) {
+    pub(crate) async fn declare(app: &TestApp, kind: &str, name: &str, spec: Value) {
         let (s, body) =
             app.post(&app.alpha, &format!("/api/v1/teams/alpha/{kind}"), json!({"name": name, "spec": spec})).await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
     }
 
     /// Posts events as NDJSON, in requests under the test server's 64 KiB body limit.
-    async fn ingest(app: &TestApp, token: &str, stream: &str, events: &[Value]) {
+    pub(crate) async fn ingest(app: &TestApp, token: &str, stream: &str, events: &[Value]) {
         for chunk in events.chunks(500) {
             ingest_once(app, token, stream, chunk).await;
         }
@@ -1188,11 +1195,11 @@ mod delivery {
     }
 
     /// The distinct `n`s of the events delivered to a file sink's folder.
-    fn delivered_ns(app: &TestApp, path: &str) -> std::collections::BTreeSet<u64> {
+    pub(crate) fn delivered_ns(app: &TestApp, path: &str) -> std::collections::BTreeSet<u64> {
         sink_lines(app, path).iter().map(|l| l["event"]["n"].as_u64().unwrap()).collect()
     }
 
-    async fn producer_token(app: &TestApp, stream: &str) -> String {
+    pub(crate) async fn producer_token(app: &TestApp, stream: &str) -> String {
         let (s, body) =
             app.post(&app.alpha, &format!("/api/v1/producer-tokens/alpha/{stream}"), json!({"name": "web"})).await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
@@ -1200,7 +1207,7 @@ mod delivery {
     }
 
     /// Every event a file sink of team alpha wrote under `sinks/alpha/<path>`, NDJSON and Parquet.
-    fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
+    pub(crate) fn sink_lines(app: &TestApp, path: &str) -> Vec<Value> {
         events_under(&app.settings.data_dir.join("sinks/alpha").join(path))
     }
 
@@ -1210,7 +1217,7 @@ mod delivery {
         body
     }
 
-    async fn eventually<F, Fut>(what: &str, mut check: F)
+    pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -1222,7 +1229,7 @@ mod delivery {
         }
     }
 
-    fn plays(range: std::ops::Range<u64>) -> Vec<Value> {
+    pub(crate) fn plays(range: std::ops::Range<u64>) -> Vec<Value> {
         range
             .map(|n| json!({"n": n, "country": if n % 4 == 0 { "BR" } else { "US" }, "user": {"email": format!("u{n}@x.io")}}))
             .collect()
@@ -1285,7 +1292,13 @@ mod delivery {
 
     /// A `keystone <args>` process of this build named `name`, on the test's database, data
     /// folder and Kafka cluster (topics made by the test), logging to `<name>.log` there.
-    fn keystone_process(app: &TestApp, brokers: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    pub(crate) fn keystone_process(
+        app: &TestApp,
+        brokers: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Spawned {
         let log = std::fs::File::create(app.settings.data_dir.join(format!("{name}.log"))).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
             .args(args)
@@ -1296,6 +1309,7 @@ mod delivery {
             .env("KEYSTONE_KAFKA__MANAGE_TOPICS", "false")
             .env("KEYSTONE_KAFKA__SESSION_TIMEOUT_MS", "6000")
             .env("KEYSTONE_TELEMETRY_INTERVAL_MS", "200")
+            .env("KEYSTONE_SECRETS_KEY", TEST_SECRETS_KEY)
             .env("RUST_LOG", "info,sqlx=warn,rdkafka=warn")
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
@@ -1324,7 +1338,7 @@ mod delivery {
     }
 
     /// A process a test started, killed (SIGKILL) and reaped when dropped.
-    struct Spawned(std::process::Child);
+    pub(crate) struct Spawned(std::process::Child);
 
     impl Drop for Spawned {
         fn drop(&mut self) {
@@ -1334,12 +1348,12 @@ mod delivery {
     }
 
     /// A loopback port free now, for a server a test starts.
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     /// Waits until something listens on `port` (a server a test started).
-    async fn until_listening(port: u16, what: &str) {
+    pub(crate) async fn until_listening(port: u16, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(Instant::now() < deadline, "{what} did not listen on {port}");
@@ -1629,14 +1643,14 @@ mod delivery {
     /// A real Kafka-protocol broker process for one test: tansu (installed by `cargo xtask test`,
     /// found through `KEYSTONE_TANSU`) with its SQLite storage in a scratch folder, on a free
     /// loopback port; killed on drop. `None` (the test says SKIPPED) when it is not installed.
-    struct Tansu {
+    pub(crate) struct Tansu {
         _process: Spawned,
-        brokers: String,
+        pub(crate) brokers: String,
         _dir: tempfile::TempDir,
     }
 
     impl Tansu {
-        async fn start() -> Option<Tansu> {
+        pub(crate) async fn start() -> Option<Tansu> {
             let Some(bin) = std::env::var_os("KEYSTONE_TANSU").filter(|b| std::path::Path::new(b).exists()) else {
                 eprintln!("SKIPPED: no tansu broker (KEYSTONE_TANSU); `cargo xtask test` installs it");
                 return None;

@@ -147,7 +147,7 @@ pub async fn preview_route(
     let (object, spec) = Goal::new(&store, &who).preview_target(&team, stream.trim(), filter, &projection).await?;
     let transforms = keystone_engine::job::Transforms::compile(filter, &projection, &team)
         .map_err(|msg| AppError::Invalid(keystone_control::ValidationErrors::single("filter", msg)))?;
-    let topic = keystone_control::stream_topic(&object.team, &object.name);
+    let topic = object.stream_topic();
     keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &transforms, 100).await.map_err(
         |e| {
             tracing::error!(error = %e, "Route preview failed to read the log.");

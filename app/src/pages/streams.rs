@@ -130,6 +130,8 @@ pub struct StreamActivityView {
     pub counted: IngestStats,
     /// Events ever appended, per partition.
     pub log_end_offsets: Vec<u64>,
+    /// Why the platform could not apply the topic's settings on the Kafka cluster, if so.
+    pub topic_problem: Option<String>,
     /// The newest events (without transforms).
     pub recent: Vec<PreviewRow>,
     /// The routes reading this stream: (name, job phase, events waiting).
@@ -147,7 +149,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
     let store = state.store.clone();
     let object = Goal::new(&store, &who).get(Kind::Stream, &team, &name).await?;
     let spec: StreamSpec = object.spec_as().map_err(|_| AppError::Internal)?;
-    let topic = keystone_control::stream_topic(&object.team, &object.name);
+    let topic = object.stream_topic();
     let everything =
         keystone_engine::job::Transforms::compile(None, &Default::default(), &team).map_err(|_| AppError::Internal)?;
     let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &everything, 10)
@@ -187,7 +189,15 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
         routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).or_else(|| shared.remove(&r.id)).map(|m| m.lag)));
     }
-    Ok(StreamActivityView { routes, counted: state.meter.stats(&topic, now), log_end_offsets, recent, chart })
+    let topic_problem = state.log.topic_problem(&topic);
+    Ok(StreamActivityView {
+        routes,
+        counted: state.meter.stats(&topic, now),
+        log_end_offsets,
+        topic_problem,
+        recent,
+        chart,
+    })
 }
 
 /// Ingest rate and totals, and a sample of the newest events.
@@ -209,6 +219,9 @@ fn StreamActivity() -> impl IntoView {
                             let in_log: u64 = a.log_end_offsets.iter().sum();
                             let per_partition = a.log_end_offsets.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
                             view! {
+                                {a.topic_problem.clone().map(|p| view! {
+                                    <p class="mb-4 rounded border border-amber-300 bg-amber-50 px-3 py-2 text-sm text-amber-900" data-testid="topic-problem">{p}</p>
+                                })}
                                 <div class=format!("{CARD} mb-4 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-5")>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events/s (last minute)"</div>
                                         <div class="text-lg font-semibold tabular-nums" data-testid="ingest-rate">{format!("{:.1}", a.counted.events_per_second)}</div></div>

@@ -20,9 +20,7 @@ use crate::log::{Log, LogError, NewRecord, Retention, StartAt, StoredRecord};
 use crate::sinks::{Sink, SinkError, SinkEvent};
 use crate::transforms::raw::{RawFields, RawFieldsSeed};
 use crate::transforms::{FieldCopy, Filter, Hygiene, Projection};
-use keystone_control::{
-    dead_letter_topic, stream_topic, JobCounters, PartitionLag, RecentError, RouteSpec, SinkErrors, StreamSpec,
-};
+use keystone_control::{dead_letter_topic, JobCounters, PartitionLag, RecentError, RouteSpec, SinkErrors, StreamSpec};
 use rand::Rng;
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
@@ -66,20 +64,20 @@ pub const DEAD_LETTER_RETENTION: Retention =
 pub const UNORDERED_IN_FLIGHT: usize = 4;
 
 impl JobSpec {
-    /// Compiles a declared route (and the stream it reads) into a job.
+    /// Compiles a declared route (and the stream it reads, with its current topic) into a job.
     pub fn for_route(
         route_id: &str,
         team: &str,
         route_name: &str,
         route: &RouteSpec,
-        stream: &StreamSpec,
+        (topic, stream): (String, &StreamSpec),
     ) -> Result<JobSpec, String> {
         let settings = route.job_settings().map_err(|e| e.to_string())?;
         let transforms = Transforms::compile(route.filter.as_deref(), &route.projection, team)?;
         Ok(JobSpec {
             route_id: route_id.to_owned(),
             route: format!("{team}/{route_name}"),
-            topic: stream_topic(team, route.stream.as_str()),
+            topic,
             partitions: stream.partitions,
             dead_letter_topic: dead_letter_topic(team, route_name),
             transforms,

@@ -7,11 +7,11 @@
 //! has been fsynced: the committed length of each segment is published after the sync.
 
 use super::codec::{decode, encode, Decoded, StoredRecord};
+use super::recovery::{needs_index, recover_file, Damage};
+use super::storage::{is_out_of_space, Disk, Storage};
 use super::{Log, LogError, NewRecord, Retention, StartAt};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,13 +32,6 @@ impl Default for EmbeddedConfig {
     }
 }
 
-/// A sparse index entry every this many bytes of a segment.
-const INDEX_EVERY: u64 = 4096;
-/// Whether the record at `pos` gets an index entry, given the last indexed position.
-fn needs_index(last_indexed: Option<u64>, pos: u64) -> bool {
-    last_indexed.is_none_or(|p| pos >= p + INDEX_EVERY)
-}
-
 /// Bytes read per chunk when scanning a segment.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -47,6 +40,7 @@ pub struct EmbeddedLog {
     config: EmbeddedConfig,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     fsyncs: Arc<AtomicU64>,
+    storage: Arc<dyn Storage>,
 }
 
 struct Topic {
@@ -76,6 +70,8 @@ struct Segment {
     index: Vec<(u64, u64)>,
     first_ts: i64,
     last_ts: i64,
+    /// Stretches found corrupt at start-up; readers stop at them.
+    damage: Vec<Damage>,
 }
 
 /// A record waiting for its partition's writer: timestamp, key, value.
@@ -93,12 +89,24 @@ impl AppendRequest {
     }
 }
 
-fn io_error(e: std::io::Error) -> LogError {
-    // ENOSPC and EDQUOT: the caller should back off, not treat it as a bug.
-    if matches!(e.raw_os_error(), Some(28) | Some(122)) {
-        LogError::Full
-    } else {
-        LogError::Io(e)
+/// Why a group commit failed, told to each of its requests.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// No space: nothing was kept, and the partition goes on once space is back.
+    Full,
+    /// A write failed and was cut back cleanly.
+    Io(std::io::ErrorKind, String),
+    /// An fsync failed, or the cut after a failed write did: the partition stops taking writes.
+    Poisoned(String),
+}
+
+impl Failure {
+    fn error(&self) -> LogError {
+        match self {
+            Failure::Full => LogError::Full,
+            Failure::Io(kind, msg) => LogError::Io(std::io::Error::new(*kind, msg.clone())),
+            Failure::Poisoned(why) => LogError::Poisoned(why.clone()),
+        }
     }
 }
 
@@ -115,9 +123,25 @@ impl EmbeddedLog {
     /// Opens (creating) the log under `dir`, recovering every topic found there. Must run inside a
     /// Tokio runtime: each partition gets a writer task.
     pub fn open(dir: impl Into<PathBuf>, config: EmbeddedConfig) -> Result<EmbeddedLog, LogError> {
+        EmbeddedLog::open_on(dir, config, Arc::new(Disk))
+    }
+
+    /// Opens the log with its writes, syncs and reads going through `storage` (tests inject
+    /// faults with it).
+    pub fn open_on(
+        dir: impl Into<PathBuf>,
+        config: EmbeddedConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<EmbeddedLog, LogError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        let log = EmbeddedLog { dir, config, topics: RwLock::new(HashMap::new()), fsyncs: Arc::new(AtomicU64::new(0)) };
+        let log = EmbeddedLog {
+            dir,
+            config,
+            topics: RwLock::new(HashMap::new()),
+            fsyncs: Arc::new(AtomicU64::new(0)),
+            storage,
+        };
         for entry in std::fs::read_dir(&log.dir)? {
             let entry = entry?;
             if !entry.file_type()?.is_dir() {
@@ -179,7 +203,7 @@ impl EmbeddedLog {
         let mut parts = topic.partitions.write().expect("partitions lock");
         while (parts.len() as u32) < partitions {
             let dir = self.dir.join(name).join(parts.len().to_string());
-            parts.push(Arc::new(open_partition(dir, self.config, self.fsyncs.clone())?));
+            parts.push(Arc::new(open_partition(dir, self.config, self.fsyncs.clone(), self.storage.clone())?));
         }
         Ok(())
     }
@@ -192,6 +216,19 @@ impl EmbeddedLog {
             .get(partition as usize)
             .cloned()
             .ok_or_else(|| LogError::UnknownPartition { topic: topic.to_owned(), partition })
+    }
+
+    /// Removes a topic and its files. Its writers stop; a reader still holding it gets errors.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        let removed = self.topics.write().expect("topics lock").remove(topic);
+        if removed.is_none() {
+            return Err(LogError::UnknownTopic(topic.to_owned()));
+        }
+        let (dir, root) = (self.dir.join(topic), self.dir.clone());
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).and_then(|_| sync_dir(&root)))
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        Ok(())
     }
 
     /// Drops whole segments that retention no longer keeps. The active segment always stays.
@@ -229,8 +266,13 @@ impl EmbeddedLog {
     }
 }
 
-/// Recovers a partition's segments (cutting a torn or corrupt tail) and starts its writer.
-fn open_partition(dir: PathBuf, config: EmbeddedConfig, fsyncs: Arc<AtomicU64>) -> Result<Partition, LogError> {
+/// Recovers a partition's segments (cutting only a torn tail) and starts its writer.
+fn open_partition(
+    dir: PathBuf,
+    config: EmbeddedConfig,
+    fsyncs: Arc<AtomicU64>,
+    storage: Arc<dyn Storage>,
+) -> Result<Partition, LogError> {
     std::fs::create_dir_all(&dir)?;
     let mut bases: Vec<u64> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
@@ -245,9 +287,18 @@ fn open_partition(dir: PathBuf, config: EmbeddedConfig, fsyncs: Arc<AtomicU64>) 
             tracing::error!(dir = %dir.display(), expected = next_offset, found = base, "Log segment missing; later segments ignored.");
             break;
         }
-        let seg = recover_segment(&segment_path(&dir, *base), *base)?;
-        next_offset = seg.0;
-        segments.push(seg.1);
+        let path = segment_path(&dir, *base);
+        let s = recover_file(&path, *base, bases.get(i + 1).copied())?;
+        next_offset = s.next;
+        segments.push(Segment {
+            base: *base,
+            path,
+            len: s.len,
+            index: s.index,
+            first_ts: s.first_ts,
+            last_ts: s.last_ts,
+            damage: s.damage,
+        });
     }
     if segments.is_empty() {
         let path = segment_path(&dir, next_offset);
@@ -260,65 +311,45 @@ fn open_partition(dir: PathBuf, config: EmbeddedConfig, fsyncs: Arc<AtomicU64>) 
             index: Vec::new(),
             first_ts: i64::MAX,
             last_ts: i64::MIN,
+            damage: Vec::new(),
         });
     }
     let active = OpenOptions::new().append(true).open(&segments.last().expect("one segment").path)?;
     let state = Arc::new(Mutex::new(PartitionState { segments, next_offset }));
     let (end_tx, end_rx) = watch::channel(next_offset);
     let (tx, rx) = mpsc::channel(1024);
-    let writer =
-        Writer { dir: dir.clone(), config, state: state.clone(), active: Arc::new(active), end: end_tx, fsyncs };
+    let writer = Writer {
+        dir: dir.clone(),
+        config,
+        state: state.clone(),
+        active: Arc::new(active),
+        end: end_tx,
+        fsyncs,
+        storage,
+        poisoned: None,
+    };
     tokio::spawn(writer.run(rx));
     Ok(Partition { state, requests: tx, end: end_rx })
 }
 
-/// Scans one segment, truncating it at the first record that is torn, corrupt or out of order.
-/// Returns the next offset after it and the segment.
-fn recover_segment(path: &Path, base: u64) -> Result<(u64, Segment), LogError> {
-    let data = std::fs::read(path)?;
-    let mut seg =
-        Segment { base, path: path.to_owned(), len: 0, index: Vec::new(), first_ts: i64::MAX, last_ts: i64::MIN };
-    let mut pos = 0usize;
-    let mut next = base;
-    let mut last_indexed: Option<u64> = None;
-    while pos < data.len() {
-        match decode(&data[pos..]) {
-            Decoded::Record(r, n) if r.offset == next => {
-                if needs_index(last_indexed, pos as u64) {
-                    seg.index.push((r.offset, pos as u64));
-                    last_indexed = Some(pos as u64);
-                }
-                seg.first_ts = seg.first_ts.min(r.timestamp_ms);
-                seg.last_ts = seg.last_ts.max(r.timestamp_ms);
-                next += 1;
-                pos += n;
-            }
-            _ => break,
-        }
-    }
-    if pos < data.len() {
-        tracing::warn!(segment = %path.display(), kept = pos, cut = data.len() - pos, "Torn or corrupt log tail cut off.");
-        let f = OpenOptions::new().write(true).open(path)?;
-        f.set_len(pos as u64)?;
-        f.sync_all()?;
-    }
-    seg.len = pos as u64;
-    Ok((next, seg))
-}
-
-fn corrupt_committed() -> LogError {
-    LogError::Io(std::io::Error::other("corrupt record in committed log"))
+/// What one scan of a segment found: records, and where it met a record that does not decode.
+struct SegmentRead {
+    records: Vec<StoredRecord>,
+    corrupt_at: Option<u64>,
 }
 
 /// Up to `want` records of one segment with offsets from `from`, scanning committed bytes
-/// `[start_pos, end_pos)` chunk by chunk.
+/// `[start_pos, end_pos)` chunk by chunk; `start_offset` is the offset of the record at
+/// `start_pos`. A record that fails its checksum ends the scan: the records before it are
+/// returned and the reader meets the error on its next call.
 fn read_segment(
+    storage: &dyn Storage,
     path: &Path,
-    start_pos: u64,
+    (start_pos, start_offset): (u64, u64),
     end_pos: u64,
     from: u64,
     want: usize,
-) -> Result<Vec<StoredRecord>, LogError> {
+) -> std::io::Result<SegmentRead> {
     thread_local! {
         /// Each blocking thread's read buffer, kept between reads: a fresh zeroed megabyte per
         /// read was page faults and zeroing (profiled: ~15% of a pipeline benchmark's CPU).
@@ -326,47 +357,56 @@ fn read_segment(
     }
     let file = File::open(path)?;
     // Up to a chunk's worth of ~256-byte records up front, not grown record by record.
-    let mut records = Vec::with_capacity(want.min(READ_CHUNK / 256));
+    let mut out = SegmentRead { records: Vec::with_capacity(want.min(READ_CHUNK / 256)), corrupt_at: None };
     let mut pos = start_pos;
+    let mut expected = start_offset;
     // Size reads to what is wanted (about 512 bytes a record), not to the segment.
     let chunk = want.saturating_mul(512).clamp(16 << 10, READ_CHUNK);
     CHUNK.with_borrow_mut(|kept| {
-        while pos < end_pos && records.len() < want {
+        while pos < end_pos && out.records.len() < want {
             let len = ((end_pos - pos) as usize).min(chunk);
             if kept.len() < len {
                 kept.resize(len, 0);
             }
             let buf = &mut kept[..len];
-            file.read_exact_at(buf, pos)?;
+            storage.read_at(&file, buf, pos)?;
             let mut at = 0;
-            while records.len() < want {
-                match decode(&buf[at..]) {
-                    Decoded::Record(r, len) => {
-                        at += len;
-                        if r.offset >= from {
-                            records.push(r);
-                        }
-                    }
+            while out.records.len() < want {
+                let (record, len) = match decode(&buf[at..]) {
+                    Decoded::Record(r, len) => (r, len),
                     // The chunk ends inside a record: the next chunk starts at it.
                     Decoded::Incomplete if at > 0 => break,
                     // One record larger than a chunk: read exactly it.
-                    Decoded::Incomplete => {
+                    Decoded::Incomplete if buf.len() >= super::codec::HEADER => {
                         let body = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
                         let mut big = vec![0u8; super::codec::HEADER + body];
-                        file.read_exact_at(&mut big, pos)?;
-                        let Decoded::Record(r, len) = decode(&big) else { return Err(corrupt_committed()) };
-                        at = len;
-                        if r.offset >= from {
-                            records.push(r);
+                        storage.read_at(&file, &mut big, pos)?;
+                        match decode(&big) {
+                            Decoded::Record(r, len) => (r, len),
+                            _ => {
+                                out.corrupt_at = Some(expected);
+                                return Ok(out);
+                            }
                         }
-                        break;
                     }
-                    Decoded::Corrupt => return Err(corrupt_committed()),
+                    _ => {
+                        out.corrupt_at = Some(expected);
+                        return Ok(out);
+                    }
+                };
+                if record.offset != expected {
+                    out.corrupt_at = Some(expected);
+                    return Ok(out);
+                }
+                at += len;
+                expected += 1;
+                if record.offset >= from {
+                    out.records.push(record);
                 }
             }
             pos += at as u64;
         }
-        Ok(records)
+        Ok(out)
     })
 }
 
@@ -378,11 +418,18 @@ struct Writer {
     active: Arc<File>,
     end: watch::Sender<u64>,
     fsyncs: Arc<AtomicU64>,
+    storage: Arc<dyn Storage>,
+    /// Set once an fsync failed: every later append is refused.
+    poisoned: Option<String>,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
         while let Some(first) = rx.recv().await {
+            if let Some(why) = &self.poisoned {
+                let _ = first.done.send(Err(LogError::Poisoned(why.clone())));
+                continue;
+            }
             let mut bytes = first.encoded_size();
             let mut batch = vec![first];
             while bytes < self.config.max_batch_bytes {
@@ -424,17 +471,31 @@ impl Writer {
             offsets.push(mine);
         }
         let file = self.active.clone();
+        let storage = self.storage.clone();
         let written_len = buf.len() as u64;
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let result = (&*file).write_all(&buf).and_then(|_| file.sync_data());
-            if result.is_err() {
-                // Leave nothing half-written behind: cut back to the committed length.
-                let _ = file.set_len(seg_len).and_then(|_| file.sync_data());
+        let dir = self.dir.display().to_string();
+        let written = tokio::task::spawn_blocking(move || -> Result<(), Failure> {
+            if let Err(e) = storage.append(&file, &buf) {
+                // Nothing of a failed write was acknowledged: cut back to the committed length.
+                // If even that fails, the file's tail is unknown and the partition stops.
+                return match file.set_len(seg_len).and_then(|_| storage.sync(&file)) {
+                    Ok(()) if is_out_of_space(&e) => Err(Failure::Full),
+                    Ok(()) => Err(Failure::Io(e.kind(), e.to_string())),
+                    Err(cut) => {
+                        Err(Failure::Poisoned(format!("{dir}: write failed ({e}) and cutting it back failed ({cut})")))
+                    }
+                };
             }
-            result
+            // A failed fsync may have dropped dirty pages while marking them clean (PostgreSQL's
+            // "fsyncgate"): retrying it could report success for data that never reached the
+            // disk. Cut what this batch added as best one can, and stop taking writes.
+            storage.sync(&file).map_err(|e| {
+                let _ = file.set_len(seg_len);
+                Failure::Poisoned(format!("{dir}: fsync failed ({e})"))
+            })
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        .unwrap_or_else(|e| Err(Failure::Io(std::io::ErrorKind::Other, e.to_string())));
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         match written {
             Ok(()) => {
@@ -458,10 +519,21 @@ impl Writer {
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, "Log append failed; nothing of it was kept.");
+            Err(failure) => {
+                match &failure {
+                    Failure::Poisoned(why) => {
+                        tracing::error!(dir = %self.dir.display(), why, "Log partition stops taking writes until the process restarts.");
+                        self.poisoned = Some(why.clone());
+                    }
+                    Failure::Full => {
+                        tracing::warn!(dir = %self.dir.display(), "Log append refused: out of disk space; nothing of it was kept.")
+                    }
+                    Failure::Io(_, e) => {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "Log append failed; nothing of it was kept.")
+                    }
+                }
                 for req in batch {
-                    let _ = req.done.send(Err(io_error(std::io::Error::new(e.kind(), e.to_string()))));
+                    let _ = req.done.send(Err(failure.error()));
                 }
             }
         }
@@ -488,6 +560,7 @@ impl Writer {
             index: Vec::new(),
             first_ts: i64::MAX,
             last_ts: i64::MIN,
+            damage: Vec::new(),
         });
         Ok(())
     }
@@ -555,7 +628,7 @@ impl Log for EmbeddedLog {
         let mut from = from;
         while out.len() < max_records {
             // Pick the segment and position under the lock, read the file without it.
-            let (path, start_pos, end_pos, seg_end) = {
+            let (path, start, end_pos, seg_end) = {
                 let st = p.state.lock().expect("partition lock");
                 let earliest = st.segments[0].base;
                 if from < earliest {
@@ -566,19 +639,36 @@ impl Log for EmbeddedLog {
                 }
                 let i = st.segments.partition_point(|s| s.base <= from) - 1;
                 let seg = &st.segments[i];
+                if seg.damage.iter().any(|d| (d.first..=d.last).contains(&from)) {
+                    if !out.is_empty() {
+                        break;
+                    }
+                    return Err(LogError::Corrupt { topic: topic.to_owned(), partition, offset: from });
+                }
                 let j = seg.index.partition_point(|(o, _)| *o <= from);
-                let pos = if j == 0 { 0 } else { seg.index[j - 1].1 };
+                let start = if j == 0 { (0, seg.base) } else { (seg.index[j - 1].1, seg.index[j - 1].0) };
+                // Stop before the next damaged stretch: the reader meets it on its next call.
+                let end_pos = seg.damage.iter().filter(|d| d.first > from).map(|d| d.pos).fold(seg.len, u64::min);
                 let seg_end = st.segments.get(i + 1).map_or(st.next_offset, |n| n.base);
-                (seg.path.clone(), pos, seg.len, seg_end)
+                (seg.path.clone(), start, end_pos, seg_end)
             };
             let want = max_records - out.len();
-            let start = from;
-            let chunk = tokio::task::spawn_blocking(move || read_segment(&path, start_pos, end_pos, start, want))
-                .await
-                .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
-            let got = chunk.len();
-            out.extend(chunk);
+            let first = from;
+            let storage = self.storage.clone();
+            let chunk =
+                tokio::task::spawn_blocking(move || read_segment(&*storage, &path, start, end_pos, first, want))
+                    .await
+                    .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+            let got = chunk.records.len();
+            out.extend(chunk.records);
             from = out.last().map_or(from, |r| r.offset + 1);
+            if let Some(offset) = chunk.corrupt_at {
+                tracing::error!(topic, partition, offset, "Corrupt record in the log; its readers stop at it.");
+                if out.is_empty() {
+                    return Err(LogError::Corrupt { topic: topic.to_owned(), partition, offset });
+                }
+                break;
+            }
             if got == 0 {
                 // Nothing more in this segment: continue in the next one.
                 from = from.max(seg_end);

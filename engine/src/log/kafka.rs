@@ -97,6 +97,8 @@ struct Inner {
     /// The retention last applied to (or, unmanaged, asked of) each topic.
     retention: Mutex<HashMap<String, Retention>>,
     readers: Mutex<HashMap<(String, u32), ReaderPool>>,
+    /// Per topic, why its settings could not be applied.
+    problems: Mutex<HashMap<String, String>>,
 }
 
 pub struct KafkaLog {
@@ -129,6 +131,7 @@ impl KafkaLog {
             topics: RwLock::new(HashMap::new()),
             retention: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            problems: Mutex::new(HashMap::new()),
         });
         tokio::spawn(poll_watermarks(Arc::downgrade(&inner)));
         Ok(KafkaLog { inner })
@@ -162,17 +165,63 @@ impl KafkaLog {
         out
     }
 
-    /// Sets a managed topic's retention on the cluster.
-    async fn apply_retention(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
-        let [(k1, v1), (k2, v2)] = retention_configs(retention);
-        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(k1, &v1).set(k2, &v2);
+    /// Deletes a managed topic on the cluster (never one the platform does not manage).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        if !self.inner.config.manage_topics {
+            return Err(LogError::Unavailable(format!("topic {topic} is not managed by the platform; not deleted")));
+        }
         let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
+        for r in self.inner.admin.delete_topics(&[topic], &opts).await.map_err(unavailable)? {
+            if let Err((_, code)) = r {
+                return Err(LogError::Unavailable(format!("deleting {topic}: {code}")));
+            }
+        }
+        self.inner.topics.write().expect("topics lock").remove(topic);
+        self.inner.retention.lock().expect("retention lock").remove(topic);
+        Ok(())
+    }
+
+    /// Brings a managed topic's retention to `retention` on the cluster, reading its configs
+    /// first (see `topic_config`).
+    async fn apply_retention(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
+        use super::topic_config::{plan_config_change, ConfigChange, Described};
+        let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
+        let resource = ResourceSpecifier::Topic(topic);
+        let described = self.inner.admin.describe_configs([&resource], &opts).await.map_err(unavailable)?;
+        let config = match described.into_iter().next() {
+            Some(Ok(c)) => c,
+            Some(Err(code)) => return Err(LogError::Unavailable(format!("reading the configs of {topic}: {code}"))),
+            None => return Err(LogError::Unavailable(format!("reading the configs of {topic}: no answer"))),
+        };
+        let described: Vec<Described> = config
+            .entries
+            .into_iter()
+            .map(|e| Described {
+                dynamic_topic: e.source == rdkafka::admin::ConfigSource::DynamicTopic,
+                name: e.name,
+                value: e.value,
+                sensitive: e.is_sensitive,
+            })
+            .collect();
+        let wanted = retention_configs(retention);
+        let all = match plan_config_change(&described, &wanted) {
+            ConfigChange::Nothing => return Ok(()),
+            ConfigChange::Refuse(why) => return Err(LogError::Unavailable(why)),
+            ConfigChange::Replace(all) => all,
+        };
+        let change = all.iter().fold(AlterConfig::new(resource), |c, (k, v)| c.set(k, v));
         for r in self.inner.admin.alter_configs(&[change], &opts).await.map_err(unavailable)? {
             if let Err((_, code)) = r {
                 return Err(LogError::Unavailable(format!("setting the retention of {topic}: {code}")));
             }
         }
         Ok(())
+    }
+
+    /// Why the platform could not bring a topic's settings in line, if it could not (reported on
+    /// the stream; appends go on regardless).
+    pub fn topic_problem(&self, topic: &str) -> Option<String> {
+        self.inner.problems.lock().expect("problems lock").get(topic).cloned()
     }
 
     /// The partition count of a topic on the cluster, `None` when it does not exist.
@@ -417,7 +466,18 @@ impl Log for KafkaLog {
             }
             let applied = self.inner.retention.lock().expect("retention lock").get(topic).copied();
             if existing.is_some() && applied != Some(retention) {
-                self.apply_retention(topic, retention).await?;
+                // Optional: a broker that cannot describe or alter configs (tansu answers
+                // UnsupportedFeature) must not stop appends or the reconciliation of the rest.
+                let mut problems = None;
+                if let Err(e) = self.apply_retention(topic, retention).await {
+                    tracing::warn!(topic, error = %e, "Could not set the topic's retention; the stream keeps working.");
+                    problems = Some(format!("retention not applied on the cluster: {e}"));
+                }
+                let mut all = self.inner.problems.lock().expect("problems lock");
+                match problems {
+                    Some(p) => all.insert(topic.to_owned(), p),
+                    None => all.remove(topic),
+                };
             }
         } else {
             match existing {

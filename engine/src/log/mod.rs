@@ -5,6 +5,9 @@ pub mod codec;
 pub mod embedded;
 pub mod group;
 pub mod kafka;
+mod recovery;
+pub mod storage;
+pub mod topic_config;
 
 pub use codec::StoredRecord;
 pub use embedded::EmbeddedLog;
@@ -59,6 +62,15 @@ pub enum LogError {
     /// Reading or writing the log's files failed.
     #[error("log I/O failed")]
     Io(#[from] std::io::Error),
+    /// An fsync failed: what the disk holds is unknown (the page cache may have dropped the
+    /// failed pages), so the partition takes no more writes until the process restarts and
+    /// re-verifies its files.
+    #[error("partition {0} refuses writes since an fsync failed; restart the process to re-verify its files")]
+    Poisoned(String),
+    /// A stored record does not decode (its checksum fails). Records after it are kept; a reader
+    /// stops here until an operator restores the file or moves the reader past the record.
+    #[error("topic {topic:?} partition {partition}: the stored record at offset {offset} is corrupt; later records are kept")]
+    Corrupt { topic: String, partition: u32, offset: u64 },
     /// The log is shutting down.
     #[error("the log is shut down")]
     Closed,
@@ -133,6 +145,14 @@ impl AnyLog {
         }
     }
 
+    /// Why the platform could not apply a topic's settings on the cluster, if so.
+    pub fn topic_problem(&self, topic: &str) -> Option<String> {
+        match self {
+            AnyLog::Embedded(_) => None,
+            AnyLog::Kafka(l) => l.topic_problem(topic),
+        }
+    }
+
     /// fsyncs issued by the embedded log's group commit.
     pub fn fsync_count(&self) -> Option<u64> {
         match self {
@@ -153,6 +173,14 @@ impl AnyLog {
                 Err(LogError::Unavailable("sharing jobs between workers needs streams on Kafka".into()))
             }
             AnyLog::Kafka(l) => l.join_group(group, topic, session_timeout),
+        }
+    }
+
+    /// Removes a topic and everything in it (a deleted stream's, once its retention has run out).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.delete_topic(topic).await,
+            AnyLog::Kafka(l) => l.delete_topic(topic).await,
         }
     }
 

@@ -159,6 +159,7 @@ impl AnySink {
         data_dir: &Path,
         log: &Arc<dyn Appender>,
         egress: &Arc<EgressPolicy>,
+        target_topic: Option<&str>,
     ) -> Result<AnySink, ConfigError> {
         Ok(match spec.kind {
             SinkKind::File => AnySink::File(FileSink::new(
@@ -172,7 +173,8 @@ impl AnySink {
                 AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
             }
             SinkKind::Stream => {
-                AnySink::Stream(StreamSink::new(StreamSinkConfig::from_spec(&spec.settings, team)?, log.clone()))
+                let config = StreamSinkConfig::from_spec(&spec.settings, team)?;
+                AnySink::Stream(StreamSink::new(config, target_topic, log.clone()))
             }
             SinkKind::Kafka => {
                 AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)

@@ -55,9 +55,12 @@ pub struct StreamSink {
 }
 
 impl StreamSink {
-    pub fn new(config: StreamSinkConfig, log: Arc<dyn Appender>) -> StreamSink {
+    /// `topic` is the target stream's topic as the goal state resolves it (a re-created stream
+    /// has a topic of its own); without it, the name's first one.
+    pub fn new(config: StreamSinkConfig, topic: Option<&str>, log: Arc<dyn Appender>) -> StreamSink {
         let StreamRef { team, stream } = config.target;
-        StreamSink { topic: stream_topic(&team, &stream), stream: format!("{team}/{stream}"), log }
+        let topic = topic.map_or_else(|| stream_topic(&team, &stream, 0), str::to_owned);
+        StreamSink { topic, stream: format!("{team}/{stream}"), log }
     }
 }
 
