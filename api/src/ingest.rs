@@ -34,7 +34,12 @@ fn topic_of(o: &Object) -> String {
 }
 
 impl IngestCache {
-    async fn target(&self, log: &keystone_engine::log::AnyLog, stream: &Object) -> Result<Arc<IngestTarget>, Response> {
+    async fn target(
+        &self,
+        log: &keystone_engine::log::AnyLog,
+        stream: &Object,
+        default_quota: u32,
+    ) -> Result<Arc<IngestTarget>, Response> {
         let key = (stream.id.clone(), stream.version);
         if let Some(t) = self.0.lock().expect("ingest cache").get(&key) {
             return Ok(t.clone());
@@ -58,7 +63,11 @@ impl IngestCache {
             key_field: spec.key_field,
             schema,
             round_robin: AtomicU32::new(0),
-            quota: spec.max_events_per_second.map(|q| Quota::per_second(q, std::time::Instant::now())),
+            // A stream without its own quota gets the platform's default one.
+            quota: spec
+                .max_events_per_second
+                .or(Some(default_quota).filter(|q| *q > 0))
+                .map(|q| Quota::per_second(q, std::time::Instant::now())),
         });
         let mut cache = self.0.lock().expect("ingest cache");
         cache.retain(|(id, _), _| id != &stream.id);
@@ -155,7 +164,7 @@ pub async fn ingest(
         Ok(b) => b,
         Err(response) => return response,
     };
-    let target = match s.ingest.target(&s.log, &object).await {
+    let target = match s.ingest.target(&s.log, &object, s.default_max_events_per_second).await {
         Ok(t) => t,
         Err(response) => return response,
     };

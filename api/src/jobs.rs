@@ -334,7 +334,7 @@ pub async fn preview(
         Transforms::compile(filter, &req.projection, &team).map_err(|e| ValidationErrors::single("filter", e))?;
     let topic = stream.stream_topic();
     let limit = req.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = keystone_engine::job::preview::preview(s.log.as_ref(), &topic, spec.partitions, &transforms, limit)
+    let rows = keystone_engine::job::preview::preview(s.log.as_ref(), &topic, spec.partitions, transforms, limit)
         .await
         .map_err(ApiError::Log)?;
     Ok(Json(rows))

@@ -46,6 +46,8 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// Most events one ingest request may hold (413 beyond).
     pub max_events_per_request: usize,
+    /// The quota of a stream declaring none (events per second; 0 for none).
+    pub default_max_events_per_second: u32,
     /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
     pub job_env: Arc<std::collections::BTreeMap<String, String>>,
     /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.

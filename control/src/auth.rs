@@ -392,26 +392,47 @@ pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Res
     Ok(true)
 }
 
-/// The principal an API token acts as, if it is valid and not revoked.
+/// What a token may do: the lesser of its own role and what its creator holds on its team now.
+/// A creator who left the team (or whose account is gone) leaves a token that does nothing, so a
+/// token never outlives the rights it was cut from.
+pub fn token_role(token: Role, creator: Option<Role>, creator_in_team: bool) -> Option<Role> {
+    match creator? {
+        Role::Admin => Some(token),
+        _ if !creator_in_team => None,
+        Role::Viewer => Some(Role::Viewer),
+        Role::Editor => Some(token),
+    }
+}
+
+/// The principal an API token acts as, if it is valid, not revoked, and its creator still holds
+/// rights on its team (see [`token_role`]).
 pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Principal>, StoreError> {
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
     let row = sqlx::query(
-        "SELECT k.name, k.role, k.team_id, k.created_by, o.name AS team FROM api_tokens k \
+        "SELECT k.name, k.role, k.team_id, k.created_by, o.name AS team, u.role AS creator_role, \
+         (SELECT COUNT(*) FROM memberships m WHERE m.user_id = k.created_by AND m.team_id = k.team_id) \
+           AS creator_in_team \
+         FROM api_tokens k \
          JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
+         LEFT JOIN users u ON u.id = k.created_by \
          WHERE k.token_hash = $1 AND k.revoked_at IS NULL",
     )
     .bind(token_hash(token))
     .fetch_optional(store.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let role: String = r.try_get("role")?;
+    let parse = |role: String| Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")));
+    let own = parse(r.try_get("role")?)?;
+    let creator = r.try_get::<Option<String>, _>("creator_role")?.map(parse).transpose()?;
+    let in_team = r.try_get::<i64, _>("creator_in_team")? > 0;
+    let Some(role) = token_role(own, creator, in_team) else { return Ok(None) };
     let name: String = r.try_get("name")?;
     Ok(Some(Principal {
         user_id: r.try_get("created_by")?,
         display: format!("token:{name}"),
-        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+        role,
         teams: vec![TeamRef { id: r.try_get("team_id")?, name: r.try_get("team")? }],
     }))
 }
@@ -509,6 +530,17 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_acts_with_the_lesser_of_its_role_and_its_creators_current_rights() {
+        use Role::*;
+        assert_eq!(token_role(Editor, Some(Editor), true), Some(Editor));
+        assert_eq!(token_role(Viewer, Some(Editor), true), Some(Viewer));
+        assert_eq!(token_role(Editor, Some(Viewer), true), Some(Viewer), "the creator was made a viewer");
+        assert_eq!(token_role(Editor, Some(Editor), false), None, "the creator left the team");
+        assert_eq!(token_role(Editor, None, true), None, "the creator's account is gone");
+        assert_eq!(token_role(Editor, Some(Admin), false), Some(Editor), "admins hold every team");
+    }
 
     #[test]
     fn argon2id_with_owasp_parameters() {

@@ -760,3 +760,64 @@ async fn the_supervisor_reports_failing_while_the_sink_is_down_and_running_once_
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// Issue 26 item 17: a job whose sink stops answering while events wait is restarted once it has
+/// made no progress for `stall_after`, and the next run delivers everything.
+#[tokio::test]
+async fn a_stalled_job_is_restarted_and_the_next_run_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    produce(&log, 1, 0, 5).await;
+    let phases = Arc::new(Phases::default());
+    let builds = Arc::new(AtomicUsize::new(0));
+    let counted = builds.clone();
+    // The first sink hangs on its first delivery; the one built for the restart answers.
+    let make_sink = move || -> Result<MemorySink, ConfigError> {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        Ok(MemorySink { hang: n == 0, ..Default::default() })
+    };
+    let policy = RestartPolicy {
+        stall_after: Duration::from_millis(300),
+        first_backoff: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let stats = Arc::new(JobStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(supervise(
+        spec("stuck", 1, None, Projection::default(), 10),
+        log,
+        make_sink,
+        Arc::new(MemoryCheckpoints::default()),
+        phases.clone(),
+        stats.clone(),
+        policy,
+        None,
+        cancel.clone(),
+    ));
+    // The hung batch gets the supervisor's stop grace (10 s) before it is aborted.
+    wait_long("delivery after the restart", || stats.progress() == 5).await;
+    assert_eq!(builds.load(Ordering::SeqCst), 2, "one start and one restart");
+    let reports = phases.0.lock().unwrap().clone();
+    let restart = reports.iter().find(|r| r.restart).expect("a restart was reported");
+    assert!(restart.cause.contains("stalled"), "{restart:?}");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Issue 26 item 6: a preview runs the caller's filter off the async runtime and stops when its
+/// time budget is spent, saying so, instead of holding a thread for as long as the filter takes.
+#[tokio::test]
+async fn a_preview_stops_at_its_time_budget_and_says_so() {
+    use keystone_engine::job::preview::preview_within;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, 1).await;
+    produce(&log, 1, 0, 5).await;
+    let compile = || Transforms::compile(Some("event.n >= 0"), &Projection::default(), "alpha").unwrap();
+    let topic = "alpha.plays";
+    let all = preview_within(log.as_ref(), topic, 1, compile(), 10, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.iter().all(|r| r.outcome == "delivered"), "{all:?}");
+    let cut = preview_within(log.as_ref(), topic, 1, compile(), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert!(cut[0].error.as_deref().unwrap().contains("time budget"), "{cut:?}");
+}

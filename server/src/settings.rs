@@ -34,6 +34,25 @@ pub struct Settings {
     /// Most events one ingest request may hold; 413 beyond (`KEYSTONE_INGEST_MAX_EVENTS_PER_REQUEST`).
     #[serde(default = "ten_thousand")]
     pub ingest_max_events_per_request: usize,
+    /// The ingest quota of a stream that declares none, in events per second (bursts of two
+    /// seconds' worth; 429 with Retry-After beyond), so one producer cannot fill the disk or
+    /// starve the others (`KEYSTONE_INGEST_DEFAULT_MAX_EVENTS_PER_SECOND`; 0 for none).
+    #[serde(default = "default_stream_quota")]
+    pub ingest_default_max_events_per_second: u32,
+    /// Largest request body a console form (server function) accepts; 413 beyond
+    /// (`KEYSTONE_CONSOLE_MAX_BODY_BYTES`).
+    #[serde(default = "sixty_four_kib")]
+    pub console_max_body_bytes: usize,
+    /// A request not answered within this is answered 408 (`KEYSTONE_REQUEST_TIMEOUT_MS`).
+    #[serde(default = "thirty_seconds")]
+    pub request_timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (`KEYSTONE_BODY_IDLE_TIMEOUT_MS`).
+    #[serde(default = "ten_seconds")]
+    pub body_idle_timeout_ms: u64,
+    /// Requests served at once; the rest get 503 at once rather than queue
+    /// (`KEYSTONE_MAX_CONCURRENT_REQUESTS`).
+    #[serde(default = "max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
     /// How often job telemetry is sampled, stored for the dashboards and published at `/metrics`
     /// (`KEYSTONE_TELEMETRY_INTERVAL_MS`).
     pub telemetry_interval_ms: u64,
@@ -146,6 +165,22 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
 }
 
+fn default_stream_quota() -> u32 {
+    100_000
+}
+
+fn sixty_four_kib() -> usize {
+    64 << 10
+}
+
+fn thirty_seconds() -> u64 {
+    30_000
+}
+
+fn max_concurrent_requests() -> usize {
+    1024
+}
+
 fn ten_thousand() -> usize {
     10_000
 }
@@ -225,6 +260,11 @@ impl Settings {
             ingest_max_body_bytes: 16 << 20,
             ingest_max_event_bytes: 64 << 10,
             ingest_max_events_per_request: 10_000,
+            ingest_default_max_events_per_second: default_stream_quota(),
+            console_max_body_bytes: sixty_four_kib(),
+            request_timeout_ms: thirty_seconds(),
+            body_idle_timeout_ms: ten_seconds(),
+            max_concurrent_requests: max_concurrent_requests(),
             telemetry_interval_ms: 10_000,
             metrics_token: None,
             instance: None,

@@ -236,7 +236,9 @@ pub async fn router(
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, shell))
-        .with_state(state);
+        .with_state(state)
+        // Console forms are small; the ingest proxy and the JSON API have limits of their own.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.console_max_body_bytes));
 
     let api = keystone_api::router(keystone_api::ApiState {
         store,
@@ -249,6 +251,7 @@ pub async fn router(
         max_body_bytes: settings.ingest_max_body_bytes,
         max_event_bytes: settings.ingest_max_event_bytes,
         max_events_per_request: settings.ingest_max_events_per_request,
+        default_max_events_per_second: settings.ingest_default_max_events_per_second,
         job_env,
         sinks_root: settings.data_dir.join("sinks"),
     });
@@ -272,6 +275,30 @@ pub async fn router(
             settings.secure_cookies.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
         ))
         .layer(CompressionLayer::new())
+        // A slow client holds neither a connection's body nor a request slot for long.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(settings.body_idle_timeout_ms)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(settings.request_timeout_ms),
+        ))
+        // Beyond the limit, answer 503 at once instead of queueing without bound.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+                    let mut r = (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({"error": {"code": "overloaded",
+                            "message": "the server is at its limit of concurrent requests; retry shortly"}})),
+                    )
+                        .into_response();
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }))
+                .load_shed()
+                // One semaphore for the whole server: `Router::layer` wraps each route apart, and
+                // a plain concurrency limit would count per route.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(settings.max_concurrent_requests)),
+        )
         .layer(TraceLayer::new_for_http());
     Ok((router, jobs, control))
 }

@@ -148,7 +148,7 @@ pub async fn preview_route(
     let transforms = keystone_engine::job::Transforms::compile(filter, &projection, &team)
         .map_err(|msg| AppError::Invalid(keystone_control::ValidationErrors::single("filter", msg)))?;
     let topic = object.stream_topic();
-    keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &transforms, 100).await.map_err(
+    keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, transforms, 100).await.map_err(
         |e| {
             tracing::error!(error = %e, "Route preview failed to read the log.");
             AppError::Internal

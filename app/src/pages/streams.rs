@@ -152,7 +152,7 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
     let topic = object.stream_topic();
     let everything =
         keystone_engine::job::Transforms::compile(None, &Default::default(), &team).map_err(|_| AppError::Internal)?;
-    let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, &everything, 10)
+    let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, everything, 10)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "Reading recent events failed.");
@@ -220,7 +220,7 @@ fn StreamActivity() -> impl IntoView {
                             let per_partition = a.log_end_offsets.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
                             view! {
                                 {a.topic_problem.clone().map(|p| view! {
-                                    <p class="mb-4 rounded border border-amber-300 bg-amber-50 px-3 py-2 text-sm text-amber-900" data-testid="topic-problem">{p}</p>
+                                    <p class="mb-4 rounded-sm border border-amber-300 bg-amber-50 px-3 py-2 text-sm text-amber-900" data-testid="topic-problem">{p}</p>
                                 })}
                                 <div class=format!("{CARD} mb-4 grid grid-cols-2 divide-x divide-slate-100 sm:grid-cols-5")>
                                     <div class="px-4 py-3"><div class="text-xs uppercase tracking-wide text-slate-500">"Events/s (last minute)"</div>

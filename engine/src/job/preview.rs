@@ -6,14 +6,31 @@ use crate::ingest::Envelope;
 use crate::log::{Log, LogError, StartAt};
 use keystone_control::PreviewRow;
 
+/// How long one preview may spend running the transforms. A preview runs a caller's filter on
+/// the server, so it runs on a blocking thread (never on the runtime serving ingest) and stops
+/// when its budget is spent, saying so in its last row.
+pub const PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The newest `limit` events of `topic` (across its partitions, newest first) through the
-/// transforms.
+/// transforms, within [`PREVIEW_BUDGET`].
 pub async fn preview<L: Log>(
     log: &L,
     topic: &str,
     partitions: u32,
-    transforms: &Transforms,
+    transforms: Transforms,
     limit: usize,
+) -> Result<Vec<PreviewRow>, LogError> {
+    preview_within(log, topic, partitions, transforms, limit, PREVIEW_BUDGET).await
+}
+
+/// [`preview`] with a budget of the caller's choosing.
+pub async fn preview_within<L: Log>(
+    log: &L,
+    topic: &str,
+    partitions: u32,
+    transforms: Transforms,
+    limit: usize,
+    budget: std::time::Duration,
 ) -> Result<Vec<PreviewRow>, LogError> {
     let mut records = Vec::new();
     for p in 0..partitions {
@@ -36,31 +53,57 @@ pub async fn preview<L: Log>(
         (rb.timestamp_ms, id(b)).cmp(&(ra.timestamp_ms, id(a)))
     });
     decoded.truncate(limit);
-    Ok(decoded
-        .into_iter()
-        .map(|(partition, envelope, r)| {
-            let row = |input, outcome: &str, output, error| PreviewRow {
-                partition,
-                offset: r.offset,
-                ingested_at: r.timestamp_ms,
-                input,
-                outcome: outcome.to_owned(),
-                output,
-                error,
-            };
-            let envelope = match envelope {
-                Ok(env) => env,
-                Err(e) => {
-                    return row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}")))
-                }
-            };
-            // The job's own path, so the output is byte for byte what the sink would receive.
-            match transform_record(transforms, &r.value).map(|(outcome, _)| outcome) {
-                Ok(Transformed::Deliver(out)) => row(envelope.payload, "delivered", Some(out), None),
-                Ok(Transformed::FilteredOut) => row(envelope.payload, "filtered_out", None, None),
-                Ok(Transformed::FilterError(e)) => row(envelope.payload, "error", None, Some(e)),
-                Err(e) => row(envelope.payload, "error", None, Some(format!("not a Keystone envelope: {e}"))),
+    let evaluate = move || {
+        let started = std::time::Instant::now();
+        let mut rows = Vec::with_capacity(decoded.len());
+        for (partition, envelope, r) in decoded {
+            if started.elapsed() >= budget {
+                rows.push(PreviewRow {
+                    partition,
+                    offset: r.offset,
+                    ingested_at: r.timestamp_ms,
+                    input: serde_json::Value::Null,
+                    outcome: "error".to_owned(),
+                    output: None,
+                    error: Some(format!(
+                        "preview stopped after {} ms, its time budget: the filter is too costly to run on \
+                         this many events",
+                        budget.as_millis()
+                    )),
+                });
+                break;
             }
-        })
-        .collect())
+            rows.push(preview_row(&transforms, partition, envelope, &r));
+        }
+        rows
+    };
+    tokio::task::spawn_blocking(evaluate).await.map_err(|e| LogError::Io(std::io::Error::other(e)))
+}
+
+fn preview_row(
+    transforms: &Transforms,
+    partition: u32,
+    envelope: Result<Envelope, serde_json::Error>,
+    r: &crate::log::StoredRecord,
+) -> PreviewRow {
+    let row = |input, outcome: &str, output, error| PreviewRow {
+        partition,
+        offset: r.offset,
+        ingested_at: r.timestamp_ms,
+        input,
+        outcome: outcome.to_owned(),
+        output,
+        error,
+    };
+    let envelope = match envelope {
+        Ok(env) => env,
+        Err(e) => return row(serde_json::Value::Null, "error", None, Some(format!("not a Keystone envelope: {e}"))),
+    };
+    // The job's own path, so the output is byte for byte what the sink would receive.
+    match transform_record(transforms, &r.value).map(|(outcome, _)| outcome) {
+        Ok(Transformed::Deliver(out)) => row(envelope.payload, "delivered", Some(out), None),
+        Ok(Transformed::FilteredOut) => row(envelope.payload, "filtered_out", None, None),
+        Ok(Transformed::FilterError(e)) => row(envelope.payload, "error", None, Some(e)),
+        Err(e) => row(envelope.payload, "error", None, Some(format!("not a Keystone envelope: {e}"))),
+    }
 }

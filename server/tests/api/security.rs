@@ -464,3 +464,98 @@ async fn the_approval_policy_cannot_be_bypassed() {
     assert_eq!(policy["version"], 2, "{policy}");
     app.teardown().await;
 }
+
+/// Item 8: console forms are small, a request has a deadline, a body that stops sending is cut
+/// off, requests beyond the concurrency limit get 503 at once, and a stream without a quota of
+/// its own gets the platform's default one. Each with a real HTTP client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_bounded_in_size_time_and_number() {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.console_max_body_bytes = 4096;
+        s.body_idle_timeout_ms = 300;
+        s.max_concurrent_requests = 2;
+        s.ingest_default_max_events_per_second = 10;
+    })
+    .await;
+    // A console form of 100 KB: refused before any handler reads it.
+    let big = format!("username=x&password={}", "p".repeat(100_000));
+    let resp = app
+        .http
+        .post(format!("{}/api/login", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &app.base)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Two producers that open a body and then stall hold the two slots: a third request is
+    // refused at once with 503, and the stalled bodies are cut off after the idle timeout.
+    let producer = {
+        declare_in(&app, &app.alpha, "alpha", "streams", "plays", stream(1)).await;
+        producer_token_of(&app, &app.alpha, "alpha", "plays").await
+    };
+    let stalled = |n: u64| {
+        let (http, url, producer) = (app.http.clone(), format!("{}/ingest/plays", app.base), producer.clone());
+        tokio::spawn(async move {
+            let first = futures_util::stream::once(async move {
+                Ok::<_, std::io::Error>(bytes::Bytes::from(format!("{}\n", json!({"n": n}))))
+            });
+            let stall = futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b""))
+            });
+            let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(first, stall));
+            let started = Instant::now();
+            let resp = http.post(url).bearer_auth(producer).body(body).send().await;
+            (resp.map(|r| r.status()), started.elapsed())
+        })
+    };
+    let (a, b) = (stalled(1), stalled(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = app.http.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(third.headers().get("retry-after").unwrap(), "1");
+    for stalled in [a, b] {
+        let (status, took) = stalled.await.unwrap();
+        assert!(took < Duration::from_secs(10), "a stalled body was held for {took:?}");
+        if let Ok(status) = status {
+            assert!(status.is_client_error(), "a stalled body was answered {status}");
+        }
+    }
+    // Slots are free again; the default quota (10/s, bursts of 20) throttles a stream without
+    // one of its own.
+    let mut statuses = Vec::new();
+    for chunk in 0..5u64 {
+        let body: String = (chunk * 10..chunk * 10 + 10).map(|n| format!("{}\n", json!({ "n": n }))).collect();
+        let resp = app
+            .http
+            .post(format!("{}/ingest/plays", app.base))
+            .bearer_auth(&producer)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    assert_eq!(statuses[0], StatusCode::OK);
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    app.teardown().await;
+}
+
+/// Item 4 (in part): an API token acts with the lesser of its own role and what its creator holds
+/// now: the creator made a viewer turns their editor token into a viewer's at once.
+#[tokio::test]
+async fn a_token_never_outlives_its_creators_rights() {
+    let app = spawn_app(Db::Sqlite).await;
+    let create = |name: &'static str| json!({"name": name, "spec": stream(1)});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", create("before")).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    upsert_user(&app.store, "alice", PASSWORD, Role::Viewer, &["alpha".into()], true).await.unwrap();
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", create("after")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams/before").await.0, StatusCode::OK, "still reads");
+    app.teardown().await;
+}
