@@ -21,6 +21,9 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub store: Store,
     pub limiter: Arc<LoginLimiter>,
+    /// The header a trusted reverse proxy puts the client's address in (e.g. `X-Forwarded-For`;
+    /// its last entry, the one the proxy added, counts). Without it, the connection's peer.
+    pub client_ip_header: Option<String>,
     /// A session older than this is ended however active it is.
     pub session_absolute_ms: i64,
     /// The embedded log (dead letters, recent events).

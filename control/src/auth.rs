@@ -443,13 +443,13 @@ pub async fn user_count(store: &Store) -> Result<i64, StoreError> {
 }
 
 /// Throttles sign-in attempts: after too many failures in a sliding window, further attempts for
-/// that account, or from that address, are refused until the window moves on. Kept in memory:
-/// each console process throttles on its own.
+/// that account, or from that address, are refused until the window moves on. The attempts are
+/// counted in the database (every server sharing it counts the same ones, and a restart forgets
+/// nothing); password checks are bounded per process.
 pub struct LoginLimiter {
     max_per_account: usize,
     max_per_address: usize,
     window: std::time::Duration,
-    failures: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
     /// Password checks running at once: each takes 19 MiB and a core for a while.
     hashing: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -457,13 +457,26 @@ pub struct LoginLimiter {
 /// Password checks one process runs at once; further sign-ins are refused at once, not queued.
 pub const CONCURRENT_PASSWORD_CHECKS: usize = 4;
 
+/// A counted sign-in attempt: its address row, taken back if the sign-in succeeds.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt(i64);
+
+/// How long until one more attempt is allowed, given the attempt times (ms) in the window for the
+/// account and the address; `None` when both are under their limits. Pure, unit-tested.
+pub fn wait_ms(account: &[i64], address: &[i64], limits: (usize, usize), window_ms: i64, now: i64) -> Option<i64> {
+    [(account, limits.0), (address, limits.1)]
+        .into_iter()
+        .filter(|(times, max)| times.len() >= *max)
+        .filter_map(|(times, _)| times.iter().min().map(|oldest| (oldest + window_ms - now).max(1)))
+        .max()
+}
+
 impl LoginLimiter {
     pub fn new(max_per_account: usize, max_per_address: usize, window: std::time::Duration) -> Self {
         LoginLimiter {
             max_per_account,
             max_per_address,
             window,
-            failures: Default::default(),
             hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
         }
     }
@@ -476,54 +489,57 @@ impl LoginLimiter {
     /// Counts a sign-in attempt before its password is checked, so that concurrent attempts
     /// cannot all pass the limit: `Err(wait)` when the account or the address is over its limit
     /// (nothing counted); otherwise the attempt counts as a failure until
-    /// [`record_success`](Self::record_success) clears the account.
-    pub fn begin(&self, account: &str, address: &str) -> Result<(), std::time::Duration> {
-        let mut map = self.failures.lock().expect("limiter lock");
-        self.over_limit(&mut map, account, address)?;
-        let now = std::time::Instant::now();
-        map.entry(format!("u:{account}")).or_default().push_back(now);
-        map.entry(format!("a:{address}")).or_default().push_back(now);
-        Ok(())
-    }
-
-    /// `Err(wait)` when the account or the address is over its limit.
-    pub fn check(&self, account: &str, address: &str) -> Result<(), std::time::Duration> {
-        self.over_limit(&mut self.failures.lock().expect("limiter lock"), account, address)
-    }
-
-    fn over_limit(
+    /// [`record_success`](Self::record_success) takes it back.
+    pub async fn begin(
         &self,
-        map: &mut std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+        store: &Store,
         account: &str,
         address: &str,
-    ) -> Result<(), std::time::Duration> {
-        let now = std::time::Instant::now();
-        let mut wait = None;
-        for (key, max) in
-            [(format!("u:{account}"), self.max_per_account), (format!("a:{address}"), self.max_per_address)]
-        {
-            if let Some(q) = map.get_mut(&key) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
-                    q.pop_front();
-                }
-                if q.len() >= max {
-                    let until = self.window - now.duration_since(q[0]);
-                    wait = Some(wait.map_or(until, |w: std::time::Duration| w.max(until)));
-                }
-            }
+    ) -> Result<Result<Attempt, std::time::Duration>, StoreError> {
+        let now = now_ms();
+        let window = self.window.as_millis() as i64;
+        let (user_key, address_key) = (format!("u:{account}"), format!("a:{address}"));
+        let mut tx = store.write().await?;
+        if store.backend() == crate::store::Backend::Postgres {
+            // Servers sharing the database count one at a time (SQLite has one writer anyway).
+            sqlx::query("SELECT pg_advisory_xact_lock(7274010001)").execute(tx.conn()).await?;
         }
-        map.retain(|_, q| !q.is_empty());
-        wait.map_or(Ok(()), Err)
+        sqlx::query("DELETE FROM sign_in_attempts WHERE at <= $1").bind(now - window).execute(tx.conn()).await?;
+        let mut load = Vec::new();
+        for key in [&user_key, &address_key] {
+            let rows =
+                sqlx::query("SELECT at FROM sign_in_attempts WHERE key = $1").bind(key).fetch_all(tx.conn()).await?;
+            load.push(rows.iter().map(|r| r.try_get::<i64, _>("at")).collect::<Result<Vec<i64>, _>>()?);
+        }
+        let limits = (self.max_per_account, self.max_per_address);
+        if let Some(wait) = wait_ms(&load[0], &load[1], limits, window, now) {
+            tx.commit().await?;
+            return Ok(Err(std::time::Duration::from_millis(wait as u64)));
+        }
+        let mut ids = Vec::new();
+        for key in [&user_key, &address_key] {
+            let row = sqlx::query("INSERT INTO sign_in_attempts (key, at) VALUES ($1, $2) RETURNING id")
+                .bind(key)
+                .bind(now)
+                .fetch_one(tx.conn())
+                .await?;
+            ids.push(row.try_get::<i64, _>("id")?);
+        }
+        tx.commit().await?;
+        Ok(Ok(Attempt(ids[1])))
     }
 
     /// A successful sign-in clears the account's failures and takes back its own attempt from
     /// the address's (the address's earlier failures stay).
-    pub fn record_success(&self, account: &str, address: &str) {
-        let mut map = self.failures.lock().expect("limiter lock");
-        map.remove(&format!("u:{account}"));
-        if let Some(q) = map.get_mut(&format!("a:{address}")) {
-            q.pop_back();
-        }
+    pub async fn record_success(&self, store: &Store, account: &str, attempt: Attempt) -> Result<(), StoreError> {
+        let mut tx = store.write().await?;
+        sqlx::query("DELETE FROM sign_in_attempts WHERE key = $1 OR id = $2")
+            .bind(format!("u:{account}"))
+            .bind(attempt.0)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -567,31 +583,18 @@ mod tests {
 
     #[test]
     fn limiter_throttles_per_account_and_per_address() {
-        let l = LoginLimiter::new(2, 3, std::time::Duration::from_secs(60));
-        assert!(l.check("alice", "10.0.0.1").is_ok());
-        l.begin("alice", "10.0.0.1").unwrap();
-        l.begin("alice", "10.0.0.1").unwrap();
-        let wait = l.check("alice", "10.0.0.9").unwrap_err();
-        assert!(wait <= std::time::Duration::from_secs(60) && wait > std::time::Duration::from_secs(50));
-        // Another account from the same address still has one attempt left before the address limit.
-        assert!(l.check("bob", "10.0.0.1").is_ok());
-        l.begin("bob", "10.0.0.1").unwrap();
-        assert!(l.check("carol", "10.0.0.1").is_err());
-        l.record_success("alice", "10.0.0.9");
-        assert!(l.check("alice", "10.0.0.2").is_ok());
-        // Counting before the check: the third attempt is refused even before any result.
-        let counted = LoginLimiter::new(2, 100, std::time::Duration::from_secs(60));
-        assert!(counted.begin("erin", "a").is_ok() && counted.begin("erin", "b").is_ok());
-        assert!(counted.begin("erin", "c").is_err());
-        let permits: Vec<_> = (0..CONCURRENT_PASSWORD_CHECKS).map(|_| counted.hashing_permit().unwrap()).collect();
-        assert!(counted.hashing_permit().is_none(), "no more than the bound at once");
+        let min = 60_000;
+        // Two attempts allowed per account, three per address.
+        assert_eq!(wait_ms(&[], &[], (2, 3), min, 0), None);
+        assert_eq!(wait_ms(&[0], &[0], (2, 3), min, 10), None);
+        assert_eq!(wait_ms(&[0, 5], &[0, 5], (2, 3), min, 10), Some(min - 10), "the account is at its limit");
+        assert_eq!(wait_ms(&[], &[0, 1, 2], (2, 3), min, 10), Some(min - 10), "the address is at its limit");
+        assert_eq!(wait_ms(&[30], &[0, 1, 2], (2, 3), min, 40), Some(min - 40), "the longer wait wins");
+        let limiter = LoginLimiter::new(2, 100, std::time::Duration::from_secs(60));
+        let permits: Vec<_> = (0..CONCURRENT_PASSWORD_CHECKS).map(|_| limiter.hashing_permit().unwrap()).collect();
+        assert!(limiter.hashing_permit().is_none(), "no more than the bound at once");
         drop(permits);
-        assert!(counted.hashing_permit().is_some());
-        let short = LoginLimiter::new(1, 10, std::time::Duration::from_millis(20));
-        short.begin("dave", "x").unwrap();
-        assert!(short.check("dave", "x").is_err());
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        assert!(short.check("dave", "x").is_ok());
+        assert!(limiter.hashing_permit().is_some());
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct Settings {
     /// A request body that sends nothing for this long is cut off (`KEYSTONE_BODY_IDLE_TIMEOUT_MS`).
     #[serde(default = "ten_seconds")]
     pub body_idle_timeout_ms: u64,
+    /// The header a trusted reverse proxy sets to the client's address (e.g. `X-Forwarded-For`;
+    /// its last entry counts), for sign-in throttling per address (`KEYSTONE_TRUSTED_PROXY_HEADER`).
+    /// Set it only behind such a proxy: otherwise clients choose their own address.
+    #[serde(default)]
+    pub trusted_proxy_header: Option<String>,
     /// Requests served at once; the rest get 503 at once rather than queue
     /// (`KEYSTONE_MAX_CONCURRENT_REQUESTS`).
     #[serde(default = "max_concurrent_requests")]
@@ -265,6 +270,7 @@ impl Settings {
             request_timeout_ms: thirty_seconds(),
             body_idle_timeout_ms: ten_seconds(),
             max_concurrent_requests: max_concurrent_requests(),
+            trusted_proxy_header: None,
             telemetry_interval_ms: 10_000,
             metrics_token: None,
             instance: None,

@@ -204,6 +204,7 @@ pub async fn router(
         store: store.clone(),
         // Five wrong passwords per account, or thirty per address, in fifteen minutes.
         limiter: Arc::new(LoginLimiter::new(5, 30, Duration::from_secs(15 * 60))),
+        client_ip_header: settings.trusted_proxy_header.clone().filter(|h| !h.is_empty()),
         session_absolute_ms: settings.session_absolute_hours * 3_600_000,
         log: log.clone(),
         jobs: jobs.clone(),

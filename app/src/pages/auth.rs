@@ -49,28 +49,39 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
     use keystone_control::store::now_ms;
     let state = app_state()?;
     let session = session().await?;
-    let address = leptos_axum::extract::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    let peer = leptos_axum::extract::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .await
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    let headers = leptos_axum::extract::<axum::http::HeaderMap>().await.unwrap_or_default();
+    let address = client_address(&headers, state.client_ip_header.as_deref()).unwrap_or(peer);
     let username = username.trim().to_owned();
+    let too_many = |message: String| {
+        if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
+            resp.set_status(axum::http::StatusCode::TOO_MANY_REQUESTS);
+        }
+        AppError::Refused(message)
+    };
     // Counted before the password is checked: concurrent guesses cannot all pass the limit.
-    if let Err(wait) = state.limiter.begin(&username, &address) {
-        tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
-        return Err(AppError::Refused(format!(
-            "Too many failed sign-ins. Try again in {} minute(s).",
-            wait.as_secs().div_ceil(60).max(1)
-        )));
-    }
+    let attempt = match state.limiter.begin(&state.store, &username, &address).await? {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
+            return Err(too_many(format!(
+                "Too many failed sign-ins. Try again in {} minute(s).",
+                wait.as_secs().div_ceil(60).max(1)
+            )));
+        }
+    };
     let Some(_permit) = state.limiter.hashing_permit() else {
         tracing::warn!(user = %username, address = %address, "Sign-in refused: too many password checks at once.");
-        return Err(AppError::Refused("Too many sign-ins at once. Try again in a moment.".into()));
+        return Err(too_many("Too many sign-ins at once. Try again in a moment.".into()));
     };
     let Some(p) = authenticate(&state.store, &username, &password).await? else {
         tracing::warn!(user = %username, address = %address, "Sign-in failed.");
         return Err(AppError::Refused("Wrong username or password.".into()));
     };
-    state.limiter.record_success(&username, &address);
+    state.limiter.record_success(&state.store, &username, attempt).await?;
     let internal = |_| AppError::Internal;
     // A fresh session id at sign-in defeats session fixation.
     session.cycle_id().await.map_err(internal)?;
@@ -79,6 +90,15 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
     tracing::info!(user = %username, "Signed in.");
     leptos_axum::redirect("/");
     Ok(())
+}
+
+/// The client's address as a trusted proxy reports it: the last entry of `header` (the one the
+/// proxy itself added; earlier ones are whatever the client sent).
+#[cfg(feature = "ssr")]
+fn client_address(headers: &axum::http::HeaderMap, header: Option<&str>) -> Option<String> {
+    let value = headers.get(header?)?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    last.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string())
 }
 
 /// Ends the session on the server (not only the cookie).

@@ -332,12 +332,16 @@ async fn concurrent_password_guesses_cannot_pass_the_limit() {
             let form = [("username", "alice".to_owned()), ("password", format!("wrong-guess-{i}"))];
             let resp =
                 http.post(format!("{base}/api/login")).header("origin", origin).form(&form).send().await.unwrap();
-            resp.text().await.unwrap()
+            (resp.status(), resp.text().await.unwrap())
         }
     });
     let answers = futures_util::future::join_all(attempts).await;
-    let verified = answers.iter().filter(|a| a.contains("Wrong username or password")).count();
-    let throttled = answers.iter().filter(|a| a.contains("Too many")).count();
+    let verified = answers.iter().filter(|(_, a)| a.contains("Wrong username or password")).count();
+    let throttled = answers.iter().filter(|(_, a)| a.contains("Too many")).count();
+    assert!(
+        answers.iter().filter(|(_, a)| a.contains("Too many")).all(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS),
+        "throttled sign-ins answer 429"
+    );
     assert!((1..=5).contains(&verified), "{verified} guesses verified");
     assert_eq!(verified + throttled, 200, "every other guess throttled or refused: {:?}", &answers[..3]);
     // The right password is throttled too now: the account is locked for the window.
@@ -557,5 +561,49 @@ async fn a_token_never_outlives_its_creators_rights() {
     let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/streams", create("after")).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams/before").await.0, StatusCode::OK, "still reads");
+    app.teardown().await;
+}
+
+/// Item 7: sign-in attempts are counted in the database, so a second server on it refuses an
+/// account the first one saw guessed at; and behind a trusted proxy the address is the one the
+/// proxy reports, so one client's guesses at many accounts are throttled by that address alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_counters_are_shared_by_servers_and_follow_the_trusted_proxy_header() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.trusted_proxy_header = Some("x-forwarded-for".into())).await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let mut settings = app.settings.clone();
+    settings.data_dir = second_dir.path().to_path_buf();
+    let (second, _running) = start_server(settings).await;
+    let sign_in = |base: String, user: String, password: &'static str, from: &'static str| {
+        let http = app.http.clone();
+        async move {
+            let form = [("username", user.as_str()), ("password", password)];
+            let resp = http
+                .post(format!("{base}/api/login"))
+                .header("origin", &base)
+                .header("x-forwarded-for", format!("192.0.2.1, {from}"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    for _ in 0..5 {
+        let (_, body) = sign_in(app.base.clone(), "alice".into(), "wrong-password-x", "198.51.100.7").await;
+        assert!(body.contains("Wrong username or password"), "{body}");
+    }
+    let (status, body) = sign_in(second.clone(), "alice".into(), PASSWORD, "198.51.100.8").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the other server counts the same attempts: {body}");
+
+    // Thirty guesses at as many accounts from one address: the address is throttled, another is not.
+    for i in 0..30 {
+        let (_, body) = sign_in(app.base.clone(), format!("ghost-{i}"), "wrong-password-x", "203.0.113.9").await;
+        assert!(body.contains("Wrong username or password"), "{i}: {body}");
+    }
+    let (status, _) = sign_in(app.base.clone(), "bob".into(), PASSWORD, "203.0.113.9").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, body) = sign_in(second, "bob".into(), PASSWORD, "203.0.113.10").await;
+    assert!(status.is_success() || status.is_redirection(), "{status} {body}");
     app.teardown().await;
 }
