@@ -306,8 +306,13 @@ pub async fn create_token(
     name: &str,
     team_id: &str,
     role: Role,
+    expires_at: Option<i64>,
 ) -> Result<(TokenInfo, String), UserError> {
     let mut errors = ValidationErrors::default();
+    let now = now_ms();
+    if expires_at.is_some_and(|at| at <= now) {
+        errors.add("expires_at", "must be in the future");
+    }
     if let Err(e) = Name::parse(name) {
         errors.add("name", e.to_string());
     }
@@ -325,10 +330,9 @@ pub async fn create_token(
     }
     let Minted { token, hash, prefix } = mint(TOKEN_PREFIX);
     let id = new_id();
-    let now = now_ms();
     sqlx::query(
-        "INSERT INTO api_tokens (id, name, team_id, role, token_hash, prefix, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO api_tokens (id, name, team_id, role, token_hash, prefix, created_by, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(name)
@@ -338,17 +342,29 @@ pub async fn create_token(
     .bind(&prefix)
     .bind(&creator.user_id)
     .bind(now)
+    .bind(expires_at)
     .execute(store.pool())
     .await
     .map_err(StoreError::from)?;
     let team = creator.teams.iter().find(|t| t.id == team_id).map(|t| t.name.clone()).unwrap_or_default();
-    Ok((TokenInfo { id, name: name.to_owned(), team, role, prefix, created_at: now, revoked: false }, token))
+    let info = TokenInfo {
+        id,
+        name: name.to_owned(),
+        team,
+        role,
+        prefix,
+        created_at: now,
+        revoked: false,
+        expires_at,
+        expired: false,
+    };
+    Ok((info, token))
 }
 
 /// Tokens the principal may see: their teams' (all for admins).
 pub async fn list_tokens(store: &Store, who: &Principal) -> Result<Vec<TokenInfo>, StoreError> {
     let rows = sqlx::query(
-        "SELECT k.id, k.name, k.role, k.prefix, k.created_at, k.revoked_at, k.team_id, o.name AS team \
+        "SELECT k.id, k.name, k.role, k.prefix, k.created_at, k.revoked_at, k.expires_at, k.team_id, o.name AS team \
          FROM api_tokens k JOIN objects o ON o.id = k.team_id ORDER BY o.name, k.name",
     )
     .fetch_all(store.pool())
@@ -368,6 +384,8 @@ pub async fn list_tokens(store: &Store, who: &Principal) -> Result<Vec<TokenInfo
             prefix: r.try_get("prefix")?,
             created_at: r.try_get("created_at")?,
             revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            expires_at: r.try_get("expires_at")?,
+            expired: r.try_get::<Option<i64>, _>("expires_at")?.is_some_and(|at| at <= now_ms()),
         });
     }
     Ok(out)
@@ -404,7 +422,7 @@ pub fn token_role(token: Role, creator: Option<Role>, creator_in_team: bool) -> 
     }
 }
 
-/// The principal an API token acts as, if it is valid, not revoked, and its creator still holds
+/// The principal an API token acts as, if it is valid, not revoked, not expired, and its creator still holds
 /// rights on its team (see [`token_role`]).
 pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Principal>, StoreError> {
     if !token.starts_with(TOKEN_PREFIX) {
@@ -417,9 +435,10 @@ pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Pr
          FROM api_tokens k \
          JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
          LEFT JOIN users u ON u.id = k.created_by \
-         WHERE k.token_hash = $1 AND k.revoked_at IS NULL",
+         WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
     )
     .bind(token_hash(token))
+    .bind(now_ms())
     .fetch_optional(store.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };

@@ -1078,6 +1078,12 @@ pub struct TokenInfo {
     pub prefix: String,
     pub created_at: i64,
     pub revoked: bool,
+    /// When the token stops working, if it ever does (ms since the epoch).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Past its expiry when listed.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 /// A producer token as listed (never the secret).

@@ -103,7 +103,7 @@ async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         async move {
             let who = keystone_control::auth::authenticate(&store, user, PASSWORD).await.unwrap().unwrap();
             let team_id = store.get(Kind::Team, "", team).await.unwrap().unwrap().id;
-            create_token(&store, &who, &format!("{user}-bot"), &team_id, role).await.unwrap().1
+            create_token(&store, &who, &format!("{user}-bot"), &team_id, role, None).await.unwrap().1
         }
     };
     let alpha = token("alice", "alpha", Role::Editor).await;

@@ -14,16 +14,33 @@ pub async fn list_tokens() -> Result<Vec<TokenInfo>, AppError> {
 
 /// Returns the new token; it is never shown again.
 #[server]
-pub async fn create_token(name: String, team: String, role: String) -> Result<String, AppError> {
+pub async fn create_token(
+    name: String,
+    team: String,
+    role: String,
+    #[server(default)] expires_in_days: String,
+) -> Result<String, AppError> {
     use keystone_control::{Kind, Role, ValidationErrors};
     let (store, who) = crate::state::caller().await?;
     let role = Role::parse(&role).ok_or_else(|| ValidationErrors::single("role", "must be viewer or editor"))?;
+    let expires_at = match expires_in_days.trim() {
+        "" => None,
+        days => match days.parse::<i64>() {
+            Ok(d) if (1..=3650).contains(&d) => Some(keystone_control::store::now_ms() + d * 86_400_000),
+            _ => {
+                return Err(
+                    ValidationErrors::single("expires_in_days", "must be a whole number of days, 1 to 3650").into()
+                )
+            }
+        },
+    };
     let team_obj = store
         .get(Kind::Team, "", team.trim())
         .await?
         .filter(|t| who.can_read(&t.id))
         .ok_or_else(|| ValidationErrors::single("team", format!("no team named {team:?}")))?;
-    let (info, token) = keystone_control::auth::create_token(&store, &who, name.trim(), &team_obj.id, role).await?;
+    let (info, token) =
+        keystone_control::auth::create_token(&store, &who, name.trim(), &team_obj.id, role, expires_at).await?;
     tracing::info!(token = %info.name, team = %team, by = %who.display, "API token created.");
     Ok(token)
 }
@@ -51,7 +68,7 @@ pub fn TokensPage() -> impl IntoView {
         <PageHeader title="API tokens" subtitle="For automation against /api/v1 (see /api/v1/openapi.json)."><span></span></PageHeader>
         <NewSecret value=create.value() test_id="new-token"/>
         <FormStatus error=last_error(create.value())/>
-        <ActionForm action=create attr:class=format!("{CARD} mb-6 grid grid-cols-4 items-end gap-4 p-4")>
+        <ActionForm action=create attr:class=format!("{CARD} mb-6 grid grid-cols-5 items-end gap-4 p-4")>
             <Field label="Name" name="name" errors required=true/>
             <div>
                 <label for="t-team" class="block text-sm font-medium text-slate-700">"Team"</label>
@@ -60,6 +77,7 @@ pub fn TokensPage() -> impl IntoView {
                 </select>
             </div>
             <Field label="Role" name="role" kind="select:viewer,editor" value="viewer" errors/>
+            <Field label="Expires in (days)" name="expires_in_days" help="Optional; empty for no expiry." errors/>
             <button type="submit" class=BUTTON>"Create token"</button>
         </ActionForm>
         <Suspense fallback=|| ()>
@@ -83,10 +101,15 @@ pub fn TokensPage() -> impl IntoView {
                                             <td class=TD>{t.team.clone()}</td>
                                             <td class=TD>{t.role.as_str()}</td>
                                             <td class=format!("{TD} font-mono")>{format!("{}…", t.prefix)}</td>
-                                            <td class=format!("{TD} text-slate-500")>{format_time(t.created_at)}</td>
+                                            <td class=format!("{TD} text-slate-500")>
+                                                {format_time(t.created_at)}
+                                                {t.expires_at.map(|at| format!(" · expires {}", format_time(at)))}
+                                            </td>
                                             <td class=TD>
                                                 {if t.revoked {
                                                     view! { <span class="text-slate-400">"revoked"</span> }.into_any()
+                                                } else if t.expired {
+                                                    view! { <span class="text-slate-400">"expired"</span> }.into_any()
                                                 } else {
                                                     view! {
                                                         <ActionForm action=revoke>

@@ -607,3 +607,25 @@ async fn sign_in_counters_are_shared_by_servers_and_follow_the_trusted_proxy_hea
     assert!(status.is_success() || status.is_redirection(), "{status} {body}");
     app.teardown().await;
 }
+
+/// Item 4 (in part): a token created with an expiry stops working at it.
+#[tokio::test]
+async fn an_expired_token_does_nothing() {
+    let app = spawn_app(Db::Sqlite).await;
+    let alice = keystone_control::auth::authenticate(&app.store, "alice", PASSWORD).await.unwrap().unwrap();
+    let team = team_id(&app, "alpha").await;
+    let past = keystone_control::store::now_ms() - 1;
+    let refused =
+        keystone_control::auth::create_token(&app.store, &alice, "old", &team, Role::Viewer, Some(past)).await;
+    assert!(refused.is_err(), "an expiry in the past is refused");
+    let soon = keystone_control::store::now_ms() + 400;
+    let (_, token) = keystone_control::auth::create_token(&app.store, &alice, "brief", &team, Role::Viewer, Some(soon))
+        .await
+        .unwrap();
+    assert_eq!(app.get(&token, "/api/v1/teams/alpha/streams").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.get(&token, "/api/v1/teams/alpha/streams").await.0, StatusCode::UNAUTHORIZED);
+    let listed = keystone_control::auth::list_tokens(&app.store, &alice).await.unwrap();
+    assert!(listed.iter().any(|t| t.name == "brief" && t.expired), "{listed:?}");
+    app.teardown().await;
+}
