@@ -127,9 +127,10 @@ pub async fn authenticate(store: &Store, username: &str, password: &str) -> Resu
     }
 }
 
-/// Loads a user's role and teams (fresh on every request, so a role change applies at once).
+/// Loads a user's role and teams (fresh on every request, so a role change, a removal from a team
+/// or a disabled account applies at once); `None` for a disabled user.
 pub async fn principal_for_user(store: &Store, user_id: &str) -> Result<Option<Principal>, StoreError> {
-    let Some(row) = sqlx::query("SELECT username, role FROM users WHERE id = $1")
+    let Some(row) = sqlx::query("SELECT username, role FROM users WHERE id = $1 AND disabled_at IS NULL")
         .bind(user_id)
         .fetch_optional(store.pool())
         .await?
@@ -157,7 +158,9 @@ async fn teams_of(store: &Store, user_id: &str) -> Result<Vec<TeamRef>, StoreErr
 }
 
 pub async fn list_users(store: &Store) -> Result<Vec<UserInfo>, StoreError> {
-    let rows = sqlx::query("SELECT id, username, role FROM users ORDER BY username").fetch_all(store.pool()).await?;
+    let rows = sqlx::query("SELECT id, username, role, disabled_at FROM users ORDER BY username")
+        .fetch_all(store.pool())
+        .await?;
     let mut out = Vec::new();
     for r in rows {
         let id: String = r.try_get("id")?;
@@ -167,9 +170,53 @@ pub async fn list_users(store: &Store) -> Result<Vec<UserInfo>, StoreError> {
             id,
             username: r.try_get("username")?,
             role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
+            disabled: r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
         });
     }
     Ok(out)
+}
+
+/// Disables (or enables again) a user: a disabled user cannot sign in, and their sessions and API
+/// tokens stop working on their next request. `who` may not disable themselves. Returns false
+/// for an unknown user.
+pub async fn set_user_disabled(
+    store: &Store,
+    who: &Principal,
+    username: &str,
+    disabled: bool,
+) -> Result<bool, UserError> {
+    if who.role != Role::Admin {
+        return Err(UserError::Invalid(ValidationErrors::single("username", "only admins manage users")));
+    }
+    if disabled && who.display == username {
+        return Err(UserError::Invalid(ValidationErrors::single("username", "you cannot disable yourself")));
+    }
+    let at = disabled.then(now_ms);
+    let done = sqlx::query("UPDATE users SET disabled_at = $1 WHERE username = $2")
+        .bind(at)
+        .bind(username)
+        .execute(store.pool())
+        .await
+        .map_err(StoreError::from)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Takes a user out of a team: their sessions lose the team and their tokens for it stop at once.
+/// Returns false when they were not a member.
+pub async fn remove_membership(store: &Store, who: &Principal, username: &str, team: &str) -> Result<bool, UserError> {
+    if who.role != Role::Admin {
+        return Err(UserError::Invalid(ValidationErrors::single("username", "only admins manage users")));
+    }
+    let done = sqlx::query(
+        "DELETE FROM memberships WHERE user_id = (SELECT id FROM users WHERE username = $1) \
+         AND team_id = (SELECT id FROM objects WHERE kind = 'team' AND name = $2 AND deleted = 0)",
+    )
+    .bind(username)
+    .bind(team)
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// Why a user could not be created.
@@ -434,7 +481,7 @@ pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Pr
            AS creator_in_team \
          FROM api_tokens k \
          JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
-         LEFT JOIN users u ON u.id = k.created_by \
+         LEFT JOIN users u ON u.id = k.created_by AND u.disabled_at IS NULL \
          WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
     )
     .bind(token_hash(token))

@@ -1064,6 +1064,9 @@ pub struct UserInfo {
     pub username: String,
     pub role: Role,
     pub teams: Vec<String>,
+    /// Signs in no more; sessions and tokens stopped.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// An API token as listed (never the secret).

@@ -63,15 +63,50 @@ pub async fn create_user(username: String, password: String, role: String, teams
     Ok(())
 }
 
+/// Disables (`disabled` = "true") or enables a user; a disabled user's sessions and tokens stop
+/// on their next request.
+#[server]
+pub async fn set_user_disabled(username: String, disabled: String) -> Result<(), AppError> {
+    let (store, who) = admin().await?;
+    let disabled = disabled == "true";
+    if !keystone_control::auth::set_user_disabled(&store, &who, username.trim(), disabled).await? {
+        return Err(AppError::NotFound);
+    }
+    tracing::info!(user = %username.trim(), disabled, by = %who.display, "User access changed.");
+    Ok(())
+}
+
+/// Takes a user out of a team.
+#[server]
+pub async fn remove_member(username: String, team: String) -> Result<(), AppError> {
+    let (store, who) = admin().await?;
+    if !keystone_control::auth::remove_membership(&store, &who, username.trim(), team.trim()).await? {
+        return Err(keystone_control::ValidationErrors::single("team", "the user is not a member of that team").into());
+    }
+    tracing::info!(user = %username.trim(), team = %team.trim(), by = %who.display, "User removed from a team.");
+    Ok(())
+}
+
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let new_team = ServerAction::<CreateTeam>::new();
     let new_user = ServerAction::<CreateUser>::new();
     let webhook = ServerAction::<SetAlertWebhook>::new();
+    let access = ServerAction::<SetUserDisabled>::new();
+    let leave = ServerAction::<RemoveMember>::new();
     let data = Resource::new(
-        move || (new_team.version().get(), new_user.version().get(), webhook.version().get()),
+        move || {
+            (
+                new_team.version().get(),
+                new_user.version().get(),
+                webhook.version().get(),
+                access.version().get(),
+                leave.version().get(),
+            )
+        },
         |_| directory(),
     );
+    let leave_errors = field_errors(leave.value());
     let webhook_errors = field_errors(webhook.value());
     let team_errors = field_errors(new_team.value());
     let user_errors = field_errors(new_user.value());
@@ -105,6 +140,13 @@ pub fn AdminPage() -> impl IntoView {
                     <Field label="Teams" name="teams" errors=user_errors help="Comma-separated team names."/>
                     <button type="submit" class=BUTTON>"Create user"</button>
                 </ActionForm>
+                <h2 class="mt-6 mb-3 text-lg font-medium">"Remove from a team"</h2>
+                <FormStatus error=last_error(leave.value())/>
+                <ActionForm action=leave attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Username" name="username" errors=leave_errors required=true/>
+                    <Field label="Team" name="team" errors=leave_errors required=true help="Their sessions lose the team and their tokens for it stop at once."/>
+                    <button type="submit" class=BUTTON_SECONDARY>"Remove"</button>
+                </ActionForm>
             </section>
         </div>
         <Suspense fallback=|| ()>
@@ -127,11 +169,20 @@ pub fn AdminPage() -> impl IntoView {
                             </div>
                             <div class=format!("{CARD} overflow-hidden")>
                                 <table class="min-w-full divide-y divide-slate-200" data-testid="users-table">
-                                    <thead class="bg-slate-50"><tr><th class=TH>"User"</th><th class=TH>"Role"</th><th class=TH>"Teams"</th></tr></thead>
+                                    <thead class="bg-slate-50"><tr><th class=TH>"User"</th><th class=TH>"Role"</th><th class=TH>"Teams"</th><th class=TH>"Access"</th></tr></thead>
                                     <tbody class="divide-y divide-slate-100">
                                         {d.users.into_iter().map(|u| view! {
                                             <tr><td class=format!("{TD} font-medium")>{u.username.clone()}</td>
-                                            <td class=TD>{u.role.as_str()}</td><td class=TD>{u.teams.join(", ")}</td></tr>
+                                            <td class=TD>{u.role.as_str()}</td><td class=TD>{u.teams.join(", ")}</td>
+                                            <td class=TD>
+                                                <ActionForm action=access>
+                                                    <input type="hidden" name="username" value=u.username.clone()/>
+                                                    <input type="hidden" name="disabled" value=if u.disabled { "false" } else { "true" }/>
+                                                    <button type="submit" class="text-sm text-indigo-600 hover:underline">
+                                                        {if u.disabled { "Disabled · enable" } else { "Disable" }}
+                                                    </button>
+                                                </ActionForm>
+                                            </td></tr>
                                         }).collect_view()}
                                     </tbody>
                                 </table>

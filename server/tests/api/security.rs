@@ -629,3 +629,35 @@ async fn an_expired_token_does_nothing() {
     assert!(listed.iter().any(|t| t.name == "brief" && t.expired), "{listed:?}");
     app.teardown().await;
 }
+
+/// Item 4 (in part): disabling a user ends their console session and stops their API tokens in
+/// the same step, and they cannot sign in again; removing a member from a team stops their
+/// tokens for it.
+#[tokio::test]
+async fn a_disabled_user_and_a_removed_member_lose_access_at_once() {
+    use keystone_control::auth::{remove_membership, set_user_disabled};
+    let app = spawn_app(Db::Sqlite).await;
+    let alice = console_session(&app, "alice").await;
+    let whoami = |client: reqwest::Client| {
+        let base = app.base.clone();
+        async move {
+            let page = client.get(format!("{base}/streams")).header("accept", "text/html").send().await.unwrap();
+            page.status()
+        }
+    };
+    assert_eq!(whoami(alice.clone()).await, StatusCode::OK);
+    assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams").await.0, StatusCode::OK);
+    let admin = keystone_control::auth::authenticate(&app.store, "admin", PASSWORD).await.unwrap().unwrap();
+    assert!(set_user_disabled(&app.store, &admin, "admin", true).await.is_err(), "not oneself");
+    assert!(set_user_disabled(&app.store, &admin, "alice", true).await.unwrap());
+    assert!(whoami(alice).await.is_redirection(), "the session ended");
+    assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams").await.0, StatusCode::UNAUTHORIZED);
+    assert!(keystone_control::auth::authenticate(&app.store, "alice", PASSWORD).await.unwrap().is_none());
+    let users = keystone_control::auth::list_users(&app.store).await.unwrap();
+    assert!(users.iter().any(|u| u.username == "alice" && u.disabled));
+
+    assert_eq!(app.get(&app.beta, "/api/v1/teams/beta/streams").await.0, StatusCode::OK);
+    assert!(remove_membership(&app.store, &admin, "bob", "beta").await.unwrap());
+    assert_eq!(app.get(&app.beta, "/api/v1/teams/beta/streams").await.0, StatusCode::UNAUTHORIZED);
+    app.teardown().await;
+}
