@@ -198,7 +198,12 @@ pub async fn set_user_disabled(
         .execute(store.pool())
         .await
         .map_err(StoreError::from)?;
-    Ok(done.rows_affected() > 0)
+    let changed = done.rows_affected() > 0;
+    if changed {
+        let action = if disabled { "user disabled" } else { "user enabled" };
+        store.record_account_event(&who.display, username, action, "").await;
+    }
+    Ok(changed)
 }
 
 /// Takes a user out of a team: their sessions lose the team and their tokens for it stop at once.
@@ -216,7 +221,11 @@ pub async fn remove_membership(store: &Store, who: &Principal, username: &str, t
     .execute(store.pool())
     .await
     .map_err(StoreError::from)?;
-    Ok(done.rows_affected() > 0)
+    let changed = done.rows_affected() > 0;
+    if changed {
+        store.record_account_event(&who.display, username, "removed from team", team).await;
+    }
+    Ok(changed)
 }
 
 /// Why a user could not be created.
@@ -405,6 +414,9 @@ pub async fn create_token(
         expires_at,
         expired: false,
     };
+    let expiry = expires_at.map_or(String::new(), |at| format!(", expires at {at} ms"));
+    let detail = format!("team {}, role {}{expiry}", info.team, role.as_str());
+    store.record_account_event(&creator.display, name, "API token created", &detail).await;
     Ok((info, token))
 }
 
@@ -454,6 +466,7 @@ pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Res
         .bind(token_id)
         .execute(store.pool())
         .await?;
+    store.record_account_event(&who.display, token_id, "API token revoked", "").await;
     Ok(true)
 }
 

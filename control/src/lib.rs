@@ -24,6 +24,8 @@ pub mod validation;
 pub mod workers;
 
 #[cfg(feature = "store")]
+pub mod account_events;
+#[cfg(feature = "store")]
 pub mod alert_store;
 #[cfg(feature = "store")]
 pub mod approval_store;

@@ -1264,6 +1264,20 @@ pub struct Operation {
     pub detail: String,
 }
 
+/// A sign-in or a change to a user, a membership or a token, as admins read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct AccountEvent {
+    pub at: i64,
+    /// Who acted (a username; for a sign-in, the name typed).
+    pub actor: String,
+    /// Whom or what it concerns.
+    pub subject: String,
+    /// `signed in`, `sign-in failed`, `sign-in throttled`, `user created`, `user disabled`, ...
+    pub action: String,
+    pub detail: String,
+}
+
 /// What the ingest proxy of this process has counted for one stream since it started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]

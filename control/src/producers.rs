@@ -50,6 +50,7 @@ pub async fn create(
     .await
     .map_err(StoreError::from)?;
     tracing::info!(stream = %format!("{team}/{stream}"), token = %name, by = %who.display, "Producer token created.");
+    store.record_account_event(&who.display, name, "producer token created", &format!("stream {team}/{stream}")).await;
     let info = ProducerTokenInfo { id, name: name.to_owned(), prefix: minted.prefix, created_at: now, revoked: false };
     Ok((info, minted.token))
 }
@@ -102,6 +103,9 @@ pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, to
     }
     tx.commit().await?;
     tracing::info!(stream = %format!("{team}/{stream}"), token_id = %token_id, by = %who.display, "Producer token revoked.");
+    store
+        .record_account_event(&who.display, token_id, "producer token revoked", &format!("stream {team}/{stream}"))
+        .await;
     Ok(())
 }
 

@@ -55,7 +55,11 @@ pub async fn create_user(
         PasswordSource::GenerateInto(_) => Alphanumeric.sample_string(&mut rand::rngs::OsRng, 20),
     };
     match upsert_user(store, username, &pw, role, teams, replace).await {
-        Ok(_) => {}
+        Ok(_) => {
+            let action = if replace { "user reset" } else { "user created" };
+            let detail = format!("role {role}, teams {}", teams.join(", "));
+            store.record_account_event("keystone admin (command line)", username, action, &detail).await;
+        }
         Err(UserError::Invalid(v)) => anyhow::bail!("{v}"),
         Err(UserError::Store(e)) => return Err(e.into()),
     }

@@ -59,6 +59,8 @@ pub async fn create_user(username: String, password: String, role: String, teams
     let role = Role::parse(&role).ok_or_else(|| ValidationErrors::single("role", "must be viewer, editor or admin"))?;
     let teams = super::objects::split_list(&teams);
     keystone_control::auth::upsert_user(&store, username.trim(), &password, role, &teams, false).await?;
+    let detail = format!("role {}, teams {}", role.as_str(), teams.join(", "));
+    store.record_account_event(&who.display, username.trim(), "user created", &detail).await;
     tracing::info!(user = %username.trim(), role = %role, by = %who.display, "User created.");
     Ok(())
 }

@@ -31,6 +31,16 @@ pub async fn operations_log() -> Result<Vec<keystone_control::Operation>, AppErr
     Ok(store.operations(&who.scope(), None, 100).await?)
 }
 
+/// Sign-ins and account changes, for admins.
+#[server]
+pub async fn account_log() -> Result<Vec<keystone_control::AccountEvent>, AppError> {
+    let (store, who) = crate::state::caller().await?;
+    if !who.is_admin() {
+        return Ok(Vec::new());
+    }
+    Ok(store.account_events(200).await?)
+}
+
 /// Revisions, newest first, each linking to its object's history at that version.
 #[component]
 pub fn RevisionTable(revisions: Vec<Revision>) -> impl IntoView {
@@ -87,6 +97,7 @@ pub fn AuditPage() -> impl IntoView {
     let q = move |k: &str| query.read().get(k).unwrap_or_default();
     let data = Resource::new(move || (q("kind"), q("team"), q("author")), |(k, t, a)| audit_log(k, t, a));
     let operations = Resource::new(|| (), |_| operations_log());
+    let accounts = Resource::new(|| (), |_| account_log());
     view! {
         <Title text="Audit log · Keystone"/>
         <PageHeader title="Audit log" subtitle="Every revision of every object you may see, and every operation on running jobs, newest first."><span></span></PageHeader>
@@ -135,6 +146,35 @@ pub fn AuditPage() -> impl IntoView {
                                             <td class=TD>{o.action}</td>
                                             <td class=TD>{format!("{} {}/{}", o.kind, o.team, o.name)}</td>
                                             <td class=format!("{TD} text-slate-600")>{o.detail}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any(),
+                }
+            })}
+        </Suspense>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match accounts.await {
+                    // Only admins get any: others see no section at all.
+                    Err(_) => ().into_any(),
+                    Ok(events) if events.is_empty() => ().into_any(),
+                    Ok(events) => view! {
+                        <h2 class="mt-8 mb-3 text-lg font-medium">"Accounts"</h2>
+                        <p class="mb-3 text-sm text-slate-500">"Sign-ins and changes to users, memberships and tokens, newest first (admins only)."</p>
+                        <div class=format!("{CARD} overflow-hidden")>
+                            <table class="min-w-full divide-y divide-slate-200" data-testid="account-events">
+                                <thead class="bg-slate-50"><tr><th class=TH>"When"</th><th class=TH>"Who"</th><th class=TH>"Action"</th><th class=TH>"Subject"</th><th class=TH>"Detail"</th></tr></thead>
+                                <tbody class="divide-y divide-slate-100">
+                                    {events.into_iter().map(|e| view! {
+                                        <tr>
+                                            <td class=format!("{TD} text-slate-500 whitespace-nowrap")>{format_time(e.at)}</td>
+                                            <td class=TD>{e.actor}</td>
+                                            <td class=TD>{e.action}</td>
+                                            <td class=TD>{e.subject}</td>
+                                            <td class=format!("{TD} text-slate-600")>{e.detail}</td>
                                         </tr>
                                     }).collect_view()}
                                 </tbody>

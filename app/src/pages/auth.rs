@@ -67,6 +67,10 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
         Ok(attempt) => attempt,
         Err(wait) => {
             tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
+            state
+                .store
+                .record_account_event(&username, &username, "sign-in throttled", &format!("from {address}"))
+                .await;
             return Err(too_many(format!(
                 "Too many failed sign-ins. Try again in {} minute(s).",
                 wait.as_secs().div_ceil(60).max(1)
@@ -79,6 +83,7 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
     };
     let Some(p) = authenticate(&state.store, &username, &password).await? else {
         tracing::warn!(user = %username, address = %address, "Sign-in failed.");
+        state.store.record_account_event(&username, &username, "sign-in failed", &format!("from {address}")).await;
         return Err(AppError::Refused("Wrong username or password.".into()));
     };
     state.limiter.record_success(&state.store, &username, attempt).await?;
@@ -88,6 +93,7 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
     session.insert(SESSION_USER, &p.user_id).await.map_err(internal)?;
     session.insert(SESSION_LOGIN_AT, now_ms()).await.map_err(internal)?;
     tracing::info!(user = %username, "Signed in.");
+    state.store.record_account_event(&username, &username, "signed in", &format!("from {address}")).await;
     leptos_axum::redirect("/");
     Ok(())
 }

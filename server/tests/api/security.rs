@@ -659,5 +659,20 @@ async fn a_disabled_user_and_a_removed_member_lose_access_at_once() {
     assert_eq!(app.get(&app.beta, "/api/v1/teams/beta/streams").await.0, StatusCode::OK);
     assert!(remove_membership(&app.store, &admin, "bob", "beta").await.unwrap());
     assert_eq!(app.get(&app.beta, "/api/v1/teams/beta/streams").await.0, StatusCode::UNAUTHORIZED);
+
+    // Every step above is in the admins' account log, and a failed sign-in too, never a password.
+    let _ = app.form("/api/login", &[("username", "vera"), ("password", "not-her-password")], Some(&app.base)).await;
+    let events = app.store.account_events(100).await.unwrap();
+    let seen: Vec<(String, String, String)> =
+        events.iter().map(|e| (e.actor.clone(), e.action.clone(), e.subject.clone())).collect();
+    for want in [
+        ("alice", "signed in", "alice"),
+        ("admin", "user disabled", "alice"),
+        ("admin", "removed from team", "bob"),
+        ("vera", "sign-in failed", "vera"),
+    ] {
+        assert!(seen.iter().any(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()) == want), "{want:?} in {seen:?}");
+    }
+    assert!(!format!("{events:?}").contains("not-her-password") && !format!("{events:?}").contains(PASSWORD));
     app.teardown().await;
 }
