@@ -228,6 +228,32 @@ pub async fn remove_membership(store: &Store, who: &Principal, username: &str, t
     Ok(changed)
 }
 
+/// Changes the caller's own password, given the current one. `Ok(false)` when the current one is
+/// wrong (nothing changed).
+pub async fn change_own_password(store: &Store, who: &Principal, current: &str, new: &str) -> Result<bool, UserError> {
+    check_password_policy(new).map_err(|e| {
+        let mut v = ValidationErrors::default();
+        for f in e.0 {
+            v.add("new_password", f.message);
+        }
+        UserError::Invalid(v)
+    })?;
+    match authenticate(store, &who.display, current).await? {
+        Some(p) if p.user_id == who.user_id => {}
+        _ => return Ok(false),
+    }
+    let pw = new.to_owned();
+    let phc = tokio::task::spawn_blocking(move || hash_password(&pw)).await.expect("hashing task");
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(&phc)
+        .bind(&who.user_id)
+        .execute(store.pool())
+        .await
+        .map_err(StoreError::from)?;
+    store.record_account_event(&who.display, &who.display, "password changed", "").await;
+    Ok(true)
+}
+
 /// Why a user could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {

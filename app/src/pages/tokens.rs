@@ -55,12 +55,39 @@ pub async fn revoke_token(id: String) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Changes the signed-in user's own password; the attempt counts against sign-in throttling, so
+/// it cannot be used to guess the current one.
+#[server(endpoint = "change_password")]
+pub async fn change_password(current_password: String, new_password: String) -> Result<(), AppError> {
+    let (state, who) = crate::state::signed_in().await?;
+    let address = leptos_axum::extract::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .await
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let attempt = match state.limiter.begin(&state.store, &who.display, &address).await? {
+        Ok(attempt) => attempt,
+        Err(_) => return Err(AppError::Refused("Too many failed attempts. Try again later.".into())),
+    };
+    let Some(_permit) = state.limiter.hashing_permit() else {
+        return Err(AppError::Refused("Too many password checks at once. Try again in a moment.".into()));
+    };
+    if !keystone_control::auth::change_own_password(&state.store, &who, &current_password, &new_password).await? {
+        return Err(
+            keystone_control::ValidationErrors::single("current_password", "is not your current password").into()
+        );
+    }
+    state.limiter.record_success(&state.store, &who.display, attempt).await?;
+    Ok(())
+}
+
 #[component]
 pub fn TokensPage() -> impl IntoView {
     let create = ServerAction::<CreateToken>::new();
     let revoke = ServerAction::<RevokeToken>::new();
     let data = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_tokens());
     let errors = field_errors(create.value());
+    let password = ServerAction::<ChangePassword>::new();
+    let password_errors = field_errors(password.value());
     let teams =
         use_me().map(|m| if m.writable_teams.is_empty() { m.teams } else { m.writable_teams }).unwrap_or_default();
     view! {
@@ -79,6 +106,16 @@ pub fn TokensPage() -> impl IntoView {
             <Field label="Role" name="role" kind="select:viewer,editor" value="viewer" errors/>
             <Field label="Expires in (days)" name="expires_in_days" help="Optional; empty for no expiry." errors/>
             <button type="submit" class=BUTTON>"Create token"</button>
+        </ActionForm>
+        <h2 class="mb-3 text-lg font-medium">"Your password"</h2>
+        <FormStatus error=last_error(password.value())/>
+        <Show when=move || matches!(password.value().get(), Some(Ok(())))>
+            <p class="mb-3 text-sm text-emerald-700" data-testid="password-changed">"Password changed."</p>
+        </Show>
+        <ActionForm action=password attr:class=format!("{CARD} mb-6 grid grid-cols-3 items-end gap-4 p-4")>
+            <Field label="Current password" name="current_password" kind="password" errors=password_errors required=true/>
+            <Field label="New password" name="new_password" kind="password" errors=password_errors required=true help="At least 10 characters."/>
+            <button type="submit" class=BUTTON_SECONDARY>"Change password"</button>
         </ActionForm>
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
