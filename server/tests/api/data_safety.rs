@@ -1,6 +1,6 @@
 //! Issue 26, data safety: an acknowledged event is never lost, a refused one never half-kept.
 
-use super::security::{declare_in, producer_token_of, send};
+use super::security::{declare_in, producer_token_of, send, until};
 use super::*;
 use std::time::{Duration, Instant};
 
@@ -88,11 +88,7 @@ async fn a_full_disk_answers_503_and_ingest_resumes_alone_once_space_is_back() {
     acked.extend(10..20);
     acked.sort();
     let sinks = app.settings.data_dir.join("sinks/alpha/lake");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while super::security::ns_under(&sinks).len() < acked.len() {
-        assert!(Instant::now() < deadline, "timed out: {:?}", super::security::ns_under(&sinks));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("every acknowledged event delivered", || super::security::ns_under(&sinks).len() >= acked.len()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(super::security::ns_under(&sinks), acked, "every acknowledged event and none of the refused request");
     app.teardown().await;
@@ -118,11 +114,7 @@ async fn a_re_created_stream_starts_empty_and_the_old_topic_goes_after_its_reten
     .await;
     let producer = producer_token_of(&app, &app.alpha, "alpha", "plays").await;
     send(&app, &producer, "plays", 0..5).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while super::security::ns_under(&sinks.join("one")).len() < 5 {
-        assert!(Instant::now() < deadline, "the first stream's events were not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("the first stream's events delivered", || super::security::ns_under(&sinks.join("one")).len() >= 5).await;
     for path in ["/api/v1/teams/alpha/routes/all", "/api/v1/teams/alpha/streams/plays"] {
         let (s, body) = app.delete(&app.alpha, path).await;
         assert!(s.is_success(), "{path}: {s} {body}");
@@ -134,11 +126,7 @@ async fn a_re_created_stream_starts_empty_and_the_old_topic_goes_after_its_reten
     declare_in(&app, &app.alpha, "alpha", "routes", "again", route).await;
     let producer = producer_token_of(&app, &app.alpha, "alpha", "plays").await;
     send(&app, &producer, "plays", 100..103).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while super::security::ns_under(&sinks.join("two")).len() < 3 {
-        assert!(Instant::now() < deadline, "the new stream's events were not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("the new stream's events delivered", || super::security::ns_under(&sinks.join("two")).len() >= 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(super::security::ns_under(&sinks.join("two")), [100, 101, 102], "none of the deleted stream's events");
 
@@ -157,11 +145,7 @@ async fn a_re_created_stream_starts_empty_and_the_old_topic_goes_after_its_reten
         .unwrap();
     // Any write makes the reconciler look again.
     declare_in(&app, &app.alpha, "alpha", "streams", "nudge", stream(1)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while log.join("alpha.plays").exists() {
-        assert!(Instant::now() < deadline, "the deleted stream's topic was not removed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("the deleted stream's topic removed", || !log.join("alpha.plays").exists()).await;
     assert!(log.join("alpha.plays_1").is_dir(), "the live stream's topic stays");
     send(&app, &producer, "plays", 103..104).await;
     app.teardown().await;

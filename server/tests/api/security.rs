@@ -36,7 +36,7 @@ pub(crate) fn ns_under(dir: &std::path::Path) -> Vec<u64> {
     ns
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
