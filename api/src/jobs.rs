@@ -93,8 +93,8 @@ pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result
     ))
 }
 
-/// Restarts a route's job (e.g. one marked failed after its sink was fixed). The reconciler
-/// starts it again from its last checkpoint within a second.
+/// Restarts a route's job (e.g. one marked failed after its sink was fixed) wherever it runs:
+/// every process holding it replaces it, from its last checkpoint, within a second.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/routes/{name}/restart",
     params(("team" = String, Path), ("name" = String, Path)),
     responses((status = 202), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -103,11 +103,8 @@ pub async fn restart(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let goal = Goal::new(&s.store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
-    goal.record(&route, "restart", "over the API").await?;
-    s.jobs.stop(&route.id, true).await;
+    let generation = Goal::new(&s.store, &who).restart_route(&team, &name, "over the API").await?;
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, generation, "Job restart requested.");
     s.jobs.request_pass();
     Ok(StatusCode::ACCEPTED)
 }

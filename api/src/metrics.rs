@@ -146,7 +146,7 @@ mod tests {
             user_id: "u".into(),
             display: "u".into(),
             role: Role::Editor,
-            teams: vec![TeamRef { id: "1".into(), name: "a".into() }],
+            teams: vec![TeamRef { id: "1".into(), name: "a".into(), role: None }],
         };
         let seen = visible_to(text, &who);
         assert!(seen.contains("team=\"a\""));

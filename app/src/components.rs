@@ -103,9 +103,9 @@ pub fn use_me() -> Option<Me> {
     use_context::<Me>()
 }
 
-/// True when the signed-in user may change objects (editors and admins).
+/// True when the signed-in user may change objects of some team (editors there, and admins).
 pub fn can_edit() -> bool {
-    use_me().is_some_and(|m| m.role != Role::Viewer)
+    use_me().is_some_and(|m| !m.writable_teams.is_empty())
 }
 
 /// A page title with optional actions on the right.

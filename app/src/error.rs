@@ -47,6 +47,49 @@ impl FromServerFnError for AppError {
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         AppError::Transport(value.to_string())
     }
+
+    /// Encodes the error for the response, and gives the response the status that says what
+    /// went wrong (403, 404, 422, ...) instead of a bare 500. A plain form post (no JavaScript)
+    /// keeps leptos' redirect back to the form, which carries the error in its URL.
+    fn ser(&self) -> leptos::server_fn::Bytes {
+        #[cfg(feature = "ssr")]
+        set_response_status(self);
+        <Self::Encoder as leptos::server_fn::Encodes<Self>>::encode(self)
+            .unwrap_or_else(|_| leptos::server_fn::Bytes::from_static(b"{\"Internal\":null}"))
+    }
+}
+
+impl AppError {
+    /// The HTTP status this error answers with; `None` keeps the default (500), which the
+    /// browser side reads as "decode the error" (a held-back change is not a success to it).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AppError::Unauthenticated => Some(401),
+            AppError::Forbidden => Some(403),
+            AppError::NotFound => Some(404),
+            AppError::Invalid(_) => Some(422),
+            AppError::Conflict(_) => Some(409),
+            AppError::Refused(_) => Some(400),
+            AppError::PendingApproval { .. } | AppError::Internal | AppError::Transport(_) => None,
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+fn set_response_status(e: &AppError) {
+    use axum::http::{header::ACCEPT, request::Parts, StatusCode};
+    use leptos::prelude::use_context;
+    let native_form = use_context::<Parts>()
+        .and_then(|p| p.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(|v| v.contains("text/html")))
+        .unwrap_or(false);
+    let Some(response) = use_context::<leptos_axum::ResponseOptions>() else { return };
+    // A status set on purpose already (a throttled sign-in's 429) stays.
+    if native_form || response.0.read().map(|r| r.status.is_some()).unwrap_or(true) {
+        return;
+    }
+    if let Some(status) = e.status().and_then(|s| StatusCode::from_u16(s).ok()) {
+        response.set_status(status);
+    }
 }
 
 #[cfg(feature = "ssr")]
@@ -74,11 +117,11 @@ impl From<keystone_control::store::StoreError> for AppError {
 }
 
 #[cfg(feature = "ssr")]
-impl From<keystone_control::auth::UserError> for AppError {
-    fn from(e: keystone_control::auth::UserError) -> Self {
+impl From<keystone_control::users::UserError> for AppError {
+    fn from(e: keystone_control::users::UserError) -> Self {
         match e {
-            keystone_control::auth::UserError::Invalid(v) => AppError::Invalid(v),
-            keystone_control::auth::UserError::Store(s) => s.into(),
+            keystone_control::users::UserError::Invalid(v) => AppError::Invalid(v),
+            keystone_control::users::UserError::Store(s) => s.into(),
         }
     }
 }

@@ -18,6 +18,33 @@ use leptos_router::{path, SsrMode};
 #[cfg(feature = "ssr")]
 pub const STYLESHEET: &str = include_str!(concat!(env!("OUT_DIR"), "/keystone.css"));
 
+/// The console's Content-Security-Policy, minus scripts. Responses that are not console pages
+/// (the JSON API, files, errors) carry it as is: no script may run from them at all.
+pub const BASE_POLICY: &str = "default-src 'self'; frame-ancestors 'none'; object-src 'none'; \
+     base-uri 'self'; form-action 'self'; script-src 'none'";
+
+/// A console page's policy: only scripts carrying this response's nonce run (the hydration
+/// script), and what they load (`'strict-dynamic'`: the bundle and its WebAssembly); inline
+/// handlers and injected `<script>` tags never do.
+pub fn page_policy(nonce: &str) -> String {
+    let base = BASE_POLICY.trim_end_matches("script-src 'none'");
+    format!("{base}script-src 'nonce-{nonce}' 'strict-dynamic' 'wasm-unsafe-eval'")
+}
+
+/// Sets [`page_policy`] with this response's nonce (leptos_axum makes one per request and puts it
+/// on the hydration scripts).
+#[cfg(feature = "ssr")]
+fn provide_page_policy() {
+    use axum::http::{header, HeaderValue};
+    let (Some(nonce), Some(response)) = (leptos::nonce::use_nonce(), use_context::<leptos_axum::ResponseOptions>())
+    else {
+        return;
+    };
+    if let Ok(value) = HeaderValue::from_str(&page_policy(&nonce)) {
+        response.insert_header(header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
@@ -40,6 +67,13 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    #[cfg(feature = "ssr")]
+    provide_page_policy();
+    // Marks the page once the bundle has hydrated it, so browser tests can tell a page that
+    // merely rendered from one whose scripts run (under the policy above).
+    Effect::new(|_| {
+        let _ = document().body().map(|b| b.set_attribute("data-hydrated", "true"));
+    });
     view! {
         <Stylesheet id="keystone" href="/pkg/keystone.css"/>
         <Title text="Keystone"/>

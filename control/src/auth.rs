@@ -5,6 +5,7 @@ use crate::model::{Kind, Role};
 pub use crate::model::{TokenInfo, UserInfo};
 use crate::name::Name;
 use crate::store::{new_id, now_ms, Scope, Store, StoreError};
+use crate::users::UserError;
 use crate::validation::ValidationErrors;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -18,6 +19,10 @@ use sqlx::Row;
 pub struct TeamRef {
     pub id: String,
     pub name: String,
+    /// The principal's role on this team when it differs from their own (roles per team: an
+    /// editor of team A may be a viewer of team B).
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 /// The authenticated caller of a request: a signed-in user or an API token.
@@ -51,6 +56,20 @@ impl Principal {
         self.teams.iter().any(|t| t.id == team_id)
     }
 
+    /// What the principal may do on a team: admins everything, members their role there (their
+    /// own unless the membership says otherwise), others nothing.
+    pub fn role_in(&self, team_id: &str) -> Option<Role> {
+        if self.is_admin() {
+            return Some(Role::Admin);
+        }
+        self.teams.iter().find(|t| t.id == team_id).map(|t| t.role.unwrap_or(self.role))
+    }
+
+    /// The teams whose objects this principal may change (without admins' every team).
+    pub fn writable_teams(&self) -> impl Iterator<Item = &TeamRef> {
+        self.teams.iter().filter(|t| self.role_in(&t.id) >= Some(Role::Editor))
+    }
+
     /// Viewers and up read their teams' objects; admins read everything.
     pub fn can_read(&self, team_id: &str) -> bool {
         self.is_admin() || self.member_of(team_id)
@@ -60,7 +79,7 @@ impl Principal {
     pub fn can_write(&self, kind: Kind, team_id: &str) -> bool {
         match kind {
             Kind::Team | Kind::Policy => self.is_admin(),
-            _ => self.is_admin() || (self.role == Role::Editor && self.member_of(team_id)),
+            _ => self.role_in(team_id) >= Some(Role::Editor),
         }
     }
 
@@ -146,215 +165,27 @@ pub async fn principal_for_user(store: &Store, user_id: &str) -> Result<Option<P
     }))
 }
 
-async fn teams_of(store: &Store, user_id: &str) -> Result<Vec<TeamRef>, StoreError> {
+pub(crate) async fn teams_of(store: &Store, user_id: &str) -> Result<Vec<TeamRef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT o.id, o.name FROM memberships m JOIN objects o ON o.id = m.team_id \
+        "SELECT o.id, o.name, m.role FROM memberships m JOIN objects o ON o.id = m.team_id \
          WHERE m.user_id = $1 AND o.deleted = 0 ORDER BY o.name",
     )
     .bind(user_id)
     .fetch_all(store.pool())
     .await?;
-    rows.iter().map(|r| Ok(TeamRef { id: r.try_get("id")?, name: r.try_get("name")? })).collect()
+    rows.iter()
+        .map(|r| {
+            Ok(TeamRef {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                role: r.try_get::<Option<String>, _>("role")?.map(|s| parse_role(&s)).transpose()?,
+            })
+        })
+        .collect()
 }
 
-pub async fn list_users(store: &Store) -> Result<Vec<UserInfo>, StoreError> {
-    let rows = sqlx::query("SELECT id, username, role, disabled_at FROM users ORDER BY username")
-        .fetch_all(store.pool())
-        .await?;
-    let mut out = Vec::new();
-    for r in rows {
-        let id: String = r.try_get("id")?;
-        let role: String = r.try_get("role")?;
-        out.push(UserInfo {
-            teams: teams_of(store, &id).await?.into_iter().map(|t| t.name).collect(),
-            id,
-            username: r.try_get("username")?,
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-            disabled: r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
-        });
-    }
-    Ok(out)
-}
-
-/// Disables (or enables again) a user: a disabled user cannot sign in, and their sessions and API
-/// tokens stop working on their next request. `who` may not disable themselves. Returns false
-/// for an unknown user.
-pub async fn set_user_disabled(
-    store: &Store,
-    who: &Principal,
-    username: &str,
-    disabled: bool,
-) -> Result<bool, UserError> {
-    if who.role != Role::Admin {
-        return Err(UserError::Invalid(ValidationErrors::single("username", "only admins manage users")));
-    }
-    if disabled && who.display == username {
-        return Err(UserError::Invalid(ValidationErrors::single("username", "you cannot disable yourself")));
-    }
-    let at = disabled.then(now_ms);
-    let done = sqlx::query("UPDATE users SET disabled_at = $1 WHERE username = $2")
-        .bind(at)
-        .bind(username)
-        .execute(store.pool())
-        .await
-        .map_err(StoreError::from)?;
-    let changed = done.rows_affected() > 0;
-    if changed {
-        let action = if disabled { "user disabled" } else { "user enabled" };
-        store.record_account_event(&who.display, username, action, "").await;
-    }
-    Ok(changed)
-}
-
-/// Takes a user out of a team: their sessions lose the team and their tokens for it stop at once.
-/// Returns false when they were not a member.
-pub async fn remove_membership(store: &Store, who: &Principal, username: &str, team: &str) -> Result<bool, UserError> {
-    if who.role != Role::Admin {
-        return Err(UserError::Invalid(ValidationErrors::single("username", "only admins manage users")));
-    }
-    let done = sqlx::query(
-        "DELETE FROM memberships WHERE user_id = (SELECT id FROM users WHERE username = $1) \
-         AND team_id = (SELECT id FROM objects WHERE kind = 'team' AND name = $2 AND deleted = 0)",
-    )
-    .bind(username)
-    .bind(team)
-    .execute(store.pool())
-    .await
-    .map_err(StoreError::from)?;
-    let changed = done.rows_affected() > 0;
-    if changed {
-        store.record_account_event(&who.display, username, "removed from team", team).await;
-    }
-    Ok(changed)
-}
-
-/// Changes the caller's own password, given the current one. `Ok(false)` when the current one is
-/// wrong (nothing changed).
-pub async fn change_own_password(store: &Store, who: &Principal, current: &str, new: &str) -> Result<bool, UserError> {
-    check_password_policy(new).map_err(|e| {
-        let mut v = ValidationErrors::default();
-        for f in e.0 {
-            v.add("new_password", f.message);
-        }
-        UserError::Invalid(v)
-    })?;
-    match authenticate(store, &who.display, current).await? {
-        Some(p) if p.user_id == who.user_id => {}
-        _ => return Ok(false),
-    }
-    let pw = new.to_owned();
-    let phc = tokio::task::spawn_blocking(move || hash_password(&pw)).await.expect("hashing task");
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-        .bind(&phc)
-        .bind(&who.user_id)
-        .execute(store.pool())
-        .await
-        .map_err(StoreError::from)?;
-    store.record_account_event(&who.display, &who.display, "password changed", "").await;
-    Ok(true)
-}
-
-/// Why a user could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    #[error("{0}")]
-    Invalid(ValidationErrors),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Creates a user (or, with `replace`, resets an existing user's password and role) and makes
-/// them a member of `teams`. Usernames follow object-name rules.
-pub async fn upsert_user(
-    store: &Store,
-    username: &str,
-    password: &str,
-    role: Role,
-    teams: &[String],
-    replace: bool,
-) -> Result<String, UserError> {
-    let mut errors = ValidationErrors::default();
-    if let Err(e) = Name::parse(username) {
-        errors.add("username", e.to_string());
-    }
-    if let Err(e) = check_password_policy(password) {
-        errors.0.extend(e.0);
-    }
-    if !errors.is_empty() {
-        return Err(UserError::Invalid(errors));
-    }
-    let pw = password.to_owned();
-    let phc = tokio::task::spawn_blocking(move || hash_password(&pw)).await.expect("hashing task");
-    let mut tx = store.write().await?;
-    let mut team_ids = Vec::new();
-    for t in teams {
-        match tx.get(Kind::Team, "", t).await? {
-            Some(o) => team_ids.push(o.id),
-            None => errors.add("teams", format!("team {t:?} does not exist")),
-        }
-    }
-    let existing: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(StoreError::from)?
-        .map(|r| r.try_get("id"))
-        .transpose()
-        .map_err(StoreError::from)?;
-    if existing.is_some() && !replace {
-        errors.add("username", "is already taken");
-    }
-    if !errors.is_empty() {
-        return Err(UserError::Invalid(errors));
-    }
-    let id = match existing {
-        Some(id) => {
-            sqlx::query(
-                "UPDATE users SET password_hash = $1, \
-                 role_since = CASE WHEN role = $2 THEN role_since ELSE $4 END, role = $2 WHERE id = $3",
-            )
-            .bind(&phc)
-            .bind(role.as_str())
-            .bind(&id)
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-            id
-        }
-        None => {
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO users (id, username, password_hash, role, created_at, role_since) \
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(&id)
-            .bind(username)
-            .bind(&phc)
-            .bind(role.as_str())
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-            id
-        }
-    };
-    for team_id in team_ids {
-        sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND team_id = $2")
-            .bind(&id)
-            .bind(&team_id)
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-        sqlx::query("INSERT INTO memberships (user_id, team_id) VALUES ($1, $2)")
-            .bind(&id)
-            .bind(&team_id)
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-    }
-    tx.commit().await?;
-    Ok(id)
+fn parse_role(role: &str) -> Result<Role, StoreError> {
+    Role::parse(role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))
 }
 
 /// Prefix of every API token, so leaked tokens are easy to recognise in scanners.
@@ -499,13 +330,14 @@ pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Res
 /// What a token may do: the lesser of its own role and what its creator holds on its team now.
 /// A creator who left the team (or whose account is gone) leaves a token that does nothing, so a
 /// token never outlives the rights it was cut from.
-pub fn token_role(token: Role, creator: Option<Role>, creator_in_team: bool) -> Option<Role> {
-    match creator? {
-        Role::Admin => Some(token),
-        _ if !creator_in_team => None,
-        Role::Viewer => Some(Role::Viewer),
-        Role::Editor => Some(token),
-    }
+/// `creator_on_team` is the creator's role on the token's team (`None`: not a member), which
+/// overrides their own role below admin.
+pub fn token_role(token: Role, creator: Option<Role>, creator_on_team: Option<Option<Role>>) -> Option<Role> {
+    let on_team = match creator? {
+        Role::Admin => return Some(token),
+        own => creator_on_team?.unwrap_or(own),
+    };
+    Some(token.min(on_team))
 }
 
 /// The principal an API token acts as, if it is valid, not revoked, not expired, and its creator still holds
@@ -516,11 +348,11 @@ pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Pr
     }
     let row = sqlx::query(
         "SELECT k.name, k.role, k.team_id, k.created_by, o.name AS team, u.role AS creator_role, \
-         (SELECT COUNT(*) FROM memberships m WHERE m.user_id = k.created_by AND m.team_id = k.team_id) \
-           AS creator_in_team \
+         m.user_id AS creator_member, m.role AS creator_team_role \
          FROM api_tokens k \
          JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
          LEFT JOIN users u ON u.id = k.created_by AND u.disabled_at IS NULL \
+         LEFT JOIN memberships m ON m.user_id = k.created_by AND m.team_id = k.team_id \
          WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
     )
     .bind(token_hash(token))
@@ -528,17 +360,19 @@ pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Pr
     .fetch_optional(store.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let parse = |role: String| Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")));
-    let own = parse(r.try_get("role")?)?;
-    let creator = r.try_get::<Option<String>, _>("creator_role")?.map(parse).transpose()?;
-    let in_team = r.try_get::<i64, _>("creator_in_team")? > 0;
-    let Some(role) = token_role(own, creator, in_team) else { return Ok(None) };
+    let own = parse_role(&r.try_get::<String, _>("role")?)?;
+    let creator = r.try_get::<Option<String>, _>("creator_role")?.map(|s| parse_role(&s)).transpose()?;
+    let on_team = match r.try_get::<Option<String>, _>("creator_member")? {
+        None => None,
+        Some(_) => Some(r.try_get::<Option<String>, _>("creator_team_role")?.map(|s| parse_role(&s)).transpose()?),
+    };
+    let Some(role) = token_role(own, creator, on_team) else { return Ok(None) };
     let name: String = r.try_get("name")?;
     Ok(Some(Principal {
         user_id: r.try_get("created_by")?,
         display: format!("token:{name}"),
         role,
-        teams: vec![TeamRef { id: r.try_get("team_id")?, name: r.try_get("team")? }],
+        teams: vec![TeamRef { id: r.try_get("team_id")?, name: r.try_get("team")?, role: None }],
     }))
 }
 
@@ -655,12 +489,15 @@ mod tests {
     #[test]
     fn a_token_acts_with_the_lesser_of_its_role_and_its_creators_current_rights() {
         use Role::*;
-        assert_eq!(token_role(Editor, Some(Editor), true), Some(Editor));
-        assert_eq!(token_role(Viewer, Some(Editor), true), Some(Viewer));
-        assert_eq!(token_role(Editor, Some(Viewer), true), Some(Viewer), "the creator was made a viewer");
-        assert_eq!(token_role(Editor, Some(Editor), false), None, "the creator left the team");
-        assert_eq!(token_role(Editor, None, true), None, "the creator's account is gone");
-        assert_eq!(token_role(Editor, Some(Admin), false), Some(Editor), "admins hold every team");
+        let member = Some(None);
+        assert_eq!(token_role(Editor, Some(Editor), member), Some(Editor));
+        assert_eq!(token_role(Viewer, Some(Editor), member), Some(Viewer));
+        assert_eq!(token_role(Editor, Some(Viewer), member), Some(Viewer), "the creator was made a viewer");
+        assert_eq!(token_role(Editor, Some(Editor), Some(Some(Viewer))), Some(Viewer), "a viewer on this team");
+        assert_eq!(token_role(Editor, Some(Viewer), Some(Some(Editor))), Some(Editor), "an editor on this team");
+        assert_eq!(token_role(Editor, Some(Editor), None), None, "the creator left the team");
+        assert_eq!(token_role(Editor, None, member), None, "the creator's account is gone");
+        assert_eq!(token_role(Editor, Some(Admin), None), Some(Editor), "admins hold every team");
     }
 
     #[test]
@@ -674,7 +511,7 @@ mod tests {
 
     #[test]
     fn permissions_follow_role_and_team() {
-        let team = |id: &str| TeamRef { id: id.into(), name: id.into() };
+        let team = |id: &str| TeamRef { id: id.into(), name: id.into(), role: None };
         let p = |role| Principal { user_id: "u".into(), display: "u".into(), role, teams: vec![team("a")] };
         let (viewer, editor, admin) = (p(Role::Viewer), p(Role::Editor), p(Role::Admin));
         assert!(viewer.can_read("a") && !viewer.can_read("b"));
@@ -684,6 +521,22 @@ mod tests {
         assert!(admin.can_read("b") && admin.can_write(Kind::Team, "b"));
         assert_eq!(editor.scope(), Scope::Teams(vec!["a".into()]));
         assert_eq!(admin.scope(), Scope::All);
+    }
+
+    #[test]
+    fn a_role_on_a_team_overrides_the_users_own() {
+        let grant = |id: &str, role| TeamRef { id: id.into(), name: id.into(), role };
+        let p = |role, teams| Principal { user_id: "u".into(), display: "u".into(), role, teams };
+        let mixed = p(Role::Editor, vec![grant("a", None), grant("b", Some(Role::Viewer))]);
+        assert!(mixed.can_write(Kind::Route, "a") && !mixed.can_write(Kind::Route, "b"));
+        assert!(mixed.can_read("b"));
+        assert_eq!(mixed.role_in("b"), Some(Role::Viewer));
+        assert_eq!(mixed.role_in("c"), None);
+        assert_eq!(mixed.writable_teams().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        let promoted = p(Role::Viewer, vec![grant("a", Some(Role::Editor)), grant("b", None)]);
+        assert!(promoted.can_write(Kind::Stream, "a") && !promoted.can_write(Kind::Stream, "b"));
+        let admin = p(Role::Admin, vec![grant("b", Some(Role::Viewer))]);
+        assert!(admin.can_write(Kind::Stream, "b"), "admins hold every team whatever a membership says");
     }
 
     #[test]

@@ -60,9 +60,46 @@ fn job_from_row(r: &AnyRow) -> Result<JobRecord, StoreError> {
 impl Store {
     /// The newest revision's sequence number: changes whenever any goal state changes, so the
     /// reconciler can poll it cheaply and react within a second.
+    /// Requested restarts count too: their generations only grow and their rows stay.
     pub async fn goal_seq(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM revisions").fetch_one(self.pool()).await?;
+        let row = sqlx::query(
+            // PostgreSQL sums BIGINTs as NUMERIC, which the Any driver cannot decode.
+            "SELECT CAST((SELECT COALESCE(MAX(seq), 0) FROM revisions) \
+                  + (SELECT COALESCE(SUM(generation), 0) FROM route_restarts) AS BIGINT) AS seq",
+        )
+        .fetch_one(self.pool())
+        .await?;
         Ok(row.try_get("seq")?)
+    }
+
+    /// Asks every process running a route's job to restart it: bumps the route's restart
+    /// generation (part of the job's fingerprint) and logs who asked, in one transaction.
+    /// Returns the new generation.
+    pub async fn request_restart(&self, route_id: &str, actor: &str, detail: &str) -> Result<i64, StoreError> {
+        let mut tx = self.write().await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO route_restarts (route_id, generation, requested_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (route_id) DO UPDATE SET generation = route_restarts.generation + 1, requested_at = $2",
+        )
+        .bind(route_id)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        let generation: i64 = sqlx::query("SELECT generation FROM route_restarts WHERE route_id = $1")
+            .bind(route_id)
+            .fetch_one(tx.conn())
+            .await?
+            .try_get("generation")?;
+        tx.record_operation(route_id, actor, "restart", &format!("{detail} (generation {generation})")).await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// Every route's restart generation (routes never restarted are absent: generation 0).
+    pub async fn restart_generations(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT route_id, generation FROM route_restarts").fetch_all(self.pool()).await?;
+        rows.iter().map(|r| Ok((r.try_get("route_id")?, r.try_get("generation")?))).collect()
     }
 
     /// Records a job's phase. A transition row is written only when the phase or version

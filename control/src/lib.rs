@@ -20,6 +20,8 @@ pub mod name;
 pub mod reconcile;
 pub mod rewind;
 pub mod telemetry;
+#[cfg(feature = "store")]
+pub mod users;
 pub mod validation;
 pub mod workers;
 

@@ -114,6 +114,46 @@ pub struct JobGoal {
     pub desired: DesiredState,
 }
 
+/// What a route's job is built from, as far as a change to it must replace the job.
+#[derive(Debug, Clone, Default)]
+pub struct JobInputs<'a> {
+    /// The route's job-relevant spec (an alert threshold or a description is not).
+    pub route: serde_json::Value,
+    /// The stream by version: a grown stream must redeploy.
+    pub stream_version: i64,
+    /// The sink's job-relevant spec (a rotated secret changes its `set_in_version`).
+    pub sink: serde_json::Value,
+    /// A running backfill is another source: switching to it and back is a redeploy.
+    pub backfill: Option<&'a str>,
+    /// A stream sink appends to its target's current topic: a re-created target is a redeploy.
+    pub target_topic: Option<&'a str>,
+    /// Bumped by each requested restart (0: never).
+    pub restart_generation: i64,
+}
+
+/// The fingerprint of [`JobGoal`]: equal inputs give equal fingerprints in every process of a
+/// build, and any change to them gives another.
+pub fn job_fingerprint(i: &JobInputs<'_>) -> String {
+    let hash = |v: &serde_json::Value| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.to_string().hash(&mut h);
+        h.finish()
+    };
+    let mut fp = format!("route {:016x} stream v{} sink {:016x}", hash(&i.route), i.stream_version, hash(&i.sink));
+    if let Some(b) = i.backfill {
+        fp.push_str(&format!(" backfill {b}"));
+    }
+    if let Some(t) = i.target_topic {
+        fp.push_str(&format!(" into {t}"));
+    }
+    // Absent until the first restart, so jobs keep their fingerprints across the upgrade.
+    if i.restart_generation > 0 {
+        fp.push_str(&format!(" restart {}", i.restart_generation));
+    }
+    fp
+}
+
 /// A job the executor is running (or holding as failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedJob {
@@ -185,6 +225,43 @@ fn job_of(a: &JobAction) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_fingerprint_moves_with_what_it_is_built_from_and_nothing_else() {
+        let base = JobInputs {
+            route: serde_json::json!({"stream": "plays", "batch_size": 10}),
+            stream_version: 3,
+            sink: serde_json::json!({"kind": "file"}),
+            ..Default::default()
+        };
+        let fp = job_fingerprint(&base);
+        assert_eq!(fp, job_fingerprint(&base.clone()), "deterministic");
+        assert!(!fp.contains("restart") && !fp.contains("backfill") && !fp.contains("into"), "{fp}");
+        let changed = [
+            JobInputs { route: serde_json::json!({"stream": "plays", "batch_size": 11}), ..base.clone() },
+            JobInputs { stream_version: 4, ..base.clone() },
+            JobInputs { sink: serde_json::json!({"kind": "http"}), ..base.clone() },
+            JobInputs { backfill: Some("b1"), ..base.clone() },
+            JobInputs { target_topic: Some("alpha.out_2"), ..base.clone() },
+            JobInputs { restart_generation: 1, ..base.clone() },
+        ];
+        let mut seen = std::collections::BTreeSet::from([fp]);
+        for c in &changed {
+            assert!(seen.insert(job_fingerprint(c)), "{c:?} must change the fingerprint");
+        }
+        let again = JobInputs { restart_generation: 2, ..base.clone() };
+        assert!(seen.insert(job_fingerprint(&again)), "every restart is a new fingerprint");
+    }
+
+    #[test]
+    fn a_restart_redeploys_a_running_or_failed_job_and_starts_nothing_stopped() {
+        let goal =
+            |fp: &str, desired| JobGoal { route_id: "r".into(), fingerprint: fp.into(), drain_first: false, desired };
+        let held = vec![ObservedJob { route_id: "r".into(), fingerprint: "fp".into(), paused: false }];
+        let restarted = goal("fp restart 1", DesiredState::Running);
+        assert_eq!(plan_jobs(&[restarted.clone()], &held), vec![JobAction::Redeploy(restarted)]);
+        assert_eq!(plan_jobs(&[goal("fp restart 1", DesiredState::Stopped)], &[]), vec![]);
+    }
 
     #[test]
     fn deleted_streams_topics_go_after_their_retention_and_no_other_topic_ever_does() {

@@ -1,9 +1,10 @@
 //! `keystone admin ...`: bootstrap and repair commands run next to the database, without a
 //! browser. Passwords never reach the log: they are read from stdin or written to a 0600 file.
 
-use keystone_control::auth::{upsert_user, user_count, Principal, UserError};
+use keystone_control::auth::{user_count, Principal};
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::Store;
+use keystone_control::users::{upsert_user, UserError};
 use keystone_control::{Role, TeamSpec};
 use rand::distributions::{Alphanumeric, DistString};
 use std::io::Read;

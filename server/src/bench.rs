@@ -345,8 +345,8 @@ fn sink_latencies(dir: &Path) -> anyhow::Result<Vec<f64>> {
 pub async fn overview(dir: &Path, jobs: usize, rounds: usize) -> anyhow::Result<()> {
     use crate::settings::Settings;
     use crate::startup::Application;
-    use keystone_control::auth::upsert_user;
     use keystone_control::telemetry::RESOLUTIONS;
+    use keystone_control::users::upsert_user;
     use keystone_control::{JobCounters, JobSample, Kind, Role};
     use serde_json::json;
 

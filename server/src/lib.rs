@@ -6,6 +6,7 @@ pub mod apply;
 pub mod bench;
 pub mod csrf;
 pub mod reconciler;
+pub mod serve;
 pub mod sessions;
 pub mod settings;
 pub mod startup;

@@ -111,7 +111,7 @@ enum AdminCommand {
         username: String,
         #[arg(long, value_parser = parse_role, default_value = "editor")]
         role: Role,
-        /// Team to join (repeatable).
+        /// Team to join (repeatable); `--team beta:viewer` gives another role on that team.
         #[arg(long = "team")]
         teams: Vec<String>,
         /// Generate a password and write it to this file (mode 0600) instead of reading stdin.

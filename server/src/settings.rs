@@ -58,6 +58,14 @@ pub struct Settings {
     /// (`KEYSTONE_MAX_CONCURRENT_REQUESTS`).
     #[serde(default = "max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Open connections at once; beyond, new ones wait in the kernel's backlog until one closes
+    /// (`KEYSTONE_MAX_CONNECTIONS`).
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    /// A connection that has not sent a request's complete headers within this is closed
+    /// (slow clients cannot hold connections; `KEYSTONE_HEADER_READ_TIMEOUT_MS`).
+    #[serde(default = "ten_seconds")]
+    pub header_read_timeout_ms: u64,
     /// How often job telemetry is sampled, stored for the dashboards and published at `/metrics`
     /// (`KEYSTONE_TELEMETRY_INTERVAL_MS`).
     pub telemetry_interval_ms: u64,
@@ -186,6 +194,10 @@ fn max_concurrent_requests() -> usize {
     1024
 }
 
+fn max_connections() -> usize {
+    2048
+}
+
 fn ten_thousand() -> usize {
     10_000
 }
@@ -270,6 +282,8 @@ impl Settings {
             request_timeout_ms: thirty_seconds(),
             body_idle_timeout_ms: ten_seconds(),
             max_concurrent_requests: max_concurrent_requests(),
+            max_connections: max_connections(),
+            header_read_timeout_ms: ten_seconds(),
             trusted_proxy_header: None,
             telemetry_interval_ms: 10_000,
             metrics_token: None,

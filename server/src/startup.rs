@@ -2,6 +2,7 @@
 
 use crate::csrf::{check_origin, OriginPolicy};
 use crate::reconciler::{Jobs, Reconciler, ReconcilerHealth};
+use crate::serve::ConnectionLimits;
 use crate::sessions::DbSessionStore;
 use crate::settings::{ProcessRole, Settings};
 use crate::telemetry::{Exporter, Telemetry};
@@ -21,7 +22,6 @@ use keystone_engine::meter::IngestMeter;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -39,6 +39,7 @@ pub struct Application {
     jobs: Arc<Jobs>,
     control: ControlLoop,
     port: u16,
+    limits: ConnectionLimits,
 }
 
 /// The running reconciler, stopped in order at shutdown.
@@ -133,7 +134,11 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen).await?;
         let port = listener.local_addr()?.port();
         let (router, jobs, control) = router(&settings, store, &url).await?;
-        Ok(Application { listener, router, jobs, control, port })
+        let limits = ConnectionLimits {
+            max_connections: settings.max_connections,
+            header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+        };
+        Ok(Application { listener, router, jobs, control, port, limits })
     }
 
     pub fn port(&self) -> u16 {
@@ -152,9 +157,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains every job.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = crate::serve::serve(self.listener, self.router, self.limits, shutdown).await;
         self.control.shut_down().await;
         served
     }
@@ -264,11 +267,11 @@ pub async fn router(
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
-        // Framing, plugins, a foreign <base> and form posts elsewhere are refused; scripts are
-        // not restricted yet (the hydration script is inline and would need a nonce).
+        // Console pages set their own policy with a per-response script nonce; everything else
+        // gets the base one, under which no script runs.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'"),
+            HeaderValue::from_static(app::BASE_POLICY),
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,

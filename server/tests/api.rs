@@ -3,9 +3,10 @@
 
 use keystone::settings::Settings;
 use keystone::startup::Application;
-use keystone_control::auth::{create_token, upsert_user, Principal};
+use keystone_control::auth::{create_token, Principal};
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::Store;
+use keystone_control::users::upsert_user;
 use keystone_control::{Kind, Role, TeamSpec};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -1546,6 +1547,38 @@ mod delivery {
         let (_, route) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all").await;
         let route_id = route["id"].as_str().unwrap().to_owned();
         (cluster, app, route_id)
+    }
+
+    /// A restart is goal state (a new restart generation in the job's fingerprint): asked of a
+    /// control-role server, which runs no job itself, it reaches the worker that runs the job,
+    /// which replaces it from its checkpoint and goes on delivering.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_reaches_the_worker_that_runs_the_job() {
+        let (cluster, app, route_id) = control_plane_with_a_route().await;
+        cluster.create_topic("_dlq.alpha.all", 1, 1).unwrap();
+        let _worker = WorkerProcess::start(&app, &cluster.bootstrap_servers(), "worker-1", None);
+        let log = || std::fs::read_to_string(app.settings.data_dir.join("worker-1.log")).unwrap_or_default();
+        let starts = |generation: &'static str| {
+            log().lines().filter(|l| l.contains("Job started.") && l.contains(generation)).count()
+        };
+        let token = producer_token(&app, "plays").await;
+        ingest(&app, &token, "plays", &plays(0..100)).await;
+        eventually("the worker delivers the first 100", || async { delivered_ns(&app, "parts").len() == 100 }).await;
+        assert_eq!(starts("restart 1"), 0);
+
+        let (s, _) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/routes/all/restart", json!({})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/routes/all/restart", json!({})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        eventually("the worker restarted the job", || async { starts("restart 1") == 1 }).await;
+        ingest(&app, &token, "plays", &plays(100..200)).await;
+        eventually("the restarted job delivers", || async { delivered_ns(&app, "parts").len() == 200 }).await;
+        let restarts = app.store.restart_generations().await.unwrap();
+        assert_eq!(restarts.get(&route_id), Some(&1));
+        let ops = app.store.operations(&keystone_control::store::Scope::All, Some(&route_id), 10).await.unwrap();
+        let ops = format!("{ops:?}");
+        assert!(ops.contains("restart") && ops.contains("generation 1"), "{ops}");
+        app.teardown().await;
     }
 
     /// A job shared by workers has the phase of its worst live part, not of whichever worker

@@ -27,7 +27,7 @@ async fn admin() -> Result<(keystone_control::store::Store, keystone_control::au
 pub async fn directory() -> Result<DirectoryData, AppError> {
     let (store, who) = admin().await?;
     let teams = keystone_control::goal::Goal::new(&store, &who).list(keystone_control::Kind::Team).await?;
-    Ok(DirectoryData { teams, users: keystone_control::auth::list_users(&store).await? })
+    Ok(DirectoryData { teams, users: keystone_control::users::list_users(&store).await? })
 }
 
 #[server]
@@ -52,13 +52,13 @@ pub async fn set_alert_webhook(team: String, url: String) -> Result<(), AppError
     Ok(())
 }
 
-#[server]
+#[server(endpoint = "create_user")]
 pub async fn create_user(username: String, password: String, role: String, teams: String) -> Result<(), AppError> {
     use keystone_control::{Role, ValidationErrors};
     let (store, who) = admin().await?;
     let role = Role::parse(&role).ok_or_else(|| ValidationErrors::single("role", "must be viewer, editor or admin"))?;
     let teams = super::objects::split_list(&teams);
-    keystone_control::auth::upsert_user(&store, username.trim(), &password, role, &teams, false).await?;
+    keystone_control::users::upsert_user(&store, username.trim(), &password, role, &teams, false).await?;
     let detail = format!("role {}, teams {}", role.as_str(), teams.join(", "));
     store.record_account_event(&who.display, username.trim(), "user created", &detail).await;
     tracing::info!(user = %username.trim(), role = %role, by = %who.display, "User created.");
@@ -71,7 +71,7 @@ pub async fn create_user(username: String, password: String, role: String, teams
 pub async fn set_user_disabled(username: String, disabled: String) -> Result<(), AppError> {
     let (store, who) = admin().await?;
     let disabled = disabled == "true";
-    if !keystone_control::auth::set_user_disabled(&store, &who, username.trim(), disabled).await? {
+    if !keystone_control::users::set_user_disabled(&store, &who, username.trim(), disabled).await? {
         return Err(AppError::NotFound);
     }
     tracing::info!(user = %username.trim(), disabled, by = %who.display, "User access changed.");
@@ -82,10 +82,42 @@ pub async fn set_user_disabled(username: String, disabled: String) -> Result<(),
 #[server]
 pub async fn remove_member(username: String, team: String) -> Result<(), AppError> {
     let (store, who) = admin().await?;
-    if !keystone_control::auth::remove_membership(&store, &who, username.trim(), team.trim()).await? {
+    if !keystone_control::users::remove_membership(&store, &who, username.trim(), team.trim()).await? {
         return Err(keystone_control::ValidationErrors::single("team", "the user is not a member of that team").into());
     }
     tracing::info!(user = %username.trim(), team = %team.trim(), by = %who.display, "User removed from a team.");
+    Ok(())
+}
+
+/// Adds a user to a team, or changes their role on it: `own` keeps their own role there.
+#[server(endpoint = "set_team_role")]
+pub async fn set_team_role(username: String, team: String, role: String) -> Result<(), AppError> {
+    use keystone_control::users::TeamGrant;
+    let (store, who) = admin().await?;
+    let grant = match role.trim() {
+        "" | "own" => TeamGrant::parse(&team),
+        r => TeamGrant::parse(&format!("{}:{r}", team.trim())),
+    }
+    .map_err(|e| keystone_control::ValidationErrors::single("team", e))?;
+    if !keystone_control::users::set_membership(&store, &who, username.trim(), &grant).await? {
+        return Err(keystone_control::ValidationErrors::single("username", "no such user").into());
+    }
+    tracing::info!(user = %username.trim(), team = %grant.team, by = %who.display, "Team role set.");
+    Ok(())
+}
+
+/// Deletes a user for good (the name typed twice, so a slip deletes nobody): their sessions end
+/// and the API tokens they created are deleted in the same step.
+#[server(endpoint = "delete_user")]
+pub async fn delete_user(username: String, confirm: String) -> Result<(), AppError> {
+    let (store, who) = admin().await?;
+    if confirm.trim() != username.trim() {
+        return Err(keystone_control::ValidationErrors::single("confirm", "type the username to confirm").into());
+    }
+    if !keystone_control::users::delete_user(&store, &who, username.trim()).await? {
+        return Err(keystone_control::ValidationErrors::single("username", "no such user").into());
+    }
+    tracing::info!(user = %username.trim(), by = %who.display, "User deleted.");
     Ok(())
 }
 
@@ -96,6 +128,8 @@ pub fn AdminPage() -> impl IntoView {
     let webhook = ServerAction::<SetAlertWebhook>::new();
     let access = ServerAction::<SetUserDisabled>::new();
     let leave = ServerAction::<RemoveMember>::new();
+    let grant = ServerAction::<SetTeamRole>::new();
+    let delete = ServerAction::<DeleteUser>::new();
     let data = Resource::new(
         move || {
             (
@@ -104,11 +138,15 @@ pub fn AdminPage() -> impl IntoView {
                 webhook.version().get(),
                 access.version().get(),
                 leave.version().get(),
+                grant.version().get(),
+                delete.version().get(),
             )
         },
         |_| directory(),
     );
     let leave_errors = field_errors(leave.value());
+    let grant_errors = field_errors(grant.value());
+    let delete_errors = field_errors(delete.value());
     let webhook_errors = field_errors(webhook.value());
     let team_errors = field_errors(new_team.value());
     let user_errors = field_errors(new_user.value());
@@ -139,7 +177,7 @@ pub fn AdminPage() -> impl IntoView {
                     <Field label="Username" name="username" errors=user_errors required=true/>
                     <Field label="Password" name="password" kind="password" errors=user_errors required=true help="At least 10 characters."/>
                     <Field label="Role" name="role" kind="select:viewer,editor,admin" value="editor" errors=user_errors/>
-                    <Field label="Teams" name="teams" errors=user_errors help="Comma-separated team names."/>
+                    <Field label="Teams" name="teams" errors=user_errors help="Comma-separated team names; `beta:viewer` gives another role on that team."/>
                     <button type="submit" class=BUTTON>"Create user"</button>
                 </ActionForm>
                 <h2 class="mt-6 mb-3 text-lg font-medium">"Remove from a team"</h2>
@@ -148,6 +186,21 @@ pub fn AdminPage() -> impl IntoView {
                     <Field label="Username" name="username" errors=leave_errors required=true/>
                     <Field label="Team" name="team" errors=leave_errors required=true help="Their sessions lose the team and their tokens for it stop at once."/>
                     <button type="submit" class=BUTTON_SECONDARY>"Remove"</button>
+                </ActionForm>
+                <h2 class="mt-6 mb-3 text-lg font-medium">"Role on a team"</h2>
+                <FormStatus error=last_error(grant.value())/>
+                <ActionForm action=grant attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Username" name="username" errors=grant_errors required=true/>
+                    <Field label="Team" name="team" errors=grant_errors required=true/>
+                    <Field label="Role" name="role" kind="select:own,viewer,editor" value="own" errors=grant_errors help="Adds them to the team if needed; `own` keeps their own role there."/>
+                    <button type="submit" class=BUTTON_SECONDARY>"Set role"</button>
+                </ActionForm>
+                <h2 class="mt-6 mb-3 text-lg font-medium">"Delete a user"</h2>
+                <FormStatus error=last_error(delete.value())/>
+                <ActionForm action=delete attr:class=format!("{CARD} p-4 space-y-4")>
+                    <Field label="Username" name="username" errors=delete_errors required=true/>
+                    <Field label="Type the username again" name="confirm" errors=delete_errors required=true help="Their sessions end and the API tokens they created are deleted."/>
+                    <button type="submit" class=BUTTON_SECONDARY>"Delete user"</button>
                 </ActionForm>
             </section>
         </div>

@@ -23,19 +23,17 @@ pub struct Me {
 pub async fn whoami() -> Result<Option<Me>, AppError> {
     use keystone_control::goal::Goal;
     let Some((state, p)) = crate::state::optional_principal().await? else { return Ok(None) };
-    let writable_teams = match p.role {
-        Role::Viewer => Vec::new(),
-        Role::Editor => p.teams.iter().map(|t| t.name.clone()).collect(),
-        Role::Admin => {
-            Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect()
-        }
+    let writable_teams = if p.is_admin() {
+        Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect()
+    } else {
+        p.writable_teams().map(|t| t.name.clone()).collect()
     };
     let pending_approvals = if p.is_admin() { state.store.pending_change_requests_for(&p.user_id).await? } else { 0 };
     Ok(Some(Me {
         pending_approvals,
         username: p.display,
         role: p.role,
-        teams: p.teams.into_iter().map(|t| t.name).collect(),
+        teams: p.teams.iter().map(|t| keystone_control::users::TeamGrant::display(&t.name, t.role)).collect(),
         writable_teams,
     }))
 }

@@ -231,17 +231,13 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
     })
 }
 
-/// Stops the route's job and lets the reconciler start it again from its last checkpoint.
+/// Restarts the route's job wherever it runs (see `Goal::restart_route`).
 #[server]
 pub async fn restart_route_job(team: String, name: String) -> Result<(), AppError> {
     use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
-    let goal = Goal::new(&store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, "Job restart requested.");
-    goal.record(&route, "restart", "from the console").await?;
-    state.jobs.stop(&route.id, true).await;
+    let generation = Goal::new(&state.store, &who).restart_route(&team, &name, "from the console").await?;
+    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, generation, "Job restart requested.");
     state.jobs.request_pass();
     Ok(())
 }

@@ -71,7 +71,7 @@ pub async fn change_password(current_password: String, new_password: String) -> 
     let Some(_permit) = state.limiter.hashing_permit() else {
         return Err(AppError::Refused("Too many password checks at once. Try again in a moment.".into()));
     };
-    if !keystone_control::auth::change_own_password(&state.store, &who, &current_password, &new_password).await? {
+    if !keystone_control::users::change_own_password(&state.store, &who, &current_password, &new_password).await? {
         return Err(
             keystone_control::ValidationErrors::single("current_password", "is not your current password").into()
         );

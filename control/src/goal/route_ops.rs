@@ -4,6 +4,14 @@
 use super::*;
 
 impl Goal<'_> {
+    /// Restarts a route's job wherever it runs (this server or workers): a new restart
+    /// generation, which the job's fingerprint includes, so every process holding the job
+    /// replaces it (from its last checkpoint) on its next pass. Editors of the route's team.
+    pub async fn restart_route(&self, team: &str, name: &str, detail: &str) -> Result<i64, GoalError> {
+        let route = self.operable_route(team, name).await?;
+        Ok(self.store.request_restart(&route.id, &self.who.display, detail).await?)
+    }
+
     /// Sets a route's desired state (running, paused, stopped). It is part of the route's goal
     /// state, so the change is a new revision, audited and undoable like any other; setting the
     /// state a route already has writes nothing.

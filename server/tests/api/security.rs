@@ -316,6 +316,26 @@ async fn ingest_checks_the_token_first_and_bounds_what_a_request_may_hold() {
     let headers = app.http.get(format!("{}/login", app.base)).send().await.unwrap().headers().clone();
     assert!(headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
     assert!(headers.get("strict-transport-security").is_none(), "no HSTS without secure cookies");
+    // Scripts: a console page allows only its own response's nonce, which its hydration scripts
+    // carry; every response has a new one; other responses allow no script at all.
+    let page = || async {
+        let resp = app.http.get(format!("{}/login", app.base)).send().await.unwrap();
+        let policy = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        (policy, resp.text().await.unwrap())
+    };
+    let nonce_of = |policy: &str| policy.split("'nonce-").nth(1).and_then(|r| r.split('\'').next()).map(str::to_owned);
+    let (policy, html) = page().await;
+    let nonce = nonce_of(&policy).unwrap_or_else(|| panic!("a nonce in {policy}"));
+    assert!(nonce.len() >= 22 && !policy.contains("unsafe-inline"), "{policy}");
+    assert!(html.matches("<script").count() >= 1, "{html}");
+    for tag in html.split("<script").skip(1) {
+        let opening = tag.split('>').next().unwrap();
+        assert!(opening.contains(&format!("nonce=\"{nonce}\"")), "every script carries the nonce: {opening}");
+    }
+    assert_ne!(nonce_of(&page().await.0), Some(nonce), "a fresh nonce per response");
+    let api =
+        app.http.get(format!("{}/api/v1/teams/alpha/streams", app.base)).bearer_auth(&app.alpha).send().await.unwrap();
+    assert!(api.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'none'"));
     app.teardown().await;
 }
 
@@ -466,6 +486,45 @@ async fn the_approval_policy_cannot_be_bypassed() {
     Goal::new(&app.store, &root).decide(request.id, true, "ok", |_| false).await.unwrap();
     let (_, policy) = app.get(&app.alpha, "/api/v1/policies/approvals").await;
     assert_eq!(policy["version"], 2, "{policy}");
+    app.teardown().await;
+}
+
+/// Item 8: slow clients (slowloris) cannot hold connections, and open connections are capped.
+/// Two connections that send half a header fill a cap of two: a third client is not served while
+/// they are open, and is once the header deadline has cut them off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.max_connections = 2;
+        s.header_read_timeout_ms = 1500;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(c);
+    }
+    let raw = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let started = Instant::now();
+    let third = tokio::spawn({
+        let url = format!("{}/api/v1/openapi.json", app.base);
+        async move { (raw.get(url).send().await.map(|r| r.status()), Instant::now()) }
+    });
+    // The slow clients are closed by the server: their reads end.
+    for mut c in slow {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf)).await;
+        let closed = matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+        assert!(closed, "a half-sent header held its connection: {read:?}");
+    }
+    let (status, answered_at) = third.await.unwrap();
+    assert_eq!(status.unwrap(), StatusCode::OK);
+    // Served only once a slot was free: the slow clients held both until their deadline.
+    let waited = answered_at - started;
+    assert!(waited >= Duration::from_millis(1000), "the third client was served after {waited:?}, slots full");
     app.teardown().await;
 }
 
@@ -636,7 +695,7 @@ async fn an_expired_token_does_nothing() {
 /// tokens for it.
 #[tokio::test]
 async fn a_disabled_user_and_a_removed_member_lose_access_at_once() {
-    use keystone_control::auth::{remove_membership, set_user_disabled};
+    use keystone_control::users::{remove_membership, set_user_disabled};
     let app = spawn_app(Db::Sqlite).await;
     let alice = console_session(&app, "alice").await;
     let whoami = |client: reqwest::Client| {
@@ -654,7 +713,7 @@ async fn a_disabled_user_and_a_removed_member_lose_access_at_once() {
     assert!(whoami(alice).await.is_redirection(), "the session ended");
     assert_eq!(app.get(&app.alpha, "/api/v1/teams/alpha/streams").await.0, StatusCode::UNAUTHORIZED);
     assert!(keystone_control::auth::authenticate(&app.store, "alice", PASSWORD).await.unwrap().is_none());
-    let users = keystone_control::auth::list_users(&app.store).await.unwrap();
+    let users = keystone_control::users::list_users(&app.store).await.unwrap();
     assert!(users.iter().any(|u| u.username == "alice" && u.disabled));
 
     assert_eq!(app.get(&app.beta, "/api/v1/teams/beta/streams").await.0, StatusCode::OK);
@@ -675,6 +734,117 @@ async fn a_disabled_user_and_a_removed_member_lose_access_at_once() {
         assert!(seen.iter().any(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()) == want), "{want:?} in {seen:?}");
     }
     assert!(!format!("{events:?}").contains("not-her-password") && !format!("{events:?}").contains(PASSWORD));
+    app.teardown().await;
+}
+
+/// Item 4: roles per team (an editor of alpha who is a viewer of beta), set by admins in the
+/// console; a token follows its creator's role on its team; a deleted user's session and tokens
+/// stop in the same step, and the last admin and oneself cannot be deleted.
+#[tokio::test]
+async fn roles_are_per_team_and_a_deleted_user_loses_everything_at_once() {
+    let app = spawn_app(Db::Sqlite).await;
+    let admin_session = console_session(&app, "admin").await;
+    let (s, body) = console_post(
+        &app,
+        &admin_session,
+        "/api/create_user",
+        &[("username", "mixed"), ("password", PASSWORD), ("role", "editor"), ("teams", "alpha, beta:owner")],
+    )
+    .await;
+    assert!(!s.is_success() && body.contains("not viewer or editor"), "a bad team role is named: {s} {body}");
+    assert!(keystone_control::users::list_users(&app.store).await.unwrap().iter().all(|u| u.username != "mixed"));
+    let (s, body) = console_post(
+        &app,
+        &admin_session,
+        "/api/create_user",
+        &[("username", "mixed"), ("password", PASSWORD), ("role", "editor"), ("teams", "alpha, beta:viewer")],
+    )
+    .await;
+    assert!(s.is_success(), "{s} {body}");
+
+    let mixed = keystone_control::auth::authenticate(&app.store, "mixed", PASSWORD).await.unwrap().unwrap();
+    let (alpha, beta) = (team_id(&app, "alpha").await, team_id(&app, "beta").await);
+    let token = |team: String, role| {
+        let (store, who) = (app.store.clone(), mixed.clone());
+        async move { keystone_control::auth::create_token(&store, &who, "mixed-bot", &team, role, None).await }
+    };
+    assert!(token(beta.clone(), Role::Editor).await.is_err(), "no more than a viewer on beta");
+    let beta_token = token(beta, Role::Viewer).await.unwrap().1;
+    let alpha_token = token(alpha, Role::Editor).await.unwrap().1;
+    declare_in(&app, &alpha_token, "alpha", "streams", "clicks", json!({"partitions": 1, "retention_hours": 1})).await;
+    assert_eq!(app.get(&beta_token, "/api/v1/teams/beta/streams").await.0, StatusCode::OK);
+    let x = json!({"name": "x", "spec": {"partitions": 1, "retention_hours": 1}});
+    let (s, _) = app.post(&beta_token, "/api/v1/teams/beta/streams", x).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // In the console too: editor of alpha, viewer of beta.
+    let session = console_session(&app, "mixed").await;
+    let save = |team: &'static str| {
+        let session = session.clone();
+        let app = &app;
+        async move {
+            let fields = [
+                ("team", team),
+                ("name", "views"),
+                ("version", ""),
+                ("description", ""),
+                ("partitions", "1"),
+                ("retention_hours", "12"),
+                ("retention_bytes", ""),
+                ("key_field", ""),
+                ("schema", ""),
+                ("reason", ""),
+            ];
+            console_post(app, &session, "/api/save_stream", &fields).await
+        }
+    };
+    let (s, body) = save("alpha").await;
+    assert!(s.is_success(), "{s} {body}");
+    let (s, body) = save("beta").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let beta_id = team_id(&app, "beta").await;
+    assert!(app.store.get(Kind::Stream, &beta_id, "views").await.unwrap().is_none());
+
+    // Demoted on alpha: the same token now only reads there.
+    let (s, body) = console_post(
+        &app,
+        &admin_session,
+        "/api/set_team_role",
+        &[("username", "mixed"), ("team", "alpha"), ("role", "viewer")],
+    )
+    .await;
+    assert!(s.is_success(), "{s} {body}");
+    let y = json!({"name": "y", "spec": {"partitions": 1, "retention_hours": 1}});
+    let (s, _) = app.post(&alpha_token, "/api/v1/teams/alpha/streams", y).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the token follows its creator's role on alpha");
+    assert_eq!(app.get(&alpha_token, "/api/v1/teams/alpha/streams").await.0, StatusCode::OK);
+
+    // Deleting: the name typed twice, never oneself, never the last admin.
+    let delete = |user: &'static str, confirm: &'static str| {
+        let admin_session = admin_session.clone();
+        let app = &app;
+        async move {
+            console_post(app, &admin_session, "/api/delete_user", &[("username", user), ("confirm", confirm)]).await
+        }
+    };
+    let (s, body) = delete("mixed", "mixd").await;
+    assert!(!s.is_success() && body.contains("confirm"), "{s} {body}");
+    assert_eq!(app.get(&beta_token, "/api/v1/teams/beta/streams").await.0, StatusCode::OK, "nothing deleted");
+    let (s, body) = delete("admin", "admin").await;
+    assert!(!s.is_success() && body.contains("yourself"), "{s} {body}");
+    let sole = keystone_control::users::delete_user(&app.store, &Principal::system("test"), "admin").await;
+    assert!(format!("{:?}", sole.unwrap_err()).contains("last admin"));
+    let (s, body) = delete("mixed", "mixed").await;
+    assert!(s.is_success(), "{s} {body}");
+    for t in [&alpha_token, &beta_token] {
+        assert_eq!(app.get(t, "/api/v1/teams/alpha/streams").await.0, StatusCode::UNAUTHORIZED);
+    }
+    let page = session.get(format!("{}/streams", app.base)).header("accept", "text/html").send().await.unwrap();
+    assert!(page.status().is_redirection(), "the session ended: {}", page.status());
+    assert!(keystone_control::auth::authenticate(&app.store, "mixed", PASSWORD).await.unwrap().is_none());
+    let events = app.store.account_events(100).await.unwrap();
+    assert!(events.iter().any(|e| e.action == "user deleted" && e.subject == "mixed" && e.actor == "admin"));
+    assert!(events.iter().any(|e| e.action == "team role set" && e.detail == "alpha: viewer"), "{events:?}");
     app.teardown().await;
 }
 

@@ -16,8 +16,8 @@ use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
 use keystone_control::lease_store::Lease;
 use keystone_control::reconcile::{
-    expired_topics, plan_jobs, plan_topics, JobAction, JobGoal, ObservedJob, ObservedTopic, RetiredTopic, TopicAction,
-    TopicGoal,
+    expired_topics, job_fingerprint, plan_jobs, plan_topics, JobAction, JobGoal, JobInputs, ObservedJob, ObservedTopic,
+    RetiredTopic, TopicAction, TopicGoal,
 };
 use keystone_control::store::{Scope, Store};
 use keystone_control::workers::{combine_shares, oldest_start, HeldJob};
@@ -34,6 +34,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+mod checkpoints;
+mod deployments;
+
+use checkpoints::{JobCheckpoints, StoreCheckpoints, StoreObserver};
 
 pub type Jobs = JobRegistry<AnyLog>;
 
@@ -276,6 +281,7 @@ impl Reconciler {
         let overrides = self.store.all_config_overrides().await?;
         let mut backfills: HashMap<String, Backfill> =
             self.store.running_backfills().await?.into_iter().map(|b| (b.route_id.clone(), b)).collect();
+        let restarts = self.store.restart_generations().await?;
         let mut inputs: HashMap<String, Inputs> = HashMap::new();
         let mut goal = Vec::new();
         for mut route in routes {
@@ -292,34 +298,25 @@ impl Reconciler {
             else {
                 continue;
             };
-            // The route and the sink by content (a new alert threshold, description or tag must
-            // not restart the job; a rotated secret changes the sink's `set_in_version`, so it
-            // does), the stream by version (a grown stream must).
-            let hash = |v: &serde_json::Value| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                v.to_string().hash(&mut h);
-                h.finish()
-            };
-            let route_hash = hash(&serde_json::to_value(spec.job_relevant())?);
             let Ok(sink_spec) = sink.spec_as::<SinkSpec>() else { continue };
-            let sink_hash = hash(&serde_json::to_value(sink_spec.job_relevant())?);
             let backfill = backfills.remove(&route.id);
-            // A backfill is another source: switching to it and back is a redeploy.
-            let source = backfill.as_ref().map_or(String::new(), |b| format!(" backfill {}", b.id));
             // A stream sink appends to its target's current topic: a re-created target is a
             // redeploy onto the new topic.
             let target_topic = (sink_spec.kind == keystone_control::SinkKind::Stream)
                 .then(|| StreamSinkConfig::from_spec(&sink_spec.settings, &sink.team).ok())
                 .flatten()
                 .and_then(|c| find(streams, &c.target.team, &c.target.stream).map(|s| s.stream_topic()));
+            let fingerprint = job_fingerprint(&JobInputs {
+                route: serde_json::to_value(spec.job_relevant())?,
+                stream_version: stream.version,
+                sink: serde_json::to_value(sink_spec.job_relevant())?,
+                backfill: backfill.as_ref().map(|b| b.id.as_str()),
+                target_topic: target_topic.as_deref(),
+                restart_generation: restarts.get(&route.id).copied().unwrap_or(0),
+            });
             goal.push(JobGoal {
                 route_id: route.id.clone(),
-                fingerprint: format!(
-                    "route {route_hash:016x} stream v{} sink {sink_hash:016x}{source}{}",
-                    stream.version,
-                    target_topic.as_deref().map_or(String::new(), |t| format!(" into {t}")),
-                ),
+                fingerprint,
                 drain_first: spec.delivery_on_redeploy == Delivery::NoDuplicates,
                 desired: spec.state,
             });
@@ -339,30 +336,38 @@ impl Reconciler {
         if !self.role.runs_jobs() {
             return self.plan_for_workers(plan, &inputs).await;
         }
+        let mut failures = Failures::default();
         for action in plan {
-            match action {
-                JobAction::Start(g) => {
-                    if self.role.controls() {
-                        self.record_deployment(&inputs[&g.route_id].route).await?;
-                    }
-                    self.start(&g, &inputs[&g.route_id]).await
+            let route_id = job_route(&action).to_owned();
+            failures.note(&route_id, self.apply(action, &inputs).await);
+        }
+        failures.into_result()
+    }
+
+    /// Applies one job action in this process (an error concerns that route alone).
+    async fn apply(&self, action: JobAction, inputs: &HashMap<String, Inputs>) -> anyhow::Result<()> {
+        match action {
+            JobAction::Start(g) => {
+                if self.role.controls() {
+                    self.record_deployment(&inputs[&g.route_id].route).await?;
                 }
-                JobAction::Redeploy(g) => {
-                    if self.role.controls() {
-                        self.record_deployment(&inputs[&g.route_id].route).await?;
-                    }
-                    self.jobs.stop(&g.route_id, g.drain_first).await;
-                    self.start(&g, &inputs[&g.route_id]).await;
-                }
-                JobAction::Pause { route_id } => {
-                    self.jobs.set_paused(&route_id, true);
-                }
-                JobAction::Resume { route_id } => {
-                    self.jobs.set_paused(&route_id, false);
-                }
-                JobAction::Halt { route_id } => self.stop(&route_id, "stopped as declared").await?,
-                JobAction::Stop { route_id } => self.stop(&route_id, "the route was deleted").await?,
+                self.start(&g, &inputs[&g.route_id]).await;
             }
+            JobAction::Redeploy(g) => {
+                if self.role.controls() {
+                    self.record_deployment(&inputs[&g.route_id].route).await?;
+                }
+                self.jobs.stop(&g.route_id, g.drain_first).await;
+                self.start(&g, &inputs[&g.route_id]).await;
+            }
+            JobAction::Pause { route_id } => {
+                self.jobs.set_paused(&route_id, true);
+            }
+            JobAction::Resume { route_id } => {
+                self.jobs.set_paused(&route_id, false);
+            }
+            JobAction::Halt { route_id } => self.stop(&route_id, "stopped as declared").await?,
+            JobAction::Stop { route_id } => self.stop(&route_id, "the route was deleted").await?,
         }
         Ok(())
     }
@@ -371,26 +376,33 @@ impl Reconciler {
     /// declared stops, and creates the dead-letter topics the workers' jobs need (workers do
     /// not create topics).
     async fn plan_for_workers(&self, plan: Vec<JobAction>, inputs: &HashMap<String, Inputs>) -> anyhow::Result<()> {
+        let mut failures = Failures::default();
         for action in plan {
-            match action {
-                JobAction::Start(g) | JobAction::Redeploy(g) => {
-                    let route = &inputs[&g.route_id].route;
-                    self.record_deployment(route).await?;
-                    let dead_letters = keystone_control::dead_letter_topic(&route.team, &route.name);
-                    self.log.ensure_topic(&dead_letters, 1, keystone_engine::job::DEAD_LETTER_RETENTION).await?;
-                    let paused = g.desired == DesiredState::Paused;
-                    self.planned.lock().expect("planned lock").insert(g.route_id.clone(), (g.fingerprint, paused));
-                }
-                JobAction::Pause { route_id } => self.set_planned_paused(&route_id, true),
-                JobAction::Resume { route_id } => self.set_planned_paused(&route_id, false),
-                JobAction::Halt { route_id } => {
-                    self.planned.lock().expect("planned lock").remove(&route_id);
-                    self.stop(&route_id, "stopped as declared").await?;
-                }
-                JobAction::Stop { route_id } => {
-                    self.planned.lock().expect("planned lock").remove(&route_id);
-                    self.stop(&route_id, "the route was deleted").await?;
-                }
+            let route_id = job_route(&action).to_owned();
+            failures.note(&route_id, self.plan_for_workers_one(action, inputs).await);
+        }
+        failures.into_result()
+    }
+
+    async fn plan_for_workers_one(&self, action: JobAction, inputs: &HashMap<String, Inputs>) -> anyhow::Result<()> {
+        match action {
+            JobAction::Start(g) | JobAction::Redeploy(g) => {
+                let route = &inputs[&g.route_id].route;
+                self.record_deployment(route).await?;
+                let dead_letters = keystone_control::dead_letter_topic(&route.team, &route.name);
+                self.log.ensure_topic(&dead_letters, 1, keystone_engine::job::DEAD_LETTER_RETENTION).await?;
+                let paused = g.desired == DesiredState::Paused;
+                self.planned.lock().expect("planned lock").insert(g.route_id.clone(), (g.fingerprint, paused));
+            }
+            JobAction::Pause { route_id } => self.set_planned_paused(&route_id, true),
+            JobAction::Resume { route_id } => self.set_planned_paused(&route_id, false),
+            JobAction::Halt { route_id } => {
+                self.planned.lock().expect("planned lock").remove(&route_id);
+                self.stop(&route_id, "stopped as declared").await?;
+            }
+            JobAction::Stop { route_id } => {
+                self.planned.lock().expect("planned lock").remove(&route_id);
+                self.stop(&route_id, "the route was deleted").await?;
             }
         }
         Ok(())
@@ -473,130 +485,6 @@ impl Reconciler {
                 declared
             }
         })
-    }
-
-    /// Records a deployment when the job about to start runs a route version with different
-    /// job-relevant content than the one last deployed (not for a restart of the same version,
-    /// nor for a version that only changed the description, alerts or desired state). Compared
-    /// with the deployments, not the job's phase record: workers record their phases themselves
-    /// and may report the new version before this pass.
-    async fn record_deployment(&self, route: &Object) -> anyhow::Result<()> {
-        let previous = self.store.deployments(&route.id, 1).await?.first().map(|d| d.to_version);
-        if previous == Some(route.version) {
-            return Ok(());
-        }
-        let spec: RouteSpec = route.spec_as()?;
-        let history = self.store.history(&route.id).await?;
-        let before = previous.and_then(|v| history.iter().find(|r| r.version == v));
-        if let Some(b) = before {
-            let old: RouteSpec = serde_json::from_value(b.spec.clone())?;
-            if old.job_relevant() == spec.job_relevant() {
-                return Ok(());
-            }
-        }
-        let detail = match previous {
-            None => format!("first version v{}", route.version),
-            Some(v) => format!("v{v} → v{}", route.version),
-        };
-        let deployment = NewDeployment {
-            route_id: &route.id,
-            from_version: previous,
-            to_version: route.version,
-            strategy: spec.delivery_on_redeploy,
-            detail: &detail,
-            config: None,
-        };
-        self.store.start_deployment(deployment).await?;
-        Ok(())
-    }
-
-    /// Runs every deployment in progress through its route's stability gate.
-    async fn judge_deployments(&self) -> anyhow::Result<()> {
-        let deploying = self.store.deploying().await?;
-        self.health.deploying.store(deploying.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if deploying.is_empty() {
-            return Ok(());
-        }
-        let routes = self.store.list(Kind::Route, &Scope::All).await?;
-        let overrides = self.store.all_config_overrides().await?;
-        // Jobs run by workers speak through their heartbeats.
-        let worker_jobs = self.store.worker_jobs().await?;
-        let now = keystone_control::store::now_ms();
-        for d in deploying {
-            let Some(route) = routes.iter().find(|r| r.id == d.route_id) else {
-                let why = format!("{}; the route was deleted", d.detail);
-                self.store.finish_deployment(&d.id, DeploymentState::Superseded, &why).await?;
-                continue;
-            };
-            // The gate in force is the effective one (an override may set it).
-            let spec = self.effective_spec(route, &overrides)?;
-            let gate = spec.job_settings().unwrap_or_default().gate();
-            // Only the job of this deployment's version speaks for it; an override keeps the
-            // version, so there only a job started since (by every worker running it) speaks.
-            let started = self.jobs.started_at(&d.route_id).or_else(|| oldest_start(&worker_jobs, &d.route_id));
-            let speaks = d.config.is_none() || started.is_some_and(|at| at >= d.started_at);
-            let (phase, counts) = if speaks {
-                let job = self.store.job(&d.route_id).await?.filter(|j| j.version == d.to_version);
-                // Only workers' instances of this deployment speak (those of the old version, or
-                // from before an override, may still beat).
-                let live = self.jobs.metrics(&d.route_id).or_else(|| {
-                    let this_deployment = |j: &&HeldJob| {
-                        j.route_id == d.route_id
-                            && j.version == d.to_version
-                            && (d.config.is_none() || j.started_at >= d.started_at)
-                    };
-                    combine_shares(worker_jobs.iter().filter(this_deployment)).remove(&d.route_id)
-                });
-                (job.map(|j| j.phase), live.map(|m| m.counters).unwrap_or_default())
-            } else {
-                (None, Default::default())
-            };
-            let elapsed_s = (now - d.started_at) as f64 / 1000.0;
-            match judge(gate, elapsed_s, phase, &counts) {
-                Verdict::Wait => {}
-                Verdict::Stable => {
-                    let detail = format!("{}; stable after {elapsed_s:.0} s", d.detail);
-                    self.store.finish_deployment(&d.id, DeploymentState::Stable, &detail).await?;
-                }
-                Verdict::RollBack(why) => self.roll_back(&d, route, &why).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets a route whose new version failed its gate back to the last stable version (an
-    /// override back to what it was).
-    async fn roll_back(&self, d: &Deployment, route: &Object, why: &str) -> anyhow::Result<()> {
-        let gate = Principal::system("keystone (stability gate)");
-        if let Some(c) = &d.config {
-            let reason = format!("automatic rollback of the override {}: {why}", c.describe());
-            Goal::new(&self.store, &gate)
-                .set_config_override(&route.team, &route.name, &c.key, c.before.as_deref(), &reason)
-                .await?;
-            tracing::warn!(route = %format!("{}/{}", route.team, route.name), key = %c.key, why, "Override rolled back.");
-            let detail = format!("{}; rolled back: {why}", d.detail);
-            self.store.finish_deployment(&d.id, DeploymentState::RolledBack, &detail).await?;
-            return Ok(());
-        }
-        let target = self.store.last_stable_version(&d.route_id).await?.or(d.from_version);
-        let Some(target) = target else {
-            let detail = format!("{}; unhealthy ({why}) with no earlier version to return to", d.detail);
-            return Ok(self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?);
-        };
-        let reason = format!("automatic rollback of v{}: {why}", d.to_version);
-        match Goal::new(&self.store, &gate).roll_back_route(&route.team, &route.name, target, &reason).await {
-            Ok(_) => {
-                tracing::warn!(route = %format!("{}/{}", route.team, route.name), to = target, why, "Rolled back.");
-                let detail = format!("{}; rolled back to v{target}: {why}", d.detail);
-                self.store.finish_deployment(&d.id, DeploymentState::RolledBack, &detail).await?;
-            }
-            // The old version no longer validates (its sink was deleted, say): say so and stop.
-            Err(e) => {
-                let detail = format!("{}; unhealthy ({why}), and v{target} cannot be restored: {e}", d.detail);
-                self.store.finish_deployment(&d.id, DeploymentState::Failed, &detail).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Drains a route's job (finishing and committing the batch in hand) and records why.
@@ -780,93 +668,33 @@ struct Inputs {
     target_topic: Option<String>,
 }
 
-/// Where a job's positions are kept: the route's checkpoints, or a backfill's own (so the
-/// route's position in its stream stays where it was).
-enum JobCheckpoints {
-    Route(StoreCheckpoints),
-    Backfill { store: Store, id: String, lease: Option<Lease> },
-}
+/// The failures of one pass over many objects: each is logged with its object when it happens,
+/// and the pass goes on with the others; the pass then reports them together.
+#[derive(Default)]
+struct Failures(Vec<String>);
 
-impl CheckpointStore for JobCheckpoints {
-    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
-        match self {
-            JobCheckpoints::Route(c) => c.load(route_id).await,
-            JobCheckpoints::Backfill { store, id, .. } => {
-                Ok(store.backfill_positions(id).await.map_err(|e| e.to_string())?.into_iter().collect())
-            }
+impl Failures {
+    fn note(&mut self, object: &str, outcome: anyhow::Result<()>) {
+        if let Err(e) = outcome {
+            tracing::warn!(object, error = %format!("{e:#}"), "Reconciling one object failed; the others go on.");
+            self.0.push(format!("{object}: {e:#}"));
         }
     }
 
-    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
-        match self {
-            JobCheckpoints::Route(c) => c.commit(route_id, positions).await,
-            JobCheckpoints::Backfill { store, id, lease } => {
-                store.commit_backfill_positions(id, positions, lease.as_ref()).await.map_err(|e| e.to_string())
-            }
+    fn into_result(self) -> anyhow::Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => anyhow::bail!("{n} object(s) failed: {}", self.0.join("; ")),
         }
     }
 }
 
-/// Checkpoints in the source-of-truth database. The first commit of a job, then one a minute
-/// at most, is also copied into the route's bounded checkpoint history (a rewind target).
-struct StoreCheckpoints {
-    store: Store,
-    /// The reconciler's lease the job was started under: commits are fenced by it.
-    lease: Option<Lease>,
-    /// When this job last copied its checkpoints into the history (ms; 0: not yet).
-    last_snapshot: std::sync::atomic::AtomicI64,
-}
-
-impl StoreCheckpoints {
-    fn new(store: Store, lease: Option<Lease>) -> Self {
-        StoreCheckpoints { store, lease, last_snapshot: Default::default() }
-    }
-}
-
-impl CheckpointStore for StoreCheckpoints {
-    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
-        let saved = self.store.checkpoints(route_id).await.map_err(|e| e.to_string())?;
-        Ok(saved.into_iter().map(|c| (c.partition, c.next_offset)).collect())
-    }
-
-    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.store.commit_checkpoints(route_id, positions, self.lease.as_ref()).await.map_err(|e| e.to_string())?;
-        let now = keystone_control::store::now_ms();
-        let last = self.last_snapshot.load(Relaxed);
-        if now - last >= keystone_control::rewind::CHECKPOINT_HISTORY_EVERY_MS {
-            self.last_snapshot.store(now, Relaxed);
-            // The commit itself is done: a failed copy only costs a history entry.
-            if let Err(e) = self.store.snapshot_checkpoints(route_id).await {
-                tracing::warn!(route_id, error = %e, "Checkpoint history not written.");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Records a job's phase changes in the database.
-struct StoreObserver {
-    store: Store,
-    route_id: String,
-    version: i64,
-    /// A worker's name: it reports the phase of its part of the shared job.
-    part_of: Option<String>,
-}
-
-impl JobObserver for StoreObserver {
-    async fn report(&self, r: PhaseReport) {
-        let change = PhaseChange {
-            route_id: &self.route_id,
-            version: self.version,
-            to: r.phase,
-            cause: &r.cause,
-            error: r.error.as_deref(),
-            restart: r.restart,
-            reporter: self.part_of.as_deref(),
-        };
-        if let Err(e) = self.store.record_phase(change).await {
-            tracing::warn!(route_id = %self.route_id, error = %e, "Cannot record a job phase.");
-        }
+fn job_route(action: &JobAction) -> &str {
+    match action {
+        JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
+        JobAction::Pause { route_id }
+        | JobAction::Resume { route_id }
+        | JobAction::Halt { route_id }
+        | JobAction::Stop { route_id } => route_id,
     }
 }
