@@ -41,7 +41,7 @@ pub async fn list(
     };
     let filter =
         RequestFilter { state, requester_id: p.mine.then(|| who.user_id.clone()), limit: p.limit.unwrap_or(100) };
-    Ok(Json(Goal::new(&s.store, &who).change_requests(&filter).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).change_requests(&filter).await?))
 }
 
 /// One change request, with its diff and decision.
@@ -52,7 +52,7 @@ pub async fn get_one(
     Caller(who): Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<ChangeRequest>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).change_request(id).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).change_request(id).await?))
 }
 
 /// The approval policy in force, and its version (0: none declared, nothing needs approval).
@@ -65,6 +65,6 @@ pub struct PolicyView {
 /// The approval policy (any signed-in caller may read it).
 #[utoipa::path(get, path = "/api/v1/policies/approvals", responses((status = 200, body = PolicyView)))]
 pub async fn get_policy(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<PolicyView>, ApiError> {
-    let (policy, object) = Goal::new(&s.store, &who).approval_policy().await?;
+    let (policy, object) = Goal::new(&s.platform.store, &who).approval_policy().await?;
     Ok(Json(PolicyView { policy, version: object.map_or(0, |o| o.version) }))
 }

@@ -10,8 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use keystone_control::backfill::{Backfill, BackfillSource};
 use keystone_control::goal::Goal;
-use keystone_control::{Kind, ValidationErrors};
-use keystone_engine::job::backfill::{source_end, ImportError, SinkFiles};
+use keystone_control::Kind;
 
 /// Starts a backfill of a route (editors): `{"from": "stream", "stream": "archive"}` or
 /// `{"from": "files", "path": "plays/br"}` (a file sink's folder). The job switches to the
@@ -26,23 +25,7 @@ pub async fn start(
     Path((team, name)): Path<(String, String)>,
     Json(source): Json<BackfillSource>,
 ) -> Result<(StatusCode, Json<Backfill>), ApiError> {
-    let goal = Goal::new(&s.store, &who);
-    let plan = goal.plan_backfill(&team, &name, source).await?;
-    let files = plan
-        .files
-        .as_ref()
-        .map(|f| SinkFiles::of_sink(&f.path, &f.team, &f.settings, &f.secrets, &s.sinks_root, s.store.egress()))
-        .transpose()
-        .map_err(|e| ValidationErrors::single("sink", format!("the file sink's store cannot be opened: {e}")))?;
-    let label = format!("{team}/{name} backfill");
-    let end = match source_end(s.log.as_ref(), &plan.topic, plan.partitions, files.as_ref(), &label).await {
-        Ok(end) => end,
-        Err(ImportError::Log(e)) => return Err(ApiError::Log(e)),
-        Err(e @ ImportError::Store(_)) => return Err(ApiError::Unavailable(e.to_string())),
-        Err(e) => return Err(ValidationErrors::single("path", e.to_string()).into()),
-    };
-    let started = goal.start_backfill(plan, &end).await?;
-    s.jobs.request_pass();
+    let started = s.platform.ops(&who).start_backfill(&team, &name, source).await?;
     Ok((StatusCode::CREATED, Json(started)))
 }
 
@@ -55,8 +38,8 @@ pub async fn list(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<Backfill>>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
-    Ok(Json(s.store.backfills(&route.id).await?))
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.platform.store.backfills(&route.id).await?))
 }
 
 /// Cancels a route's running backfill: the job returns to its stream where it left off.
@@ -68,7 +51,5 @@ pub async fn cancel(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Backfill>, ApiError> {
-    let cancelled = Goal::new(&s.store, &who).cancel_backfill(&team, &name).await?;
-    s.jobs.request_pass();
-    Ok(Json(cancelled))
+    Ok(Json(s.platform.ops(&who).cancel_backfill(&team, &name).await?))
 }

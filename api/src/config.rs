@@ -20,7 +20,7 @@ pub async fn effective(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).route_config(&team, &name, &s.job_env).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).route_config(&team, &name, &s.platform.job_env).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -43,10 +43,10 @@ pub async fn set_override(
     Path((team, name, key)): Path<(String, String, String)>,
     Json(req): Json<SetOverride>,
 ) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
-    let goal = Goal::new(&s.store, &who);
+    let goal = Goal::new(&s.platform.store, &who);
     goal.set_config_override(&team, &name, &key, Some(&req.value), &req.reason).await?;
-    s.jobs.request_pass();
-    Ok(Json(goal.route_config(&team, &name, &s.job_env).await?))
+    s.platform.jobs.request_pass();
+    Ok(Json(goal.route_config(&team, &name, &s.platform.job_env).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -65,8 +65,8 @@ pub async fn clear_override(
     Path((team, name, key)): Path<(String, String, String)>,
     Query(p): Query<ClearParams>,
 ) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
-    let goal = Goal::new(&s.store, &who);
+    let goal = Goal::new(&s.platform.store, &who);
     goal.set_config_override(&team, &name, &key, None, &p.reason).await?;
-    s.jobs.request_pass();
-    Ok(Json(goal.route_config(&team, &name, &s.job_env).await?))
+    s.platform.jobs.request_pass();
+    Ok(Json(goal.route_config(&team, &name, &s.platform.job_env).await?))
 }

@@ -42,6 +42,17 @@ impl From<GoalError> for ApiError {
     }
 }
 
+impl From<keystone_ops::OpsError> for ApiError {
+    fn from(e: keystone_ops::OpsError) -> Self {
+        use keystone_ops::OpsError;
+        match e {
+            OpsError::Goal(g) => ApiError::Goal(g),
+            OpsError::Log(l) => ApiError::Log(l),
+            OpsError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 impl From<ValidationErrors> for ApiError {
     fn from(e: ValidationErrors) -> Self {
         ApiError::Goal(GoalError::Invalid(e))

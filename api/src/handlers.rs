@@ -28,7 +28,7 @@ impl FromRequestParts<ApiState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthenticated)?;
-        principal_for_token(&state.store, token.trim()).await?.map(Caller).ok_or(ApiError::Unauthenticated)
+        principal_for_token(&state.platform.store, token.trim()).await?.map(Caller).ok_or(ApiError::Unauthenticated)
     }
 }
 
@@ -69,7 +69,7 @@ pub async fn me(Caller(who): Caller) -> Json<Me> {
 /// Teams the caller belongs to (all teams for admins).
 #[utoipa::path(get, path = "/api/v1/teams", responses((status = 200, body = [Object]), (status = 401, body = ErrorBody)))]
 pub async fn list_teams(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<Object>>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).list(Kind::Team).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).list(Kind::Team).await?))
 }
 
 /// Live objects of one kind in one team.
@@ -82,7 +82,7 @@ pub async fn list_objects(
     Path((team, kind)): Path<(String, String)>,
 ) -> Result<Json<Vec<Object>>, ApiError> {
     let kind = kind_of(&kind)?;
-    let goal = Goal::new(&s.store, &who);
+    let goal = Goal::new(&s.platform.store, &who);
     // Resolving the team first makes an unknown or foreign team a 404, not an empty list.
     goal.get(Kind::Team, "", &team).await?;
     Ok(Json(goal.list(kind).await?.into_iter().filter(|o| o.team == team).collect()))
@@ -134,7 +134,7 @@ pub async fn create_object(
     let kind = kind_of(&kind)?;
     let req: CreateRequest = parse_body(&body)?;
     let decl = Declaration::from_json(kind, req.spec)?;
-    let applied = Goal::new(&s.store, &who).create(&team, &req.name, decl, &req.reason).await?;
+    let applied = Goal::new(&s.platform.store, &who).create(&team, &req.name, decl, &req.reason).await?;
     Ok((StatusCode::CREATED, Json(ChangeResult { revision: applied.revision, changed: applied.changed })))
 }
 
@@ -147,7 +147,7 @@ pub async fn get_object(
     Caller(who): Caller,
     Path((team, kind, name)): Path<(String, String, String)>,
 ) -> Result<Json<Object>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).get(kind_of(&kind)?, &team, &name).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).get(kind_of(&kind)?, &team, &name).await?))
 }
 
 /// Replaces an object's declaration, writing a new revision.
@@ -163,7 +163,8 @@ pub async fn update_object(
     let kind = kind_of(&kind)?;
     let req: UpdateRequest = parse_body(&body)?;
     let decl = Declaration::from_json(kind, req.spec)?;
-    let applied = Goal::new(&s.store, &who).update(&team, &name, decl, &req.reason, req.expected_version).await?;
+    let applied =
+        Goal::new(&s.platform.store, &who).update(&team, &name, decl, &req.reason, req.expected_version).await?;
     Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
 }
 
@@ -185,7 +186,7 @@ pub async fn delete_object(
     Query(p): Query<DeleteParams>,
 ) -> Result<Json<Revision>, ApiError> {
     let kind = kind_of(&kind)?;
-    Ok(Json(Goal::new(&s.store, &who).delete(kind, &team, &name, &p.reason, p.expected_version).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).delete(kind, &team, &name, &p.reason, p.expected_version).await?))
 }
 
 /// Every revision of one live object, oldest first.
@@ -197,7 +198,7 @@ pub async fn object_history(
     Caller(who): Caller,
     Path((team, kind, name)): Path<(String, String, String)>,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).history(kind_of(&kind)?, &team, &name).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).history(kind_of(&kind)?, &team, &name).await?))
 }
 
 /// Every revision of any object by id, including deleted ones.
@@ -208,7 +209,7 @@ pub async fn history_by_id(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).history_by_id(&id).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).history_by_id(&id).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -226,7 +227,7 @@ pub async fn diff(
     Path(id): Path<String>,
     Query(p): Query<DiffParams>,
 ) -> Result<Json<Vec<Change>>, ApiError> {
-    Ok(Json(Goal::new(&s.store, &who).diff(&id, p.from, p.to).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).diff(&id, p.from, p.to).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -252,7 +253,7 @@ pub async fn audit(
     };
     let filter =
         AuditFilter { kind, team: p.team, author: p.author, before_seq: p.before_seq, limit: p.limit.unwrap_or(100) };
-    Ok(Json(Goal::new(&s.store, &who).audit(&filter).await?))
+    Ok(Json(Goal::new(&s.platform.store, &who).audit(&filter).await?))
 }
 
 pub async fn not_found() -> ApiError {

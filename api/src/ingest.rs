@@ -137,7 +137,7 @@ pub async fn ingest(
         .map(str::trim);
     let target_stream = match token {
         None => None,
-        Some(t) => match producers::stream_for_token(&s.store, t).await {
+        Some(t) => match producers::stream_for_token(&s.platform.store, t).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = ?e, "Producer token lookup failed.");
@@ -164,7 +164,7 @@ pub async fn ingest(
         Ok(b) => b,
         Err(response) => return response,
     };
-    let target = match s.ingest.target(&s.log, &object, s.default_max_events_per_second).await {
+    let target = match s.ingest.target(&s.platform.log, &object, s.default_max_events_per_second).await {
         Ok(t) => t,
         Err(response) => return response,
     };
@@ -191,7 +191,7 @@ pub async fn ingest(
     let records = match prepare(&target, events, key, &event_headers, now_ms(), limits) {
         Ok(r) => r,
         Err(rejected) => {
-            s.meter.rejected(&target.topic, rejected.iter().map(|r| r.kind));
+            s.platform.meter.rejected(&target.topic, rejected.iter().map(|r| r.kind));
             return rejected_response(rejected);
         }
     };
@@ -203,7 +203,7 @@ pub async fn ingest(
                 return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg);
             }
             Err(Refusal::Wait(wait)) => {
-                s.meter.throttled(&target.topic, records.len() as u64);
+                s.platform.meter.throttled(&target.topic, records.len() as u64);
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 let mut r = error(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -215,9 +215,9 @@ pub async fn ingest(
             }
         }
     }
-    match s.log.append(&target.topic, records).await {
+    match s.platform.log.append(&target.topic, records).await {
         Ok(offsets) => {
-            s.meter.accepted(&target.topic, &producer, offsets.len() as u64, body.len() as u64, now_ms());
+            s.platform.meter.accepted(&target.topic, &producer, offsets.len() as u64, body.len() as u64, now_ms());
             Json(Accepted { accepted: offsets.len(), offsets }).into_response()
         }
         Err(e) => log_error(e),
@@ -286,7 +286,7 @@ pub async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let req: NewProducerToken =
         serde_json::from_slice(&body).map_err(|e| ValidationErrors::single("body", e.to_string()))?;
-    let (info, token) = producers::create(&s.store, &who, &team, &stream, &req.name).await?;
+    let (info, token) = producers::create(&s.platform.store, &who, &team, &stream, &req.name).await?;
     Ok((StatusCode::CREATED, Json(CreatedProducerToken { token, info })))
 }
 
@@ -299,7 +299,7 @@ pub async fn list_tokens(
     Caller(who): Caller,
     Path((team, stream)): Path<(String, String)>,
 ) -> Result<Json<Vec<ProducerTokenInfo>>, ApiError> {
-    Ok(Json(producers::list(&s.store, &who, &team, &stream).await?))
+    Ok(Json(producers::list(&s.platform.store, &who, &team, &stream).await?))
 }
 
 /// Revokes a producer token; its producers get 401 from then on.
@@ -311,7 +311,7 @@ pub async fn revoke_token(
     Caller(who): Caller,
     Path((team, stream, id)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    producers::revoke(&s.store, &who, &team, &stream, &id).await?;
+    producers::revoke(&s.platform.store, &who, &team, &stream, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -345,20 +345,21 @@ pub async fn events(
     Path((team, stream)): Path<(String, String)>,
     axum::extract::Query(p): axum::extract::Query<EventsParams>,
 ) -> Result<Response, ApiError> {
-    let object =
-        keystone_control::goal::Goal::new(&s.store, &who).get(keystone_control::Kind::Stream, &team, &stream).await?;
+    let object = keystone_control::goal::Goal::new(&s.platform.store, &who)
+        .get(keystone_control::Kind::Stream, &team, &stream)
+        .await?;
     let topic = topic_of(&object);
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
     let from = match p.from {
         Some(f) => f,
-        None => match s.log.resolve(&topic, p.partition, keystone_engine::log::StartAt::Earliest).await {
+        None => match s.platform.log.resolve(&topic, p.partition, keystone_engine::log::StartAt::Earliest).await {
             Ok(o) => o,
             // Nothing ingested yet: the topic does not exist until the first event.
             Err(LogError::UnknownTopic(_)) => return Ok(Json(Vec::<StoredEvent>::new()).into_response()),
             Err(e) => return Ok(log_error(e)),
         },
     };
-    match s.log.read(&topic, p.partition, from, limit).await {
+    match s.platform.log.read(&topic, p.partition, from, limit).await {
         Ok(records) => Ok(Json(
             records
                 .into_iter()
@@ -401,8 +402,12 @@ pub async fn stream_stats(
     Caller(who): Caller,
     Path((team, stream)): Path<(String, String)>,
 ) -> Result<Json<StreamIngest>, ApiError> {
-    let object =
-        keystone_control::goal::Goal::new(&s.store, &who).get(keystone_control::Kind::Stream, &team, &stream).await?;
+    let object = keystone_control::goal::Goal::new(&s.platform.store, &who)
+        .get(keystone_control::Kind::Stream, &team, &stream)
+        .await?;
     let topic = topic_of(&object);
-    Ok(Json(StreamIngest { counted: s.meter.stats(&topic, now_ms()), log_end_offsets: s.log.end_offsets(&topic) }))
+    Ok(Json(StreamIngest {
+        counted: s.platform.meter.stats(&topic, now_ms()),
+        log_end_offsets: s.platform.log.end_offsets(&topic),
+    }))
 }

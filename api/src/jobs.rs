@@ -17,8 +17,7 @@ use keystone_control::{
     dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
     ValidationErrors,
 };
-use keystone_engine::job::rewind::target_positions;
-use keystone_engine::job::{dead_letters, Transforms};
+use keystone_engine::job::dead_letters;
 use keystone_engine::log::LogError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,14 +46,14 @@ pub async fn job_status(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
     let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(Json(JobStatus {
         desired: spec.state,
-        job: s.store.job(&route.id).await?,
-        metrics: s.store.live_job_metrics(&route.id, s.jobs.metrics(&route.id)).await?,
-        checkpoints: s.store.checkpoints(&route.id).await?,
-        transitions: s.store.transitions(&route.id, 20).await?,
+        job: s.platform.store.job(&route.id).await?,
+        metrics: s.platform.store.live_job_metrics(&route.id, s.platform.jobs.metrics(&route.id)).await?,
+        checkpoints: s.platform.store.checkpoints(&route.id).await?,
+        transitions: s.platform.store.transitions(&route.id, 20).await?,
     }))
 }
 
@@ -74,19 +73,20 @@ pub async fn workers(
     State(s): State<ApiState>,
     Caller(who): Caller,
 ) -> Result<Json<Vec<keystone_control::workers::WorkerStatus>>, ApiError> {
-    Ok(Json(s.store.workers_for(&who).await?))
+    Ok(Json(s.platform.store.workers_for(&who).await?))
 }
 
 /// Every job the caller may see, with its phase and lag.
 #[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
 pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {
-    let jobs = s.store.jobs(&who.scope()).await?;
+    let jobs = s.platform.store.jobs(&who.scope()).await?;
     // Jobs run by workers are in their beats (a server's own are not).
-    let mut shared = s.store.shared_job_metrics().await?;
+    let mut shared = s.platform.store.shared_job_metrics().await?;
     Ok(Json(
         jobs.into_iter()
             .map(|job| {
-                let lag = s.jobs.metrics(&job.route_id).or_else(|| shared.remove(&job.route_id)).map(|m| m.lag);
+                let lag =
+                    s.platform.jobs.metrics(&job.route_id).or_else(|| shared.remove(&job.route_id)).map(|m| m.lag);
                 JobSummary { job, lag }
             })
             .collect(),
@@ -103,9 +103,7 @@ pub async fn restart(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let generation = Goal::new(&s.store, &who).restart_route(&team, &name, "over the API").await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, generation, "Job restart requested.");
-    s.jobs.request_pass();
+    s.platform.ops(&who).restart_route(&team, &name, "over the API").await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -131,8 +129,7 @@ pub async fn set_state(
     Path((team, name)): Path<(String, String)>,
     Json(req): Json<SetState>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    let applied = Goal::new(&s.store, &who).set_route_state(&team, &name, req.state, &req.reason).await?;
-    s.jobs.request_pass();
+    let applied = s.platform.ops(&who).set_route_state(&team, &name, req.state, &req.reason).await?;
     Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
 }
 
@@ -146,8 +143,8 @@ pub async fn deployments(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<Deployment>>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
-    Ok(Json(s.store.deployments(&route.id, 50).await?))
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.platform.store.deployments(&route.id, 50).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -169,8 +166,7 @@ pub async fn roll_back(
     Path((team, name)): Path<(String, String)>,
     Json(req): Json<RollBack>,
 ) -> Result<Json<ChangeResult>, ApiError> {
-    let applied = Goal::new(&s.store, &who).roll_back_route(&team, &name, req.version, &req.reason).await?;
-    s.jobs.request_pass();
+    let applied = s.platform.ops(&who).roll_back_route(&team, &name, req.version, &req.reason).await?;
     Ok(Json(ChangeResult { revision: applied.revision, changed: applied.changed }))
 }
 
@@ -190,7 +186,7 @@ pub async fn take_savepoint(
     Path((team, name)): Path<(String, String)>,
     Json(req): Json<NewSavepoint>,
 ) -> Result<(StatusCode, Json<Savepoint>), ApiError> {
-    let saved = Goal::new(&s.store, &who).take_savepoint(&team, &name, &req.name).await?;
+    let saved = Goal::new(&s.platform.store, &who).take_savepoint(&team, &name, &req.name).await?;
     Ok((StatusCode::CREATED, Json(saved)))
 }
 
@@ -204,8 +200,8 @@ pub async fn checkpoint_history(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<HistoricCheckpoint>>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
-    Ok(Json(s.store.checkpoint_history(&route.id).await?))
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.platform.store.checkpoint_history(&route.id).await?))
 }
 
 /// A route's savepoints, newest first.
@@ -217,8 +213,8 @@ pub async fn savepoints(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<Savepoint>>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
-    Ok(Json(s.store.savepoints(&route.id).await?))
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
+    Ok(Json(s.platform.store.savepoints(&route.id).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -243,13 +239,7 @@ pub async fn rewind(
     Path((team, name)): Path<(String, String)>,
     Json(req): Json<Rewind>,
 ) -> Result<Json<RewindPlan>, ApiError> {
-    let goal = Goal::new(&s.store, &who);
-    let i = goal.rewind_inputs(&team, &name, &req.to).await?;
-    let target = target_positions(s.log.as_ref(), &i.topic, i.partitions, &req.to, &i.recorded)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the stream's log: {e}")))?;
-    let held = s.jobs.metrics(i.route_id()).is_some();
-    Ok(Json(goal.rewind_route(&i, held, &target, req.dry_run).await?))
+    Ok(Json(s.platform.ops(&who).rewind_route(&team, &name, &req.to, req.dry_run).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -280,10 +270,10 @@ pub async fn dead_letters(
     Path((team, name)): Path<(String, String)>,
     Query(p): Query<DeadLetterParams>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
-    Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
     let topic = dead_letter_topic(&team, &name);
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
-    let letters = match dead_letters::read(s.log.as_ref(), &topic, p.from, limit).await {
+    let letters = match dead_letters::read(s.platform.log.as_ref(), &topic, p.from, limit).await {
         Ok(l) => l,
         Err(LogError::OffsetOutOfRange { earliest, .. }) => {
             return Err(ValidationErrors::single(
@@ -325,16 +315,13 @@ pub async fn preview(
 ) -> Result<Json<Vec<keystone_control::PreviewRow>>, ApiError> {
     let req: PreviewRequest = serde_json::from_slice(&body)
         .map_err(|e| ValidationErrors::single("body", format!("is not a valid preview request: {e}")))?;
-    let filter = req.filter.as_deref().map(str::trim).filter(|f| !f.is_empty());
-    let (stream, spec) = Goal::new(&s.store, &who).preview_target(&team, &req.stream, filter, &req.projection).await?;
-    let transforms =
-        Transforms::compile(filter, &req.projection, &team).map_err(|e| ValidationErrors::single("filter", e))?;
-    let topic = stream.stream_topic();
-    let limit = req.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = keystone_engine::job::preview::preview(s.log.as_ref(), &topic, spec.partitions, transforms, limit)
-        .await
-        .map_err(ApiError::Log)?;
-    Ok(Json(rows))
+    let input = keystone_ops::PreviewInput {
+        stream: req.stream,
+        filter: req.filter,
+        projection: req.projection,
+        limit: req.limit.unwrap_or(100),
+    };
+    Ok(Json(s.platform.ops(&who).preview(&team, &input).await?))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -364,23 +351,5 @@ pub async fn retry_dead_letters(
         serde_json::from_slice(&body)
             .map_err(|e| ValidationErrors::single("body", format!("is not a valid retry request: {e}")))?
     };
-    let goal = Goal::new(&s.store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    let from = s.store.dead_letter_cursor(&route.id).await?;
-    let limit = req.limit.unwrap_or(500).clamp(1, 10_000);
-    let replayed = match s.jobs.replay_dead_letters(&route.id, from, limit).await {
-        None => return Err(ApiError::Unavailable("the route's job is not running here; retry in a moment".into())),
-        Some(Err(dead_letters::ReplayError::Transient(why))) => return Err(ApiError::Unavailable(why)),
-        Some(Err(dead_letters::ReplayError::Log(e))) => return Err(ApiError::Log(e)),
-        Some(Ok(r)) => r,
-    };
-    s.store.set_dead_letter_cursor(&route.id, replayed.next).await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = replayed.delivered,
-        refused_again = replayed.refused_again, "Dead letters replayed.");
-    let detail = format!(
-        "{} retried, {} delivered, {} refused again",
-        replayed.letters, replayed.delivered, replayed.refused_again
-    );
-    goal.record(&route, "retry dead letters", &detail).await?;
-    Ok(Json(replayed))
+    Ok(Json(s.platform.ops(&who).retry_dead_letters(&team, &name, req.limit.unwrap_or(500)).await?))
 }

@@ -17,23 +17,16 @@ pub use handlers::ApiDoc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use keystone_control::store::Store;
-use keystone_engine::job::registry::JobRegistry;
-use keystone_engine::log::AnyLog;
-use keystone_engine::meter::IngestMeter;
+use keystone_ops::Platform;
 use std::sync::Arc;
 
 pub use ingest::IngestCache;
 
-/// What the API handlers need; the server builds it from its `AppState`.
+/// What the API handlers need: the platform (shared with the console) and the API's own
+/// settings.
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Store,
-    pub log: Arc<AnyLog>,
-    /// The route jobs this process runs (live numbers).
-    pub jobs: Arc<JobRegistry<AnyLog>>,
-    /// Per-stream ingest counters.
-    pub meter: Arc<IngestMeter>,
+    pub platform: Platform,
     /// Renders this process's metrics (`/metrics`).
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token that may scrape every series of `/metrics` (none: API tokens only).
@@ -48,10 +41,12 @@ pub struct ApiState {
     pub max_events_per_request: usize,
     /// The quota of a stream declaring none (events per second; 0 for none).
     pub default_max_events_per_second: u32,
-    /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
-    pub job_env: Arc<std::collections::BTreeMap<String, String>>,
-    /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.
-    pub sinks_root: std::path::PathBuf,
+}
+
+impl axum::extract::FromRef<ApiState> for Platform {
+    fn from_ref(state: &ApiState) -> Platform {
+        state.platform.clone()
+    }
 }
 
 /// The `/api/v1` router.

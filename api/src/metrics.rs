@@ -33,8 +33,9 @@ pub async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) 
     let body = if scraper {
         text
     } else {
-        let who =
-            keystone_control::auth::principal_for_token(&s.store, bearer).await?.ok_or(ApiError::Unauthenticated)?;
+        let who = keystone_control::auth::principal_for_token(&s.platform.store, bearer)
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
         if who.is_admin() {
             text
         } else {
@@ -99,9 +100,9 @@ async fn object_samples<T: Sampled>(
     q: &WindowQuery,
 ) -> Result<Json<Vec<T>>, ApiError> {
     let window = q.window()?;
-    let object = Goal::new(&s.store, who).get(kind, &team, &name).await?;
+    let object = Goal::new(&s.platform.store, who).get(kind, &team, &name).await?;
     let now = keystone_control::store::now_ms();
-    Ok(Json(s.store.samples::<T>(&object.id, now - window.ms(), now).await?))
+    Ok(Json(s.platform.store.samples::<T>(&object.id, now - window.ms(), now).await?))
 }
 
 /// A route's job samples over a window, oldest first.
@@ -177,14 +178,21 @@ pub async fn alerts(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<RouteAlerts>, ApiError> {
-    let route = Goal::new(&s.store, &who).get(Kind::Route, &team, &name).await?;
+    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
     let spec: keystone_control::RouteSpec =
         route.spec_as().map_err(|e| keystone_control::store::StoreError::Corrupt(e.to_string()))?;
     Ok(Json(RouteAlerts {
         rules: spec.alerts,
-        states: s.store.route_alerts(&route.id).await?,
-        events: s.store.alert_events(&route.id, 50).await?,
-        silences: s.store.active_silences(Some(&route.id), now_ms()).await?.into_iter().map(|(_, x)| x).collect(),
+        states: s.platform.store.route_alerts(&route.id).await?,
+        events: s.platform.store.alert_events(&route.id, 50).await?,
+        silences: s
+            .platform
+            .store
+            .active_silences(Some(&route.id), now_ms())
+            .await?
+            .into_iter()
+            .map(|(_, x)| x)
+            .collect(),
     }))
 }
 
@@ -213,7 +221,8 @@ pub async fn silence(
 ) -> Result<(axum::http::StatusCode, Json<keystone_control::alerts::Silence>), ApiError> {
     let req: SilenceRequest = serde_json::from_slice(&body)
         .map_err(|e| ValidationErrors::single("body", format!("is not a valid silence request: {e}")))?;
-    let silence = Goal::new(&s.store, &who).silence_alerts(&team, &name, &req.rule, req.minutes, &req.reason).await?;
+    let silence =
+        Goal::new(&s.platform.store, &who).silence_alerts(&team, &name, &req.rule, req.minutes, &req.reason).await?;
     Ok((axum::http::StatusCode::CREATED, Json(silence)))
 }
 
@@ -223,5 +232,5 @@ pub async fn operations(
     State(s): State<ApiState>,
     Caller(who): Caller,
 ) -> Result<Json<Vec<keystone_control::Operation>>, ApiError> {
-    Ok(Json(s.store.operations(&who.scope(), None, 200).await?))
+    Ok(Json(s.platform.store.operations(&who.scope(), None, 200).await?))
 }

@@ -109,6 +109,21 @@ impl From<keystone_control::goal::GoalError> for AppError {
 }
 
 #[cfg(feature = "ssr")]
+impl From<keystone_ops::OpsError> for AppError {
+    fn from(e: keystone_ops::OpsError) -> Self {
+        use keystone_ops::OpsError;
+        match e {
+            OpsError::Goal(g) => g.into(),
+            OpsError::Log(l) => {
+                tracing::error!(error = %l, "Console request failed in the log.");
+                AppError::Internal
+            }
+            OpsError::Unavailable(m) => AppError::Refused(m),
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
 impl From<keystone_control::store::StoreError> for AppError {
     fn from(e: keystone_control::store::StoreError) -> Self {
         tracing::error!(error = ?e, "Console request failed in the store.");

@@ -19,15 +19,18 @@ use leptos_router::{path, SsrMode};
 pub const STYLESHEET: &str = include_str!(concat!(env!("OUT_DIR"), "/keystone.css"));
 
 /// The console's Content-Security-Policy, minus scripts. Responses that are not console pages
-/// (the JSON API, files, errors) carry it as is: no script may run from them at all.
-pub const BASE_POLICY: &str = "default-src 'self'; frame-ancestors 'none'; object-src 'none'; \
-     base-uri 'self'; form-action 'self'; script-src 'none'";
+/// (the JSON API, files, errors) carry it as is: no script may run from them at all. (A function,
+/// not a constant: the stylesheet test reads string constants as class lists.)
+pub fn base_policy() -> &'static str {
+    "default-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'; \
+     script-src 'none'"
+}
 
 /// A console page's policy: only scripts carrying this response's nonce run (the hydration
 /// script), and what they load (`'strict-dynamic'`: the bundle and its WebAssembly); inline
 /// handlers and injected `<script>` tags never do.
 pub fn page_policy(nonce: &str) -> String {
-    let base = BASE_POLICY.trim_end_matches("script-src 'none'");
+    let base = base_policy().trim_end_matches("script-src 'none'");
     format!("{base}script-src 'nonce-{nonce}' 'strict-dynamic' 'wasm-unsafe-eval'")
 }
 

@@ -3,9 +3,7 @@
 use axum::extract::FromRef;
 use keystone_control::auth::{principal_for_user, LoginLimiter, Principal};
 use keystone_control::store::{now_ms, Store};
-use keystone_engine::job::registry::JobRegistry;
-use keystone_engine::log::AnyLog;
-use keystone_engine::meter::IngestMeter;
+use keystone_ops::Platform;
 use leptos::prelude::*;
 use std::sync::Arc;
 use tower_sessions::Session;
@@ -19,23 +17,14 @@ pub const SESSION_LOGIN_AT: &str = "login_at";
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub leptos_options: LeptosOptions,
-    pub store: Store,
     pub limiter: Arc<LoginLimiter>,
     /// The header a trusted reverse proxy puts the client's address in (e.g. `X-Forwarded-For`;
     /// its last entry, the one the proxy added, counts). Without it, the connection's peer.
     pub client_ip_header: Option<String>,
     /// A session older than this is ended however active it is.
     pub session_absolute_ms: i64,
-    /// The embedded log (dead letters, recent events).
-    pub log: Arc<AnyLog>,
-    /// The route jobs this process runs (live numbers).
-    pub jobs: Arc<JobRegistry<AnyLog>>,
-    /// Per-stream ingest counters.
-    pub meter: Arc<IngestMeter>,
-    /// The environment layer of job configuration (`KEYSTONE_JOB_*`).
-    pub job_env: Arc<std::collections::BTreeMap<String, String>>,
-    /// Where file sinks write (`<data dir>/sinks`): the folders a files backfill reads.
-    pub sinks_root: std::path::PathBuf,
+    /// The platform's handles, shared with the JSON API: server functions call its operations.
+    pub platform: Platform,
 }
 
 pub fn app_state() -> Result<AppState, AppError> {
@@ -68,7 +57,7 @@ pub async fn optional_principal() -> Result<Option<(AppState, Principal)>, AppEr
         session.flush().await.map_err(|_| AppError::Internal)?;
         return Ok(None);
     }
-    match principal_for_user(&state.store, &user).await? {
+    match principal_for_user(&state.platform.store, &user).await? {
         Some(p) => Ok(Some((state, p))),
         None => {
             session.flush().await.map_err(|_| AppError::Internal)?;
@@ -80,7 +69,7 @@ pub async fn optional_principal() -> Result<Option<(AppState, Principal)>, AppEr
 /// The store and the signed-in caller, the start of nearly every server function.
 pub async fn caller() -> Result<(Store, Principal), AppError> {
     let (state, p) = signed_in().await?;
-    Ok((state.store, p))
+    Ok((state.platform.store, p))
 }
 
 /// The whole state and the signed-in caller, for server functions that need more than the store.

@@ -43,15 +43,21 @@ test("the console hydrates and works under its script policy; injected scripts n
   }
   expect(await violations(page)).toEqual([]);
 
-  // What an attacker would inject: an inline event handler and a script element without the
-  // nonce. Both are refused and reported.
-  await page.evaluate(() => {
-    document.body.insertAdjacentHTML("beforeend", '<img src="/favicon.svg?csp" onload="window.__pwned = 1">');
-    const s = document.createElement("script");
-    s.textContent = "window.__pwned = 2";
-    document.body.appendChild(s);
+  // What an attacker would inject into a page (stored in some field and rendered unescaped): an
+  // inline script without the response's nonce, and an inline event handler. The page still
+  // hydrates with its own nonced scripts; the injected ones are refused and reported.
+  await page.route("**/jobs", async (route) => {
+    const response = await route.fetch();
+    const injected = '<script>window.__pwned = 1</script><img src="/no-such-image.png" onerror="window.__pwned = 2">';
+    const body = (await response.text()).replace("</body>", `${injected}</body>`);
+    const headers = { ...response.headers() };
+    delete headers["content-encoding"];
+    delete headers["content-length"];
+    await route.fulfill({ status: response.status(), headers, body });
   });
-  await expect.poll(async () => (await violations(page)).length).toBeGreaterThanOrEqual(2);
+  await page.goto("/jobs");
+  await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
+  const directives = async () => (await violations(page)).map((v) => v.split(" ")[0]).sort();
+  await expect.poll(directives).toEqual(["script-src-attr", "script-src-elem"]);
   expect(await page.evaluate(() => (window as unknown as Watched).__pwned)).toBeUndefined();
-  expect((await violations(page)).every((v) => v.startsWith("script-src"))).toBe(true);
 });

@@ -202,18 +202,23 @@ pub async fn router(
         http: keystone_engine::egress::http_client(store.egress(), Duration::from_secs(10))?,
     }
     .spawn();
+    // One platform for both edges: the console's server functions and the API's handlers call
+    // the same operations on it.
+    let platform = keystone_ops::Platform {
+        store,
+        log,
+        jobs: jobs.clone(),
+        meter,
+        job_env,
+        sinks_root: settings.data_dir.join("sinks"),
+    };
     let state = AppState {
         leptos_options,
-        store: store.clone(),
+        platform: platform.clone(),
         // Five wrong passwords per account, or thirty per address, in fifteen minutes.
         limiter: Arc::new(LoginLimiter::new(5, 30, Duration::from_secs(15 * 60))),
         client_ip_header: settings.trusted_proxy_header.clone().filter(|h| !h.is_empty()),
         session_absolute_ms: settings.session_absolute_hours * 3_600_000,
-        log: log.clone(),
-        jobs: jobs.clone(),
-        meter: meter.clone(),
-        job_env: job_env.clone(),
-        sinks_root: settings.data_dir.join("sinks"),
     };
 
     let sessions = DbSessionStore::connect(database_url).await?;
@@ -245,10 +250,7 @@ pub async fn router(
         .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.console_max_body_bytes));
 
     let api = keystone_api::router(keystone_api::ApiState {
-        store,
-        log,
-        jobs: jobs.clone(),
-        meter,
+        platform,
         metrics: exporter.handle(),
         metrics_token: settings.metrics_token.clone().filter(|t| !t.is_empty()),
         ingest: Default::default(),
@@ -256,8 +258,6 @@ pub async fn router(
         max_event_bytes: settings.ingest_max_event_bytes,
         max_events_per_request: settings.ingest_max_events_per_request,
         default_max_events_per_second: settings.ingest_default_max_events_per_second,
-        job_env,
-        sinks_root: settings.data_dir.join("sinks"),
     });
     let policy = OriginPolicy { public_origin: settings.public_origin.clone() };
     let router = console
@@ -271,7 +271,7 @@ pub async fn router(
         // gets the base one, under which no script runs.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(app::BASE_POLICY),
+            HeaderValue::from_static(app::base_policy()),
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,

@@ -71,8 +71,10 @@ pub async fn decide_request(id: i64, decision: String, comment: String) -> Resul
         _ => return Err(keystone_control::ValidationErrors::single("decision", "must be approve or reject").into()),
     };
     let (app, who) = crate::state::signed_in().await?;
-    let jobs = app.jobs.clone();
-    Goal::new(&app.store, &who).decide(id, approve, &comment, |route_id| jobs.metrics(route_id).is_some()).await?;
+    let jobs = app.platform.jobs.clone();
+    Goal::new(&app.platform.store, &who)
+        .decide(id, approve, &comment, |route_id| jobs.metrics(route_id).is_some())
+        .await?;
     // An approved override or backfill changes what a job runs: no need to wait for the resync.
     jobs.request_pass();
     leptos_axum::redirect(&format!("/approvals/{id}"));

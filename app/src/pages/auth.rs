@@ -24,11 +24,17 @@ pub async fn whoami() -> Result<Option<Me>, AppError> {
     use keystone_control::goal::Goal;
     let Some((state, p)) = crate::state::optional_principal().await? else { return Ok(None) };
     let writable_teams = if p.is_admin() {
-        Goal::new(&state.store, &p).list(keystone_control::Kind::Team).await?.into_iter().map(|t| t.name).collect()
+        Goal::new(&state.platform.store, &p)
+            .list(keystone_control::Kind::Team)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
     } else {
         p.writable_teams().map(|t| t.name.clone()).collect()
     };
-    let pending_approvals = if p.is_admin() { state.store.pending_change_requests_for(&p.user_id).await? } else { 0 };
+    let pending_approvals =
+        if p.is_admin() { state.platform.store.pending_change_requests_for(&p.user_id).await? } else { 0 };
     Ok(Some(Me {
         pending_approvals,
         username: p.display,
@@ -61,11 +67,12 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
         AppError::Refused(message)
     };
     // Counted before the password is checked: concurrent guesses cannot all pass the limit.
-    let attempt = match state.limiter.begin(&state.store, &username, &address).await? {
+    let attempt = match state.limiter.begin(&state.platform.store, &username, &address).await? {
         Ok(attempt) => attempt,
         Err(wait) => {
             tracing::warn!(user = %username, address = %address, "Sign-in throttled.");
             state
+                .platform
                 .store
                 .record_account_event(&username, &username, "sign-in throttled", &format!("from {address}"))
                 .await;
@@ -79,19 +86,23 @@ pub async fn login(username: String, password: String) -> Result<(), AppError> {
         tracing::warn!(user = %username, address = %address, "Sign-in refused: too many password checks at once.");
         return Err(too_many("Too many sign-ins at once. Try again in a moment.".into()));
     };
-    let Some(p) = authenticate(&state.store, &username, &password).await? else {
+    let Some(p) = authenticate(&state.platform.store, &username, &password).await? else {
         tracing::warn!(user = %username, address = %address, "Sign-in failed.");
-        state.store.record_account_event(&username, &username, "sign-in failed", &format!("from {address}")).await;
+        state
+            .platform
+            .store
+            .record_account_event(&username, &username, "sign-in failed", &format!("from {address}"))
+            .await;
         return Err(AppError::Refused("Wrong username or password.".into()));
     };
-    state.limiter.record_success(&state.store, &username, attempt).await?;
+    state.limiter.record_success(&state.platform.store, &username, attempt).await?;
     let internal = |_| AppError::Internal;
     // A fresh session id at sign-in defeats session fixation.
     session.cycle_id().await.map_err(internal)?;
     session.insert(SESSION_USER, &p.user_id).await.map_err(internal)?;
     session.insert(SESSION_LOGIN_AT, now_ms()).await.map_err(internal)?;
     tracing::info!(user = %username, "Signed in.");
-    state.store.record_account_event(&username, &username, "signed in", &format!("from {address}")).await;
+    state.platform.store.record_account_event(&username, &username, "signed in", &format!("from {address}")).await;
     leptos_axum::redirect("/");
     Ok(())
 }

@@ -86,10 +86,10 @@ pub async fn override_config(
 ) -> Result<(), AppError> {
     let (state, who) = crate::state::signed_in().await?;
     let value = Some(config_value.trim()).filter(|v| !v.is_empty());
-    keystone_control::goal::Goal::new(&state.store, &who)
+    keystone_control::goal::Goal::new(&state.platform.store, &who)
         .set_config_override(&team, &name, &config_key, value, &config_reason)
         .await?;
-    state.jobs.request_pass();
+    state.platform.jobs.request_pass();
     Ok(())
 }
 
@@ -109,7 +109,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     use keystone_control::{Distribution, JobSample, SinkErrorKind};
     use keystone_control::{Kind, RouteSpec};
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
+    let store = state.platform.store.clone();
     let window = Window::parse(&window).unwrap_or(Window::Hour);
     let goal = Goal::new(&store, &who);
     let route = goal.get(Kind::Route, &team, &name).await?;
@@ -262,7 +262,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     ];
 
     let mut config: Vec<(String, String, String)> = goal
-        .route_config(&team, &name, &state.job_env)
+        .route_config(&team, &name, &state.platform.job_env)
         .await?
         .into_iter()
         .map(|e| (e.key, e.value, e.source.describe()))
@@ -272,7 +272,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
     let states = store.route_alerts(&route.id).await?;
     let topic = keystone_control::dead_letter_topic(&team, &name);
     let dead_letters =
-        keystone_engine::job::dead_letters::read(state.log.as_ref(), &topic, None, 5).await.map_err(|e| {
+        keystone_engine::job::dead_letters::read(state.platform.log.as_ref(), &topic, None, 5).await.map_err(|e| {
             tracing::error!(error = %e, "Reading dead letters failed.");
             AppError::Internal
         })?;
@@ -303,7 +303,7 @@ pub async fn job_dashboard(team: String, name: String, window: String) -> Result
         timeline,
         config,
         recent_errors: store
-            .live_job_metrics(&route.id, state.jobs.metrics(&route.id))
+            .live_job_metrics(&route.id, state.platform.jobs.metrics(&route.id))
             .await?
             .map(|m| m.recent_errors)
             .unwrap_or_default(),

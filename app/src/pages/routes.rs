@@ -126,10 +126,8 @@ pub async fn preview_route(
     hash: String,
     drop_nulls: String,
 ) -> Result<Vec<PreviewRow>, AppError> {
-    use keystone_control::goal::Goal;
     use keystone_control::Projection;
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
     let mut e = keystone_control::ValidationErrors::default();
     let rename = parse_pairs(&rename, "projection.rename", &mut e);
     if !e.is_empty() {
@@ -143,17 +141,8 @@ pub async fn preview_route(
         hash: split_list(&hash),
         drop_nulls: drop_nulls == "yes",
     };
-    let filter = Some(filter.trim()).filter(|f| !f.is_empty());
-    let (object, spec) = Goal::new(&store, &who).preview_target(&team, stream.trim(), filter, &projection).await?;
-    let transforms = keystone_engine::job::Transforms::compile(filter, &projection, &team)
-        .map_err(|msg| AppError::Invalid(keystone_control::ValidationErrors::single("filter", msg)))?;
-    let topic = object.stream_topic();
-    keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, transforms, 100).await.map_err(
-        |e| {
-            tracing::error!(error = %e, "Route preview failed to read the log.");
-            AppError::Internal
-        },
-    )
+    let input = keystone_ops::PreviewInput { stream, filter: Some(filter), projection, limit: 100 };
+    Ok(state.platform.ops(&who).preview(&team, &input).await?)
 }
 
 fn summary(o: &Object) -> Vec<String> {
@@ -207,11 +196,11 @@ pub struct RouteJobView {
 pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppError> {
     use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
+    let store = state.platform.store.clone();
     let route = Goal::new(&store, &who).get(Kind::Route, &team, &name).await?;
     let topic = keystone_control::dead_letter_topic(&team, &name);
     let dead_letters =
-        keystone_engine::job::dead_letters::read(state.log.as_ref(), &topic, None, 20).await.map_err(|e| {
+        keystone_engine::job::dead_letters::read(state.platform.log.as_ref(), &topic, None, 20).await.map_err(|e| {
             tracing::error!(error = %e, "Reading dead letters failed.");
             AppError::Internal
         })?;
@@ -220,7 +209,7 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
     Ok(RouteJobView {
         desired: spec.state,
         job: store.job(&route.id).await?,
-        metrics: store.live_job_metrics(&route.id, state.jobs.metrics(&route.id)).await?,
+        metrics: store.live_job_metrics(&route.id, state.platform.jobs.metrics(&route.id)).await?,
         checkpoints: store.checkpoints(&route.id).await?,
         transitions: store.transitions(&route.id, 10).await?,
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
@@ -234,18 +223,14 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
 /// Restarts the route's job wherever it runs (see `Goal::restart_route`).
 #[server]
 pub async fn restart_route_job(team: String, name: String) -> Result<(), AppError> {
-    use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
-    let generation = Goal::new(&state.store, &who).restart_route(&team, &name, "from the console").await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, generation, "Job restart requested.");
-    state.jobs.request_pass();
+    state.platform.ops(&who).restart_route(&team, &name, "from the console").await?;
     Ok(())
 }
 
 /// Sets the route's desired state (a new revision of the route; see `Goal::set_route_state`).
 #[server]
 pub async fn set_route_state(team: String, name: String, state: String, reason: String) -> Result<(), AppError> {
-    use keystone_control::goal::Goal;
     let (app, who) = crate::state::signed_in().await?;
     let Some(desired) = DesiredState::parse(&state) else {
         return Err(AppError::Invalid(keystone_control::ValidationErrors::single(
@@ -253,8 +238,7 @@ pub async fn set_route_state(team: String, name: String, state: String, reason: 
             "must be running, paused or stopped",
         )));
     };
-    Goal::new(&app.store, &who).set_route_state(&team, &name, desired, &reason).await?;
-    app.jobs.request_pass();
+    app.platform.ops(&who).set_route_state(&team, &name, desired, &reason).await?;
     Ok(())
 }
 
@@ -263,7 +247,7 @@ pub async fn set_route_state(team: String, name: String, state: String, reason: 
 pub async fn take_savepoint(team: String, name: String, label: String) -> Result<(), AppError> {
     use keystone_control::goal::Goal;
     let (app, who) = crate::state::signed_in().await?;
-    Goal::new(&app.store, &who).take_savepoint(&team, &name, label.trim()).await?;
+    Goal::new(&app.platform.store, &who).take_savepoint(&team, &name, label.trim()).await?;
     Ok(())
 }
 
@@ -281,7 +265,6 @@ pub async fn rewind_route(
     checkpoint: Option<String>,
     mode: String,
 ) -> Result<String, AppError> {
-    use keystone_control::goal::Goal;
     use keystone_control::rewind::RewindTo;
     use keystone_control::ValidationErrors;
     let (app, who) = crate::state::signed_in().await?;
@@ -304,17 +287,7 @@ pub async fn rewind_route(
         }
     };
     let dry_run = mode != "rewind";
-    let goal = Goal::new(&app.store, &who);
-    let i = goal.rewind_inputs(&team, &name, &target).await?;
-    let positions =
-        keystone_engine::job::rewind::target_positions(app.log.as_ref(), &i.topic, i.partitions, &target, &i.recorded)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "Resolving rewind positions failed.");
-                AppError::Internal
-            })?;
-    let held = app.jobs.metrics(i.route_id()).is_some();
-    let plan = goal.rewind_route(&i, held, &positions, dry_run).await?;
+    let plan = app.platform.ops(&who).rewind_route(&team, &name, &target, dry_run).await?;
     Ok(if dry_run {
         format!("Estimate: {} event(s) would be delivered again, {} skipped.", plan.redelivered, plan.skipped)
     } else {
@@ -330,44 +303,20 @@ pub async fn rewind_route(
 #[server]
 pub async fn backfill_route(team: String, name: String, from: String, source: String) -> Result<String, AppError> {
     use keystone_control::backfill::BackfillSource;
-    use keystone_control::goal::Goal;
     use keystone_control::ValidationErrors;
-    use keystone_engine::job::backfill::{source_end, SinkFiles};
     let (app, who) = crate::state::signed_in().await?;
-    let goal = Goal::new(&app.store, &who);
+    let ops = app.platform.ops(&who);
     let source = source.trim().to_owned();
     let source = match from.as_str() {
         "stream" => BackfillSource::Stream { stream: source },
         "files" => BackfillSource::Files { path: source, sink: None },
         "cancel" => {
-            let b = goal.cancel_backfill(&team, &name).await?;
-            app.jobs.request_pass();
+            let b = ops.cancel_backfill(&team, &name).await?;
             return Ok(format!("Backfill from {} cancelled; the job returns to its stream.", b.source.describe()));
         }
         _ => return Err(ValidationErrors::single("from", "must be stream or files").into()),
     };
-    let plan = goal.plan_backfill(&team, &name, source).await?;
-    let files = plan
-        .files
-        .as_ref()
-        .map(|f| SinkFiles::of_sink(&f.path, &f.team, &f.settings, &f.secrets, &app.sinks_root, app.store.egress()))
-        .transpose()
-        .map_err(|e| {
-            tracing::error!(error = %e, "Opening a file sink's store failed.");
-            AppError::Internal
-        })?;
-    let label = format!("{team}/{name} backfill");
-    let end = source_end(app.log.as_ref(), &plan.topic, plan.partitions, files.as_ref(), &label).await.map_err(
-        |e| match e {
-            e if e.is_bad_input() => ValidationErrors::single("source", e.to_string()).into(),
-            e => {
-                tracing::error!(error = %e, "Starting a backfill failed.");
-                AppError::Internal
-            }
-        },
-    )?;
-    let started = goal.start_backfill(plan, &end).await?;
-    app.jobs.request_pass();
+    let started = ops.start_backfill(&team, &name, source).await?;
     Ok(format!(
         "Backfilling from {}: {} event(s); the job returns to its stream after them.",
         started.source.describe(),
@@ -378,7 +327,6 @@ pub async fn backfill_route(team: String, name: String, from: String, source: St
 /// Sets the route back to an earlier version's declaration (a new revision).
 #[server]
 pub async fn roll_back_route(team: String, name: String, version: String, why: String) -> Result<(), AppError> {
-    use keystone_control::goal::Goal;
     let (app, who) = crate::state::signed_in().await?;
     let Some(version) = parse_version(&version) else {
         return Err(AppError::Invalid(keystone_control::ValidationErrors::single(
@@ -386,36 +334,15 @@ pub async fn roll_back_route(team: String, name: String, version: String, why: S
             "must be a version number",
         )));
     };
-    Goal::new(&app.store, &who).roll_back_route(&team, &name, version, &why).await?;
-    app.jobs.request_pass();
+    app.platform.ops(&who).roll_back_route(&team, &name, version, &why).await?;
     Ok(())
 }
 
 /// Re-delivers the route's unhandled dead letters through its current transforms and sink.
 #[server]
 pub async fn retry_dead_letters(team: String, name: String) -> Result<String, AppError> {
-    use keystone_control::goal::Goal;
-    use keystone_engine::job::dead_letters::ReplayError;
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
-    let goal = Goal::new(&store, &who);
-    let route = goal.operable_route(&team, &name).await?;
-    let from = store.dead_letter_cursor(&route.id).await?;
-    let r = match state.jobs.replay_dead_letters(&route.id, from, 500).await {
-        None => return Err(AppError::Refused("The route's job is not running yet; try again in a moment.".into())),
-        Some(Err(ReplayError::Transient(why))) => {
-            return Err(AppError::Refused(format!("The sink is still failing, nothing was retried: {why}")))
-        }
-        Some(Err(ReplayError::Log(e))) => {
-            tracing::error!(error = %e, "Dead-letter replay failed in the log.");
-            return Err(AppError::Internal);
-        }
-        Some(Ok(r)) => r,
-    };
-    store.set_dead_letter_cursor(&route.id, r.next).await?;
-    tracing::info!(route = %format!("{team}/{name}"), by = %who.display, delivered = r.delivered, "Dead letters replayed.");
-    let detail = format!("{} retried, {} delivered, {} refused again", r.letters, r.delivered, r.refused_again);
-    goal.record(&route, "retry dead letters", &detail).await?;
+    let r = state.platform.ops(&who).retry_dead_letters(&team, &name, 500).await?;
     Ok(format!(
         "{} dead letter(s) retried: {} delivered, {} refused again (back in the queue), {} now filtered out.",
         r.letters, r.delivered, r.refused_again, r.filtered_out

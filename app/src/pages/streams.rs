@@ -146,19 +146,20 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
     use keystone_control::goal::Goal;
     use keystone_engine::log::Log;
     let (state, who) = crate::state::signed_in().await?;
-    let store = state.store.clone();
+    let store = state.platform.store.clone();
     let object = Goal::new(&store, &who).get(Kind::Stream, &team, &name).await?;
     let spec: StreamSpec = object.spec_as().map_err(|_| AppError::Internal)?;
     let topic = object.stream_topic();
     let everything =
         keystone_engine::job::Transforms::compile(None, &Default::default(), &team).map_err(|_| AppError::Internal)?;
-    let recent = keystone_engine::job::preview::preview(state.log.as_ref(), &topic, spec.partitions, everything, 10)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "Reading recent events failed.");
-            AppError::Internal
-        })?;
-    let log_end_offsets = state.log.end_offsets(&topic);
+    let recent =
+        keystone_engine::job::preview::preview(state.platform.log.as_ref(), &topic, spec.partitions, everything, 10)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "Reading recent events failed.");
+                AppError::Internal
+            })?;
+    let log_end_offsets = state.platform.log.end_offsets(&topic);
     let now = keystone_control::store::now_ms();
     let from = now - keystone_control::telemetry::Window::Hour.ms();
     let samples: Vec<keystone_control::StreamSample> = store.samples(&object.id, from, now).await?;
@@ -187,12 +188,16 @@ pub async fn stream_activity(team: String, name: String) -> Result<StreamActivit
             continue;
         }
         let phase = store.job(&r.id).await?.map_or("pending", |j| j.phase.as_str()).to_owned();
-        routes.push((r.name.clone(), phase, state.jobs.metrics(&r.id).or_else(|| shared.remove(&r.id)).map(|m| m.lag)));
+        routes.push((
+            r.name.clone(),
+            phase,
+            state.platform.jobs.metrics(&r.id).or_else(|| shared.remove(&r.id)).map(|m| m.lag),
+        ));
     }
-    let topic_problem = state.log.topic_problem(&topic);
+    let topic_problem = state.platform.log.topic_problem(&topic);
     Ok(StreamActivityView {
         routes,
-        counted: state.meter.stats(&topic, now),
+        counted: state.platform.meter.stats(&topic, now),
         log_end_offsets,
         topic_problem,
         recent,

@@ -64,19 +64,21 @@ pub async fn change_password(current_password: String, new_password: String) -> 
         .await
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let attempt = match state.limiter.begin(&state.store, &who.display, &address).await? {
+    let attempt = match state.limiter.begin(&state.platform.store, &who.display, &address).await? {
         Ok(attempt) => attempt,
         Err(_) => return Err(AppError::Refused("Too many failed attempts. Try again later.".into())),
     };
     let Some(_permit) = state.limiter.hashing_permit() else {
         return Err(AppError::Refused("Too many password checks at once. Try again in a moment.".into()));
     };
-    if !keystone_control::users::change_own_password(&state.store, &who, &current_password, &new_password).await? {
+    if !keystone_control::users::change_own_password(&state.platform.store, &who, &current_password, &new_password)
+        .await?
+    {
         return Err(
             keystone_control::ValidationErrors::single("current_password", "is not your current password").into()
         );
     }
-    state.limiter.record_success(&state.store, &who.display, attempt).await?;
+    state.limiter.record_success(&state.platform.store, &who.display, attempt).await?;
     Ok(())
 }
 

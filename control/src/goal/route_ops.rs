@@ -1,9 +1,76 @@
-//! Operations on a route that leave its declaration's shape as it is: its desired state, a
-//! rollback, savepoints and rewinds (and their approval).
+//! Operations on a route that leave its declaration's shape as it is: silencing its alerts,
+//! previewing it, restarting it, its desired state, a rollback, savepoints and rewinds (and their
+//! approval).
 
 use super::*;
 
 impl Goal<'_> {
+    /// Silences a route's alert notifications (one rule, or all with `rule` empty) for
+    /// `minutes`; the caller needs write access, and the silence goes to the operations log.
+    pub async fn silence_alerts(
+        &self,
+        team: &str,
+        name: &str,
+        rule: &str,
+        minutes: u32,
+        reason: &str,
+    ) -> Result<crate::alerts::Silence, GoalError> {
+        use crate::alerts::{AlertKind, Silence, MAX_SILENCE_MINUTES};
+        let mut e = ValidationErrors::default();
+        let kind = match rule.trim() {
+            "" => None,
+            r => AlertKind::parse(r).or_else(|| {
+                e.add("rule", format!("{r:?} is not a rule kind"));
+                None
+            }),
+        };
+        if !(1..=MAX_SILENCE_MINUTES).contains(&minutes) {
+            e.add("minutes", format!("must be between 1 and {MAX_SILENCE_MINUTES}"));
+        }
+        if reason.trim().is_empty() {
+            e.add("reason", "say why the alerts are silenced (it goes to the audit log)");
+        }
+        if !e.is_empty() {
+            return Err(e.into());
+        }
+        let route = self.operable_route(team, name).await?;
+        let until = crate::store::now_ms() + i64::from(minutes) * 60_000;
+        let silence = Silence { rule: kind, until, by: self.who.display.clone(), reason: reason.trim().to_owned() };
+        self.store.add_silence(&route.id, &silence).await?;
+        let what = kind.map_or("all alerts", AlertKind::as_str);
+        self.record(&route, "silence alerts", &format!("{what} for {minutes} min: {}", silence.reason)).await?;
+        Ok(silence)
+    }
+
+    /// The stream a route preview reads, after checking the transforms as a save would. Editors
+    /// only: a preview changes nothing, but it runs the caller's filter on the server.
+    pub async fn preview_target(
+        &self,
+        team: &str,
+        stream: &str,
+        filter: Option<&str>,
+        projection: &crate::model::Projection,
+    ) -> Result<(Object, StreamSpec), GoalError> {
+        let team_id = self.readable_team(team).await?;
+        if !self.who.can_write(Kind::Route, &team_id) {
+            return Err(GoalError::Forbidden);
+        }
+        let mut e = ValidationErrors::default();
+        let Some(object) = self.store.get(Kind::Stream, &team_id, stream).await? else {
+            return Err(
+                ValidationErrors::single("stream", format!("no stream named {stream:?} in team {team:?}")).into()
+            );
+        };
+        let spec: StreamSpec = object.spec_as().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        for (field, path) in projection.paths() {
+            if let Err(msg) = crate::model::check_field_path(path) {
+                e.add(field, msg);
+            }
+        }
+        check_transforms(&mut e, spec.schema.as_ref(), filter, projection);
+        Ok(e.into_result((object, spec))?)
+    }
+
     /// Restarts a route's job wherever it runs (this server or workers): a new restart
     /// generation, which the job's fingerprint includes, so every process holding the job
     /// replaces it (from its last checkpoint) on its next pass. Editors of the route's team.
