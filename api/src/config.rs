@@ -43,10 +43,7 @@ pub async fn set_override(
     Path((team, name, key)): Path<(String, String, String)>,
     Json(req): Json<SetOverride>,
 ) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
-    let goal = Goal::new(&s.platform.store, &who);
-    goal.set_config_override(&team, &name, &key, Some(&req.value), &req.reason).await?;
-    s.platform.jobs.request_pass();
-    Ok(Json(goal.route_config(&team, &name, &s.platform.job_env).await?))
+    Ok(Json(s.platform.ops(&who).set_config_override(&team, &name, &key, Some(&req.value), &req.reason).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -65,8 +62,5 @@ pub async fn clear_override(
     Path((team, name, key)): Path<(String, String, String)>,
     Query(p): Query<ClearParams>,
 ) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
-    let goal = Goal::new(&s.platform.store, &who);
-    goal.set_config_override(&team, &name, &key, None, &p.reason).await?;
-    s.platform.jobs.request_pass();
-    Ok(Json(goal.route_config(&team, &name, &s.platform.job_env).await?))
+    Ok(Json(s.platform.ops(&who).set_config_override(&team, &name, &key, None, &p.reason).await?))
 }

@@ -12,10 +12,8 @@ use axum::Json;
 use keystone_control::deployments::Deployment;
 use keystone_control::goal::Goal;
 use keystone_control::rewind::{HistoricCheckpoint, RewindPlan, RewindTo, Savepoint};
-use keystone_control::store::StoreError;
 use keystone_control::{
-    dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, RouteSpec,
-    ValidationErrors,
+    dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
 };
 use keystone_engine::job::dead_letters;
 use keystone_engine::log::LogError;
@@ -46,14 +44,13 @@ pub async fn job_status(
     Caller(who): Caller,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let route = Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
-    let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let j = s.platform.ops(&who).job_state(&team, &name, 20).await?;
     Ok(Json(JobStatus {
-        desired: spec.state,
-        job: s.platform.store.job(&route.id).await?,
-        metrics: s.platform.store.live_job_metrics(&route.id, s.platform.jobs.metrics(&route.id)).await?,
-        checkpoints: s.platform.store.checkpoints(&route.id).await?,
-        transitions: s.platform.store.transitions(&route.id, 20).await?,
+        desired: j.desired,
+        job: j.job,
+        metrics: j.metrics,
+        checkpoints: j.checkpoints,
+        transitions: j.transitions,
     }))
 }
 

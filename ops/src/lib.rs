@@ -6,7 +6,7 @@
 
 mod routes;
 
-pub use routes::{BackfillStarted, PreviewInput, RewindOutcome};
+pub use routes::{BackfillStarted, JobState, PreviewInput, RewindOutcome};
 
 use keystone_control::auth::Principal;
 use keystone_control::goal::{Goal, GoalError};

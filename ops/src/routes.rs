@@ -2,10 +2,16 @@
 //! retry and preview.
 
 use crate::{Ops, OpsError};
+use keystone_control::approvals::ChangeRequest;
 use keystone_control::backfill::{Backfill, BackfillSource};
+use keystone_control::config::ConfigEntry;
 use keystone_control::goal::Applied;
 use keystone_control::rewind::{RewindPlan, RewindTo};
-use keystone_control::{DesiredState, PreviewRow, Projection, ValidationErrors};
+use keystone_control::store::StoreError;
+use keystone_control::{
+    CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, Object, PreviewRow, Projection,
+    RouteSpec, ValidationErrors,
+};
 use keystone_engine::job::backfill::{source_end, ImportError, SinkFiles};
 use keystone_engine::job::dead_letters::{ReplayError, Replayed};
 use keystone_engine::job::rewind::target_positions;
@@ -27,10 +33,40 @@ pub type RewindOutcome = RewindPlan;
 /// A backfill that started.
 pub type BackfillStarted = Backfill;
 
+/// A route's job as its owners see it: what they want, what it does, where it is.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    pub route: Object,
+    pub desired: DesiredState,
+    /// The recorded phase; `None` before the reconciler first started the job.
+    pub job: Option<JobRecord>,
+    /// Live numbers: from this process, or summed over the workers sharing the job.
+    pub metrics: Option<JobMetrics>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    /// The newest phase transitions, most recent first.
+    pub transitions: Vec<JobTransition>,
+}
+
 /// Most dead letters one retry handles.
 const MAX_RETRY: usize = 10_000;
 
 impl Ops<'_> {
+    /// The route's job: desired state, phase, live numbers, checkpoints and the newest
+    /// `transitions` transitions (readers of the route's team).
+    pub async fn job_state(&self, team: &str, name: &str, transitions: i64) -> Result<JobState, OpsError> {
+        let route = self.goal().get(Kind::Route, team, name).await?;
+        let spec: RouteSpec = route.spec_as().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (store, jobs) = (&self.platform.store, &self.platform.jobs);
+        Ok(JobState {
+            desired: spec.state,
+            job: store.job(&route.id).await?,
+            metrics: store.live_job_metrics(&route.id, jobs.metrics(&route.id)).await?,
+            checkpoints: store.checkpoints(&route.id).await?,
+            transitions: store.transitions(&route.id, transitions).await?,
+            route,
+        })
+    }
+
     /// Restarts the route's job wherever it runs (a new restart generation; see
     /// `Goal::restart_route`). `via` says from where, for the operations log.
     pub async fn restart_route(&self, team: &str, name: &str, via: &str) -> Result<i64, OpsError> {
@@ -144,6 +180,32 @@ impl Ops<'_> {
         );
         goal.record(&route, "retry dead letters", &detail).await?;
         Ok(replayed)
+    }
+
+    /// Overrides one configuration key of the route (`None` removes the override); the job is
+    /// rolled with the route's strategy and judged by its stability gate. Returns the route's
+    /// configuration as it is now, with provenance.
+    pub async fn set_config_override(
+        &self,
+        team: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+        reason: &str,
+    ) -> Result<Vec<ConfigEntry>, OpsError> {
+        let goal = self.goal();
+        goal.set_config_override(team, name, key, value, reason).await?;
+        self.platform.jobs.request_pass();
+        Ok(goal.route_config(team, name, &self.platform.job_env).await?)
+    }
+
+    /// Approves or rejects a change request (admins, not their own); an approved change applies
+    /// at once, and the reconciler is nudged (an override or a backfill changes what a job runs).
+    pub async fn decide_request(&self, id: i64, approve: bool, comment: &str) -> Result<ChangeRequest, OpsError> {
+        let jobs = &self.platform.jobs;
+        let decided = self.goal().decide(id, approve, comment, |route_id| jobs.metrics(route_id).is_some()).await?;
+        jobs.request_pass();
+        Ok(decided)
     }
 
     /// Runs a filter and projection against the stream's newest events, saving and delivering

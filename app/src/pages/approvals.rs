@@ -64,19 +64,13 @@ pub async fn load_change_request(id: i64) -> Result<RequestView, AppError> {
 
 #[server(endpoint = "decide_request")]
 pub async fn decide_request(id: i64, decision: String, comment: String) -> Result<(), AppError> {
-    use keystone_control::goal::Goal;
     let approve = match decision.as_str() {
         "approve" => true,
         "reject" => false,
         _ => return Err(keystone_control::ValidationErrors::single("decision", "must be approve or reject").into()),
     };
     let (app, who) = crate::state::signed_in().await?;
-    let jobs = app.platform.jobs.clone();
-    Goal::new(&app.platform.store, &who)
-        .decide(id, approve, &comment, |route_id| jobs.metrics(route_id).is_some())
-        .await?;
-    // An approved override or backfill changes what a job runs: no need to wait for the resync.
-    jobs.request_pass();
+    app.platform.ops(&who).decide_request(id, approve, &comment).await?;
     leptos_axum::redirect(&format!("/approvals/{id}"));
     Ok(())
 }

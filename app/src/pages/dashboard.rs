@@ -86,10 +86,7 @@ pub async fn override_config(
 ) -> Result<(), AppError> {
     let (state, who) = crate::state::signed_in().await?;
     let value = Some(config_value.trim()).filter(|v| !v.is_empty());
-    keystone_control::goal::Goal::new(&state.platform.store, &who)
-        .set_config_override(&team, &name, &config_key, value, &config_reason)
-        .await?;
-    state.platform.jobs.request_pass();
+    state.platform.ops(&who).set_config_override(&team, &name, &config_key, value, &config_reason).await?;
     Ok(())
 }
 

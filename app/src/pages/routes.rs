@@ -194,10 +194,10 @@ pub struct RouteJobView {
 
 #[server]
 pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppError> {
-    use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
     let store = state.platform.store.clone();
-    let route = Goal::new(&store, &who).get(Kind::Route, &team, &name).await?;
+    let j = state.platform.ops(&who).job_state(&team, &name, 10).await?;
+    let route = j.route;
     let topic = keystone_control::dead_letter_topic(&team, &name);
     let dead_letters =
         keystone_engine::job::dead_letters::read(state.platform.log.as_ref(), &topic, None, 20).await.map_err(|e| {
@@ -205,13 +205,12 @@ pub async fn route_job(team: String, name: String) -> Result<RouteJobView, AppEr
             AppError::Internal
         })?;
     let handled = store.dead_letter_cursor(&route.id).await?;
-    let spec: RouteSpec = route.spec_as().map_err(|_| AppError::Internal)?;
     Ok(RouteJobView {
-        desired: spec.state,
-        job: store.job(&route.id).await?,
-        metrics: store.live_job_metrics(&route.id, state.platform.jobs.metrics(&route.id)).await?,
-        checkpoints: store.checkpoints(&route.id).await?,
-        transitions: store.transitions(&route.id, 10).await?,
+        desired: j.desired,
+        job: j.job,
+        metrics: j.metrics,
+        checkpoints: j.checkpoints,
+        transitions: j.transitions,
         dead_letters: dead_letters.into_iter().filter(|(offset, _)| *offset >= handled).collect(),
         deployments: store.deployments(&route.id, 10).await?,
         savepoints: store.savepoints(&route.id).await?,
