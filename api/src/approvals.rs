@@ -25,7 +25,7 @@ pub struct ListParams {
 }
 
 /// Change requests the caller may see (admins: all; others: their teams'), newest first.
-#[utoipa::path(get, path = "/api/v1/change-requests", params(ListParams),
+#[utoipa::path(get, path = "/api/v1/change-requests", operation_id = "list_change_requests", params(ListParams),
     responses((status = 200, body = [ChangeRequest]), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,

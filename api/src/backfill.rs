@@ -30,7 +30,7 @@ pub async fn start(
 }
 
 /// A route's backfills, newest first, with how far each got.
-#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/backfills",
+#[utoipa::path(get, path = "/api/v1/teams/{team}/routes/{name}/backfills", operation_id = "list_backfills",
     params(("team" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = [Backfill]), (status = 404, body = ErrorBody)))]
 pub async fn list(

@@ -82,7 +82,8 @@ impl RewindInputs {
 #[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
 pub struct Savepoint {
     pub name: String,
-    /// (partition, next offset to deliver).
+    /// (partition, next offset to deliver) pairs.
+    #[cfg_attr(feature = "store", schema(value_type = Vec<Vec<u64>>))]
     pub positions: Vec<(u32, u64)>,
     pub created_at: i64,
     pub created_by: String,
@@ -99,7 +100,8 @@ pub const CHECKPOINT_HISTORY_KEEP: i64 = 60;
 pub struct HistoricCheckpoint {
     pub id: i64,
     pub taken_at: i64,
-    /// (partition, next offset to deliver).
+    /// (partition, next offset to deliver) pairs.
+    #[cfg_attr(feature = "store", schema(value_type = Vec<Vec<u64>>))]
     pub positions: Vec<(u32, u64)>,
 }
 

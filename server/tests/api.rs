@@ -542,7 +542,87 @@ async fn openapi_document_is_served(db: Db) {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     assert!(doc["components"]["schemas"]["StreamSpec"].is_object());
+    let problems = openapi_problems(&doc);
+    assert!(problems.is_empty(), "the document is not valid OpenAPI 3.1: {problems:#?}");
     app.teardown().await;
+}
+
+/// What makes a document invalid as OpenAPI 3.1 (or unusable by client generators), as far as
+/// checked without the official schema: the version, 3.0-only keywords (`nullable`, tuple-style
+/// `items: [...]`, which 3.1 spells `prefixItems`), `$ref`s that resolve nowhere, duplicate
+/// operation ids, and path parameters an operation does not declare as required.
+fn openapi_problems(doc: &Value) -> Vec<String> {
+    fn walk(v: &Value, at: &str, root: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let here = format!("{at}/{k}");
+                    match (k.as_str(), child) {
+                        ("items", Value::Array(_)) => out.push(format!("{here}: tuple-style items (use prefixItems)")),
+                        ("nullable", _) if !at.ends_with("/properties") => out.push(format!("{here}: 3.0 keyword")),
+                        ("$ref", Value::String(r)) => {
+                            let target = r.strip_prefix('#').map(|p| root.pointer(p));
+                            if !matches!(target, Some(Some(_))) {
+                                out.push(format!("{here}: {r} resolves nowhere"));
+                            }
+                        }
+                        _ => {}
+                    }
+                    walk(child, &here, root, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, &format!("{at}/{i}"), root, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if !doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")) {
+        out.push(format!("openapi: {} is not 3.1", doc["openapi"]));
+    }
+    walk(doc, "", doc, &mut out);
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        let wanted: Vec<&str> =
+            path.split('{').skip(1).filter_map(|s| s.split('}').next()).map(|s| s.trim_start_matches('*')).collect();
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if let Some(id) = op["operationId"].as_str() {
+                if !ids.insert(id.to_owned()) {
+                    out.push(format!("{method} {path}: operationId {id} used twice"));
+                }
+            }
+            for name in &wanted {
+                let declared = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["in"] == "path" && p["name"] == *name && p["required"] == true);
+                if !declared {
+                    out.push(format!("{method} {path}: path parameter {name} not declared as required"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_openapi_check_finds_what_it_looks_for() {
+    let bad = serde_json::json!({
+        "openapi": "3.0.3",
+        "paths": {"/a/{id}": {"get": {"operationId": "x", "parameters": []}, "post": {"operationId": "x"}}},
+        "components": {"schemas": {"P": {"type": "array", "items": [{"type": "integer"}], "nullable": true,
+                                          "properties": {"q": {"$ref": "#/components/schemas/Missing"}}}}}
+    });
+    let found = openapi_problems(&bad).join("\n");
+    for want in
+        ["is not 3.1", "tuple-style items", "nullable: 3.0 keyword", "resolves nowhere", "used twice", "not declared"]
+    {
+        assert!(found.contains(want), "{want} in {found}");
+    }
 }
 
 /// A console session of `user` (its own cookie jar), as a browser without JavaScript has.
