@@ -3,8 +3,8 @@
 //! console: API tokens never carry the admin role, so a leaked CI token cannot approve the
 //! change it just submitted.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::Json;

@@ -2,8 +2,8 @@
 //! sink wrote, through the route's own transforms and sink, then returns to its stream where it
 //! left off.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody, PendingBody};
-use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,8 +1,8 @@
 //! A route's layered configuration over the API: the effective value of every key with its
 //! source, and the console overrides (the top layer), set and cleared by editors.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody, PendingBody};
-use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::Json;

@@ -1,36 +1,17 @@
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use keystone_control::auth::{principal_for_token, Principal};
 use keystone_control::diff::Change;
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::AuditFilter;
 use keystone_control::{Kind, Object, Revision, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::OpenApi;
-
-/// The caller, authenticated by an API token.
-pub struct Caller(pub Principal);
-
-impl FromRequestParts<ApiState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthenticated)?;
-        principal_for_token(&state.platform.store, token.trim()).await?.map(Caller).ok_or(ApiError::Unauthenticated)
-    }
-}
 
 /// `streams`, `sinks` or `routes` in a URL.
 fn kind_of(segment: &str) -> Result<Kind, ApiError> {
@@ -258,39 +239,4 @@ pub async fn audit(
 
 pub async fn not_found() -> ApiError {
     ApiError::Goal(keystone_control::goal::GoalError::NotFound)
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Keystone API", description = "Declare streams, sinks and routes; read their revisions."),
-    paths(me, list_teams, list_objects, create_object, get_object, update_object, delete_object, object_history,
-          history_by_id, diff, audit, crate::ingest::ingest, crate::ingest::create_token, crate::ingest::list_tokens,
-          crate::ingest::revoke_token, crate::ingest::events, crate::jobs::job_status, crate::jobs::list_jobs, crate::jobs::workers,
-          crate::jobs::restart, crate::jobs::set_state, crate::jobs::deployments, crate::jobs::roll_back, crate::jobs::take_savepoint, crate::jobs::savepoints, crate::jobs::checkpoint_history, crate::backfill::start, crate::backfill::list, crate::backfill::cancel, crate::jobs::rewind, crate::jobs::dead_letters, crate::jobs::preview, crate::ingest::stream_stats, crate::jobs::retry_dead_letters, crate::metrics::samples, crate::metrics::stream_samples, crate::metrics::alerts,
-          crate::metrics::silence, crate::metrics::operations, crate::approvals::list, crate::approvals::get_one,
-          crate::approvals::get_policy, crate::config::effective, crate::config::set_override,
-          crate::config::clear_override),
-    components(schemas(ErrorBody, keystone_control::StreamSpec, keystone_control::SinkInput, keystone_control::SinkSpec,
-                       keystone_control::RouteSpec, keystone_control::TeamSpec)),
-    modifiers(&BearerAuth),
-    security(("token" = []))
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// The OpenAPI document, generated from the handlers above so it cannot drift.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }

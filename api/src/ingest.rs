@@ -5,8 +5,8 @@
 //! event rejects the batch (400, with every bad event by index); a full disk answers 503 with
 //! Retry-After. Nothing is acknowledged that is not fsynced.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::handlers::Caller;
 use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

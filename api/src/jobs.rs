@@ -2,8 +2,8 @@
 //! dead letters, a manual restart, and pausing, stopping and resuming. Reads need read access to
 //! the route's team; acting on a job needs write access.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::handlers::Caller;
 use crate::handlers::ChangeResult;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};

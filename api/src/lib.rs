@@ -4,15 +4,17 @@
 
 mod approvals;
 mod backfill;
+mod caller;
 mod config;
 mod error;
 mod handlers;
 mod ingest;
 mod jobs;
 mod metrics;
+mod openapi;
 
 pub use error::{ApiError, ErrorBody};
-pub use handlers::ApiDoc;
+pub use openapi::ApiDoc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
@@ -52,7 +54,7 @@ impl axum::extract::FromRef<ApiState> for Platform {
 /// The `/api/v1` router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/openapi.json", get(handlers::openapi))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/api/v1/me", get(handlers::me))
         .route("/api/v1/teams", get(handlers::list_teams))
         .route("/api/v1/teams/{team}/{kind}", get(handlers::list_objects).post(handlers::create_object))

@@ -2,8 +2,8 @@
 //! every series; anyone else sees only the series labelled with one of their teams, so a
 //! team's scrape job cannot read another team's routes.
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::handlers::Caller;
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::header;

@@ -2,7 +2,7 @@
 //! revision history with diffs, and small formatting helpers.
 
 use crate::error::AppError;
-use crate::pages::auth::{whoami, Logout, Me};
+use crate::session::{whoami, Logout, Me};
 use keystone_control::diff::{show, Change};
 use keystone_control::{RecentError, Revision, Role, ValidationErrors};
 use leptos::prelude::*;

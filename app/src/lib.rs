@@ -6,6 +6,7 @@ pub mod charts;
 pub mod components;
 pub mod error;
 pub mod pages;
+pub mod session;
 #[cfg(feature = "ssr")]
 pub mod state;
 

@@ -2,47 +2,8 @@
 
 use crate::components::{last_error, FormStatus, BUTTON, INPUT};
 use crate::error::AppError;
-use keystone_control::Role;
 use leptos::prelude::*;
 use leptos_meta::Title;
-use serde::{Deserialize, Serialize};
-
-/// The signed-in user as the console shows them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Me {
-    pub username: String,
-    pub role: Role,
-    pub teams: Vec<String>,
-    /// Teams whose objects this user may change (every team for admins).
-    pub writable_teams: Vec<String>,
-    /// Change requests waiting for this user's decision (admins), for the navigation.
-    pub pending_approvals: i64,
-}
-
-#[server(endpoint = "whoami")]
-pub async fn whoami() -> Result<Option<Me>, AppError> {
-    use keystone_control::goal::Goal;
-    let Some((state, p)) = crate::state::optional_principal().await? else { return Ok(None) };
-    let writable_teams = if p.is_admin() {
-        Goal::new(&state.platform.store, &p)
-            .list(keystone_control::Kind::Team)
-            .await?
-            .into_iter()
-            .map(|t| t.name)
-            .collect()
-    } else {
-        p.writable_teams().map(|t| t.name.clone()).collect()
-    };
-    let pending_approvals =
-        if p.is_admin() { state.platform.store.pending_change_requests_for(&p.user_id).await? } else { 0 };
-    Ok(Some(Me {
-        pending_approvals,
-        username: p.display,
-        role: p.role,
-        teams: p.teams.iter().map(|t| keystone_control::users::TeamGrant::display(&t.name, t.role)).collect(),
-        writable_teams,
-    }))
-}
 
 /// Signs in. Failures never say whether the user exists, are throttled per account and per
 /// address, and are logged.
@@ -114,15 +75,6 @@ fn client_address(headers: &axum::http::HeaderMap, header: Option<&str>) -> Opti
     let value = headers.get(header?)?.to_str().ok()?;
     let last = value.rsplit(',').next()?.trim();
     last.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string())
-}
-
-/// Ends the session on the server (not only the cookie).
-#[server(endpoint = "logout")]
-pub async fn logout() -> Result<(), AppError> {
-    let session = crate::state::session().await?;
-    session.flush().await.map_err(|_| AppError::Internal)?;
-    leptos_axum::redirect("/login");
-    Ok(())
 }
 
 #[component]
