@@ -4,7 +4,8 @@
 use crate::approval_store::StoredRequest;
 use crate::approvals::{RequestAction, RequestState};
 use crate::config::{check_value, effective, ConfigEntry, ConfigOverride};
-use crate::deployments::{ConfigChange, NewDeployment};
+use crate::deployment_store::NewDeployment;
+use crate::deployments::ConfigChange;
 use crate::diff::Change;
 use crate::goal::{Goal, GoalError, HeldOperation};
 use crate::model::{DesiredState, Object, RouteSpec};

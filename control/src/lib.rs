@@ -36,6 +36,8 @@ pub mod auth;
 #[cfg(feature = "store")]
 pub mod config_store;
 #[cfg(feature = "store")]
+pub mod deployment_store;
+#[cfg(feature = "store")]
 pub mod filter_rules;
 #[cfg(feature = "store")]
 pub mod goal;

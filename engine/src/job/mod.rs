@@ -20,6 +20,7 @@ mod spec;
 mod stats;
 pub mod supervisor;
 
+pub use crate::log::group::{AssignmentChange, Assignments};
 pub use checkpoint::CheckpointStore;
 use checkpoint::{checkpoint_loop, commit_moved};
 pub(crate) use reader::transform_record;
@@ -59,26 +60,6 @@ pub enum JobError {
 pub fn backoff(attempt: u32) -> Duration {
     let cap = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
     Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
-}
-
-/// A change of the partitions one instance of a job runs, when several share a route's job
-/// through a consumer group (see `log::kafka::GroupMember`).
-pub enum AssignmentChange {
-    Assigned(Vec<u32>),
-    /// Stop these partitions and commit their acknowledged positions, then say `done`: only then
-    /// may another member take them, and it resumes exactly where this one stopped.
-    Revoked {
-        partitions: Vec<u32>,
-        done: std::sync::mpsc::SyncSender<()>,
-    },
-}
-
-/// What one instance of a job shared through a consumer group gets from the group.
-pub struct Assignments {
-    pub changes: tokio::sync::mpsc::Receiver<AssignmentChange>,
-    /// Positions the job committed (in the source of truth), to commit as the group's offsets
-    /// too: Kafka's own tools then see how far the route got. Keystone resumes from its own.
-    pub committed: std::sync::mpsc::Sender<Vec<(u32, u64)>>,
 }
 
 /// Runs a job on every partition of its stream until `cancel` fires (then finishes the batch in

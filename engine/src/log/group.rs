@@ -25,7 +25,6 @@
 
 use super::kafka::KafkaConfig;
 use super::LogError;
-use crate::job::{AssignmentChange, Assignments};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -34,6 +33,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// A change of the partitions one instance of a job runs, when several share a route's job
+/// through a consumer group (see `log::kafka::GroupMember`).
+pub enum AssignmentChange {
+    Assigned(Vec<u32>),
+    /// Stop these partitions and commit their acknowledged positions, then say `done`: only then
+    /// may another member take them, and it resumes exactly where this one stopped.
+    Revoked {
+        partitions: Vec<u32>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
+}
+
+/// What one instance of a job shared through a consumer group gets from the group.
+pub struct Assignments {
+    pub changes: tokio::sync::mpsc::Receiver<AssignmentChange>,
+    /// Positions the job committed (in the source of truth), to commit as the group's offsets
+    /// too: Kafka's own tools then see how far the route got. Keystone resumes from its own.
+    pub committed: std::sync::mpsc::Sender<Vec<(u32, u64)>>,
+}
 
 /// How long a revocation waits for the job to drain and commit before the partitions are let go
 /// anyway (a sink stuck retrying is cancelled well before this).

@@ -11,7 +11,8 @@
 use crate::settings::ProcessRole;
 use keystone_control::auth::Principal;
 use keystone_control::backfill::{Backfill, BackfillState};
-use keystone_control::deployments::{judge, Deployment, DeploymentState, NewDeployment, Verdict};
+use keystone_control::deployment_store::NewDeployment;
+use keystone_control::deployments::{judge, Deployment, DeploymentState, Verdict};
 use keystone_control::goal::Goal;
 use keystone_control::jobs::PhaseChange;
 use keystone_control::lease_store::Lease;
