@@ -520,6 +520,7 @@ impl Reconciler {
         let live: std::collections::HashSet<String> =
             self.store.list(Kind::Route, &Scope::All).await?.into_iter().map(|r| r.id).collect();
         let mut ended = false;
+        let mut failures = Failures::default();
         for b in running {
             let (state, detail) = if !live.contains(&b.route_id) {
                 (BackfillState::Cancelled, format!("from {} cancelled: the route was deleted", b.source.describe()))
@@ -529,12 +530,16 @@ impl Reconciler {
             } else {
                 continue;
             };
-            if self.store.finish_backfill(&b.id, state).await? {
-                self.store.record_operation(&b.route_id, "keystone", "backfill", &detail).await?;
-                ended = true;
-            }
+            let finished = async {
+                if self.store.finish_backfill(&b.id, state).await? {
+                    self.store.record_operation(&b.route_id, "keystone", "backfill", &detail).await?;
+                    ended = true;
+                }
+                anyhow::Ok(())
+            };
+            failures.note(&b.route_id, finished.await);
         }
-        Ok(ended)
+        failures.into_result().map(|()| ended)
     }
 
     async fn start(&self, goal: &JobGoal, Inputs { route, stream, sink, backfill, target_topic }: &Inputs) {
