@@ -24,37 +24,7 @@ pub enum JobPhase {
     Stopped,
 }
 
-impl JobPhase {
-    pub const ALL: [JobPhase; 7] = [
-        JobPhase::Pending,
-        JobPhase::Starting,
-        JobPhase::Running,
-        JobPhase::Failing,
-        JobPhase::Failed,
-        JobPhase::Paused,
-        JobPhase::Stopped,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobPhase::Pending => "pending",
-            JobPhase::Starting => "starting",
-            JobPhase::Running => "running",
-            JobPhase::Failing => "failing",
-            JobPhase::Failed => "failed",
-            JobPhase::Paused => "paused",
-            JobPhase::Stopped => "stopped",
-        }
-    }
-    pub fn parse(s: &str) -> Option<JobPhase> {
-        JobPhase::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
-
-impl fmt::Display for JobPhase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+wire_names!(JobPhase { Pending => "pending", Starting => "starting", Running => "running", Failing => "failing", Failed => "failed", Paused => "paused", Stopped => "stopped" });
 
 /// One recorded phase change of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,32 @@ use std::fmt;
 #[cfg(feature = "store")]
 use utoipa::ToSchema;
 
+/// The wire names of a fieldless enum, written once (they match its serde names; a test checks):
+/// `ALL`, `as_str`, `parse` and `Display`.
+macro_rules! wire_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 mod jobs;
 mod records;
 mod sinks;
@@ -17,6 +43,13 @@ pub use jobs::*;
 pub use records::*;
 use sinks::check_number;
 pub use sinks::*;
+
+wire_names!(Role { Viewer => "viewer", Editor => "editor", Admin => "admin" });
+wire_names!(Kind { Team => "team", Stream => "stream", Sink => "sink", Route => "route", Policy => "policy" });
+wire_names!(Op { Create => "create", Update => "update", Delete => "delete" });
+wire_names!(Delivery { NoGap => "no_gap", NoDuplicates => "no_duplicates" });
+wire_names!(DesiredState { Running => "running", Paused => "paused", Stopped => "stopped" });
+wire_names!(Ordering { Partition => "partition", Unordered => "unordered" });
 
 /// A user's platform-wide role. Team membership decides *which* objects; the role decides
 /// *what* they may do with them.
@@ -30,28 +63,6 @@ pub enum Role {
     Editor,
     /// Everything, on every team; manages teams, users and tokens.
     Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The kinds of goal-state object. Each is versioned through revisions.
@@ -68,22 +79,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Team, Kind::Stream, Kind::Sink, Kind::Route, Kind::Policy];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Team => "team",
-            Kind::Stream => "stream",
-            Kind::Sink => "sink",
-            Kind::Route => "route",
-            Kind::Policy => "policy",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// The plural used in URLs and navigation.
     pub fn plural(self) -> &'static str {
         match self {
@@ -101,12 +96,6 @@ impl Kind {
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What a revision did to its object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
@@ -116,20 +105,6 @@ pub enum Op {
     Update,
     /// A tombstone: the object leaves the current goal, its history stays.
     Delete,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Update => "update",
-            Op::Delete => "delete",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Op> {
-        [Op::Create, Op::Update, Op::Delete].into_iter().find(|o| o.as_str() == s)
-    }
 }
 
 /// A team: the owner of streams, sinks and routes.
@@ -252,19 +227,6 @@ pub enum Delivery {
     NoDuplicates,
 }
 
-impl Delivery {
-    pub const ALL: [Delivery; 2] = [Delivery::NoGap, Delivery::NoDuplicates];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Delivery::NoGap => "no_gap",
-            Delivery::NoDuplicates => "no_duplicates",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Delivery> {
-        Delivery::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
 /// What a route's owners want its job to do; the reconciler makes the job so and reports the
 /// observed phase beside it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,17 +245,6 @@ pub enum DesiredState {
 }
 
 impl DesiredState {
-    pub const ALL: [DesiredState; 3] = [DesiredState::Running, DesiredState::Paused, DesiredState::Stopped];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DesiredState::Running => "running",
-            DesiredState::Paused => "paused",
-            DesiredState::Stopped => "stopped",
-        }
-    }
-    pub fn parse(s: &str) -> Option<DesiredState> {
-        DesiredState::ALL.into_iter().find(|d| d.as_str() == s)
-    }
     pub fn is_running(&self) -> bool {
         *self == DesiredState::Running
     }
@@ -309,19 +260,6 @@ pub enum Ordering {
     Partition,
     /// Batches may be delivered in parallel and out of order, for throughput.
     Unordered,
-}
-
-impl Ordering {
-    pub const ALL: [Ordering; 2] = [Ordering::Partition, Ordering::Unordered];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ordering::Partition => "partition",
-            Ordering::Unordered => "unordered",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Ordering> {
-        Ordering::ALL.into_iter().find(|d| d.as_str() == s)
-    }
 }
 
 /// Which fields of an event reach the sink. Paths are dotted (`user.email`).
@@ -629,6 +567,28 @@ pub fn is_dead_letter_topic(topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_names_are_the_serde_names_and_parse_back() {
+        fn check<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
+            all: &[T],
+            name: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for &v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), name(v), "{v:?}");
+                assert_eq!(parse(name(v)), Some(v));
+            }
+            assert_eq!(parse("no such name"), None);
+        }
+        check(&Role::ALL, Role::as_str, Role::parse);
+        check(&Kind::ALL, Kind::as_str, Kind::parse);
+        check(&Op::ALL, Op::as_str, Op::parse);
+        check(&Delivery::ALL, Delivery::as_str, Delivery::parse);
+        check(&DesiredState::ALL, DesiredState::as_str, DesiredState::parse);
+        check(&Ordering::ALL, Ordering::as_str, Ordering::parse);
+        check(&JobPhase::ALL, JobPhase::as_str, JobPhase::parse);
+    }
 
     fn stream() -> StreamSpec {
         StreamSpec {
