@@ -31,10 +31,9 @@ pub fn combined_phase(parts: &[(JobPhase, Option<String>)]) -> Option<(JobPhase,
         JobPhase::Stopped => 0,
         JobPhase::Paused => 1,
         JobPhase::Running => 2,
-        JobPhase::Pending => 3,
-        JobPhase::Starting => 4,
-        JobPhase::Failing => 5,
-        JobPhase::Failed => 6,
+        JobPhase::Starting => 3,
+        JobPhase::Failing => 4,
+        JobPhase::Failed => 5,
     };
     parts.iter().max_by_key(|(p, _)| severity(*p)).cloned()
 }

@@ -236,7 +236,7 @@ impl Health {
             Some(Failing | Failed) => Health::Failing,
             Some(Running | Starting) if lag_seconds > LAGGING_AFTER_S => Health::Lagging,
             Some(Running | Starting) => Health::Healthy,
-            Some(Paused | Stopped | Pending) | None => Health::Stopped,
+            Some(Paused | Stopped) | None => Health::Stopped,
         }
     }
 

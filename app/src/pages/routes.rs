@@ -355,7 +355,7 @@ fn phase_badge(phase: JobPhase) -> &'static str {
             "rounded-sm bg-amber-100 px-2 py-0.5 text-xs font-medium text-amber-800"
         }
         JobPhase::Failed => "rounded-sm bg-red-100 px-2 py-0.5 text-xs font-medium text-red-800",
-        JobPhase::Pending | JobPhase::Paused | JobPhase::Stopped => {
+        JobPhase::Paused | JobPhase::Stopped => {
             "rounded-sm bg-slate-100 px-2 py-0.5 text-xs font-medium text-slate-700"
         }
     }

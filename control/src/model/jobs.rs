@@ -8,8 +8,6 @@ use super::*;
 #[cfg_attr(feature = "store", derive(ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobPhase {
-    /// Declared; the reconciler has not started it yet.
-    Pending,
     /// Building its sink and loading its checkpoints.
     Starting,
     /// Delivering.
@@ -24,7 +22,7 @@ pub enum JobPhase {
     Stopped,
 }
 
-wire_names!(JobPhase { Pending => "pending", Starting => "starting", Running => "running", Failing => "failing", Failed => "failed", Paused => "paused", Stopped => "stopped" });
+wire_names!(JobPhase { Starting => "starting", Running => "running", Failing => "failing", Failed => "failed", Paused => "paused", Stopped => "stopped" });
 
 /// One recorded phase change of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
