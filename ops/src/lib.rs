@@ -4,7 +4,11 @@
 //! `keystone_control::goal`; an operation adds what needs the data plane (the log, the jobs this
 //! process runs) and nudges the reconciler after its commit.
 
+pub mod reconciler;
+mod role;
 mod routes;
+
+pub use role::ProcessRole;
 
 pub use routes::{BackfillStarted, JobState, PreviewInput, RewindOutcome};
 

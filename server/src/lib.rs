@@ -5,7 +5,6 @@ pub mod admin;
 pub mod apply;
 pub mod bench;
 pub mod csrf;
-pub mod reconciler;
 pub mod serve;
 pub mod sessions;
 pub mod settings;

@@ -1,7 +1,6 @@
 //! Builds the HTTP application: console (Leptos), JSON API, sessions, security layers.
 
 use crate::csrf::{check_origin, OriginPolicy};
-use crate::reconciler::{Jobs, Reconciler, ReconcilerHealth};
 use crate::serve::ConnectionLimits;
 use crate::sessions::DbSessionStore;
 use crate::settings::{ProcessRole, Settings};
@@ -19,6 +18,7 @@ use keystone_engine::job::runtime::JobRuntime;
 use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::{AnyLog, EmbeddedLog, KafkaLog};
 use keystone_engine::meter::IngestMeter;
+use keystone_ops::reconciler::{Jobs, Reconciler, ReconcilerHealth};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::future::Future;

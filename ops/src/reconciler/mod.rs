@@ -8,7 +8,7 @@
 //! deployments still being judged go through the route's stability gate: a new version that
 //! fails is rolled back to the last stable one (a new revision by the platform, with the reason).
 
-use crate::settings::ProcessRole;
+use crate::ProcessRole;
 use keystone_control::auth::Principal;
 use keystone_control::backfill::{Backfill, BackfillState};
 use keystone_control::deployment_store::NewDeployment;
