@@ -24,6 +24,19 @@ pub enum JobPhase {
 
 wire_names!(JobPhase { Starting => "starting", Running => "running", Failing => "failing", Failed => "failed", Paused => "paused", Stopped => "stopped" });
 
+impl JobPhase {
+    /// Whether one run of a job may go from `self` to `to`. A new run (or version) starts, and a
+    /// job is stopped, from any phase; otherwise a job moves among running, failing and paused,
+    /// and may fail for good from any of them or while starting. A failed or stopped job only
+    /// ever starts again.
+    pub fn may_become(self, to: JobPhase) -> bool {
+        use JobPhase::*;
+        self == to
+            || matches!(to, Starting | Stopped)
+            || matches!((self, to), (Starting | Running | Failing | Paused, Running | Failing | Paused | Failed))
+    }
+}
+
 /// One recorded phase change of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]

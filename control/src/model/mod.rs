@@ -569,6 +569,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_job_phase_changes_only_along_declared_transitions() {
+        use JobPhase::*;
+        for p in JobPhase::ALL {
+            assert!(p.may_become(Starting) && p.may_become(Stopped) && p.may_become(p), "{p}");
+        }
+        for (from, to) in [
+            (Starting, Running),
+            (Running, Failing),
+            (Failing, Running),
+            (Running, Paused),
+            (Paused, Running),
+            (Failing, Failed),
+            (Starting, Failed),
+        ] {
+            assert!(from.may_become(to), "{from} -> {to}");
+        }
+        for (from, to) in [(Failed, Running), (Stopped, Running), (Failed, Paused), (Stopped, Failing)] {
+            assert!(!from.may_become(to), "{from} -> {to} must be refused");
+        }
+    }
+
+    #[test]
     fn wire_names_are_the_serde_names_and_parse_back() {
         fn check<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
             all: &[T],

@@ -85,6 +85,8 @@ pub async fn supervise<L, S, C, O, F>(
 {
     let mut crashes: Vec<Instant> = Vec::new();
     let mut restart_cause: Option<String> = None;
+    let observer = Checked { observer, last: std::sync::Mutex::new(None) };
+    let observer = &observer;
     loop {
         let restart = restart_cause.is_some();
         let cause = restart_cause.clone().unwrap_or_else(|| "declared".into());
@@ -98,7 +100,7 @@ pub async fn supervise<L, S, C, O, F>(
                 let (member, assignments) = membership.unzip();
                 let sink = Arc::new(sink);
                 let outcome =
-                    watch(&spec, &log, sink, &checkpoints, &observer, &stats, &policy, assignments, &cancel).await;
+                    watch(&spec, &log, sink, &checkpoints, observer, &stats, &policy, assignments, &cancel).await;
                 if let Some(member) = member {
                     member.leave().await;
                 }
@@ -136,6 +138,25 @@ pub async fn supervise<L, S, C, O, F>(
     }
 }
 
+/// The observer of one supervisor, which checks that every phase it reports may follow the one
+/// before (`JobPhase::may_become`): an undeclared transition is a bug, caught by the tests.
+struct Checked<O> {
+    observer: Arc<O>,
+    last: std::sync::Mutex<Option<JobPhase>>,
+}
+
+impl<O: JobObserver> Checked<O> {
+    async fn report(&self, report: PhaseReport) {
+        let before = self.last.lock().expect("phase lock").replace(report.phase);
+        debug_assert!(
+            before.is_none_or(|b| b.may_become(report.phase)),
+            "undeclared job phase transition {before:?} -> {}",
+            report.phase
+        );
+        self.observer.report(report).await;
+    }
+}
+
 /// Runs the job once and watches it. `None` when it stopped because it was asked to; otherwise
 /// why it ended (crash, stall, or an unexpected exit).
 #[allow(clippy::too_many_arguments)]
@@ -144,7 +165,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     log: &Arc<L>,
     sink: Arc<S>,
     checkpoints: &Arc<C>,
-    observer: &Arc<O>,
+    observer: &Checked<O>,
     stats: &Arc<JobStats>,
     policy: &RestartPolicy,
     assignments: Option<Assignments>,
