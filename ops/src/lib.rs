@@ -7,6 +7,7 @@
 pub mod reconciler;
 mod role;
 mod routes;
+pub mod telemetry;
 
 pub use role::ProcessRole;
 

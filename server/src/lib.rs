@@ -9,4 +9,3 @@ pub mod serve;
 pub mod sessions;
 pub mod settings;
 pub mod startup;
-pub mod telemetry;

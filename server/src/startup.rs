@@ -4,7 +4,6 @@ use crate::csrf::{check_origin, OriginPolicy};
 use crate::serve::ConnectionLimits;
 use crate::sessions::DbSessionStore;
 use crate::settings::{ProcessRole, Settings};
-use crate::telemetry::{Exporter, Telemetry};
 use app::state::AppState;
 use app::{shell, App, STYLESHEET};
 use axum::http::{header, HeaderValue};
@@ -19,6 +18,7 @@ use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::{AnyLog, EmbeddedLog, KafkaLog};
 use keystone_engine::meter::IngestMeter;
 use keystone_ops::reconciler::{Jobs, Reconciler, ReconcilerHealth};
+use keystone_ops::telemetry::{Exporter, Telemetry};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::future::Future;
@@ -376,7 +376,7 @@ impl Worker {
         let health = Arc::new(ReconcilerHealth::default());
         let control = ControlLoop::start(&settings, &store, &log, &jobs, &health)?;
         let stop_telemetry = CancellationToken::new();
-        let telemetry = crate::telemetry::spawn_shares(
+        let telemetry = keystone_ops::telemetry::spawn_shares(
             store,
             jobs,
             control.reconciler.instance.clone(),

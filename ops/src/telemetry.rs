@@ -121,7 +121,7 @@ pub struct Telemetry {
     /// it then stores its share of each job's samples, and the jobs' samples are the sums of
     /// every process's shares.
     pub shared_as: Option<String>,
-    pub reconciler: Arc<keystone_ops::reconciler::ReconcilerHealth>,
+    pub reconciler: Arc<crate::reconciler::ReconcilerHealth>,
     /// Sends alert notifications.
     pub http: reqwest::Client,
 }
