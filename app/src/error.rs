@@ -54,8 +54,10 @@ impl FromServerFnError for AppError {
     fn ser(&self) -> leptos::server_fn::Bytes {
         #[cfg(feature = "ssr")]
         set_response_status(self);
-        <Self::Encoder as leptos::server_fn::Encodes<Self>>::encode(self)
-            .unwrap_or_else(|_| leptos::server_fn::Bytes::from_static(b"{\"Internal\":null}"))
+        // As the trait's own default: an error that cannot be encoded travels as a transport one.
+        use leptos::server_fn::Encodes;
+        Self::Encoder::encode(self)
+            .unwrap_or_else(|e| Self::Encoder::encode(&AppError::Transport(e.to_string())).unwrap_or_default())
     }
 }
 

@@ -208,17 +208,20 @@ pub fn plan_jobs(goal: &[JobGoal], observed: &[ObservedJob]) -> Vec<JobAction> {
             actions.push(JobAction::Stop { route_id: o.route_id.clone() });
         }
     }
-    actions.sort_by(|a, b| job_of(a).cmp(job_of(b)));
+    actions.sort_by(|a, b| a.route_id().cmp(b.route_id()));
     actions
 }
 
-fn job_of(a: &JobAction) -> &str {
-    match a {
-        JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
-        JobAction::Pause { route_id }
-        | JobAction::Resume { route_id }
-        | JobAction::Halt { route_id }
-        | JobAction::Stop { route_id } => route_id,
+impl JobAction {
+    /// The route whose job the action concerns.
+    pub fn route_id(&self) -> &str {
+        match self {
+            JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
+            JobAction::Pause { route_id }
+            | JobAction::Resume { route_id }
+            | JobAction::Halt { route_id }
+            | JobAction::Stop { route_id } => route_id,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod telemetry;
 
 pub use role::ProcessRole;
 
-pub use routes::{BackfillStarted, JobState, PreviewInput, RewindOutcome};
+pub use routes::{JobState, PreviewInput};
 
 use keystone_control::auth::Principal;
 use keystone_control::goal::{Goal, GoalError};

@@ -27,12 +27,6 @@ pub struct PreviewInput {
     pub limit: usize,
 }
 
-/// What a rewind did, or would do with `dry_run`.
-pub type RewindOutcome = RewindPlan;
-
-/// A backfill that started.
-pub type BackfillStarted = Backfill;
-
 /// A route's job as its owners see it: what they want, what it does, where it is.
 #[derive(Debug, Clone)]
 pub struct JobState {
@@ -110,7 +104,7 @@ impl Ops<'_> {
         name: &str,
         to: &RewindTo,
         dry_run: bool,
-    ) -> Result<RewindOutcome, OpsError> {
+    ) -> Result<RewindPlan, OpsError> {
         let goal = self.goal();
         let i = goal.rewind_inputs(team, name, to).await?;
         let target = target_positions(self.platform.log.as_ref(), &i.topic, i.partitions, to, &i.recorded).await?;
@@ -120,12 +114,7 @@ impl Ops<'_> {
 
     /// Starts a backfill from another stream or a file sink's files: the files are checked
     /// whole first, and the job switches to the source on the reconciler's next pass.
-    pub async fn start_backfill(
-        &self,
-        team: &str,
-        name: &str,
-        source: BackfillSource,
-    ) -> Result<BackfillStarted, OpsError> {
+    pub async fn start_backfill(&self, team: &str, name: &str, source: BackfillSource) -> Result<Backfill, OpsError> {
         let goal = self.goal();
         let plan = goal.plan_backfill(team, name, source).await?;
         let p = self.platform;

@@ -339,7 +339,7 @@ impl Reconciler {
         }
         let mut failures = Failures::default();
         for action in plan {
-            let route_id = job_route(&action).to_owned();
+            let route_id = action.route_id().to_owned();
             failures.note(&route_id, self.apply(action, &inputs).await);
         }
         failures.into_result()
@@ -379,7 +379,7 @@ impl Reconciler {
     async fn plan_for_workers(&self, plan: Vec<JobAction>, inputs: &HashMap<String, Inputs>) -> anyhow::Result<()> {
         let mut failures = Failures::default();
         for action in plan {
-            let route_id = job_route(&action).to_owned();
+            let route_id = action.route_id().to_owned();
             failures.note(&route_id, self.plan_for_workers_one(action, inputs).await);
         }
         failures.into_result()
@@ -692,15 +692,5 @@ impl Failures {
             0 => Ok(()),
             n => anyhow::bail!("{n} object(s) failed: {}", self.0.join("; ")),
         }
-    }
-}
-
-fn job_route(action: &JobAction) -> &str {
-    match action {
-        JobAction::Start(g) | JobAction::Redeploy(g) => &g.route_id,
-        JobAction::Pause { route_id }
-        | JobAction::Resume { route_id }
-        | JobAction::Halt { route_id }
-        | JobAction::Stop { route_id } => route_id,
     }
 }
