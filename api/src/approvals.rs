@@ -8,9 +8,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use keystone_control::approval_store::RequestFilter;
 use keystone_control::approvals::{ApprovalPolicy, ChangeRequest, RequestState};
 use keystone_control::goal::Goal;
+use keystone_control::store::approvals::RequestFilter;
 use keystone_control::ValidationErrors;
 use serde::{Deserialize, Serialize};
 

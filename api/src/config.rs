@@ -26,6 +26,9 @@ pub async fn effective(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetOverride {
+    /// The value as text, in the key's form: a whole number for `batch_size`, the `_ms` and `_s`
+    /// keys and `job.max_error_percent`; `earliest` or `latest` for `job.start_at`.
+    #[schema(example = "500")]
     pub value: String,
     /// Why (in the operations log).
     #[serde(default)]

@@ -13,14 +13,17 @@ use keystone_control::{Kind, Object, Revision, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The kinds a URL's `{kind}` names, and how (the OpenAPI document lists them from here).
+pub(crate) const KIND_SEGMENTS: [(&str, Kind); 3] =
+    [("streams", Kind::Stream), ("sinks", Kind::Sink), ("routes", Kind::Route)];
+
 /// `streams`, `sinks` or `routes` in a URL.
 fn kind_of(segment: &str) -> Result<Kind, ApiError> {
-    match segment {
-        "streams" => Ok(Kind::Stream),
-        "sinks" => Ok(Kind::Sink),
-        "routes" => Ok(Kind::Route),
-        _ => Err(ApiError::Goal(keystone_control::goal::GoalError::NotFound)),
-    }
+    KIND_SEGMENTS
+        .iter()
+        .find(|(s, _)| *s == segment)
+        .map(|(_, k)| *k)
+        .ok_or(ApiError::Goal(keystone_control::goal::GoalError::NotFound))
 }
 
 /// Parses a JSON body, reporting the line and column of a syntax error.
@@ -69,13 +72,26 @@ pub async fn list_objects(
     Ok(Json(goal.list(kind).await?.into_iter().filter(|o| o.team == team).collect()))
 }
 
+/// The spec of the kind the path names: a StreamSpec, a SinkInput or a RouteSpec.
+fn spec_schema() -> utoipa::openapi::schema::OneOfBuilder {
+    use utoipa::openapi::Ref;
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(Ref::from_schema_name("StreamSpec"))
+        .item(Ref::from_schema_name("SinkInput"))
+        .item(Ref::from_schema_name("RouteSpec"))
+        .description(Some(
+            "The spec of the kind the path names (streams: StreamSpec, sinks: SinkInput, routes: RouteSpec).",
+        ))
+}
+
 /// A declaration to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// Lowercase letters, digits and single dashes, starting with a letter (a DNS label).
+    #[schema(pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length = 63, example = "plays")]
     pub name: String,
-    /// The kind's spec: StreamSpec, SinkInput or RouteSpec.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = spec_schema)]
     pub spec: Value,
     #[serde(default)]
     pub reason: String,
@@ -85,7 +101,7 @@ pub struct CreateRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
-    #[schema(value_type = Object)]
+    #[schema(schema_with = spec_schema)]
     pub spec: Value,
     #[serde(default)]
     pub reason: String,
@@ -195,7 +211,10 @@ pub async fn history_by_id(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DiffParams {
+    /// A version of the object (versions count from 1).
+    #[param(minimum = 1)]
     pub from: i64,
+    #[param(minimum = 1)]
     pub to: i64,
 }
 

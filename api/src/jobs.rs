@@ -147,6 +147,7 @@ pub async fn deployments(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RollBack {
     /// The route version to return to.
+    #[schema(minimum = 1)]
     pub version: i64,
     pub reason: String,
 }

@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use keystone_control::auth::Principal;
 use keystone_control::goal::Goal;
-use keystone_control::samples::Sampled;
 use keystone_control::store::now_ms;
+use keystone_control::store::samples::Sampled;
 use keystone_control::telemetry::Window;
 use keystone_control::{JobSample, Kind, StreamSample, ValidationErrors};
 use serde::Deserialize;
@@ -202,6 +202,7 @@ pub struct SilenceRequest {
     #[serde(default)]
     pub rule: String,
     /// 1 to 10080 (a week).
+    #[schema(minimum = 1, maximum = 10080)]
     pub minutes: u32,
     /// Why; recorded in the audit log.
     pub reason: String,

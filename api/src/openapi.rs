@@ -17,7 +17,7 @@ use utoipa::OpenApi;
           crate::config::clear_override),
     components(schemas(ErrorBody, keystone_control::StreamSpec, keystone_control::SinkInput, keystone_control::SinkSpec,
                        keystone_control::RouteSpec, keystone_control::TeamSpec)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &PathEnums),
     security(("token" = []))
 )]
 pub struct ApiDoc;
@@ -32,6 +32,33 @@ impl utoipa::Modify for BearerAuth {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The values a path parameter takes, listed from where the API checks them: `{kind}` (the kinds
+/// in URLs) and a route configuration `{key}` (the layered keys).
+struct PathEnums;
+
+impl utoipa::Modify for PathEnums {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let kinds: Vec<&str> = crate::handlers::KIND_SEGMENTS.iter().map(|(s, _)| *s).collect();
+        let keys = keystone_control::config::LAYERED_KEYS;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                for p in op.parameters.iter_mut().flatten() {
+                    let values: &[&str] = match p.name.as_str() {
+                        "kind" => &kinds,
+                        "key" if path.contains("/config/") => &keys,
+                        _ => continue,
+                    };
+                    p.schema = Some(
+                        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied())).into(),
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! continuously against the job's recent numbers, each moving through `ok → pending → firing →
 //! resolved`. Pure: the telemetry task feeds it observations and acts on the transitions.
 
-use crate::model::JobPhase;
+use crate::phase::JobPhase;
 use crate::validation::ValidationErrors;
 use serde::{Deserialize, Serialize};
 

@@ -3,9 +3,7 @@
 
 use crate::model::{Kind, Role};
 pub use crate::model::{TokenInfo, UserInfo};
-use crate::name::Name;
-use crate::store::{new_id, now_ms, Scope, Store, StoreError};
-use crate::users::UserError;
+use crate::store::{now_ms, Scope, Store, StoreError};
 use crate::validation::ValidationErrors;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -209,72 +207,6 @@ pub(crate) fn mint(kind_prefix: &str) -> Minted {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = format!("{kind_prefix}{}", hex::encode(bytes));
     Minted { hash: token_hash(&token), prefix: token.chars().take(10).collect(), token }
-}
-
-/// Creates an API token for `team_id` with `role` (viewer or editor). Returns the token, which is
-/// shown once and stored only as a hash.
-pub async fn create_token(
-    store: &Store,
-    creator: &Principal,
-    name: &str,
-    team_id: &str,
-    role: Role,
-    expires_at: Option<i64>,
-) -> Result<(TokenInfo, String), UserError> {
-    let mut errors = ValidationErrors::default();
-    let now = now_ms();
-    if expires_at.is_some_and(|at| at <= now) {
-        errors.add("expires_at", "must be in the future");
-    }
-    if let Err(e) = Name::parse(name) {
-        errors.add("name", e.to_string());
-    }
-    if role == Role::Admin {
-        errors.add("role", "tokens are limited to viewer or editor");
-    }
-    if role == Role::Editor && !creator.can_write(Kind::Stream, team_id) {
-        errors.add("role", "you cannot grant more than you hold on this team");
-    }
-    if !creator.can_read(team_id) {
-        errors.add("team", "you are not a member of this team");
-    }
-    if !errors.is_empty() {
-        return Err(UserError::Invalid(errors));
-    }
-    let Minted { token, hash, prefix } = mint(TOKEN_PREFIX);
-    let id = new_id();
-    sqlx::query(
-        "INSERT INTO api_tokens (id, name, team_id, role, token_hash, prefix, created_by, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&id)
-    .bind(name)
-    .bind(team_id)
-    .bind(role.as_str())
-    .bind(&hash)
-    .bind(&prefix)
-    .bind(&creator.user_id)
-    .bind(now)
-    .bind(expires_at)
-    .execute(store.pool())
-    .await
-    .map_err(StoreError::from)?;
-    let team = creator.teams.iter().find(|t| t.id == team_id).map(|t| t.name.clone()).unwrap_or_default();
-    let info = TokenInfo {
-        id,
-        name: name.to_owned(),
-        team,
-        role,
-        prefix,
-        created_at: now,
-        revoked: false,
-        expires_at,
-        expired: false,
-    };
-    let expiry = expires_at.map_or(String::new(), |at| format!(", expires at {at} ms"));
-    let detail = format!("team {}, role {}{expiry}", info.team, role.as_str());
-    store.record_account_event(&creator.display, name, "API token created", &detail).await;
-    Ok((info, token))
 }
 
 /// Tokens the principal may see: their teams' (all for admins).

@@ -106,11 +106,13 @@ pub fn import_topic(team: &str, route: &str, backfill_id: &str) -> String {
 #[cfg(feature = "store")]
 mod store {
     use super::*;
-    use crate::approval_store::StoredRequest;
     use crate::approvals::{backfill_needs, RequestAction};
     use crate::diff::Change;
     use crate::goal::{Goal, GoalError, HeldOperation};
-    use crate::model::{Kind, Object, RouteSpec, SinkKind, SinkSpec, StreamRef, StreamSpec};
+    use crate::model::{
+        BucketSettings, FileSettings, Kind, Object, RouteSpec, SinkSettings, SinkSpec, StreamRef, StreamSpec,
+    };
+    use crate::store::approvals::StoredRequest;
     use crate::store::{now_ms, Store, StoreError, WriteTx};
     use crate::ValidationErrors;
     use serde_json::{json, Value};
@@ -190,7 +192,7 @@ mod store {
             &self,
             backfill_id: &str,
             positions: &[(u32, u64)],
-            lease: Option<&crate::lease_store::Lease>,
+            lease: Option<&crate::store::lease::Lease>,
         ) -> Result<(), StoreError> {
             let mut tx = self.write_fenced(lease).await?;
             for &(p, o) in positions {
@@ -243,7 +245,8 @@ mod store {
         pub path: String,
         /// The team whose sink wrote them (the route's own).
         pub team: String,
-        pub settings: BTreeMap<String, String>,
+        /// The bucket they are in; `None`: the team's folder of the data directory.
+        pub bucket: Option<BucketSettings>,
         pub secrets: BTreeMap<String, String>,
     }
 
@@ -287,21 +290,22 @@ mod store {
                                 StreamRef::parse(n, team).is_ok_and(|r| r.team == o.team && r.stream == o.name)
                             })
                     };
-                    let candidates: Vec<(Object, SinkSpec)> = self
+                    let candidates: Vec<(Object, FileSettings)> = self
                         .list(Kind::Sink)
                         .await?
                         .into_iter()
                         .filter(|o| named(o))
-                        .filter_map(|o| o.spec_as::<SinkSpec>().ok().map(|spec| (o, spec)))
-                        .filter(|(_, spec)| {
-                            spec.kind == SinkKind::File
-                                && spec.settings.get("path").is_some_and(|p| {
-                                    path == p || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
-                                })
+                        .filter_map(|o| match o.spec_as::<SinkSpec>().ok()?.typed().ok()? {
+                            SinkSettings::File(f) => Some((o, f)),
+                            _ => None,
+                        })
+                        .filter(|(_, f)| {
+                            path == &f.path
+                                || path.strip_prefix(f.path.as_str()).is_some_and(|rest| rest.starts_with('/'))
                         })
                         .collect();
-                    fn store_of(spec: &SinkSpec) -> (Option<&String>, Option<&String>) {
-                        (spec.settings.get("store_url"), spec.settings.get("endpoint"))
+                    fn store_of(f: &FileSettings) -> Option<(&str, Option<&str>)> {
+                        f.bucket.as_ref().map(|b| (b.url.as_str(), b.endpoint.as_deref()))
                     }
                     let Some((sink_object, sink_spec)) = candidates.first() else {
                         let field = if sink.is_some() { "sink" } else { "path" };
@@ -318,7 +322,7 @@ mod store {
                         )
                         .into());
                     }
-                    let secrets = if sink_spec.settings.contains_key("store_url") {
+                    let secrets = if sink_spec.bucket.is_some() {
                         self.store().sink_secrets(&sink_object.id).await?.into_iter().collect()
                     } else {
                         BTreeMap::new()
@@ -326,7 +330,7 @@ mod store {
                     let files = BackfillFiles {
                         path: path.clone(),
                         team: sink_object.team.clone(),
-                        settings: sink_spec.settings.clone(),
+                        bucket: sink_spec.bucket.clone(),
                         secrets,
                     };
                     (import_topic(team, name, &id), 1, Some(files))

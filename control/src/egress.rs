@@ -156,28 +156,26 @@ fn v6_denial(ip: Ipv6Addr, allow_private: bool) -> Option<&'static str> {
 /// The hosts and ports a sink's settings would connect to (`host`, port if the settings say),
 /// for the declaration-time check. `secrets` matter for a PostgreSQL URL.
 pub fn sink_destinations(
-    kind: crate::SinkKind,
-    settings: &std::collections::BTreeMap<String, String>,
+    settings: &crate::SinkSettings,
     secrets: &std::collections::BTreeMap<String, String>,
 ) -> Vec<(String, Option<u16>)> {
-    use crate::SinkKind;
+    use crate::SinkSettings;
     let of_url = |u: &str| {
         url::Url::parse(u).ok().and_then(|u| {
             let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
             Some((host, u.port_or_known_default()))
         })
     };
-    match kind {
-        SinkKind::Http => settings.get("url").and_then(|u| of_url(u)).into_iter().collect(),
-        SinkKind::File => settings.get("endpoint").and_then(|u| of_url(u)).into_iter().collect(),
-        SinkKind::Postgres => {
+    match settings {
+        SinkSettings::Http(s) => of_url(&s.url).into_iter().collect(),
+        SinkSettings::File(s) => s.bucket.as_ref().and_then(|b| of_url(b.endpoint.as_deref()?)).into_iter().collect(),
+        SinkSettings::Postgres(_) => {
             secrets.get("url").and_then(|u| of_url(u)).map(|(h, p)| (h, p.or(Some(5432)))).into_iter().collect()
         }
-        SinkKind::Kafka => settings
-            .get("brokers")
-            .map(|b| b.split(',').filter_map(|hp| of_url(&format!("kafka://{}", hp.trim()))).collect())
-            .unwrap_or_default(),
-        SinkKind::Stream => Vec::new(),
+        SinkSettings::Kafka(s) => {
+            s.brokers.split(',').filter_map(|hp| of_url(&format!("kafka://{}", hp.trim()))).collect()
+        }
+        SinkSettings::Stream(_) => Vec::new(),
     }
 }
 
@@ -303,13 +301,21 @@ mod tests {
 
     #[test]
     fn destinations_come_from_each_kind_of_sink() {
+        use crate::{SinkKind, SinkSettings};
         let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let typed = |kind, kv: &[(&str, &str)]| SinkSettings::parse(kind, &map(kv)).unwrap();
         let none = map(&[]);
-        let http = sink_destinations(crate::SinkKind::Http, &map(&[("url", "http://127.0.0.1:8080/x")]), &none);
+        let http = sink_destinations(&typed(SinkKind::Http, &[("url", "http://127.0.0.1:8080/x")]), &none);
         assert_eq!(http, vec![("127.0.0.1".to_string(), Some(8080))]);
-        let kafka = sink_destinations(crate::SinkKind::Kafka, &map(&[("brokers", "a:9092, [::1]:9093")]), &none);
-        assert_eq!(kafka, vec![("a".to_string(), Some(9092)), ("::1".to_string(), Some(9093))]);
-        let pg = sink_destinations(crate::SinkKind::Postgres, &none, &map(&[("url", "postgres://u:p@db.x/y")]));
+        let kafka = typed(SinkKind::Kafka, &[("brokers", "a:9092, [::1]:9093"), ("topic", "t")]);
+        assert_eq!(
+            sink_destinations(&kafka, &none),
+            vec![("a".to_string(), Some(9092)), ("::1".to_string(), Some(9093))]
+        );
+        let s3 = typed(SinkKind::File, &[("path", "p"), ("store_url", "s3://b"), ("endpoint", "http://minio:9000")]);
+        assert_eq!(sink_destinations(&s3, &none), vec![("minio".to_string(), Some(9000))]);
+        let pg_settings = typed(SinkKind::Postgres, &[("table", "t")]);
+        let pg = sink_destinations(&pg_settings, &map(&[("url", "postgres://u:p@db.x/y")]));
         assert_eq!(pg, vec![("db.x".to_string(), Some(5432))]);
     }
 }

@@ -6,6 +6,32 @@
 //! service every entry point (console, JSON API, CLI) goes through, so they share one set of
 //! rules.
 
+/// The wire names of a fieldless enum, written once (they match its serde names; a test checks):
+/// `ALL`, `as_str`, `parse` and `Display`.
+macro_rules! wire_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod alerts;
 pub mod approvals;
 pub mod backfill;
@@ -17,6 +43,7 @@ pub mod filter_fields;
 pub mod lineage;
 pub mod model;
 pub mod name;
+pub mod phase;
 pub mod reconcile;
 pub mod rewind;
 pub mod telemetry;
@@ -26,31 +53,13 @@ pub mod validation;
 pub mod workers;
 
 #[cfg(feature = "store")]
-pub mod account_events;
-#[cfg(feature = "store")]
-pub mod alert_store;
-#[cfg(feature = "store")]
-pub mod approval_store;
-#[cfg(feature = "store")]
 pub mod auth;
-#[cfg(feature = "store")]
-pub mod config_store;
-#[cfg(feature = "store")]
-pub mod deployment_store;
 #[cfg(feature = "store")]
 pub mod filter_rules;
 #[cfg(feature = "store")]
 pub mod goal;
 #[cfg(feature = "store")]
-pub mod jobs;
-#[cfg(feature = "store")]
-pub mod lease_store;
-#[cfg(feature = "store")]
-pub mod operations;
-#[cfg(feature = "store")]
 pub mod producers;
-#[cfg(feature = "store")]
-pub mod samples;
 #[cfg(feature = "store")]
 pub mod secret_box;
 #[cfg(feature = "store")]

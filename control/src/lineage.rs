@@ -68,11 +68,11 @@ pub(crate) async fn feeds_with(
     tx: &mut crate::store::WriteTx,
     change: &Proposed<'_>,
 ) -> Result<Vec<Feed>, crate::store::StoreError> {
-    use crate::model::{Kind, SinkKind, SinkSpec, StreamRef};
+    use crate::model::{Kind, SinkSpec, StreamRef};
     let mut targets: BTreeMap<(String, String), String> = BTreeMap::new();
     for o in tx.live(Kind::Sink).await? {
         let Ok(spec) = o.spec_as::<SinkSpec>() else { continue };
-        if let (SinkKind::Stream, Some(t)) = (spec.kind, spec.settings.get("stream")) {
+        if let Some(t) = spec.stream_target() {
             if let Ok(r) = StreamRef::parse(t, &o.team) {
                 targets.insert((o.team.clone(), o.name.clone()), format!("{}/{}", r.team, r.stream));
             }

@@ -2,7 +2,7 @@
 //! role `all`) renews a row every few seconds with what it holds, so the console can show which
 //! process runs which partitions of which job, and which processes went silent.
 
-use crate::JobMetrics;
+use crate::{JobMetrics, JobPhase};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -222,6 +222,25 @@ mod store {
     }
 }
 
+/// A shared job's phase from its live parts' phases and errors: the worst part speaks for the
+/// job (one part failing makes the job failing), with its error. `None` for no parts.
+///
+/// [`JobPhase::may_become`] governs one run of a job: each worker's part is such a run, and its
+/// supervisor checks every transition it makes. The shared job's phase is derived from whichever
+/// parts are alive, so it may move where one run may not: a failed part's worker goes silent and
+/// the job is running again without a restart of its own.
+pub fn combined_phase(parts: &[(JobPhase, Option<String>)]) -> Option<(JobPhase, Option<String>)> {
+    let severity = |p: JobPhase| match p {
+        JobPhase::Stopped => 0,
+        JobPhase::Paused => 1,
+        JobPhase::Running => 2,
+        JobPhase::Starting => 3,
+        JobPhase::Failing => 4,
+        JobPhase::Failed => 5,
+    };
+    parts.iter().max_by_key(|(p, _)| severity(*p)).cloned()
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -298,5 +317,30 @@ mod tests {
         let m = share_of(share(&[], 0, &[1, 2, 3, 4, 5, 6, 7]));
         let at: Vec<i64> = m.recent_errors.iter().map(|e| e.at).collect();
         assert_eq!(at, [3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn the_worst_part_speaks_for_a_shared_job() {
+        let part = |p: JobPhase, e: Option<&str>| (p, e.map(str::to_owned));
+        let parts =
+            [part(JobPhase::Running, None), part(JobPhase::Failing, Some("down")), part(JobPhase::Starting, None)];
+        assert_eq!(combined_phase(&parts), Some(part(JobPhase::Failing, Some("down"))));
+        let parts = [part(JobPhase::Running, None), part(JobPhase::Starting, None), part(JobPhase::Paused, None)];
+        assert_eq!(combined_phase(&parts).unwrap().0, JobPhase::Starting);
+        assert_eq!(
+            combined_phase(&[part(JobPhase::Failed, Some("x")), part(JobPhase::Failing, Some("y"))]).unwrap().0,
+            JobPhase::Failed
+        );
+        assert_eq!(combined_phase(&[]), None);
+    }
+
+    #[test]
+    fn a_shared_jobs_phase_is_derived_and_may_move_where_one_run_may_not() {
+        let part = |p: JobPhase| (p, None::<String>);
+        let before = combined_phase(&[part(JobPhase::Failed), part(JobPhase::Running)]).unwrap().0;
+        // The failed part's worker went silent: the live part speaks.
+        let after = combined_phase(&[part(JobPhase::Running)]).unwrap().0;
+        assert_eq!((before, after), (JobPhase::Failed, JobPhase::Running));
+        assert!(!before.may_become(after), "one run never goes from failed to running");
     }
 }

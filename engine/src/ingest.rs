@@ -2,38 +2,13 @@
 //! envelope and choose its partition. A batch is all-or-nothing: one bad event rejects the batch,
 //! and the rejection lists every bad event by index with the reason.
 
+use crate::envelope::EnvelopeFrame;
 use crate::log::NewRecord;
-use serde::Deserialize;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-/// What every record of a stream's topic holds: the event's identity and the payload as sent.
-/// Written by the ingest proxy and the stream sink (see `SentEnvelope`, the payload as sent);
-/// read by the preview and the dead-letter replay (route jobs read it in one pass of their own,
-/// `job::Routable`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// UUID v7: unique and time-ordered; the idempotency key of sinks.
-    pub id: String,
-    /// `team/name`.
-    #[serde(default)]
-    pub stream: String,
-    pub ingested_at: i64,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub payload: Value,
-}
-
-impl Envelope {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope serialises")
-    }
-}
 
 /// Everything ingest needs to know about one stream (resolved by the caller from the goal state).
 pub struct IngestTarget {
@@ -153,58 +128,6 @@ fn lookup<'a>(event: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(event, |v, seg| v.get(seg))
 }
 
-/// An envelope with the payload exactly as it was sent, as the stream sink writes it (ingest
-/// writes the same bytes from an [`EnvelopeFrame`]). Serialises to the same fields as
-/// [`Envelope`].
-#[derive(Serialize)]
-pub(crate) struct SentEnvelope<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) stream: &'a str,
-    pub(crate) ingested_at: i64,
-    pub(crate) key: Option<&'a str>,
-    pub(crate) headers: &'a BTreeMap<String, String>,
-    pub(crate) payload: &'a RawValue,
-}
-
-/// The text every envelope of one request shares (stream, time, headers), written once per
-/// request: each envelope is then its id, its key and its payload copied between them, the
-/// same bytes [`SentEnvelope`] serialises to. Serialising the whole envelope per event was a
-/// tenth of ingest's CPU.
-struct EnvelopeFrame {
-    /// From after the id to the key's value.
-    middle: Vec<u8>,
-    /// From after the key to the payload.
-    tail: Vec<u8>,
-}
-
-impl EnvelopeFrame {
-    fn new(stream: &str, ingested_at: i64, headers: &BTreeMap<String, String>) -> EnvelopeFrame {
-        let mut middle = br#"","stream":"#.to_vec();
-        serde_json::to_writer(&mut middle, stream).expect("a string serialises");
-        middle.extend_from_slice(format!(r#","ingested_at":{ingested_at},"key":"#).as_bytes());
-        let mut tail = br#","headers":"#.to_vec();
-        serde_json::to_writer(&mut tail, headers).expect("headers serialise");
-        tail.extend_from_slice(br#","payload":"#);
-        EnvelopeFrame { middle, tail }
-    }
-
-    fn envelope(&self, id: &str, key: Option<&str>, payload: &RawValue) -> Vec<u8> {
-        let key_len = key.map_or(4, |k| k.len() + 2);
-        // Sized for the whole envelope: a buffer a few bytes too small was copied into one twice
-        // its size for every event (a key with escapes may still grow it once).
-        let len = 8 + id.len() + self.middle.len() + key_len + self.tail.len() + payload.get().len() + 1;
-        let mut value = Vec::with_capacity(len);
-        value.extend_from_slice(br#"{"id":""#);
-        value.extend_from_slice(id.as_bytes());
-        value.extend_from_slice(&self.middle);
-        serde_json::to_writer(&mut value, &key).expect("a key serialises");
-        value.extend_from_slice(&self.tail);
-        value.extend_from_slice(payload.get().as_bytes());
-        value.push(b'}');
-        value
-    }
-}
-
 /// Checks every event and builds the records to append, or lists every rejected event. A tree of
 /// the event is built only when something must look inside it: the stream's JSON Schema or its
 /// key field.
@@ -310,6 +233,7 @@ fn kind_of(text: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{Envelope, SentEnvelope};
     use serde_json::json;
 
     fn target(schema: Option<Value>, key_field: Option<&str>) -> IngestTarget {

@@ -2,6 +2,7 @@
 //! is handed (and reports through small traits), so `keystone worker` can run it alone.
 
 pub mod egress;
+pub mod envelope;
 pub mod ingest;
 pub mod job;
 pub mod log;

@@ -4,7 +4,7 @@
 use keystone_control::Projection;
 use keystone_control::{JobPhase, SinkErrorKind};
 use keystone_engine::job::supervisor::{supervise, JobObserver, PhaseReport, RestartPolicy};
-use keystone_engine::job::{run, run_assigned, CheckpointStore, JobSpec, JobStats, Transforms};
+use keystone_engine::job::{run, run_assigned, CheckpointError, CheckpointStore, JobSpec, JobStats, Transforms};
 use keystone_engine::log::group::GroupMember;
 use keystone_engine::log::{EmbeddedLog, KafkaConfig, KafkaLog, Log, NewRecord, Retention, StartAt};
 use keystone_engine::sinks::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
@@ -75,10 +75,10 @@ impl Sink for MemorySink {
 struct MemoryCheckpoints(Mutex<HashMap<String, HashMap<u32, u64>>>);
 
 impl CheckpointStore for MemoryCheckpoints {
-    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, CheckpointError> {
         Ok(self.0.lock().unwrap().get(route_id).cloned().unwrap_or_default())
     }
-    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), CheckpointError> {
         let mut all = self.0.lock().unwrap();
         let route = all.entry(route_id.to_owned()).or_default();
         for &(p, o) in positions {

@@ -121,7 +121,9 @@ impl Ops<'_> {
         let files = plan
             .files
             .as_ref()
-            .map(|f| SinkFiles::of_sink(&f.path, &f.team, &f.settings, &f.secrets, &p.sinks_root, p.store.egress()))
+            .map(|f| {
+                SinkFiles::of_sink(&f.path, &f.team, f.bucket.as_ref(), &f.secrets, &p.sinks_root, p.store.egress())
+            })
             .transpose()
             .map_err(|e| ValidationErrors::single("sink", format!("the file sink's store cannot be opened: {e}")))?;
         let label = format!("{team}/{name} backfill");

@@ -576,7 +576,7 @@ async fn workers_run(dir: &Path, b: &WorkersBench, brokers: &str, team: &str, co
         for from in (0..b.events).step_by(1000) {
             let records = (from..(from + 1000).min(b.events))
                 .map(|n| {
-                    let envelope = keystone_engine::ingest::Envelope {
+                    let envelope = keystone_engine::envelope::Envelope {
                         id: uuid::Uuid::now_v7().to_string(),
                         stream: format!("{team}/plays"),
                         ingested_at: keystone_control::store::now_ms(),

@@ -408,15 +408,14 @@ impl Worker {
 /// Keeps every team's local file-sink files in the team's own folder, moving those written
 /// before that layout (once) before any job starts.
 async fn prepare_sink_folders(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    use keystone_control::{store::Scope, Kind, SinkKind, SinkSpec};
+    use keystone_control::{store::Scope, FileSettings, Kind, SinkSettings, SinkSpec};
     let sinks: Vec<(String, String)> = store
         .list(Kind::Sink, &Scope::All)
         .await?
         .into_iter()
-        .filter_map(|o| {
-            let spec: SinkSpec = o.spec_as().ok()?;
-            let local = spec.kind == SinkKind::File && !spec.settings.contains_key("store_url");
-            local.then(|| Some((o.team, spec.settings.get("path")?.clone())))?
+        .filter_map(|o| match o.spec_as::<SinkSpec>().ok()?.typed().ok()? {
+            SinkSettings::File(FileSettings { path, bucket: None, .. }) => Some((o.team, path)),
+            _ => None,
         })
         .collect();
     let notes = keystone_engine::sinks::file_layout::migrate_to_team_folders(&settings.data_dir, &sinks)?;

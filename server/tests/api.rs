@@ -3,9 +3,10 @@
 
 use keystone::settings::Settings;
 use keystone::startup::Application;
-use keystone_control::auth::{create_token, Principal};
+use keystone_control::auth::Principal;
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::Store;
+use keystone_control::users::create_token;
 use keystone_control::users::upsert_user;
 use keystone_control::{Kind, Role, TeamSpec};
 use reqwest::StatusCode;
@@ -533,98 +534,6 @@ async fn sessions_end_at_the_absolute_timeout(db: Db) {
     app.teardown().await;
 }
 
-async fn openapi_document_is_served(db: Db) {
-    let app = spawn_app(db).await;
-    let doc: Value =
-        app.http.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/api/v1/teams/{team}/{kind}", "/api/v1/revisions", "/api/v1/objects/{id}/diff"] {
-        assert!(doc["paths"][path].is_object(), "missing {path}");
-    }
-    assert!(doc["components"]["schemas"]["StreamSpec"].is_object());
-    let problems = openapi_problems(&doc);
-    assert!(problems.is_empty(), "the document is not valid OpenAPI 3.1: {problems:#?}");
-    app.teardown().await;
-}
-
-/// What makes a document invalid as OpenAPI 3.1 (or unusable by client generators), as far as
-/// checked without the official schema: the version, 3.0-only keywords (`nullable`, tuple-style
-/// `items: [...]`, which 3.1 spells `prefixItems`), `$ref`s that resolve nowhere, duplicate
-/// operation ids, and path parameters an operation does not declare as required.
-fn openapi_problems(doc: &Value) -> Vec<String> {
-    fn walk(v: &Value, at: &str, root: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, child) in m {
-                    let here = format!("{at}/{k}");
-                    match (k.as_str(), child) {
-                        ("items", Value::Array(_)) => out.push(format!("{here}: tuple-style items (use prefixItems)")),
-                        ("nullable", _) if !at.ends_with("/properties") => out.push(format!("{here}: 3.0 keyword")),
-                        ("$ref", Value::String(r)) => {
-                            let target = r.strip_prefix('#').map(|p| root.pointer(p));
-                            if !matches!(target, Some(Some(_))) {
-                                out.push(format!("{here}: {r} resolves nowhere"));
-                            }
-                        }
-                        _ => {}
-                    }
-                    walk(child, &here, root, out);
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    walk(child, &format!("{at}/{i}"), root, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    if !doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")) {
-        out.push(format!("openapi: {} is not 3.1", doc["openapi"]));
-    }
-    walk(doc, "", doc, &mut out);
-    let mut ids = std::collections::BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        let wanted: Vec<&str> =
-            path.split('{').skip(1).filter_map(|s| s.split('}').next()).map(|s| s.trim_start_matches('*')).collect();
-        for (method, op) in item.as_object().into_iter().flatten() {
-            if let Some(id) = op["operationId"].as_str() {
-                if !ids.insert(id.to_owned()) {
-                    out.push(format!("{method} {path}: operationId {id} used twice"));
-                }
-            }
-            for name in &wanted {
-                let declared = op["parameters"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| p["in"] == "path" && p["name"] == *name && p["required"] == true);
-                if !declared {
-                    out.push(format!("{method} {path}: path parameter {name} not declared as required"));
-                }
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn the_openapi_check_finds_what_it_looks_for() {
-    let bad = serde_json::json!({
-        "openapi": "3.0.3",
-        "paths": {"/a/{id}": {"get": {"operationId": "x", "parameters": []}, "post": {"operationId": "x"}}},
-        "components": {"schemas": {"P": {"type": "array", "items": [{"type": "integer"}], "nullable": true,
-                                          "properties": {"q": {"$ref": "#/components/schemas/Missing"}}}}}
-    });
-    let found = openapi_problems(&bad).join("\n");
-    for want in
-        ["is not 3.1", "tuple-style items", "nullable: 3.0 keyword", "resolves nowhere", "used twice", "not declared"]
-    {
-        assert!(found.contains(want), "{want} in {found}");
-    }
-}
-
 /// A console session of `user` (its own cookie jar), as a browser without JavaScript has.
 async fn console_session(app: &TestApp, user: &str) -> reqwest::Client {
     let c = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -878,7 +787,7 @@ async fn approvals_hold_back_changes_until_another_admin_decides(db: Db) {
 /// The reconciler lease: one holder at a time, a renewal keeps the fencing token, a takeover
 /// after expiry raises it and fences the old holder's writes, a release hands over at once.
 async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
-    use keystone_control::lease_store::Lease;
+    use keystone_control::store::lease::Lease;
     use keystone_control::store::StoreError;
     let app = spawn_app(db).await;
     let store = &app.store;
@@ -907,6 +816,9 @@ async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
 
 #[path = "api/data_safety.rs"]
 mod data_safety;
+#[path = "api/openapi.rs"]
+mod openapi;
+use openapi::openapi_document_is_served;
 #[path = "api/security.rs"]
 mod security;
 
@@ -1666,7 +1578,7 @@ mod delivery {
     /// others' parts speak again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shared_job_is_as_healthy_as_its_worst_live_part() {
-        use keystone_control::jobs::PhaseChange;
+        use keystone_control::store::jobs::PhaseChange;
         use keystone_control::JobPhase;
         let (_cluster, app, route_id) = control_plane_with_a_route().await;
         for w in ["w1", "w2"] {
@@ -1717,7 +1629,7 @@ mod delivery {
     /// stayed `starting` for good, and a deployment waiting for it never went on).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn simultaneous_reports_of_a_shared_jobs_parts_leave_its_latest_phase() {
-        use keystone_control::jobs::PhaseChange;
+        use keystone_control::store::jobs::PhaseChange;
         use keystone_control::JobPhase;
         let (_cluster, app, route_id) = control_plane_with_a_route().await;
         // One store (pool, in-process write lock) per worker, as in separate processes.
@@ -2879,17 +2791,18 @@ mod delivery {
         async fn events(&self, bucket: &str, prefix: &str) -> Vec<Value> {
             use futures_util::TryStreamExt;
             use object_store::ObjectStoreExt;
-            let settings = [
-                ("store_url".to_owned(), format!("s3://{bucket}")),
-                ("endpoint".to_owned(), self.endpoint.clone()),
-                ("region".to_owned(), "us-east-1".to_owned()),
-            ];
+            let bucket = keystone_control::BucketSettings {
+                url: format!("s3://{bucket}"),
+                endpoint: Some(self.endpoint.clone()),
+                region: Some("us-east-1".to_owned()),
+                ambient_credentials: false,
+            };
             let secrets =
                 [("access_key_id".to_owned(), "k".to_owned()), ("secret_access_key".to_owned(), "s".to_owned())];
             let files = keystone_engine::job::backfill::SinkFiles::of_sink(
                 prefix,
                 "alpha",
-                &settings.into_iter().collect(),
+                Some(&bucket),
                 &secrets.into_iter().collect(),
                 std::path::Path::new("/nonexistent"),
                 &keystone_control::egress::EgressPolicy::new(&["127.0.0.0/8".into()], &[], false).unwrap(),

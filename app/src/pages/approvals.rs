@@ -24,8 +24,8 @@ pub struct ApprovalsData {
 
 #[server]
 pub async fn approvals() -> Result<ApprovalsData, AppError> {
-    use keystone_control::approval_store::RequestFilter;
     use keystone_control::goal::Goal;
+    use keystone_control::store::approvals::RequestFilter;
     let (store, who) = crate::state::caller().await?;
     let goal = Goal::new(&store, &who);
     let mine = goal

@@ -40,7 +40,7 @@ pub async fn create_token(
         .filter(|t| who.can_read(&t.id))
         .ok_or_else(|| ValidationErrors::single("team", format!("no team named {team:?}")))?;
     let (info, token) =
-        keystone_control::auth::create_token(&store, &who, name.trim(), &team_obj.id, role, expires_at).await?;
+        keystone_control::users::create_token(&store, &who, name.trim(), &team_obj.id, role, expires_at).await?;
     tracing::info!(token = %info.name, team = %team, by = %who.display, "API token created.");
     Ok(token)
 }

@@ -2,7 +2,6 @@
 //! change declarations. It authorises, validates (including checks that need the database, inside
 //! the same transaction as the write), and records every change as a revision.
 
-use crate::approval_store::{NewRequest, RequestFilter};
 use crate::approvals::{
     approvals_needed, rewind_needs, route_operation_needs, ApprovalPolicy, ChangeRequest, ProposedChange,
     RequestAction, RequestState, POLICY_NAME,
@@ -14,6 +13,7 @@ use crate::filter_rules::check_filter;
 use crate::lineage::{cycle_through, feeds_with, Proposed};
 use crate::model::*;
 use crate::name::Name;
+use crate::store::approvals::{NewRequest, RequestFilter};
 use crate::store::{AppendError, AuditFilter, Store, StoreError, Write, WriteTx};
 use crate::validation::ValidationErrors;
 use serde_json::Value;
@@ -212,9 +212,9 @@ impl<'a> Goal<'a> {
         &self,
         tx: &mut WriteTx,
         own_team: &str,
-        settings: &BTreeMap<String, String>,
+        settings: &StreamSettings,
     ) -> Result<(), GoalError> {
-        let target = settings.get("stream").map(String::as_str).unwrap_or_default();
+        let target = settings.stream.as_str();
         let t = StreamRef::parse(target, own_team).map_err(|msg| ValidationErrors::single("settings.stream", msg))?;
         let missing = || ValidationErrors::single("settings.stream", format!("no stream named {target:?}"));
         let team =
@@ -309,7 +309,11 @@ impl<'a> Goal<'a> {
         let current = tx.get(kind, &team_id, name.as_str()).await?;
         match (&current, update) {
             (Some(_), None) => {
-                return Err(ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into())
+                return Err(ValidationErrors::single(
+                    "name",
+                    format!("a {kind} named {:?} already exists", name.as_str()),
+                )
+                .into())
             }
             (None, Some(_)) => return Err(GoalError::NotFound),
             (Some(c), Some(Some(expected))) if c.version != expected => {
@@ -363,7 +367,7 @@ impl<'a> Goal<'a> {
                     Some(p) if p.kind == input.kind => p.secrets.clone(),
                     _ => BTreeMap::new(),
                 };
-                input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
+                let typed = input.validate(&kept.keys().cloned().collect::<Vec<_>>())?;
                 // Settings are shown to every reader (with URL passwords masked): a password
                 // belongs in the secrets, and a masked one saved back from a form would replace
                 // the real one.
@@ -376,25 +380,23 @@ impl<'a> Goal<'a> {
                     )
                     .into());
                 }
-                let ambient = |s: &BTreeMap<String, String>| s.get("ambient_credentials").is_some_and(|v| v == "true");
-                let had_ambient = previous.as_ref().is_some_and(|p| ambient(&p.settings));
-                if ambient(&input.settings) && !had_ambient && self.who.role != Role::Admin {
+                let had_ambient = previous.as_ref().is_some_and(SinkSpec::ambient_credentials);
+                if typed.ambient_credentials() && !had_ambient && self.who.role != Role::Admin {
                     return Err(GoalError::Refused(
                         "only an admin may let a sink use the host's own cloud credentials (ambient_credentials)"
                             .into(),
                     ));
                 }
-                let destinations = crate::egress::sink_destinations(input.kind, &input.settings, &input.secrets);
+                let destinations = crate::egress::sink_destinations(&typed, &input.secrets);
                 crate::egress::check_destinations(self.store.egress(), &destinations).await.map_err(|e| {
                     ValidationErrors::single(crate::egress::destination_field(input.kind), e.to_string())
                 })?;
-                if input.kind == SinkKind::Stream {
-                    self.check_stream_target(&mut tx, &team_name, &input.settings).await?;
+                if let SinkSettings::Stream(s) = &typed {
+                    self.check_stream_target(&mut tx, &team_name, s).await?;
                 }
                 if current.is_some() {
-                    let target = (input.kind == SinkKind::Stream).then(|| input.settings.get("stream")).flatten();
-                    let change =
-                        Proposed::Sink { team: &team_name, name: name.as_str(), target: target.map(String::as_str) };
+                    let target = typed.stream_target();
+                    let change = Proposed::Sink { team: &team_name, name: name.as_str(), target };
                     let feeds = feeds_with(&mut tx, &change).await?;
                     let into = target.and_then(|t| StreamRef::parse(t, &team_name).ok());
                     let into = into.map(|r| format!("{}/{}", r.team, r.stream));
@@ -435,9 +437,7 @@ impl<'a> Goal<'a> {
                 let sink =
                     tx.get(Kind::Sink, &team_id, r.sink.as_str()).await?.and_then(|s| s.spec_as::<SinkSpec>().ok());
                 sink_tags = sink.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-                if let Some(target) =
-                    sink.and_then(|s| (s.kind == SinkKind::Stream).then(|| s.settings.get("stream").cloned()).flatten())
-                {
+                if let Some(target) = sink.as_ref().and_then(SinkSpec::stream_target) {
                     if StreamRef::parse(&target, &team_name)
                         .is_ok_and(|t| t.team == team_name && t.stream == r.stream.as_str())
                     {
@@ -679,11 +679,11 @@ impl<'a> Goal<'a> {
             Kind::Route | Kind::Policy => Vec::new(),
         };
         if !dependants.is_empty() {
-            return Err(ValidationErrors::single(
-                "name",
-                format!("{name:?} is still used by {}; remove those first", dependants.join(", ")),
-            )
-            .into());
+            // The request is fine; the object's state refuses it (409, not 422).
+            return Err(GoalError::Conflict(format!(
+                "{name:?} is still used by {}; remove those first",
+                dependants.join(", ")
+            )));
         }
         let parsed = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
         let change = ProposedChange { kind, op: Op::Delete, before: Some(&current.spec), after: None, sink_tags: &[] };
@@ -832,7 +832,7 @@ async fn append(tx: &mut WriteTx, w: Write<'_>, name: &Name) -> Result<Revision,
     let expected = w.expected_version;
     tx.append(w).await.map_err(|e| match e {
         AppendError::NameTaken => {
-            ValidationErrors::single("name", format!("a {kind} named {name:?} already exists")).into()
+            ValidationErrors::single("name", format!("a {kind} named {:?} already exists", name.as_str())).into()
         }
         AppendError::Stale { .. } => {
             GoalError::Conflict(format!("{kind} {name:?} changed after version {expected}; reload and retry"))

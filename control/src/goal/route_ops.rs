@@ -262,7 +262,7 @@ impl Goal<'_> {
     /// the route must be stopped, with no job held (`job_held`), or the request stays pending.
     pub(super) async fn approve_rewind(
         &self,
-        stored: &crate::approval_store::StoredRequest,
+        stored: &crate::store::approvals::StoredRequest,
         route: &Object,
         comment: &str,
         job_held: bool,

@@ -9,32 +9,6 @@ use std::fmt;
 #[cfg(feature = "store")]
 use utoipa::ToSchema;
 
-/// The wire names of a fieldless enum, written once (they match its serde names; a test checks):
-/// `ALL`, `as_str`, `parse` and `Display`.
-macro_rules! wire_names {
-    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name),+
-                }
-            }
-            pub fn parse(s: &str) -> Option<$ty> {
-                match s {
-                    $($name => Some($ty::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 mod jobs;
 mod records;
 mod sinks;
@@ -153,11 +127,14 @@ pub struct StreamSpec {
     #[serde(default)]
     pub description: String,
     /// Number of partitions of the stream's topic (1 to 256).
+    #[cfg_attr(feature = "store", schema(minimum = 1, maximum = 256))]
     pub partitions: u32,
     /// How long events are kept, in hours (1 to 8760).
+    #[cfg_attr(feature = "store", schema(minimum = 1, maximum = 8760))]
     pub retention_hours: u32,
     /// Optional cap on the size kept per partition, in bytes (at least 1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(minimum = 1048576))]
     pub retention_bytes: Option<u64>,
     /// Optional dotted path of the event field whose value keys the partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +146,7 @@ pub struct StreamSpec {
     /// Optional ingest quota: events per second (bursts of two seconds' worth); beyond it
     /// producers get 429 with Retry-After.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(minimum = 1, maximum = 10_000_000))]
     pub max_events_per_second: Option<u32>,
     /// Labels an approval policy can match (e.g. `critical`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -335,9 +313,11 @@ pub struct RouteSpec {
     pub projection: Projection,
     /// Most events per sink request (1 to 10000).
     #[serde(default = "default_batch_size")]
+    #[cfg_attr(feature = "store", schema(minimum = 1, maximum = 10_000))]
     pub batch_size: u32,
     /// Longest an event waits for its batch to fill, in milliseconds (1 to 600000).
     #[serde(default = "default_max_latency_ms")]
+    #[cfg_attr(feature = "store", schema(minimum = 1, maximum = 600_000))]
     pub max_latency_ms: u32,
     #[serde(default)]
     pub delivery_on_redeploy: Delivery,

@@ -2,7 +2,7 @@
 //! a file sink's NDJSON and Parquet files into a scratch topic the job then reads like a stream. (What may
 //! be backfilled, and the record of it, are the control plane's: `Goal::plan_backfill`.)
 
-use crate::ingest::Envelope;
+use crate::envelope::Envelope;
 use crate::log::{Log, LogError, NewRecord, Retention, StartAt};
 use crate::sinks::SinkEvent;
 use futures_util::TryStreamExt;
@@ -48,18 +48,18 @@ pub struct SinkFiles {
 }
 
 impl SinkFiles {
-    /// The files under `path` in the store of team `team`'s file sink with `settings` and
+    /// The files under `path` in the store of team `team`'s file sink with `bucket` and
     /// `secrets` (`sinks_root`: the local sinks folder, which holds a folder per team).
     pub fn of_sink(
         path: &str,
         team: &str,
-        settings: &BTreeMap<String, String>,
+        bucket: Option<&keystone_control::BucketSettings>,
         secrets: &BTreeMap<String, String>,
         sinks_root: &std::path::Path,
         egress: &keystone_control::egress::EgressPolicy,
     ) -> Result<SinkFiles, crate::sinks::ConfigError> {
         let local = crate::sinks::file::team_folder(sinks_root, team);
-        let store = crate::sinks::file::FileStore::of(settings, secrets, &local).open(egress)?;
+        let store = crate::sinks::file::FileStore::of(bucket, secrets, &local).open(egress)?;
         Ok(SinkFiles { store, prefix: path.to_owned() })
     }
 }

@@ -4,8 +4,24 @@ use super::*;
 
 /// Where checkpoints live (the source-of-truth database in production).
 pub trait CheckpointStore: Send + Sync + 'static {
-    fn load(&self, route_id: &str) -> impl Future<Output = Result<HashMap<u32, u64>, String>> + Send;
-    fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> impl Future<Output = Result<(), String>> + Send;
+    fn load(&self, route_id: &str) -> impl Future<Output = Result<HashMap<u32, u64>, CheckpointError>> + Send;
+    fn commit(
+        &self,
+        route_id: &str,
+        positions: &[(u32, u64)],
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+}
+
+/// Positions could not be loaded or committed; the cause is the store's own error (a database
+/// unreachable, a commit fenced off because another process took the job over).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct CheckpointError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl CheckpointError {
+    pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> CheckpointError {
+        CheckpointError(Box::new(cause))
+    }
 }
 
 /// Commits the acknowledged positions that moved since their last commit: of `partitions`, or of
@@ -17,7 +33,7 @@ pub(super) async fn commit_moved<C: CheckpointStore>(
     stats: &JobStats,
     partitions: Option<&[u32]>,
     mirror: Option<&std::sync::mpsc::Sender<Vec<(u32, u64)>>>,
-) -> Result<(), String> {
+) -> Result<(), CheckpointError> {
     let moved: Vec<(u32, u64)> = {
         let acked = stats.acked.lock().expect("stats lock");
         let committed = stats.committed.lock().expect("stats lock");

@@ -67,7 +67,7 @@ pub async fn replay<L: Log, S: crate::sinks::Sink>(
     let mut again: Vec<Value> = Vec::new();
     for (offset, letter) in &letters {
         out.next = offset + 1;
-        let Ok(envelope) = serde_json::from_value::<crate::ingest::Envelope>(letter["envelope"].clone()) else {
+        let Ok(envelope) = serde_json::from_value::<crate::envelope::Envelope>(letter["envelope"].clone()) else {
             again.push(letter.clone());
             continue;
         };

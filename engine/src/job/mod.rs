@@ -21,8 +21,8 @@ mod stats;
 pub mod supervisor;
 
 pub use crate::log::group::{AssignmentChange, Assignments};
-pub use checkpoint::CheckpointStore;
 use checkpoint::{checkpoint_loop, commit_moved};
+pub use checkpoint::{CheckpointError, CheckpointStore};
 pub(crate) use reader::transform_record;
 use reader::PartitionReader;
 pub use spec::{JobSpec, Transformed, Transforms, DEAD_LETTER_RETENTION, UNORDERED_IN_FLIGHT};
@@ -51,7 +51,10 @@ pub enum JobError {
     #[error("log: {0}")]
     Log(#[from] LogError),
     #[error("checkpoint store: {0}")]
-    Checkpoints(String),
+    Checkpoints(#[from] CheckpointError),
+    /// The checkpoint task ended without reporting (it panicked or was aborted).
+    #[error("checkpoint task: {0}")]
+    CheckpointTask(#[from] tokio::task::JoinError),
     #[error("the sink refused events and the dead-letter queue could not take them: {0}")]
     DeadLetter(LogError),
 }
@@ -149,7 +152,7 @@ pub async fn run_assigned<L: Log, S: Sink, C: CheckpointStore>(
     let running: Vec<u32> = members.running.keys().copied().collect();
     let closed = members.close(&running).await;
     stop_checkpointer.cancel();
-    let committed = checkpointer.await.unwrap_or_else(|e| Err(JobError::Checkpoints(e.to_string())));
+    let committed = checkpointer.await.unwrap_or_else(|e| Err(JobError::CheckpointTask(e)));
     result.and(closed).and(committed)
 }
 

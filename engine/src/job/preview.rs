@@ -2,7 +2,7 @@
 //! delivering anything, so users see what passes and what the sink would receive before saving.
 
 use super::{transform_record, Transformed, Transforms};
-use crate::ingest::Envelope;
+use crate::envelope::Envelope;
 use crate::log::{Log, LogError, StartAt};
 use keystone_control::PreviewRow;
 

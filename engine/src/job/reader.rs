@@ -2,6 +2,7 @@
 //! them (with retries and dead letters) and moves the partition's acknowledged position.
 
 use super::*;
+use crate::envelope::Routable;
 
 pub(super) struct PartitionReader<L, S> {
     pub(super) spec: Arc<JobSpec>,
@@ -58,26 +59,6 @@ pub(crate) fn transform_record<'r>(
     Ok((transforms.transform(payload), Routable { id, ingested_at, key, payload: () }))
 }
 
-/// What a job reads of a record's envelope, in one pass over it: the payload as far as the
-/// route reads it (`P`: a tree, or fields as sent), the stream and headers skipped, not copied,
-/// and the id and key borrowed from the record until an event is delivered.
-pub(crate) struct Routable<'r, P> {
-    id: Cow<'r, str>,
-    ingested_at: i64,
-    key: Option<Cow<'r, str>>,
-    payload: P,
-}
-
-impl<'r, P> Routable<'r, P> {
-    /// Reads the envelope, the payload with `payload`.
-    fn parse<S: DeserializeSeed<'r, Value = P>>(record: &'r [u8], payload: S) -> serde_json::Result<Self> {
-        let mut de = serde_json::Deserializer::from_slice(record);
-        let envelope = EnvelopeSeed(payload).deserialize(&mut de)?;
-        de.end()?;
-        Ok(envelope)
-    }
-}
-
 /// The payload as a tree: only the named top-level fields, when given.
 struct Tree<'f>(Option<&'f [String]>);
 
@@ -89,51 +70,6 @@ impl<'de> DeserializeSeed<'de> for Tree<'_> {
             Some(fields) => crate::transforms::Fields(fields).deserialize(d),
             None => serde::Deserialize::deserialize(d),
         }
-    }
-}
-
-struct EnvelopeSeed<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for EnvelopeSeed<S> {
-    type Value = Routable<'de, S::Value>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de>> serde::de::Visitor<'de> for EnvelopeSeed<S> {
-    type Value = Routable<'de, S::Value>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a Keystone envelope")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        use crate::transforms::Key;
-        use serde::de::Error;
-        let (mut id, mut ingested_at, mut key, mut payload) = (None, None, None, None);
-        let mut seed = Some(self.0);
-        while let Some(Key(field)) = map.next_key()? {
-            match field.as_ref() {
-                "id" => id = Some(map.next_value::<Key>()?.0),
-                "ingested_at" => ingested_at = Some(map.next_value::<i64>()?),
-                "key" => key = map.next_value::<Option<Key>>()?.map(|k| k.0),
-                "payload" => match seed.take() {
-                    Some(seed) => payload = Some(map.next_value_seed(seed)?),
-                    None => return Err(A::Error::duplicate_field("payload")),
-                },
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Routable {
-            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
-            ingested_at: ingested_at.ok_or_else(|| A::Error::missing_field("ingested_at"))?,
-            key,
-            payload: payload.ok_or_else(|| A::Error::missing_field("payload"))?,
-        })
     }
 }
 

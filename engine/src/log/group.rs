@@ -23,7 +23,7 @@
 //! as the group's offsets (for the partitions it holds), so Kafka's own tools show each route's
 //! progress and lag.
 
-use super::kafka::KafkaConfig;
+use super::kafka_config::KafkaConfig;
 use super::LogError;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod embedded;
 pub mod group;
 pub mod kafka;
+mod kafka_config;
 mod recovery;
 pub mod storage;
 pub mod topic_config;

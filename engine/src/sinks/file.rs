@@ -14,9 +14,9 @@
 //! Redelivery is idempotent for a repeated batch: the file name is derived from the partition and
 //! the offsets it holds, so the same batch overwrites the same file.
 
-use super::{required, ConfigError, Rolling, Sink, SinkError, SinkEvent};
+use super::{ConfigError, Rolling, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
-use keystone_control::{FileFormat, SinkErrorKind};
+use keystone_control::{BucketSettings, FileFormat, FileSettings, SinkErrorKind};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::Value;
@@ -60,33 +60,21 @@ const DEFAULT_ROLL_SECONDS: u64 = 300;
 impl FileSinkConfig {
     /// `settings.path` is relative to the team's folder `<data_dir>/sinks/<team>`, or the key
     /// prefix in the bucket of `settings.store_url` (validated at declaration).
-    pub fn from_spec(
-        settings: &BTreeMap<String, String>,
+    pub fn new(
+        settings: &FileSettings,
         secrets: &BTreeMap<String, String>,
         data_dir: &Path,
         team: &str,
-    ) -> Result<FileSinkConfig, ConfigError> {
-        let path = required(settings, "settings", "path")?;
-        if !keystone_control::is_relative_path(path) {
-            return Err(ConfigError::new("settings.path", "must be a relative path without '..'"));
-        }
-        let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
-        let format = FileFormat::parse(settings.get("format").map(String::as_str))
-            .ok_or_else(|| ConfigError::new("settings.format", "must be ndjson or parquet"))?;
-        let number = |k: &str| -> Result<Option<u64>, ConfigError> {
-            get(k)
-                .map(|v| v.parse().map_err(|_| ConfigError::new(format!("settings.{k}"), "must be a whole number")))
-                .transpose()
-        };
-        let rolling = match (number("roll_bytes")?, number("roll_seconds")?) {
+    ) -> FileSinkConfig {
+        let rolling = match (settings.roll_bytes, settings.roll_seconds) {
             (None, None) => None,
             (bytes, seconds) => Some(Rolling {
                 max_bytes: bytes.map_or(DEFAULT_ROLL_BYTES, |b| b as usize),
-                max_age: Duration::from_secs(seconds.unwrap_or(DEFAULT_ROLL_SECONDS)),
+                max_age: Duration::from_secs(seconds.map_or(DEFAULT_ROLL_SECONDS, u64::from)),
             }),
         };
-        let store = FileStore::of(settings, secrets, &team_folder(&data_dir.join("sinks"), team));
-        Ok(FileSinkConfig { store, prefix: path.to_owned(), format, rolling })
+        let store = FileStore::of(settings.bucket.as_ref(), secrets, &team_folder(&data_dir.join("sinks"), team));
+        FileSinkConfig { store, prefix: settings.path.clone(), format: settings.format, rolling }
     }
 }
 
@@ -97,19 +85,18 @@ pub fn team_folder(sinks_root: &Path, team: &str) -> PathBuf {
 }
 
 impl FileStore {
-    /// The store of a file sink's settings and secrets: its bucket (`store_url`), or the local
+    /// The store of a file sink: its bucket and the secrets that sign for it, or the local
     /// folder `local_root` (the sink's team's folder, [`team_folder`]).
-    pub fn of(settings: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, local_root: &Path) -> FileStore {
-        let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
-        match get("store_url") {
+    pub fn of(bucket: Option<&BucketSettings>, secrets: &BTreeMap<String, String>, local_root: &Path) -> FileStore {
+        match bucket {
             None => FileStore::Local(local_root.to_owned()),
-            Some(url) => FileStore::S3 {
-                url,
-                endpoint: get("endpoint"),
-                region: get("region"),
+            Some(b) => FileStore::S3 {
+                url: b.url.clone(),
+                endpoint: b.endpoint.clone(),
+                region: b.region.clone(),
                 access_key_id: secrets.get("access_key_id").cloned(),
                 secret_access_key: secrets.get("secret_access_key").cloned(),
-                ambient_credentials: get("ambient_credentials").is_some_and(|v| v == "true"),
+                ambient_credentials: b.ambient_credentials,
             },
         }
     }
@@ -259,6 +246,7 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keystone_control::{SinkKind, SinkSettings};
 
     #[test]
     fn folders_follow_the_hive_layout_in_utc() {
@@ -269,7 +257,8 @@ mod tests {
 
     fn config(settings: &[(&str, &str)]) -> Result<FileSinkConfig, ConfigError> {
         let s = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        FileSinkConfig::from_spec(&s, &BTreeMap::new(), Path::new("/data"), "ads")
+        let SinkSettings::File(typed) = SinkSettings::parse(SinkKind::File, &s)? else { unreachable!() };
+        Ok(FileSinkConfig::new(&typed, &BTreeMap::new(), Path::new("/data"), "ads"))
     }
 
     #[test]
@@ -300,7 +289,7 @@ mod tests {
         let local = EgressPolicy::new(&["127.0.0.1".into()], &[], false).unwrap();
         assert!(c.store.open(&local).is_ok());
         assert_eq!(c.store.open(&EgressPolicy::default()).unwrap_err().field, "settings.endpoint", "loopback refused");
-        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap().store.open(&local).unwrap_err();
+        let bad = config(&[("path", "p"), ("store_url", "ftp://x")]).unwrap_err();
         assert_eq!(bad.field, "settings.store_url");
     }
 }

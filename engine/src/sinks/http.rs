@@ -8,20 +8,15 @@
 //!   a 429 item makes the batch transient (retried whole, harmless thanks to `_id`), any other
 //!   failed item is refused with the server's reason.
 
-use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use super::{ConfigError, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
-use keystone_control::SinkErrorKind;
+pub use keystone_control::HttpFormat;
+use keystone_control::{HttpSettings, SinkErrorKind};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpFormat {
-    Json,
-    Bulk { index: String },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSinkConfig {
@@ -33,28 +28,13 @@ pub struct HttpSinkConfig {
 }
 
 impl HttpSinkConfig {
-    pub fn from_spec(
-        settings: &BTreeMap<String, String>,
-        secrets: &BTreeMap<String, String>,
-    ) -> Result<HttpSinkConfig, ConfigError> {
-        let url = required(settings, "settings", "url")?.to_owned();
-        let timeout_ms = match settings.get("timeout_ms") {
-            None => 10_000,
-            Some(t) => {
-                t.parse::<u64>().map_err(|_| ConfigError::new("settings.timeout_ms", "must be a whole number"))?
-            }
-        };
-        let format = match settings.get("format").map(String::as_str) {
-            None | Some("json") => HttpFormat::Json,
-            Some("bulk") => HttpFormat::Bulk { index: required(settings, "settings", "index")?.to_owned() },
-            Some(_) => return Err(ConfigError::new("settings.format", "must be json or bulk")),
-        };
-        Ok(HttpSinkConfig {
-            url,
-            timeout: Duration::from_millis(timeout_ms),
+    pub fn new(settings: &HttpSettings, secrets: &BTreeMap<String, String>) -> HttpSinkConfig {
+        HttpSinkConfig {
+            url: settings.url.clone(),
+            timeout: Duration::from_millis(settings.timeout_ms.into()),
             authorization: secrets.get("authorization").filter(|a| !a.is_empty()).cloned(),
-            format,
-        })
+            format: settings.format.clone(),
+        }
     }
 }
 

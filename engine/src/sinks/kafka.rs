@@ -10,9 +10,9 @@
 //! `ingested_at`, `key`, `event`); the header `keystone-event-id` holds the id. An event the
 //! cluster refuses for good (larger than the topic allows) is refused alone and dead-lettered.
 
-use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use super::{ConfigError, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
-use keystone_control::SinkErrorKind;
+use keystone_control::{KafkaSettings, SinkErrorKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -31,30 +31,24 @@ pub struct KafkaSinkConfig {
 }
 
 impl KafkaSinkConfig {
-    pub fn from_spec(
-        settings: &BTreeMap<String, String>,
-        secrets: &BTreeMap<String, String>,
-    ) -> Result<KafkaSinkConfig, ConfigError> {
-        let get = |k: &str| settings.get(k).filter(|v| !v.trim().is_empty()).cloned();
-        let mut security = BTreeMap::new();
-        for (setting, property) in [
-            ("security_protocol", "security.protocol"),
-            ("sasl_mechanism", "sasl.mechanisms"),
-            ("sasl_username", "sasl.username"),
-        ] {
-            if let Some(v) = get(setting) {
-                security.insert(property.to_owned(), v);
+    pub fn new(settings: &KafkaSettings, secrets: &BTreeMap<String, String>) -> KafkaSinkConfig {
+        let mut security = BTreeMap::from([("security.protocol".to_owned(), settings.security_protocol.clone())]);
+        for (property, value) in
+            [("sasl.mechanisms", &settings.sasl_mechanism), ("sasl.username", &settings.sasl_username)]
+        {
+            if let Some(v) = value {
+                security.insert(property.to_owned(), v.clone());
             }
         }
         if let Some(p) = secrets.get("sasl_password").filter(|v| !v.is_empty()) {
             security.insert("sasl.password".to_owned(), p.clone());
         }
-        Ok(KafkaSinkConfig {
-            brokers: required(settings, "settings", "brokers")?.to_owned(),
-            topic: required(settings, "settings", "topic")?.to_owned(),
+        KafkaSinkConfig {
+            brokers: settings.brokers.clone(),
+            topic: settings.topic.clone(),
             security,
             timeout: Duration::from_secs(30),
-        })
+        }
     }
 }
 

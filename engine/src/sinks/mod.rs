@@ -17,7 +17,7 @@ pub mod postgres;
 pub mod stream;
 
 use keystone_control::egress::EgressPolicy;
-use keystone_control::{SinkErrorKind, SinkKind, SinkSpec};
+use keystone_control::{SinkErrorKind, SinkSettings, SinkSpec, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -132,12 +132,24 @@ impl ConfigError {
     }
 }
 
-/// Reads a required entry of a settings or secrets map.
-fn required<'a>(map: &'a BTreeMap<String, String>, prefix: &str, key: &str) -> Result<&'a str, ConfigError> {
-    map.get(key)
+/// A declaration the typed settings refuse: its first problem (the declaration was validated
+/// whole when it was made; this is a stored one the rules grew stricter for).
+impl From<ValidationErrors> for ConfigError {
+    fn from(e: ValidationErrors) -> ConfigError {
+        match e.0.into_iter().next() {
+            Some(f) => ConfigError::new(f.field, f.message),
+            None => ConfigError::new("settings", "is invalid"),
+        }
+    }
+}
+
+/// Reads a required secret.
+fn required_secret<'a>(secrets: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, ConfigError> {
+    secrets
+        .get(key)
         .map(String::as_str)
         .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| ConfigError::new(format!("{prefix}.{key}"), "is required"))
+        .ok_or_else(|| ConfigError::new(format!("secrets.{key}"), "is required"))
 }
 
 /// Any declared sink, dispatched without boxing.
@@ -161,24 +173,18 @@ impl AnySink {
         egress: &Arc<EgressPolicy>,
         target_topic: Option<&str>,
     ) -> Result<AnySink, ConfigError> {
-        Ok(match spec.kind {
-            SinkKind::File => AnySink::File(FileSink::new(
-                FileSinkConfig::from_spec(&spec.settings, secrets, data_dir, team)?,
-                egress,
-            )?),
-            SinkKind::Http => {
-                AnySink::Http(HttpSink::new(HttpSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
+        Ok(match spec.typed()? {
+            SinkSettings::File(s) => {
+                AnySink::File(FileSink::new(FileSinkConfig::new(&s, secrets, data_dir, team), egress)?)
             }
-            SinkKind::Postgres => {
-                AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
+            SinkSettings::Http(s) => AnySink::Http(HttpSink::new(HttpSinkConfig::new(&s, secrets), egress)?),
+            SinkSettings::Postgres(s) => {
+                AnySink::Postgres(PostgresSink::new(PostgresSinkConfig::new(&s, secrets)?, egress)?)
             }
-            SinkKind::Stream => {
-                let config = StreamSinkConfig::from_spec(&spec.settings, team)?;
-                AnySink::Stream(StreamSink::new(config, target_topic, log.clone()))
+            SinkSettings::Stream(s) => {
+                AnySink::Stream(StreamSink::new(StreamSinkConfig::new(&s, team)?, target_topic, log.clone()))
             }
-            SinkKind::Kafka => {
-                AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_spec(&spec.settings, secrets)?, egress)?)
-            }
+            SinkSettings::Kafka(s) => AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::new(&s, secrets), egress)?),
         })
     }
 }

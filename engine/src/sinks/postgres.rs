@@ -10,9 +10,9 @@
 //! row by row and only the rows PostgreSQL refuses go to the dead-letter queue. Everything else
 //! (connection lost, table missing, permissions) is transient: the job retries and shows the error.
 
-use super::{required, ConfigError, Sink, SinkError, SinkEvent};
+use super::{required_secret, ConfigError, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
-use keystone_control::SinkErrorKind;
+use keystone_control::{PostgresSettings, SinkErrorKind};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -28,17 +28,11 @@ pub struct PostgresSinkConfig {
 }
 
 impl PostgresSinkConfig {
-    pub fn from_spec(
-        settings: &BTreeMap<String, String>,
+    pub fn new(
+        settings: &PostgresSettings,
         secrets: &BTreeMap<String, String>,
     ) -> Result<PostgresSinkConfig, ConfigError> {
-        let table = required(settings, "settings", "table")?;
-        let valid = table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(ConfigError::new("settings.table", "must be a lowercase SQL identifier"));
-        }
-        Ok(PostgresSinkConfig { url: required(secrets, "secrets", "url")?.to_owned(), table: table.to_owned() })
+        Ok(PostgresSinkConfig { url: required_secret(secrets, "url")?.to_owned(), table: settings.table.clone() })
     }
 }
 

@@ -5,9 +5,10 @@
 //! downstream routes may see an id twice (at-least-once), which idempotent sinks absorb.
 
 use super::{ConfigError, Sink, SinkError, SinkEvent};
-use crate::ingest::{partition_for_key, SentEnvelope};
+use crate::envelope::SentEnvelope;
+use crate::ingest::partition_for_key;
 use crate::log::{Log, LogError, NewRecord};
-use keystone_control::{stream_topic, SinkErrorKind, StreamRef};
+use keystone_control::{stream_topic, SinkErrorKind, StreamRef, StreamSettings};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -41,9 +42,8 @@ pub struct StreamSinkConfig {
 
 impl StreamSinkConfig {
     /// `team` is the sink's own team, the default of a bare stream name.
-    pub fn from_spec(settings: &BTreeMap<String, String>, team: &str) -> Result<StreamSinkConfig, ConfigError> {
-        let target = super::required(settings, "settings", "stream")?;
-        let target = StreamRef::parse(target, team).map_err(|m| ConfigError::new("settings.stream", m))?;
+    pub fn new(settings: &StreamSettings, team: &str) -> Result<StreamSinkConfig, ConfigError> {
+        let target = settings.target(team).map_err(|m| ConfigError::new("settings.stream", m))?;
         Ok(StreamSinkConfig { target })
     }
 }

@@ -1,6 +1,7 @@
 //! Where jobs keep their positions and report their phases: the source-of-truth database.
 
 use super::*;
+use keystone_engine::job::CheckpointError;
 
 /// Where a job's positions are kept: the route's checkpoints, or a backfill's own (so the
 /// route's position in its stream stays where it was).
@@ -10,20 +11,20 @@ pub(super) enum JobCheckpoints {
 }
 
 impl CheckpointStore for JobCheckpoints {
-    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, CheckpointError> {
         match self {
             JobCheckpoints::Route(c) => c.load(route_id).await,
             JobCheckpoints::Backfill { store, id, .. } => {
-                Ok(store.backfill_positions(id).await.map_err(|e| e.to_string())?.into_iter().collect())
+                Ok(store.backfill_positions(id).await.map_err(CheckpointError::new)?.into_iter().collect())
             }
         }
     }
 
-    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), CheckpointError> {
         match self {
             JobCheckpoints::Route(c) => c.commit(route_id, positions).await,
             JobCheckpoints::Backfill { store, id, lease } => {
-                store.commit_backfill_positions(id, positions, lease.as_ref()).await.map_err(|e| e.to_string())
+                store.commit_backfill_positions(id, positions, lease.as_ref()).await.map_err(CheckpointError::new)
             }
         }
     }
@@ -46,14 +47,14 @@ impl StoreCheckpoints {
 }
 
 impl CheckpointStore for StoreCheckpoints {
-    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, String> {
-        let saved = self.store.checkpoints(route_id).await.map_err(|e| e.to_string())?;
+    async fn load(&self, route_id: &str) -> Result<HashMap<u32, u64>, CheckpointError> {
+        let saved = self.store.checkpoints(route_id).await.map_err(CheckpointError::new)?;
         Ok(saved.into_iter().map(|c| (c.partition, c.next_offset)).collect())
     }
 
-    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), String> {
+    async fn commit(&self, route_id: &str, positions: &[(u32, u64)]) -> Result<(), CheckpointError> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.store.commit_checkpoints(route_id, positions, self.lease.as_ref()).await.map_err(|e| e.to_string())?;
+        self.store.commit_checkpoints(route_id, positions, self.lease.as_ref()).await.map_err(CheckpointError::new)?;
         let now = keystone_control::store::now_ms();
         let last = self.last_snapshot.load(Relaxed);
         if now - last >= keystone_control::rewind::CHECKPOINT_HISTORY_EVERY_MS {

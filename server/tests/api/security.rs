@@ -676,12 +676,13 @@ async fn an_expired_token_does_nothing() {
     let team = team_id(&app, "alpha").await;
     let past = keystone_control::store::now_ms() - 1;
     let refused =
-        keystone_control::auth::create_token(&app.store, &alice, "old", &team, Role::Viewer, Some(past)).await;
+        keystone_control::users::create_token(&app.store, &alice, "old", &team, Role::Viewer, Some(past)).await;
     assert!(refused.is_err(), "an expiry in the past is refused");
     let soon = keystone_control::store::now_ms() + 400;
-    let (_, token) = keystone_control::auth::create_token(&app.store, &alice, "brief", &team, Role::Viewer, Some(soon))
-        .await
-        .unwrap();
+    let (_, token) =
+        keystone_control::users::create_token(&app.store, &alice, "brief", &team, Role::Viewer, Some(soon))
+            .await
+            .unwrap();
     assert_eq!(app.get(&token, "/api/v1/teams/alpha/streams").await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.get(&token, "/api/v1/teams/alpha/streams").await.0, StatusCode::UNAUTHORIZED);
@@ -766,7 +767,7 @@ async fn roles_are_per_team_and_a_deleted_user_loses_everything_at_once() {
     let (alpha, beta) = (team_id(&app, "alpha").await, team_id(&app, "beta").await);
     let token = |team: String, role| {
         let (store, who) = (app.store.clone(), mixed.clone());
-        async move { keystone_control::auth::create_token(&store, &who, "mixed-bot", &team, role, None).await }
+        async move { keystone_control::users::create_token(&store, &who, "mixed-bot", &team, role, None).await }
     };
     assert!(token(beta.clone(), Role::Editor).await.is_err(), "no more than a viewer on beta");
     let beta_token = token(beta, Role::Viewer).await.unwrap().1;

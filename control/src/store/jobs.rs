@@ -4,6 +4,7 @@
 
 use crate::model::{CheckpointInfo, JobPhase, JobRecord, JobTransition};
 use crate::store::{now_ms, Scope, Store, StoreError, WriteTx};
+use crate::workers::combined_phase;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -22,20 +23,6 @@ pub struct PhaseChange<'a> {
     /// The worker reporting the phase of its part of a job shared by several (`None`: the
     /// reporter runs the whole job, or is the control plane).
     pub reporter: Option<&'a str>,
-}
-
-/// A shared job's phase from its live parts' phases and errors: the worst part speaks for the
-/// job (one part failing makes the job failing), with its error. `None` for no parts.
-pub fn combined_phase(parts: &[(JobPhase, Option<String>)]) -> Option<(JobPhase, Option<String>)> {
-    let severity = |p: JobPhase| match p {
-        JobPhase::Stopped => 0,
-        JobPhase::Paused => 1,
-        JobPhase::Running => 2,
-        JobPhase::Starting => 3,
-        JobPhase::Failing => 4,
-        JobPhase::Failed => 5,
-    };
-    parts.iter().max_by_key(|(p, _)| severity(*p)).cloned()
 }
 
 const JOB_SELECT: &str = "SELECT j.route_id, t.name AS team_name, o.name AS route_name, j.version, j.phase, \
@@ -104,7 +91,7 @@ impl Store {
     /// Records a job's phase. A transition row is written only when the phase or version
     /// changes, so a job reporting "running" again does not flood the history. A worker's report
     /// of its part of a shared job is kept as that part's phase, and the job's phase is then the
-    /// worst of the live workers' parts (see [`combined_phase`]).
+    /// worst of the live workers' parts (see [`combined_phase`](crate::workers::combined_phase)).
     pub async fn record_phase(&self, c: PhaseChange<'_>) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         // Workers report their parts of one job at the same moments (a new version starts on all
@@ -316,7 +303,7 @@ impl Store {
         &self,
         route_id: &str,
         positions: &[(u32, u64)],
-        lease: Option<&crate::lease_store::Lease>,
+        lease: Option<&crate::store::lease::Lease>,
     ) -> Result<(), StoreError> {
         if positions.is_empty() {
             return Ok(());
@@ -422,24 +409,4 @@ async fn record_transition(
         .execute(tx.conn())
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_worst_part_speaks_for_a_shared_job() {
-        let part = |p: JobPhase, e: Option<&str>| (p, e.map(str::to_owned));
-        let parts =
-            [part(JobPhase::Running, None), part(JobPhase::Failing, Some("down")), part(JobPhase::Starting, None)];
-        assert_eq!(combined_phase(&parts), Some(part(JobPhase::Failing, Some("down"))));
-        let parts = [part(JobPhase::Running, None), part(JobPhase::Starting, None), part(JobPhase::Paused, None)];
-        assert_eq!(combined_phase(&parts).unwrap().0, JobPhase::Starting);
-        assert_eq!(
-            combined_phase(&[part(JobPhase::Failed, Some("x")), part(JobPhase::Failing, Some("y"))]).unwrap().0,
-            JobPhase::Failed
-        );
-        assert_eq!(combined_phase(&[]), None);
-    }
 }

@@ -1,14 +1,14 @@
 //! Console overrides of route configuration in the store, and the goal-state service's
 //! operations on them (see `config` for the layering).
 
-use crate::approval_store::StoredRequest;
 use crate::approvals::{RequestAction, RequestState};
 use crate::config::{check_value, effective, ConfigEntry, ConfigOverride};
-use crate::deployment_store::NewDeployment;
 use crate::deployments::ConfigChange;
 use crate::diff::Change;
 use crate::goal::{Goal, GoalError, HeldOperation};
 use crate::model::{DesiredState, Object, RouteSpec};
+use crate::store::approvals::StoredRequest;
+use crate::store::deployments::NewDeployment;
 use crate::store::{now_ms, Store, StoreError, WriteTx};
 use serde_json::Value;
 use sqlx::Row;

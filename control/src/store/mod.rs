@@ -4,6 +4,17 @@
 //! Revisions are append-only (triggers refuse UPDATE and DELETE); `objects` indexes each
 //! object's head version and is written in the same transaction as the revision it points at.
 
+// Persistence, one file per table group; every query goes through `Store` (or a `WriteTx`).
+pub mod account_events;
+pub mod alerts;
+pub mod approvals;
+pub mod config;
+pub mod deployments;
+pub mod jobs;
+pub mod lease;
+pub mod operations;
+pub mod samples;
+
 use crate::model::{Kind, Object, Op, Revision};
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
