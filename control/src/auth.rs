@@ -10,7 +10,6 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 /// A team a principal belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +127,8 @@ fn dummy_hash() -> &'static str {
 /// Checks a username and password. `None` for any failure, without saying which part was wrong.
 /// The argon2 work runs on the blocking pool so it never stalls the async workers.
 pub async fn authenticate(store: &Store, username: &str, password: &str) -> Result<Option<Principal>, StoreError> {
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(store.pool())
-        .await?;
-    let (id, phc) = match &row {
-        Some(r) => (Some(r.try_get::<String, _>("id")?), r.try_get::<String, _>("password_hash")?),
+    let (id, phc) = match store.password_of(username).await? {
+        Some((id, phc)) => (Some(id), phc),
         None => (None, dummy_hash().to_owned()),
     };
     let pw = password.to_owned();
@@ -147,43 +142,8 @@ pub async fn authenticate(store: &Store, username: &str, password: &str) -> Resu
 /// Loads a user's role and teams (fresh on every request, so a role change, a removal from a team
 /// or a disabled account applies at once); `None` for a disabled user.
 pub async fn principal_for_user(store: &Store, user_id: &str) -> Result<Option<Principal>, StoreError> {
-    let Some(row) = sqlx::query("SELECT username, role FROM users WHERE id = $1 AND disabled_at IS NULL")
-        .bind(user_id)
-        .fetch_optional(store.pool())
-        .await?
-    else {
-        return Ok(None);
-    };
-    let role: String = row.try_get("role")?;
-    Ok(Some(Principal {
-        user_id: user_id.to_owned(),
-        display: row.try_get("username")?,
-        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-        teams: teams_of(store, user_id).await?,
-    }))
-}
-
-pub(crate) async fn teams_of(store: &Store, user_id: &str) -> Result<Vec<TeamRef>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT o.id, o.name, m.role FROM memberships m JOIN objects o ON o.id = m.team_id \
-         WHERE m.user_id = $1 AND o.deleted = 0 ORDER BY o.name",
-    )
-    .bind(user_id)
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(TeamRef {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                role: r.try_get::<Option<String>, _>("role")?.map(|s| parse_role(&s)).transpose()?,
-            })
-        })
-        .collect()
-}
-
-fn parse_role(role: &str) -> Result<Role, StoreError> {
-    Role::parse(role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))
+    let Some((display, role)) = store.active_user(user_id).await? else { return Ok(None) };
+    Ok(Some(Principal { user_id: user_id.to_owned(), display, role, teams: store.user_teams(user_id).await? }))
 }
 
 /// Prefix of every API token, so leaked tokens are easy to recognise in scanners.
@@ -211,50 +171,17 @@ pub(crate) fn mint(kind_prefix: &str) -> Minted {
 
 /// Tokens the principal may see: their teams' (all for admins).
 pub async fn list_tokens(store: &Store, who: &Principal) -> Result<Vec<TokenInfo>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT k.id, k.name, k.role, k.prefix, k.created_at, k.revoked_at, k.expires_at, k.team_id, o.name AS team \
-         FROM api_tokens k JOIN objects o ON o.id = k.team_id ORDER BY o.name, k.name",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let mut out = Vec::new();
-    for r in rows {
-        let team_id: String = r.try_get("team_id")?;
-        if !who.can_read(&team_id) {
-            continue;
-        }
-        let role: String = r.try_get("role")?;
-        out.push(TokenInfo {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            team: r.try_get("team")?,
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-            prefix: r.try_get("prefix")?,
-            created_at: r.try_get("created_at")?,
-            revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-            expires_at: r.try_get("expires_at")?,
-            expired: r.try_get::<Option<i64>, _>("expires_at")?.is_some_and(|at| at <= now_ms()),
-        });
-    }
-    Ok(out)
+    let all = store.all_tokens().await?;
+    Ok(all.into_iter().filter(|(team_id, _)| who.can_read(team_id)).map(|(_, t)| t).collect())
 }
 
 /// Revokes a token the principal may write to. Returns false when there is no such token.
 pub async fn revoke_token(store: &Store, who: &Principal, token_id: &str) -> Result<bool, StoreError> {
-    let Some(row) =
-        sqlx::query("SELECT team_id FROM api_tokens WHERE id = $1").bind(token_id).fetch_optional(store.pool()).await?
-    else {
-        return Ok(false);
-    };
-    let team_id: String = row.try_get("team_id")?;
+    let Some(team_id) = store.token_team(token_id).await? else { return Ok(false) };
     if !who.can_write(Kind::Stream, &team_id) {
         return Ok(false);
     }
-    sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-        .bind(now_ms())
-        .bind(token_id)
-        .execute(store.pool())
-        .await?;
+    store.revoke_token_now(token_id).await?;
     store.record_account_event(&who.display, token_id, "API token revoked", "").await;
     Ok(true)
 }
@@ -278,39 +205,14 @@ pub async fn principal_for_token(store: &Store, token: &str) -> Result<Option<Pr
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
-    let row = sqlx::query(
-        "SELECT k.name, k.role, k.team_id, k.created_by, o.name AS team, u.role AS creator_role, \
-         m.user_id AS creator_member, m.role AS creator_team_role \
-         FROM api_tokens k \
-         JOIN objects o ON o.id = k.team_id AND o.deleted = 0 \
-         LEFT JOIN users u ON u.id = k.created_by AND u.disabled_at IS NULL \
-         LEFT JOIN memberships m ON m.user_id = k.created_by AND m.team_id = k.team_id \
-         WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
-    )
-    .bind(token_hash(token))
-    .bind(now_ms())
-    .fetch_optional(store.pool())
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let own = parse_role(&r.try_get::<String, _>("role")?)?;
-    let creator = r.try_get::<Option<String>, _>("creator_role")?.map(|s| parse_role(&s)).transpose()?;
-    let on_team = match r.try_get::<Option<String>, _>("creator_member")? {
-        None => None,
-        Some(_) => Some(r.try_get::<Option<String>, _>("creator_team_role")?.map(|s| parse_role(&s)).transpose()?),
-    };
-    let Some(role) = token_role(own, creator, on_team) else { return Ok(None) };
-    let name: String = r.try_get("name")?;
+    let Some(t) = store.token_by_hash(&token_hash(token)).await? else { return Ok(None) };
+    let Some(role) = token_role(t.role, t.creator_role, t.creator_on_team) else { return Ok(None) };
     Ok(Some(Principal {
-        user_id: r.try_get("created_by")?,
-        display: format!("token:{name}"),
+        user_id: t.created_by,
+        display: format!("token:{}", t.name),
         role,
-        teams: vec![TeamRef { id: r.try_get("team_id")?, name: r.try_get("team")?, role: None }],
+        teams: vec![TeamRef { id: t.team_id, name: t.team, role: None }],
     }))
-}
-
-/// Number of users, to know whether the first admin still has to be created.
-pub async fn user_count(store: &Store) -> Result<i64, StoreError> {
-    Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(store.pool()).await?.try_get("n")?)
 }
 
 /// Throttles sign-in attempts: after too many failures in a sliding window, further attempts for
@@ -370,47 +272,19 @@ impl LoginLimiter {
         let now = now_ms();
         let window = self.window.as_millis() as i64;
         let (user_key, address_key) = (format!("u:{account}"), format!("a:{address}"));
-        let mut tx = store.write().await?;
-        if store.backend() == crate::store::Backend::Postgres {
-            // Servers sharing the database count one at a time (SQLite has one writer anyway).
-            sqlx::query("SELECT pg_advisory_xact_lock(7274010001)").execute(tx.conn()).await?;
-        }
-        sqlx::query("DELETE FROM sign_in_attempts WHERE at <= $1").bind(now - window).execute(tx.conn()).await?;
-        let mut load = Vec::new();
-        for key in [&user_key, &address_key] {
-            let rows =
-                sqlx::query("SELECT at FROM sign_in_attempts WHERE key = $1").bind(key).fetch_all(tx.conn()).await?;
-            load.push(rows.iter().map(|r| r.try_get::<i64, _>("at")).collect::<Result<Vec<i64>, _>>()?);
-        }
         let limits = (self.max_per_account, self.max_per_address);
-        if let Some(wait) = wait_ms(&load[0], &load[1], limits, window, now) {
-            tx.commit().await?;
-            return Ok(Err(std::time::Duration::from_millis(wait as u64)));
-        }
-        let mut ids = Vec::new();
-        for key in [&user_key, &address_key] {
-            let row = sqlx::query("INSERT INTO sign_in_attempts (key, at) VALUES ($1, $2) RETURNING id")
-                .bind(key)
-                .bind(now)
-                .fetch_one(tx.conn())
-                .await?;
-            ids.push(row.try_get::<i64, _>("id")?);
-        }
-        tx.commit().await?;
-        Ok(Ok(Attempt(ids[1])))
+        let counted = store
+            .count_sign_in([&user_key, &address_key], now, window, |account, address| {
+                wait_ms(account, address, limits, window, now)
+            })
+            .await?;
+        Ok(counted.map(Attempt).map_err(|wait| std::time::Duration::from_millis(wait as u64)))
     }
 
     /// A successful sign-in clears the account's failures and takes back its own attempt from
     /// the address's (the address's earlier failures stay).
     pub async fn record_success(&self, store: &Store, account: &str, attempt: Attempt) -> Result<(), StoreError> {
-        let mut tx = store.write().await?;
-        sqlx::query("DELETE FROM sign_in_attempts WHERE key = $1 OR id = $2")
-            .bind(format!("u:{account}"))
-            .bind(attempt.0)
-            .execute(tx.conn())
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        store.forget_sign_ins(&format!("u:{account}"), attempt.0).await
     }
 }
 

@@ -7,7 +7,6 @@ use crate::model::{Kind, Object, ProducerTokenInfo};
 use crate::name::Name;
 use crate::store::{new_id, now_ms, Store, StoreError};
 use crate::validation::ValidationErrors;
-use sqlx::Row;
 use std::sync::Arc;
 
 /// Prefix of every producer token.
@@ -35,20 +34,7 @@ pub async fn create(
     let object = writable_stream(store, who, team, stream).await?;
     let minted = mint(PRODUCER_PREFIX);
     let (id, now) = (new_id(), now_ms());
-    sqlx::query(
-        "INSERT INTO producer_tokens (id, stream_id, name, token_hash, prefix, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&id)
-    .bind(&object.id)
-    .bind(name)
-    .bind(&minted.hash)
-    .bind(&minted.prefix)
-    .bind(&who.display)
-    .bind(now)
-    .execute(store.pool())
-    .await
-    .map_err(StoreError::from)?;
+    store.insert_producer_token(&id, &object.id, name, &minted, &who.display, now).await?;
     tracing::info!(stream = %format!("{team}/{stream}"), token = %name, by = %who.display, "Producer token created.");
     store.record_account_event(&who.display, name, "producer token created", &format!("stream {team}/{stream}")).await;
     let info = ProducerTokenInfo { id, name: name.to_owned(), prefix: minted.prefix, created_at: now, revoked: false };
@@ -63,45 +49,15 @@ pub async fn list(
     stream: &str,
 ) -> Result<Vec<ProducerTokenInfo>, GoalError> {
     let object = Goal::new(store, who).get(Kind::Stream, team, stream).await?;
-    let rows = sqlx::query(
-        "SELECT id, name, prefix, created_at, revoked_at FROM producer_tokens WHERE stream_id = $1 ORDER BY created_at",
-    )
-    .bind(&object.id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(StoreError::from)?;
-    rows.iter()
-        .map(|r| {
-            Ok(ProducerTokenInfo {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                prefix: r.try_get("prefix")?,
-                created_at: r.try_get("created_at")?,
-                revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(|e| GoalError::Store(e.into()))
+    Ok(store.producer_tokens(&object.id).await?)
 }
 
 /// Revokes one producer token of a stream the caller may change.
 pub async fn revoke(store: &Store, who: &Principal, team: &str, stream: &str, token_id: &str) -> Result<(), GoalError> {
     let object = writable_stream(store, who, team, stream).await?;
-    // A store write: its commit makes ingest look the token up afresh.
-    let mut tx = store.write().await?;
-    let done = sqlx::query(
-        "UPDATE producer_tokens SET revoked_at = $1 WHERE id = $2 AND stream_id = $3 AND revoked_at IS NULL",
-    )
-    .bind(now_ms())
-    .bind(token_id)
-    .bind(&object.id)
-    .execute(tx.conn())
-    .await
-    .map_err(StoreError::from)?;
-    if done.rows_affected() == 0 {
+    if !store.revoke_producer_token(&object.id, token_id).await? {
         return Err(GoalError::NotFound);
     }
-    tx.commit().await?;
     tracing::info!(stream = %format!("{team}/{stream}"), token_id = %token_id, by = %who.display, "Producer token revoked.");
     store
         .record_account_event(&who.display, token_id, "producer token revoked", &format!("stream {team}/{stream}"))

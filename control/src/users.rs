@@ -3,14 +3,13 @@
 //! removed right at once: sessions and API tokens are checked against these tables on every
 //! request (see [`crate::auth`]).
 
-use crate::auth::{
-    authenticate, check_password_policy, hash_password, mint, teams_of, Minted, Principal, TOKEN_PREFIX,
-};
+use crate::auth::{authenticate, check_password_policy, hash_password, mint, Minted, Principal, TOKEN_PREFIX};
 use crate::model::{Kind, Role, TokenInfo, UserInfo};
 use crate::name::Name;
-use crate::store::{new_id, now_ms, Store, StoreError, WriteTx};
+use crate::store::accounts::UserWrite;
+use crate::store::tokens::NewToken;
+use crate::store::{new_id, now_ms, Store, StoreError};
 use crate::validation::ValidationErrors;
-use sqlx::Row;
 
 /// Why an account change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +76,14 @@ pub fn parse_grants(field: &str, items: &[String]) -> Result<Vec<TeamGrant>, Val
 }
 
 pub async fn list_users(store: &Store) -> Result<Vec<UserInfo>, StoreError> {
-    let rows = sqlx::query("SELECT id, username, role, disabled_at FROM users ORDER BY username")
-        .fetch_all(store.pool())
-        .await?;
     let mut out = Vec::new();
-    for r in rows {
-        let id: String = r.try_get("id")?;
-        let role: String = r.try_get("role")?;
+    for u in store.users().await? {
         out.push(UserInfo {
-            teams: teams_of(store, &id).await?.into_iter().map(|t| TeamGrant::display(&t.name, t.role)).collect(),
-            id,
-            username: r.try_get("username")?,
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-            disabled: r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+            teams: store.user_teams(&u.id).await?.into_iter().map(|t| TeamGrant::display(&t.name, t.role)).collect(),
+            id: u.id,
+            username: u.username,
+            role: u.role,
+            disabled: u.disabled,
         });
     }
     Ok(out)
@@ -108,14 +102,7 @@ pub async fn set_user_disabled(
     if disabled && who.display == username {
         return Err(invalid("username", "you cannot disable yourself"));
     }
-    let at = disabled.then(now_ms);
-    let done = sqlx::query("UPDATE users SET disabled_at = $1 WHERE username = $2")
-        .bind(at)
-        .bind(username)
-        .execute(store.pool())
-        .await
-        .map_err(StoreError::from)?;
-    let changed = done.rows_affected() > 0;
+    let changed = store.set_disabled(username, disabled.then(now_ms)).await?;
     if changed {
         let action = if disabled { "user disabled" } else { "user enabled" };
         store.record_account_event(&who.display, username, action, "").await;
@@ -132,39 +119,11 @@ pub async fn delete_user(store: &Store, who: &Principal, username: &str) -> Resu
         return Err(invalid("username", "you cannot delete yourself"));
     }
     let mut tx = store.write().await?;
-    let Some(row) = sqlx::query("SELECT id, role FROM users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(StoreError::from)?
-    else {
-        return Ok(false);
-    };
-    let id: String = row.try_get("id").map_err(StoreError::from)?;
-    let role: String = row.try_get("role").map_err(StoreError::from)?;
-    if role == Role::Admin.as_str() {
-        let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND disabled_at IS NULL")
-            .fetch_one(tx.conn())
-            .await
-            .and_then(|r| r.try_get("n"))
-            .map_err(StoreError::from)?;
-        if admins <= 1 {
-            return Err(invalid("username", "the last admin cannot be deleted"));
-        }
+    let Some((id, role)) = tx.user_by_name(username).await? else { return Ok(false) };
+    if role == Role::Admin && tx.enabled_admins().await? <= 1 {
+        return Err(invalid("username", "the last admin cannot be deleted"));
     }
-    let tokens: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE created_by = $1")
-        .bind(&id)
-        .fetch_one(tx.conn())
-        .await
-        .and_then(|r| r.try_get("n"))
-        .map_err(StoreError::from)?;
-    for sql in [
-        "DELETE FROM api_tokens WHERE created_by = $1",
-        "DELETE FROM memberships WHERE user_id = $1",
-        "DELETE FROM users WHERE id = $1",
-    ] {
-        sqlx::query(sql).bind(&id).execute(tx.conn()).await.map_err(StoreError::from)?;
-    }
+    let tokens = tx.delete_account(&id).await?;
     tx.commit().await?;
     store.record_account_event(&who.display, username, "user deleted", &format!("{tokens} API token(s) deleted")).await;
     Ok(true)
@@ -179,55 +138,22 @@ pub async fn set_membership(
 ) -> Result<bool, UserError> {
     admins_only(who)?;
     let mut tx = store.write().await?;
-    let Some(id) = user_id(&mut tx, username).await? else { return Ok(false) };
+    let Some((id, _)) = tx.user_by_name(username).await? else { return Ok(false) };
     let Some(team) = tx.get(Kind::Team, "", &grant.team).await? else {
         return Err(invalid("team", format!("team {:?} does not exist", grant.team)));
     };
-    grant_in(&mut tx, &id, &team.id, grant.role).await?;
+    tx.grant(&id, &team.id, grant.role).await?;
     tx.commit().await?;
     let role = grant.role.map_or("their own role".to_owned(), |r| r.to_string());
     store.record_account_event(&who.display, username, "team role set", &format!("{}: {role}", grant.team)).await;
     Ok(true)
 }
 
-async fn user_id(tx: &mut WriteTx, username: &str) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query("SELECT id FROM users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(tx.conn())
-        .await?
-        .map(|r| r.try_get("id"))
-        .transpose()?)
-}
-
-async fn grant_in(tx: &mut WriteTx, user_id: &str, team_id: &str, role: Option<Role>) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND team_id = $2")
-        .bind(user_id)
-        .bind(team_id)
-        .execute(tx.conn())
-        .await?;
-    sqlx::query("INSERT INTO memberships (user_id, team_id, role) VALUES ($1, $2, $3)")
-        .bind(user_id)
-        .bind(team_id)
-        .bind(role.map(Role::as_str))
-        .execute(tx.conn())
-        .await?;
-    Ok(())
-}
-
 /// Takes a user out of a team: their sessions lose the team and their tokens for it stop at once.
 /// Returns false when they were not a member.
 pub async fn remove_membership(store: &Store, who: &Principal, username: &str, team: &str) -> Result<bool, UserError> {
     admins_only(who)?;
-    let done = sqlx::query(
-        "DELETE FROM memberships WHERE user_id = (SELECT id FROM users WHERE username = $1) \
-         AND team_id = (SELECT id FROM objects WHERE kind = 'team' AND name = $2 AND deleted = 0)",
-    )
-    .bind(username)
-    .bind(team)
-    .execute(store.pool())
-    .await
-    .map_err(StoreError::from)?;
-    let changed = done.rows_affected() > 0;
+    let changed = store.remove_membership(username, team).await?;
     if changed {
         store.record_account_event(&who.display, username, "removed from team", team).await;
     }
@@ -250,12 +176,7 @@ pub async fn change_own_password(store: &Store, who: &Principal, current: &str, 
     }
     let pw = new.to_owned();
     let phc = tokio::task::spawn_blocking(move || hash_password(&pw)).await.expect("hashing task");
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-        .bind(&phc)
-        .bind(&who.user_id)
-        .execute(store.pool())
-        .await
-        .map_err(StoreError::from)?;
+    store.set_password(&who.user_id, &phc).await?;
     store.record_account_event(&who.display, &who.display, "password changed", "").await;
     Ok(true)
 }
@@ -295,47 +216,18 @@ pub async fn upsert_user(
             None => errors.add("teams", format!("team {:?} does not exist", g.team)),
         }
     }
-    let existing = user_id(&mut tx, username).await?;
+    let existing = tx.user_by_name(username).await?.map(|(id, _)| id);
     if existing.is_some() && !replace {
         errors.add("username", "is already taken");
     }
     if !errors.is_empty() {
         return Err(UserError::Invalid(errors));
     }
-    let id = match existing {
-        Some(id) => {
-            sqlx::query(
-                "UPDATE users SET password_hash = $1, \
-                 role_since = CASE WHEN role = $2 THEN role_since ELSE $4 END, role = $2 WHERE id = $3",
-            )
-            .bind(&phc)
-            .bind(role.as_str())
-            .bind(&id)
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-            id
-        }
-        None => {
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO users (id, username, password_hash, role, created_at, role_since) \
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(&id)
-            .bind(username)
-            .bind(&phc)
-            .bind(role.as_str())
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await
-            .map_err(StoreError::from)?;
-            id
-        }
-    };
+    let is_update = existing.is_some();
+    let id = existing.unwrap_or_else(new_id);
+    tx.put_user(&id, is_update, UserWrite { username, password_hash: &phc, role }).await?;
     for (team_id, role) in team_ids {
-        grant_in(&mut tx, &id, &team_id, role).await?;
+        tx.grant(&id, &team_id, role).await?;
     }
     tx.commit().await?;
     Ok(id)
@@ -373,22 +265,18 @@ pub async fn create_token(
     }
     let Minted { token, hash, prefix } = mint(TOKEN_PREFIX);
     let id = new_id();
-    sqlx::query(
-        "INSERT INTO api_tokens (id, name, team_id, role, token_hash, prefix, created_by, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&id)
-    .bind(name)
-    .bind(team_id)
-    .bind(role.as_str())
-    .bind(&hash)
-    .bind(&prefix)
-    .bind(&creator.user_id)
-    .bind(now)
-    .bind(expires_at)
-    .execute(store.pool())
-    .await
-    .map_err(StoreError::from)?;
+    let new = NewToken {
+        id: &id,
+        name,
+        team_id,
+        role,
+        hash: &hash,
+        prefix: &prefix,
+        created_by: &creator.user_id,
+        created_at: now,
+        expires_at,
+    };
+    store.insert_token(new).await?;
     let team = creator.teams.iter().find(|t| t.id == team_id).map(|t| t.name.clone()).unwrap_or_default();
     let info = TokenInfo {
         id,

@@ -1,7 +1,7 @@
 //! `keystone admin ...`: bootstrap and repair commands run next to the database, without a
 //! browser. Passwords never reach the log: they are read from stdin or written to a 0600 file.
 
-use keystone_control::auth::{user_count, Principal};
+use keystone_control::auth::Principal;
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::Store;
 use keystone_control::users::{upsert_user, UserError};
@@ -76,7 +76,7 @@ pub async fn create_user(
 /// First-run set-up: when no user exists, creates team `platform` and admin `admin` with a
 /// generated password written to `password_file`. Does nothing otherwise.
 pub async fn bootstrap(store: &Store, password_file: &Path) -> anyhow::Result<()> {
-    if user_count(store).await? > 0 {
+    if store.user_count().await? > 0 {
         println!("Users exist already; nothing to bootstrap.");
         return Ok(());
     }

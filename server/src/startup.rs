@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use keystone_control::auth::{user_count, LoginLimiter};
+use keystone_control::auth::LoginLimiter;
 use keystone_control::store::Store;
 use keystone_engine::job::registry::JobRegistry;
 use keystone_engine::job::runtime::JobRuntime;
@@ -127,7 +127,7 @@ impl Application {
         if sealed > 0 {
             tracing::info!(sealed, "Secrets stored in clear by an earlier version are now sealed.");
         }
-        if user_count(&store).await? == 0 {
+        if store.user_count().await? == 0 {
             tracing::warn!("No users yet: create the first admin with `keystone admin create-user --role admin`.");
         }
         prepare_sink_folders(&settings, &store).await?;

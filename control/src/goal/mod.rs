@@ -19,10 +19,12 @@ use crate::validation::ValidationErrors;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+mod backfill;
 mod checks;
 mod requests;
 mod route_ops;
 
+pub use backfill::{BackfillFiles, BackfillPlan};
 pub(crate) use checks::check_reason;
 pub use checks::{check_transforms, schema_has_path, REASON_MAX};
 
@@ -679,11 +681,11 @@ impl<'a> Goal<'a> {
             Kind::Route | Kind::Policy => Vec::new(),
         };
         if !dependants.is_empty() {
-            // The request is fine; the object's state refuses it (409, not 422).
-            return Err(GoalError::Conflict(format!(
-                "{name:?} is still used by {}; remove those first",
-                dependants.join(", ")
-            )));
+            return Err(ValidationErrors::single(
+                "name",
+                format!("{name:?} is still used by {}; remove those first", dependants.join(", ")),
+            )
+            .into());
         }
         let parsed = Name::parse(name).map_err(|e| ValidationErrors::single("name", e.to_string()))?;
         let change = ProposedChange { kind, op: Op::Delete, before: Some(&current.spec), after: None, sink_tags: &[] };

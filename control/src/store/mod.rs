@@ -6,14 +6,19 @@
 
 // Persistence, one file per table group; every query goes through `Store` (or a `WriteTx`).
 pub mod account_events;
+pub mod accounts;
 pub mod alerts;
 pub mod approvals;
+pub mod backfills;
 pub mod config;
 pub mod deployments;
 pub mod jobs;
 pub mod lease;
 pub mod operations;
 pub mod samples;
+pub mod savepoints;
+pub mod tokens;
+pub mod workers;
 
 use crate::model::{Kind, Object, Op, Revision};
 use serde_json::Value;
