@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 mod backfill;
 mod checks;
+mod config;
 mod requests;
 mod route_ops;
 
