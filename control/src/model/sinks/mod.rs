@@ -288,3 +288,46 @@ pub(super) fn check_number(
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(kind: SinkKind, kv: &[(&str, &str)]) -> Result<SinkSettings, ValidationErrors> {
+        SinkSettings::parse(kind, &kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn settings_read_once_come_out_typed_with_their_defaults() {
+        let http =
+            parse(SinkKind::Http, &[("url", "https://es.example/_bulk"), ("format", "bulk"), ("index", "plays")]);
+        assert_eq!(
+            http.unwrap(),
+            SinkSettings::Http(HttpSettings {
+                url: "https://es.example/_bulk".into(),
+                timeout_ms: HTTP_TIMEOUT_MS_DEFAULT,
+                format: HttpFormat::Bulk { index: "plays".into() },
+            })
+        );
+        let file =
+            parse(SinkKind::File, &[("path", "lake/p"), ("store_url", "s3://b"), ("ambient_credentials", "true")]);
+        let SinkSettings::File(file) = file.unwrap() else { panic!("a file sink") };
+        assert_eq!((file.format, file.roll_bytes, file.roll_seconds), (FileFormat::Ndjson, None, None));
+        let bucket = file.bucket.expect("a bucket");
+        assert!(bucket.ambient_credentials && bucket.endpoint.is_none() && bucket.url == "s3://b");
+        let kafka = parse(SinkKind::Kafka, &[("brokers", "k:9092"), ("topic", "t")]).unwrap();
+        let SinkSettings::Kafka(kafka) = kafka else { panic!("a kafka sink") };
+        assert_eq!((kafka.security_protocol.as_str(), kafka.sasl_mechanism), ("plaintext", None));
+        assert_eq!(parse(SinkKind::Stream, &[("stream", "beta/clicks")]).unwrap().stream_target(), Some("beta/clicks"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_under_its_setting() {
+        let e = parse(SinkKind::Http, &[("timeout_ms", "0"), ("format", "bulk")]).unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["settings.url", "settings.timeout_ms", "settings.index"]);
+        let e = parse(SinkKind::File, &[("path", "../up"), ("endpoint", "http://minio:9000")]).unwrap_err();
+        assert_eq!(e.for_field("settings.endpoint"), Some("applies only with a store_url"));
+        assert!(e.for_field("settings.path").is_some());
+    }
+}
