@@ -12,6 +12,7 @@ use axum::Json;
 use keystone_control::deployments::Deployment;
 use keystone_control::goal::Goal;
 use keystone_control::rewind::{HistoricCheckpoint, RewindPlan, RewindTo, Savepoint};
+use keystone_control::store::jobs::{JobCounts, JobFilter};
 use keystone_control::{
     dead_letter_topic, CheckpointInfo, DesiredState, JobMetrics, JobRecord, JobTransition, Kind, ValidationErrors,
 };
@@ -73,21 +74,89 @@ pub async fn workers(
     Ok(Json(s.platform.store.workers_for(&who).await?))
 }
 
-/// Every job the caller may see, with its phase and lag.
-#[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = [JobSummary])))]
-pub async fn list_jobs(State(s): State<ApiState>, Caller(who): Caller) -> Result<Json<Vec<JobSummary>>, ApiError> {
-    let jobs = s.platform.store.jobs(&who.scope()).await?;
+/// Most jobs one listing returns.
+pub const JOBS_PAGE_MAX: i64 = 1000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct JobsParams {
+    /// Only this team's jobs.
+    pub team: Option<String>,
+    /// Only jobs in this phase.
+    #[param(inline, value_type = Option<keystone_control::JobPhase>)]
+    pub phase: Option<String>,
+    /// At most this many (1 to 1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// Skip this many first (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+impl JobsParams {
+    fn filter(&self) -> Result<JobFilter, ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        let phase = match self.phase.as_deref() {
+            None => None,
+            Some(p) => keystone_control::JobPhase::parse(p).or_else(|| {
+                e.add("phase", "must be starting, running, failing, failed, paused or stopped");
+                None
+            }),
+        };
+        let limit = self.limit.unwrap_or(JOBS_PAGE_MAX);
+        if !(1..=JOBS_PAGE_MAX).contains(&limit) {
+            e.add("limit", format!("must be between 1 and {JOBS_PAGE_MAX}"));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            e.add("offset", "must not be negative");
+        }
+        e.into_result(JobFilter { team: self.team.clone(), phase, limit: Some(limit), offset })
+    }
+}
+
+/// A page of the jobs the caller may see (by team, then route), with each one's phase and lag.
+/// `X-Total-Count` says how many match the filters in all.
+#[utoipa::path(get, path = "/api/v1/jobs", params(JobsParams),
+    responses((status = 200, body = [JobSummary], headers(("x-total-count" = i64, description = "Jobs matching the filters"))),
+              (status = 422, body = ErrorBody)))]
+pub async fn list_jobs(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Query(params): Query<JobsParams>,
+) -> Result<([(&'static str, String); 1], Json<Vec<JobSummary>>), ApiError> {
+    let filter = params.filter()?;
+    let (jobs, counts) = s.platform.store.jobs_page(&who.scope(), &filter).await?;
+    let total = match filter.phase {
+        Some(p) => counts.by_phase.get(p.as_str()).copied().unwrap_or(0),
+        None => counts.total,
+    };
     // Jobs run by workers are in their beats (a server's own are not).
     let mut shared = s.platform.store.shared_job_metrics().await?;
-    Ok(Json(
-        jobs.into_iter()
-            .map(|job| {
-                let lag =
-                    s.platform.jobs.metrics(&job.route_id).or_else(|| shared.remove(&job.route_id)).map(|m| m.lag);
-                JobSummary { job, lag }
-            })
-            .collect(),
-    ))
+    let page = jobs
+        .into_iter()
+        .map(|job| {
+            let lag = s.platform.jobs.metrics(&job.route_id).or_else(|| shared.remove(&job.route_id)).map(|m| m.lag);
+            JobSummary { job, lag }
+        })
+        .collect();
+    Ok(([("x-total-count", total.to_string())], Json(page)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CountsParams {
+    /// Only this team's jobs.
+    pub team: Option<String>,
+}
+
+/// How many jobs the caller may see (of one team, if given), in all and by phase.
+#[utoipa::path(get, path = "/api/v1/jobs/counts", params(CountsParams), responses((status = 200, body = JobCounts)))]
+pub async fn job_counts(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Query(params): Query<CountsParams>,
+) -> Result<Json<JobCounts>, ApiError> {
+    let filter = JobFilter { team: params.team, limit: Some(0), ..Default::default() };
+    Ok(Json(s.platform.store.jobs_page(&who.scope(), &filter).await?.1))
 }
 
 /// Restarts a route's job (e.g. one marked failed after its sink was fixed) wherever it runs:

@@ -87,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/routes/{name}/alerts/silence", post(metrics::silence))
         .route("/api/v1/operations", get(metrics::operations))
         .route("/api/v1/jobs", get(jobs::list_jobs))
+        .route("/api/v1/jobs/counts", get(jobs::job_counts))
         .route("/api/v1/workers", get(jobs::workers))
         .route("/api/v1/change-requests", get(approvals::list))
         .route("/api/v1/change-requests/{id}", get(approvals::get_one))

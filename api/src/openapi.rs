@@ -10,7 +10,7 @@ use utoipa::OpenApi;
     paths(crate::handlers::me, crate::handlers::list_teams, crate::handlers::list_objects, crate::handlers::create_object,
           crate::handlers::get_object, crate::handlers::update_object, crate::handlers::delete_object,
           crate::handlers::object_history, crate::handlers::history_by_id, crate::handlers::diff, crate::handlers::audit, crate::ingest::ingest, crate::ingest::create_token, crate::ingest::list_tokens,
-          crate::ingest::revoke_token, crate::ingest::events, crate::jobs::job_status, crate::jobs::list_jobs, crate::jobs::workers,
+          crate::ingest::revoke_token, crate::ingest::events, crate::jobs::job_status, crate::jobs::list_jobs, crate::jobs::job_counts, crate::jobs::workers,
           crate::jobs::restart, crate::jobs::set_state, crate::jobs::deployments, crate::jobs::roll_back, crate::jobs::take_savepoint, crate::jobs::savepoints, crate::jobs::checkpoint_history, crate::backfill::start, crate::backfill::list, crate::backfill::cancel, crate::jobs::rewind, crate::jobs::dead_letters, crate::jobs::preview, crate::ingest::stream_stats, crate::jobs::retry_dead_letters, crate::metrics::samples, crate::metrics::stream_samples, crate::metrics::alerts,
           crate::metrics::silence, crate::metrics::operations, crate::approvals::list, crate::approvals::get_one,
           crate::approvals::get_policy, crate::config::effective, crate::config::set_override,

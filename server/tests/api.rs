@@ -816,6 +816,8 @@ async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
 
 #[path = "api/data_safety.rs"]
 mod data_safety;
+#[path = "api/listings.rs"]
+mod listings;
 #[path = "api/openapi.rs"]
 mod openapi;
 use openapi::openapi_document_is_served;

@@ -8,6 +8,25 @@ use crate::workers::combined_phase;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+/// Which jobs a listing shows: a team's (by name) or all the caller may see, in one phase or
+/// any, one page of them (`limit` `None`: to the end).
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub team: Option<String>,
+    pub phase: Option<JobPhase>,
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+/// How many jobs a listing's scope and team hold, in all and by phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+pub struct JobCounts {
+    pub total: i64,
+    /// Phase -> jobs in it; phases without jobs are absent.
+    pub by_phase: std::collections::BTreeMap<String, i64>,
+}
+
 /// A phase change to record.
 #[derive(Debug, Clone)]
 pub struct PhaseChange<'a> {
@@ -239,17 +258,52 @@ impl Store {
 
     /// Jobs of live routes the scope may see, by team then route name.
     pub async fn jobs(&self, scope: &Scope) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!("{JOB_SELECT} WHERE o.deleted = 0 ORDER BY team_name, route_name");
-        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(match scope {
-            Scope::All => jobs,
-            Scope::Teams(_) => {
-                let visible = self.list(crate::model::Kind::Route, scope).await?;
-                jobs.retain(|j| visible.iter().any(|o| o.id == j.route_id));
-                jobs
-            }
-        })
+        Ok(self.jobs_page(scope, &JobFilter::default()).await?.0)
+    }
+
+    /// One page of the jobs of live routes the scope may see (by team then route name), and how
+    /// many match the scope and team in all and by phase (the phase filter aside, so a listing
+    /// can show each phase's count). Filtered and paged in the database: a listing costs the
+    /// page, not every job.
+    pub async fn jobs_page(&self, scope: &Scope, f: &JobFilter) -> Result<(Vec<JobRecord>, JobCounts), StoreError> {
+        let mut where_sql = String::from(" WHERE o.deleted = 0");
+        let mut binds = Vec::new();
+        crate::store::push_scope(&mut where_sql, &mut binds, "o.team_id", scope, crate::model::Kind::Route);
+        if let Some(team) = &f.team {
+            binds.push(team.clone());
+            where_sql.push_str(&format!(" AND t.name = ${}", binds.len()));
+        }
+        let counted = format!(
+            "SELECT j.phase, COUNT(*) AS n FROM jobs j JOIN objects o ON o.id = j.route_id \
+             LEFT JOIN objects t ON t.id = o.team_id{where_sql} GROUP BY j.phase"
+        );
+        let mut q = sqlx::query(&counted);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let mut counts = JobCounts::default();
+        for r in q.fetch_all(self.pool()).await? {
+            let (phase, n): (String, i64) = (r.try_get("phase")?, r.try_get("n")?);
+            counts.total += n;
+            counts.by_phase.insert(phase, n);
+        }
+        let mut page_sql = format!("{JOB_SELECT}{where_sql}");
+        if let Some(phase) = f.phase {
+            binds.push(phase.as_str().to_owned());
+            page_sql.push_str(&format!(" AND j.phase = ${}", binds.len()));
+        }
+        // Numbers, checked by the caller's types: written into the statement.
+        page_sql.push_str(&format!(
+            " ORDER BY team_name, route_name LIMIT {} OFFSET {}",
+            f.limit.unwrap_or(i64::MAX).max(0),
+            f.offset.max(0)
+        ));
+        let mut q = sqlx::query(&page_sql);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        Ok((rows.iter().map(job_from_row).collect::<Result<_, _>>()?, counts))
     }
 
     /// A job's most recent transitions, newest first.
