@@ -19,8 +19,7 @@ pub struct JobFilter {
 }
 
 /// How many jobs a listing's scope and team hold, in all and by phase.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[cfg_attr(feature = "store", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobCounts {
     pub total: i64,
     /// Phase -> jobs in it; phases without jobs are absent.
@@ -286,6 +285,9 @@ impl Store {
             let (phase, n): (String, i64) = (r.try_get("phase")?, r.try_get("n")?);
             counts.total += n;
             counts.by_phase.insert(phase, n);
+        }
+        if f.limit == Some(0) {
+            return Ok((Vec::new(), counts));
         }
         let mut page_sql = format!("{JOB_SELECT}{where_sql}");
         if let Some(phase) = f.phase {
