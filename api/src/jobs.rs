@@ -125,7 +125,9 @@ pub async fn list_jobs(
     Query(params): Query<JobsParams>,
 ) -> Result<([(&'static str, String); 1], Json<Vec<JobSummary>>), ApiError> {
     let filter = params.filter()?;
-    let (jobs, counts) = s.platform.store.jobs_page(&who.scope(), &filter).await?;
+    let scope = who.scope();
+    let jobs = s.platform.store.jobs_page(&scope, &filter).await?;
+    let counts = s.platform.store.job_counts(&scope, filter.team.as_deref()).await?;
     let total = match filter.phase {
         Some(p) => counts.by_phase.get(p.as_str()).copied().unwrap_or(0),
         None => counts.total,
@@ -155,8 +157,7 @@ pub async fn job_counts(
     Caller(who): Caller,
     Query(params): Query<CountsParams>,
 ) -> Result<Json<JobCounts>, ApiError> {
-    let filter = JobFilter { team: params.team, limit: Some(0), ..Default::default() };
-    Ok(Json(s.platform.store.jobs_page(&who.scope(), &filter).await?.1))
+    Ok(Json(s.platform.store.job_counts(&who.scope(), params.team.as_deref()).await?))
 }
 
 /// Restarts a route's job (e.g. one marked failed after its sink was fixed) wherever it runs:

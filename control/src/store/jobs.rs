@@ -43,6 +43,19 @@ pub struct PhaseChange<'a> {
     pub reporter: Option<&'a str>,
 }
 
+/// The WHERE clause (and its bound values) of job listings: live routes the scope may see, of
+/// one team by name if given. Queries join `objects o` (the route) and `objects t` (its team).
+fn jobs_where(scope: &Scope, team: Option<&str>) -> (String, Vec<String>) {
+    let mut sql = String::from(" WHERE o.deleted = 0");
+    let mut binds = Vec::new();
+    crate::store::push_scope(&mut sql, &mut binds, "o.team_id", scope, crate::model::Kind::Route);
+    if let Some(team) = team {
+        binds.push(team.to_owned());
+        sql.push_str(&format!(" AND t.name = ${}", binds.len()));
+    }
+    (sql, binds)
+}
+
 const JOB_SELECT: &str = "SELECT j.route_id, t.name AS team_name, o.name AS route_name, j.version, j.phase, \
      j.last_error, j.restarts, j.updated_at FROM jobs j JOIN objects o ON o.id = j.route_id \
      LEFT JOIN objects t ON t.id = o.team_id";
@@ -257,26 +270,39 @@ impl Store {
 
     /// Jobs of live routes the scope may see, by team then route name.
     pub async fn jobs(&self, scope: &Scope) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(self.jobs_page(scope, &JobFilter::default()).await?.0)
+        self.jobs_page(scope, &JobFilter::default()).await
     }
 
-    /// One page of the jobs of live routes the scope may see (by team then route name), and how
-    /// many match the scope and team in all and by phase (the phase filter aside, so a listing
-    /// can show each phase's count). Filtered and paged in the database: a listing costs the
-    /// page, not every job.
-    pub async fn jobs_page(&self, scope: &Scope, f: &JobFilter) -> Result<(Vec<JobRecord>, JobCounts), StoreError> {
-        let mut where_sql = String::from(" WHERE o.deleted = 0");
-        let mut binds = Vec::new();
-        crate::store::push_scope(&mut where_sql, &mut binds, "o.team_id", scope, crate::model::Kind::Route);
-        if let Some(team) = &f.team {
-            binds.push(team.clone());
-            where_sql.push_str(&format!(" AND t.name = ${}", binds.len()));
+    /// One page of the jobs of live routes the scope may see (by team then route name). Filtered
+    /// and paged in the database: a listing costs the page, not every job.
+    pub async fn jobs_page(&self, scope: &Scope, f: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let (mut where_sql, mut binds) = jobs_where(scope, f.team.as_deref());
+        if let Some(phase) = f.phase {
+            binds.push(phase.as_str().to_owned());
+            where_sql.push_str(&format!(" AND j.phase = ${}", binds.len()));
         }
-        let counted = format!(
+        // Numbers, checked by the caller's types: written into the statement.
+        let sql = format!(
+            "{JOB_SELECT}{where_sql} ORDER BY team_name, route_name LIMIT {} OFFSET {}",
+            f.limit.unwrap_or(i64::MAX).max(0),
+            f.offset.max(0)
+        );
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(job_from_row).collect()
+    }
+
+    /// How many jobs of live routes the scope may see (of one team, if given), in all and by
+    /// phase: what a listing shows beside its page.
+    pub async fn job_counts(&self, scope: &Scope, team: Option<&str>) -> Result<JobCounts, StoreError> {
+        let (where_sql, binds) = jobs_where(scope, team);
+        let sql = format!(
             "SELECT j.phase, COUNT(*) AS n FROM jobs j JOIN objects o ON o.id = j.route_id \
              LEFT JOIN objects t ON t.id = o.team_id{where_sql} GROUP BY j.phase"
         );
-        let mut q = sqlx::query(&counted);
+        let mut q = sqlx::query(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -286,26 +312,7 @@ impl Store {
             counts.total += n;
             counts.by_phase.insert(phase, n);
         }
-        if f.limit == Some(0) {
-            return Ok((Vec::new(), counts));
-        }
-        let mut page_sql = format!("{JOB_SELECT}{where_sql}");
-        if let Some(phase) = f.phase {
-            binds.push(phase.as_str().to_owned());
-            page_sql.push_str(&format!(" AND j.phase = ${}", binds.len()));
-        }
-        // Numbers, checked by the caller's types: written into the statement.
-        page_sql.push_str(&format!(
-            " ORDER BY team_name, route_name LIMIT {} OFFSET {}",
-            f.limit.unwrap_or(i64::MAX).max(0),
-            f.offset.max(0)
-        ));
-        let mut q = sqlx::query(&page_sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.fetch_all(self.pool()).await?;
-        Ok((rows.iter().map(job_from_row).collect::<Result<_, _>>()?, counts))
+        Ok(counts)
     }
 
     /// A job's most recent transitions, newest first.

@@ -247,9 +247,9 @@ pub(crate) struct Reader<'a> {
     errors: ValidationErrors,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// A given, non-empty value.
-    fn get(&self, key: &str) -> Option<&str> {
+    fn get(&self, key: &str) -> Option<&'a str> {
         self.settings.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
@@ -259,7 +259,7 @@ impl Reader<'_> {
     }
 
     fn number(&mut self, key: &str, min: u32, max: u32) -> Option<u32> {
-        let value = self.settings.get(key).map(String::as_str).filter(|v| !v.is_empty());
+        let value = self.get(key);
         check_number(&mut self.errors, &format!("settings.{key}"), value, min, max)
     }
 
