@@ -218,7 +218,7 @@ impl<'a> Goal<'a> {
         settings: &StreamSettings,
     ) -> Result<(), GoalError> {
         let target = settings.stream.as_str();
-        let t = StreamRef::parse(target, own_team).map_err(|msg| ValidationErrors::single("settings.stream", msg))?;
+        let t = settings.target(own_team).map_err(|msg| ValidationErrors::single("settings.stream", msg))?;
         let missing = || ValidationErrors::single("settings.stream", format!("no stream named {target:?}"));
         let team =
             tx.get(Kind::Team, "", &t.team).await?.filter(|team| self.who.can_read(&team.id)).ok_or_else(missing)?;
