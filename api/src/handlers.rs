@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The kinds a URL's `{kind}` names, and how (the OpenAPI document lists them from here).
-pub(crate) const KIND_SEGMENTS: [(&str, Kind); 3] =
-    [("streams", Kind::Stream), ("sinks", Kind::Sink), ("routes", Kind::Route)];
+pub(crate) const KIND_SEGMENTS: [(&str, Kind); 4] =
+    [("streams", Kind::Stream), ("sinks", Kind::Sink), ("routes", Kind::Route), ("processors", Kind::Processor)];
 
-/// `streams`, `sinks` or `routes` in a URL.
+/// `streams`, `sinks`, `routes` or `processors` in a URL.
 fn kind_of(segment: &str) -> Result<Kind, ApiError> {
     KIND_SEGMENTS
         .iter()
@@ -58,7 +58,7 @@ pub async fn list_teams(State(s): State<ApiState>, Caller(who): Caller) -> Resul
 
 /// Live objects of one kind in one team.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/{kind}",
-    params(("team" = String, Path), ("kind" = String, Path, description = "streams, sinks or routes")),
+    params(("team" = String, Path), ("kind" = String, Path, description = "streams, sinks, routes or processors")),
     responses((status = 200, body = [Object]), (status = 404, body = ErrorBody)))]
 pub async fn list_objects(
     State(s): State<ApiState>,
@@ -72,15 +72,17 @@ pub async fn list_objects(
     Ok(Json(goal.list(kind).await?.into_iter().filter(|o| o.team == team).collect()))
 }
 
-/// The spec of the kind the path names: a StreamSpec, a SinkInput or a RouteSpec.
+/// The spec of the kind the path names: a StreamSpec, a SinkInput, a RouteSpec or a ProcessorSpec.
 fn spec_schema() -> utoipa::openapi::schema::OneOfBuilder {
     use utoipa::openapi::Ref;
     utoipa::openapi::schema::OneOfBuilder::new()
         .item(Ref::from_schema_name("StreamSpec"))
         .item(Ref::from_schema_name("SinkInput"))
         .item(Ref::from_schema_name("RouteSpec"))
+        .item(Ref::from_schema_name("ProcessorSpec"))
         .description(Some(
-            "The spec of the kind the path names (streams: StreamSpec, sinks: SinkInput, routes: RouteSpec).",
+            "The spec of the kind the path names (streams: StreamSpec, sinks: SinkInput, routes: RouteSpec, \
+             processors: ProcessorSpec).",
         ))
 }
 
@@ -258,4 +260,21 @@ pub async fn audit(
 
 pub async fn not_found() -> ApiError {
     ApiError::Goal(keystone_control::goal::GoalError::NotFound)
+}
+
+/// Plans a processor's query on the team's streams without saving anything: the streams it
+/// reads, its output columns and types, the kind of job and the plan's operators; or the field
+/// errors a save would get (`sql` with line and column).
+#[utoipa::path(post, path = "/api/v1/teams/{team}/processor-plan", request_body = keystone_control::ExplainRequest,
+    params(("team" = String, Path)),
+    responses((status = 200, body = keystone_control::ProcessorPlan), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn explain_processor(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(team): Path<String>,
+    body: Bytes,
+) -> Result<Json<keystone_control::ProcessorPlan>, ApiError> {
+    let req: keystone_control::ExplainRequest = parse_body(&body)?;
+    Ok(Json(Goal::new(&s.platform.store, &who).explain_processor(&team, &req).await?))
 }

@@ -339,9 +339,27 @@ pub async fn dead_letters(
     Query(p): Query<DeadLetterParams>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     Goal::new(&s.platform.store, &who).get(Kind::Route, &team, &name).await?;
-    let topic = dead_letter_topic(&team, &name);
+    letters(&s, &dead_letter_topic(&team, &name), &p).await
+}
+
+/// The processor's dead-letter queue (late events, with reason `late`; events that do not fit
+/// the stream's schema; results its sink refused), oldest first within the page.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/processors/{name}/dead-letters",
+    params(("team" = String, Path), ("name" = String, Path), DeadLetterParams),
+    responses((status = 200, body = [DeadLetter]), (status = 404, body = ErrorBody)))]
+pub async fn processor_dead_letters(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+    Query(p): Query<DeadLetterParams>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    Goal::new(&s.platform.store, &who).get(Kind::Processor, &team, &name).await?;
+    letters(&s, &keystone_control::processor_dead_letter_topic(&team, &name), &p).await
+}
+
+async fn letters(s: &ApiState, topic: &str, p: &DeadLetterParams) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
-    let letters = match dead_letters::read(s.platform.log.as_ref(), &topic, p.from, limit).await {
+    let letters = match dead_letters::read(s.platform.log.as_ref(), topic, p.from, limit).await {
         Ok(l) => l,
         Err(LogError::OffsetOutOfRange { earliest, .. }) => {
             return Err(ValidationErrors::single(

@@ -93,6 +93,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/change-requests/{id}", get(approvals::get_one))
         .route("/api/v1/policies/approvals", get(approvals::get_policy))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
+        .route("/api/v1/teams/{team}/processor-plan", post(handlers::explain_processor))
+        .route("/api/v1/teams/{team}/processors/{name}/dead-letters", get(jobs::processor_dead_letters))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
         .route("/api/v1/objects/{id}/diff", get(handlers::diff))

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Keystone API", description = "Declare streams, sinks and routes; read their revisions."),
+    info(title = "Keystone API", description = "Declare streams, sinks, routes and processors; read their revisions."),
     paths(crate::handlers::me, crate::handlers::list_teams, crate::handlers::list_objects, crate::handlers::create_object,
           crate::handlers::get_object, crate::handlers::update_object, crate::handlers::delete_object,
           crate::handlers::object_history, crate::handlers::history_by_id, crate::handlers::diff, crate::handlers::audit, crate::ingest::ingest, crate::ingest::create_token, crate::ingest::list_tokens,
@@ -14,9 +14,9 @@ use utoipa::OpenApi;
           crate::jobs::restart, crate::jobs::set_state, crate::jobs::deployments, crate::jobs::roll_back, crate::jobs::take_savepoint, crate::jobs::savepoints, crate::jobs::checkpoint_history, crate::backfill::start, crate::backfill::list, crate::backfill::cancel, crate::jobs::rewind, crate::jobs::dead_letters, crate::jobs::preview, crate::ingest::stream_stats, crate::jobs::retry_dead_letters, crate::metrics::samples, crate::metrics::stream_samples, crate::metrics::alerts,
           crate::metrics::silence, crate::metrics::operations, crate::approvals::list, crate::approvals::get_one,
           crate::approvals::get_policy, crate::config::effective, crate::config::set_override,
-          crate::config::clear_override),
+          crate::config::clear_override, crate::handlers::explain_processor, crate::jobs::processor_dead_letters),
     components(schemas(ErrorBody, keystone_control::StreamSpec, keystone_control::SinkInput, keystone_control::SinkSpec,
-                       keystone_control::RouteSpec, keystone_control::TeamSpec)),
+                       keystone_control::RouteSpec, keystone_control::ProcessorSpec, keystone_control::TeamSpec)),
     modifiers(&BearerAuth, &PathEnums),
     security(("token" = []))
 )]

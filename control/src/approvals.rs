@@ -84,15 +84,17 @@ pub fn approvals_needed(policy: &ApprovalPolicy, change: &ProposedChange<'_>) ->
     if change.kind.is_platform() {
         return needs;
     }
-    if change.kind == Kind::Route && only_state_differs(change.before, change.after) {
+    // Routes and processors are the jobs that deliver to sinks.
+    let delivers = matches!(change.kind, Kind::Route | Kind::Processor);
+    if delivers && only_state_differs(change.before, change.after) {
         return needs;
     }
     if policy.stream_deletes && change.kind == Kind::Stream && change.op == Op::Delete {
         needs.push("deleting a stream".to_owned());
     }
-    if change.kind == Kind::Route && change.op != Op::Delete {
+    if delivers && change.op != Op::Delete {
         if let Some(tag) = change.sink_tags.iter().find(|t| policy.routes_to_sinks_tagged.contains(t)) {
-            needs.push(format!("a route to a sink tagged {tag:?}"));
+            needs.push(format!("a {} to a sink tagged {tag:?}", change.kind));
         }
     }
     let tags = |v: Option<&Value>| -> Vec<String> {
@@ -404,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_to_tagged_sinks_except_desired_state() {
+    fn routes_and_processors_to_tagged_sinks_except_desired_state() {
         let p = ApprovalPolicy { routes_to_sinks_tagged: vec!["production".into()], ..Default::default() };
         let route = json!({"stream": "plays", "sink": "warehouse"});
         let tags = ["production".to_owned()];
@@ -418,6 +420,19 @@ mod tests {
         let filtered = json!({"stream": "plays", "sink": "warehouse", "state": "paused", "filter": "true"});
         assert_eq!(change(Op::Update, Some(&paused), Some(&filtered), &tags).len(), 1);
         assert!(change(Op::Delete, Some(&route), None, &tags).is_empty(), "removing a route is not gated");
+        // A processor delivers to its sink like a route: the same rule holds it back.
+        let processor = json!({"sql": "SELECT 1 AS x FROM plays", "sink": "warehouse"});
+        let needs = approvals_needed(
+            &p,
+            &ProposedChange {
+                kind: Kind::Processor,
+                op: Op::Create,
+                before: None,
+                after: Some(&processor),
+                sink_tags: &tags,
+            },
+        );
+        assert_eq!(needs, ["a processor to a sink tagged \"production\""]);
     }
 
     #[test]

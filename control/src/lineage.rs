@@ -1,4 +1,4 @@
-//! How routes feed streams into streams (a route whose sink is a stream sink), and the cycles
+//! How routes and processors feed streams into streams (through a sink of kind stream), and the cycles
 //! that would make events come round forever. Pure: the goal service gathers the feeds.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +59,8 @@ pub(crate) enum Proposed<'a> {
     Route { team: &'a str, name: &'a str, stream: &'a str, sink: &'a str },
     /// Sink `name` of `team` delivers into `target` (a stream sink's setting), or nowhere.
     Sink { team: &'a str, name: &'a str, target: Option<&'a str> },
+    /// Processor `name` of `team` reads `streams` and delivers to its team's sink `sink`.
+    Processor { team: &'a str, name: &'a str, streams: &'a [String], sink: &'a str },
 }
 
 /// Every feed of the goal state as it would be with `change`, read inside the write's
@@ -68,7 +70,7 @@ pub(crate) async fn feeds_with(
     tx: &mut crate::store::WriteTx,
     change: &Proposed<'_>,
 ) -> Result<Vec<Feed>, crate::store::StoreError> {
-    use crate::model::{Kind, SinkSpec, StreamRef};
+    use crate::model::{Kind, ProcessorSpec, SinkSpec, StreamRef};
     let mut targets: BTreeMap<(String, String), String> = BTreeMap::new();
     for o in tx.live(Kind::Sink).await? {
         let Ok(spec) = o.spec_as::<SinkSpec>() else { continue };
@@ -85,21 +87,41 @@ pub(crate) async fn feeds_with(
             None => targets.remove(&key),
         };
     }
-    let mut routes: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    // Every job that reads streams and delivers to a sink, by label: a route (`team/name`) reads
+    // one stream, a processor (`team/name (processor)`) those its query names.
+    let mut readers: BTreeMap<String, (String, Vec<String>, String)> = BTreeMap::new();
     for o in tx.live(Kind::Route).await? {
         let field = |f: &str| o.spec.get(f).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        routes.insert((o.team.clone(), o.name.clone()), (field("stream"), field("sink")));
+        readers.insert(format!("{}/{}", o.team, o.name), (o.team.clone(), vec![field("stream")], field("sink")));
     }
-    if let Proposed::Route { team, name, stream, sink } = change {
-        routes.insert((team.to_string(), name.to_string()), (stream.to_string(), sink.to_string()));
+    for o in tx.live(Kind::Processor).await? {
+        let Ok(spec) = o.spec_as::<ProcessorSpec>() else { continue };
+        let streams = keystone_sql::read_streams(&spec.sql).unwrap_or_default();
+        readers.insert(processor_label(&o.team, &o.name), (o.team.clone(), streams, spec.sink.to_string()));
     }
-    Ok(routes
+    match change {
+        Proposed::Route { team, name, stream, sink } => {
+            readers.insert(format!("{team}/{name}"), (team.to_string(), vec![stream.to_string()], sink.to_string()));
+        }
+        Proposed::Processor { team, name, streams, sink } => {
+            readers.insert(processor_label(team, name), (team.to_string(), streams.to_vec(), sink.to_string()));
+        }
+        Proposed::Sink { .. } => {}
+    }
+    Ok(readers
         .into_iter()
-        .filter_map(|((team, name), (stream, sink))| {
-            let to = targets.get(&(team.clone(), sink))?.clone();
-            Some(Feed { route: format!("{team}/{name}"), from: format!("{team}/{stream}"), to })
+        .flat_map(|(label, (team, streams, sink))| {
+            let to = targets.get(&(team.clone(), sink)).cloned();
+            streams.into_iter().filter_map(move |stream| {
+                Some(Feed { route: label.clone(), from: format!("{team}/{stream}"), to: to.clone()? })
+            })
         })
         .collect())
+}
+
+/// How a processor appears in a cycle's description (routes appear as `team/name`).
+pub fn processor_label(team: &str, name: &str) -> String {
+    format!("{team}/{name} (processor)")
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Declarations as code: `keystone apply -f pipeline.yaml`, `keystone diff -f` and `keystone get`
-//! read and change a team's streams, sinks and routes through the JSON API, so pipelines can live
+//! read and change a team's streams, sinks, routes and processors through the JSON API, so pipelines can live
 //! in git. Applying a file twice changes nothing; every change is shown as a field-level diff
 //! first; a bad file is refused whole, with the line of the problem, before anything is sent.
 //!
@@ -14,6 +14,11 @@
 //!     stream: plays
 //!     sink: lake
 //!     filter: event.country == "BR"
+//! processors:
+//!   plays-per-minute:
+//!     sql: SELECT TUMBLE_END(_ingested_at, INTERVAL '1' MINUTE) AS minute, COUNT(*) AS plays
+//!          FROM plays GROUP BY TUMBLE(_ingested_at, INTERVAL '1' MINUTE)
+//!     sink: lake
 //! ```
 
 use keystone_control::diff::{diff, show, Change};
@@ -35,6 +40,8 @@ struct PipelineFile {
     sinks: BTreeMap<String, serde_norway::Value>,
     #[serde(default)]
     routes: BTreeMap<String, serde_norway::Value>,
+    #[serde(default)]
+    processors: BTreeMap<String, serde_norway::Value>,
 }
 
 /// One declared object, parsed and checked.
@@ -51,7 +58,7 @@ pub struct Declared {
     pub comparable: Value,
 }
 
-/// A parsed file: every object in dependency order (streams, sinks, routes).
+/// A parsed file: every object in dependency order (streams, sinks, routes, processors).
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub team: String,
@@ -77,7 +84,12 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, FileError> {
     })?;
     let mut objects = Vec::new();
     let mut problems = Vec::new();
-    let sections = [(Kind::Stream, &parsed.streams), (Kind::Sink, &parsed.sinks), (Kind::Route, &parsed.routes)];
+    let sections = [
+        (Kind::Stream, &parsed.streams),
+        (Kind::Sink, &parsed.sinks),
+        (Kind::Route, &parsed.routes),
+        (Kind::Processor, &parsed.processors),
+    ];
     for (kind, section) in sections {
         for (name, yaml) in section {
             let line = line_of(text, kind.plural(), name);
@@ -140,8 +152,13 @@ fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
             r.validate().map_err(errors)?;
             serde_json::to_value(r)
         }
+        // The query is planned by the server, against the streams as they are when it arrives.
+        Declaration::Processor(p) => {
+            p.validate().map_err(errors)?;
+            serde_json::to_value(p)
+        }
         Declaration::Team(_) | Declaration::Policy(_) => {
-            return Err(vec![format!("a pipeline file declares streams, sinks and routes, not {kind}s")])
+            return Err(vec![format!("a pipeline file declares streams, sinks, routes and processors, not {kind}s")])
         }
     };
     stored.map_err(|e| vec![e.to_string()])
@@ -417,6 +434,19 @@ routes:
         let missing = FILE.replace(", retention_hours: 24", "");
         let e = parse("p.yaml", &missing).unwrap_err().to_string();
         assert!(e.contains("line 4: streams.plays: missing field `retention_hours`"), "{e}");
+    }
+
+    #[test]
+    fn processors_are_declared_after_what_they_read_and_checked_like_the_rest() {
+        let file = format!(
+            "{FILE}processors:\n  per-minute:\n    sql: SELECT COUNT(*) AS n FROM plays GROUP BY TUMBLE(_ingested_at, INTERVAL '1' MINUTE)\n    sink: lake\n"
+        );
+        let p = parse("p.yaml", &file).unwrap();
+        let last = p.objects.last().unwrap();
+        assert_eq!((last.kind, last.name.as_str(), last.line), (Kind::Processor, "per-minute", 15));
+        let bad = format!("{file}    state_ttl_s: 0\n");
+        let e = parse("p.yaml", &bad).unwrap_err().to_string();
+        assert!(e.contains("line 15: processors.per-minute.state_ttl_s: must be between 1 and"), "{e}");
     }
 
     #[test]

@@ -228,7 +228,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Get { remote, team } => {
             let client = remote.client();
             let mut sections = Vec::new();
-            for kind in [keystone_control::Kind::Stream, keystone_control::Kind::Sink, keystone_control::Kind::Route] {
+            use keystone_control::Kind;
+            for kind in [Kind::Stream, Kind::Sink, Kind::Route, Kind::Processor] {
                 sections.push((kind, client.get(&team, kind).await?));
             }
             print!("{}", keystone::apply::to_yaml(&team, &sections)?);

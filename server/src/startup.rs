@@ -73,6 +73,7 @@ impl ControlLoop {
             store: store.clone(),
             log: log.clone(),
             jobs: jobs.clone(),
+            processors: Arc::new(Jobs::new(log.clone())),
             data_dir: settings.data_dir.clone(),
             health: health.clone(),
             job_env: Arc::new(settings.job_env.clone()),
@@ -99,6 +100,7 @@ impl ControlLoop {
         self.stop.cancel();
         let _ = self.task.await;
         self.reconciler.jobs.stop_all().await;
+        self.reconciler.processors.stop_all().await;
         // Every job is drained: their threads can go.
         drop(self.runtime);
         self.reconciler.release().await;

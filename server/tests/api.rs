@@ -820,6 +820,8 @@ mod data_safety;
 mod listings;
 #[path = "api/openapi.rs"]
 mod openapi;
+#[path = "api/processors.rs"]
+mod processors;
 use openapi::openapi_document_is_served;
 #[path = "api/security.rs"]
 mod security;

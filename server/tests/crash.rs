@@ -2,6 +2,8 @@
 //! producer posts and a route delivers to a file sink. Afterwards every acknowledged event is in
 //! the sink (none lost), every sink file is whole, and redeliveries stay within the checkpoint
 //! bound. `KEYSTONE_CRASH_KILLS` sets the number of kills (default 3; a script can run hundreds).
+//! A processor with a window runs through the same kills: its results equal those of a processor
+//! declared afterwards that reads the same events without a crash.
 
 use keystone_control::auth::Principal;
 use keystone_control::goal::{Declaration, Goal};
@@ -89,11 +91,15 @@ async fn kill_9_loses_no_acknowledged_event() {
         let name = name.to_owned();
         async move { goal.create("alpha", &name, Declaration::from_json(kind, spec).unwrap(), "").await.unwrap() }
     };
-    declare(Kind::Stream, "plays", json!({"partitions": 2, "retention_hours": 24})).await;
+    let schema = json!({"type": "object", "properties": {
+        "n": {"type": "integer"}, "k": {"type": "integer"}, "ts": {"type": "string", "format": "date-time"}}});
+    declare(Kind::Stream, "plays", json!({"partitions": 2, "retention_hours": 24, "schema": schema})).await;
     declare(Kind::Sink, "lake", json!({"kind": "file", "settings": {"path": "crash"}})).await;
     let config = json!({"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()});
     let route = json!({"stream": "plays", "sink": "lake", "batch_size": 50, "max_latency_ms": 10, "config": config});
     declare(Kind::Route, "all", route).await;
+    declare(Kind::Sink, "windows", json!({"kind": "file", "settings": {"path": "windows"}})).await;
+    declare(Kind::Processor, "per-second", windowed("windows")).await;
     let (_, token) = keystone_control::producers::create(&store, &root, "alpha", "plays", "crash").await.unwrap();
     store.pool().close().await;
 
@@ -110,7 +116,7 @@ async fn kill_9_loses_no_acknowledged_event() {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
             let mut next = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body: String = (next..next + 50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+                let body: String = (next..next + 50).map(|n| format!("{}\n", play(n))).collect();
                 let sent = http
                     .post(format!("http://127.0.0.1:{port}/ingest/plays"))
                     .bearer_auth(&token)
@@ -177,6 +183,93 @@ async fn kill_9_loses_no_acknowledged_event() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The processor's windows: close them all (an event far ahead in event time), then declare
+    // a second processor over the same stream, which reads every event without a crash.
+    let http = reqwest::Client::new();
+    let far = json!({"n": 0, "ts": "2030-01-01T00:00:00Z", "k": 0});
+    let sent = http
+        .post(format!("http://127.0.0.1:{port}/ingest/plays"))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(format!("{far}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success());
+    let store = Store::connect(&db).await.unwrap();
+    let goal = Goal::new(&store, &root);
+    let sink = json!({"kind": "file", "settings": {"path": "reference"}});
+    goal.create("alpha", "reference", Declaration::from_json(Kind::Sink, sink).unwrap(), "").await.unwrap();
+    let reference = Declaration::from_json(Kind::Processor, windowed("reference")).unwrap();
+    goal.create("alpha", "reference", reference, "").await.unwrap();
+    let windows = |path: &str| {
+        let (lines, broken) = sink_lines(&dir.path().join("sinks/alpha").join(path));
+        assert!(broken.is_empty(), "half-written sink files: {broken:?}");
+        lines
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (crashed, uninterrupted) = (windows("windows"), windows("reference"));
+        // Every copy of a result is the same result (a result repeated after a kill keeps its id
+        // and its value), and the results are the uninterrupted run's.
+        let mut by_id: HashMap<&str, &Value> = HashMap::new();
+        for l in &crashed {
+            let first = by_id.entry(l["id"].as_str().unwrap()).or_insert(&l["event"]);
+            assert_eq!(*first, &l["event"], "one result id with two values");
+        }
+        let crashed: BTreeSet<String> = by_id.values().map(|v| v.to_string()).collect();
+        let uninterrupted: BTreeSet<String> = uninterrupted.iter().map(|l| l["event"].to_string()).collect();
+        if !uninterrupted.is_empty() && crashed == uninterrupted {
+            println!("{kills} kills: {} windowed results, equal to the uninterrupted run's", crashed.len());
+            break;
+        }
+        if Instant::now() >= deadline {
+            let only_crashed: Vec<&String> = crashed.difference(&uninterrupted).take(3).collect();
+            let only_reference: Vec<&String> = uninterrupted.difference(&crashed).take(3).collect();
+            panic!(
+                "the crashed processor's {} results differ from the uninterrupted run's {}: only crashed {only_crashed:?}, only uninterrupted {only_reference:?}",
+                crashed.len(),
+                uninterrupted.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// Event `n`: 10 ms of event time apart, in five keys.
+fn play(n: u64) -> Value {
+    let ms = 1_800_000_000_000u64 + n * 10;
+    let ts = keystone_test_time(ms);
+    json!({"n": n, "ts": ts, "k": n % 5})
+}
+
+/// RFC 3339 in UTC for milliseconds since the epoch (no date library in the tests).
+fn keystone_test_time(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// A processor counting events and summing `n` per key and one-second window of event time.
+fn windowed(sink: &str) -> Value {
+    json!({
+        "sql": "SELECT TUMBLE_START(ts, INTERVAL '1' SECOND) AS w, k, COUNT(*) AS plays, SUM(n) AS total \
+                FROM plays GROUP BY TUMBLE(ts, INTERVAL '1' SECOND), k",
+        "inputs": {"plays": {"event_time": "ts", "idle_timeout_ms": 1000}},
+        "sink": sink,
+        "config": {"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()},
+    })
 }

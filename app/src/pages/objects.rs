@@ -65,6 +65,7 @@ fn title_case(kind: Kind) -> &'static str {
         Kind::Stream => "Stream",
         Kind::Sink => "Sink",
         Kind::Route => "Route",
+        Kind::Processor => "Processor",
         Kind::Policy => "Policy",
     }
 }

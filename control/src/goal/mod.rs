@@ -22,12 +22,14 @@ use std::collections::BTreeMap;
 mod backfill;
 mod checks;
 mod config;
+mod processor;
 mod requests;
 mod route_ops;
 
 pub use backfill::{BackfillFiles, BackfillPlan};
 pub(crate) use checks::check_reason;
 pub use checks::{check_transforms, schema_has_path, REASON_MAX};
+pub use processor::{describe, explain};
 
 /// Why a goal-state request did not happen. In every case nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,7 @@ pub enum Declaration {
     Stream(StreamSpec),
     Sink(SinkInput),
     Route(RouteSpec),
+    Processor(ProcessorSpec),
     Policy(ApprovalPolicy),
 }
 
@@ -78,6 +81,7 @@ impl Declaration {
             Declaration::Stream(_) => Kind::Stream,
             Declaration::Sink(_) => Kind::Sink,
             Declaration::Route(_) => Kind::Route,
+            Declaration::Processor(_) => Kind::Processor,
             Declaration::Policy(_) => Kind::Policy,
         }
     }
@@ -89,6 +93,7 @@ impl Declaration {
             Declaration::Stream(s) => to_json(s),
             Declaration::Sink(s) => to_json(s),
             Declaration::Route(s) => to_json(s),
+            Declaration::Processor(s) => to_json(s),
             Declaration::Policy(s) => to_json(s),
         }
     }
@@ -107,6 +112,7 @@ impl Declaration {
             Kind::Stream => Declaration::Stream(parse(spec)?),
             Kind::Sink => Declaration::Sink(parse(spec)?),
             Kind::Route => Declaration::Route(parse(spec)?),
+            Kind::Processor => Declaration::Processor(parse(spec)?),
             Kind::Policy => Declaration::Policy(parse(spec)?),
         })
     }
@@ -465,6 +471,17 @@ impl<'a> Goal<'a> {
                 e.into_result(())?;
                 to_json(&r)
             }
+            Declaration::Processor(p) => {
+                p.validate()?;
+                processor::check_processor(&mut tx, &team_id, &team_name, name.as_str(), &p).await?;
+                sink_tags = tx
+                    .get(Kind::Sink, &team_id, p.sink.as_str())
+                    .await?
+                    .and_then(|s| s.spec_as::<SinkSpec>().ok())
+                    .map(|s| s.tags)
+                    .unwrap_or_default();
+                to_json(&p)
+            }
         };
         if let Some(c) = &current {
             if c.spec == spec && new_secrets.is_empty() {
@@ -660,15 +677,15 @@ impl<'a> Goal<'a> {
             )));
         }
         let dependants = match kind {
-            Kind::Stream | Kind::Sink => tx
-                .routes_referencing(&team_id, kind.as_str(), name)
-                .await?
-                .into_iter()
-                .map(|r| format!("route {r}"))
-                .collect(),
+            Kind::Stream | Kind::Sink => {
+                let routes = tx.routes_referencing(&team_id, kind.as_str(), name).await?;
+                let processors = processor::processors_using(&mut tx, &team_name, kind, name).await?;
+                let routes = routes.into_iter().map(|r| format!("route {r}"));
+                routes.chain(processors.into_iter().map(|p| format!("processor {p}"))).collect()
+            }
             Kind::Team => {
                 let mut live = Vec::new();
-                for k in [Kind::Stream, Kind::Sink, Kind::Route] {
+                for k in [Kind::Stream, Kind::Sink, Kind::Route, Kind::Processor] {
                     live.extend(
                         self.store
                             .list(k, &crate::store::Scope::Teams(vec![current.id.clone()]))
@@ -679,7 +696,7 @@ impl<'a> Goal<'a> {
                 }
                 live
             }
-            Kind::Route | Kind::Policy => Vec::new(),
+            Kind::Route | Kind::Processor | Kind::Policy => Vec::new(),
         };
         if !dependants.is_empty() {
             return Err(ValidationErrors::single(

@@ -10,12 +10,14 @@ use std::fmt;
 use utoipa::ToSchema;
 
 mod jobs;
+mod processor;
 mod records;
 mod route;
 mod sinks;
 mod stream;
 
 pub use jobs::*;
+pub use processor::*;
 pub use records::*;
 pub use route::*;
 use sinks::check_number;
@@ -23,7 +25,7 @@ pub use sinks::*;
 pub use stream::*;
 
 wire_names!(Role { Viewer => "viewer", Editor => "editor", Admin => "admin" });
-wire_names!(Kind { Team => "team", Stream => "stream", Sink => "sink", Route => "route", Policy => "policy" });
+wire_names!(Kind { Team => "team", Stream => "stream", Sink => "sink", Route => "route", Processor => "processor", Policy => "policy" });
 wire_names!(Op { Create => "create", Update => "update", Delete => "delete" });
 wire_names!(Delivery { NoGap => "no_gap", NoDuplicates => "no_duplicates" });
 wire_names!(DesiredState { Running => "running", Paused => "paused", Stopped => "stopped" });
@@ -52,6 +54,8 @@ pub enum Kind {
     Stream,
     Sink,
     Route,
+    /// A streaming SQL query whose results go to a sink (`ProcessorSpec`).
+    Processor,
     /// A platform-wide policy (today one: `approvals`), owned by admins like teams are.
     Policy,
 }
@@ -64,6 +68,7 @@ impl Kind {
             Kind::Stream => "streams",
             Kind::Sink => "sinks",
             Kind::Route => "routes",
+            Kind::Processor => "processors",
             Kind::Policy => "policies",
         }
     }

@@ -191,62 +191,76 @@ impl RouteSpec {
         }
         check_range(&mut e, "batch_size", self.batch_size, BATCH_SIZE_MAX);
         check_range(&mut e, "max_latency_ms", self.max_latency_ms, MAX_LATENCY_MS_MAX);
-        crate::alerts::validate_rules(&self.alerts, &mut e);
-        for key in self.config.keys() {
-            let ok = !key.is_empty()
-                && key.len() <= 100
-                && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
-            if !ok {
-                e.add(format!("config.{key}"), "keys use lowercase letters, digits, '.' and '_'");
-            }
-        }
-        if let Err(job_errors) = self.job_settings() {
-            e.0.extend(job_errors.0);
-        }
+        check_job_knobs(&mut e, &self.config, &self.alerts);
         e.into_result(())
     }
 
-    /// The job properties Keystone itself reads from `config` (keys under `job.`), with their
-    /// defaults. Other keys are free-form.
     /// The worker pool whose workers run this route's job (`job.pool`); `None`: the workers
     /// without a pool. (A process in role `all` runs every route.)
     pub fn pool(&self) -> Option<&str> {
         self.config.get("job.pool").map(String::as_str).filter(|p| !p.is_empty())
     }
 
+    /// The job properties Keystone itself reads from `config` (keys under `job.`), with their
+    /// defaults. Other keys are free-form.
     pub fn job_settings(&self) -> Result<JobSettings, ValidationErrors> {
-        let mut e = ValidationErrors::default();
-        let mut s = JobSettings::default();
-        for (key, value) in self.config.iter().filter(|(k, _)| k.starts_with("job.")) {
-            let field = format!("config.{key}");
-            let number = |lo: u32, hi: u32, e: &mut ValidationErrors| check_number(e, &field, Some(value), lo, hi);
-            match key.as_str() {
-                "job.checkpoint_interval_ms" => {
-                    s.checkpoint_interval_ms = number(10, 600_000, &mut e).unwrap_or(s.checkpoint_interval_ms)
-                }
-                "job.stall_timeout_s" => s.stall_timeout_s = number(10, 86_400, &mut e).unwrap_or(s.stall_timeout_s),
-                "job.stability_s" => s.stability_s = number(0, 3_600, &mut e).unwrap_or(s.stability_s),
-                "job.max_error_percent" => s.max_error_percent = number(1, 100, &mut e).unwrap_or(s.max_error_percent),
-                // Read by `pool`; checked here with the other job properties.
-                "job.pool" => {
-                    if let Err(err) = Name::parse(value) {
-                        e.add(field, format!("must be a pool name: {err}"));
-                    }
-                }
-                "job.start_at" => match value.as_str() {
-                    "earliest" => s.start_at_latest = false,
-                    "latest" => s.start_at_latest = true,
-                    _ => e.add(field, "must be earliest or latest"),
-                },
-                _ => e.add(
-                    field,
-                    "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at, \
-                     job.stability_s, job.max_error_percent, job.pool)",
-                ),
-            }
-        }
-        e.into_result(s)
+        job_settings_of(&self.config)
     }
+}
+
+/// The config keys, alert rules and job properties of a job's spec (a route's or a processor's).
+pub(crate) fn check_job_knobs(
+    e: &mut ValidationErrors,
+    config: &BTreeMap<String, String>,
+    alerts: &[crate::alerts::AlertRule],
+) {
+    crate::alerts::validate_rules(alerts, e);
+    for key in config.keys() {
+        let ok = !key.is_empty()
+            && key.len() <= 100
+            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+        if !ok {
+            e.add(format!("config.{key}"), "keys use lowercase letters, digits, '.' and '_'");
+        }
+    }
+    if let Err(job_errors) = job_settings_of(config) {
+        e.0.extend(job_errors.0);
+    }
+}
+
+/// The job properties a `config` map sets (keys under `job.`), over their defaults.
+pub fn job_settings_of(config: &BTreeMap<String, String>) -> Result<JobSettings, ValidationErrors> {
+    let mut e = ValidationErrors::default();
+    let mut s = JobSettings::default();
+    for (key, value) in config.iter().filter(|(k, _)| k.starts_with("job.")) {
+        let field = format!("config.{key}");
+        let number = |lo: u32, hi: u32, e: &mut ValidationErrors| check_number(e, &field, Some(value), lo, hi);
+        match key.as_str() {
+            "job.checkpoint_interval_ms" => {
+                s.checkpoint_interval_ms = number(10, 600_000, &mut e).unwrap_or(s.checkpoint_interval_ms)
+            }
+            "job.stall_timeout_s" => s.stall_timeout_s = number(10, 86_400, &mut e).unwrap_or(s.stall_timeout_s),
+            "job.stability_s" => s.stability_s = number(0, 3_600, &mut e).unwrap_or(s.stability_s),
+            "job.max_error_percent" => s.max_error_percent = number(1, 100, &mut e).unwrap_or(s.max_error_percent),
+            // Read by `pool`; checked here with the other job properties.
+            "job.pool" => {
+                if let Err(err) = Name::parse(value) {
+                    e.add(field, format!("must be a pool name: {err}"));
+                }
+            }
+            "job.start_at" => match value.as_str() {
+                "earliest" => s.start_at_latest = false,
+                "latest" => s.start_at_latest = true,
+                _ => e.add(field, "must be earliest or latest"),
+            },
+            _ => e.add(
+                field,
+                "is not a job property (job.checkpoint_interval_ms, job.stall_timeout_s, job.start_at, \
+                     job.stability_s, job.max_error_percent, job.pool)",
+            ),
+        }
+    }
+    e.into_result(s)
 }
 
 /// Job properties a route may set in its `config` map.

@@ -15,6 +15,7 @@ pub mod deployments;
 pub mod jobs;
 pub mod lease;
 pub mod operations;
+pub mod processors;
 pub mod samples;
 pub mod savepoints;
 pub mod tokens;

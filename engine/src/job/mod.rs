@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod dead_letters;
 pub mod latency;
 pub mod preview;
+pub mod processor;
 mod reader;
 pub mod registry;
 pub mod rewind;
@@ -57,6 +58,9 @@ pub enum JobError {
     CheckpointTask(#[from] tokio::task::JoinError),
     #[error("the sink refused events and the dead-letter queue could not take them: {0}")]
     DeadLetter(LogError),
+    /// A processor's query could not be compiled or run.
+    #[error("processor: {0}")]
+    Processor(String),
 }
 
 /// Exponential backoff with full jitter: 100 ms doubling to 30 s.

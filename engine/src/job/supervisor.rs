@@ -2,12 +2,13 @@
 //! backoff when it crashes or stalls, and marks it failed when it keeps failing. Each job has its
 //! own supervisor task, so one job's trouble never delays another's restart.
 
-use super::{run_assigned, Assignments, CheckpointStore, JobSpec, JobStats};
+use super::{run_assigned, Assignments, CheckpointStore, JobError, JobSpec, JobStats};
 use crate::log::group::Membership;
 use crate::log::{Log, LogError};
 use crate::sinks::{ConfigError, Sink};
 use keystone_control::JobPhase;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,47 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Joins a route job's consumer group for one run of the job (see `log::group`).
 pub type JoinGroup = Arc<dyn Fn() -> Result<Membership, LogError> + Send + Sync>;
 
+/// What a supervisor runs: one run of a job, until it is cancelled or fails, and how many events
+/// wait for it (no progress with events waiting is a stall). Route jobs and processor jobs are
+/// supervised by the same code through it.
+pub trait JobBody: Send + Sync + 'static {
+    type Sink: Sink;
+    fn run(
+        &self,
+        sink: Arc<Self::Sink>,
+        stats: Arc<JobStats>,
+        cancel: CancellationToken,
+        assignments: Option<Assignments>,
+    ) -> impl Future<Output = Result<(), JobError>> + Send + 'static;
+    fn lag(&self, stats: &JobStats) -> u64;
+}
+
+/// A route's job: its spec, the log it reads and where it commits positions.
+struct RouteBody<L, S, C> {
+    spec: Arc<JobSpec>,
+    log: Arc<L>,
+    checkpoints: Arc<C>,
+    sink: PhantomData<fn() -> S>,
+}
+
+impl<L: Log, S: Sink, C: CheckpointStore> JobBody for RouteBody<L, S, C> {
+    type Sink = S;
+
+    fn run(
+        &self,
+        sink: Arc<S>,
+        stats: Arc<JobStats>,
+        cancel: CancellationToken,
+        assignments: Option<Assignments>,
+    ) -> impl Future<Output = Result<(), JobError>> + Send + 'static {
+        run_assigned(self.spec.clone(), self.log.clone(), sink, self.checkpoints.clone(), stats, cancel, assignments)
+    }
+
+    fn lag(&self, stats: &JobStats) -> u64 {
+        stats.lag(&self.spec, self.log.as_ref())
+    }
+}
+
 /// Supervises one job until `cancel` fires. `make_sink` builds a fresh sink for every start.
 /// With `group`, every run of the job joins the route's consumer group and runs the partitions
 /// it is assigned (the job is shared by several workers); without, it runs them all.
@@ -83,6 +125,24 @@ pub async fn supervise<L, S, C, O, F>(
     O: JobObserver,
     F: Fn() -> Result<S, ConfigError> + Send + Sync + 'static,
 {
+    let body = RouteBody { spec, log, checkpoints, sink: PhantomData };
+    supervise_body(Arc::new(body), make_sink, observer, stats, policy, group, cancel).await
+}
+
+/// [`supervise`] for any [`JobBody`].
+pub async fn supervise_body<B, O, F>(
+    body: Arc<B>,
+    make_sink: F,
+    observer: Arc<O>,
+    stats: Arc<JobStats>,
+    policy: RestartPolicy,
+    group: Option<JoinGroup>,
+    cancel: CancellationToken,
+) where
+    B: JobBody,
+    O: JobObserver,
+    F: Fn() -> Result<B::Sink, ConfigError> + Send + Sync + 'static,
+{
     let mut crashes: Vec<Instant> = Vec::new();
     let mut restart_cause: Option<String> = None;
     let observer = Checked { observer, last: std::sync::Mutex::new(None) };
@@ -99,8 +159,7 @@ pub async fn supervise<L, S, C, O, F>(
                 // The member stays in the group while the job runs and leaves after it ended.
                 let (member, assignments) = membership.unzip();
                 let sink = Arc::new(sink);
-                let outcome =
-                    watch(&spec, &log, sink, &checkpoints, observer, &stats, &policy, assignments, &cancel).await;
+                let outcome = watch(&body, sink, observer, &stats, &policy, assignments, &cancel).await;
                 if let Some(member) = member {
                     member.leave().await;
                 }
@@ -159,12 +218,9 @@ impl<O: JobObserver> Checked<O> {
 
 /// Runs the job once and watches it. `None` when it stopped because it was asked to; otherwise
 /// why it ended (crash, stall, or an unexpected exit).
-#[allow(clippy::too_many_arguments)]
-async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
-    spec: &Arc<JobSpec>,
-    log: &Arc<L>,
-    sink: Arc<S>,
-    checkpoints: &Arc<C>,
+async fn watch<B: JobBody, O: JobObserver>(
+    body: &Arc<B>,
+    sink: Arc<B::Sink>,
     observer: &Checked<O>,
     stats: &Arc<JobStats>,
     policy: &RestartPolicy,
@@ -172,15 +228,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
     cancel: &CancellationToken,
 ) -> Option<String> {
     let this_run = cancel.child_token();
-    let mut task = tokio::spawn(run_assigned(
-        spec.clone(),
-        log.clone(),
-        sink,
-        checkpoints.clone(),
-        stats.clone(),
-        this_run.clone(),
-        assignments,
-    ));
+    let mut task = tokio::spawn(body.run(sink, stats.clone(), this_run.clone(), assignments));
     // (failing, paused) as last reported.
     let mut reported: Option<(bool, bool)> = None;
     let mut last_progress = (stats.activity(), Instant::now());
@@ -224,7 +272,7 @@ async fn watch<L: Log, S: Sink, C: CheckpointStore, O: JobObserver>(
         // A paused job makes no progress on purpose: that is not a stall.
         if progress != last_progress.0 || failing || paused {
             last_progress = (progress, Instant::now());
-        } else if last_progress.1.elapsed() >= policy.stall_after && stats.lag(spec, log.as_ref()) > 0 {
+        } else if last_progress.1.elapsed() >= policy.stall_after && body.lag(stats) > 0 {
             this_run.cancel();
             if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
                 task.abort();

@@ -66,6 +66,7 @@ impl Reconciler {
             tracing::warn!(instance = %self.instance, "Lost the reconciler lease; stopping this process's jobs.");
             *self.lease.lock().expect("lease lock") = None;
             self.jobs.stop_all().await;
+            self.processors.stop_all().await;
         }
         self.health.leader.store(false, Relaxed);
         Leadership::Following

@@ -45,6 +45,7 @@ mod checkpoints;
 mod deployments;
 mod jobs;
 mod lease;
+mod processors;
 mod topics;
 
 use lease::Leadership;
@@ -64,6 +65,8 @@ pub struct Reconciler {
     pub store: Store,
     pub log: Arc<AnyLog>,
     pub jobs: Arc<Jobs>,
+    /// Processors' jobs (their own registry: the routes' plan never sees them).
+    pub processors: Arc<Jobs>,
     /// Roots file sinks.
     pub data_dir: PathBuf,
     pub health: Arc<ReconcilerHealth>,
@@ -180,7 +183,10 @@ impl Reconciler {
         if self.role == ProcessRole::Ingest {
             return Ok(());
         }
-        self.routes(&streams).await
+        let routes = self.routes(&streams).await;
+        // One concern's failure never stops the other's pass.
+        let processors = self.processors(&streams).await;
+        routes.and(processors)
     }
 }
 

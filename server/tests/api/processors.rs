@@ -1,0 +1,176 @@
+//! Processors through the real server: declared and planned at every save (errors with the
+//! position in the query, unknown fields named, unbounded state refused), run as jobs whose
+//! windowed results reach a sink once, with late events dead-lettered.
+
+use super::delivery::{declare, eventually, ingest, producer_token, sink_lines};
+use super::*;
+use std::collections::BTreeSet;
+
+fn plays_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["ts", "country"],
+        "properties": {
+            "ts": {"type": "string", "format": "date-time"},
+            "country": {"type": "string"},
+            "user": {"type": "string"},
+            "bitrate": {"type": "integer"}
+        }
+    })
+}
+
+const PER_MINUTE: &str = "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS window_start, country,\n  \
+    COUNT(*) AS plays, SUM(bitrate) AS total\nFROM plays\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), country";
+
+fn field_error<'a>(body: &'a Value, field: &str) -> &'a str {
+    body["error"]["details"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["field"] == field))
+        .and_then(|f| f["message"].as_str())
+        .unwrap_or_else(|| panic!("no error for {field}: {body}"))
+}
+
+#[tokio::test]
+async fn a_processor_is_planned_at_declaration_and_bad_queries_are_refused_with_their_place() {
+    let app = spawn_app(Db::Sqlite).await;
+    declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24, "schema": plays_schema()})).await;
+    declare(&app, "sinks", "minutes", json!({"kind": "file", "settings": {"path": "minutes"}})).await;
+    let create = |name: &str, spec: Value| json!({"name": name, "spec": spec});
+    let url = "/api/v1/teams/alpha/processors";
+
+    // Planned without saving: inputs, output columns and types, kind, operators.
+    let req = json!({"sql": PER_MINUTE, "inputs": {"plays": {"event_time": "ts"}}});
+    let (s, plan) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/processor-plan", req).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    assert_eq!(plan["inputs"], json!(["plays"]));
+    assert_eq!(plan["kind"], "windowed");
+    assert_eq!(plan["window"], "tumbling 1m on ts");
+    let columns: Vec<(String, String)> = plan["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_owned(), c["type"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected = [("window_start", "timestamp"), ("country", "string"), ("plays", "bigint"), ("total", "bigint")];
+    assert_eq!(columns, expected.map(|(n, t)| (n.to_owned(), t.to_owned())));
+    assert!(plan["operators"].as_array().unwrap().iter().any(|o| o.as_str().unwrap().contains("Aggregate")));
+
+    let refused = [
+        (
+            json!({"sql": "SELECT country\nFROM plays\nWHER country = 'BR'", "sink": "minutes"}),
+            "sql",
+            "line 3, column 6",
+        ),
+        (json!({"sql": "SELECT country, bogus FROM plays", "sink": "minutes"}), "sql", "bogus"),
+        (
+            json!({"sql": "SELECT country, COUNT(*) AS n FROM plays GROUP BY country", "sink": "minutes"}),
+            "sql",
+            "state_ttl",
+        ),
+        (json!({"sql": "SELECT user FROM nowhere", "sink": "minutes"}), "sql", "no stream named \"nowhere\""),
+        (
+            json!({"sql": PER_MINUTE, "sink": "minutes", "inputs": {"plays": {"event_time": "country"}}}),
+            "inputs.plays.event_time",
+            "date-time",
+        ),
+        (json!({"sql": PER_MINUTE, "sink": "minutes"}), "sql", "\"_ingested_at\""),
+        (json!({"sql": "SELECT country FROM plays", "sink": "nothing"}), "sink", "no sink named"),
+    ];
+    for (spec, field, says) in refused {
+        let (s, body) = app.post(&app.alpha, url, create("bad", spec.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{spec}: {body}");
+        assert!(field_error(&body, field).contains(says), "{spec}: {body}");
+    }
+    let (_, listed) = app.get(&app.alpha, url).await;
+    assert_eq!(listed, json!([]), "nothing refused was stored");
+
+    // A viewer may plan, not declare.
+    let good = json!({"sql": PER_MINUTE, "sink": "minutes", "inputs": {"plays": {"event_time": "ts"}}});
+    let (s, _) = app.post(&app.alpha_viewer, url, create("per-minute", good.clone())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, body) = app.post(&app.alpha, url, create("per-minute", good)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, got) = app.get(&app.alpha_viewer, &format!("{url}/per-minute")).await;
+    assert_eq!((s, got["spec"]["sql"].as_str()), (StatusCode::OK, Some(PER_MINUTE)));
+    // Team beta sees none of it.
+    let (s, _) =
+        app.post(&app.beta, "/api/v1/teams/alpha/processor-plan", json!({"sql": "SELECT country FROM plays"})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // What the processor reads and writes cannot be deleted under it.
+    for (kind, name) in [("streams", "plays"), ("sinks", "minutes")] {
+        let (s, body) = app.delete(&app.alpha, &format!("/api/v1/teams/alpha/{kind}/{name}")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains("processor per-minute"), "{body}");
+    }
+    let (s, _) = app.delete(&app.alpha, &format!("{url}/per-minute")).await;
+    assert!(s.is_success());
+    let (s, _) = app.delete(&app.alpha, "/api/v1/teams/alpha/sinks/minutes").await;
+    assert!(s.is_success());
+}
+
+/// A flat JSON object as text with its keys sorted, to compare results as sets.
+fn canon(v: &Value) -> String {
+    let sorted: std::collections::BTreeMap<&String, &Value> = v.as_object().expect("an object").iter().collect();
+    serde_json::to_string(&sorted).unwrap()
+}
+
+fn at(minute: u32, second: u32) -> String {
+    format!("2026-12-07T10:{minute:02}:{second:02}Z")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_results_reach_the_sink_once_and_late_events_are_dead_lettered() {
+    let app = spawn_app(Db::Sqlite).await;
+    declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24, "schema": plays_schema()})).await;
+    declare(&app, "sinks", "minutes", json!({"kind": "file", "settings": {"path": "minutes"}})).await;
+    let spec = json!({"sql": PER_MINUTE, "sink": "minutes", "inputs": {"plays": {"event_time": "ts"}},
+                      "config": {"job.checkpoint_interval_ms": "100"}});
+    declare(&app, "processors", "per-minute", spec).await;
+    let token = producer_token(&app, "plays").await;
+
+    let play = |minute, second, country: &str, bitrate: i64| json!({"ts": at(minute, second), "country": country, "bitrate": bitrate});
+    // Out of order within the minute; the 10:01 event closes 10:00 (no lateness allowed).
+    let first = [
+        play(0, 30, "BR", 100),
+        play(0, 5, "US", 50),
+        play(0, 59, "BR", 200),
+        play(0, 1, "BR", 1),
+        play(1, 10, "BR", 7),
+    ];
+    ingest(&app, &token, "plays", &first).await;
+    let minute_zero: BTreeSet<String> = [
+        json!({"window_start": at(0, 0), "country": "BR", "plays": 3, "total": 301}),
+        json!({"window_start": at(0, 0), "country": "US", "plays": 1, "total": 50}),
+    ]
+    .iter()
+    .map(canon)
+    .collect();
+    let results = || sink_lines(&app, "minutes").iter().map(|l| canon(&l["event"])).collect::<Vec<String>>();
+    eventually("minute 10:00 delivered", || async { results().len() >= 2 }).await;
+    assert_eq!(results().into_iter().collect::<BTreeSet<_>>(), minute_zero);
+
+    // A late event for 10:00 goes to the dead-letter queue, not into a result.
+    ingest(&app, &token, "plays", &[play(0, 40, "US", 9999)]).await;
+    let letters_url = "/api/v1/teams/alpha/processors/per-minute/dead-letters";
+    eventually("the late event dead-lettered", || async {
+        app.get(&app.alpha_viewer, letters_url).await.1.as_array().is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    let (_, letters) = app.get(&app.alpha_viewer, letters_url).await;
+    assert_eq!(letters[0]["letter"]["reason"], "late", "{letters}");
+    assert_eq!(letters[0]["letter"]["envelope"]["payload"]["bitrate"], 9999);
+
+    // 10:03 closes 10:01; every result exactly once, with the ids the processor gave them.
+    ingest(&app, &token, "plays", &[play(3, 0, "FR", 1)]).await;
+    eventually("minute 10:01 delivered", || async { results().len() >= 3 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut expected = minute_zero;
+    expected.insert(canon(&json!({"window_start": at(1, 0), "country": "BR", "plays": 1, "total": 7})));
+    let got = results();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    let ids: BTreeSet<String> =
+        sink_lines(&app, "minutes").iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 3);
+}
