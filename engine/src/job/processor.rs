@@ -226,25 +226,36 @@ impl<L: Log, S: Sink> Run<'_, L, S> {
     /// is cancelled: then nothing after the last checkpoint counts as delivered).
     async fn deliver(&mut self, results: Vec<ResultRow>) -> Result<(), JobError> {
         for chunk in results.chunks(self.job.batch_size.max(1)) {
-            let batch: Vec<SinkEvent> = chunk
-                .iter()
-                .map(|r| SinkEvent {
-                    id: r.id.clone(),
-                    ingested_at: r.time_ms,
-                    key: r.key.clone(),
-                    partition: 0,
-                    offset: 0,
-                    event: RawValue::from_string(r.json.clone()).expect("the pipeline writes JSON objects"),
-                })
-                .collect();
+            let mut batch: Vec<SinkEvent> = Vec::with_capacity(chunk.len());
+            let mut unwritable = Vec::new();
+            for r in chunk {
+                // A value JSON cannot hold (a float NaN) makes a result no sink can take.
+                match RawValue::from_string(r.json.clone()) {
+                    Ok(event) => batch.push(SinkEvent {
+                        id: r.id.clone(),
+                        ingested_at: r.time_ms,
+                        key: r.key.clone(),
+                        partition: 0,
+                        offset: 0,
+                        event,
+                    }),
+                    Err(e) => unwritable.push((r, e.to_string())),
+                }
+            }
+            if !unwritable.is_empty() {
+                self.dead_letter_unwritable(unwritable).await?;
+            }
+            if batch.is_empty() {
+                continue;
+            }
             let mut attempt = 0u32;
-            loop {
+            let refused = loop {
                 match self.sink.deliver(&batch).await {
-                    Ok(()) => break,
+                    Ok(()) => break 0,
                     Err(SinkError::Rejected(refused)) => {
-                        let dead: Vec<(usize, String)> = refused;
-                        self.dead_letter_results(&batch, dead).await?;
-                        break;
+                        let n = refused.len();
+                        self.dead_letter_results(&batch, refused).await?;
+                        break n;
                     }
                     Err(e) => {
                         self.stats.sink_errors[e.kind() as usize].fetch_add(1, Ordering::Relaxed);
@@ -258,10 +269,10 @@ impl<L: Log, S: Sink> Run<'_, L, S> {
                         attempt += 1;
                     }
                 }
-            }
+            };
             self.stats.failing.store(false, Ordering::Relaxed);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats.delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.stats.delivered.fetch_add((batch.len() - refused) as u64, Ordering::Relaxed);
             let bytes: u64 = batch.iter().map(|e| e.event.get().len() as u64).sum();
             self.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -285,50 +296,56 @@ impl<L: Log, S: Sink> Run<'_, L, S> {
         Ok(())
     }
 
+    /// Late events and events that do not fit the table, with the envelope as read.
     async fn dead_letter(&self, partition: u32, dead: Vec<(&StoredRecord, String)>) -> Result<(), JobError> {
-        let now = crate::now_ms();
-        let count = dead.len() as u64;
-        let records = dead
+        let letters = dead
             .into_iter()
             .map(|(r, reason)| {
                 let original: Value = serde_json::from_slice(&r.value)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.value).into_owned()));
-                let letter = json!({
-                    "processor": self.job.name,
-                    "reason": reason,
-                    "partition": partition,
-                    "offset": r.offset,
-                    "failed_at": now,
-                    "envelope": original,
-                });
-                NewRecord {
-                    partition: 0,
-                    timestamp_ms: now,
-                    key: r.key.clone(),
-                    value: letter.to_string().into_bytes(),
-                }
+                let letter =
+                    json!({"reason": reason, "partition": partition, "offset": r.offset, "envelope": original});
+                (r.key.clone(), letter)
             })
             .collect();
-        self.log.append(&self.job.dead_letter_topic, records).await.map_err(JobError::DeadLetter)?;
-        self.stats.dead_lettered.fetch_add(count, Ordering::Relaxed);
-        Ok(())
+        self.append_letters(letters).await
     }
 
-    /// Results the sink refused for good go to the dead-letter queue with its reason.
+    /// Results no sink can take (not JSON: a float NaN), as text.
+    async fn dead_letter_unwritable(&self, results: Vec<(&ResultRow, String)>) -> Result<(), JobError> {
+        let letters = results
+            .into_iter()
+            .map(|(r, why)| {
+                let result = json!({"id": r.id, "key": r.key, "text": r.json});
+                (None, json!({"reason": format!("the result is not JSON: {why}"), "result": result}))
+            })
+            .collect();
+        self.append_letters(letters).await
+    }
+
+    /// Results the sink refused for good, with its reason.
     async fn dead_letter_results(&self, batch: &[SinkEvent], refused: Vec<(usize, String)>) -> Result<(), JobError> {
-        let now = crate::now_ms();
-        let count = refused.len() as u64;
-        let records = refused
+        let letters = refused
             .into_iter()
             .filter_map(|(i, reason)| {
                 let e = batch.get(i)?;
-                let letter = json!({
-                    "processor": self.job.name,
-                    "reason": reason,
-                    "failed_at": now,
-                    "result": {"id": e.id, "key": e.key, "event": e.event},
-                });
-                Some(NewRecord { partition: 0, timestamp_ms: now, key: None, value: letter.to_string().into_bytes() })
+                Some((None, json!({"reason": reason, "result": {"id": e.id, "key": e.key, "event": e.event}})))
+            })
+            .collect();
+        self.append_letters(letters).await
+    }
+
+    /// Appends letters (each named after the processor and stamped) to its dead-letter queue,
+    /// durably, before the positions behind them can be checkpointed.
+    async fn append_letters(&self, letters: Vec<(Option<Vec<u8>>, Value)>) -> Result<(), JobError> {
+        let now = crate::now_ms();
+        let count = letters.len() as u64;
+        let records = letters
+            .into_iter()
+            .map(|(key, mut letter)| {
+                letter["processor"] = json!(self.job.name);
+                letter["failed_at"] = json!(now);
+                NewRecord { partition: 0, timestamp_ms: now, key, value: letter.to_string().into_bytes() }
             })
             .collect();
         self.log.append(&self.job.dead_letter_topic, records).await.map_err(JobError::DeadLetter)?;
