@@ -45,6 +45,7 @@ impl Reconciler {
         let find = |objects: &[Object], team: &str, name: &str| {
             objects.iter().find(|o| o.team == team && o.name == name).cloned()
         };
+        let live: std::collections::HashSet<String> = processors.iter().map(|p| p.id.clone()).collect();
         let mut goal = Vec::new();
         let mut inputs: HashMap<String, ProcessorInputs> = HashMap::new();
         for processor in processors {
@@ -100,7 +101,16 @@ impl Reconciler {
                     Ok(())
                 }
                 JobAction::Halt { route_id } => self.stop_processor(&route_id, "stopped as declared").await,
-                JobAction::Stop { route_id } => self.stop_processor(&route_id, "the processor was deleted").await,
+                JobAction::Stop { route_id } => {
+                    // A deleted processor's state goes with it (a processor declared again under
+                    // the same name is a new object and starts empty).
+                    match self.stop_processor(&route_id, "the processor was deleted").await {
+                        Ok(()) if !live.contains(&route_id) => {
+                            self.store.drop_processor_checkpoint(&route_id).await.map_err(Into::into)
+                        }
+                        other => other,
+                    }
+                }
             };
             failures.note(&id, outcome);
         }
