@@ -71,6 +71,14 @@ async fn team_streams(tx: &mut WriteTx, team_name: &str) -> Result<BTreeMap<Stri
 pub fn explain(req: &ExplainRequest, streams: &BTreeMap<String, Option<Value>>) -> Result<Query, ValidationErrors> {
     let query = keystone_sql::plan(&req.sql, streams, req.state_ttl_s.is_some())
         .map_err(|err| ValidationErrors::single("sql", err.to_string()))?;
+    if let Shape::Updating { .. } = query.shape {
+        // Planned, but no operator runs it yet: refused rather than stored as a job that fails.
+        return Err(ValidationErrors::single(
+            "sql",
+            "a GROUP BY without a window (results updated per key) does not run yet: group by a window \
+             (GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), ...)",
+        ));
+    }
     let mut e = ValidationErrors::default();
     for stream in req.inputs.keys() {
         if !query.inputs.contains(stream) {

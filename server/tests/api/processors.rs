@@ -67,6 +67,11 @@ async fn a_processor_is_planned_at_declaration_and_bad_queries_are_refused_with_
             "sql",
             "state_ttl",
         ),
+        (
+            json!({"sql": "SELECT country, COUNT(*) AS n FROM plays GROUP BY country", "sink": "minutes", "state_ttl_s": 60}),
+            "sql",
+            "does not run yet",
+        ),
         (json!({"sql": "SELECT user FROM nowhere", "sink": "minutes"}), "sql", "no stream named \"nowhere\""),
         (
             json!({"sql": PER_MINUTE, "sink": "minutes", "inputs": {"plays": {"event_time": "country"}}}),
