@@ -112,6 +112,7 @@ async fn a_processor_is_planned_at_declaration_and_bad_queries_are_refused_with_
     assert!(s.is_success());
     let (s, _) = app.delete(&app.alpha, "/api/v1/teams/alpha/sinks/minutes").await;
     assert!(s.is_success());
+    app.teardown().await;
 }
 
 /// A flat JSON object as text with its keys sorted, to compare results as sets.
@@ -124,9 +125,12 @@ fn at(minute: u32, second: u32) -> String {
     format!("2026-12-07T10:{minute:02}:{second:02}Z")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn windowed_results_reach_the_sink_once_and_late_events_are_dead_lettered() {
-    let app = spawn_app(Db::Sqlite).await;
+// On both backends: a processor's checkpoint (positions and state in one row) is a BLOB in
+// SQLite and a BYTEA in PostgreSQL.
+on_both_backends!(windowed_results_reach_the_sink_once_and_late_events_are_dead_lettered);
+
+async fn windowed_results_reach_the_sink_once_and_late_events_are_dead_lettered(db: Db) {
+    let app = spawn_app(db).await;
     declare(&app, "streams", "plays", json!({"partitions": 1, "retention_hours": 24, "schema": plays_schema()})).await;
     declare(&app, "sinks", "minutes", json!({"kind": "file", "settings": {"path": "minutes"}})).await;
     let spec = json!({"sql": PER_MINUTE, "sink": "minutes", "inputs": {"plays": {"event_time": "ts"}},
@@ -178,4 +182,5 @@ async fn windowed_results_reach_the_sink_once_and_late_events_are_dead_lettered(
     let ids: BTreeSet<String> =
         sink_lines(&app, "minutes").iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 3);
+    app.teardown().await;
 }
