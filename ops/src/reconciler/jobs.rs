@@ -190,9 +190,14 @@ impl Reconciler {
             // The control plane records it once, not every worker.
             return Ok(());
         }
-        let version = self.store.job(route_id).await?.map_or(0, |j| j.version);
+        self.record_stopped(route_id, cause).await
+    }
+
+    /// Records that a job (a route's or a processor's) stopped, and why.
+    pub(super) async fn record_stopped(&self, job_id: &str, cause: &str) -> anyhow::Result<()> {
+        let version = self.store.job(job_id).await?.map_or(0, |j| j.version);
         let change = PhaseChange {
-            route_id,
+            route_id: job_id,
             version,
             to: JobPhase::Stopped,
             cause,

@@ -119,18 +119,7 @@ impl Reconciler {
 
     async fn stop_processor(&self, id: &str, cause: &str) -> anyhow::Result<()> {
         self.processors.stop(id, true).await;
-        let version = self.store.job(id).await?.map_or(0, |j| j.version);
-        let change = PhaseChange {
-            route_id: id,
-            version,
-            to: JobPhase::Stopped,
-            cause,
-            error: None,
-            restart: false,
-            reporter: None,
-        };
-        self.store.record_phase(change).await?;
-        Ok(())
+        self.record_stopped(id, cause).await
     }
 
     async fn start_processor(

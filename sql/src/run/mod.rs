@@ -33,7 +33,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use steps::{physical, Rows, Step};
+use steps::{physical, Step};
 use window::WindowAggregate;
 
 /// How a processor reads its input.
@@ -196,12 +196,8 @@ impl Pipeline {
             .collect();
         out.late = keep.iter().zip(&decoded).filter(|(k, _)| *k == Some(false)).map(|(_, &i)| i).collect();
         let batch = filter_record_batch(&batch, &keep).map_err(|e| internal(e.into()))?;
-        let ids = batch.column(0).clone();
-        let mut rows = Rows { batch, ids };
-        for step in &self.pre {
-            rows = step.apply(rows).map_err(internal)?;
-        }
-        aggregate.update(&rows.batch, watermark).map_err(internal)?;
+        let (batch, _) = steps::run_tracked(&self.pre, batch).map_err(internal)?;
+        aggregate.update(&batch, watermark).map_err(internal)?;
         if let Some(max) = (0..times.len()).filter(|&r| !times.is_null(r)).map(|r| times.value(r)).max() {
             self.watermarks.observe(partition, max, now_ms);
         }
@@ -216,21 +212,9 @@ impl Pipeline {
     }
 
     fn stateless(&self, batch: RecordBatch, ids: ArrayRef, times: &[i64]) -> Result<Vec<ResultRow>> {
-        // The row's position before any filter, to find its ingest time again.
-        let positions: ArrayRef =
-            Arc::new(datafusion_common::arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32));
-        let mut rows = Rows { batch, ids: positions };
-        for step in &self.pre {
-            rows = step.apply(rows)?;
-        }
-        let positions = rows
-            .ids
-            .as_any()
-            .downcast_ref::<datafusion_common::arrow::array::UInt32Array>()
-            .cloned()
-            .expect("positions");
+        let (batch, positions) = steps::run_tracked(&self.pre, batch)?;
         let ids = ids.as_any().downcast_ref::<StringArray>().cloned().expect("ids are strings");
-        let json = self.json_lines(&rows.batch)?;
+        let json = self.json_lines(&batch)?;
         Ok(json
             .into_iter()
             .enumerate()
@@ -245,21 +229,9 @@ impl Pipeline {
         let watermark = self.watermarks.current(now_ms);
         let Some(aggregate) = self.aggregate.as_mut() else { return Ok(Vec::new()) };
         let Some((batch, closed)) = aggregate.close(watermark)? else { return Ok(Vec::new()) };
-        // Each pane's row keeps its place through the steps above the aggregate (a HAVING
-        // filter may drop some).
-        let positions: ArrayRef =
-            Arc::new(datafusion_common::arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32));
-        let mut rows = Rows { batch, ids: positions };
-        for step in &self.post {
-            rows = step.apply(rows)?;
-        }
-        let positions = rows
-            .ids
-            .as_any()
-            .downcast_ref::<datafusion_common::arrow::array::UInt32Array>()
-            .cloned()
-            .expect("positions");
-        let json = self.json_lines(&rows.batch)?;
+        // A HAVING filter above the aggregate may drop panes: each row finds its pane by position.
+        let (batch, positions) = steps::run_tracked(&self.post, batch)?;
+        let json = self.json_lines(&batch)?;
         Ok(json
             .into_iter()
             .enumerate()

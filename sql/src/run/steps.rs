@@ -1,7 +1,7 @@
 //! The stateless part of a plan as physical steps over record batches: each filter and each
 //! projection of the logical plan, its expressions compiled by DataFusion's physical planner.
 
-use datafusion_common::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion_common::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion_common::arrow::compute::{filter, filter_record_batch};
 use datafusion_common::arrow::datatypes::{Field, Schema};
 use datafusion_common::{DFSchema, Result};
@@ -39,15 +39,26 @@ pub(crate) enum Step {
     },
 }
 
-/// A batch on its way through the steps, with the id of the event behind each row (a filter
-/// drops rows, a projection may drop the `_id` column: a stateless result keeps its event's id).
+/// A batch on its way through the steps, with each row's position in the batch the steps began
+/// with (a filter drops rows: a result finds its event, or its window, again by position).
 pub(crate) struct Rows {
-    pub(crate) batch: RecordBatch,
-    pub(crate) ids: ArrayRef,
+    batch: RecordBatch,
+    positions: ArrayRef,
+}
+
+/// Runs `batch` through `steps`: the resulting batch and, per row, its position in `batch`.
+pub(crate) fn run_tracked(steps: &[Step], batch: RecordBatch) -> Result<(RecordBatch, UInt32Array)> {
+    let positions = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
+    let mut rows = Rows { batch, positions };
+    for step in steps {
+        rows = step.apply(rows)?;
+    }
+    let positions = rows.positions.as_any().downcast_ref::<UInt32Array>().cloned().expect("positions are u32");
+    Ok((rows.batch, positions))
 }
 
 impl Step {
-    pub(crate) fn apply(&self, rows: Rows) -> Result<Rows> {
+    fn apply(&self, rows: Rows) -> Result<Rows> {
         match self {
             Step::Filter(predicate) => {
                 let mask = evaluate(predicate, &rows.batch)?;
@@ -56,13 +67,13 @@ impl Step {
                     BooleanArray::from(vec![false; rows.batch.num_rows()])
                 });
                 // NULL counts as false, as in SQL (arrow's filter keeps only true).
-                Ok(Rows { batch: filter_record_batch(&rows.batch, &mask)?, ids: filter(&rows.ids, &mask)? })
+                Ok(Rows { batch: filter_record_batch(&rows.batch, &mask)?, positions: filter(&rows.positions, &mask)? })
             }
             Step::Project { exprs, names } => {
                 let n = rows.batch.num_rows();
                 let columns = exprs.iter().map(|e| evaluate(e, &rows.batch)).collect::<Result<Vec<_>>>()?;
                 let batch = batch_of(names, columns, n)?;
-                Ok(Rows { batch, ids: rows.ids })
+                Ok(Rows { batch, positions: rows.positions })
             }
         }
     }
