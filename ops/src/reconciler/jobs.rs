@@ -43,12 +43,7 @@ impl Reconciler {
             };
             let Ok(sink_spec) = sink.spec_as::<SinkSpec>() else { continue };
             let backfill = backfills.remove(&route.id);
-            // A stream sink appends to its target's current topic: a re-created target is a
-            // redeploy onto the new topic.
-            let target_topic = sink_spec
-                .stream_target()
-                .and_then(|t| StreamRef::parse(t, &sink.team).ok())
-                .and_then(|t| find(streams, &t.team, &t.stream).map(|s| s.stream_topic()));
+            let target_topic = target_topic(&sink_spec, &sink, streams);
             let fingerprint = job_fingerprint(&JobInputs {
                 route: serde_json::to_value(spec.job_relevant())?,
                 stream_version: stream.version,

@@ -190,6 +190,13 @@ impl Reconciler {
     }
 }
 
+/// The topic a stream sink appends to: its target stream's current topic, so a re-created target
+/// is a redeploy of the jobs delivering to it onto the new topic. `None` for other sinks.
+fn target_topic(sink_spec: &SinkSpec, sink: &Object, streams: &[Object]) -> Option<String> {
+    let t = StreamRef::parse(sink_spec.stream_target()?, &sink.team).ok()?;
+    streams.iter().find(|s| s.team == t.team && s.name == t.stream).map(Object::stream_topic)
+}
+
 /// The failures of one pass over many objects: each is logged with its object when it happens,
 /// and the pass goes on with the others; the pass then reports them together.
 #[derive(Default)]
