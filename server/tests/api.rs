@@ -820,8 +820,6 @@ mod data_safety;
 mod listings;
 #[path = "api/openapi.rs"]
 mod openapi;
-#[path = "api/processors.rs"]
-mod processors;
 use openapi::openapi_document_is_served;
 #[path = "api/security.rs"]
 mod security;
@@ -848,6 +846,10 @@ on_both_backends!(
     approvals_hold_back_changes_until_another_admin_decides,
     leases_allow_one_holder_and_fence_a_stale_one,
 );
+
+// After the macro: the processor tests run on both backends through it.
+#[path = "api/processors.rs"]
+mod processors;
 
 /// Every event in the NDJSON and Parquet files under a folder.
 fn events_under(dir: &std::path::Path) -> Vec<Value> {
