@@ -278,3 +278,21 @@ pub async fn explain_processor(
     let req: keystone_control::ExplainRequest = parse_body(&body)?;
     Ok(Json(Goal::new(&s.platform.store, &who).explain_processor(&team, &req).await?))
 }
+
+/// Runs a processor's query, as given, over its stream's newest events (default 500) and closes
+/// every window: the results a sink would hold (an updated key's latest row), the late events,
+/// the events the query cannot use and the plan. Saves and delivers nothing; editors only (the
+/// query runs on the server).
+#[utoipa::path(post, path = "/api/v1/teams/{team}/processor-preview",
+    request_body = keystone_control::ProcessorPreviewRequest, params(("team" = String, Path)),
+    responses((status = 200, body = keystone_control::ProcessorPreview), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn preview_processor(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path(team): Path<String>,
+    body: Bytes,
+) -> Result<Json<keystone_control::ProcessorPreview>, ApiError> {
+    let req: keystone_control::ProcessorPreviewRequest = parse_body(&body)?;
+    Ok(Json(s.platform.ops(&who).preview_processor(&team, &req).await?))
+}

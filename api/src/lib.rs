@@ -94,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/policies/approvals", get(approvals::get_policy))
         .route("/api/v1/teams/{team}/route-preview", post(jobs::preview))
         .route("/api/v1/teams/{team}/processor-plan", post(handlers::explain_processor))
+        .route("/api/v1/teams/{team}/processor-preview", post(handlers::preview_processor))
         .route("/api/v1/teams/{team}/processors/{name}/dead-letters", get(jobs::processor_dead_letters))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))

@@ -71,6 +71,7 @@ fn Nav(me: Me) -> impl IntoView {
                 {link("/streams", "Streams")}
                 {link("/sinks", "Sinks")}
                 {link("/routes", "Routes")}
+                {link("/processors", "Processors")}
                 {link("/jobs", "Jobs")}
                 {link("/workers", "Workers")}
                 {link("/audit", "Audit log")}

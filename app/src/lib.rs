@@ -101,6 +101,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/routes/:team/:name") view=pages::routes::RouteDetailPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name/edit") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name/dashboard") view=pages::dashboard::RouteDashboardPage ssr=SsrMode::Async/>
+                    <Route path=path!("/processors") view=pages::processors::ProcessorsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/processors/new") view=pages::processors::ProcessorFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/processors/:team/:name") view=pages::processors::ProcessorDetailPage ssr=SsrMode::Async/>
+                    <Route path=path!("/processors/:team/:name/edit") view=pages::processors::ProcessorFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/jobs") view=pages::jobs::JobsPage ssr=SsrMode::Async/>
                     <Route path=path!("/workers") view=pages::workers::WorkersPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>

@@ -408,3 +408,87 @@ test("a route to a production sink waits for an admin: the editor requests, an a
   await expect(page.getByRole("button", { name: "Approve and apply" })).toHaveCount(0);
   await page.screenshot({ path: "test-results/approvals.png", fullPage: true });
 });
+
+test("a processor's plan follows the query as it is typed, a bad query is refused at its field, and the processor runs", async ({ page }) => {
+  const stream = unique("views");
+  const sink = unique("counts");
+  const processor = unique("per-minute");
+  await signIn(page, users.editor);
+
+  await page.goto("/streams/new");
+  const schema = { type: "object", properties: { ts: { type: "string", format: "date-time" }, country: { type: "string" } } };
+  await fill(page, { Name: stream, Partitions: "1", "JSON Schema": JSON.stringify(schema) });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+  await page.getByLabel("Token name").fill("browser-test");
+  await page.getByRole("button", { name: "Create producer token" }).click();
+  const token = (await page.getByTestId("new-producer-token").innerText()).match(/kp_[A-Za-z0-9_-]+/)![0];
+  // Two minutes of views, and a later one that closes them.
+  const views = [
+    { ts: "2026-12-07T10:00:05Z", country: "BR" },
+    { ts: "2026-12-07T10:00:30Z", country: "BR" },
+    { ts: "2026-12-07T10:00:40Z", country: "US" },
+    { ts: "2026-12-07T10:05:00Z", country: "FR" },
+  ];
+  const resp = await page.request.post(`/ingest/${stream}`, {
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/x-ndjson" },
+    data: views.map((v) => JSON.stringify(v)).join("\n"),
+  });
+  expect(resp.status()).toBe(200);
+
+  // The results become a stream of their own.
+  const counts = unique("view-counts");
+  await page.goto("/streams/new");
+  await fill(page, { Name: counts, Partitions: "1" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${counts}$`));
+  await page.goto("/sinks/new");
+  await page.getByLabel("Kind", { exact: true }).selectOption("stream");
+  await fill(page, { Name: sink, "Target stream": counts });
+  await page.getByRole("button", { name: "Save sink" }).click();
+  await expect(page).toHaveURL(new RegExp(`/sinks/alpha/${sink}$`));
+
+  await navigate(page, "Processors");
+  await page.getByRole("link", { name: "New processor" }).first().click();
+  const plan = page.getByTestId("live-plan");
+  // A typo is explained with its place in the query, before anything is saved.
+  await page.getByLabel("Query", { exact: true }).fill(`SELECT country FROM ${stream} WHER country = 'BR'`);
+  await expect(plan.getByTestId("plan-errors")).toContainText("line 1");
+  // The plan follows the query: a windowed count, its columns and types.
+  await page.getByLabel("Event-time column", { exact: true }).fill("ts");
+  await page.getByLabel("Query", { exact: true }).fill(
+    `SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, country, COUNT(*) AS views\nFROM ${stream}\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), country`,
+  );
+  await expect(plan.getByTestId("plan-kind")).toContainText("windowed job");
+  await expect(plan.getByTestId("plan-kind")).toContainText("tumbling 1m on ts");
+  await expect(plan.getByTestId("plan-columns")).toContainText("minute");
+  await expect(plan.getByTestId("plan-columns")).toContainText("bigint");
+  // The preview runs the query on the stream's events and closes every window.
+  await plan.getByRole("button", { name: "Preview on recent events" }).click();
+  await expect(plan.getByTestId("preview-summary")).toContainText("4 events read · 3 results · 0 late");
+  await expect(plan.getByTestId("preview-results")).toContainText("2026-12-07T10:00:00Z");
+  // Changing the query clears the old preview.
+  await page.getByLabel("Query", { exact: true }).press("End");
+  await page.getByLabel("Query", { exact: true }).pressSequentially(" ");
+  await expect(plan.getByTestId("preview")).toHaveCount(0);
+
+  // Saving with a sink that does not exist names the field; then with the real one it saves.
+  await fill(page, { Name: processor, Sink: "nowhere" });
+  await page.getByRole("button", { name: "Save processor" }).click();
+  await expect(page.getByTestId("error-sink")).toContainText("no sink named");
+  await fill(page, { Sink: sink, "Reason for this change": "views per minute" });
+  await page.getByRole("button", { name: "Save processor" }).click();
+  await expect(page).toHaveURL(new RegExp(`/processors/alpha/${processor}$`));
+  await expect(page.getByTestId("plan-operators")).toContainText("Aggregate");
+  await expect(page.getByTestId("history")).toContainText("views per minute");
+
+  // It runs: minute 10:00 closed: one row for BR (2 views), one for US, in the results' stream.
+  await page.goto(`/streams/alpha/${counts}`);
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId("log-events")).toHaveText("2");
+  }).toPass({ timeout: 30_000 });
+  await expect(page.getByTestId("recent-events")).toContainText('"views":2');
+  await page.goto(`/processors/alpha/${processor}`);
+  await expect(page.getByTestId("job-phase")).toHaveText("running");
+});

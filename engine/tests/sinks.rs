@@ -225,13 +225,19 @@ fn pg_admin_url() -> String {
     std::env::var("KEYSTONE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-#[tokio::test]
-async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
+/// A fresh database: its name, its URL and an admin connection to drop it with.
+async fn fresh_database() -> (String, String, sqlx::PgConnection) {
     let name = format!("keystone_sink_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.expect("PostgreSQL must be reachable");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let base = pg_admin_url();
     let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    (name, url, admin)
+}
+
+#[tokio::test]
+async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
+    let (name, url, mut admin) = fresh_database().await;
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query(
         "CREATE TABLE plays (event_id uuid PRIMARY KEY, n integer NOT NULL CHECK (n <> 1000), country text, \
@@ -267,6 +273,39 @@ async fn postgres_sink_upserts_by_event_id_and_refuses_bad_rows_alone() {
     drop(db);
     drop(s);
     drop(missing);
+    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await;
+}
+
+#[tokio::test]
+async fn postgres_sink_in_upsert_mode_keeps_each_ids_latest_row() {
+    let (name, url, mut admin) = fresh_database().await;
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for table in ["latest", "first"] {
+        let ddl = format!("CREATE TABLE {table} (event_id text PRIMARY KEY, n integer, country text)");
+        sqlx::query(&ddl).execute(&mut db).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upsert = sink(SinkKind::Postgres, &[("table", "latest"), ("mode", "upsert")], &[("url", &url)], dir.path());
+    let insert = sink(SinkKind::Postgres, &[("table", "first")], &[("url", &url)], dir.path());
+    // Updates of two keys; key `a` three times in one batch (PostgreSQL refuses to update a row
+    // twice in one statement: the sink writes only its last).
+    let update = |id: &str, n: i64| {
+        let mut e = events(1).remove(0);
+        e.id = id.into();
+        set_n(&mut e, json!(n));
+        e
+    };
+    let batches = [vec![update("a", 1)], vec![update("a", 2), update("b", 1), update("a", 3)], vec![update("b", 2)]];
+    for batch in &batches {
+        accepts_a_batch_and_its_redelivery(&upsert, batch).await;
+        accepts_a_batch_and_its_redelivery(&insert, batch).await;
+    }
+    let rows = |table: &'static str| format!("SELECT event_id, n FROM {table} ORDER BY event_id");
+    let latest: Vec<(String, i32)> = sqlx::query_as(&rows("latest")).fetch_all(&mut db).await.unwrap();
+    assert_eq!(latest, [("a".into(), 3), ("b".into(), 2)]);
+    let first: Vec<(String, i32)> = sqlx::query_as(&rows("first")).fetch_all(&mut db).await.unwrap();
+    assert_eq!(first, [("a".into(), 1), ("b".into(), 1)], "insert mode keeps what was there");
+    drop((db, upsert, insert));
     let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await;
 }
 

@@ -4,6 +4,7 @@
 //! `keystone_control::goal`; an operation adds what needs the data plane (the log, the jobs this
 //! process runs) and nudges the reconciler after its commit.
 
+mod processors;
 pub mod reconciler;
 mod role;
 mod routes;

@@ -1125,27 +1125,27 @@ mod delivery {
     use std::time::{Duration, Instant};
 
     /// A throwaway PostgreSQL database with one table, for a postgres sink to write to.
-    struct SinkDatabase {
+    pub(crate) struct SinkDatabase {
         name: String,
-        url: String,
+        pub(crate) url: String,
     }
 
     impl SinkDatabase {
-        async fn with_table(create_table: &str) -> SinkDatabase {
+        pub(crate) async fn with_table(create_table: &str) -> SinkDatabase {
             let name = format!("keystone_rows_{}", uuid::Uuid::new_v4().simple());
             let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
             let base = pg_admin_url();
             let db = SinkDatabase { url: format!("{}/{name}", &base[..base.rfind('/').unwrap()]), name };
-            sqlx::query(create_table).execute(&mut db.connect().await).await.unwrap();
+            sqlx::raw_sql(create_table).execute(&mut db.connect().await).await.unwrap();
             db
         }
 
-        async fn connect(&self) -> sqlx::PgConnection {
+        pub(crate) async fn connect(&self) -> sqlx::PgConnection {
             sqlx::PgConnection::connect(&self.url).await.unwrap()
         }
 
-        async fn remove(self) {
+        pub(crate) async fn remove(self) {
             let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
             let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut admin).await;
         }

@@ -2,15 +2,16 @@
 //! producer posts and a route delivers to a file sink. Afterwards every acknowledged event is in
 //! the sink (none lost), every sink file is whole, and redeliveries stay within the checkpoint
 //! bound. `KEYSTONE_CRASH_KILLS` sets the number of kills (default 3; a script can run hundreds).
-//! A processor with a window runs through the same kills: its results equal those of a processor
-//! declared afterwards that reads the same events without a crash.
+//! A processor with a window, and one with updating totals per key, run through the same kills:
+//! their results equal those of processors declared afterwards that read the same events
+//! without a crash.
 
 use keystone_control::auth::Principal;
 use keystone_control::goal::{Declaration, Goal};
 use keystone_control::store::Store;
 use keystone_control::{Kind, Role, TeamSpec};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,8 @@ async fn kill_9_loses_no_acknowledged_event() {
     declare(Kind::Route, "all", route).await;
     declare(Kind::Sink, "windows", json!({"kind": "file", "settings": {"path": "windows"}})).await;
     declare(Kind::Processor, "per-second", windowed("windows")).await;
+    declare(Kind::Sink, "totals", json!({"kind": "file", "settings": {"path": "totals"}})).await;
+    declare(Kind::Processor, "totals", updating("totals")).await;
     let (_, token) = keystone_control::producers::create(&store, &root, "alpha", "plays", "crash").await.unwrap();
     store.pool().close().await;
 
@@ -203,6 +206,10 @@ async fn kill_9_loses_no_acknowledged_event() {
     goal.create("alpha", "reference", Declaration::from_json(Kind::Sink, sink).unwrap(), "").await.unwrap();
     let reference = Declaration::from_json(Kind::Processor, windowed("reference")).unwrap();
     goal.create("alpha", "reference", reference, "").await.unwrap();
+    let sink = json!({"kind": "file", "settings": {"path": "reference-totals"}});
+    goal.create("alpha", "reference-totals", Declaration::from_json(Kind::Sink, sink).unwrap(), "").await.unwrap();
+    let reference = Declaration::from_json(Kind::Processor, updating("reference-totals")).unwrap();
+    goal.create("alpha", "reference-totals", reference, "").await.unwrap();
     let windows = |path: &str| {
         let (lines, broken) = sink_lines(&dir.path().join("sinks/alpha").join(path));
         assert!(broken.is_empty(), "half-written sink files: {broken:?}");
@@ -220,15 +227,33 @@ async fn kill_9_loses_no_acknowledged_event() {
         }
         let crashed: BTreeSet<String> = by_id.values().map(|v| v.to_string()).collect();
         let uninterrupted: BTreeSet<String> = uninterrupted.iter().map(|l| l["event"].to_string()).collect();
-        if !uninterrupted.is_empty() && crashed == uninterrupted {
-            println!("{kills} kills: {} windowed results, equal to the uninterrupted run's", crashed.len());
+        // Updating results: each key's latest row (its count only grows), as an upserting sink
+        // would hold it.
+        let latest = |path: &str| {
+            let mut by_key: BTreeMap<String, Value> = BTreeMap::new();
+            for l in windows(path) {
+                let row = l["event"].clone();
+                let slot = by_key.entry(row["k"].to_string()).or_insert_with(|| row.clone());
+                if row["plays"].as_u64() > slot["plays"].as_u64() {
+                    *slot = row;
+                }
+            }
+            by_key
+        };
+        let (crashed_totals, reference_totals) = (latest("totals"), latest("reference-totals"));
+        if !uninterrupted.is_empty() && crashed == uninterrupted && crashed_totals == reference_totals {
+            println!(
+                "{kills} kills: {} windowed results and {} keys' updating totals, equal to the uninterrupted run's",
+                crashed.len(),
+                crashed_totals.len()
+            );
             break;
         }
         if Instant::now() >= deadline {
             let only_crashed: Vec<&String> = crashed.difference(&uninterrupted).take(3).collect();
             let only_reference: Vec<&String> = uninterrupted.difference(&crashed).take(3).collect();
             panic!(
-                "the crashed processor's {} results differ from the uninterrupted run's {}: only crashed {only_crashed:?}, only uninterrupted {only_reference:?}",
+                "the crashed processor's {} results differ from the uninterrupted run's {}: only crashed {only_crashed:?}, only uninterrupted {only_reference:?}; totals {crashed_totals:?} against {reference_totals:?}",
                 crashed.len(),
                 uninterrupted.len()
             );
@@ -269,6 +294,17 @@ fn windowed(sink: &str) -> Value {
         "sql": "SELECT TUMBLE_START(ts, INTERVAL '1' SECOND) AS w, k, COUNT(*) AS plays, SUM(n) AS total \
                 FROM plays GROUP BY TUMBLE(ts, INTERVAL '1' SECOND), k",
         "inputs": {"plays": {"event_time": "ts", "idle_timeout_ms": 1000}},
+        "sink": sink,
+        "config": {"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()},
+    })
+}
+
+/// A processor keeping each key's running count and sum of `n` (an updating result).
+fn updating(sink: &str) -> Value {
+    json!({
+        "sql": "SELECT k, COUNT(*) AS plays, SUM(n) AS total FROM plays GROUP BY k",
+        "inputs": {"plays": {"event_time": "ts", "idle_timeout_ms": 1000}},
+        "state_ttl_s": 86_400,
         "sink": sink,
         "config": {"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()},
     })

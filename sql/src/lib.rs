@@ -4,6 +4,7 @@
 //! whose state would grow without bound. Keystone's own operators run the plan (see the engine).
 
 mod catalog;
+mod dedupe;
 mod error;
 mod plan;
 pub mod run;
@@ -11,7 +12,7 @@ pub mod schema;
 pub mod windows;
 
 pub use error::SqlError;
-pub use plan::{plan, read_streams, Column, Query, Shape, SQL_MAX_BYTES};
+pub use plan::{plan, read_streams, Column, Keep, Query, Shape, SQL_MAX_BYTES};
 pub use windows::Window;
 
 #[cfg(test)]

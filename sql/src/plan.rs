@@ -44,6 +44,26 @@ pub enum Shape {
     /// One row per group key, updated as events arrive (upserts by key), forgotten after the
     /// processor's state TTL.
     Updating { keys: Vec<String> },
+    /// One row per key: its first (or last) event by the time column, replaced when an event
+    /// comes that is earlier (or later); keys forgotten after the processor's state TTL.
+    Deduplicated { keys: Vec<String>, time_column: String, keep: Keep },
+}
+
+impl Shape {
+    /// Whether a key's result is replaced as events arrive (a sink must upsert by id).
+    pub fn is_updating(&self) -> bool {
+        matches!(self, Shape::Updating { .. } | Shape::Deduplicated { .. })
+    }
+}
+
+/// Which row per key a deduplication keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The earliest by the time column (`ORDER BY ts` or `ASC`).
+    First,
+    /// The latest (`ORDER BY ts DESC`).
+    Last,
 }
 
 /// A planned, checked query.
@@ -172,6 +192,7 @@ fn calls_window(e: &Expr) -> bool {
 fn classify(plan: &LogicalPlan, has_state_ttl: bool) -> Result<Shape, SqlError> {
     let mut refusal: Option<SqlError> = None;
     let mut aggregates = Vec::new();
+    let mut overs = Vec::new();
     walk(plan, 0, &mut |node, _| {
         if refusal.is_some() {
             return;
@@ -195,8 +216,9 @@ fn classify(plan: &LogicalPlan, has_state_ttl: bool) -> Result<Shape, SqlError> 
                  INTERVAL ...) and enrichment joins (FOR SYSTEM_TIME AS OF) are the next step"
                     .to_owned(),
             ),
-            LogicalPlan::Window(_) => {
-                Some("OVER (...) is not supported yet: deduplication and top-N per window are the next step".to_owned())
+            LogicalPlan::Window(w) => {
+                overs.push(w);
+                None
             }
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => Some(
                 "ORDER BY and LIMIT never finish over an unbounded stream; use a window (top-N per window \
@@ -234,6 +256,26 @@ fn classify(plan: &LogicalPlan, has_state_ttl: bool) -> Result<Shape, SqlError> 
             "TUMBLE, HOP and SESSION belong in GROUP BY (their _START and _END in the select list)",
         ));
     }
+    match (aggregates.as_slice(), overs.as_slice()) {
+        ([], [w]) => {
+            let mut above: Vec<&LogicalPlan> = Vec::new();
+            let mut found = false;
+            walk(plan, 0, &mut |node, _| {
+                found |= matches!(node, LogicalPlan::Window(_));
+                if !found {
+                    above.push(node);
+                }
+            });
+            return crate::dedupe::classify(w, &above, has_state_ttl);
+        }
+        (_, []) => {}
+        _ => {
+            return Err(SqlError::new(
+                "one OVER (...) per query, and not beside a GROUP BY: deduplicate (ROW_NUMBER() ... rn = 1) \
+                 in one processor and aggregate its output stream in another",
+            ))
+        }
+    }
     let aggregate = match aggregates.as_slice() {
         [] => return Ok(Shape::Stateless),
         [a] => *a,
@@ -249,7 +291,19 @@ fn classify(plan: &LogicalPlan, has_state_ttl: bool) -> Result<Shape, SqlError> 
             other => other.schema_name().to_string(),
         })
         .collect();
+    let mut above: Vec<&LogicalPlan> = Vec::new();
+    let mut aggregate_depth = usize::MAX;
+    walk(plan, 0, &mut |node, depth| match node {
+        LogicalPlan::Aggregate(_) => aggregate_depth = depth,
+        other if aggregate_depth == usize::MAX => above.push(other),
+        _ => {}
+    });
+    let having = above.iter().any(|n| matches!(n, LogicalPlan::Filter(_)));
     match windows.as_slice() {
+        [] if having => Err(SqlError::new(
+            "HAVING on a GROUP BY without a window is not supported yet: a key's row that stops \
+             matching would have to be deleted from the sink; filter in WHERE, or group by a window",
+        )),
         [] if has_state_ttl => Ok(Shape::Updating { keys }),
         [] => Err(SqlError::new(
             "a GROUP BY without a window keeps a row per key forever: group by a window \

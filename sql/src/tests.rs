@@ -159,12 +159,35 @@ fn unbounded_state_is_refused_with_what_to_add() {
     assert!(e.message.contains("GROUP BY TUMBLE") && e.message.contains("state_ttl"), "{e}");
     let with_ttl = plan(sql, &streams(), true).unwrap();
     assert_eq!(with_ttl.shape, Shape::Updating { keys: vec!["country".into()] });
+    let having =
+        plan("SELECT country, COUNT(*) AS n FROM plays GROUP BY country HAVING COUNT(*) > 2", &streams(), true);
+    assert!(having.unwrap_err().message.contains("HAVING"));
     assert!(refused("SELECT DISTINCT user FROM plays").message.contains("window"));
     assert!(refused("SELECT user FROM plays ORDER BY user").message.contains("ORDER BY"));
     assert!(refused("SELECT a.user FROM plays a JOIN plays b ON a.user = b.user").message.contains("join"));
     assert!(refused("SELECT user, ROW_NUMBER() OVER (PARTITION BY user ORDER BY ts) AS r FROM plays")
         .message
         .contains("OVER"));
+    let dedupe = |order: &str, filter: &str| {
+        format!(
+            "SELECT user, country FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY user ORDER BY {order}) AS rn \
+             FROM plays) WHERE {filter}"
+        )
+    };
+    let shape = |sql: &str| plan(sql, &streams(), true).map(|q| q.shape);
+    let keys = vec!["user".to_owned()];
+    let first = Shape::Deduplicated { keys: keys.clone(), time_column: "ts".into(), keep: crate::Keep::First };
+    assert_eq!(shape(&dedupe("ts", "rn = 1")), Ok(first.clone()));
+    assert_eq!(shape(&dedupe("ts ASC", "1 >= rn")), Ok(first));
+    let last = Shape::Deduplicated { keys, time_column: "ts".into(), keep: crate::Keep::Last };
+    assert_eq!(shape(&dedupe("ts DESC", "rn < 2")), Ok(last));
+    let refusal = |sql: String| shape(&sql).unwrap_err().message;
+    assert!(refusal(dedupe("ts", "rn <= 3")).contains("top-3"));
+    assert!(refusal(dedupe("ts", "country = 'BR'")).contains("rn = 1"));
+    assert!(refusal(dedupe("bitrate + 1", "rn = 1")).contains("time column"));
+    assert!(refused(&dedupe("ts", "rn = 1")).message.contains("state_ttl"));
+    let rank = "SELECT user FROM (SELECT *, RANK() OVER (PARTITION BY user ORDER BY ts) AS r FROM plays) WHERE r = 1";
+    assert!(refusal(rank.into()).contains("RANK is not supported"));
     assert!(refused("SELECT TUMBLE(ts, INTERVAL '1' MINUTE) AS w FROM plays").message.contains("GROUP BY"));
 }
 

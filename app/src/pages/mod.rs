@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod jobs;
 pub mod objects;
 pub mod overview;
+pub mod processors;
 pub mod routes;
 pub mod sinks;
 pub mod streams;

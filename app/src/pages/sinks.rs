@@ -39,6 +39,7 @@ pub async fn save_sink(
     setting_sasl_mechanism: Option<String>,
     setting_sasl_username: Option<String>,
     secret_sasl_password: Option<String>,
+    setting_mode: Option<String>,
     tags: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
@@ -74,6 +75,13 @@ pub async fn save_sink(
             ("index", setting_index.unwrap_or_default()),
             ("path", setting_path),
             ("table", setting_table),
+            // Insert is the default, kept implicit (the select always posts one).
+            (
+                "mode",
+                setting_mode
+                    .filter(|m| m != "insert" && sink_kind == keystone_control::SinkKind::Postgres)
+                    .unwrap_or_default(),
+            ),
             ("stream", setting_stream.unwrap_or_default()),
             ("brokers", setting_brokers.unwrap_or_default()),
             ("topic", setting_topic.unwrap_or_default()),
@@ -204,6 +212,10 @@ fn sink_form(t: FormTarget) -> AnyView {
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
                 <legend class="px-1 text-sm font-medium text-slate-600">"PostgreSQL"</legend>
                 <Field label="Table" name="setting_table" error_key="settings.table" errors value=setting("table")/>
+                <Field label="When a row's event_id is there already" name="setting_mode" kind="select:insert,upsert"
+                    error_key="settings.mode" errors
+                    value=Some(setting("mode")).filter(|m| !m.is_empty()).unwrap_or_else(|| "insert".into())
+                    help="insert keeps it (a redelivery writes nothing twice); upsert replaces it (a processor's updating results)."/>
                 <Field label="Connection URL (secret)" name="secret_url" kind="password" error_key="secrets.url"
                     errors help=secret_help("url")/>
             </fieldset>

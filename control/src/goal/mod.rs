@@ -29,7 +29,7 @@ mod route_ops;
 pub use backfill::{BackfillFiles, BackfillPlan};
 pub(crate) use checks::check_reason;
 pub use checks::{check_transforms, schema_has_path, REASON_MAX};
-pub use processor::{describe, explain};
+pub use processor::{describe, explain, processor_streams};
 
 /// Why a goal-state request did not happen. In every case nothing was changed.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,21 @@ pub async fn check_processor(
             return Err(errors.into());
         }
     };
+    if let (true, Some(sink)) = (query.shape.is_updating(), &sink) {
+        // An insert-only table keeps a key's first row and drops its updates: wrong totals.
+        if let Ok(SinkSettings::Postgres(pg)) = sink.typed() {
+            if pg.mode != PostgresMode::Upsert {
+                e.add(
+                    "sink",
+                    format!(
+                        "this query updates each key's row as events arrive, but sink {:?} only inserts \
+                         (a key's later rows would be dropped): set its setting mode to upsert",
+                        p.sink.as_str()
+                    ),
+                );
+            }
+        }
+    }
     if let Some(target) = sink.as_ref().and_then(SinkSpec::stream_target) {
         if let Ok(t) = StreamRef::parse(&target, team_name) {
             if t.team == team_name && query.inputs.contains(&t.stream) {
@@ -71,14 +86,6 @@ async fn team_streams(tx: &mut WriteTx, team_name: &str) -> Result<BTreeMap<Stri
 pub fn explain(req: &ExplainRequest, streams: &BTreeMap<String, Option<Value>>) -> Result<Query, ValidationErrors> {
     let query = keystone_sql::plan(&req.sql, streams, req.state_ttl_s.is_some())
         .map_err(|err| ValidationErrors::single("sql", err.to_string()))?;
-    if let Shape::Updating { .. } = query.shape {
-        // Planned, but no operator runs it yet: refused rather than stored as a job that fails.
-        return Err(ValidationErrors::single(
-            "sql",
-            "a GROUP BY without a window (results updated per key) does not run yet: group by a window \
-             (GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), ...)",
-        ));
-    }
     let mut e = ValidationErrors::default();
     for stream in req.inputs.keys() {
         if !query.inputs.contains(stream) {
@@ -99,13 +106,20 @@ pub fn explain(req: &ExplainRequest, streams: &BTreeMap<String, Option<Value>>) 
                 ),
             );
         }
-        if let Shape::Windowed { time_column, .. } = &query.shape {
+        let named = match &query.shape {
+            Shape::Windowed { time_column, .. } => Some(("windows", "are", "the window names", time_column)),
+            Shape::Deduplicated { time_column, .. } => {
+                Some(("deduplication", "is", "ROW_NUMBER() orders by", time_column))
+            }
+            _ => None,
+        };
+        if let Some((what, verb, names, time_column)) = named {
             if time_column != column && is_time {
                 e.add(
                     "sql",
                     format!(
-                        "windows over stream {stream:?} are measured in its event time {column:?} \
-                         (inputs.{stream}.event_time), but the window names {time_column:?}"
+                        "{what} over stream {stream:?} {verb} measured in its event time {column:?} \
+                         (inputs.{stream}.event_time), but {names} {time_column:?}"
                     ),
                 );
             }
@@ -117,6 +131,7 @@ pub fn explain(req: &ExplainRequest, streams: &BTreeMap<String, Option<Value>>) 
 /// What a planned query looks like to its author: read streams, output columns and types, the
 /// kind of job, and the plan's operators.
 pub fn describe(q: &Query) -> ProcessorPlan {
+    let mut keep = None;
     let (kind, window, keys) = match &q.shape {
         Shape::Stateless => ("stateless", None, Vec::new()),
         Shape::Windowed { window, time_column, keys } => {
@@ -130,6 +145,14 @@ pub fn describe(q: &Query) -> ProcessorPlan {
             ("windowed", Some(w), keys.clone())
         }
         Shape::Updating { keys } => ("updating", None, keys.clone()),
+        Shape::Deduplicated { keys, time_column, keep: which } => {
+            let which = match which {
+                keystone_sql::Keep::First => "first",
+                keystone_sql::Keep::Last => "last",
+            };
+            keep = Some(format!("{which} by {time_column}"));
+            ("deduplicated", None, keys.clone())
+        }
     };
     ProcessorPlan {
         inputs: q.inputs.clone(),
@@ -141,6 +164,7 @@ pub fn describe(q: &Query) -> ProcessorPlan {
         kind: kind.to_owned(),
         window,
         keys,
+        keep,
         operators: q.operators.clone(),
     }
 }
@@ -167,8 +191,40 @@ impl super::Goal<'_> {
     /// saving nothing.
     pub async fn explain_processor(&self, team: &str, req: &ExplainRequest) -> Result<ProcessorPlan, GoalError> {
         let team_id = self.readable_team(team).await?;
-        let scope = crate::store::Scope::Teams(vec![team_id]);
-        let streams = self
+        let (query, _) = self.plan_on_team(&team_id, req).await?;
+        Ok(describe(&query))
+    }
+
+    /// What a processor preview runs: `req` planned on `team`'s streams, the team's streams (by
+    /// name, with their schemas) and the stream it reads. Editors only: a preview runs the
+    /// caller's query on the server, as a route preview runs its filter.
+    pub async fn processor_preview_target(
+        &self,
+        team: &str,
+        req: &ExplainRequest,
+    ) -> Result<(Query, BTreeMap<String, Option<Value>>, Object), GoalError> {
+        let team_id = self.readable_team(team).await?;
+        if !self.who().can_write(Kind::Processor, &team_id) {
+            return Err(GoalError::Forbidden);
+        }
+        let (query, streams) = self.plan_on_team(&team_id, req).await?;
+        let [input] = query.inputs.as_slice() else {
+            return Err(ValidationErrors::single("sql", "a processor reads one stream for now").into());
+        };
+        let stream =
+            self.store().get(Kind::Stream, &team_id, input).await?.ok_or_else(|| {
+                GoalError::from(ValidationErrors::single("sql", format!("no stream named {input:?}")))
+            })?;
+        Ok((query, streams, stream))
+    }
+
+    async fn plan_on_team(
+        &self,
+        team_id: &str,
+        req: &ExplainRequest,
+    ) -> Result<(Query, BTreeMap<String, Option<Value>>), GoalError> {
+        let scope = crate::store::Scope::Teams(vec![team_id.to_owned()]);
+        let streams: BTreeMap<String, Option<Value>> = self
             .store()
             .list(Kind::Stream, &scope)
             .await?
@@ -178,8 +234,14 @@ impl super::Goal<'_> {
                 (o.name, schema)
             })
             .collect();
-        Ok(describe(&explain(req, &streams)?))
+        Ok((explain(req, &streams)?, streams))
     }
+}
+
+/// The streams a query names, in order (empty when it does not parse): which stream a form's
+/// time settings belong to.
+pub fn processor_streams(sql: &str) -> Vec<String> {
+    keystone_sql::read_streams(sql).unwrap_or_default()
 }
 
 /// The team's processors that read stream `name` (kind stream) or deliver to sink `name` (kind
@@ -195,7 +257,7 @@ pub async fn processors_using(
         let Ok(spec) = o.spec_as::<ProcessorSpec>() else { continue };
         let uses = match kind {
             Kind::Sink => spec.sink.as_str() == name,
-            _ => keystone_sql::read_streams(&spec.sql).unwrap_or_default().iter().any(|s| s == name),
+            _ => processor_streams(&spec.sql).iter().any(|s| s == name),
         };
         if uses {
             users.push(o.name);

@@ -185,14 +185,18 @@ pub struct ProcessorPlan {
     /// The result's columns, in order, with their types.
     pub output: Vec<OutputColumn>,
     /// `stateless` (each event in, at most one row out), `windowed` (a row per window and key
-    /// when the window closes) or `updating` (a row per key, updated as events arrive).
+    /// when the window closes), `updating` (a row per key, updated as events arrive) or
+    /// `deduplicated` (a row per key: its first or last event).
     pub kind: String,
     /// The window, for a windowed query (`tumbling 1m on ts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
-    /// The group keys, besides the window.
+    /// The group keys, besides the window (or the deduplication's keys).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+    /// Which row per key a deduplication keeps (`first by ts`, `last by ts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<String>,
     /// The plan's operators, top first, indented by depth.
     pub operators: Vec<String>,
 }
@@ -204,6 +208,60 @@ pub struct OutputColumn {
     #[serde(rename = "type")]
     pub type_name: String,
     pub nullable: bool,
+}
+
+/// A processor's query as typed, run on its stream's newest events: nothing is saved or
+/// delivered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorPreviewRequest {
+    #[cfg_attr(
+        feature = "store",
+        schema(
+            example = "SELECT _key, COUNT(*) AS n FROM clicks GROUP BY TUMBLE(_ingested_at, INTERVAL '1' MINUTE), _key"
+        )
+    )]
+    pub sql: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, ProcessorInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_ttl_s: Option<u32>,
+    /// How many of the stream's newest events (default 500, at most 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl ProcessorPreviewRequest {
+    pub fn explain_request(&self) -> ExplainRequest {
+        ExplainRequest { sql: self.sql.clone(), inputs: self.inputs.clone(), state_ttl_s: self.state_ttl_s }
+    }
+}
+
+/// What a preview made of the newest events: the results the sink would hold once every window
+/// read had closed (an updated key's latest row), the events it could not use, and the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct ProcessorPreview {
+    pub plan: ProcessorPlan,
+    /// Events read: the stream's newest, oldest first per partition.
+    pub events: usize,
+    /// Result rows, one per result id, in the order first emitted.
+    #[cfg_attr(feature = "store", schema(value_type = Vec<Object>))]
+    pub results: Vec<serde_json::Value>,
+    /// Events behind the watermark whose windows (or keys) were already done: a running job
+    /// dead-letters them with reason `late`.
+    pub late: usize,
+    /// Events the query cannot use (not fitting the schema, no event time), at most 20.
+    pub errors: Vec<PreviewError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+pub struct PreviewError {
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
 }
 
 /// Topic of a processor's dead-letter queue: late events and results its sink refused. Apart

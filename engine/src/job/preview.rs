@@ -32,19 +32,7 @@ pub async fn preview_within<L: Log>(
     limit: usize,
     budget: std::time::Duration,
 ) -> Result<Vec<PreviewRow>, LogError> {
-    let mut records = Vec::new();
-    for p in 0..partitions {
-        let (earliest, end) =
-            match (log.resolve(topic, p, StartAt::Earliest).await, log.resolve(topic, p, StartAt::Latest).await) {
-                (Ok(e), Ok(l)) => (e, l),
-                // Nothing ingested into this stream yet.
-                (Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. }), _)
-                | (_, Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. })) => continue,
-                (Err(e), _) | (_, Err(e)) => return Err(e),
-            };
-        let from = end.saturating_sub(limit as u64).max(earliest);
-        records.extend(log.read(topic, p, from, limit).await?.into_iter().map(|r| (p, r)));
-    }
+    let records = newest(log, topic, partitions, limit).await?;
     // Newest first: by ingest time, then by envelope id (UUIDv7, ordered within a millisecond).
     let mut decoded: Vec<_> =
         records.into_iter().map(|(p, r)| (p, serde_json::from_slice::<Envelope>(&r.value), r)).collect();
@@ -78,6 +66,30 @@ pub async fn preview_within<L: Log>(
         rows
     };
     tokio::task::spawn_blocking(evaluate).await.map_err(|e| LogError::Io(std::io::Error::other(e)))
+}
+
+/// Up to `limit` of the newest records of each partition of `topic` (none of a topic not
+/// created yet), oldest first per partition.
+pub(crate) async fn newest<L: Log>(
+    log: &L,
+    topic: &str,
+    partitions: u32,
+    limit: usize,
+) -> Result<Vec<(u32, crate::log::StoredRecord)>, LogError> {
+    let mut records = Vec::new();
+    for p in 0..partitions {
+        let (earliest, end) =
+            match (log.resolve(topic, p, StartAt::Earliest).await, log.resolve(topic, p, StartAt::Latest).await) {
+                (Ok(e), Ok(l)) => (e, l),
+                // Nothing ingested into this stream yet.
+                (Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. }), _)
+                | (_, Err(LogError::UnknownTopic(_) | LogError::UnknownPartition { .. })) => continue,
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+        let from = end.saturating_sub(limit as u64).max(earliest);
+        records.extend(log.read(topic, p, from, limit).await?.into_iter().map(|r| (p, r)));
+    }
+    Ok(records)
 }
 
 fn preview_row(

@@ -41,6 +41,10 @@ pub struct ProcessorJob {
     pub streams: BTreeMap<String, Option<Value>>,
     pub lateness_ms: i64,
     pub idle_timeout_ms: i64,
+    /// The input's event-time column (the watermark follows it).
+    pub event_time: String,
+    /// How long a group of a GROUP BY without a window outlives its last event (event time).
+    pub state_ttl_ms: Option<i64>,
     /// Most events read from one partition at a time.
     pub batch_size: usize,
     pub checkpoint_interval: Duration,
@@ -103,6 +107,112 @@ struct Read<'a> {
     payload: &'a RawValue,
 }
 
+/// The events of one partition's records as the pipeline takes them, the record each came from,
+/// and the records that are not Keystone envelopes (with why).
+fn inputs_of<'a>(
+    partition: u32,
+    records: &'a [StoredRecord],
+    reads: &'a [Result<Read<'a>, serde_json::Error>],
+) -> (Vec<InputEvent<'a>>, Vec<&'a StoredRecord>, Vec<(&'a StoredRecord, String)>) {
+    let mut inputs = Vec::with_capacity(records.len());
+    let mut owners = Vec::with_capacity(records.len());
+    let mut dead = Vec::new();
+    for (r, read) in records.iter().zip(reads) {
+        match read {
+            Ok(e) => {
+                inputs.push(InputEvent {
+                    id: &e.id,
+                    key: e.key.as_deref(),
+                    ingested_at: e.ingested_at,
+                    partition,
+                    offset: r.offset,
+                    payload: e.payload.get().as_bytes(),
+                });
+                owners.push(r);
+            }
+            Err(e) => dead.push((r, format!("the record is not a Keystone envelope: {e}"))),
+        }
+    }
+    (inputs, owners, dead)
+}
+
+/// What a preview made of a stream's newest events (see [`preview`]).
+#[derive(Debug, Default)]
+pub struct PreviewRun {
+    pub events: usize,
+    /// One per result id (an updated key's latest row), in the order first emitted.
+    pub results: Vec<ResultRow>,
+    pub late: usize,
+    /// Partition, offset and reason of each event the query could not use.
+    pub errors: Vec<(u32, u64, String)>,
+}
+
+/// Runs `query` over the newest `limit` events of `topic` (across its partitions, each read
+/// oldest first, the partitions in turns as a job reads them), then closes every window: what
+/// a sink would hold, without delivering anything.
+pub async fn preview<L: Log>(
+    log: &L,
+    topic: &str,
+    partitions: u32,
+    query: &Query,
+    streams: &BTreeMap<String, Option<Value>>,
+    settings: Settings,
+    limit: usize,
+) -> Result<Result<PreviewRun, keystone_sql::SqlError>, crate::log::LogError> {
+    let mut records = super::preview::newest(log, topic, partitions, limit).await?;
+    // The newest `limit` over all partitions, then in log order within each.
+    records.sort_by_key(|(_, r)| std::cmp::Reverse(r.timestamp_ms));
+    records.truncate(limit);
+    records.sort_by_key(|(p, r)| (*p, r.offset));
+    let mut pipeline = match Pipeline::new(query, streams, settings) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut by_partition: Vec<Vec<StoredRecord>> = vec![Vec::new(); partitions as usize];
+    for (p, r) in records {
+        by_partition[p as usize].push(r);
+    }
+    let run = move || -> Result<PreviewRun, keystone_sql::SqlError> {
+        let mut out = PreviewRun::default();
+        let mut emitted: Vec<ResultRow> = Vec::new();
+        let now = crate::now_ms();
+        // Turns of at most 100 events per partition, as a job's reads interleave.
+        let turns = by_partition.iter().map(|rs| rs.len().div_ceil(100)).max().unwrap_or(0);
+        for turn in 0..turns {
+            for (p, records) in by_partition.iter().enumerate() {
+                let chunk = records.iter().skip(turn * 100).take(100).cloned().collect::<Vec<_>>();
+                if chunk.is_empty() {
+                    continue;
+                }
+                let reads: Vec<Result<Read<'_>, serde_json::Error>> =
+                    chunk.iter().map(|r| serde_json::from_slice::<Read<'_>>(&r.value)).collect();
+                let (inputs, owners, dead) = inputs_of(p as u32, &chunk, &reads);
+                out.events += chunk.len();
+                out.errors.extend(dead.into_iter().map(|(r, why)| (p as u32, r.offset, why)));
+                let processed = pipeline.process(p as u32, &inputs, now)?;
+                out.late += processed.late.len();
+                out.errors.extend(processed.invalid.into_iter().map(|(i, why)| (p as u32, owners[i].offset, why)));
+                emitted.extend(processed.results);
+            }
+        }
+        emitted.extend(pipeline.drain()?);
+        // An updated key's rows share an id: its latest row stands where it first appeared.
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for row in emitted {
+            match at.get(&row.id) {
+                Some(&i) => out.results[i] = row,
+                None => {
+                    at.insert(row.id.clone(), out.results.len());
+                    out.results.push(row);
+                }
+            }
+        }
+        Ok(out)
+    };
+    // The caller's query runs on a blocking thread, never on the runtime serving ingest.
+    tokio::task::spawn_blocking(run).await.map_err(|e| crate::log::LogError::Io(std::io::Error::other(e)))
+}
+
 fn processor_error(e: impl std::fmt::Display) -> JobError {
     JobError::Processor(e.to_string())
 }
@@ -121,6 +231,8 @@ pub async fn run<L: Log, S: Sink, C: ProcessorCheckpoints>(
         partitions: job.partitions,
         lateness_ms: job.lateness_ms,
         idle_timeout_ms: job.idle_timeout_ms,
+        event_time: job.event_time.clone(),
+        state_ttl_ms: job.state_ttl_ms,
         result_prefix: format!("{}@{}", job.processor_id, job.version),
     };
     let mut pipeline = Pipeline::new(&job.query, &job.streams, settings).map_err(processor_error)?;
@@ -190,32 +302,12 @@ impl<L: Log, S: Sink> Run<'_, L, S> {
         partition: u32,
         records: &[StoredRecord],
     ) -> Result<(), JobError> {
-        let mut inputs = Vec::with_capacity(records.len());
-        let mut owners = Vec::with_capacity(records.len());
-        let mut dead: Vec<(&StoredRecord, String)> = Vec::new();
         let reads: Vec<Result<Read<'_>, serde_json::Error>> =
             records.iter().map(|r| serde_json::from_slice::<Read<'_>>(&r.value)).collect();
-        for (r, read) in records.iter().zip(&reads) {
-            match read {
-                Ok(e) => {
-                    inputs.push(InputEvent {
-                        id: &e.id,
-                        key: e.key.as_deref(),
-                        ingested_at: e.ingested_at,
-                        partition,
-                        offset: r.offset,
-                        payload: e.payload.get().as_bytes(),
-                    });
-                    owners.push(r);
-                }
-                Err(e) => dead.push((r, format!("the record is not a Keystone envelope: {e}"))),
-            }
-        }
+        let (inputs, owners, mut dead) = inputs_of(partition, records, &reads);
         let out = pipeline.process(partition, &inputs, crate::now_ms()).map_err(processor_error)?;
         dead.extend(out.late.iter().map(|&i| (owners[i], "late".to_owned())));
-        dead.extend(
-            out.invalid.iter().map(|(i, why)| (owners[*i], format!("does not fit the stream's schema: {why}"))),
-        );
+        dead.extend(out.invalid.iter().map(|(i, why)| (owners[*i], why.clone())));
         if !dead.is_empty() {
             self.dead_letter(partition, dead).await?;
         }

@@ -4,7 +4,10 @@
 //! event fills the column of the same name (PostgreSQL's own `jsonb_populate_recordset` does the
 //! typing), fields without a column are ignored, and the event id goes to the `event_id` column,
 //! which must carry a unique index. A batch is one statement with `ON CONFLICT (event_id) DO
-//! NOTHING`, so a redelivered batch writes nothing twice: effectively once.
+//! NOTHING`, so a redelivered batch writes nothing twice: effectively once. In `upsert` mode
+//! the conflict replaces the row instead (`DO UPDATE`), so a processor's updating results leave
+//! each key's latest row; within a batch only an id's last row is written (PostgreSQL refuses
+//! to update one row twice in a statement).
 //!
 //! A data error (SQLSTATE class 22, or 23 integrity) is the events' fault: the batch is retried
 //! row by row and only the rows PostgreSQL refuses go to the dead-letter queue. Everything else
@@ -12,7 +15,7 @@
 
 use super::{required_secret, ConfigError, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
-use keystone_control::{PostgresSettings, SinkErrorKind};
+use keystone_control::{PostgresMode, PostgresSettings, SinkErrorKind};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -25,6 +28,7 @@ pub struct PostgresSinkConfig {
     /// Connection URL, with its password: a secret, so no `Debug`.
     pub url: String,
     pub table: String,
+    pub mode: PostgresMode,
 }
 
 impl PostgresSinkConfig {
@@ -32,12 +36,17 @@ impl PostgresSinkConfig {
         settings: &PostgresSettings,
         secrets: &BTreeMap<String, String>,
     ) -> Result<PostgresSinkConfig, ConfigError> {
-        Ok(PostgresSinkConfig { url: required_secret(secrets, "url")?.to_owned(), table: settings.table.clone() })
+        Ok(PostgresSinkConfig {
+            url: required_secret(secrets, "url")?.to_owned(),
+            table: settings.table.clone(),
+            mode: settings.mode,
+        })
     }
 }
 
 pub struct PostgresSink {
     table: String,
+    mode: PostgresMode,
     pool: PgPool,
     /// The table's columns, read on first delivery (a job restart re-reads them).
     columns: OnceCell<Vec<String>>,
@@ -94,7 +103,7 @@ impl PostgresSink {
         }
         let pool =
             PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(options);
-        Ok(PostgresSink { table: config.table, pool, columns: OnceCell::new() })
+        Ok(PostgresSink { table: config.table, mode: config.mode, pool, columns: OnceCell::new() })
     }
 
     async fn columns(&self) -> Result<&[String], SinkError> {
@@ -128,9 +137,15 @@ impl PostgresSink {
         let used: Vec<&String> = columns.iter().filter(|c| rows.iter().any(|r| r.get(c.as_str()).is_some())).collect();
         let list = used.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
         let table = quote(&self.table);
+        let replaced: Vec<String> =
+            used.iter().filter(|c| c.as_str() != "event_id").map(|c| format!("{0} = EXCLUDED.{0}", quote(c))).collect();
+        let on_conflict = match self.mode {
+            PostgresMode::Upsert if !replaced.is_empty() => format!("DO UPDATE SET {}", replaced.join(", ")),
+            _ => "DO NOTHING".to_owned(),
+        };
         let sql = format!(
             "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
-             ON CONFLICT (event_id) DO NOTHING"
+             ON CONFLICT (event_id) {on_conflict}"
         );
         let rows = serde_json::to_string(rows).expect("rows serialise");
         sqlx::query(&sql).bind(rows).execute(&self.pool).await?;
@@ -161,6 +176,14 @@ impl Sink for PostgresSink {
                 Ok(r) => rows.push((i, r)),
                 Err(why) => refused.push((i, why)),
             }
+        }
+        if self.mode == PostgresMode::Upsert {
+            // An id's last row wins (the batch is in order); its earlier rows are superseded.
+            let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+            for (at, e) in batch.iter().enumerate() {
+                last.insert(e.id.as_str(), at);
+            }
+            rows.retain(|(i, _)| last.get(batch[*i].id.as_str()) == Some(i));
         }
         let all: Vec<&Value> = rows.iter().map(|(_, r)| r).collect();
         match self.insert(columns, &all).await {

@@ -225,6 +225,8 @@ impl Reconciler {
             streams: team_streams,
             lateness_ms: i64::from(input.allowed_lateness_ms),
             idle_timeout_ms: i64::from(input.idle_timeout_ms()),
+            event_time: input.time_column().to_owned(),
+            state_ttl_ms: spec.state_ttl_s.map(|s| i64::from(s) * 1000),
             batch_size: 1000,
             checkpoint_interval: Duration::from_millis(u64::from(settings.checkpoint_interval_ms)),
         };

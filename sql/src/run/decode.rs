@@ -50,7 +50,7 @@ impl Decoder {
                 for (i, e) in events.iter().enumerate() {
                     match self.payloads(std::iter::once(e)) {
                         Ok(_) => good.push(*e),
-                        Err(reason) => bad.push((i, reason)),
+                        Err(reason) => bad.push((i, format!("does not fit the stream's schema: {reason}"))),
                     }
                 }
                 let batch = self.payloads(good.iter()).expect("events that decode alone decode together");

@@ -9,9 +9,18 @@
 //!   idle, of the highest event time each has seen) passes the window's end plus the allowed
 //!   lateness. Events whose every window is already closed are late: returned, not counted.
 //!   Results carry ids derived from the processor, the window and the key.
+//! - Updating queries (GROUP BY without a window): after each batch, the changed groups' rows,
+//!   each with an id derived from the processor and the key (so a sink upserting by id keeps the
+//!   latest); groups unseen for the state TTL, in event time, are forgotten.
+//! - Deduplication (ROW_NUMBER() ... rn = 1): a key's kept row when it is new or beaten, with
+//!   an id derived from the processor and the key.
+//! - Events without an event time cannot be placed in time: returned as invalid, with why.
 
 mod decode;
+mod dedupe;
+mod grouping;
 mod steps;
+mod updating;
 mod watermark;
 mod window;
 
@@ -22,18 +31,20 @@ use crate::plan::{Query, Shape};
 use crate::schema::stream_table;
 use crate::SqlError;
 use datafusion_common::arrow::array::BooleanArray;
-use datafusion_common::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
-use datafusion_common::arrow::compute::filter_record_batch;
+use datafusion_common::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion_common::arrow::compute::{filter, filter_record_batch, take};
 use datafusion_common::arrow::ipc::reader::StreamReader;
 use datafusion_common::arrow::ipc::writer::StreamWriter;
 use datafusion_common::arrow::json::writer::{LineDelimited, WriterBuilder};
 use datafusion_common::{DataFusionError, Result};
 use datafusion_expr::LogicalPlan;
+use dedupe::Deduplicate;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use steps::{physical, Step};
+use updating::KeyedAggregate;
 use window::WindowAggregate;
 
 /// How a processor reads its input.
@@ -43,6 +54,12 @@ pub struct Settings {
     pub lateness_ms: i64,
     /// A partition without events this long stops holding the watermark back.
     pub idle_timeout_ms: i64,
+    /// The input's event-time column: what the watermark follows (a windowed query's window
+    /// names it too).
+    pub event_time: String,
+    /// How long a group of a GROUP BY without a window is remembered after its last event, in
+    /// event time.
+    pub state_ttl_ms: Option<i64>,
     /// Prefix of result ids: the processor's identity (and version), so two processors, or two
     /// incompatible versions, never write the same ids.
     pub result_prefix: String,
@@ -53,11 +70,12 @@ pub struct Settings {
 pub struct ResultRow {
     /// Deterministic: the event's id (stateless) or a digest of prefix, window and key.
     pub id: String,
-    /// The group key as a JSON array (windowed results).
+    /// The group key as a JSON array (windowed and updating results).
     pub key: Option<String>,
     /// The row as a JSON object, one field per output column.
     pub json: String,
-    /// The window's end (windowed) or the event's ingest time (stateless), ms since the epoch.
+    /// The window's end (windowed), the group's latest event time (updating) or the event's
+    /// ingest time (stateless), ms since the epoch.
     pub time_ms: i64,
 }
 
@@ -65,20 +83,41 @@ pub struct ResultRow {
 #[derive(Debug, Default)]
 pub struct Processed {
     pub results: Vec<ResultRow>,
-    /// Events (by index) whose every window had closed: for the dead-letter queue, reason `late`.
+    /// Events (by index) whose every window had closed (or, updating, older than the state
+    /// TTL behind the watermark): for the dead-letter queue, reason `late`.
     pub late: Vec<usize>,
-    /// Events (by index) that do not fit the stream's table, with why.
+    /// Events (by index) that do not fit the stream's table or have no event time, with why.
     pub invalid: Vec<(usize, String)>,
 }
+
+/// The stateful operator of a query, if any.
+enum Operator {
+    Window(WindowAggregate),
+    Keyed(KeyedAggregate),
+    Dedupe(Deduplicate),
+}
+
+impl Operator {
+    fn is_late(&self, ts: i64, watermark: Option<i64>) -> bool {
+        match self {
+            Operator::Window(w) => w.is_late(ts, watermark),
+            Operator::Keyed(k) => k.is_late(ts, watermark),
+            Operator::Dedupe(d) => d.is_late(ts, watermark),
+        }
+    }
+}
+
+/// What makes a result's id (with the processor's prefix), its key as JSON, and its time.
+type Identity = (String, String, i64);
 
 pub struct Pipeline {
     decoder: Decoder,
     pre: Vec<Step>,
-    aggregate: Option<WindowAggregate>,
+    aggregate: Option<Operator>,
     post: Vec<Step>,
     output_names: Vec<String>,
-    /// The event-time column's index in the input table (windowed queries).
-    time_index: Option<usize>,
+    /// The event-time column's name and index in the input table (stateful queries).
+    time: Option<(String, usize)>,
     watermarks: Watermarks,
     prefix: String,
 }
@@ -123,12 +162,25 @@ impl Pipeline {
                     Some(Step::Project { exprs: exprs.map_err(internal)?, names })
                 }
                 LogicalPlan::Aggregate(a) => {
-                    let Shape::Windowed { window, .. } = &query.shape else {
-                        return Err(SqlError::new(
-                            "a GROUP BY without a window does not run yet (updating results come next)",
-                        ));
+                    let operator = match (&query.shape, settings.state_ttl_ms) {
+                        (Shape::Windowed { window, .. }, _) => Operator::Window(
+                            WindowAggregate::compile(a, *window, settings.lateness_ms).map_err(internal)?,
+                        ),
+                        (Shape::Updating { .. }, Some(ttl)) => {
+                            Operator::Keyed(KeyedAggregate::compile(a, ttl, settings.lateness_ms).map_err(internal)?)
+                        }
+                        _ => return Err(SqlError::new("a GROUP BY without a window needs a state TTL")),
                     };
-                    aggregate = Some(WindowAggregate::compile(a, *window, settings.lateness_ms).map_err(internal)?);
+                    aggregate = Some(operator);
+                    None
+                }
+                LogicalPlan::Window(w) => {
+                    let (Shape::Deduplicated { keep, .. }, Some(ttl)) = (&query.shape, settings.state_ttl_ms) else {
+                        return Err(SqlError::new("OVER (...) runs only as deduplication, with a state TTL"));
+                    };
+                    aggregate = Some(Operator::Dedupe(
+                        Deduplicate::compile(w, *keep, ttl, settings.lateness_ms).map_err(internal)?,
+                    ));
                     None
                 }
                 other => return Err(SqlError::new(format!("{} does not run yet", other.display()))),
@@ -141,11 +193,12 @@ impl Pipeline {
                 }
             }
         }
-        let time_index = match &query.shape {
-            Shape::Windowed { time_column, .. } => {
-                Some(table.index_of(time_column).map_err(|e| SqlError::new(e.to_string()))?)
+        let time = match aggregate {
+            Some(_) => {
+                let at = table.index_of(&settings.event_time).map_err(|e| SqlError::new(e.to_string()))?;
+                Some((settings.event_time.clone(), at))
             }
-            _ => None,
+            None => None,
         };
         let output_names = query.output.iter().map(|c| c.name.clone()).collect();
         Ok(Pipeline {
@@ -154,7 +207,7 @@ impl Pipeline {
             aggregate,
             post,
             output_names,
-            time_index,
+            time,
             watermarks: Watermarks::new(settings.partitions, settings.idle_timeout_ms),
             prefix: settings.result_prefix,
         })
@@ -171,9 +224,14 @@ impl Pipeline {
         self.watermarks.current(now_ms)
     }
 
-    /// Open windows (panes) held in state.
-    pub fn open_windows(&self) -> usize {
-        self.aggregate.as_ref().map_or(0, WindowAggregate::pane_count)
+    /// Rows held in state: open windows (panes) of each key, or groups.
+    pub fn state_rows(&self) -> usize {
+        match &self.aggregate {
+            None => 0,
+            Some(Operator::Window(w)) => w.pane_count(),
+            Some(Operator::Keyed(k)) => k.group_count(),
+            Some(Operator::Dedupe(d)) => d.key_count(),
+        }
     }
 
     /// Runs a batch of one partition's events, in offset order.
@@ -182,26 +240,62 @@ impl Pipeline {
         // Indices of the decoded rows among `events` (invalid ones are missing).
         let decoded: Vec<usize> = (0..events.len()).filter(|i| !invalid.iter().any(|(b, _)| b == i)).collect();
         let mut out = Processed { invalid, ..Processed::default() };
-        let Some(time_index) = self.time_index else {
+        let Some((time_column, time_index)) = &self.time else {
             let ids = batch.column(0).clone();
             let times: Vec<i64> = decoded.iter().map(|&i| events[i].ingested_at).collect();
             out.results = self.stateless(batch, ids, &times).map_err(internal)?;
             return Ok(out);
         };
-        let times = window::millis(batch.column(time_index)).map_err(internal)?;
+        let times = window::millis(batch.column(*time_index)).map_err(internal)?;
         let watermark = self.watermarks.current(now_ms);
-        let aggregate = self.aggregate.as_mut().expect("a windowed pipeline has an aggregate");
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|r| Some(times.is_null(r) || !aggregate.is_late(times.value(r), watermark)))
-            .collect();
-        out.late = keep.iter().zip(&decoded).filter(|(k, _)| *k == Some(false)).map(|(_, &i)| i).collect();
+        let aggregate = self.aggregate.as_mut().expect("a stateful pipeline has an operator");
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for (r, &event) in decoded.iter().enumerate() {
+            let kept = if times.is_null(r) {
+                out.invalid.push((event, format!("has no event time: {time_column:?} is missing or null")));
+                false
+            } else if aggregate.is_late(times.value(r), watermark) {
+                out.late.push(event);
+                false
+            } else {
+                true
+            };
+            keep.push(kept);
+        }
+        out.invalid.sort_by_key(|(i, _)| *i);
+        let keep = BooleanArray::from(keep);
         let batch = filter_record_batch(&batch, &keep).map_err(|e| internal(e.into()))?;
-        let (batch, _) = steps::run_tracked(&self.pre, batch).map_err(internal)?;
-        aggregate.update(&batch, watermark).map_err(internal)?;
-        if let Some(max) = (0..times.len()).filter(|&r| !times.is_null(r)).map(|r| times.value(r)).max() {
+        let times = filter(&times, &keep).map_err(|e| internal(e.into()))?;
+        let times = times.as_any().downcast_ref::<TimestampMillisecondArray>().cloned().expect("times stay times");
+        let (batch, positions) = steps::run_tracked(&self.pre, batch).map_err(internal)?;
+        let max = times.iter().flatten().max();
+        // The event times of the rows the steps kept.
+        let times = take(&times, &positions, None).map_err(|e| internal(e.into()))?;
+        let times = times.as_any().downcast_ref::<TimestampMillisecondArray>().expect("times stay times");
+        let mut kept = None;
+        match aggregate {
+            Operator::Window(w) => w.update(&batch, watermark).map_err(internal)?,
+            Operator::Keyed(k) => k.update(&batch, times).map_err(internal)?,
+            Operator::Dedupe(d) => {
+                let rows = d.update(&batch, times).map_err(internal)?;
+                let output = d.output(&batch, &rows).map_err(internal)?;
+                let ids = rows
+                    .into_iter()
+                    .map(|k| {
+                        let key = key_json(&k.key);
+                        (format!("row\n{key}"), key, k.time)
+                    })
+                    .collect();
+                kept = Some((output, ids));
+            }
+        }
+        if let Some(max) = max {
             self.watermarks.observe(partition, max, now_ms);
         }
-        out.results = self.fire(now_ms).map_err(internal)?;
+        if let Some((batch, ids)) = kept {
+            out.results = self.results_of(batch, ids).map_err(internal)?;
+        }
+        out.results.extend(self.fire(now_ms).map_err(internal)?);
         Ok(out)
     }
 
@@ -226,22 +320,64 @@ impl Pipeline {
     }
 
     fn fire(&mut self, now_ms: i64) -> Result<Vec<ResultRow>> {
-        let watermark = self.watermarks.current(now_ms);
-        let Some(aggregate) = self.aggregate.as_mut() else { return Ok(Vec::new()) };
-        let Some((batch, closed)) = aggregate.close(watermark)? else { return Ok(Vec::new()) };
-        // A HAVING filter above the aggregate may drop panes: each row finds its pane by position.
+        self.fire_at(self.watermarks.current(now_ms))
+    }
+
+    /// Ends a bounded run (a preview): every open window closes, as if the watermark had passed
+    /// them all.
+    pub fn drain(&mut self) -> Result<Vec<ResultRow>, SqlError> {
+        self.fire_at(Some(i64::MAX)).map_err(internal)
+    }
+
+    fn fire_at(&mut self, watermark: Option<i64>) -> Result<Vec<ResultRow>> {
+        let (batch, identities): (RecordBatch, Vec<Identity>) = match self.aggregate.as_mut() {
+            None => return Ok(Vec::new()),
+            Some(Operator::Window(w)) => {
+                let Some((batch, closed)) = w.close(watermark)? else { return Ok(Vec::new()) };
+                let ids = closed
+                    .into_iter()
+                    .map(|pane| {
+                        let key = key_json(&pane.key);
+                        (format!("{}\n{}\n{key}", pane.start, pane.end), key, pane.end)
+                    })
+                    .collect();
+                (batch, ids)
+            }
+            Some(Operator::Keyed(k)) => {
+                let emitted = k.emit()?;
+                k.expire(watermark);
+                let Some((batch, updated)) = emitted else { return Ok(Vec::new()) };
+                let ids = updated
+                    .into_iter()
+                    .map(|g| {
+                        let key = key_json(&g.key);
+                        (format!("group\n{key}"), key, g.last_seen)
+                    })
+                    .collect();
+                (batch, ids)
+            }
+            Some(Operator::Dedupe(d)) => {
+                d.expire(watermark);
+                return Ok(Vec::new());
+            }
+        };
+        self.results_of(batch, identities)
+    }
+
+    /// The stateful operator's output rows through the steps above it, as results.
+    fn results_of(&self, batch: RecordBatch, identities: Vec<Identity>) -> Result<Vec<ResultRow>> {
+        // A HAVING filter above a window's aggregate may drop panes: each row finds its pane by
+        // position.
         let (batch, positions) = steps::run_tracked(&self.post, batch)?;
         let json = self.json_lines(&batch)?;
         Ok(json
             .into_iter()
             .enumerate()
             .map(|(r, json)| {
-                let pane = &closed[positions.value(r) as usize];
-                let key: Vec<String> = pane.key.iter().map(ToString::to_string).collect();
-                let key = serde_json::to_string(&key).expect("strings serialise");
-                let digest = Sha256::digest(format!("{}\n{}\n{}\n{key}", self.prefix, pane.start, pane.end));
+                let (identity, key, time_ms) = &identities[positions.value(r) as usize];
+                let digest = Sha256::digest(format!("{}\n{identity}", self.prefix));
                 let id = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-                ResultRow { id, key: Some(key), json, time_ms: pane.end }
+                ResultRow { id, key: Some(key.clone()), json, time_ms: *time_ms }
             })
             .collect())
     }
@@ -261,10 +397,15 @@ impl Pipeline {
     /// The operator's state (open windows and watermarks) as Arrow IPC bytes: what a checkpoint
     /// stores beside the input positions it belongs to.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, SqlError> {
-        let Some(aggregate) = self.aggregate.as_mut() else { return Ok(Vec::new()) };
-        let batch = aggregate.snapshot().map_err(internal)?;
+        let (batch, operator) = match self.aggregate.as_mut() {
+            None => return Ok(Vec::new()),
+            Some(Operator::Window(w)) => (w.snapshot().map_err(internal)?, "window"),
+            Some(Operator::Keyed(k)) => (k.snapshot().map_err(internal)?, "updating"),
+            Some(Operator::Dedupe(d)) => (d.snapshot().map_err(internal)?, "dedupe"),
+        };
         let mut metadata = batch.schema().metadata().clone();
         metadata.insert("keystone.watermarks".into(), self.watermarks.to_json());
+        metadata.insert("keystone.operator".into(), operator.into());
         let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
         let batch = batch.with_schema(schema.clone()).map_err(|e| internal(e.into()))?;
         let mut buf = Vec::new();
@@ -282,12 +423,20 @@ impl Pipeline {
             return Ok(());
         }
         let mut reader = StreamReader::try_new(bytes, None).map_err(|e| internal(e.into()))?;
-        let watermarks = reader.schema().metadata().get("keystone.watermarks").cloned().unwrap_or_default();
+        let metadata = reader.schema().metadata().clone();
+        let watermarks = metadata.get("keystone.watermarks").cloned().unwrap_or_default();
         let batch = match reader.next() {
             Some(b) => b.map_err(|e| internal(e.into()))?,
             None => return Err(SqlError::new("the snapshot holds no state batch")),
         };
-        aggregate.restore(&batch).map_err(internal)?;
+        // Snapshots written before updating queries existed name no operator: windows.
+        let operator = metadata.get("keystone.operator").map_or("window", String::as_str);
+        match (aggregate, operator) {
+            (Operator::Window(w), "window") => w.restore(&batch).map_err(internal)?,
+            (Operator::Keyed(k), "updating") => k.restore(&batch).map_err(internal)?,
+            (Operator::Dedupe(d), "dedupe") => d.restore(&batch).map_err(internal)?,
+            (_, other) => return Err(SqlError::new(format!("the snapshot holds the state of a {other} operator"))),
+        }
         self.watermarks.restore(&watermarks, now_ms).map_err(SqlError::new)?;
         Ok(())
     }
@@ -295,3 +444,9 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests;
+
+/// A group key as a JSON array of its values' text.
+fn key_json(key: &[datafusion_common::ScalarValue]) -> String {
+    let key: Vec<String> = key.iter().map(ToString::to_string).collect();
+    serde_json::to_string(&key).expect("strings serialise")
+}

@@ -21,8 +21,24 @@ fn streams() -> BTreeMap<String, Option<Value>> {
 }
 
 fn pipeline(sql: &str, partitions: u32, lateness_ms: i64) -> Pipeline {
-    let query = plan(sql, &streams(), false).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let settings = Settings { partitions, lateness_ms, idle_timeout_ms: 60_000, result_prefix: "alpha/p@1".into() };
+    pipeline_with_ttl(sql, partitions, lateness_ms, None)
+}
+
+/// A pipeline whose event time is its window's column, or ingest time.
+fn pipeline_with_ttl(sql: &str, partitions: u32, lateness_ms: i64, state_ttl_ms: Option<i64>) -> Pipeline {
+    let query = plan(sql, &streams(), state_ttl_ms.is_some()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let event_time = match &query.shape {
+        Shape::Windowed { time_column, .. } => time_column.clone(),
+        _ => "_ingested_at".to_owned(),
+    };
+    let settings = Settings {
+        partitions,
+        lateness_ms,
+        idle_timeout_ms: 60_000,
+        event_time,
+        state_ttl_ms,
+        result_prefix: "alpha/p@1".into(),
+    };
     Pipeline::new(&query, &streams(), settings).unwrap()
 }
 
@@ -221,7 +237,7 @@ fn tumbling_windows_equal_the_model_over_out_of_order_events() {
     // Each window and key once, with a deterministic id.
     let ids: BTreeSet<&str> = results.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), results.len());
-    assert_eq!(p.open_windows(), 1, "only the flush events' window stays open");
+    assert_eq!(p.state_rows(), 1, "only the flush events' window stays open");
 }
 
 #[test]
@@ -318,9 +334,12 @@ fn session_windows_split_on_gaps_and_merge_across_batches() {
 
 #[test]
 fn a_restored_snapshot_gives_the_results_of_an_uninterrupted_run() {
-    for sql in [TUMBLING, "SELECT user, SESSION_END(_ingested_at, INTERVAL '1' SECOND) AS e, COUNT(DISTINCT country) AS c, \
-                AVG(bitrate) AS a, MIN(bitrate) AS lo FROM plays GROUP BY SESSION(_ingested_at, INTERVAL '1' SECOND), user"]
-    {
+    let session = "SELECT user, SESSION_END(_ingested_at, INTERVAL '1' SECOND) AS e, COUNT(DISTINCT country) AS c, \
+                AVG(bitrate) AS a, MIN(bitrate) AS lo FROM plays GROUP BY SESSION(_ingested_at, INTERVAL '1' SECOND), user";
+    let updating = "SELECT user, country, COUNT(*) AS n, APPROX_DISTINCT(bitrate) AS rates, AVG(bitrate) AS a \
+                    FROM plays GROUP BY user, country";
+    for (sql, ttl) in [(TUMBLING, None), (session, None), (updating, Some(2500)), (FIRST_PER_USER, Some(2500))] {
+        let pipeline = |sql, partitions, lateness| pipeline_with_ttl(sql, partitions, lateness, ttl);
         let events = plays(2000, 13);
         let mut whole = pipeline(sql, 2, 3000);
         let (mut expected, _) = run(&mut whole, &events, 80);
@@ -335,14 +354,15 @@ fn a_restored_snapshot_gives_the_results_of_an_uninterrupted_run() {
         drop(more);
         let mut after = pipeline(sql, 2, 3000);
         after.restore(&snapshot, 0).unwrap();
-        assert_eq!(after.open_windows(), {
+        assert_eq!(after.state_rows(), {
             let mut fresh = pipeline(sql, 2, 3000);
             run(&mut fresh, first, 80);
-            fresh.open_windows()
+            fresh.state_rows()
         });
         let (rest, _) = run(&mut after, second, 80);
         got.extend(rest);
         got.extend(flush(&mut after, 10_000));
+        // The last row per id: what a sink upserting by id holds.
         let by_id = |rs: &[ResultRow]| rs.iter().map(|r| (r.id.clone(), r.json.clone())).collect::<BTreeMap<_, _>>();
         assert_eq!(by_id(&got), by_id(&expected), "{sql}");
     }
@@ -367,4 +387,163 @@ fn event_time_from_the_payload_windows_by_the_field() {
     let out = p.process(0, &inputs, 0).unwrap();
     let got: Vec<&str> = out.results.iter().map(|r| r.json.as_str()).collect();
     assert_eq!(got, [r#"{"m":"2026-12-07T10:00:00Z","n":2}"#, r#"{"m":"2026-12-07T10:01:00Z","n":1}"#]);
+}
+
+#[test]
+fn an_updating_group_by_upserts_each_key_to_the_models_totals() {
+    let sql = "SELECT country, COUNT(*) AS plays, COUNT(DISTINCT user) AS users, SUM(bitrate) AS total, \
+               MAX(bitrate) AS top FROM plays GROUP BY country";
+    let events = plays(3000, 17);
+    // A TTL longer than the run: every key is remembered throughout.
+    let mut p = pipeline_with_ttl(sql, 2, 0, Some(86_400_000));
+    let (results, late) = run(&mut p, &events, 70);
+    assert!(late.is_empty(), "{late:?}");
+    // Updates arrive as events do, one row per changed key per batch, not one per event.
+    assert!(results.len() > 3 && results.len() < events.len() / 10, "{} results", results.len());
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    let mut last_count: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &results {
+        let row: Value = serde_json::from_str(&r.json).unwrap();
+        let key = r.key.clone().expect("an updating result carries its key");
+        assert_eq!(key, json!([row["country"]]).to_string().replace(' ', ""));
+        // A key's rows all carry one id; its count only grows.
+        let before = last_count.insert(r.id.clone(), row["plays"].as_i64().unwrap());
+        assert!(before.is_none_or(|b| b < row["plays"].as_i64().unwrap()), "{r:?}");
+        latest.insert(r.id.clone(), row);
+    }
+    assert_eq!(latest.len(), 3, "one id per country");
+    let mut model: BTreeMap<String, (i64, BTreeSet<String>, i64, i64)> = BTreeMap::new();
+    for e in &events {
+        let v: Value = serde_json::from_str(&e.payload).unwrap();
+        let g = model.entry(v["country"].as_str().unwrap().to_owned()).or_default();
+        let bitrate = v["bitrate"].as_i64().unwrap();
+        g.0 += 1;
+        g.1.insert(v["user"].as_str().unwrap().to_owned());
+        g.2 += bitrate;
+        g.3 = g.3.max(bitrate);
+    }
+    let expected: BTreeSet<String> = model
+        .into_iter()
+        .map(|(country, (n, users, sum, max))| {
+            json!({"country": country, "plays": n, "users": users.len(), "total": sum, "top": max}).to_string()
+        })
+        .collect();
+    let got: BTreeSet<String> = latest.values().map(Value::to_string).collect();
+    assert_eq!(got, expected);
+    assert_eq!(p.state_rows(), 3);
+}
+
+/// One event of `user` at event time `at` on partition 0.
+fn at(user: &str, at: i64, offset: u64) -> Ev {
+    Ev {
+        id: format!("{user}@{at}"),
+        partition: 0,
+        offset,
+        at,
+        payload: json!({"user": user, "country": "BR", "bitrate": 100}).to_string(),
+    }
+}
+
+#[test]
+fn keys_unseen_for_the_ttl_are_forgotten_and_events_older_than_it_are_late() {
+    let sql = "SELECT user, COUNT(*) AS n FROM plays GROUP BY user";
+    let mut p = pipeline_with_ttl(sql, 1, 0, Some(5_000));
+    let feed = |p: &mut Pipeline, events: &[Ev]| {
+        let inputs: Vec<InputEvent<'_>> = events.iter().map(Ev::input).collect();
+        let out = p.process(0, &inputs, 0).unwrap();
+        let late: Vec<String> = out.late.iter().map(|&i| events[i].id.clone()).collect();
+        let rows: Vec<String> = out.results.iter().map(|r| r.json.clone()).collect();
+        (rows, late)
+    };
+    assert_eq!(
+        feed(&mut p, &[at("a", 1_000, 0), at("b", 1_000, 1)]).0,
+        [r#"{"user":"a","n":1}"#, r#"{"user":"b","n":1}"#]
+    );
+    // The watermark reaches 10 s: `a` (last seen at 1 s) is forgotten, `b` seen again is not.
+    assert_eq!(feed(&mut p, &[at("b", 10_000, 2)]).0, [r#"{"user":"b","n":2}"#]);
+    assert_eq!(p.state_rows(), 1);
+    // `a` starts again from nothing; an event 5 s or more behind the watermark is late.
+    let (rows, late) = feed(&mut p, &[at("a", 10_500, 3), at("b", 5_000, 4), at("b", 5_001, 5)]);
+    assert_eq!(rows, [r#"{"user":"a","n":1}"#, r#"{"user":"b","n":3}"#]);
+    assert_eq!(late, ["b@5000"]);
+}
+
+#[test]
+fn events_without_an_event_time_are_refused_with_why() {
+    let sql = "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS m, COUNT(*) AS n FROM plays GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)";
+    let mut p = pipeline(sql, 1, 0);
+    let events: Vec<Ev> = [r#"{"ts":"2026-12-07T10:00:05Z"}"#, r#"{"user":"u1"}"#, r#"{"ts":null}"#]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Ev { id: format!("t{i}"), partition: 0, offset: i as u64, at: 0, payload: (*p).into() })
+        .collect();
+    let inputs: Vec<InputEvent<'_>> = events.iter().map(Ev::input).collect();
+    let out = p.process(0, &inputs, 0).unwrap();
+    let invalid: Vec<(usize, &str)> = out.invalid.iter().map(|(i, why)| (*i, why.as_str())).collect();
+    let why = "has no event time: \"ts\" is missing or null";
+    assert_eq!(invalid, [(1, why), (2, why)]);
+    assert_eq!(p.state_rows(), 1, "the timed event is counted");
+}
+
+const FIRST_PER_USER: &str = "SELECT _id AS id, user, bitrate FROM (SELECT *, ROW_NUMBER() OVER \
+    (PARTITION BY user ORDER BY _ingested_at) AS rn FROM plays) WHERE rn = 1";
+
+#[test]
+fn deduplication_keeps_each_keys_first_or_last_row_as_the_model_does() {
+    let events = plays(2500, 23);
+    for (sql, keep_last) in
+        [(FIRST_PER_USER.to_owned(), false), (FIRST_PER_USER.replace("_ingested_at)", "_ingested_at DESC)"), true)]
+    {
+        let mut p = pipeline_with_ttl(&sql, 2, 0, Some(86_400_000));
+        let (results, late) = run(&mut p, &events, 60);
+        assert!(late.is_empty(), "{late:?}");
+        // The model, in the order the pipeline saw the events (per chunk, partition 0 then 1):
+        // a key's row is replaced by a strictly earlier one (first) or an as-late-or-later one
+        // (last).
+        let mut model: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        for chunk in events.chunks(60) {
+            for partition in 0..2 {
+                for e in chunk.iter().filter(|e| e.partition == partition) {
+                    let user = serde_json::from_str::<Value>(&e.payload).unwrap()["user"].as_str().unwrap().to_owned();
+                    let held = model.get(&user).map(|h| h.0);
+                    let replace = match held {
+                        None => true,
+                        Some(t) if keep_last => e.at >= t,
+                        Some(t) => e.at < t,
+                    };
+                    if replace {
+                        model.insert(user, (e.at, e.id.clone()));
+                    }
+                }
+            }
+        }
+        let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+        for r in &results {
+            latest.insert(r.id.clone(), serde_json::from_str(&r.json).unwrap());
+        }
+        let got: BTreeMap<String, String> = latest
+            .values()
+            .map(|row| (row["user"].as_str().unwrap().to_owned(), row["id"].as_str().unwrap().to_owned()))
+            .collect();
+        let expected: BTreeMap<String, String> = model.into_iter().map(|(u, (_, id))| (u, id)).collect();
+        assert_eq!(got, expected, "keep last: {keep_last}");
+        assert_eq!(latest.len(), 7, "one result id per user");
+        assert!(results.len() < events.len() / 4, "a duplicate emits nothing: {} results", results.len());
+        if !keep_last {
+            // Keeping the first, every row after a key's first is an earlier event replacing it.
+            assert!(results.len() >= 7);
+        }
+    }
+}
+
+#[test]
+fn drain_closes_every_open_window_as_a_preview_ends() {
+    let events = plays(800, 29);
+    let mut p = pipeline(TUMBLING, 2, 3000);
+    let (mut results, late) = run(&mut p, &events, 90);
+    assert!(late.is_empty());
+    assert!(p.state_rows() > 0, "windows still open before the drain");
+    results.extend(p.drain().unwrap());
+    assert_eq!(rows(&results), tumbling_model(&events, 5000));
+    assert_eq!(p.state_rows(), 0);
 }

@@ -5,16 +5,16 @@
 //! intermediate state), which restores into fresh accumulators by merging: the same
 //! state/merge contract DataFusion's partial aggregation relies on.
 
+use super::grouping::{int64, merge, Accumulators, Grouping};
 use super::steps::{evaluate, physical};
 use crate::windows::Window;
 use datafusion_common::arrow::array::{
-    new_empty_array, Array, ArrayRef, Int64Array, RecordBatch, StructArray, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, Int64Array, RecordBatch, StructArray, TimestampMillisecondArray,
 };
-use datafusion_common::arrow::compute::{cast, take};
+use datafusion_common::arrow::compute::cast;
 use datafusion_common::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion_common::{plan_err, DataFusionError, Result, ScalarValue};
-use datafusion_expr::{Accumulator, Aggregate, Expr, ExprSchemable};
-use datafusion_physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion_common::{plan_err, Result, ScalarValue};
+use datafusion_expr::{Aggregate, Expr};
 use datafusion_physical_expr::PhysicalExpr;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 struct Pane {
     start: i64,
     end: i64,
-    accs: Vec<Box<dyn Accumulator>>,
+    accs: Accumulators,
 }
 
 pub(crate) struct WindowAggregate {
@@ -33,11 +33,7 @@ pub(crate) struct WindowAggregate {
     time: Arc<dyn PhysicalExpr>,
     /// Where the window sits among the group expressions.
     window_pos: usize,
-    keys: Vec<Arc<dyn PhysicalExpr>>,
-    key_types: Vec<DataType>,
-    aggregates: Vec<AggregateFunctionExpr>,
-    /// The aggregate's output columns: group expressions, then aggregates.
-    pub(crate) names: Vec<String>,
+    grouping: Grouping,
     panes: HashMap<Vec<ScalarValue>, Vec<Pane>>,
     /// The earliest end among open panes (`i64::MAX` when none): most batches close nothing.
     earliest_end: i64,
@@ -52,54 +48,18 @@ pub(crate) struct Closed {
 
 impl WindowAggregate {
     pub(crate) fn compile(a: &Aggregate, window: Window, lateness_ms: i64) -> Result<WindowAggregate> {
-        let input = a.input.schema();
-        let mut time = None;
-        let mut window_pos = 0;
-        let mut keys = Vec::new();
-        let mut key_types = Vec::new();
-        for (i, g) in a.group_expr.iter().enumerate() {
-            match g {
-                Expr::ScalarFunction(f) if crate::windows::is_window_function(f.name()) => {
-                    time = Some(physical(&f.args[0], input)?);
-                    window_pos = i;
-                }
-                key => {
-                    keys.push(physical(key, input)?);
-                    key_types.push(key.get_type(input)?);
-                }
-            }
-        }
-        let Some(time) = time else { return plan_err!("the aggregate has no window") };
-        let input_schema = Arc::new(input.as_arrow().clone());
-        let mut aggregates = Vec::new();
-        for (e, field) in a.aggr_expr.iter().zip(a.schema.fields().iter().skip(a.group_expr.len())) {
-            let Expr::AggregateFunction(f) = strip_alias(e) else {
-                return plan_err!("{e} is not an aggregate function");
-            };
-            if f.params.filter.is_some() {
-                return plan_err!("FILTER (WHERE ...) on an aggregate is not supported yet");
-            }
-            let args = f.params.args.iter().map(|x| physical(x, input)).collect::<Result<Vec<_>>>()?;
-            let mut b =
-                AggregateExprBuilder::new(f.func.clone(), args).schema(input_schema.clone()).alias(field.name());
-            if f.params.distinct {
-                b = b.distinct();
-            }
-            if !f.params.order_by.is_empty() {
-                return plan_err!("ORDER BY inside an aggregate is not supported yet");
-            }
-            aggregates.push(b.build()?);
-        }
-        let names = a.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let is_window = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if crate::windows::is_window_function(f.name()));
+        let Some((window_pos, Expr::ScalarFunction(f))) = a.group_expr.iter().enumerate().find(|(_, g)| is_window(g))
+        else {
+            return plan_err!("the aggregate has no window");
+        };
+        let time = physical(&f.args[0], a.input.schema())?;
         Ok(WindowAggregate {
             window,
             lateness_ms,
             time,
             window_pos,
-            keys,
-            key_types,
-            aggregates,
-            names,
+            grouping: Grouping::compile(a, is_window)?,
             panes: HashMap::new(),
             earliest_end: i64::MAX,
         })
@@ -120,10 +80,6 @@ impl WindowAggregate {
         self.panes.values().map(Vec::len).sum()
     }
 
-    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.aggregates.iter().map(AggregateFunctionExpr::create_accumulator).collect()
-    }
-
     /// Adds a batch of the aggregate's input; rows only in closed windows are skipped (the
     /// caller dead-letters late events before they get here).
     pub(crate) fn update(&mut self, batch: &RecordBatch, watermark: Option<i64>) -> Result<()> {
@@ -131,19 +87,14 @@ impl WindowAggregate {
             return Ok(());
         }
         let times = millis(&evaluate(&self.time, batch)?)?;
-        let keys = self.keys.iter().map(|k| evaluate(k, batch)).collect::<Result<Vec<_>>>()?;
-        let args: Vec<Vec<ArrayRef>> = self
-            .aggregates
-            .iter()
-            .map(|a| a.expressions().iter().map(|e| evaluate(e, batch)).collect::<Result<Vec<_>>>())
-            .collect::<Result<_>>()?;
+        let evaluated = self.grouping.evaluate(batch)?;
         // Rows by key, then by pane: one update_batch per pane and batch, not per row.
         let mut by_key: HashMap<Vec<ScalarValue>, Vec<(i64, u32)>> = HashMap::new();
         for row in 0..batch.num_rows() {
             if times.is_null(row) {
                 continue;
             }
-            let key = keys.iter().map(|k| ScalarValue::try_from_array(k, row)).collect::<Result<Vec<_>>>()?;
+            let key = evaluated.key(row)?;
             by_key.entry(key).or_default().push((times.value(row), row as u32));
         }
         for (key, mut rows) in by_key {
@@ -176,13 +127,8 @@ impl WindowAggregate {
                 if watermark.is_some_and(|w| self.closed(end, w)) {
                     continue;
                 }
-                let indices = UInt32Array::from(rows);
-                let mut pane = Pane { start, end, accs: self.new_accumulators()? };
-                for (acc, columns) in pane.accs.iter_mut().zip(&args) {
-                    let taken =
-                        columns.iter().map(|c| take(c.as_ref(), &indices, None)).collect::<Result<Vec<_>, _>>()?;
-                    acc.update_batch(&taken)?;
-                }
+                let mut pane = Pane { start, end, accs: self.grouping.accumulators()? };
+                self.grouping.update(&mut pane.accs, &evaluated, rows)?;
                 self.add_pane(key.clone(), pane)?;
             }
         }
@@ -205,7 +151,7 @@ impl WindowAggregate {
         while i < panes.len() {
             if overlapping(&panes[i], (pane.start, pane.end)) {
                 let mut other = panes.swap_remove(i);
-                merge(&mut other, &mut pane)?;
+                merge(&mut other.accs, &mut pane.accs)?;
                 pane.start = pane.start.min(other.start);
                 pane.end = pane.end.max(other.end);
             } else {
@@ -253,16 +199,10 @@ impl WindowAggregate {
         let window_type = crate::windows::window_struct();
         let DataType::Struct(window_fields) = window_type else { unreachable!("a window is a struct") };
         let window = StructArray::try_new(window_fields, vec![Arc::new(starts), Arc::new(ends)], None)?;
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, ty) in self.key_types.iter().enumerate() {
-            columns.push(scalars_to_array(done.iter().map(|d| d.0[i].clone()), ty, n)?);
-        }
+        let mut columns = self.grouping.key_columns(done.iter().map(|d| d.0.as_slice()))?;
         columns.insert(self.window_pos, Arc::new(window));
-        for (j, agg) in self.aggregates.iter().enumerate() {
-            let values = done.iter_mut().map(|d| d.1.accs[j].evaluate()).collect::<Result<Vec<_>>>()?;
-            columns.push(scalars_to_array(values.into_iter(), agg.field().data_type(), n)?);
-        }
-        super::steps::batch_of(&self.names, columns, n)
+        columns.extend(self.grouping.values(done.iter_mut().map(|d| &mut d.1.accs))?);
+        super::steps::batch_of(&self.grouping.names, columns, n)
     }
 
     /// Every open pane as a row: `pane_start`, `pane_end`, the key columns, then each
@@ -271,39 +211,18 @@ impl WindowAggregate {
     pub(crate) fn snapshot(&mut self) -> Result<RecordBatch> {
         let mut fields =
             vec![Field::new("pane_start", DataType::Int64, false), Field::new("pane_end", DataType::Int64, false)];
-        for (i, ty) in self.key_types.iter().enumerate() {
+        for (i, ty) in self.grouping.key_types.iter().enumerate() {
             fields.push(Field::new(format!("key_{i}"), ty.clone(), true));
         }
-        let mut state_types = Vec::new();
-        for (j, agg) in self.aggregates.iter().enumerate() {
-            for (k, f) in agg.state_fields()?.iter().enumerate() {
-                fields.push(Field::new(format!("state_{j}_{k}"), f.data_type().clone(), true));
-                state_types.push(f.data_type().clone());
-            }
-        }
+        fields.extend(self.grouping.state_fields()?);
         let mut rows: Vec<(&Vec<ScalarValue>, &mut Pane)> =
             self.panes.iter_mut().flat_map(|(k, ps)| ps.iter_mut().map(move |p| (k, p))).collect();
-        let n = rows.len();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.start))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.end))),
         ];
-        for (i, ty) in self.key_types.iter().enumerate() {
-            columns.push(scalars_to_array(rows.iter().map(|r| r.0[i].clone()), ty, n)?);
-        }
-        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); state_types.len()];
-        for (_, pane) in rows.iter_mut() {
-            let mut at = 0;
-            for acc in pane.accs.iter_mut() {
-                for value in acc.state()? {
-                    states[at].push(value);
-                    at += 1;
-                }
-            }
-        }
-        for (values, ty) in states.into_iter().zip(&state_types) {
-            columns.push(scalars_to_array(values.into_iter(), ty, n)?);
-        }
+        columns.extend(self.grouping.key_columns(rows.iter().map(|r| r.0.as_slice()))?);
+        columns.extend(self.grouping.state_columns(rows.iter_mut().map(|r| &mut r.1.accs))?);
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         self.restore(&batch)?;
         Ok(batch)
@@ -313,62 +232,25 @@ impl WindowAggregate {
     pub(crate) fn restore(&mut self, batch: &RecordBatch) -> Result<()> {
         self.panes.clear();
         self.earliest_end = i64::MAX;
-        let starts = int64(batch.column(0))?;
-        let ends = int64(batch.column(1))?;
-        let key_count = self.key_types.len();
-        let expected =
-            2 + key_count + self.aggregates.iter().map(|a| a.state_fields().map(|f| f.len())).sum::<Result<usize>>()?;
+        let expected = self.grouping.snapshot_width(2)?;
         if batch.num_columns() != expected {
             return plan_err!(
                 "the snapshot has {} columns where this query's state has {expected}",
                 batch.num_columns()
             );
         }
+        let starts = int64(batch.column(0))?;
+        let ends = int64(batch.column(1))?;
+        let first_state = 2 + self.grouping.key_types.len();
         for row in 0..batch.num_rows() {
-            let key = (0..key_count)
-                .map(|i| ScalarValue::try_from_array(batch.column(2 + i), row))
-                .collect::<Result<Vec<_>>>()?;
-            let mut accs = self.new_accumulators()?;
-            let mut at = 2 + key_count;
-            for (acc, agg) in accs.iter_mut().zip(&self.aggregates) {
-                let width = agg.state_fields()?.len();
-                let state: Vec<ArrayRef> = (at..at + width).map(|c| batch.column(c).slice(row, 1)).collect();
-                acc.merge_batch(&state)?;
-                at += width;
-            }
+            let key = self.grouping.snapshot_key(batch, 2, row)?;
+            let accs = self.grouping.restore(batch, first_state, row)?;
             let pane = Pane { start: starts.value(row), end: ends.value(row), accs };
             self.earliest_end = self.earliest_end.min(pane.end);
             self.panes.entry(key).or_default().push(pane);
         }
         Ok(())
     }
-}
-
-fn strip_alias(e: &Expr) -> &Expr {
-    match e {
-        Expr::Alias(a) => strip_alias(&a.expr),
-        other => other,
-    }
-}
-
-/// Folds `from`'s accumulators into `into`'s.
-fn merge(from: &mut Pane, into: &mut Pane) -> Result<()> {
-    for (src, dst) in from.accs.iter_mut().zip(into.accs.iter_mut()) {
-        let state = src.state()?.iter().map(ScalarValue::to_array).collect::<Result<Vec<_>>>()?;
-        dst.merge_batch(&state)?;
-    }
-    Ok(())
-}
-
-fn scalars_to_array(values: impl Iterator<Item = ScalarValue>, ty: &DataType, n: usize) -> Result<ArrayRef> {
-    if n == 0 {
-        return Ok(new_empty_array(ty));
-    }
-    ScalarValue::iter_to_array(values)
-}
-
-fn int64(a: &ArrayRef) -> Result<&Int64Array> {
-    a.as_any().downcast_ref::<Int64Array>().ok_or_else(|| DataFusionError::Internal("not an Int64 column".into()))
 }
 
 /// Event times as milliseconds since the epoch.

@@ -11,7 +11,7 @@ mod stream;
 pub use file::{BucketSettings, FileFormat, FileSettings};
 pub use http::{HttpFormat, HttpSettings, HTTP_TIMEOUT_MS_DEFAULT};
 pub use kafka::KafkaSettings;
-pub use postgres::PostgresSettings;
+pub use postgres::{PostgresMode, PostgresSettings};
 pub use stream::{StreamRef, StreamSettings};
 
 /// The systems a route can deliver to.

@@ -1,10 +1,29 @@
-//! A PostgreSQL sink's settings: the table events are upserted into, keyed by event id.
+//! A PostgreSQL sink's settings: the table events are written into, keyed by event id, and
+//! whether a row seen again is kept (insert) or replaced (upsert, for updating results).
 
 use super::{Reader, SettingDoc};
 use crate::validation::ValidationErrors;
 use std::collections::BTreeMap;
 
-pub(super) const SETTINGS: &[SettingDoc] = &[SettingDoc { key: "table", required: true, help: "target table name" }];
+pub(super) const SETTINGS: &[SettingDoc] = &[
+    SettingDoc { key: "table", required: true, help: "target table name" },
+    SettingDoc {
+        key: "mode",
+        required: false,
+        help: "insert (the default: a row whose event_id is already there is kept) or upsert (it is \
+               replaced: a processor's updating results)",
+    },
+];
+
+/// What the sink does with a row whose `event_id` the table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostgresMode {
+    /// Keep the row there (a redelivered event writes nothing twice).
+    #[default]
+    Insert,
+    /// Replace it with the new row (a key's latest result wins).
+    Upsert,
+}
 
 pub(super) const SECRETS: &[SettingDoc] =
     &[SettingDoc { key: "url", required: true, help: "postgres:// connection URL, with password" }];
@@ -13,6 +32,7 @@ pub(super) const SECRETS: &[SettingDoc] =
 pub struct PostgresSettings {
     /// A lowercase SQL identifier of at most 63 characters (no quoting needed, none possible).
     pub table: String,
+    pub mode: PostgresMode,
 }
 
 impl PostgresSettings {
@@ -24,7 +44,15 @@ impl PostgresSettings {
         if !table.is_empty() && !ok {
             r.error("table", "must be a lowercase SQL identifier (letters, digits, underscores)");
         }
-        PostgresSettings { table }
+        let mode = match r.get("mode") {
+            None | Some("insert") => PostgresMode::Insert,
+            Some("upsert") => PostgresMode::Upsert,
+            Some(_) => {
+                r.error("mode", "must be insert or upsert");
+                PostgresMode::Insert
+            }
+        };
+        PostgresSettings { table, mode }
     }
 
     /// Checks the given secret values (an omitted one keeps the stored value).
