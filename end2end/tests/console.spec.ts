@@ -457,7 +457,8 @@ test("a processor's plan follows the query as it is typed, a bad query is refuse
   // The plan follows the query: a windowed count, its columns and types.
   await page.getByLabel("Event-time column", { exact: true }).fill("ts");
   await page.getByLabel("Query", { exact: true }).fill(
-    `SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, country, COUNT(*) AS views\nFROM ${stream}\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), country`,
+    // A stream name with dashes is quoted, as in any SQL.
+    `SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, country, COUNT(*) AS views\nFROM "${stream}"\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), country`,
   );
   await expect(plan.getByTestId("plan-kind")).toContainText("windowed job");
   await expect(plan.getByTestId("plan-kind")).toContainText("tumbling 1m on ts");

@@ -182,6 +182,17 @@ enum BenchCommand {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// Streaming SQL: Nexmark bids in the log, each query run by a processor job into a sink
+    /// that drops its results.
+    Nexmark {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Events per second of event time (Nexmark's default).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+    },
     /// Server render time of the jobs overview with many routes (each running its job).
     Overview {
         #[arg(long, default_value_t = 5000)]
@@ -273,6 +284,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Workers { events, workers, partitions, postgres_url, brokers } } => {
             let shape = keystone::bench::WorkersBench { events, workers, partitions, postgres_url, brokers };
             keystone::bench::workers(&settings.data_dir.join("bench-workers"), shape).await?;
+        }
+        Command::Bench { command: BenchCommand::Nexmark { events, partitions, rate } } => {
+            keystone::bench_nexmark::nexmark(&settings.data_dir.join("bench-nexmark"), events, partitions, rate)
+                .await?;
         }
         Command::Bench { command: BenchCommand::Overview { jobs, rounds } } => {
             keystone::bench::overview(&settings.data_dir.join("bench-overview"), jobs, rounds).await?;

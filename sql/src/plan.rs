@@ -84,7 +84,11 @@ pub fn read_streams(sql: &str) -> Result<Vec<String>, SqlError> {
     let statements = Parser::new(&GenericDialect {}).try_with_sql(sql).and_then(|mut p| p.parse_statements())?;
     let mut names = Vec::new();
     let _ = ast::visit_relations(&statements, |relation| {
-        let name = relation.to_string();
+        // By the names' values: a quoted name (`"page-views"`, as a stream name with dashes
+        // must be written) is the stream `page-views`.
+        let parts: Vec<String> =
+            relation.0.iter().map(|p| p.as_ident().map_or_else(|| p.to_string(), |i| i.value.clone())).collect();
+        let name = parts.join(".");
         if !names.contains(&name) {
             names.push(name);
         }

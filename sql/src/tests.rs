@@ -216,5 +216,6 @@ fn one_select_and_nothing_else() {
 #[test]
 fn the_streams_a_query_reads_are_found_without_planning() {
     assert_eq!(read_streams("SELECT a.x FROM plays a JOIN clicks c ON a.k = c.k, plays").unwrap(), ["plays", "clicks"]);
+    assert_eq!(read_streams("SELECT x FROM \"page-views\"").unwrap(), ["page-views"]);
     assert!(read_streams("SELECT (").is_err());
 }

@@ -203,7 +203,7 @@ fn PlanView(plan: ProcessorPlan) -> impl IntoView {
                         .collect_view()}
                 </tbody>
             </table>
-            <pre class="rounded bg-slate-50 p-3 text-xs font-mono overflow-x-auto" data-testid="plan-operators">
+            <pre class="rounded-md bg-slate-50 p-3 text-xs font-mono overflow-x-auto" data-testid="plan-operators">
                 {plan.operators.join("\n")}
             </pre>
         </div>
