@@ -418,6 +418,20 @@ impl<'a> Goal<'a> {
                         )
                         .into());
                     }
+                    // A table that only inserts would keep the first row of each key of an
+                    // updating processor already writing to it: refused as at its declaration.
+                    if matches!(&typed, SinkSettings::Postgres(pg) if pg.mode != PostgresMode::Upsert) {
+                        let updating = processor::updating_users(&mut tx, &team_name, name.as_str()).await?;
+                        if let Some(p) = updating.first() {
+                            return Err(ValidationErrors::single(
+                                "settings.mode",
+                                format!(
+                                    "processor {p:?} updates rows in this table: the sink must stay in upsert mode"
+                                ),
+                            )
+                            .into());
+                        }
+                    }
                 }
                 let mut secrets = kept;
                 for (k, v) in input.secrets.iter().filter(|(_, v)| !v.is_empty()) {

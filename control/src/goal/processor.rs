@@ -244,6 +244,25 @@ pub fn processor_streams(sql: &str) -> Vec<String> {
     keystone_sql::read_streams(sql).unwrap_or_default()
 }
 
+/// The team's processors delivering to sink `sink` whose results update rows (updating GROUP BY,
+/// deduplication): what a sink must keep upserting for.
+pub async fn updating_users(tx: &mut WriteTx, team_name: &str, sink: &str) -> Result<Vec<String>, GoalError> {
+    let users = processors_using(tx, team_name, Kind::Sink, sink).await?;
+    if users.is_empty() {
+        return Ok(users);
+    }
+    let streams = team_streams(tx, team_name).await?;
+    let mut updating = Vec::new();
+    for o in tx.live(Kind::Processor).await?.into_iter().filter(|o| o.team == team_name && users.contains(&o.name)) {
+        let Ok(spec) = o.spec_as::<ProcessorSpec>() else { continue };
+        let planned = keystone_sql::plan(&spec.sql, &streams, spec.state_ttl_s.is_some());
+        if planned.is_ok_and(|q| q.shape.is_updating()) {
+            updating.push(o.name);
+        }
+    }
+    Ok(updating)
+}
+
 /// The team's processors that read stream `name` (kind stream) or deliver to sink `name` (kind
 /// sink): what a delete of that stream or sink would break.
 pub async fn processors_using(

@@ -225,6 +225,11 @@ async fn updating_and_deduplicating_processors_keep_one_row_per_key_in_postgres_
         .await;
     assert_eq!((s, plan["kind"].as_str(), &plan["keys"]), (StatusCode::OK, Some("updating"), &json!(["country"])));
     declare(&app, "processors", "totals", spec("totals")).await;
+    // Nor can the table be switched back to inserts under it.
+    let insert = json!({"spec": {"kind": "postgres", "settings": {"table": "totals", "mode": "insert"}}});
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/sinks/totals", insert).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(field_error(&body, "settings.mode").contains("processor \"totals\""), "{body}");
     // Each user's first play by event time, whatever order the plays arrive in.
     let first =
         "SELECT user, country, bitrate FROM (\n  SELECT *, ROW_NUMBER() OVER (PARTITION BY user ORDER BY ts) AS rn\n  \
