@@ -47,6 +47,7 @@ pub mod phase;
 pub mod reconcile;
 pub mod rewind;
 pub mod telemetry;
+pub mod time;
 #[cfg(feature = "store")]
 pub mod users;
 pub mod validation;

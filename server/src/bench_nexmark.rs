@@ -76,27 +76,10 @@ fn bids(count: usize, start_ms: i64, rate: u64) -> impl Iterator<Item = (i64, se
         let bid = json!({
             "auction": auction, "bidder": bidder, "price": price, "channel": channel,
             "url": format!("https://www.nexmark.com/{channel}/item.htm?query=1"),
-            "date_time": iso(at), "extra": "",
+            "date_time": keystone_control::time::rfc3339_ms(at), "extra": "",
         });
         (at, bid)
     })
-}
-
-/// RFC 3339 in UTC (no date library in the server for this alone).
-fn iso(ms: i64) -> String {
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// A sink that counts its results and keeps nothing.

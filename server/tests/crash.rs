@@ -267,25 +267,8 @@ async fn kill_9_loses_no_acknowledged_event() {
 /// Event `n`: 10 ms of event time apart, in five keys.
 fn play(n: u64) -> Value {
     let ms = 1_800_000_000_000u64 + n * 10;
-    let ts = keystone_test_time(ms);
+    let ts = keystone_control::time::rfc3339_ms(ms as i64);
     json!({"n": n, "ts": ts, "k": n % 5})
-}
-
-/// RFC 3339 in UTC for milliseconds since the epoch (no date library in the tests).
-fn keystone_test_time(ms: u64) -> String {
-    let (secs, millis) = (ms / 1000, ms % 1000);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// A processor counting events and summing `n` per key and one-second window of event time.
