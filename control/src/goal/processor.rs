@@ -247,20 +247,27 @@ pub fn processor_streams(sql: &str) -> Vec<String> {
 /// The team's processors delivering to sink `sink` whose results update rows (updating GROUP BY,
 /// deduplication): what a sink must keep upserting for.
 pub async fn updating_users(tx: &mut WriteTx, team_name: &str, sink: &str) -> Result<Vec<String>, GoalError> {
-    let users = processors_using(tx, team_name, Kind::Sink, sink).await?;
+    // One read of the processors; the streams only when one of them uses this sink.
+    let users: Vec<(String, ProcessorSpec)> = tx
+        .live(Kind::Processor)
+        .await?
+        .into_iter()
+        .filter(|o| o.team == team_name)
+        .filter_map(|o| Some((o.name.clone(), o.spec_as::<ProcessorSpec>().ok()?)))
+        .filter(|(_, spec)| spec.sink.as_str() == sink)
+        .collect();
     if users.is_empty() {
-        return Ok(users);
+        return Ok(Vec::new());
     }
     let streams = team_streams(tx, team_name).await?;
-    let mut updating = Vec::new();
-    for o in tx.live(Kind::Processor).await?.into_iter().filter(|o| o.team == team_name && users.contains(&o.name)) {
-        let Ok(spec) = o.spec_as::<ProcessorSpec>() else { continue };
-        let planned = keystone_sql::plan(&spec.sql, &streams, spec.state_ttl_s.is_some());
-        if planned.is_ok_and(|q| q.shape.is_updating()) {
-            updating.push(o.name);
-        }
-    }
-    Ok(updating)
+    Ok(users
+        .into_iter()
+        .filter(|(_, spec)| {
+            let planned = keystone_sql::plan(&spec.sql, &streams, spec.state_ttl_s.is_some());
+            planned.is_ok_and(|q| q.shape.is_updating())
+        })
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// The team's processors that read stream `name` (kind stream) or deliver to sink `name` (kind

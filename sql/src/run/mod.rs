@@ -279,13 +279,7 @@ impl Pipeline {
             Operator::Dedupe(d) => {
                 let rows = d.update(&batch, times).map_err(internal)?;
                 let output = d.output(&batch, &rows).map_err(internal)?;
-                let ids = rows
-                    .into_iter()
-                    .map(|k| {
-                        let key = key_json(&k.key);
-                        (format!("row\n{key}"), key, k.time)
-                    })
-                    .collect();
+                let ids = rows.into_iter().map(|k| keyed_identity("row", &k.key, k.time)).collect();
                 kept = Some((output, ids));
             }
         }
@@ -347,13 +341,7 @@ impl Pipeline {
                 let emitted = k.emit()?;
                 k.expire(watermark);
                 let Some((batch, updated)) = emitted else { return Ok(Vec::new()) };
-                let ids = updated
-                    .into_iter()
-                    .map(|g| {
-                        let key = key_json(&g.key);
-                        (format!("group\n{key}"), key, g.last_seen)
-                    })
-                    .collect();
+                let ids = updated.into_iter().map(|g| keyed_identity("group", &g.key, g.last_seen)).collect();
                 (batch, ids)
             }
             Some(Operator::Dedupe(d)) => {
@@ -444,6 +432,13 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests;
+
+/// The identity of a result that one key keeps replacing (updating or deduplicated): its id
+/// depends on the kind of result and the key only.
+fn keyed_identity(kind: &str, key: &[datafusion_common::ScalarValue], time_ms: i64) -> Identity {
+    let key = key_json(key);
+    (format!("{kind}\n{key}"), key, time_ms)
+}
 
 /// A group key as a JSON array of its values' text.
 fn key_json(key: &[datafusion_common::ScalarValue]) -> String {
