@@ -14,10 +14,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The kinds a URL's `{kind}` names, and how (the OpenAPI document lists them from here).
-pub(crate) const KIND_SEGMENTS: [(&str, Kind); 4] =
-    [("streams", Kind::Stream), ("sinks", Kind::Sink), ("routes", Kind::Route), ("processors", Kind::Processor)];
+pub(crate) const KIND_SEGMENTS: [(&str, Kind); 5] = [
+    ("streams", Kind::Stream),
+    ("sinks", Kind::Sink),
+    ("routes", Kind::Route),
+    ("processors", Kind::Processor),
+    ("sources", Kind::Source),
+];
 
-/// `streams`, `sinks`, `routes` or `processors` in a URL.
+/// `streams`, `sinks`, `routes`, `processors` or `sources` in a URL.
 fn kind_of(segment: &str) -> Result<Kind, ApiError> {
     KIND_SEGMENTS
         .iter()
@@ -72,7 +77,8 @@ pub async fn list_objects(
     Ok(Json(goal.list(kind).await?.into_iter().filter(|o| o.team == team).collect()))
 }
 
-/// The spec of the kind the path names: a StreamSpec, a SinkInput, a RouteSpec or a ProcessorSpec.
+/// The spec of the kind the path names: a StreamSpec, a SinkInput, a RouteSpec, a ProcessorSpec
+/// or a SourceInput.
 fn spec_schema() -> utoipa::openapi::schema::OneOfBuilder {
     use utoipa::openapi::Ref;
     utoipa::openapi::schema::OneOfBuilder::new()
@@ -80,9 +86,10 @@ fn spec_schema() -> utoipa::openapi::schema::OneOfBuilder {
         .item(Ref::from_schema_name("SinkInput"))
         .item(Ref::from_schema_name("RouteSpec"))
         .item(Ref::from_schema_name("ProcessorSpec"))
+        .item(Ref::from_schema_name("SourceInput"))
         .description(Some(
             "The spec of the kind the path names (streams: StreamSpec, sinks: SinkInput, routes: RouteSpec, \
-             processors: ProcessorSpec).",
+             processors: ProcessorSpec, sources: SourceInput).",
         ))
 }
 

@@ -357,6 +357,19 @@ pub async fn processor_dead_letters(
     letters(&s, &keystone_control::processor_dead_letter_topic(&team, &name), &p).await
 }
 
+/// A source's job: its phase (and the last error), the initial snapshot's progress, the last
+/// position confirmed to its database and the WAL its replication slot holds back there.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/sources/{name}/status",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = keystone_control::SourceStatus), (status = 404, body = ErrorBody)))]
+pub async fn source_status(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<Json<keystone_control::SourceStatus>, ApiError> {
+    Ok(Json(s.platform.ops(&who).source_status(&team, &name).await?))
+}
+
 async fn letters(s: &ApiState, topic: &str, p: &DeadLetterParams) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
     let letters = match dead_letters::read(s.platform.log.as_ref(), topic, p.from, limit).await {

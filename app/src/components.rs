@@ -69,6 +69,7 @@ fn Nav(me: Me) -> impl IntoView {
             <div class="flex-1 px-3 py-4 space-y-1">
                 {link("/", "Overview")}
                 {link("/streams", "Streams")}
+                {link("/sources", "Sources")}
                 {link("/sinks", "Sinks")}
                 {link("/routes", "Routes")}
                 {link("/processors", "Processors")}

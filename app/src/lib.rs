@@ -96,6 +96,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/sinks/new") view=pages::sinks::SinkFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/sinks/:team/:name") view=pages::sinks::SinkDetailPage ssr=SsrMode::Async/>
                     <Route path=path!("/sinks/:team/:name/edit") view=pages::sinks::SinkFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sources") view=pages::sources::SourcesPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sources/new") view=pages::sources::SourceFormPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sources/:team/:name") view=pages::sources::SourceDetailPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sources/:team/:name/edit") view=pages::sources::SourceFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes") view=pages::routes::RoutesPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/new") view=pages::routes::RouteFormPage ssr=SsrMode::Async/>
                     <Route path=path!("/routes/:team/:name") view=pages::routes::RouteDetailPage ssr=SsrMode::Async/>

@@ -493,3 +493,40 @@ test("a processor's plan follows the query as it is typed, a bad query is refuse
   await page.goto(`/processors/alpha/${processor}`);
   await expect(page.getByTestId("job-phase")).toHaveText("running");
 });
+
+test("a CDC source is declared in the console: a refused host is named at its field, the URL is never shown, and the capture's failure is on its page", async ({ page }) => {
+  const stream = unique("orders");
+  const source = unique("shop-db");
+  await signIn(page, users.editor);
+  await page.goto("/streams/new");
+  await fill(page, { Name: stream, Partitions: "2" });
+  await page.getByRole("button", { name: "Save stream" }).click();
+  await expect(page).toHaveURL(new RegExp(`/streams/alpha/${stream}$`));
+
+  await navigate(page, "Sources");
+  await page.getByRole("link", { name: "New source" }).first().click();
+  await fill(page, {
+    Name: source,
+    Tables: `public.orders -> ${stream}`,
+    "Database URL (secret)": "postgres://keystone:s3cret-pw@127.0.0.1:5432/shop",
+  });
+  await page.getByRole("button", { name: "Save source" }).click();
+  // The platform's own machine is not a destination a team may reach.
+  await expect(page.getByTestId("error-secret_url")).toContainText("loopback");
+
+  // A host that does not resolve passes the declaration; the capture then fails and says why.
+  await fill(page, {
+    "Database URL (secret)": "postgres://keystone:s3cret-pw@db.invalid:5432/shop",
+    "Reason for this change": "orders into a stream",
+  });
+  await page.getByRole("button", { name: "Save source" }).click();
+  await expect(page).toHaveURL(new RegExp(`/sources/alpha/${source}$`));
+  await expect(page.getByTestId("history")).toContainText("orders into a stream");
+  await expect(async () => {
+    await page.reload();
+    await expect(page.locator("#source-status")).toContainText("connecting to the source");
+  }).toPass({ timeout: 30_000 });
+  await expect(page.locator("body")).not.toContainText("s3cret-pw");
+  await navigate(page, "Sources");
+  await expect(page.getByRole("row", { name: new RegExp(source) })).toContainText(`public.orders → ${stream}`);
+});

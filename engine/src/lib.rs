@@ -9,6 +9,7 @@ pub mod log;
 pub mod meter;
 pub mod quota;
 pub mod sinks;
+pub mod sources;
 pub mod transforms;
 
 /// Wall-clock time in ms since the epoch.

@@ -8,6 +8,7 @@ mod processors;
 pub mod reconciler;
 mod role;
 mod routes;
+mod sources;
 pub mod telemetry;
 
 pub use role::ProcessRole;

@@ -42,6 +42,8 @@ struct PipelineFile {
     routes: BTreeMap<String, serde_norway::Value>,
     #[serde(default)]
     processors: BTreeMap<String, serde_norway::Value>,
+    #[serde(default)]
+    sources: BTreeMap<String, serde_norway::Value>,
 }
 
 /// One declared object, parsed and checked.
@@ -86,6 +88,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, FileError> {
     let mut problems = Vec::new();
     let sections = [
         (Kind::Stream, &parsed.streams),
+        (Kind::Source, &parsed.sources),
         (Kind::Sink, &parsed.sinks),
         (Kind::Route, &parsed.routes),
         (Kind::Processor, &parsed.processors),
@@ -157,11 +160,26 @@ fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
             p.validate().map_err(errors)?;
             serde_json::to_value(p)
         }
+        Declaration::Source(s) => {
+            // The URL may already be stored; the server checks that part.
+            s.validate(&["url".to_owned()]).map_err(errors)?;
+            serde_json::to_value(s).map(without_secrets)
+        }
         Declaration::Team(_) | Declaration::Policy(_) => {
-            return Err(vec![format!("a pipeline file declares streams, sinks, routes and processors, not {kind}s")])
+            return Err(vec![format!(
+                "a pipeline file declares streams, sources, sinks, routes and processors, not {kind}s"
+            )])
         }
     };
     stored.map_err(|e| vec![e.to_string()])
+}
+
+/// A spec without its secrets, which are never read back.
+fn without_secrets(mut spec: Value) -> Value {
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("secrets");
+    }
+    spec
 }
 
 fn comparable_sink(s: &SinkInput) -> Value {
@@ -249,6 +267,8 @@ impl Client {
                     let current = if d.kind == Kind::Sink {
                         json!({"kind": current["kind"], "description": current["description"],
                                "settings": current["settings"], "tags": current.get("tags").cloned().unwrap_or(json!([]))})
+                    } else if d.kind == Kind::Source {
+                        without_secrets(current)
                     } else {
                         current
                     };
@@ -375,11 +395,9 @@ pub fn to_yaml(team: &str, sections: &[(Kind, Vec<(String, Value)>)]) -> anyhow:
         let mut section = serde_json::Map::new();
         for (name, spec) in objects {
             let mut spec = spec.clone();
-            if *kind == Kind::Sink {
+            if matches!(kind, Kind::Sink | Kind::Source) {
                 // Secrets are never read back; a file declares them only to set them.
-                if let Some(o) = spec.as_object_mut() {
-                    o.remove("secrets");
-                }
+                spec = without_secrets(spec);
             }
             section.insert(name.clone(), spec);
         }

@@ -240,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
             let client = remote.client();
             let mut sections = Vec::new();
             use keystone_control::Kind;
-            for kind in [Kind::Stream, Kind::Sink, Kind::Route, Kind::Processor] {
+            for kind in [Kind::Stream, Kind::Source, Kind::Sink, Kind::Route, Kind::Processor] {
                 sections.push((kind, client.get(&team, kind).await?));
             }
             print!("{}", keystone::apply::to_yaml(&team, &sections)?);

@@ -74,6 +74,7 @@ impl ControlLoop {
             log: log.clone(),
             jobs: jobs.clone(),
             processors: Arc::new(Jobs::new(log.clone())),
+            sources: Default::default(),
             data_dir: settings.data_dir.clone(),
             health: health.clone(),
             job_env: Arc::new(settings.job_env.clone()),
@@ -101,6 +102,7 @@ impl ControlLoop {
         let _ = self.task.await;
         self.reconciler.jobs.stop_all().await;
         self.reconciler.processors.stop_all().await;
+        self.reconciler.sources.stop_all().await;
         // Every job is drained: their threads can go.
         drop(self.runtime);
         self.reconciler.release().await;

@@ -850,6 +850,8 @@ on_both_backends!(
 // After the macro: the processor tests run on both backends through it.
 #[path = "api/processors.rs"]
 mod processors;
+#[path = "api/sources.rs"]
+mod sources;
 
 /// Every event in the NDJSON and Parquet files under a folder.
 fn events_under(dir: &std::path::Path) -> Vec<Value> {

@@ -4,7 +4,8 @@
 //! bound. `KEYSTONE_CRASH_KILLS` sets the number of kills (default 3; a script can run hundreds).
 //! A processor with a window, and one with updating totals per key, run through the same kills:
 //! their results equal those of processors declared afterwards that read the same events
-//! without a crash.
+//! without a crash. A CDC source (its own test) copies a table through kills into a PostgreSQL
+//! table that must end equal to the source, row for row.
 
 use keystone_control::auth::Principal;
 use keystone_control::goal::{Declaration, Goal};
@@ -18,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CHECKPOINT_MS: u64 = 100;
+
+/// The two crash tests take turns: each loads both cores, and their timings assume it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -38,6 +42,8 @@ fn start(dir: &Path, port: u16) -> Child {
         .env("KEYSTONE_SITE_ROOT", dir.join("site"))
         .env_remove("KEYSTONE_DATABASE_URL")
         .env("RUST_LOG", "warn,sqlx=warn")
+        // The CDC test's PostgreSQL runs on this machine: allowed explicitly.
+        .env("KEYSTONE_EGRESS__ALLOW", "127.0.0.0/8")
         .env("NO_COLOR", "1")
         // Every start's warnings (the server logs to stdout), kept to be shown if the test fails.
         .stdout(log_file(dir))
@@ -79,6 +85,7 @@ fn sink_lines(root: &Path) -> (Vec<Value>, Vec<PathBuf>) {
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_event() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let kills: usize = std::env::var("KEYSTONE_CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("keystone.db").display());
@@ -291,4 +298,134 @@ fn updating(sink: &str) -> Value {
         "sink": sink,
         "config": {"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()},
     })
+}
+
+#[path = "../../engine/tests/pg_logical/mod.rs"]
+mod pg_logical;
+
+/// Inserts, updates (also of the primary key) and deletes of `items` in small transactions.
+async fn cdc_writer(url: String, seed: u64, stop: Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        i += 1;
+        let id = ((seed * 7919 + i * 104_729) % 500) as i32;
+        let sql = match (seed + i) % 7 {
+            0..=2 => "INSERT INTO items (id, name, qty) VALUES ($1, 'n' || $1, 1) ON CONFLICT (id) DO NOTHING",
+            3 | 4 => "UPDATE items SET qty = qty + 1, name = name || '+' WHERE id = $1",
+            5 => {
+                "UPDATE items SET id = id + 500 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM items WHERE id = $1 + 500)"
+            }
+            _ => "DELETE FROM items WHERE id = $1",
+        };
+        let _ = sqlx::query(sql).bind(id).execute(&mut db).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    i
+}
+
+async fn item_rows(db: &mut sqlx::PgConnection, table: &str) -> Vec<(i32, String, i32)> {
+    let sql = format!("SELECT id, name, qty FROM {table} ORDER BY id");
+    sqlx::query_as(&sql).fetch_all(db).await.unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_keeps_a_cdc_copy_equal_to_its_source() {
+    use sqlx::Connection;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let kills: usize = std::env::var("KEYSTONE_CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
+    let pg = pg_logical::LogicalPostgres::start().await;
+    let url = pg.url();
+    let mut src = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL);
+         INSERT INTO items SELECT g, 'seed' || g, g FROM generate_series(1, 200) g;",
+    )
+    .execute(&mut src)
+    .await
+    .unwrap();
+    sqlx::query("CREATE DATABASE target").execute(&mut src).await.unwrap();
+    let target_url = format!("{}/target", &url[..url.rfind('/').unwrap()]);
+    let mut dst = sqlx::PgConnection::connect(&target_url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE items_copy (id int PRIMARY KEY, name text, qty int, _lsn bigint NOT NULL)")
+        .execute(&mut dst)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("keystone.db").display());
+    // The test's PostgreSQL is on this machine: allowed, as the server is (see `start`).
+    let local = keystone_control::egress::EgressPolicy::new(&["127.0.0.0/8".into()], &[], false).unwrap();
+    let store = Store::connect(&db).await.unwrap().with_egress(local);
+    let root = Principal { user_id: "t".into(), display: "t".into(), role: Role::Admin, teams: vec![] };
+    let goal = Goal::new(&store, &root);
+    goal.create("", "alpha", Declaration::Team(TeamSpec::default()), "").await.unwrap();
+    for (kind, name, spec) in [
+        (Kind::Stream, "items", json!({"partitions": 3, "retention_hours": 24})),
+        (
+            Kind::Source,
+            "shop",
+            json!({"kind": "postgres_cdc", "tables": [{"table": "items", "stream": "items"}],
+            "secrets": {"url": url}}),
+        ),
+        (
+            Kind::Sink,
+            "copy",
+            json!({"kind": "postgres", "settings": {"table": "items_copy", "mode": "apply_changes"},
+            "secrets": {"url": target_url}}),
+        ),
+        (
+            Kind::Route,
+            "copy",
+            json!({"stream": "items", "sink": "copy", "batch_size": 50, "max_latency_ms": 20,
+            "config": {"job.checkpoint_interval_ms": CHECKPOINT_MS.to_string()}}),
+        ),
+    ] {
+        goal.create("alpha", name, Declaration::from_json(kind, spec).unwrap(), "").await.unwrap();
+    }
+    store.pool().close().await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3).map(|i| tokio::spawn(cdc_writer(url.clone(), i, stop.clone()))).collect();
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    wait_listening(port).await;
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.kill().unwrap(); // SIGKILL: nothing confirmed to the slot or checkpointed at exit
+        server.wait().unwrap();
+        server = start(dir.path(), port);
+        wait_listening(port).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statements = 0;
+    for w in writers {
+        statements += w.await.unwrap();
+    }
+    let expected = item_rows(&mut src, "items").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let copy = item_rows(&mut dst, "items_copy").await;
+        if copy == expected {
+            println!("{kills} kills: {statements} statements by 3 writers, {} rows copied equal", copy.len());
+            break;
+        }
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let missing: Vec<_> = expected.iter().filter(|r| !copy.contains(r)).take(5).collect();
+            let extra: Vec<_> = copy.iter().filter(|r| !expected.contains(r)).take(5).collect();
+            panic!(
+                "the copy ({} rows) differs from the source ({}): missing {missing:?}, extra {extra:?}; server log (newest first):\n{}",
+                copy.len(),
+                expected.len(),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -11,6 +11,7 @@ pub mod overview;
 pub mod processors;
 pub mod routes;
 pub mod sinks;
+pub mod sources;
 pub mod streams;
 pub mod tokens;
 pub mod workers;

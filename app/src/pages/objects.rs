@@ -66,6 +66,7 @@ fn title_case(kind: Kind) -> &'static str {
         Kind::Sink => "Sink",
         Kind::Route => "Route",
         Kind::Processor => "Processor",
+        Kind::Source => "Source",
         Kind::Policy => "Policy",
     }
 }

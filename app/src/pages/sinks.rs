@@ -212,10 +212,12 @@ fn sink_form(t: FormTarget) -> AnyView {
             <fieldset class="rounded-md border border-slate-200 p-4 space-y-4">
                 <legend class="px-1 text-sm font-medium text-slate-600">"PostgreSQL"</legend>
                 <Field label="Table" name="setting_table" error_key="settings.table" errors value=setting("table")/>
-                <Field label="When a row's event_id is there already" name="setting_mode" kind="select:insert,upsert"
+                <Field label="How rows are written" name="setting_mode" kind="select:insert,upsert,apply_changes"
                     error_key="settings.mode" errors
                     value=Some(setting("mode")).filter(|m| !m.is_empty()).unwrap_or_else(|| "insert".into())
-                    help="insert keeps it (a redelivery writes nothing twice); upsert replaces it (a processor's updating results)."/>
+                    help="insert keeps a row whose event_id is there already (a redelivery writes nothing twice); upsert \
+                          replaces it (a processor's updating results); apply_changes applies a CDC source's changes by \
+                          primary key (the table needs a bigint _lsn column)."/>
                 <Field label="Connection URL (secret)" name="secret_url" kind="password" error_key="secrets.url"
                     errors help=secret_help("url")/>
             </fieldset>

@@ -25,6 +25,7 @@ mod config;
 mod processor;
 mod requests;
 mod route_ops;
+mod source;
 
 pub use backfill::{BackfillFiles, BackfillPlan};
 pub(crate) use checks::check_reason;
@@ -71,6 +72,7 @@ pub enum Declaration {
     Sink(SinkInput),
     Route(RouteSpec),
     Processor(ProcessorSpec),
+    Source(SourceInput),
     Policy(ApprovalPolicy),
 }
 
@@ -82,6 +84,7 @@ impl Declaration {
             Declaration::Sink(_) => Kind::Sink,
             Declaration::Route(_) => Kind::Route,
             Declaration::Processor(_) => Kind::Processor,
+            Declaration::Source(_) => Kind::Source,
             Declaration::Policy(_) => Kind::Policy,
         }
     }
@@ -94,6 +97,7 @@ impl Declaration {
             Declaration::Sink(s) => to_json(s),
             Declaration::Route(s) => to_json(s),
             Declaration::Processor(s) => to_json(s),
+            Declaration::Source(s) => to_json(s),
             Declaration::Policy(s) => to_json(s),
         }
     }
@@ -113,6 +117,7 @@ impl Declaration {
             Kind::Sink => Declaration::Sink(parse(spec)?),
             Kind::Route => Declaration::Route(parse(spec)?),
             Kind::Processor => Declaration::Processor(parse(spec)?),
+            Kind::Source => Declaration::Source(parse(spec)?),
             Kind::Policy => Declaration::Policy(parse(spec)?),
         })
     }
@@ -496,6 +501,20 @@ impl<'a> Goal<'a> {
                     .unwrap_or_default();
                 to_json(&p)
             }
+            Declaration::Source(input) => {
+                let (spec, secrets) = source::check_source(
+                    &mut tx,
+                    self.store.egress(),
+                    &team_id,
+                    &team_name,
+                    current.as_ref(),
+                    input,
+                    version,
+                )
+                .await?;
+                new_secrets = secrets;
+                spec
+            }
         };
         if let Some(c) = &current {
             if c.spec == spec && new_secrets.is_empty() {
@@ -694,12 +713,18 @@ impl<'a> Goal<'a> {
             Kind::Stream | Kind::Sink => {
                 let routes = tx.routes_referencing(&team_id, kind.as_str(), name).await?;
                 let processors = processor::processors_using(&mut tx, &team_name, kind, name).await?;
+                let sources = if kind == Kind::Stream {
+                    source::sources_using(&mut tx, &team_name, name).await?
+                } else {
+                    Vec::new()
+                };
                 let routes = routes.into_iter().map(|r| format!("route {r}"));
-                routes.chain(processors.into_iter().map(|p| format!("processor {p}"))).collect()
+                let processors = processors.into_iter().map(|p| format!("processor {p}"));
+                routes.chain(processors).chain(sources.into_iter().map(|s| format!("source {s}"))).collect()
             }
             Kind::Team => {
                 let mut live = Vec::new();
-                for k in [Kind::Stream, Kind::Sink, Kind::Route, Kind::Processor] {
+                for k in [Kind::Stream, Kind::Sink, Kind::Route, Kind::Processor, Kind::Source] {
                     live.extend(
                         self.store
                             .list(k, &crate::store::Scope::Teams(vec![current.id.clone()]))
@@ -710,7 +735,7 @@ impl<'a> Goal<'a> {
                 }
                 live
             }
-            Kind::Route | Kind::Processor | Kind::Policy => Vec::new(),
+            Kind::Route | Kind::Processor | Kind::Source | Kind::Policy => Vec::new(),
         };
         if !dependants.is_empty() {
             return Err(ValidationErrors::single(

@@ -14,6 +14,7 @@ mod processor;
 mod records;
 mod route;
 mod sinks;
+mod source;
 mod stream;
 
 pub use jobs::*;
@@ -22,10 +23,11 @@ pub use records::*;
 pub use route::*;
 use sinks::check_number;
 pub use sinks::*;
+pub use source::*;
 pub use stream::*;
 
 wire_names!(Role { Viewer => "viewer", Editor => "editor", Admin => "admin" });
-wire_names!(Kind { Team => "team", Stream => "stream", Sink => "sink", Route => "route", Processor => "processor", Policy => "policy" });
+wire_names!(Kind { Team => "team", Stream => "stream", Sink => "sink", Route => "route", Processor => "processor", Source => "source", Policy => "policy" });
 wire_names!(Op { Create => "create", Update => "update", Delete => "delete" });
 wire_names!(Delivery { NoGap => "no_gap", NoDuplicates => "no_duplicates" });
 wire_names!(DesiredState { Running => "running", Paused => "paused", Stopped => "stopped" });
@@ -56,6 +58,8 @@ pub enum Kind {
     Route,
     /// A streaming SQL query whose results go to a sink (`ProcessorSpec`).
     Processor,
+    /// A system Keystone reads events from into streams, e.g. a database's changes (`SourceSpec`).
+    Source,
     /// A platform-wide policy (today one: `approvals`), owned by admins like teams are.
     Policy,
 }
@@ -69,6 +73,7 @@ impl Kind {
             Kind::Sink => "sinks",
             Kind::Route => "routes",
             Kind::Processor => "processors",
+            Kind::Source => "sources",
             Kind::Policy => "policies",
         }
     }

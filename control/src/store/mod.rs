@@ -18,6 +18,7 @@ pub mod operations;
 pub mod processors;
 pub mod samples;
 pub mod savepoints;
+pub mod sources;
 pub mod tokens;
 pub mod workers;
 

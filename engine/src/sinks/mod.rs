@@ -14,6 +14,7 @@ pub mod http;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
+mod postgres_apply;
 pub mod stream;
 
 use keystone_control::egress::EgressPolicy;

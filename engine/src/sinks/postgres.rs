@@ -9,6 +9,9 @@
 //! each key's latest row; within a batch only an id's last row is written (PostgreSQL refuses
 //! to update one row twice in a statement).
 //!
+//! In `apply_changes` mode the events are a CDC source's changes, applied by the source's primary
+//! key (`postgres_apply`).
+//!
 //! A data error (SQLSTATE class 22, or 23 integrity) is the events' fault: the batch is retried
 //! row by row and only the rows PostgreSQL refuses go to the dead-letter queue. Everything else
 //! (connection lost, table missing, permissions) is transient: the job retries and shows the error.
@@ -106,7 +109,12 @@ impl PostgresSink {
         Ok(PostgresSink { table: config.table, mode: config.mode, pool, columns: OnceCell::new() })
     }
 
+    /// The table's columns, which must include `event_id` in the modes keyed by event id.
     async fn columns(&self) -> Result<&[String], SinkError> {
+        self.table_columns(Some("event_id")).await
+    }
+
+    async fn table_columns(&self, required: Option<&str>) -> Result<&[String], SinkError> {
         let cols = self
             .columns
             .get_or_try_init(|| async {
@@ -119,10 +127,16 @@ impl PostgresSink {
                 .await
                 .map_err(|e| transient(&e))?;
                 let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("c").ok()).collect();
-                if !cols.iter().any(|c| c == "event_id") {
+                if cols.is_empty() {
                     return Err(SinkError::transient(
                         SinkErrorKind::Unavailable,
-                        format!("table {} does not exist or has no event_id column", self.table),
+                        format!("table {} does not exist", self.table),
+                    ));
+                }
+                if let Some(required) = required.filter(|r| !cols.iter().any(|c| c == r)) {
+                    return Err(SinkError::transient(
+                        SinkErrorKind::Unavailable,
+                        format!("table {} has no {required} column", self.table),
                     ));
                 }
                 Ok(cols)
@@ -168,6 +182,19 @@ fn row(e: &SinkEvent) -> Result<Value, String> {
 
 impl Sink for PostgresSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        if self.mode == PostgresMode::ApplyChanges {
+            let columns = self.table_columns(None).await?;
+            return super::postgres_apply::apply_changes(
+                &self.pool,
+                &self.table,
+                columns,
+                batch,
+                is_data_error,
+                transient,
+                describe,
+            )
+            .await;
+        }
         let columns = self.columns().await?;
         let mut refused = Vec::new();
         let mut rows = Vec::with_capacity(batch.len());

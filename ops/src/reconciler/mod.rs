@@ -46,10 +46,12 @@ mod deployments;
 mod jobs;
 mod lease;
 mod processors;
+mod sources;
 mod topics;
 
 use lease::Leadership;
 pub use lease::RECONCILER_LEASE;
+pub use sources::Sources;
 
 use checkpoints::{JobCheckpoints, StoreCheckpoints, StoreObserver};
 
@@ -67,6 +69,8 @@ pub struct Reconciler {
     pub jobs: Arc<Jobs>,
     /// Processors' jobs (their own registry: the routes' plan never sees them).
     pub processors: Arc<Jobs>,
+    /// Sources' jobs (change data capture).
+    pub sources: Arc<Sources>,
     /// Roots file sinks.
     pub data_dir: PathBuf,
     pub health: Arc<ReconcilerHealth>,
@@ -186,7 +190,8 @@ impl Reconciler {
         let routes = self.routes(&streams).await;
         // One concern's failure never stops the other's pass.
         let processors = self.processors(&streams).await;
-        routes.and(processors)
+        let sources = self.sources(&streams).await;
+        routes.and(processors).and(sources)
     }
 }
 

@@ -10,8 +10,9 @@ pub(super) const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "mode",
         required: false,
-        help: "insert (the default: a row whose event_id is already there is kept) or upsert (it is \
-               replaced: a processor's updating results)",
+        help: "insert (the default: a row whose event_id is already there is kept), upsert (it is \
+               replaced: a processor's updating results) or apply_changes (a CDC source's changes, \
+               applied by primary key; the table needs a bigint _lsn column)",
     },
 ];
 
@@ -23,6 +24,9 @@ pub enum PostgresMode {
     Insert,
     /// Replace it with the new row (a key's latest result wins).
     Upsert,
+    /// The events are a CDC source's changes: insert, update and delete rows by the source's
+    /// primary key, never moving a row back to an older change (the `_lsn` column).
+    ApplyChanges,
 }
 
 pub(super) const SECRETS: &[SettingDoc] =
@@ -47,8 +51,9 @@ impl PostgresSettings {
         let mode = match r.get("mode") {
             None | Some("insert") => PostgresMode::Insert,
             Some("upsert") => PostgresMode::Upsert,
+            Some("apply_changes") => PostgresMode::ApplyChanges,
             Some(_) => {
-                r.error("mode", "must be insert or upsert");
+                r.error("mode", "must be insert, upsert or apply_changes");
                 PostgresMode::Insert
             }
         };

@@ -1,0 +1,189 @@
+//! Sources through the real server: a `postgres_cdc` source declared over the API (its URL a
+//! secret, never shown), captured from a PostgreSQL with `wal_level=logical` of the test's own,
+//! routed into a PostgreSQL sink in `apply_changes` mode; the target table ends equal to the
+//! source table, row for row, under concurrent writers. Deleting the source drops its slot and
+//! publication on the database.
+
+use super::delivery::{declare, eventually, SinkDatabase};
+use super::*;
+
+#[path = "../../../engine/tests/pg_logical/mod.rs"]
+mod pg_logical;
+
+fn field_error<'a>(body: &'a Value, field: &str) -> &'a str {
+    body["error"]["details"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["field"] == field))
+        .and_then(|f| f["message"].as_str())
+        .unwrap_or_else(|| panic!("no error for {field}: {body}"))
+}
+
+/// Random inserts, updates and deletes of `items` from one writer.
+async fn write(url: String, seed: u64, rounds: u64) {
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for i in 0..rounds {
+        let id = (seed * 7919 + i * 104_729) % 300;
+        let sql = match (seed + i) % 5 {
+            0 | 1 => "INSERT INTO items (id, name, qty) VALUES ($1, 'n' || $1, 1) ON CONFLICT (id) DO NOTHING",
+            2 | 3 => "UPDATE items SET qty = qty + 1, name = name || '+' WHERE id = $1",
+            _ => "DELETE FROM items WHERE id = $1",
+        };
+        sqlx::query(sql).bind(id as i32).execute(&mut db).await.unwrap();
+    }
+}
+
+async fn rows(db: &mut sqlx::PgConnection, table: &str) -> Vec<(i32, String, i32)> {
+    sqlx::query_as(&format!("SELECT id, name, qty FROM {table} ORDER BY id")).fetch_all(db).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_when_deleted() {
+    let source_db = pg_logical::LogicalPostgres::start().await;
+    let url = source_db.url();
+    let mut src = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL);
+         INSERT INTO items SELECT g, 'seed' || g, g FROM generate_series(1, 120) g;
+         CREATE TABLE nokey (a int);",
+    )
+    .execute(&mut src)
+    .await
+    .unwrap();
+    let target = SinkDatabase::with_table(
+        "CREATE TABLE items_copy (id int PRIMARY KEY, name text, qty int, _lsn bigint NOT NULL)",
+    )
+    .await;
+    let app = spawn_app(Db::Sqlite).await;
+    declare(&app, "streams", "items", json!({"partitions": 3, "retention_hours": 24})).await;
+
+    // Bad declarations are refused by field, and nothing is stored.
+    let bad = json!({"name": "shop", "spec": {"kind": "postgres_cdc",
+        "tables": [{"table": "public.items", "stream": "missing"}, {"table": "bad name", "stream": "items"}],
+        "secrets": {"url": "mysql://x"}}});
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sources", bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(field_error(&body, "tables[1].table").contains("schema.table"));
+    assert!(field_error(&body, "secrets.url").contains("postgres://"));
+    let (s, body) = app
+        .post(
+            &app.alpha,
+            "/api/v1/teams/alpha/sources",
+            json!({"name": "shop", "spec": {
+        "kind": "postgres_cdc", "tables": [{"table": "items", "stream": "missing"}],
+        "secrets": {"url": url}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(field_error(&body, "tables[0].stream").contains("no stream named \"missing\""));
+    let (s, _) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, body) = app
+        .post(
+            &app.alpha_viewer,
+            "/api/v1/teams/alpha/sources",
+            json!({"name": "shop", "spec": {
+            "kind": "postgres_cdc", "tables": [{"table": "items", "stream": "items"}], "secrets": {"url": url}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "viewers declare nothing: {body}");
+
+    // Writers run from before the source exists, through its snapshot, to the end.
+    let writers: Vec<_> = (1..=3).map(|i| tokio::spawn(write(url.clone(), i, 300))).collect();
+    declare(
+        &app,
+        "sources",
+        "shop",
+        json!({"kind": "postgres_cdc",
+        "tables": [{"table": "public.items", "stream": "items"}], "secrets": {"url": url}}),
+    )
+    .await;
+    let (_, shown) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop").await;
+    assert!(!shown.to_string().contains("postgres://"), "the URL is a secret: {shown}");
+    declare(
+        &app,
+        "sinks",
+        "copy",
+        json!({"kind": "postgres", "settings": {"table": "items_copy", "mode": "apply_changes"},
+        "secrets": {"url": target.url}}),
+    )
+    .await;
+    declare(
+        &app,
+        "routes",
+        "items-copy",
+        json!({"stream": "items", "sink": "copy", "batch_size": 100, "max_latency_ms": 100}),
+    )
+    .await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut dst = target.connect().await;
+    // Once after the snapshot's writers, once more after changes made while streaming.
+    for round in 0..2 {
+        if round == 1 {
+            let more: Vec<_> = (4..=6).map(|i| tokio::spawn(write(url.clone(), i, 200))).collect();
+            for w in more {
+                w.await.unwrap();
+            }
+        }
+        let expected = rows(&mut src, "items").await;
+        assert!(expected.len() > 50, "{}", expected.len());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let copy = rows(&mut dst, "items_copy").await;
+            if copy == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the copy ({} rows) never equalled the source ({})",
+                copy.len(),
+                expected.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    // The status follows: the snapshot, then positions confirmed past it (saved every second).
+    eventually("the status to show positions confirmed past the snapshot", || async {
+        let (s, status) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/status").await;
+        assert_eq!(s, StatusCode::OK, "{status}");
+        assert_eq!(status["phase"], "running", "{status}");
+        assert!(status["snapshot_rows"].as_u64().unwrap() > 0, "{status}");
+        status["confirmed_lsn"].as_u64().unwrap() > status["snapshot_lsn"].as_u64().unwrap()
+    })
+    .await;
+
+    // A table without a primary key cannot be keyed: the source says so in its status.
+    declare(&app, "streams", "nokey", json!({"partitions": 1, "retention_hours": 24})).await;
+    let (s, body) = app
+        .put(
+            &app.alpha,
+            "/api/v1/teams/alpha/sources/shop",
+            json!({"spec": {"kind": "postgres_cdc",
+            "tables": [{"table": "items", "stream": "items"}, {"table": "nokey", "stream": "nokey"}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the stored URL is kept: {body}");
+    eventually("the source to report the table without a key", || async {
+        let (_, st) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/status").await;
+        st["last_error"].as_str().is_some_and(|e| e.contains("\"public.nokey\" has no primary key"))
+    })
+    .await;
+
+    // Deleting the source drops what Keystone made on the database (its streams stay).
+    let (s, body) = app.delete(&app.alpha, "/api/v1/teams/alpha/sources/shop").await;
+    assert!(s.is_success(), "{body}");
+    eventually("the slot and publication to be dropped", || async {
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        n == 0
+    })
+    .await;
+    target.remove().await;
+}
