@@ -40,6 +40,7 @@ impl SourceOffsets for MemoryOffsets {
         Ok(())
     }
     async fn report(&self, _id: &str, _phase: keystone_control::JobPhase, _cause: &str, _error: Option<&str>) {}
+    async fn measured(&self, _id: &str, _retained_bytes: Option<i64>) {}
 }
 
 fn job(url: &str) -> PostgresCdcJob {
@@ -62,11 +63,22 @@ fn job(url: &str) -> PostgresCdcJob {
         ],
         batch_max: 500,
         flush_interval: Duration::from_millis(50),
+        heartbeat: Duration::from_secs(1),
     }
 }
 
 fn loopback() -> Arc<EgressPolicy> {
     Arc::new(EgressPolicy::new(&["127.0.0.0/8".into()], &[], false).unwrap())
+}
+
+/// An embedded log in a temporary directory with the two tables' streams.
+async fn open_log() -> (tempfile::TempDir, Arc<EmbeddedLog>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(EmbeddedLog::open(dir.path(), Default::default()).unwrap());
+    for topic in [TOPIC, NOTES] {
+        log.ensure_topic(topic, 3, KEEP).await.unwrap();
+    }
+    (dir, log)
 }
 
 /// A running source and how to stop it.
@@ -144,6 +156,10 @@ async fn folded(log: &EmbeddedLog, topic: &str) -> (BTreeMap<String, Map<String,
             for r in &records {
                 let envelope: Value = serde_json::from_slice(&r.value).unwrap();
                 ids.push(envelope["id"].as_str().unwrap().to_owned());
+                // Stamped with the stream and the time the change was taken into the log.
+                assert_eq!(envelope["stream"].as_str().unwrap(), format!("alpha/{}", &topic["alpha.".len()..]));
+                let age = keystone_engine::now_ms() - envelope["ingested_at"].as_i64().unwrap();
+                assert!((0..120_000).contains(&age), "ingested {age} ms ago");
                 let change = &envelope["payload"];
                 let key = change["key"]["id"].to_string();
                 assert_eq!(envelope["key"].as_str(), Some(key.as_str()), "keyed by the primary key");
@@ -208,10 +224,7 @@ async fn a_captured_table_folds_back_to_the_source_across_snapshot_writers_and_r
     .execute(&mut db)
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(EmbeddedLog::open(dir.path(), Default::default()).unwrap());
-    log.ensure_topic(TOPIC, 3, KEEP).await.unwrap();
-    log.ensure_topic(NOTES, 3, KEEP).await.unwrap();
+    let (_dir, log) = open_log().await;
     let offsets = Arc::new(MemoryOffsets::default());
     let job = job(&url);
 
@@ -270,7 +283,7 @@ async fn a_captured_table_folds_back_to_the_source_across_snapshot_writers_and_r
 }
 
 #[tokio::test]
-async fn a_table_without_a_primary_key_is_refused_by_name_and_deleting_drops_slot_and_publication() {
+async fn a_table_without_a_primary_key_is_refused_a_quiet_slot_advances_and_deleting_drops_slot_and_publication() {
     let pg = LogicalPostgres::start().await;
     let url = pg.url();
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -278,9 +291,7 @@ async fn a_table_without_a_primary_key_is_refused_by_name_and_deleting_drops_slo
         .execute(&mut db)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(EmbeddedLog::open(dir.path(), Default::default()).unwrap());
-    log.ensure_topic(TOPIC, 3, KEEP).await.unwrap();
+    let (_dir, log) = open_log().await;
     let offsets = Arc::new(MemoryOffsets::default());
     let job = job(&url);
     let running = start(&job, &log, &offsets);
@@ -298,6 +309,36 @@ async fn a_table_without_a_primary_key_is_refused_by_name_and_deleting_drops_slo
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A quiet database: WAL written elsewhere on its server, none in the captured tables. The
+    // heartbeats let the slot's confirmed position follow, so it holds none of that WAL back.
+    sqlx::query("CREATE DATABASE elsewhere").execute(&mut db).await.unwrap();
+    let other = format!("{}/elsewhere", &url[..url.rfind('/').unwrap()]);
+    let mut elsewhere = PgConnection::connect(&other).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE filler AS SELECT g FROM generate_series(1, 20000) g")
+        .execute(&mut elsewhere)
+        .await
+        .unwrap();
+    let written: i64 =
+        sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint").fetch_one(&mut db).await.unwrap();
+    let mut confirmed = 0i64;
+    for _ in 0..200 {
+        confirmed = sqlx::query_scalar(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&job.slot)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if confirmed >= written {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        confirmed >= written,
+        "the slot stayed at {confirmed}, behind {written} (the job confirmed {})",
+        running.stats.confirmed_lsn.load(Ordering::Relaxed)
+    );
     running.cancel.cancel();
     running.task.await.unwrap().unwrap();
     let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")

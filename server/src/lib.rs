@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod apply;
 pub mod bench;
+pub mod bench_cdc;
 pub mod bench_nexmark;
 pub mod csrf;
 pub mod serve;

@@ -193,6 +193,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
     },
+    /// Change data capture: COPY's ceiling, rows captured and applied per second, and the lag
+    /// at half that rate, on a PostgreSQL with wal_level=logical (one of its own by default).
+    Cdc {
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        /// A database with wal_level=logical; default: a cluster started from the installed
+        /// PostgreSQL binaries in a temporary directory.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Server render time of the jobs overview with many routes (each running its job).
     Overview {
         #[arg(long, default_value_t = 5000)]
@@ -212,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn".into()),
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn,pg_walstream=warn".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -288,6 +298,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Nexmark { events, partitions, rate } } => {
             keystone::bench_nexmark::nexmark(&settings.data_dir.join("bench-nexmark"), events, partitions, rate)
                 .await?;
+        }
+        Command::Bench { command: BenchCommand::Cdc { rows, url } } => {
+            keystone::bench_cdc::cdc(&settings.data_dir.join("bench-cdc"), rows, url).await?;
         }
         Command::Bench { command: BenchCommand::Overview { jobs, rounds } } => {
             keystone::bench::overview(&settings.data_dir.join("bench-overview"), jobs, rounds).await?;

@@ -814,6 +814,15 @@ async fn leases_allow_one_holder_and_fence_a_stale_one(db: Db) {
     app.teardown().await;
 }
 
+/// The message of an API error body's error for `field` (the test fails without one).
+fn field_error<'a>(body: &'a Value, field: &str) -> &'a str {
+    body["error"]["details"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["field"] == field))
+        .and_then(|f| f["message"].as_str())
+        .unwrap_or_else(|| panic!("no error for {field}: {body}"))
+}
+
 #[path = "api/data_safety.rs"]
 mod data_safety;
 #[path = "api/listings.rs"]

@@ -84,11 +84,15 @@ impl Store {
     }
 
     pub async fn put_source_retained_bytes(&self, source_id: &str, bytes: Option<i64>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE source_states SET retained_bytes = $2 WHERE source_id = $1")
-            .bind(source_id)
-            .bind(bytes)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO source_states (source_id, retained_bytes, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (source_id) DO UPDATE SET retained_bytes = excluded.retained_bytes",
+        )
+        .bind(source_id)
+        .bind(bytes)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -53,6 +53,8 @@ pub trait SourceOffsets: Send + Sync + 'static {
         state: &SourceState,
         events: u64,
     ) -> impl Future<Output = Result<(), crate::job::CheckpointError>> + Send;
+    /// Records how much WAL the source's slot holds back on its database.
+    fn measured(&self, source_id: &str, retained_bytes: Option<i64>) -> impl Future<Output = ()> + Send;
     /// Records the job's phase; `error` is the failure that caused it.
     fn report(
         &self,

@@ -58,6 +58,10 @@ pub struct PostgresCdcJob {
     pub batch_max: usize,
     /// Longest a change waits in the buffer.
     pub flush_interval: Duration,
+    /// After this long without a change, a heartbeat (a logical message in a transaction of its
+    /// own) is written on the source: its commit lets the slot's position advance on a quiet
+    /// database, so the slot does not hold back WAL written by other databases of its server.
+    pub heartbeat: Duration,
 }
 
 /// The slot and publication names Keystone gives a source: lowercase, from its id (63 bytes at
@@ -128,11 +132,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// A one-connection pool to the source, for catalog reads and slot management.
-async fn admin_pool(url: &str, egress: &EgressPolicy) -> Result<PgPool, SourceError> {
+async fn admin_pool(options: PgConnectOptions) -> Result<PgPool, SourceError> {
     PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect_options(url, egress)?)
+        .connect_with(options)
         .await
         .map_err(|e| db_error("connecting to the source", e))
 }
@@ -234,7 +238,7 @@ async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), SourceError> {
 /// Removes what Keystone created on the source (the slot, then the publication): when the
 /// source is deleted.
 pub async fn drop_owned(url: &str, egress: &EgressPolicy, slot: &str, publication: &str) -> Result<(), SourceError> {
-    let pool = admin_pool(url, egress).await?;
+    let pool = admin_pool(connect_options(url, egress)?).await?;
     drop_slot(&pool, slot).await?;
     sqlx::raw_sql(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
         .execute(&pool)
@@ -245,7 +249,7 @@ pub async fn drop_owned(url: &str, egress: &EgressPolicy, slot: &str, publicatio
 
 /// How many bytes of WAL the slot holds back on the source, `None` without a slot.
 pub async fn measure_retained(url: &str, egress: &EgressPolicy, slot: &str) -> Result<Option<i64>, SourceError> {
-    let pool = admin_pool(url, egress).await?;
+    let pool = admin_pool(connect_options(url, egress)?).await?;
     retained_wal_bytes(&pool, slot).await
 }
 
@@ -273,7 +277,9 @@ struct Captured {
 struct Appender<'a, L> {
     job: &'a PostgresCdcJob,
     log: &'a L,
-    frame: EnvelopeFrame,
+    /// Per table: the envelope text its records share (its stream, the append time), rebuilt
+    /// when the millisecond changes.
+    frames: Vec<(i64, EnvelopeFrame)>,
     keys: Vec<Vec<String>>,
     by_name: HashMap<String, usize>,
     buffered: Vec<Vec<NewRecord>>,
@@ -287,7 +293,7 @@ impl<'a, L: Log> Appender<'a, L> {
         Appender {
             job,
             log,
-            frame: EnvelopeFrame::new(&job.name, 0, &BTreeMap::new()),
+            frames: job.tables.iter().map(|t| (0, EnvelopeFrame::new(&t.stream, 0, &BTreeMap::new()))).collect(),
             keys,
             by_name,
             buffered: vec![Vec::new(); job.tables.len()],
@@ -322,7 +328,13 @@ impl<'a, L: Log> Appender<'a, L> {
 
     fn push(&mut self, at: usize, change: &Change) {
         let t = &self.job.tables[at];
-        let record = change.record(&self.job.source_id, &self.frame, t.partitions, crate::now_ms());
+        let now = crate::now_ms();
+        let (at_ms, frame) = &mut self.frames[at];
+        if *at_ms != now {
+            *frame = EnvelopeFrame::new(&t.stream, now, &BTreeMap::new());
+            *at_ms = now;
+        }
+        let record = change.record(&self.job.source_id, frame, t.partitions, now);
         self.buffered[at].push(record);
         self.count += 1;
     }
@@ -364,7 +376,6 @@ impl<'a, L: Log> Appender<'a, L> {
             }
             let n = records.len() as u64;
             let batch = std::mem::take(records);
-            // The envelope's `ingested_at` is the append time: re-stamped per batch.
             self.log.append(&self.job.tables[at].topic, batch).await?;
             self.stats.events.fetch_add(n, Ordering::Relaxed);
         }
@@ -392,12 +403,7 @@ pub async fn run<L: Log, O: SourceOffsets>(
 ) -> Result<(), SourceError> {
     let options = connect_options(&job.url, &egress)?;
     let conninfo = replication_conninfo(&options, password_of(&job.url).as_deref());
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.clone())
-        .await
-        .map_err(|e| db_error("connecting to the source", e))?;
+    let admin = admin_pool(options.clone()).await?;
     let keys = primary_keys(&admin, &job.tables).await?;
     ensure_publication(&admin, &job).await?;
     let mut state = offsets.load(&job.source_id).await?.unwrap_or_default();
@@ -406,6 +412,8 @@ pub async fn run<L: Log, O: SourceOffsets>(
     let config = || {
         ReplicationStreamConfig::builder(job.slot.clone(), job.publication.clone())
             .with_feedback_interval(Duration::from_secs(1))
+            // Heartbeats are logical messages.
+            .with_messages(true)
             .with_connection_timeout(Duration::from_secs(10))
     };
     let mut stream = LogicalReplicationStream::new(&conninfo, config())
@@ -421,7 +429,7 @@ pub async fn run<L: Log, O: SourceOffsets>(
             drop_slot(&admin, &job.slot).await?;
         }
         state = SourceState::default();
-        stream = snapshot(stream, &mut appender, &stats, &cancel).await?;
+        stream = snapshot(stream, &mut appender, &stats, offsets.as_ref(), &cancel).await?;
         let Some(lsn) = stats.snapshot_lsn() else { return Ok(()) };
         state.snapshot_lsn = Some(lsn);
         state.confirmed_lsn = lsn;
@@ -448,8 +456,9 @@ pub async fn run<L: Log, O: SourceOffsets>(
             let _ = stream.stop().await;
         })
     };
-    let outcome =
-        stream_changes(&mut appender, &mut rx, &feedback, offsets.as_ref(), &mut state, &stats, &cancel, &job).await;
+    let streaming =
+        Streaming { feedback: &feedback, offsets: offsets.as_ref(), stats: &stats, cancel: &cancel, admin: &admin };
+    let outcome = streaming.run(&mut appender, &mut rx, &mut state).await;
     reader_cancel.cancel();
     let _ = reader.await;
     drop(admin);
@@ -458,10 +467,11 @@ pub async fn run<L: Log, O: SourceOffsets>(
 
 /// The initial snapshot: every row of every captured table, as `r` changes at the slot's
 /// consistent point. Returns the stream, ready to start where the snapshot ends.
-async fn snapshot<L: Log>(
+async fn snapshot<L: Log, O: SourceOffsets>(
     stream: LogicalReplicationStream,
     appender: &mut Appender<'_, L>,
     stats: &SourceStats,
+    offsets: &O,
     cancel: &CancellationToken,
 ) -> Result<LogicalReplicationStream, SourceError> {
     let snap = match stream.snapshot().await.map_err(|e| repl_error("creating the slot and its snapshot", e))? {
@@ -477,6 +487,7 @@ async fn snapshot<L: Log>(
     let mut rows = snap.with_cancellation(cancel.clone()).rows();
     let mut seq = 0u64;
     let mut types: HashMap<u32, Captured> = HashMap::new();
+    let mut progress_at = tokio::time::Instant::now();
     while let Some(row) = rows.next_row().await.map_err(|e| repl_error("reading the snapshot", e))? {
         let rel = &row.relation;
         if !types.contains_key(&rel.relation_id) {
@@ -504,6 +515,12 @@ async fn snapshot<L: Log>(
         stats.snapshot_rows.fetch_add(1, Ordering::Relaxed);
         if appender.count >= appender.job.batch_max {
             appender.flush().await?;
+            // The rows read so far, for the console (the snapshot is not complete yet).
+            if progress_at.elapsed() >= Duration::from_secs(1) {
+                let progress = SourceState { snapshot_rows: seq, ..SourceState::default() };
+                offsets.save(&appender.job.source_id, &progress, stats.events.load(Ordering::Relaxed)).await?;
+                progress_at = tokio::time::Instant::now();
+            }
         }
     }
     appender.flush().await?;
@@ -525,84 +542,100 @@ struct Open {
     seq: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_changes<L: Log, O: SourceOffsets>(
-    appender: &mut Appender<'_, L>,
-    rx: &mut mpsc::Receiver<Result<ChangeEvent, ReplicationError>>,
-    feedback: &pg_walstream::SharedLsnFeedback,
-    offsets: &O,
-    state: &mut SourceState,
-    stats: &SourceStats,
-    cancel: &CancellationToken,
-    job: &PostgresCdcJob,
-) -> Result<(), SourceError> {
-    let mut relations: HashMap<u32, Captured> = HashMap::new();
-    let mut open: Option<Open> = None;
-    // The end of the last transaction read whole: confirmed once what precedes it is appended.
-    let mut complete: Option<u64> = None;
-    let mut tick = tokio::time::interval(job.flush_interval);
-    let mut saved_at = tokio::time::Instant::now();
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            _ = tick.tick() => Some(None),
-            e = rx.recv() => Some(Some(e)),
-        };
-        let flush_now = match event {
-            None => {
-                confirm(appender, feedback, complete, stats).await?;
-                save_position(offsets, job, state, stats).await?;
-                return Ok(());
+/// What streaming needs besides the appender and the events.
+struct Streaming<'a, O> {
+    feedback: &'a pg_walstream::SharedLsnFeedback,
+    offsets: &'a O,
+    stats: &'a SourceStats,
+    cancel: &'a CancellationToken,
+    /// For heartbeats.
+    admin: &'a PgPool,
+}
+
+impl<O: SourceOffsets> Streaming<'_, O> {
+    async fn run<L: Log>(
+        &self,
+        appender: &mut Appender<'_, L>,
+        rx: &mut mpsc::Receiver<Result<ChangeEvent, ReplicationError>>,
+        state: &mut SourceState,
+    ) -> Result<(), SourceError> {
+        let job = appender.job;
+        let mut relations: HashMap<u32, Captured> = HashMap::new();
+        let mut open: Option<Open> = None;
+        // The end of the last transaction read whole: confirmed once what precedes it is appended.
+        let mut complete: Option<u64> = None;
+        let mut tick = tokio::time::interval(job.flush_interval);
+        let mut saved_at = tokio::time::Instant::now();
+        let mut heard_at = tokio::time::Instant::now();
+        let mut measured_at: Option<tokio::time::Instant> = None;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => None,
+                _ = tick.tick() => Some(None),
+                e = rx.recv() => Some(Some(e)),
+            };
+            let flush_now = match event {
+                None => {
+                    self.confirm(appender, complete).await?;
+                    self.save_position(job, state).await?;
+                    return Ok(());
+                }
+                Some(None) => true,
+                // The reader ends when cancelled too: the next turn takes the cancellation.
+                Some(Some(None) | Some(Some(Err(ReplicationError::Cancelled(_))))) if self.cancel.is_cancelled() => {
+                    continue
+                }
+                Some(Some(None)) => return Err(SourceError::Source("the replication stream ended".into())),
+                Some(Some(Some(Err(e)))) => return Err(repl_error("replication", e)),
+                Some(Some(Some(Ok(ev)))) => {
+                    heard_at = tokio::time::Instant::now();
+                    apply(appender, &mut relations, &mut open, &mut complete, ev);
+                    appender.count >= job.batch_max
+                }
+            };
+            if flush_now {
+                self.confirm(appender, complete).await?;
+                if saved_at.elapsed() >= Duration::from_secs(1) {
+                    self.save_position(job, state).await?;
+                    saved_at = tokio::time::Instant::now();
+                }
             }
-            Some(None) => true,
-            // The reader ends when cancelled too: the next turn takes the cancellation.
-            Some(Some(None) | Some(Some(Err(ReplicationError::Cancelled(_))))) if cancel.is_cancelled() => continue,
-            Some(Some(None)) => return Err(SourceError::Source("the replication stream ended".into())),
-            Some(Some(Some(Err(e)))) => return Err(repl_error("replication", e)),
-            Some(Some(Some(Ok(ev)))) => {
-                apply(appender, &mut relations, &mut open, &mut complete, ev);
-                appender.count >= job.batch_max
+            if measured_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                let retained = retained_wal_bytes(self.admin, &job.slot).await?;
+                self.offsets.measured(&job.source_id, retained).await;
+                measured_at = Some(tokio::time::Instant::now());
             }
-        };
-        if flush_now {
-            confirm(appender, feedback, complete, stats).await?;
-            if saved_at.elapsed() >= Duration::from_secs(1) {
-                save_position(offsets, job, state, stats).await?;
-                saved_at = tokio::time::Instant::now();
+            if heard_at.elapsed() >= job.heartbeat {
+                // Its commit arrives like any other and is confirmed like one.
+                sqlx::query("SELECT pg_logical_emit_message(true, 'keystone.heartbeat', '')::text AS at")
+                    .execute(self.admin)
+                    .await
+                    .map_err(|e| db_error("writing a heartbeat", e))?;
+                heard_at = tokio::time::Instant::now();
             }
         }
     }
-}
 
-/// Appends what is buffered, then confirms the last whole transaction to the slot.
-async fn confirm<L: Log>(
-    appender: &mut Appender<'_, L>,
-    feedback: &pg_walstream::SharedLsnFeedback,
-    complete: Option<u64>,
-    stats: &SourceStats,
-) -> Result<(), SourceError> {
-    appender.flush().await?;
-    if let Some(lsn) = complete {
-        feedback.update_flushed_lsn(lsn);
-        feedback.update_applied_lsn(lsn);
-        stats.confirmed_lsn.fetch_max(lsn, Ordering::Relaxed);
+    /// Appends what is buffered, then confirms the last whole transaction to the slot.
+    async fn confirm<L: Log>(&self, appender: &mut Appender<'_, L>, complete: Option<u64>) -> Result<(), SourceError> {
+        appender.flush().await?;
+        if let Some(lsn) = complete {
+            self.feedback.update_flushed_lsn(lsn);
+            self.feedback.update_applied_lsn(lsn);
+            self.stats.confirmed_lsn.fetch_max(lsn, Ordering::Relaxed);
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-async fn save_position<O: SourceOffsets>(
-    offsets: &O,
-    job: &PostgresCdcJob,
-    state: &mut SourceState,
-    stats: &SourceStats,
-) -> Result<(), SourceError> {
-    let lsn = stats.confirmed_lsn.load(Ordering::Relaxed);
-    if lsn > state.confirmed_lsn {
-        state.confirmed_lsn = lsn;
-        offsets.save(&job.source_id, state, stats.events.load(Ordering::Relaxed)).await?;
+    async fn save_position(&self, job: &PostgresCdcJob, state: &mut SourceState) -> Result<(), SourceError> {
+        let lsn = self.stats.confirmed_lsn.load(Ordering::Relaxed);
+        if lsn > state.confirmed_lsn {
+            state.confirmed_lsn = lsn;
+            self.offsets.save(&job.source_id, state, self.stats.events.load(Ordering::Relaxed)).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Turns one decoded message into changes (buffered in `appender`).

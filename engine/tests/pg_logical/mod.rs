@@ -57,7 +57,7 @@ impl LogicalPostgres {
         let port = free_port();
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c wal_level=logical -c max_replication_slots=10 \
-             -c max_wal_senders=10 -c fsync=off -c timezone=UTC",
+             -c max_wal_senders=10 -c fsync=off -c timezone=UTC -c wal_sender_timeout=4s",
             dir.path().display()
         );
         let log = dir.path().join("server.log");

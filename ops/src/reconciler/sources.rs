@@ -71,6 +71,12 @@ impl SourceOffsets for StoreSourceOffsets {
             .map_err(CheckpointError::new)
     }
 
+    async fn measured(&self, source_id: &str, retained_bytes: Option<i64>) {
+        if let Err(e) = self.store.put_source_retained_bytes(source_id, retained_bytes).await {
+            tracing::warn!(source = %source_id, error = %e, "Could not record the slot's retained WAL.");
+        }
+    }
+
     async fn report(&self, source_id: &str, phase: JobPhase, cause: &str, error: Option<&str>) {
         if let Err(e) = self.store.put_source_phase(source_id, phase.as_str(), cause, error).await {
             tracing::warn!(source = %source_id, error = %e, "Could not record the source's phase.");
@@ -86,13 +92,17 @@ impl Reconciler {
         let declared = self.store.list(Kind::Source, &Scope::All).await?;
         let mut failures = Failures::default();
         let mut goal: HashMap<String, (String, PostgresCdcJob)> = HashMap::new();
+        let mut idle: Vec<(&str, &'static str)> = Vec::new();
         for source in &declared {
             match self.source_job(source, streams).await {
                 Ok(Some(job)) => {
                     let fingerprint = source_fingerprint(source, &job);
                     goal.insert(source.id.clone(), (fingerprint, job));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    let paused = source.spec_as::<SourceSpec>().is_ok_and(|s| s.state == DesiredState::Paused);
+                    idle.push((&source.id, if paused { "paused" } else { "stopped" }));
+                }
                 Err(why) => {
                     self.store
                         .put_source_phase(&source.id, JobPhase::Failed.as_str(), "cannot start", Some(&why))
@@ -110,6 +120,10 @@ impl Reconciler {
             if goal.get(&id).is_none_or(|(f, _)| *f != fingerprint) {
                 self.sources.stop(&id).await;
             }
+        }
+        // After their jobs stopped (a stopping job records `stopped`).
+        for (id, phase) in idle {
+            self.store.put_source_phase(id, phase, "as declared", None).await?;
         }
         for (id, (fingerprint, job)) in goal {
             if self.sources.running.lock().expect("sources lock").contains_key(&id) {
@@ -156,8 +170,6 @@ impl Reconciler {
     async fn source_job(&self, source: &Object, streams: &[Object]) -> Result<Option<PostgresCdcJob>, String> {
         let spec: SourceSpec = source.spec_as().map_err(|e| format!("source spec: {e}"))?;
         if spec.state != DesiredState::Running {
-            let phase = if spec.state == DesiredState::Paused { "paused" } else { "stopped" };
-            let _ = self.store.put_source_phase(&source.id, phase, "as declared", None).await;
             return Ok(None);
         }
         let SourceKind::PostgresCdc = spec.kind;
@@ -188,13 +200,19 @@ impl Reconciler {
             tables,
             batch_max: 2000,
             flush_interval: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(10),
         }))
     }
 
-    /// Records how much WAL each running source's slot holds back (the metric a stuck slot
-    /// shows first).
+    /// Records how much WAL the slot of each source that is not running holds back (a running
+    /// source's job measures its own): a paused source's slot keeps the database's WAL, and
+    /// the metric shows it growing.
     async fn measure_slots(&self, declared: &[Object]) {
         for source in declared {
+            let running = source.spec_as::<SourceSpec>().is_ok_and(|s| s.state == DesiredState::Running);
+            if running {
+                continue;
+            }
             let Ok(secrets) = self.store.sink_secrets(&source.id).await else { continue };
             let Some((_, url)) = secrets.into_iter().find(|(k, _)| k == "url") else { continue };
             let (slot, _) = postgres_cdc::owned_names(&source.id);

@@ -86,6 +86,29 @@ fn describe() {
     describe_gauge!("keystone_database_query_seconds", Unit::Seconds, "How long that query took.");
     describe_gauge!("keystone_stream_producers", "Producer tokens that had events accepted in the last five minutes.");
     describe_gauge!("keystone_telemetry_pass_seconds", Unit::Seconds, "How long the last telemetry pass took.");
+    describe_gauge!(
+        "keystone_source_retained_wal_bytes",
+        Unit::Bytes,
+        "WAL the source's replication slot holds back on its database (a stuck slot fills its disk)."
+    );
+    describe_gauge!("keystone_source_events", "Changes the source's job appended to its streams since it started.");
+    describe_gauge!("keystone_source_snapshot_rows", "Rows the source's initial snapshot read.");
+    describe_gauge!("keystone_source_running", "1 while the source's job runs (0: failing, paused, stopped).");
+}
+
+impl Telemetry {
+    /// Each source's last recorded state (written by its job and the reconciler).
+    pub(super) fn publish_sources(&self, sources: &[(Object, keystone_control::SourceStatus)]) {
+        for (o, s) in sources {
+            let labels = [("team", o.team.clone()), ("source", o.name.clone())];
+            if let Some(bytes) = s.retained_bytes {
+                gauge!("keystone_source_retained_wal_bytes", &labels).set(bytes as f64);
+            }
+            gauge!("keystone_source_events", &labels).set(s.events as f64);
+            gauge!("keystone_source_snapshot_rows", &labels).set(s.snapshot_rows as f64);
+            gauge!("keystone_source_running", &labels).set(if s.phase == "running" { 1.0 } else { 0.0 });
+        }
+    }
 }
 
 impl Telemetry {

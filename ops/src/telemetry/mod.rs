@@ -173,8 +173,15 @@ impl Telemetry {
             }
             Some(_) => Vec::new(),
         };
+        let mut sources = Vec::new();
+        for o in self.store.list(Kind::Source, &Scope::All).await? {
+            if let Some(status) = self.store.source_status(&o.id).await? {
+                sources.push((o, status));
+            }
+        }
         metrics::with_local_recorder(&self.exporter.recorder, || {
             self.publish(&series, &jobs, now);
+            self.publish_sources(&sources);
         });
         self.exporter.handle.run_upkeep();
         Ok(())

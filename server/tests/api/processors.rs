@@ -23,14 +23,6 @@ fn plays_schema() -> Value {
 const PER_MINUTE: &str = "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS window_start, country,\n  \
     COUNT(*) AS plays, SUM(bitrate) AS total\nFROM plays\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), country";
 
-fn field_error<'a>(body: &'a Value, field: &str) -> &'a str {
-    body["error"]["details"]
-        .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["field"] == field))
-        .and_then(|f| f["message"].as_str())
-        .unwrap_or_else(|| panic!("no error for {field}: {body}"))
-}
-
 #[tokio::test]
 async fn a_processor_is_planned_at_declaration_and_bad_queries_are_refused_with_their_place() {
     let app = spawn_app(Db::Sqlite).await;

@@ -10,14 +10,6 @@ use super::*;
 #[path = "../../../engine/tests/pg_logical/mod.rs"]
 mod pg_logical;
 
-fn field_error<'a>(body: &'a Value, field: &str) -> &'a str {
-    body["error"]["details"]
-        .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["field"] == field))
-        .and_then(|f| f["message"].as_str())
-        .unwrap_or_else(|| panic!("no error for {field}: {body}"))
-}
-
 /// Random inserts, updates and deletes of `items` from one writer.
 async fn write(url: String, seed: u64, rounds: u64) {
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -151,6 +143,42 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
         assert_eq!(status["phase"], "running", "{status}");
         assert!(status["snapshot_rows"].as_u64().unwrap() > 0, "{status}");
         status["confirmed_lsn"].as_u64().unwrap() > status["snapshot_lsn"].as_u64().unwrap()
+    })
+    .await;
+
+    // `/metrics` has the WAL the slot holds back on the database (the first sign of a stuck
+    // slot) and the changes appended.
+    eventually("the source's series on /metrics", || async {
+        let req = app.http.get(format!("{}/metrics", app.base)).bearer_auth(SCRAPE_TOKEN);
+        let text = req.send().await.unwrap().text().await.unwrap();
+        let series =
+            |name: &str| text.lines().any(|l| l.starts_with(&format!("{name}{{")) && l.contains("source=\"shop\""));
+        series("keystone_source_retained_wal_bytes") && series("keystone_source_events")
+    })
+    .await;
+
+    // Paused, the source reads nothing, its slot stays, and the WAL it holds back grows.
+    let items = json!([{"table": "items", "stream": "items"}]);
+    let (s, body) = app
+        .put(
+            &app.alpha,
+            "/api/v1/teams/alpha/sources/shop",
+            json!({"spec": {"kind": "postgres_cdc",
+            "tables": items, "state": "paused"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let status = || async {
+        let (_, st) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/status").await;
+        st
+    };
+    eventually("the source to be paused", || async { status().await["phase"] == "paused" }).await;
+    let before = status().await["retained_bytes"].as_i64().unwrap_or(0);
+    write(url.clone(), 7, 300).await;
+    // Any change to the goal makes the reconciler measure again (so does its 30 s resync).
+    declare(&app, "streams", "poke", json!({"partitions": 1, "retention_hours": 1})).await;
+    eventually("the retained WAL to grow while paused", || async {
+        status().await["retained_bytes"].as_i64().is_some_and(|b| b > before)
     })
     .await;
 
