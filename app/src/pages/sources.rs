@@ -59,10 +59,8 @@ pub async fn save_source(
 /// The source job's last recorded state.
 #[server]
 pub async fn source_status(team: String, name: String) -> Result<keystone_control::SourceStatus, AppError> {
-    let (store, who) = crate::state::caller().await?;
-    let source = keystone_control::goal::Goal::new(&store, &who).get(Kind::Source, &team, &name).await?;
-    let status = store.source_status(&source.id).await.map_err(keystone_control::goal::GoalError::from)?;
-    Ok(status.unwrap_or_else(|| keystone_control::SourceStatus { phase: "starting".into(), ..Default::default() }))
+    let (state, who) = crate::state::signed_in().await?;
+    Ok(state.platform.ops(&who).source_status(&team, &name).await?)
 }
 
 fn summary(o: &Object) -> Vec<String> {

@@ -109,26 +109,7 @@ fn replication_conninfo(o: &PgConnectOptions, password: Option<&str>) -> String 
 
 fn password_of(url: &str) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
-    let p = parsed.password()?;
-    Some(percent_decode(p))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(percent_encoding::percent_decode_str(parsed.password()?).decode_utf8_lossy().into_owned())
 }
 
 /// A one-connection pool to the source, for catalog reads and slot management.
@@ -274,7 +255,7 @@ struct Captured {
 }
 
 /// Builds typed changes from decoded rows and appends them, per table, in batches.
-struct Appender<'a, L> {
+struct ChangeBuffer<'a, L> {
     job: &'a PostgresCdcJob,
     log: &'a L,
     /// Per table: the envelope text its records share (its stream, the append time), rebuilt
@@ -287,10 +268,10 @@ struct Appender<'a, L> {
     stats: &'a SourceStats,
 }
 
-impl<'a, L: Log> Appender<'a, L> {
+impl<'a, L: Log> ChangeBuffer<'a, L> {
     fn new(job: &'a PostgresCdcJob, log: &'a L, keys: Vec<Vec<String>>, stats: &'a SourceStats) -> Self {
         let by_name = job.tables.iter().enumerate().map(|(i, t)| (qualified(&t.table), i)).collect();
-        Appender {
+        ChangeBuffer {
             job,
             log,
             frames: job.tables.iter().map(|t| (0, EnvelopeFrame::new(&t.stream, 0, &BTreeMap::new()))).collect(),
@@ -408,7 +389,7 @@ pub async fn run<L: Log, O: SourceOffsets>(
     ensure_publication(&admin, &job).await?;
     let mut state = offsets.load(&job.source_id).await?.unwrap_or_default();
     let have_slot = slot_exists(&admin, &job.slot).await?;
-    let mut appender = Appender::new(&job, log.as_ref(), keys, &stats);
+    let mut appender = ChangeBuffer::new(&job, log.as_ref(), keys, &stats);
     let config = || {
         ReplicationStreamConfig::builder(job.slot.clone(), job.publication.clone())
             .with_feedback_interval(Duration::from_secs(1))
@@ -469,7 +450,7 @@ pub async fn run<L: Log, O: SourceOffsets>(
 /// consistent point. Returns the stream, ready to start where the snapshot ends.
 async fn snapshot<L: Log, O: SourceOffsets>(
     stream: LogicalReplicationStream,
-    appender: &mut Appender<'_, L>,
+    appender: &mut ChangeBuffer<'_, L>,
     stats: &SourceStats,
     offsets: &O,
     cancel: &CancellationToken,
@@ -555,7 +536,7 @@ struct Streaming<'a, O> {
 impl<O: SourceOffsets> Streaming<'_, O> {
     async fn run<L: Log>(
         &self,
-        appender: &mut Appender<'_, L>,
+        appender: &mut ChangeBuffer<'_, L>,
         rx: &mut mpsc::Receiver<Result<ChangeEvent, ReplicationError>>,
         state: &mut SourceState,
     ) -> Result<(), SourceError> {
@@ -618,7 +599,11 @@ impl<O: SourceOffsets> Streaming<'_, O> {
     }
 
     /// Appends what is buffered, then confirms the last whole transaction to the slot.
-    async fn confirm<L: Log>(&self, appender: &mut Appender<'_, L>, complete: Option<u64>) -> Result<(), SourceError> {
+    async fn confirm<L: Log>(
+        &self,
+        appender: &mut ChangeBuffer<'_, L>,
+        complete: Option<u64>,
+    ) -> Result<(), SourceError> {
         appender.flush().await?;
         if let Some(lsn) = complete {
             self.feedback.update_flushed_lsn(lsn);
@@ -640,7 +625,7 @@ impl<O: SourceOffsets> Streaming<'_, O> {
 
 /// Turns one decoded message into changes (buffered in `appender`).
 fn apply<L: Log>(
-    appender: &mut Appender<'_, L>,
+    appender: &mut ChangeBuffer<'_, L>,
     relations: &mut HashMap<u32, Captured>,
     open: &mut Option<Open>,
     complete: &mut Option<u64>,

@@ -92,7 +92,8 @@ impl Reconciler {
         let declared = self.store.list(Kind::Source, &Scope::All).await?;
         let mut failures = Failures::default();
         let mut goal: HashMap<String, (String, PostgresCdcJob)> = HashMap::new();
-        let mut idle: Vec<(&str, &'static str)> = Vec::new();
+        // Phases recorded after the jobs stopped (a stopping job records `stopped`).
+        let mut idle: Vec<(&str, &'static str, Option<String>)> = Vec::new();
         for source in &declared {
             match self.source_job(source, streams).await {
                 Ok(Some(job)) => {
@@ -101,13 +102,11 @@ impl Reconciler {
                 }
                 Ok(None) => {
                     let paused = source.spec_as::<SourceSpec>().is_ok_and(|s| s.state == DesiredState::Paused);
-                    idle.push((&source.id, if paused { "paused" } else { "stopped" }));
+                    idle.push((&source.id, if paused { "paused" } else { "stopped" }, None));
                 }
                 Err(why) => {
-                    self.store
-                        .put_source_phase(&source.id, JobPhase::Failed.as_str(), "cannot start", Some(&why))
-                        .await?;
-                    failures.note(&source.id, Err(anyhow::anyhow!(why)));
+                    failures.note(&source.id, Err(anyhow::anyhow!(why.clone())));
+                    idle.push((&source.id, JobPhase::Failed.as_str(), Some(why)));
                 }
             }
         }
@@ -121,9 +120,9 @@ impl Reconciler {
                 self.sources.stop(&id).await;
             }
         }
-        // After their jobs stopped (a stopping job records `stopped`).
-        for (id, phase) in idle {
-            self.store.put_source_phase(id, phase, "as declared", None).await?;
+        for (id, phase, error) in idle {
+            let cause = if error.is_some() { "cannot start" } else { "as declared" };
+            self.store.put_source_phase(id, phase, cause, error.as_deref()).await?;
         }
         for (id, (fingerprint, job)) in goal {
             if self.sources.running.lock().expect("sources lock").contains_key(&id) {
