@@ -64,17 +64,22 @@ pub struct Change {
 impl Change {
     /// The event's payload.
     pub fn payload(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("op".into(), Value::from(self.op.code()));
-        m.insert("table".into(), Value::from(self.table.clone()));
-        m.insert("key".into(), Value::Object(self.key.clone()));
-        m.insert("before".into(), self.before.clone().map_or(Value::Null, Value::Object));
-        m.insert("after".into(), self.after.clone().map_or(Value::Null, Value::Object));
-        m.insert("lsn".into(), Value::from(self.lsn));
-        m.insert("seq".into(), Value::from(self.seq));
-        m.insert("txid".into(), self.txid.map_or(Value::Null, Value::from));
-        m.insert("ts_ms".into(), Value::from(self.ts_ms));
-        Value::Object(m)
+        serde_json::to_value(self.wire()).expect("a change serialises")
+    }
+
+    /// The payload as it is written, borrowing the row images (no copy per change).
+    fn wire(&self) -> Wire<'_> {
+        Wire {
+            op: self.op.code(),
+            table: &self.table,
+            key: &self.key,
+            before: self.before.as_ref(),
+            after: self.after.as_ref(),
+            lsn: self.lsn,
+            seq: self.seq,
+            txid: self.txid,
+            ts_ms: self.ts_ms,
+        }
     }
 
     /// The partition key: the primary key's value (one column), or its values as a JSON array.
@@ -99,7 +104,7 @@ impl Change {
         }
         h.update(self.lsn.to_be_bytes());
         h.update(self.seq.to_be_bytes());
-        h.update(Value::Object(self.key.clone()).to_string().as_bytes());
+        h.update(serde_json::to_string(&self.key).expect("a key serialises").as_bytes());
         let digest = h.finalize();
         let mut bytes = [0u8; 16];
         let ms = (self.ts_ms.max(0) as u64) & 0xFFFF_FFFF_FFFF;
@@ -113,11 +118,25 @@ impl Change {
     /// The record for a stream of `partitions` partitions, its envelope written by `frame`.
     pub(crate) fn record(&self, source: &str, frame: &EnvelopeFrame, partitions: u32, now_ms: i64) -> NewRecord {
         let key = self.partition_key();
-        let payload = serde_json::value::to_raw_value(&self.payload()).expect("a change serialises");
+        let payload = serde_json::value::to_raw_value(&self.wire()).expect("a change serialises");
         let value = frame.envelope(&self.event_id(source), Some(&key), &payload);
         let partition = partition_for_key(key.as_bytes(), partitions.max(1));
         NewRecord { partition, timestamp_ms: now_ms, key: Some(key.into_bytes()), value }
     }
+}
+
+/// A change's payload as written (see the module's example).
+#[derive(serde::Serialize)]
+struct Wire<'a> {
+    op: &'static str,
+    table: &'a str,
+    key: &'a Map<String, Value>,
+    before: Option<&'a Map<String, Value>>,
+    after: Option<&'a Map<String, Value>>,
+    lsn: u64,
+    seq: u64,
+    txid: Option<u32>,
+    ts_ms: i64,
 }
 
 /// PostgreSQL type OIDs the typing below knows (`pg_type.oid`).
