@@ -358,7 +358,8 @@ pub async fn processor_dead_letters(
 }
 
 /// A source's job: its phase (and the last error), the initial snapshot's progress, the last
-/// position confirmed to its database and the WAL its replication slot holds back there.
+/// position confirmed to its database, its replication lag, the WAL its replication slot holds
+/// back there and its alerts.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/sources/{name}/status",
     params(("team" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = keystone_control::SourceStatus), (status = 404, body = ErrorBody)))]
@@ -368,6 +369,20 @@ pub async fn source_status(
     Path((team, name)): Path<(String, String)>,
 ) -> Result<Json<keystone_control::SourceStatus>, ApiError> {
     Ok(Json(s.platform.ops(&who).source_status(&team, &name).await?))
+}
+
+/// Restarts a source's job: it stops, confirming what it appended, and starts again from its
+/// replication slot within a second. Editors of the team.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/sources/{name}/restart",
+    params(("team" = String, Path), ("name" = String, Path)),
+    responses((status = 202), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn restart_source(
+    State(s): State<ApiState>,
+    Caller(who): Caller,
+    Path((team, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.platform.ops(&who).restart_source(&team, &name, "over the API").await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn letters(s: &ApiState, topic: &str, p: &DeadLetterParams) -> Result<Json<Vec<DeadLetter>>, ApiError> {

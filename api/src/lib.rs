@@ -97,6 +97,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/teams/{team}/processor-preview", post(handlers::preview_processor))
         .route("/api/v1/teams/{team}/processors/{name}/dead-letters", get(jobs::processor_dead_letters))
         .route("/api/v1/teams/{team}/sources/{name}/status", get(jobs::source_status))
+        .route("/api/v1/teams/{team}/sources/{name}/restart", post(jobs::restart_source))
         .route("/api/v1/revisions", get(handlers::audit))
         .route("/api/v1/objects/{id}/revisions", get(handlers::history_by_id))
         .route("/api/v1/objects/{id}/diff", get(handlers::diff))

@@ -15,7 +15,7 @@ use utoipa::OpenApi;
           crate::metrics::silence, crate::metrics::operations, crate::approvals::list, crate::approvals::get_one,
           crate::approvals::get_policy, crate::config::effective, crate::config::set_override,
           crate::config::clear_override, crate::handlers::explain_processor, crate::handlers::preview_processor,
-          crate::jobs::processor_dead_letters, crate::jobs::source_status),
+          crate::jobs::processor_dead_letters, crate::jobs::source_status, crate::jobs::restart_source),
     components(schemas(ErrorBody, keystone_control::StreamSpec, keystone_control::SinkInput, keystone_control::SinkSpec,
                        keystone_control::RouteSpec, keystone_control::ProcessorSpec, keystone_control::TeamSpec,
                        keystone_control::SourceInput, keystone_control::SourceSpec)),

@@ -21,11 +21,25 @@ pub enum AlertKind {
     Restarts,
     /// The job is marked failed (crashed too often).
     Failed,
+    /// A source's replication slot holds back more than `threshold` bytes of its database's WAL
+    /// (a stuck or paused slot fills the database's disk).
+    RetainedWalBytes,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] =
-        [AlertKind::LagSeconds, AlertKind::NoDelivery, AlertKind::DeadLetters, AlertKind::Restarts, AlertKind::Failed];
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::LagSeconds,
+        AlertKind::NoDelivery,
+        AlertKind::DeadLetters,
+        AlertKind::Restarts,
+        AlertKind::Failed,
+        AlertKind::RetainedWalBytes,
+    ];
+
+    /// Whether a route's rules may use it (the others are a source's).
+    pub fn for_routes(self) -> bool {
+        self != AlertKind::RetainedWalBytes
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +48,7 @@ impl AlertKind {
             AlertKind::DeadLetters => "dead_letters",
             AlertKind::Restarts => "restarts",
             AlertKind::Failed => "failed",
+            AlertKind::RetainedWalBytes => "retained_wal_bytes",
         }
     }
 
@@ -49,6 +64,9 @@ impl AlertKind {
             AlertKind::DeadLetters => format!("more than {threshold} dead letters per minute for {for_s} s"),
             AlertKind::Restarts => format!("more than {threshold} restarts within {for_s} s"),
             AlertKind::Failed => "job failed".to_owned(),
+            AlertKind::RetainedWalBytes => {
+                format!("replication slot holding back more than {threshold} bytes of WAL for {for_s} s")
+            }
         }
     }
 }
@@ -77,11 +95,31 @@ pub fn default_alert_rules() -> Vec<AlertRule> {
     ]
 }
 
+/// The rules a source gets when it declares none: its slot holding back more than 1 GiB of WAL
+/// for 5 minutes.
+pub fn default_source_alert_rules() -> Vec<AlertRule> {
+    vec![AlertRule { kind: AlertKind::RetainedWalBytes, threshold: 1_073_741_824.0, for_s: 300 }]
+}
+
 /// Longest `for_s` (a day): observations are kept this long.
 pub const MAX_FOR_S: u32 = 86_400;
 
+/// Checks a route's rules (`source`: a source's, which watch its slot only).
 pub fn validate_rules(rules: &[AlertRule], e: &mut ValidationErrors) {
+    validate_rules_of(rules, false, e)
+}
+
+pub fn validate_source_rules(rules: &[AlertRule], e: &mut ValidationErrors) {
+    validate_rules_of(rules, true, e)
+}
+
+fn validate_rules_of(rules: &[AlertRule], source: bool, e: &mut ValidationErrors) {
     for (i, r) in rules.iter().enumerate() {
+        if r.kind.for_routes() == source {
+            let whose =
+                if source { "a source's rules watch its slot: retained_wal_bytes" } else { "is a source's rule" };
+            e.add(format!("alerts[{i}].kind"), format!("{}: {whose}", r.kind.as_str()));
+        }
         if !(r.threshold.is_finite() && r.threshold >= 0.0) {
             e.add(format!("alerts[{i}].threshold"), "must be a number of at least 0");
         }
@@ -218,6 +256,8 @@ pub struct Observation {
     pub lag: u64,
     pub lag_seconds: f64,
     pub phase: Option<JobPhase>,
+    /// A source's: the WAL its slot holds back, in bytes.
+    pub retained_bytes: i64,
 }
 
 /// Whether a rule's condition holds on the observations (oldest first), and the value it saw.
@@ -253,6 +293,7 @@ pub fn condition(rule: &AlertRule, history: &[Observation]) -> (bool, f64) {
         AlertKind::Failed => {
             (now.phase == Some(JobPhase::Failed), f64::from(u8::from(now.phase == Some(JobPhase::Failed))))
         }
+        AlertKind::RetainedWalBytes => (now.retained_bytes as f64 > rule.threshold, now.retained_bytes as f64),
     }
 }
 
@@ -292,6 +333,7 @@ mod tests {
             lag,
             lag_seconds: 0.0,
             phase: Some(JobPhase::Running),
+            retained_bytes: 0,
         }
     }
 

@@ -494,7 +494,7 @@ test("a processor's plan follows the query as it is typed, a bad query is refuse
   await expect(page.getByTestId("job-phase")).toHaveText("running");
 });
 
-test("a CDC source is declared in the console: a refused host is named at its field, the URL is never shown, and the capture's failure is on its page", async ({ page }) => {
+test("a CDC source is declared in the console: a refused host is named at its field, the URL is never shown, the capture's failure is on its page, a table without a stream gets one, and the capture restarts", async ({ page }) => {
   const stream = unique("orders");
   const source = unique("shop-db");
   await signIn(page, users.editor);
@@ -507,7 +507,7 @@ test("a CDC source is declared in the console: a refused host is named at its fi
   await page.getByRole("link", { name: "New source" }).first().click();
   await fill(page, {
     Name: source,
-    Tables: `public.orders -> ${stream}`,
+    Tables: `public.orders -> ${stream}\npublic.order_items`,
     "Database URL (secret)": "postgres://keystone:s3cret-pw@127.0.0.1:5432/shop",
   });
   await page.getByRole("button", { name: "Save source" }).click();
@@ -527,6 +527,14 @@ test("a CDC source is declared in the console: a refused host is named at its fi
     await expect(page.locator("#source-status")).toContainText("connecting to the source");
   }).toPass({ timeout: 30_000 });
   await expect(page.locator("body")).not.toContainText("s3cret-pw");
+  // An editor restarts the capture; the page says so at once.
+  await page.getByTestId("restart-source").click();
+  await expect(page.getByTestId("restart-result")).toContainText("Restart requested");
   await navigate(page, "Sources");
-  await expect(page.getByRole("row", { name: new RegExp(source) })).toContainText(`public.orders → ${stream}`);
+  const row = page.getByRole("row", { name: new RegExp(source) });
+  await expect(row).toContainText(`public.orders → ${stream}`);
+  // A table without a stream got one, created with the source.
+  await expect(row).toContainText(`public.order_items → ${source}-order-items`);
+  await page.goto(`/streams/alpha/${source}-order-items`);
+  await expect(page.getByTestId("history")).toContainText(`created for source "${source}"`);
 });

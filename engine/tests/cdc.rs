@@ -28,10 +28,43 @@ const KEEP: Retention = Retention { max_age_ms: i64::MAX / 2, max_bytes_per_part
 const TOPIC: &str = "alpha.orders";
 const NOTES: &str = "alpha.notes";
 
+/// A stream schema made current, and how many of the log's events had a column it added (none,
+/// if it came before the first change of its shape).
+struct Described {
+    stream: String,
+    schema: Value,
+    events_ahead: usize,
+}
+
 #[derive(Default)]
-struct MemoryOffsets(Mutex<BTreeMap<String, SourceState>>);
+struct MemoryOffsets(
+    Mutex<BTreeMap<String, SourceState>>,
+    Mutex<Vec<Described>>,
+    std::sync::OnceLock<Arc<EmbeddedLog>>,
+);
 
 impl SourceOffsets for MemoryOffsets {
+    async fn schema(&self, _id: &str, stream: &str, _table: &str, schema: &Value) -> Result<(), CheckpointError> {
+        let mut events_ahead = 0;
+        if let Some(log) = self.2.get() {
+            let columns: Vec<String> =
+                schema["properties"]["after"]["properties"].as_object().unwrap().keys().cloned().collect();
+            let known: Vec<String> =
+                self.1.lock().unwrap().iter().rev().find(|d| d.stream == stream).map_or(columns.clone(), |d| {
+                    d.schema["properties"]["after"]["properties"].as_object().unwrap().keys().cloned().collect()
+                });
+            let topic = format!("alpha.{}", &stream["alpha/".len()..]);
+            for p in 0..3 {
+                for r in log.read(&topic, p, 0, 100_000).await.unwrap() {
+                    let e: Value = serde_json::from_slice(&r.value).unwrap();
+                    let after = e["payload"]["after"].as_object().cloned().unwrap_or_default();
+                    events_ahead += usize::from(after.keys().any(|k| !known.contains(k)));
+                }
+            }
+        }
+        self.1.lock().unwrap().push(Described { stream: stream.to_owned(), schema: schema.clone(), events_ahead });
+        Ok(())
+    }
     async fn load(&self, id: &str) -> Result<Option<SourceState>, CheckpointError> {
         Ok(self.0.lock().unwrap().get(id).cloned())
     }
@@ -40,7 +73,7 @@ impl SourceOffsets for MemoryOffsets {
         Ok(())
     }
     async fn report(&self, _id: &str, _phase: keystone_control::JobPhase, _cause: &str, _error: Option<&str>) {}
-    async fn measured(&self, _id: &str, _retained_bytes: Option<i64>) {}
+    async fn measured(&self, _id: &str, _measures: keystone_engine::sources::SlotMeasures) {}
 }
 
 fn job(url: &str) -> PostgresCdcJob {
@@ -142,9 +175,10 @@ async fn source_rows(url: &str, query: &str) -> BTreeMap<String, Map<String, Val
         .collect()
 }
 
-/// Every change in the streams, folded per key in log order.
+/// Every change in the streams, folded per key in log order, partition after partition, as an
+/// applier would: a truncate removes the rows older than itself whenever it is met.
 async fn folded(log: &EmbeddedLog, topic: &str) -> (BTreeMap<String, Map<String, Value>>, usize, Vec<String>) {
-    let mut rows: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut rows: BTreeMap<String, ((u64, u64), Map<String, Value>)> = BTreeMap::new();
     let mut count = 0;
     let mut ids = Vec::new();
     for p in 0..3 {
@@ -161,15 +195,23 @@ async fn folded(log: &EmbeddedLog, topic: &str) -> (BTreeMap<String, Map<String,
                 let age = keystone_engine::now_ms() - envelope["ingested_at"].as_i64().unwrap();
                 assert!((0..120_000).contains(&age), "ingested {age} ms ago");
                 let change = &envelope["payload"];
+                // A change's place: its transaction's position, then its ordinal in it.
+                let lsn = (change["lsn"].as_u64().unwrap(), change["seq"].as_u64().unwrap());
+                count += 1;
+                if change["op"] == "t" {
+                    assert_eq!((envelope["key"].is_null(), change["key"].clone()), (true, serde_json::json!({})));
+                    rows.retain(|_, (at, _)| *at >= lsn);
+                    continue;
+                }
                 let key = change["key"]["id"].to_string();
                 assert_eq!(envelope["key"].as_str(), Some(key.as_str()), "keyed by the primary key");
-                count += 1;
                 match change["op"].as_str().unwrap() {
                     "c" | "r" => {
-                        rows.insert(key, change["after"].as_object().unwrap().clone());
+                        rows.insert(key, (lsn, change["after"].as_object().unwrap().clone()));
                     }
                     "u" => {
-                        let row = rows.entry(key).or_default();
+                        let (at, row) = rows.entry(key).or_default();
+                        *at = lsn;
                         for (k, v) in change["after"].as_object().unwrap() {
                             row.insert(k.clone(), v.clone());
                         }
@@ -182,7 +224,17 @@ async fn folded(log: &EmbeddedLog, topic: &str) -> (BTreeMap<String, Map<String,
             }
         }
     }
-    (rows, count, ids)
+    (rows.into_iter().map(|(k, (_, row))| (k, row)).collect(), count, ids)
+}
+
+async fn wait_snapshot(stats: &SourceStats) {
+    for _ in 0..300 {
+        if stats.snapshot_done.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the snapshot did not finish");
 }
 
 async fn wait_caught_up(url: &str, stats: &SourceStats) {
@@ -356,4 +408,74 @@ async fn a_table_without_a_primary_key_is_refused_a_quiet_slot_advances_and_dele
     .await
     .unwrap();
     assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_table_gets_its_new_stream_schema_before_its_changes_and_a_truncate_empties_the_copy() {
+    let pg = LogicalPostgres::start().await;
+    let url = pg.url();
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text NOT NULL, total numeric(12,2) NOT NULL, big text, at timestamptz DEFAULT now());
+         INSERT INTO orders (id, note, total) SELECT g, 'seed', g FROM generate_series(1, 50) g;
+         CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, n int NOT NULL);",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (_dir, log) = open_log().await;
+    let offsets = Arc::new(MemoryOffsets::default());
+    offsets.2.set(log.clone()).ok().unwrap();
+    let job = job(&url);
+    let running = start(&job, &log, &offsets);
+    wait_snapshot(&running.stats).await;
+    // Both streams were described before their first row (the empty table's too).
+    let streams: Vec<String> = offsets.1.lock().unwrap().iter().map(|d| d.stream.clone()).collect();
+    assert_eq!(streams, ["alpha/orders", "alpha/notes"]);
+
+    sqlx::raw_sql(
+        "INSERT INTO notes VALUES (1, 'one', 1), (2, 'two', 2), (3, 'three', 3);
+         ALTER TABLE orders ADD COLUMN extra int;
+         INSERT INTO orders (id, note, total, extra) VALUES (1000, 'added', 1, 42);
+         UPDATE orders SET extra = 7 WHERE id = 1;
+         TRUNCATE notes;
+         INSERT INTO notes VALUES (5, 'after the truncate', 1);",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    wait_caught_up(&url, &running.stats).await;
+    running.cancel.cancel();
+    running.task.await.unwrap().unwrap();
+
+    let described = offsets.1.lock().unwrap();
+    let orders: Vec<&Described> = described.iter().filter(|d| d.stream == "alpha/orders").collect();
+    assert_eq!(orders.len(), 2, "one schema from the catalog, one after ADD COLUMN");
+    let extra = &orders[1].schema["properties"]["after"]["properties"]["extra"];
+    assert_eq!(extra["x-postgres-type"], "integer", "{extra}");
+    assert_eq!(orders[1].events_ahead, 0, "no change with the new column was in the log before its schema");
+    // Every event of the stream is valid against the schema current when it was appended:
+    // here the last, as the table only grew.
+    let check = jsonschema::validator_for(&orders[1].schema).unwrap();
+    for p in 0..3 {
+        for r in log.read(TOPIC, p, 0, 100_000).await.unwrap() {
+            let e: Value = serde_json::from_slice(&r.value).unwrap();
+            assert!(check.is_valid(&e["payload"]), "{e}");
+        }
+    }
+    let (copy, _, _) = folded(&log, TOPIC).await;
+    assert_eq!(copy["1000"]["extra"], 42);
+    assert_eq!(copy["1"]["extra"], 7);
+    // The truncate is in each partition; folded partition by partition, the rows from before it
+    // are gone whatever partition they were in, the row written after it stays.
+    let (notes, changes, _) = folded(&log, NOTES).await;
+    assert_eq!(notes.keys().collect::<Vec<_>>(), ["5"], "{changes} changes");
+    let mut truncates = 0;
+    for p in 0..3 {
+        for r in log.read(NOTES, p, 0, 100_000).await.unwrap() {
+            let e: Value = serde_json::from_slice(&r.value).unwrap();
+            truncates += usize::from(e["payload"]["op"] == "t");
+        }
+    }
+    assert_eq!(truncates, 3, "one per partition");
 }

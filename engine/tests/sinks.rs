@@ -259,7 +259,9 @@ fn change(at: u64, op: &str, id: i64, after: Option<Value>, lsn: u64) -> SinkEve
 async fn postgres_sink_applies_changes_by_key_and_never_moves_a_row_back() {
     let (name, url, mut admin) = fresh_database().await;
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("CREATE TABLE items (id int PRIMARY KEY, name text, qty int CHECK (qty >= 0), _lsn bigint NOT NULL)")
+    sqlx::query(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int CHECK (qty >= 0), _lsn bigint NOT NULL, _seq bigint)",
+    )
         .execute(&mut db)
         .await
         .unwrap();
@@ -293,6 +295,45 @@ async fn postgres_sink_applies_changes_by_key_and_never_moves_a_row_back() {
     assert!(refused[0].1.contains("23514"), "{}", refused[0].1);
     assert!(refused[1].1.contains("not a change event"), "{}", refused[1].1);
     assert_eq!(rows(&mut db).await.len(), 3, "{:?}", rows(&mut db).await);
+
+    // A truncate (in every partition) removes the rows older than itself, within a batch too:
+    // what the batch wrote before it goes, what it wrote after it stays. Met again after an
+    // older change replayed from another partition, it removes that too.
+    let mut truncate = change(9, "t", 0, None, 200);
+    truncate.event = raw(json!({"op": "t", "table": "public.items", "key": {}, "before": null, "after": null,
+        "lsn": 200, "seq": 1, "txid": 10, "ts_ms": 1_796_670_688_123i64}));
+    let around = vec![
+        change(10, "c", 6, Some(json!({"id": 6, "name": "f", "qty": 1})), 190),
+        truncate.clone(),
+        change(11, "c", 7, Some(json!({"id": 7, "name": "g", "qty": 1})), 210),
+    ];
+    s.deliver(&around).await.unwrap();
+    assert_eq!(rows(&mut db).await, [(7, Some("g".into()), Some(1), 210)]);
+    s.deliver(&[change(12, "u", 4, Some(json!({"id": 4, "qty": 9})), 160)]).await.unwrap();
+    assert_eq!(rows(&mut db).await.len(), 2, "an older change of another partition, for a while");
+    s.deliver(&[truncate]).await.unwrap();
+    assert_eq!(rows(&mut db).await, [(7, Some("g".into()), Some(1), 210)]);
+    // A truncate between writes of its own transaction (one position for all): `_seq` orders
+    // them, whatever partition the truncate is met in first.
+    let in_tx = |at: u64, op: &str, id: i64, seq: u64| {
+        let after = (op != "t").then(|| json!({"id": id, "name": "tx", "qty": 1}));
+        let key = if op == "t" { json!({}) } else { json!({"id": id}) };
+        let mut e = change(at, op, id, after.clone(), 220);
+        e.event = raw(json!({"op": op, "table": "public.items", "key": key, "before": null, "after": after,
+            "lsn": 220, "seq": seq, "txid": 11, "ts_ms": 1_796_670_688_123i64}));
+        e
+    };
+    s.deliver(&[in_tx(13, "c", 8, 1)]).await.unwrap();
+    s.deliver(&[in_tx(14, "t", 0, 2), in_tx(15, "c", 9, 3)]).await.unwrap();
+    s.deliver(&[in_tx(14, "t", 0, 2)]).await.unwrap();
+    assert_eq!(rows(&mut db).await, [(9, Some("tx".into()), Some(1), 220)]);
+    // The source's table grew a column, and so did the target: the sink reads its columns
+    // again when a change carries one they lack, so the first such change keeps its value.
+    sqlx::query("ALTER TABLE items ADD COLUMN note text").execute(&mut db).await.unwrap();
+    s.deliver(&[change(16, "u", 9, Some(json!({"id": 9, "note": "grown"})), 230)]).await.unwrap();
+    let note: Option<String> =
+        sqlx::query_scalar("SELECT note FROM items WHERE id = 9").fetch_one(&mut db).await.unwrap();
+    assert_eq!(note.as_deref(), Some("grown"));
 
     // A table without `_lsn` is the operator's to fix: transient, never dead-lettered.
     sqlx::query("CREATE TABLE plain (id int PRIMARY KEY)").execute(&mut db).await.unwrap();
@@ -467,4 +508,168 @@ async fn kafka_sink_produces_keyed_records_and_refuses_oversized_ones_alone() {
     assert_eq!(records[0].0, batch[0].id, "no key: the event id is the key");
     let last: Vec<u64> = records[10..].iter().map(|r| r.1["event"]["n"].as_u64().unwrap()).collect();
     assert_eq!(last, [0, 2]);
+}
+
+/// An Elasticsearch index as far as the `bulk_changes` format relies on it (no search server
+/// runs on this machine, and none installs from its registries): `index` and `delete` actions
+/// with `version_type=external_gte` answer 409 for a version older than the document's (a
+/// delete leaves its version behind as a tombstone), and `_delete_by_query` with a range on
+/// `keystone_lsn` removes documents outright.
+#[derive(Clone, Default)]
+struct SearchIndex {
+    docs: Arc<Mutex<BTreeMap<String, (u64, Option<Value>)>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+async fn es_bulk(State(ix): State<SearchIndex>, body: String) -> axum::Json<Value> {
+    ix.requests.lock().unwrap().push("_bulk".into());
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut docs = ix.docs.lock().unwrap();
+    let mut items = Vec::new();
+    let mut at = 0;
+    while at < lines.len() {
+        let (action, meta) = lines[at].as_object().unwrap().iter().next().unwrap();
+        assert_eq!((meta["_index"].as_str(), meta["version_type"].as_str()), (Some("items"), Some("external_gte")));
+        let id = meta["_id"].as_str().unwrap().to_owned();
+        let version = meta["version"].as_u64().unwrap();
+        let stale = docs.get(&id).is_some_and(|(v, _)| version < *v);
+        let status = match action.as_str() {
+            "index" => {
+                at += 1;
+                if !stale {
+                    docs.insert(id.clone(), (version, Some(lines[at].clone())));
+                }
+                if stale {
+                    409
+                } else {
+                    201
+                }
+            }
+            "delete" => {
+                let missing = docs.get(&id).is_none_or(|(_, d)| d.is_none());
+                if !stale {
+                    docs.insert(id.clone(), (version, None));
+                }
+                if stale {
+                    409
+                } else if missing {
+                    404
+                } else {
+                    200
+                }
+            }
+            other => panic!("unexpected action {other}"),
+        };
+        at += 1;
+        items.push(json!({action.clone(): {"_id": id, "status": status}}));
+    }
+    let errors = items
+        .iter()
+        .any(|i| !matches!(i.as_object().unwrap().values().next().unwrap()["status"].as_u64(), Some(200 | 201)));
+    axum::Json(json!({"errors": errors, "items": items}))
+}
+
+async fn es_delete_by_query(
+    State(ix): State<SearchIndex>,
+    axum::extract::Path(index): axum::extract::Path<String>,
+    axum::Json(query): axum::Json<Value>,
+) -> axum::Json<Value> {
+    assert_eq!(index, "items");
+    ix.requests.lock().unwrap().push("_delete_by_query".into());
+    // (keystone_lsn < L) or (keystone_lsn = L and keystone_seq < S)
+    let should = &query["query"]["bool"]["should"];
+    let below = should[0]["range"]["keystone_lsn"]["lt"].as_u64().unwrap();
+    let same = &should[1]["bool"]["filter"];
+    let (at, seq) =
+        (same[0]["term"]["keystone_lsn"].as_u64().unwrap(), same[1]["range"]["keystone_seq"]["lt"].as_u64().unwrap());
+    let older = |d: &Value| {
+        let (l, s) = (d["keystone_lsn"].as_u64().unwrap(), d["keystone_seq"].as_u64().unwrap());
+        l < below || (l == at && s < seq)
+    };
+    ix.docs.lock().unwrap().retain(|_, (_, d)| !d.as_ref().is_some_and(older));
+    axum::Json(json!({"deleted": 0}))
+}
+
+#[tokio::test]
+async fn http_bulk_changes_keep_an_index_equal_to_the_table_whatever_order_partitions_arrive_in() {
+    use rand::{Rng, SeedableRng};
+    let ix = SearchIndex::default();
+    let app = axum::Router::new()
+        .route("/_bulk", post(es_bulk))
+        .route("/{index}/_delete_by_query", post(es_delete_by_query))
+        .with_state(ix.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/_bulk", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(SinkKind::Http, &[("url", &url), ("format", "bulk_changes"), ("index", "items")], &[], dir.path());
+
+    // A table's changes, in three partitions by key, a truncate in each; the model table is
+    // the oracle (changes applied in position order).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let mut partitions: Vec<Vec<SinkEvent>> = vec![Vec::new(); 3];
+    let mut table: BTreeMap<String, Value> = BTreeMap::new();
+    for lsn in 1..=400u64 {
+        if lsn == 250 {
+            let mut t = change(lsn, "t", 0, None, lsn);
+            t.event = raw(
+                json!({"op": "t", "table": "public.items", "key": {}, "before": null, "after": null, "lsn": lsn, "seq": 1}),
+            );
+            for p in &mut partitions {
+                p.push(SinkEvent { key: None, ..t.clone() });
+            }
+            table.clear();
+            continue;
+        }
+        let id = rng.gen_range(0..30i64);
+        let (op, after) = match rng.gen_range(0..10) {
+            0..=2 => ("d", None),
+            3..=5 => ("c", Some(json!({"id": id, "name": format!("v{lsn}")}))),
+            _ => ("u", Some(json!({"id": id, "name": format!("u{lsn}")}))),
+        };
+        match &after {
+            Some(row) => table.insert(id.to_string(), row.clone()),
+            None => table.remove(&id.to_string()),
+        };
+        partitions[(id % 3) as usize].push(change(lsn, op, id, after, lsn));
+    }
+    // Partitions delivered at different speeds, in batches; some batches delivered twice (a
+    // replay after a restart).
+    let mut next = [0usize; 3];
+    let mut batches = 0;
+    while next.iter().zip(&partitions).any(|(n, p)| *n < p.len()) {
+        let p = rng.gen_range(0..3);
+        if next[p] >= partitions[p].len() {
+            continue;
+        }
+        let end = (next[p] + rng.gen_range(1..8)).min(partitions[p].len());
+        let batch = &partitions[p][next[p]..end];
+        s.deliver(batch).await.unwrap();
+        if rng.gen_bool(0.2) {
+            s.deliver(batch).await.unwrap();
+        }
+        next[p] = end;
+        batches += 1;
+    }
+    let docs: BTreeMap<String, Value> = ix
+        .docs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, (_, d))| {
+            let mut d = d.clone()?;
+            d.as_object_mut().unwrap().remove("keystone_lsn");
+            d.as_object_mut().unwrap().remove("keystone_seq");
+            Some((id.clone(), d))
+        })
+        .collect();
+    assert_eq!(docs, table, "after {batches} batches");
+    assert!(table.len() > 3, "the oracle has rows after the truncate: {}", table.len());
+    let truncates = ix.requests.lock().unwrap().iter().filter(|r| *r == "_delete_by_query").count();
+    assert!(truncates >= 3, "one delete-by-query per partition's truncate: {truncates}");
+    // Not a change event: refused alone.
+    let mut odd = events(1);
+    odd.extend(partitions[0][..2].iter().cloned());
+    let SinkError::Rejected(refused) = s.deliver(&odd).await.unwrap_err() else { panic!("expected a refusal") };
+    assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [0]);
 }

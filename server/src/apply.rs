@@ -103,7 +103,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, FileError> {
                     continue;
                 }
             };
-            match check(kind, &spec) {
+            match check(kind, name, &spec) {
                 Ok(comparable) => objects.push(Declared { kind, name: name.clone(), line, spec, comparable }),
                 Err(errors) => {
                     for e in errors {
@@ -130,7 +130,7 @@ fn strip_location(msg: &str) -> String {
 /// Validates one spec as the server would (without the checks that need the database), and
 /// returns it as the server stores it. Errors read `.field: why` (or `: why` for the whole
 /// spec), to follow the object's name.
-fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
+fn check(kind: Kind, name: &str, spec: &Value) -> Result<Value, Vec<String>> {
     let errors = |e: keystone_control::ValidationErrors| -> Vec<String> {
         let field = |f: &str| match f.strip_prefix("spec").unwrap_or(f) {
             "" => String::new(),
@@ -160,9 +160,13 @@ fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
             p.validate().map_err(errors)?;
             serde_json::to_value(p)
         }
-        Declaration::Source(s) => {
+        Declaration::Source(mut s) => {
             // The URL may already be stored; the server checks that part.
             s.validate(&["url".to_owned()]).map_err(errors)?;
+            // A table without a stream goes to the one the server names for it.
+            for t in &mut s.tables {
+                t.stream = t.stream.take().or_else(|| keystone_control::default_stream_name(name, &t.table));
+            }
             serde_json::to_value(s).map(without_secrets)
         }
         Declaration::Team(_) | Declaration::Policy(_) => {
@@ -172,6 +176,15 @@ fn check(kind: Kind, spec: &Value) -> Result<Value, Vec<String>> {
         }
     };
     stored.map_err(|e| vec![e.to_string()])
+}
+
+/// A stream spec without the schema a source derived for it (see `docs/sources.md`).
+fn without_derived_schema(mut spec: Value) -> Value {
+    let derived = spec.pointer("/schema/x-keystone-derived-from").is_some();
+    if let (true, Some(o)) = (derived, spec.as_object_mut()) {
+        o.remove("schema");
+    }
+    spec
 }
 
 /// A spec without its secrets, which are never read back.
@@ -269,6 +282,9 @@ impl Client {
                                "settings": current["settings"], "tags": current.get("tags").cloned().unwrap_or(json!([]))})
                     } else if d.kind == Kind::Source {
                         without_secrets(current)
+                    } else if d.kind == Kind::Stream && d.comparable.get("schema").is_none() {
+                        // A schema a source derives is kept when a file leaves it out.
+                        without_derived_schema(current)
                     } else {
                         current
                     };

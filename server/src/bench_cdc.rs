@@ -39,7 +39,10 @@ impl SourceOffsets for NoOffsets {
     async fn save(&self, _: &str, _: &SourceState, _: u64) -> Result<(), CheckpointError> {
         Ok(())
     }
-    async fn measured(&self, _: &str, _: Option<i64>) {}
+    async fn schema(&self, _: &str, _: &str, _: &str, _: &serde_json::Value) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+    async fn measured(&self, _: &str, _: keystone_engine::sources::SlotMeasures) {}
     async fn report(&self, _: &str, _: keystone_control::JobPhase, _: &str, _: Option<&str>) {}
 }
 

@@ -10,7 +10,8 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
 /// Creates (empty `version`) or updates a source. A blank URL keeps the stored one. `tables`
-/// holds one `schema.table -> stream` per line.
+/// holds one `schema.table -> stream` per line (`schema.table` alone: a stream the platform
+/// creates, `<source>-<table>`).
 #[server]
 pub async fn save_source(
     team: String,
@@ -19,21 +20,36 @@ pub async fn save_source(
     description: String,
     tables: String,
     secret_url: String,
+    alerts: Option<String>,
     reason: String,
 ) -> Result<(), AppError> {
     use keystone_control::goal::{Declaration, Goal};
-    use keystone_control::{DesiredState, Name, SourceInput, SourceKind, SourceTable, ValidationErrors};
+    use keystone_control::{DesiredState, Name, SourceInput, SourceKind, SourceTableInput, ValidationErrors};
     let mut parsed = Vec::new();
     for (i, line) in tables.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
-        let Some((table, stream)) = line.split_once("->") else {
-            return Err(
-                ValidationErrors::single("tables", format!("line {}: write schema.table -> stream", i + 1)).into()
-            );
+        let (table, stream) = match line.split_once("->") {
+            Some((table, stream)) => {
+                let stream = Name::parse(stream.trim())
+                    .map_err(|e| ValidationErrors::single("tables", format!("line {}: {e}", i + 1)))?;
+                (table, Some(stream))
+            }
+            None => (line, None),
         };
-        let stream = Name::parse(stream.trim())
-            .map_err(|e| ValidationErrors::single("tables", format!("line {}: {e}", i + 1)))?;
-        parsed.push(SourceTable { table: table.trim().to_owned(), stream });
+        parsed.push(SourceTableInput { table: table.trim().to_owned(), stream });
     }
+    let mut e = ValidationErrors::default();
+    let alerts = alerts.map(|text| keystone_control::alerts::parse_rules(&text, &mut e));
+    e.into_result(())?;
+    let (store, who) = crate::state::caller().await?;
+    let goal = Goal::new(&store, &who);
+    // An edit keeps what the form does not show (the desired state), and the rules when the
+    // form had no rules field.
+    let current = match parse_version(&version) {
+        Some(_) => {
+            Some(goal.get(Kind::Source, &team, &name).await?.spec_as::<SourceSpec>().map_err(|_| AppError::Internal)?)
+        }
+        None => None,
+    };
     let input = SourceInput {
         kind: SourceKind::PostgresCdc,
         description: description.trim().to_owned(),
@@ -42,11 +58,14 @@ pub async fn save_source(
             .into_iter()
             .filter(|(_, v)| !v.is_empty())
             .collect(),
-        state: DesiredState::Running,
-        tags: Vec::new(),
+        state: current.as_ref().map(|c| c.state).unwrap_or(DesiredState::Running),
+        tags: current.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
+        alerts: match (alerts, &current) {
+            (Some(rules), _) => rules,
+            (None, Some(c)) => c.alerts.clone(),
+            (None, None) => keystone_control::alerts::default_source_alert_rules(),
+        },
     };
-    let (store, who) = crate::state::caller().await?;
-    let goal = Goal::new(&store, &who);
     let decl = Declaration::Source(input);
     match parse_version(&version) {
         None => goal.create(&team, &name, decl, &reason).await?,
@@ -104,15 +123,49 @@ fn lsn(l: u64) -> String {
     format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF)
 }
 
+/// The source's rules as one line each: `retained_wal_bytes firing (3.2 GiB held back)`.
+fn alert_summary(alerts: &[keystone_control::alerts::AlertStatus]) -> String {
+    if alerts.is_empty() {
+        return "none evaluated yet".into();
+    }
+    alerts
+        .iter()
+        .map(|a| format!("{} {} ({} held back)", a.rule.as_str(), a.state.as_str(), bytes(a.value as i64)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Restarts the source's job (it resumes from its slot; see `Goal::restart_source`).
+#[server]
+pub async fn restart_source(team: String, name: String) -> Result<(), AppError> {
+    let (state, who) = crate::state::signed_in().await?;
+    state.platform.ops(&who).restart_source(&team, &name, "from the console").await?;
+    Ok(())
+}
+
 #[component]
 pub fn SourceDetailPage() -> impl IntoView {
     let params = use_params_map();
-    let status = Resource::new(
-        move || (params.read().get("team").unwrap_or_default(), params.read().get("name").unwrap_or_default()),
-        |(team, name)| source_status(team, name),
-    );
+    let team = move || params.read().get("team").unwrap_or_default();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let restart = ServerAction::<RestartSource>::new();
+    let status =
+        Resource::new(move || (team(), name(), restart.version().get()), |(team, name, _)| source_status(team, name));
     view! {
         <ObjectDetailView kind=Kind::Source/>
+        {can_edit().then(|| view! {
+            <div class="mt-6 flex gap-2 items-center">
+                <ActionForm action=restart>
+                    <input type="hidden" name="team" value=team/>
+                    <input type="hidden" name="name" value=name/>
+                    <button type="submit" class=BUTTON_SECONDARY data-testid="restart-source">"Restart capture"</button>
+                </ActionForm>
+                {move || restart.value().get().and_then(Result::ok).map(|()| view! {
+                    <span class="text-sm text-green-800" data-testid="restart-result">"Restart requested: the capture resumes from its slot."</span>
+                })}
+            </div>
+            <FormStatus error=last_error(restart.value())/>
+        })}
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
                 status.await.ok().map(|s| {
@@ -120,17 +173,35 @@ pub fn SourceDetailPage() -> impl IntoView {
                         Some(at) => format!("{} rows, read at {}", s.snapshot_rows, lsn(at)),
                         None => format!("running: {} rows so far", s.snapshot_rows),
                     };
+                    // While the snapshot runs, its progress against the planner's estimate.
+                    let progress = s.snapshot_estimate.filter(|e| s.snapshot_lsn.is_none() && *e > 0).map(|estimate| {
+                        let percent = (s.snapshot_rows as f64 / estimate as f64 * 100.0).min(100.0);
+                        view! {
+                            <div class="px-4 py-2 text-sm" id="snapshot-progress">
+                                <progress class="w-full" max="100" value=format!("{percent:.0}")></progress>
+                                <span class="text-slate-500">{format!("about {percent:.0}% of ~{estimate} rows")}</span>
+                            </div>
+                        }
+                    });
+                    let lag = match (s.lag_bytes, s.lag_ms) {
+                        (None, _) => "not measured yet".to_owned(),
+                        (Some(b), Some(ms)) => format!("{} behind the database's WAL; last change appended {ms} ms after its commit", bytes(b)),
+                        (Some(b), None) => format!("{} behind the database's WAL", bytes(b)),
+                    };
                     let rows = vec![
                         ("Phase", format!("{} ({})", s.phase, s.cause)),
                         ("Initial snapshot", snapshot),
                         ("Confirmed to the database", lsn(s.confirmed_lsn)),
+                        ("Replication lag", lag),
                         ("Changes appended", s.events.to_string()),
                         ("WAL held back by the slot", s.retained_bytes.map_or("not measured yet".into(), bytes)),
                         ("Last error", s.last_error.unwrap_or_else(|| "none".into())),
+                        ("Alerts", alert_summary(&s.alerts)),
                     ];
                     view! {
                         <section class=format!("mt-8 {CARD}") id="source-status">
                             <h2 class="px-4 py-3 border-b border-slate-200 font-medium">"Capture"</h2>
+                            {progress}
                             <dl class="divide-y divide-slate-100">
                                 {rows.into_iter().map(|(k, v)| view! {
                                     <div class="px-4 py-2 grid grid-cols-3 gap-4 text-sm">
@@ -164,6 +235,9 @@ fn source_form(t: FormTarget) -> AnyView {
             s.tables.iter().map(|t| format!("{} -> {}", t.table, t.stream.as_str())).collect::<Vec<_>>().join("\n")
         })
         .unwrap_or_default();
+    let alerts = keystone_control::alerts::format_rules(
+        &spec.as_ref().map_or_else(keystone_control::alerts::default_source_alert_rules, |s| s.alerts.clone()),
+    );
     let url_help = match spec.as_ref().and_then(|s| s.secrets.get("url")) {
         Some(r) => format!("Set in v{}; leave blank to keep it.", r.set_in_version),
         None => {
@@ -177,9 +251,11 @@ fn source_form(t: FormTarget) -> AnyView {
             <Field label="Description" name="description" errors
                 value=spec.as_ref().map(|s| s.description.clone()).unwrap_or_default()/>
             <Field label="Tables" name="tables" kind="textarea" errors value=tables
-                help="One per line: schema.table -> stream (a stream of this team; every table needs a primary key)."/>
+                help="One per line: schema.table, or schema.table -> stream. Without a stream, Keystone creates <source>-<table>; its schema follows the table's columns. Every table needs a primary key."/>
             <Field label="Database URL (secret)" name="secret_url" kind="password" error_key="secrets.url" errors
                 help=url_help/>
+            <Field label="Alert rules" name="alerts" kind="textarea" errors value=alerts
+                help="One rule per line: retained_wal_bytes <bytes> for <seconds> (the WAL the slot holds back on the database)."/>
             <Field label="Reason for this change" name="reason" errors/>
             <button type="submit" class=BUTTON>"Save source"</button>
         </ActionForm>

@@ -190,12 +190,18 @@ impl<'a> Goal<'a> {
     /// A route the caller may operate (restart its job, retry its dead letters): read access to
     /// see it (`NotFound` otherwise), write access to act on it (`Forbidden` otherwise).
     pub async fn operable_route(&self, team: &str, name: &str) -> Result<Object, GoalError> {
-        let route = self.get(Kind::Route, team, name).await?;
+        self.operable(Kind::Route, team, name).await
+    }
+
+    /// An object of `kind` the caller may operate: `NotFound` unless readable, `Forbidden`
+    /// unless the caller may change it.
+    pub(crate) async fn operable(&self, kind: Kind, team: &str, name: &str) -> Result<Object, GoalError> {
+        let object = self.get(kind, team, name).await?;
         let team_object = self.get(Kind::Team, "", team).await?;
-        if !self.who.can_write(Kind::Route, &team_object.id) {
+        if !self.who.can_write(kind, &team_object.id) {
             return Err(GoalError::Forbidden);
         }
-        Ok(route)
+        Ok(object)
     }
 
     /// Writes an operation on `object` by the caller to the operations log (see `operations`).
@@ -284,6 +290,7 @@ impl<'a> Goal<'a> {
         let version = current.as_ref().map_or(1, |c| c.version + 1);
         let mut new_secrets: Vec<(String, String)> = Vec::new();
         let mut sink_tags: Vec<String> = Vec::new();
+        let mut new_streams: Vec<(Name, StreamSpec)> = Vec::new();
         let spec: Value = match decl {
             Declaration::Team(s) => {
                 s.validate()?;
@@ -293,9 +300,12 @@ impl<'a> Goal<'a> {
                 p.validate()?;
                 to_json(&p)
             }
-            Declaration::Stream(s) => {
+            Declaration::Stream(mut s) => {
                 s.validate()?;
                 let before: Option<StreamSpec> = current.as_ref().map(|c| c.spec_as()).transpose().map_err(corrupt)?;
+                if let Some(before) = &before {
+                    source::keep_derived_schema(&mut tx, self.who, &team_name, name.as_str(), before, &mut s).await?;
+                }
                 if let Some(before) = before.filter(|b| s.partitions < b.partitions) {
                     // Jobs read the declared partitions only: events in the dropped ones would
                     // never be delivered (Kafka refuses this too).
@@ -445,18 +455,21 @@ impl<'a> Goal<'a> {
                 to_json(&p)
             }
             Declaration::Source(input) => {
-                let (spec, secrets) = source::check_source(
+                let egress = self.store.egress();
+                let checked = source::check_source(
                     &mut tx,
-                    self.store.egress(),
+                    egress,
                     &team_id,
                     &team_name,
+                    name.as_str(),
                     current.as_ref(),
                     input,
                     version,
                 )
                 .await?;
-                new_secrets = secrets;
-                spec
+                new_secrets = checked.secrets;
+                new_streams = checked.new_streams;
+                checked.spec
             }
         };
         if let Some(c) = &current {
@@ -468,7 +481,19 @@ impl<'a> Goal<'a> {
         let op = if current.is_some() { Op::Update } else { Op::Create };
         let before = current.as_ref().map(|c| &c.spec);
         let change = ProposedChange { kind, op, before, after: Some(&spec), sink_tags: &sink_tags };
-        let needs = self.held_back(&mut tx, &via, &change).await?;
+        let mut needs = self.held_back(&mut tx, &via, &change).await?;
+        if !new_streams.is_empty() && matches!(via, Via::Author) && !self.who.is_system() {
+            // A stream created for a source's table is capacity from nothing, as any new one.
+            let created = StreamSpec { tags: Vec::new(), ..new_streams[0].1.clone() };
+            let as_stream = ProposedChange {
+                kind: Kind::Stream,
+                op: Op::Create,
+                before: None,
+                after: Some(&to_json(&created)),
+                sink_tags: &[],
+            };
+            needs.extend(approvals_needed(&policy_in(&mut tx).await?, &as_stream));
+        }
         if !needs.is_empty() {
             let log_on = current.as_ref().map_or(team_id.as_str(), |c| c.id.as_str());
             let request = NewRequest {
@@ -504,6 +529,8 @@ impl<'a> Goal<'a> {
             reason: &reason,
         };
         let revision = append(&mut tx, write, &name).await?;
+        let author = (via.author_id(self.who), via.author_name(self.who));
+        source::create_streams(&mut tx, &new_streams, &team_id, &team_name, name.as_str(), author).await?;
         for (k, v) in &new_secrets {
             tx.put_secret(&revision.object_id, k, version, v).await?;
         }

@@ -31,12 +31,53 @@ pub struct SourceTable {
 impl SourceTable {
     /// `schema.table`, with the default schema filled in.
     pub fn qualified(&self) -> String {
-        if self.table.contains('.') {
-            self.table.clone()
-        } else {
-            format!("public.{}", self.table)
+        qualified_table(&self.table)
+    }
+}
+
+/// `schema.table`, with the default schema (`public`) filled in.
+pub fn qualified_table(table: &str) -> String {
+    if table.contains('.') {
+        table.to_owned()
+    } else {
+        format!("public.{table}")
+    }
+}
+
+/// One table to capture, as users declare it: without a stream, its changes go to a stream the
+/// platform creates (see [`default_stream_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "store", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SourceTableInput {
+    /// `schema.table` (or `table`, in schema `public`); it must have a primary key.
+    pub table: String,
+    /// The team's stream the changes go to; created (4 partitions, kept 7 days) if the team has
+    /// none of that name. Default: `<source>-<table>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "store", schema(value_type = Option<String>))]
+    pub stream: Option<Name>,
+}
+
+impl SourceTableInput {
+    fn qualified(&self) -> String {
+        qualified_table(&self.table)
+    }
+}
+
+/// The stream a table's changes go to when none is named: `<source>-<table>` (the schema too,
+/// when it is not `public`), lowercased, `_` as `-`; `None` if that is not a valid name.
+pub fn default_stream_name(source: &str, table: &str) -> Option<Name> {
+    let table = table.strip_prefix("public.").unwrap_or(table);
+    let raw = format!("{source}-{table}").to_ascii_lowercase().replace(['_', '.', '$'], "-");
+    let mut name = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if !(c == '-' && name.ends_with('-')) {
+            name.push(c);
         }
     }
+    let name: String = name.chars().take(crate::name::MAX_NAME_LEN).collect();
+    Name::parse(name.trim_end_matches('-')).ok()
 }
 
 pub const SOURCE_TABLES_MAX: usize = 50;
@@ -60,12 +101,21 @@ pub struct SourceSpec {
     pub state: DesiredState,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Alert rules (`retained_wal_bytes`); by default, more than 1 GiB held back for 5 minutes.
+    #[serde(default = "crate::alerts::default_source_alert_rules")]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 impl SourceSpec {
     /// What the running job is built from (a rotated secret changes its `set_in_version`).
     pub fn job_relevant(&self) -> SourceSpec {
-        SourceSpec { description: String::new(), tags: Vec::new(), state: DesiredState::Running, ..self.clone() }
+        SourceSpec {
+            description: String::new(),
+            tags: Vec::new(),
+            state: DesiredState::Running,
+            alerts: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -78,7 +128,7 @@ pub struct SourceInput {
     pub kind: SourceKind,
     #[serde(default)]
     pub description: String,
-    pub tables: Vec<SourceTable>,
+    pub tables: Vec<SourceTableInput>,
     /// `url`: the database's `postgres://` URL, with the password of a user allowed to
     /// replicate (`REPLICATION` attribute) and to create publications on the tables.
     #[serde(default)]
@@ -87,6 +137,10 @@ pub struct SourceInput {
     pub state: DesiredState,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Alert rules: `retained_wal_bytes` (threshold in bytes, `for_s` seconds). Default: more
+    /// than 1 GiB held back for 5 minutes; `[]` for none.
+    #[serde(default = "crate::alerts::default_source_alert_rules")]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// A PostgreSQL identifier as users write it unquoted (Keystone quotes it).
@@ -102,6 +156,7 @@ impl SourceInput {
         let mut e = ValidationErrors::default();
         check_description(&mut e, &self.description);
         check_tags(&mut e, "tags", &self.tags);
+        crate::alerts::validate_source_rules(&self.alerts, &mut e);
         if self.tables.is_empty() {
             e.add("tables", "name at least one table to capture");
         } else if self.tables.len() > SOURCE_TABLES_MAX {
@@ -117,12 +172,12 @@ impl SourceInput {
             } else if self.tables[..i].iter().any(|o| o.qualified() == t.qualified()) {
                 e.add(format!("tables[{i}].table"), format!("{:?} is captured twice", t.qualified()));
             }
-            if self.tables[..i].iter().any(|o| o.stream == t.stream) {
+            if t.stream.is_some() && self.tables[..i].iter().any(|o| o.stream == t.stream) {
                 e.add(
                     format!("tables[{i}].stream"),
                     format!(
                         "stream {:?} already takes another table's changes: one stream per table",
-                        t.stream.as_str()
+                        t.stream.as_ref().map_or("", Name::as_str)
                     ),
                 );
             }
@@ -147,7 +202,7 @@ impl SourceInput {
 }
 
 /// A source's last recorded state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "store", derive(ToSchema))]
 pub struct SourceStatus {
     /// The position the initial snapshot was read at, once it was in the log whole.
@@ -167,6 +222,18 @@ pub struct SourceStatus {
     pub cause: String,
     pub last_error: Option<String>,
     pub updated_at: i64,
+    /// The rows the snapshot expects (the planner's estimate; unknown for tables never analysed).
+    #[serde(default)]
+    pub snapshot_estimate: Option<u64>,
+    /// How far the slot's confirmed position is behind the database's WAL, in bytes.
+    #[serde(default)]
+    pub lag_bytes: Option<i64>,
+    /// How old the last change was (since its commit) when it was appended, in ms.
+    #[serde(default)]
+    pub lag_ms: Option<i64>,
+    /// The source's alert rules' states (`retained_wal_bytes`).
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::AlertStatus>,
 }
 
 #[cfg(test)]
@@ -179,11 +246,12 @@ mod tests {
             description: String::new(),
             tables: tables
                 .iter()
-                .map(|(t, s)| SourceTable { table: (*t).into(), stream: Name::parse(s).unwrap() })
+                .map(|(t, s)| SourceTableInput { table: (*t).into(), stream: Name::parse(s).ok() })
                 .collect(),
             secrets: url.map(|u| ("url".to_owned(), u.to_owned())).into_iter().collect(),
             state: DesiredState::Running,
             tags: Vec::new(),
+            alerts: crate::alerts::default_source_alert_rules(),
         }
     }
 
@@ -204,5 +272,23 @@ mod tests {
         assert!(input(&[], Some("postgres://db/x")).validate(&[]).unwrap_err().for_field("tables").is_some());
         let spec: Result<SourceInput, _> = serde_json::from_str(r#"{"kind":"mysql_cdc","tables":[]}"#);
         assert!(spec.is_err());
+        // A source watches its slot; a route's rules are not a source's.
+        let mut lagging = input(&[("orders", "o")], Some("postgres://db/x"));
+        lagging.alerts =
+            vec![crate::alerts::AlertRule { kind: crate::alerts::AlertKind::LagSeconds, threshold: 1.0, for_s: 0 }];
+        assert!(lagging.validate(&[]).unwrap_err().for_field("alerts[0].kind").unwrap().contains("retained_wal_bytes"));
+    }
+
+    #[test]
+    fn a_table_without_a_stream_gets_a_stream_named_after_the_source_and_table() {
+        let name = |s: &str, t: &str| default_stream_name(s, t).map(|n| n.as_str().to_owned());
+        assert_eq!(name("shop", "public.order_items").as_deref(), Some("shop-order-items"));
+        assert_eq!(name("shop", "orders").as_deref(), Some("shop-orders"));
+        assert_eq!(name("shop", "Sales.Q4__totals").as_deref(), Some("shop-sales-q4-totals"));
+        assert_eq!(name("shop", "t_").as_deref(), Some("shop-t"));
+        assert_eq!(name("shop", &"x".repeat(80)).map(|n| n.len()), Some(63));
+        // Two tables left to their default names may not meet in one stream.
+        let e = input(&[("orders", "o"), ("public.orders", "o")], Some("postgres://db/x")).validate(&[]).unwrap_err();
+        assert!(e.for_field("tables[1].table").is_some());
     }
 }

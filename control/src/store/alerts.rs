@@ -29,7 +29,7 @@ impl Store {
             .collect()
     }
 
-    /// A route's rule states.
+    /// A route's (or a source's) rule states.
     pub async fn route_alerts(&self, route_id: &str) -> Result<Vec<AlertStatus>, StoreError> {
         let rows = sqlx::query("SELECT rule, state, since, value FROM alert_states WHERE route_id = $1 ORDER BY rule")
             .bind(route_id)

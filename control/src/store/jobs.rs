@@ -89,7 +89,7 @@ impl Store {
         Ok(row.try_get("seq")?)
     }
 
-    /// Asks every process running a route's job to restart it: bumps the route's restart
+    /// Asks every process running a route's (or a source's) job to restart it: bumps its restart
     /// generation (part of the job's fingerprint) and logs who asked, in one transaction.
     /// Returns the new generation.
     pub async fn request_restart(&self, route_id: &str, actor: &str, detail: &str) -> Result<i64, StoreError> {
@@ -113,7 +113,7 @@ impl Store {
         Ok(generation)
     }
 
-    /// Every route's restart generation (routes never restarted are absent: generation 0).
+    /// Every route's and source's restart generation (never restarted: absent, generation 0).
     pub async fn restart_generations(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
         let rows = sqlx::query("SELECT route_id, generation FROM route_restarts").fetch_all(self.pool()).await?;
         rows.iter().map(|r| Ok((r.try_get("route_id")?, r.try_get("generation")?))).collect()

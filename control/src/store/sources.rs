@@ -10,7 +10,7 @@ impl Store {
     pub async fn source_status(&self, source_id: &str) -> Result<Option<SourceStatus>, StoreError> {
         let row = sqlx::query(
             "SELECT snapshot_lsn, confirmed_lsn, snapshot_rows, snapshot_tables, events, retained_bytes, phase, cause, last_error, \
-             updated_at FROM source_states WHERE source_id = $1",
+             updated_at, snapshot_estimate, lag_bytes, lag_ms FROM source_states WHERE source_id = $1",
         )
         .bind(source_id)
         .fetch_optional(self.pool())
@@ -28,6 +28,10 @@ impl Store {
             cause: r.try_get("cause")?,
             last_error: r.try_get("last_error")?,
             updated_at: r.try_get("updated_at")?,
+            snapshot_estimate: r.try_get::<Option<i64>, _>("snapshot_estimate")?.map(|n| n.max(0) as u64),
+            lag_bytes: r.try_get("lag_bytes")?,
+            lag_ms: r.try_get("lag_ms")?,
+            alerts: Vec::new(),
         }))
     }
 
@@ -39,14 +43,15 @@ impl Store {
         confirmed_lsn: u64,
         snapshot_rows: u64,
         snapshot_tables: &[String],
+        snapshot_estimate: Option<u64>,
         events: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO source_states (source_id, snapshot_lsn, confirmed_lsn, snapshot_rows, snapshot_tables, \
-             events, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source_id) DO UPDATE SET \
+             events, updated_at, snapshot_estimate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (source_id) DO UPDATE SET \
              snapshot_lsn = excluded.snapshot_lsn, confirmed_lsn = excluded.confirmed_lsn, \
              snapshot_rows = excluded.snapshot_rows, snapshot_tables = excluded.snapshot_tables, \
-             events = excluded.events, updated_at = excluded.updated_at",
+             events = excluded.events, updated_at = excluded.updated_at, snapshot_estimate = excluded.snapshot_estimate",
         )
         .bind(source_id)
         .bind(snapshot_lsn.map(|l| l as i64))
@@ -55,6 +60,7 @@ impl Store {
         .bind(serde_json::to_string(snapshot_tables).expect("names serialise"))
         .bind(events as i64)
         .bind(now_ms())
+        .bind(snapshot_estimate.map(|n| n as i64))
         .execute(self.pool())
         .await?;
         Ok(())
@@ -83,13 +89,24 @@ impl Store {
         Ok(())
     }
 
-    pub async fn put_source_retained_bytes(&self, source_id: &str, bytes: Option<i64>) -> Result<(), StoreError> {
+    /// Records what was measured of the source's slot (`None`: no slot) and, for a running
+    /// source, how old its last change was when appended.
+    pub async fn put_source_measures(
+        &self,
+        source_id: &str,
+        retained_bytes: Option<i64>,
+        lag_bytes: Option<i64>,
+        lag_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO source_states (source_id, retained_bytes, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (source_id) DO UPDATE SET retained_bytes = excluded.retained_bytes",
+            "INSERT INTO source_states (source_id, retained_bytes, lag_bytes, lag_ms, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (source_id) DO UPDATE SET retained_bytes = excluded.retained_bytes, \
+             lag_bytes = excluded.lag_bytes, lag_ms = excluded.lag_ms",
         )
         .bind(source_id)
-        .bind(bytes)
+        .bind(retained_bytes)
+        .bind(lag_bytes)
+        .bind(lag_ms)
         .bind(now_ms())
         .execute(self.pool())
         .await?;

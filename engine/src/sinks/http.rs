@@ -7,8 +7,10 @@
 //!   so a retried batch overwrites instead of duplicating). The response is read item by item:
 //!   a 429 item makes the batch transient (retried whole, harmless thanks to `_id`), any other
 //!   failed item is refused with the server's reason.
+//! - `bulk_changes`: change events applied to an index, one document per primary key, versioned
+//!   by position (see `bulk_changes`).
 
-use super::{ConfigError, Sink, SinkError, SinkEvent};
+use super::{bulk_changes, ConfigError, Sink, SinkError, SinkEvent};
 use keystone_control::egress::EgressPolicy;
 pub use keystone_control::HttpFormat;
 use keystone_control::{HttpSettings, SinkErrorKind};
@@ -75,10 +77,14 @@ impl HttpSink {
     }
 
     async fn post(&self, content_type: &str, body: Vec<u8>) -> Answer {
-        if let Err(denied) = crate::egress::check_url(&self.egress, &self.config.url) {
+        self.post_to(&self.config.url, content_type, body).await
+    }
+
+    async fn post_to(&self, url: &str, content_type: &str, body: Vec<u8>) -> Answer {
+        if let Err(denied) = crate::egress::check_url(&self.egress, url) {
             return Answer::Transient(SinkErrorKind::Connection, denied.to_string());
         }
-        let mut req = self.client.post(&self.config.url).header("content-type", content_type).body(body);
+        let mut req = self.client.post(url).header("content-type", content_type).body(body);
         if let Some(auth) = &self.config.authorization {
             req = req.header("authorization", auth);
         }
@@ -136,6 +142,45 @@ impl HttpSink {
             serde_json::to_writer(&mut body, &e.event).expect("json");
             body.push(b'\n');
         }
+        let events: Vec<usize> = (0..batch.len()).collect();
+        let refused = self.bulk(body, &events, |_, status| (200..300).contains(&status)).await?;
+        SinkError::refusing(refused)
+    }
+
+    /// Applies change events (see `bulk_changes`): bulk requests between truncates, each
+    /// truncate a `_delete_by_query`.
+    async fn deliver_bulk_changes(&self, index: &str, batch: &[SinkEvent]) -> Result<(), SinkError> {
+        let (steps, mut refused) = bulk_changes::plan(index, batch);
+        for step in steps {
+            match step {
+                bulk_changes::Step::Bulk { body, events } => {
+                    refused.extend(self.bulk(body, &events, bulk_changes::applied).await?);
+                }
+                bulk_changes::Step::Truncate { lsn, seq, .. } => {
+                    let (url, query) = bulk_changes::truncate_request(&self.config.url, index, lsn, seq);
+                    let body = serde_json::to_vec(&query).expect("json");
+                    match self.post_to(&url, "application/json", body).await {
+                        Answer::Accepted(_) => {}
+                        Answer::Transient(kind, why) => return Err(SinkError::transient(kind, why)),
+                        // Not the event's fault (the index, the rights): retried, surfaced.
+                        Answer::Refused(why) => return Err(SinkError::transient(SinkErrorKind::Server, why)),
+                    }
+                }
+            }
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        SinkError::refusing(refused)
+    }
+
+    /// POSTs one `_bulk` request whose action `i` is batch event `events[i]`, and reads its
+    /// answer item by item: the events refused (by batch index), or why the whole request is
+    /// to be retried. `ok(action, status)` says which item statuses count as applied.
+    async fn bulk(
+        &self,
+        body: Vec<u8>,
+        events: &[usize],
+        ok: impl Fn(&str, u64) -> bool,
+    ) -> Result<Vec<(usize, String)>, SinkError> {
         let answer = match self.post("application/x-ndjson", body).await {
             Answer::Accepted(Some(v)) => v,
             Answer::Accepted(None) => {
@@ -147,20 +192,24 @@ impl HttpSink {
             Answer::Refused(why) => return Err(SinkError::transient(SinkErrorKind::Server, why)),
         };
         if answer.get("errors").and_then(Value::as_bool) != Some(true) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let items = answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
-        if items.len() != batch.len() {
+        if items.len() != events.len() {
             return Err(SinkError::transient(
                 SinkErrorKind::Server,
-                format!("the bulk response lists {} items for {} events", items.len(), batch.len()),
+                format!("the bulk response lists {} items for {} actions", items.len(), events.len()),
             ));
         }
         let mut refused = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let result = item.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Value::Null);
+            let (action, result) = item
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(a, r)| (a.as_str(), r.clone()))
+                .unwrap_or(("", Value::Null));
             let status = result.get("status").and_then(Value::as_u64).unwrap_or(0);
-            if (200..300).contains(&status) {
+            if ok(action, status) {
                 continue;
             }
             if status == 429 || status >= 500 {
@@ -172,9 +221,9 @@ impl HttpSink {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("bulk item answered {status}"));
-            refused.push((i, reason));
+            refused.push((events[i], reason));
         }
-        SinkError::refusing(refused)
+        Ok(refused)
     }
 }
 
@@ -183,6 +232,7 @@ impl Sink for HttpSink {
         match &self.config.format {
             HttpFormat::Json => self.deliver_json(batch).await,
             HttpFormat::Bulk { index } => self.deliver_bulk(index, batch).await,
+            HttpFormat::BulkChanges { index } => self.deliver_bulk_changes(index, batch).await,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! on `Err(Rejected)` the listed events were refused for good (they go to the dead-letter queue)
 //! and all others were accepted.
 
+mod bulk_changes;
 pub mod file;
 pub mod file_layout;
 pub mod http;

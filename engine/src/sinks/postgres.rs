@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -53,7 +54,14 @@ pub struct PostgresSink {
     pool: PgPool,
     /// The table's columns, read on first delivery (a job restart re-reads them).
     columns: OnceCell<Vec<String>>,
+    /// In `apply_changes` mode: the columns and when they were read, read again when a change
+    /// carries a column they lack (a source's table grew one, and so may the target).
+    /// With when they were read and whether a column they lacked was why.
+    apply_columns: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>, bool)>>,
 }
+
+/// How often a target's columns are read again at most, while changes carry a column it lacks.
+const COLUMNS_REREAD: Duration = Duration::from_secs(2);
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -106,7 +114,13 @@ impl PostgresSink {
         }
         let pool =
             PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(options);
-        Ok(PostgresSink { table: config.table, mode: config.mode, pool, columns: OnceCell::new() })
+        Ok(PostgresSink {
+            table: config.table,
+            mode: config.mode,
+            pool,
+            columns: OnceCell::new(),
+            apply_columns: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// The table's columns, which must include `event_id` in the modes keyed by event id.
@@ -114,25 +128,51 @@ impl PostgresSink {
         self.table_columns(Some("event_id")).await
     }
 
+    /// The table's columns as the database has them now.
+    async fn read_columns(&self) -> Result<Vec<String>, SinkError> {
+        let rows = sqlx::query(
+            "SELECT column_name::text AS c FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(&self.table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| transient(&e))?;
+        let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("c").ok()).collect();
+        if cols.is_empty() {
+            return Err(SinkError::transient(
+                SinkErrorKind::Unavailable,
+                format!("table {} does not exist", self.table),
+            ));
+        }
+        Ok(cols)
+    }
+}
+
+impl super::postgres_apply::TargetColumns for PostgresSink {
+    /// The columns `apply_changes` writes: read again when `stale` and last read a while ago.
+    async fn columns(&self, stale: bool) -> Result<Arc<Vec<String>>, SinkError> {
+        let mut cached = self.apply_columns.lock().await;
+        match &*cached {
+            // Read again at once the first time; while the table still lacks a column changes
+            // carry (left out on purpose), at most every `COLUMNS_REREAD`.
+            Some((_, cols, _)) if !stale => Ok(cols.clone()),
+            Some((at, cols, true)) if at.elapsed() < COLUMNS_REREAD => Ok(cols.clone()),
+            _ => {
+                let cols = Arc::new(self.read_columns().await?);
+                *cached = Some((std::time::Instant::now(), cols.clone(), stale));
+                Ok(cols)
+            }
+        }
+    }
+}
+
+impl PostgresSink {
     async fn table_columns(&self, required: Option<&str>) -> Result<&[String], SinkError> {
         let cols = self
             .columns
             .get_or_try_init(|| async {
-                let rows = sqlx::query(
-                    "SELECT column_name::text AS c FROM information_schema.columns \
-                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-                )
-                .bind(&self.table)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| transient(&e))?;
-                let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("c").ok()).collect();
-                if cols.is_empty() {
-                    return Err(SinkError::transient(
-                        SinkErrorKind::Unavailable,
-                        format!("table {} does not exist", self.table),
-                    ));
-                }
+                let cols = self.read_columns().await?;
                 if let Some(required) = required.filter(|r| !cols.iter().any(|c| c == r)) {
                     return Err(SinkError::transient(
                         SinkErrorKind::Unavailable,
@@ -183,11 +223,10 @@ fn row(e: &SinkEvent) -> Result<Value, String> {
 impl Sink for PostgresSink {
     async fn deliver(&self, batch: &[SinkEvent]) -> Result<(), SinkError> {
         if self.mode == PostgresMode::ApplyChanges {
-            let columns = self.table_columns(None).await?;
             return super::postgres_apply::apply_changes(
                 &self.pool,
                 &self.table,
-                columns,
+                self,
                 batch,
                 is_data_error,
                 transient,

@@ -9,7 +9,8 @@
 //!  "lsn": 23991720, "seq": 2, "txid": 771, "ts_ms": 1796670688123}
 //! ```
 //!
-//! `op` is `c` (insert), `u` (update), `d` (delete) or `r` (a row read by the initial snapshot).
+//! `op` is `c` (insert), `u` (update), `d` (delete), `r` (a row read by the initial snapshot) or
+//! `t` (the table was truncated: an event with an empty key in every partition).
 //! `lsn` is the commit's position in the source's WAL (the snapshot's consistent point for `r`),
 //! `seq` the event's ordinal within its transaction: together they order a key's changes and
 //! make a repeat recognisable. A column PostgreSQL left out because its TOASTed value did not
@@ -29,6 +30,8 @@ pub enum Op {
     Delete,
     /// Read by the initial snapshot.
     Read,
+    /// The table was emptied (`TRUNCATE`): one such event in every partition of the stream.
+    Truncate,
 }
 
 impl Op {
@@ -38,6 +41,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Read => "r",
+            Op::Truncate => "t",
         }
     }
 }
@@ -84,12 +88,7 @@ impl Change {
 
     /// The partition key: the primary key's value (one column), or its values as a JSON array.
     pub fn partition_key(&self) -> String {
-        let mut values = self.key.values();
-        match (values.next(), values.next()) {
-            (Some(Value::String(s)), None) => s.clone(),
-            (Some(v), None) => v.to_string(),
-            _ => Value::Array(self.key.values().cloned().collect()).to_string(),
-        }
+        key_text(&self.key)
     }
 
     /// A deterministic event id: a UUID laid out as v7 (the commit time in its first 48 bits,
@@ -97,7 +96,15 @@ impl Change {
     /// A change delivered twice (after a restart) gets the same id both times, so sinks that
     /// keep an id once keep it once.
     pub fn event_id(&self, source: &str) -> String {
+        self.event_id_in(source, None)
+    }
+
+    /// The id of the copy of a change written to `partition` (a truncate is in every one).
+    fn event_id_in(&self, source: &str, partition: Option<u32>) -> String {
         let mut h = Sha256::new();
+        if let Some(p) = partition {
+            h.update(p.to_be_bytes());
+        }
         for part in [source.as_bytes(), self.table.as_bytes(), self.op.code().as_bytes()] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
@@ -122,6 +129,38 @@ impl Change {
         let value = frame.envelope(&self.event_id(source), Some(&key), &payload);
         let partition = partition_for_key(key.as_bytes(), partitions.max(1));
         NewRecord { partition, timestamp_ms: now_ms, key: Some(key.into_bytes()), value }
+    }
+}
+
+impl Change {
+    /// A truncate's records: one per partition, each after that partition's earlier changes,
+    /// so an applier reading the partitions at different speeds still converges (it removes the
+    /// rows older than the truncate whenever it meets one; see `sinks::postgres_apply`).
+    pub(crate) fn truncate_records(
+        &self,
+        source: &str,
+        frame: &EnvelopeFrame,
+        partitions: u32,
+        now_ms: i64,
+    ) -> Vec<NewRecord> {
+        let payload = serde_json::value::to_raw_value(&self.wire()).expect("a change serialises");
+        (0..partitions.max(1))
+            .map(|partition| {
+                let value = frame.envelope(&self.event_id_in(source, Some(partition)), None, &payload);
+                NewRecord { partition, timestamp_ms: now_ms, key: None, value }
+            })
+            .collect()
+    }
+}
+
+/// A primary key as one text: its value (one column), or its values as a JSON array. The
+/// partition key of a change, and the document id an index keeps a row under.
+pub fn key_text(key: &Map<String, Value>) -> String {
+    let mut values = key.values();
+    match (values.next(), values.next()) {
+        (Some(Value::String(s)), None) => s.clone(),
+        (Some(v), None) => v.to_string(),
+        _ => Value::Array(key.values().cloned().collect()).to_string(),
     }
 }
 
@@ -255,5 +294,23 @@ mod tests {
         assert_eq!(change(Op::Read, 0).partition_key(), "7");
         let two = Change { key: json!({"a": 1, "b": "x"}).as_object().unwrap().clone(), ..change(Op::Delete, 0) };
         assert_eq!(two.partition_key(), r#"[1,"x"]"#);
+    }
+
+    #[test]
+    fn a_truncate_is_in_every_partition_each_with_its_own_id() {
+        let t = Change { op: Op::Truncate, key: Map::new(), after: None, ..change(Op::Insert, 4) };
+        let frame = EnvelopeFrame::new("alpha/orders", 1, &std::collections::BTreeMap::new());
+        let records = t.truncate_records("s1", &frame, 3, 1);
+        assert_eq!(records.iter().map(|r| r.partition).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let ids: std::collections::BTreeSet<String> = records
+            .iter()
+            .map(|r| {
+                let v: Value = serde_json::from_slice(&r.value).unwrap();
+                assert_eq!(v["payload"]["op"], "t", "{v}");
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(t.truncate_records("s1", &frame, 3, 1)[1].value, records[1].value, "a repeat is the same event");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod change;
 pub mod postgres_cdc;
+pub mod schema;
 
 use crate::log::LogError;
 use keystone_control::JobPhase;
@@ -38,6 +39,19 @@ pub struct SourceState {
     /// The tables the snapshot read (`schema.table`, sorted): a table added since needs a new
     /// snapshot (its rows from before would be missing otherwise).
     pub snapshot_tables: Vec<String>,
+    /// The rows the snapshot expects (the planner's estimate), for its progress.
+    pub snapshot_estimate: Option<u64>,
+}
+
+/// What a source's slot and stream measure: shown on its page and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotMeasures {
+    /// WAL the slot holds back on the database (`None`: no slot).
+    pub retained_bytes: Option<i64>,
+    /// How far the slot's confirmed position is behind the database's WAL.
+    pub lag_bytes: Option<i64>,
+    /// How old the last change was (since its commit) when appended; a running source's only.
+    pub lag_ms: Option<i64>,
 }
 
 /// Where a source's state lives (the database, in production).
@@ -53,8 +67,17 @@ pub trait SourceOffsets: Send + Sync + 'static {
         state: &SourceState,
         events: u64,
     ) -> impl Future<Output = Result<(), crate::job::CheckpointError>> + Send;
-    /// Records how much WAL the source's slot holds back on its database.
-    fn measured(&self, source_id: &str, retained_bytes: Option<i64>) -> impl Future<Output = ()> + Send;
+    /// Makes `stream`'s (`team/name`) schema `schema`, derived from `table`'s columns: called
+    /// before the first change of that shape is appended (a no-op when it is the schema already).
+    fn schema(
+        &self,
+        source_id: &str,
+        stream: &str,
+        table: &str,
+        schema: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), crate::job::CheckpointError>> + Send;
+    /// Records what was measured of the slot and the stream.
+    fn measured(&self, source_id: &str, measures: SlotMeasures) -> impl Future<Output = ()> + Send;
     /// Records the job's phase; `error` is the failure that caused it.
     fn report(
         &self,

@@ -13,7 +13,8 @@
 //! applier converges on the same rows).
 
 use super::change::{typed_value, Change, Op};
-use super::{SourceError, SourceOffsets, SourceState, SourceStats};
+use super::schema::{change_schema, Column};
+use super::{SlotMeasures, SourceError, SourceOffsets, SourceState, SourceStats};
 use crate::envelope::EnvelopeFrame;
 use crate::log::{Log, NewRecord};
 use keystone_control::egress::EgressPolicy;
@@ -144,9 +145,15 @@ pub fn quoted_table(table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
-/// What the source's catalog says of a captured table: its primary key's columns.
-async fn primary_keys(pool: &PgPool, tables: &[CdcTable]) -> Result<Vec<Vec<String>>, SourceError> {
-    let mut keys = Vec::with_capacity(tables.len());
+/// What the source's catalog says of a captured table: its primary key's columns, and its
+/// columns in order.
+struct Shape {
+    key: Vec<String>,
+    columns: Vec<Column>,
+}
+
+async fn table_shapes(pool: &PgPool, tables: &[CdcTable]) -> Result<Vec<Shape>, SourceError> {
+    let mut shapes = Vec::with_capacity(tables.len());
     for t in tables {
         let (schema, name) = t.table.split_once('.').unwrap_or(("public", &t.table));
         let exists = sqlx::query("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')")
@@ -158,26 +165,41 @@ async fn primary_keys(pool: &PgPool, tables: &[CdcTable]) -> Result<Vec<Vec<Stri
         if exists.is_none() {
             return Err(SourceError::Config(format!("table {:?} does not exist in the source database", t.table)));
         }
+        let relation = format!("{}.{}", quote_ident(schema), quote_ident(name));
         let rows = sqlx::query(
             "SELECT a.attname::text AS name FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = ($1 || '.' || $2)::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+             WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
         )
-        .bind(quote_ident(schema))
-        .bind(quote_ident(name))
+        .bind(&relation)
         .fetch_all(pool)
         .await
         .map_err(|e| db_error("reading the source's primary keys", e))?;
-        let cols: Vec<String> = rows.iter().filter_map(|r| r.try_get("name").ok()).collect();
-        if cols.is_empty() {
+        let key: Vec<String> = rows.iter().filter_map(|r| r.try_get("name").ok()).collect();
+        if key.is_empty() {
             return Err(SourceError::Config(format!(
                 "table {:?} has no primary key: changes could not be keyed or applied (add one)",
                 t.table
             )));
         }
-        keys.push(cols);
+        let rows = sqlx::query(
+            "SELECT attname::text AS name, atttypid::oid::bigint AS type_oid FROM pg_attribute \
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(&relation)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| db_error("reading the source's columns", e))?;
+        let columns = rows
+            .iter()
+            .filter_map(|r| {
+                let type_oid: i64 = r.try_get("type_oid").ok()?;
+                Some(Column { name: r.try_get("name").ok()?, type_oid: type_oid as u32 })
+            })
+            .collect();
+        shapes.push(Shape { key, columns });
     }
-    Ok(keys)
+    Ok(shapes)
 }
 
 /// Creates the publication for exactly the captured tables, or sets its tables.
@@ -228,22 +250,42 @@ pub async fn drop_owned(url: &str, egress: &EgressPolicy, slot: &str, publicatio
     Ok(())
 }
 
-/// How many bytes of WAL the slot holds back on the source, `None` without a slot.
-pub async fn measure_retained(url: &str, egress: &EgressPolicy, slot: &str) -> Result<Option<i64>, SourceError> {
+/// What the slot holds back on the source and how far behind it is (nothing without a slot).
+pub async fn measure_slot(url: &str, egress: &EgressPolicy, slot: &str) -> Result<SlotMeasures, SourceError> {
     let pool = admin_pool(connect_options(url, egress)?).await?;
-    retained_wal_bytes(&pool, slot).await
+    slot_measures(&pool, slot).await
 }
 
-/// How many bytes of WAL the slot holds back on the source (what a stuck slot costs its disk).
-async fn retained_wal_bytes(pool: &PgPool, slot: &str) -> Result<Option<i64>, SourceError> {
+/// How many bytes of WAL the slot holds back on the source (what a stuck slot costs its disk),
+/// and how far its confirmed position is behind the WAL.
+async fn slot_measures(pool: &PgPool, slot: &str) -> Result<SlotMeasures, SourceError> {
     let row = sqlx::query(
-        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint AS retained FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint AS retained, \
+         (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint AS behind FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
     .fetch_optional(pool)
     .await
     .map_err(|e| db_error("reading the slot's position", e))?;
-    Ok(row.and_then(|r| r.try_get::<Option<i64>, _>("retained").ok().flatten()))
+    let column = |name: &str| row.as_ref().and_then(|r| r.try_get::<Option<i64>, _>(name).ok().flatten());
+    Ok(SlotMeasures { retained_bytes: column("retained"), lag_bytes: column("behind"), lag_ms: None })
+}
+
+/// The rows the planner expects in the tables (`None` if one was never analysed).
+async fn estimate_rows(pool: &PgPool, tables: &[CdcTable]) -> Option<u64> {
+    let mut total = 0u64;
+    for t in tables {
+        let n: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::regclass")
+            .bind(quoted_table(&t.table))
+            .fetch_one(pool)
+            .await
+            .ok()?;
+        if n < 0.0 {
+            return None;
+        }
+        total += n as u64;
+    }
+    Some(total)
 }
 
 /// A captured table as the decoder sees it.
@@ -266,6 +308,8 @@ struct ChangeBuffer<'a, L> {
     buffered: Vec<Vec<NewRecord>>,
     count: usize,
     stats: &'a SourceStats,
+    /// Per table: the stream schema last made current (see `describe`).
+    schemas: Vec<Option<Value>>,
 }
 
 impl<'a, L: Log> ChangeBuffer<'a, L> {
@@ -280,11 +324,37 @@ impl<'a, L: Log> ChangeBuffer<'a, L> {
             buffered: vec![Vec::new(); job.tables.len()],
             count: 0,
             stats,
+            schemas: vec![None; job.tables.len()],
         }
+    }
+
+    /// Makes table `at`'s stream schema describe `columns` before a change of that shape is
+    /// appended; what is buffered (of the shape before) is appended first.
+    async fn describe<O: SourceOffsets>(
+        &mut self,
+        offsets: &O,
+        at: usize,
+        columns: &[Column],
+    ) -> Result<(), SourceError> {
+        let t = &self.job.tables[at];
+        let schema = change_schema(&t.table, columns, &self.keys[at]);
+        if self.schemas[at].as_ref() == Some(&schema) {
+            return Ok(());
+        }
+        self.flush().await?;
+        offsets.schema(&self.job.source_id, &t.stream, &t.table, &schema).await?;
+        self.schemas[at] = Some(schema);
+        Ok(())
     }
 
     fn table_of(&self, namespace: &str, name: &str) -> Option<usize> {
         self.by_name.get(&format!("{namespace}.{name}")).copied()
+    }
+
+    /// A table named `schema.table` (quoted or not) or `table`.
+    fn table_of_qualified(&self, name: &str) -> Option<usize> {
+        let unquoted: String = name.chars().filter(|c| *c != '"').collect();
+        self.by_name.get(&qualified(&unquoted)).copied()
     }
 
     /// The row's columns as JSON; unchanged TOASTed columns are not in `row`, so not here.
@@ -314,6 +384,14 @@ impl<'a, L: Log> ChangeBuffer<'a, L> {
         if *at_ms != now {
             *frame = EnvelopeFrame::new(&t.stream, now, &BTreeMap::new());
             *at_ms = now;
+        }
+        if change.op == Op::Truncate {
+            // In every partition, after that partition's earlier changes: an applier that
+            // meets it in any order still ends with what the table holds.
+            let records = change.truncate_records(&self.job.source_id, frame, t.partitions, now);
+            self.count += records.len();
+            self.buffered[at].extend(records);
+            return;
         }
         let record = change.record(&self.job.source_id, frame, t.partitions, now);
         self.buffered[at].push(record);
@@ -385,10 +463,11 @@ pub async fn run<L: Log, O: SourceOffsets>(
     let options = connect_options(&job.url, &egress)?;
     let conninfo = replication_conninfo(&options, password_of(&job.url).as_deref());
     let admin = admin_pool(options.clone()).await?;
-    let keys = primary_keys(&admin, &job.tables).await?;
+    let shapes = table_shapes(&admin, &job.tables).await?;
     ensure_publication(&admin, &job).await?;
     let mut state = offsets.load(&job.source_id).await?.unwrap_or_default();
     let have_slot = slot_exists(&admin, &job.slot).await?;
+    let keys = shapes.iter().map(|s| s.key.clone()).collect();
     let mut appender = ChangeBuffer::new(&job, log.as_ref(), keys, &stats);
     let config = || {
         ReplicationStreamConfig::builder(job.slot.clone(), job.publication.clone())
@@ -410,7 +489,14 @@ pub async fn run<L: Log, O: SourceOffsets>(
             drop_slot(&admin, &job.slot).await?;
         }
         state = SourceState::default();
-        stream = snapshot(stream, &mut appender, &stats, offsets.as_ref(), &cancel).await?;
+        // Every stream has its table's schema before its first row (an empty table too). When
+        // streaming resumes instead, PostgreSQL describes each table before its first change:
+        // the catalog's shape now may be newer than the changes still to be read.
+        for (at, shape) in shapes.iter().enumerate() {
+            appender.describe(offsets.as_ref(), at, &shape.columns).await?;
+        }
+        state.snapshot_estimate = estimate_rows(&admin, &job.tables).await;
+        stream = snapshot(stream, &mut appender, &stats, offsets.as_ref(), state.snapshot_estimate, &cancel).await?;
         let Some(lsn) = stats.snapshot_lsn() else { return Ok(()) };
         state.snapshot_lsn = Some(lsn);
         state.confirmed_lsn = lsn;
@@ -453,6 +539,7 @@ async fn snapshot<L: Log, O: SourceOffsets>(
     appender: &mut ChangeBuffer<'_, L>,
     stats: &SourceStats,
     offsets: &O,
+    estimate: Option<u64>,
     cancel: &CancellationToken,
 ) -> Result<LogicalReplicationStream, SourceError> {
     let snap = match stream.snapshot().await.map_err(|e| repl_error("creating the slot and its snapshot", e))? {
@@ -473,7 +560,10 @@ async fn snapshot<L: Log, O: SourceOffsets>(
         let rel = &row.relation;
         if !types.contains_key(&rel.relation_id) {
             if let Some(at) = appender.table_of(&rel.namespace, &rel.relation_name) {
-                let t = rel.columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect();
+                let columns = columns_of(rel.columns.iter().map(|c| (c.name.as_ref(), c.type_id)));
+                // The table may have changed between the catalog read and the snapshot.
+                appender.describe(offsets, at, &columns).await?;
+                let t = columns.into_iter().map(|c| (c.name, c.type_oid)).collect();
                 types.insert(rel.relation_id, Captured { at, types: t });
             }
         }
@@ -498,7 +588,8 @@ async fn snapshot<L: Log, O: SourceOffsets>(
             appender.flush().await?;
             // The rows read so far, for the console (the snapshot is not complete yet).
             if progress_at.elapsed() >= Duration::from_secs(1) {
-                let progress = SourceState { snapshot_rows: seq, ..SourceState::default() };
+                let progress =
+                    SourceState { snapshot_rows: seq, snapshot_estimate: estimate, ..SourceState::default() };
                 offsets.save(&appender.job.source_id, &progress, stats.events.load(Ordering::Relaxed)).await?;
                 progress_at = tokio::time::Instant::now();
             }
@@ -549,6 +640,9 @@ impl<O: SourceOffsets> Streaming<'_, O> {
         let mut saved_at = tokio::time::Instant::now();
         let mut heard_at = tokio::time::Instant::now();
         let mut measured_at: Option<tokio::time::Instant> = None;
+        // The commit time of the last whole transaction read, and its age when appended.
+        let mut committed_ms: Option<i64> = None;
+        let mut lag_ms: Option<i64> = None;
         loop {
             let event = tokio::select! {
                 biased;
@@ -571,20 +665,28 @@ impl<O: SourceOffsets> Streaming<'_, O> {
                 Some(Some(Some(Err(e)))) => return Err(repl_error("replication", e)),
                 Some(Some(Some(Ok(ev)))) => {
                     heard_at = tokio::time::Instant::now();
-                    apply(appender, &mut relations, &mut open, &mut complete, ev);
+                    if let EventType::Commit { commit_timestamp, .. } = &ev.event_type {
+                        committed_ms = Some(commit_timestamp.timestamp_millis());
+                    }
+                    if let Some((at, columns)) = apply(appender, &mut relations, &mut open, &mut complete, ev) {
+                        appender.describe(self.offsets, at, &columns).await?;
+                    }
                     appender.count >= job.batch_max
                 }
             };
             if flush_now {
                 self.confirm(appender, complete).await?;
+                if let Some(at) = committed_ms.take() {
+                    lag_ms = Some((crate::now_ms() - at).max(0));
+                }
                 if saved_at.elapsed() >= Duration::from_secs(1) {
                     self.save_position(job, state).await?;
                     saved_at = tokio::time::Instant::now();
                 }
             }
             if measured_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
-                let retained = retained_wal_bytes(self.admin, &job.slot).await?;
-                self.offsets.measured(&job.source_id, retained).await;
+                let measures = slot_measures(self.admin, &job.slot).await?;
+                self.offsets.measured(&job.source_id, SlotMeasures { lag_ms, ..measures }).await;
                 measured_at = Some(tokio::time::Instant::now());
             }
             if heard_at.elapsed() >= job.heartbeat {
@@ -623,20 +725,27 @@ impl<O: SourceOffsets> Streaming<'_, O> {
     }
 }
 
-/// Turns one decoded message into changes (buffered in `appender`).
+/// A relation's columns as the decoder describes them (names and type oids).
+fn columns_of<'a>(columns: impl IntoIterator<Item = (&'a str, u32)>) -> Vec<Column> {
+    columns.into_iter().map(|(name, type_oid)| Column { name: name.to_owned(), type_oid }).collect()
+}
+
+/// Turns one decoded message into changes (buffered in `appender`). A table described (anew)
+/// is returned with its columns: its stream's schema must follow before its next change.
 fn apply<L: Log>(
     appender: &mut ChangeBuffer<'_, L>,
     relations: &mut HashMap<u32, Captured>,
     open: &mut Option<Open>,
     complete: &mut Option<u64>,
     ev: ChangeEvent,
-) {
+) -> Option<(usize, Vec<Column>)> {
     match ev.event_type {
         EventType::Relation { relation_id, namespace, relation_name, columns, .. } => {
-            if let Some(at) = appender.table_of(&namespace, &relation_name) {
-                let types = columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect();
-                relations.insert(relation_id, Captured { at, types });
-            }
+            let at = appender.table_of(&namespace, &relation_name)?;
+            let columns = columns_of(columns.iter().map(|c| (c.name.as_ref(), c.type_id)));
+            let types = columns.iter().map(|c| (c.name.clone(), c.type_oid)).collect();
+            relations.insert(relation_id, Captured { at, types });
+            return Some((at, columns));
         }
         EventType::Begin { transaction_id, final_lsn, commit_timestamp } => {
             *open = Some(Open {
@@ -651,13 +760,13 @@ fn apply<L: Log>(
             *complete = Some(end_lsn.value());
         }
         EventType::Insert { relation_oid, data, .. } => {
-            let Some(rel) = relations.get(&relation_oid) else { return };
+            let rel = relations.get(&relation_oid)?;
             let after = appender.image(&rel.types, &data);
             let key = appender.key_of(rel.at, &after);
             appender.emit(open, rel.at, Op::Insert, key, None, Some(after));
         }
         EventType::Update { relation_oid, old_data, new_data, .. } => {
-            let Some(rel) = relations.get(&relation_oid) else { return };
+            let rel = relations.get(&relation_oid)?;
             let mut after = appender.image(&rel.types, &new_data);
             let before = old_data.map(|old| appender.image(&rel.types, &old));
             // An unchanged TOASTed value is left out of the new row; a full old row (replica
@@ -681,16 +790,20 @@ fn apply<L: Log>(
             }
         }
         EventType::Delete { relation_oid, old_data, .. } => {
-            let Some(rel) = relations.get(&relation_oid) else { return };
+            let rel = relations.get(&relation_oid)?;
             let before = appender.image(&rel.types, &old_data);
             let key = appender.key_of(rel.at, &before);
             appender.emit(open, rel.at, Op::Delete, key, Some(before), None);
         }
         EventType::Truncate { tables, .. } => {
-            tracing::warn!(source = %appender.job.name, ?tables, "TRUNCATE is not captured: the copies keep their rows");
+            for name in tables.iter() {
+                let Some(at) = appender.table_of_qualified(name) else { continue };
+                appender.emit(open, at, Op::Truncate, Map::new(), None, None);
+            }
         }
         _ => {}
     }
+    None
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! also after a restart of Keystone), then its recorded state.
 
 use super::*;
+use keystone_control::goal::{Declaration, GoalError, REASON_MAX};
 use keystone_control::{SourceKind, SourceSpec};
 use keystone_engine::job::CheckpointError;
 use keystone_engine::sources::postgres_cdc::{self, CdcTable, PostgresCdcJob};
-use keystone_engine::sources::{supervise as supervise_source, SourceOffsets, SourceState, SourceStats};
+use keystone_engine::sources::schema::describe_change;
+use keystone_engine::sources::{supervise as supervise_source, SlotMeasures, SourceOffsets, SourceState, SourceStats};
+use serde_json::Value;
 use std::sync::Mutex;
 
 /// The sources this process runs.
@@ -54,6 +57,7 @@ impl SourceOffsets for StoreSourceOffsets {
             confirmed_lsn: s.confirmed_lsn,
             snapshot_rows: s.snapshot_rows,
             snapshot_tables: s.snapshot_tables,
+            snapshot_estimate: s.snapshot_estimate,
         }))
     }
 
@@ -65,14 +69,44 @@ impl SourceOffsets for StoreSourceOffsets {
                 state.confirmed_lsn,
                 state.snapshot_rows,
                 &state.snapshot_tables,
+                state.snapshot_estimate,
                 events,
             )
             .await
             .map_err(CheckpointError::new)
     }
 
-    async fn measured(&self, source_id: &str, retained_bytes: Option<i64>) {
-        if let Err(e) = self.store.put_source_retained_bytes(source_id, retained_bytes).await {
+    /// A new revision of the stream, by Keystone, saying what changed in the table; retried on a
+    /// concurrent change of the stream (a user growing its partitions, say).
+    async fn schema(&self, _source_id: &str, stream: &str, table: &str, schema: &Value) -> Result<(), CheckpointError> {
+        let (team, name) = stream.split_once('/').ok_or_else(|| {
+            CheckpointError::new(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("stream {stream:?}")))
+        })?;
+        let who = Principal::system("keystone (change data capture)");
+        let goal = Goal::new(&self.store, &who);
+        for attempt in 0..3 {
+            let current = goal.get(Kind::Stream, team, name).await.map_err(CheckpointError::new)?;
+            let mut spec: StreamSpec = current.spec_as().map_err(CheckpointError::new)?;
+            if spec.schema.as_ref() == Some(schema) {
+                return Ok(());
+            }
+            let what = describe_change(spec.schema.as_ref(), schema);
+            let reason: String = format!("{table}: {what}").chars().take(REASON_MAX).collect();
+            spec.schema = Some(schema.clone());
+            match goal.update(team, name, Declaration::Stream(spec), &reason, Some(current.version)).await {
+                Ok(_) => {
+                    tracing::info!(stream = %stream, table = %table, change = %what, "Stream schema follows its table.");
+                    return Ok(());
+                }
+                Err(GoalError::Conflict(_)) if attempt < 2 => continue,
+                Err(e) => return Err(CheckpointError::new(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn measured(&self, source_id: &str, m: SlotMeasures) {
+        if let Err(e) = self.store.put_source_measures(source_id, m.retained_bytes, m.lag_bytes, m.lag_ms).await {
             tracing::warn!(source = %source_id, error = %e, "Could not record the slot's retained WAL.");
         }
     }
@@ -90,6 +124,7 @@ impl Reconciler {
             return Ok(());
         }
         let declared = self.store.list(Kind::Source, &Scope::All).await?;
+        let restarts = self.store.restart_generations().await?;
         let mut failures = Failures::default();
         let mut goal: HashMap<String, (String, PostgresCdcJob)> = HashMap::new();
         // Phases recorded after the jobs stopped (a stopping job records `stopped`).
@@ -97,7 +132,8 @@ impl Reconciler {
         for source in &declared {
             match self.source_job(source, streams).await {
                 Ok(Some(job)) => {
-                    let fingerprint = source_fingerprint(source, &job);
+                    let generation = restarts.get(&source.id).copied().unwrap_or(0);
+                    let fingerprint = source_fingerprint(source, &job, generation);
                     goal.insert(source.id.clone(), (fingerprint, job));
                 }
                 Ok(None) => {
@@ -215,9 +251,9 @@ impl Reconciler {
             let Ok(secrets) = self.store.sink_secrets(&source.id).await else { continue };
             let Some((_, url)) = secrets.into_iter().find(|(k, _)| k == "url") else { continue };
             let (slot, _) = postgres_cdc::owned_names(&source.id);
-            match postgres_cdc::measure_retained(&url, self.store.egress(), &slot).await {
-                Ok(bytes) => {
-                    let _ = self.store.put_source_retained_bytes(&source.id, bytes).await;
+            match postgres_cdc::measure_slot(&url, self.store.egress(), &slot).await {
+                Ok(m) => {
+                    let _ = self.store.put_source_measures(&source.id, m.retained_bytes, m.lag_bytes, None).await;
                 }
                 Err(e) => tracing::debug!(source = %source.name, error = %e, "Could not measure the slot."),
             }
@@ -238,10 +274,11 @@ impl Reconciler {
     }
 }
 
-/// What a running source is built from: a change restarts it.
-fn source_fingerprint(source: &Object, job: &PostgresCdcJob) -> String {
+/// What a running source is built from: a change restarts it, and so does a requested restart
+/// (a new `generation`).
+fn source_fingerprint(source: &Object, job: &PostgresCdcJob, generation: i64) -> String {
     let spec = source.spec_as::<SourceSpec>().map(|s| s.job_relevant()).ok();
     let tables: Vec<(&str, &str, u32)> =
         job.tables.iter().map(|t| (t.table.as_str(), t.topic.as_str(), t.partitions)).collect();
-    serde_json::json!({"spec": spec, "tables": tables}).to_string()
+    serde_json::json!({"spec": spec, "tables": tables, "restart": generation}).to_string()
 }

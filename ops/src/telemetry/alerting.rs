@@ -1,4 +1,4 @@
-//! Alerting: every live route's rules evaluated on its recent observations, states stored (so a
+//! Alerting: every live route's and source's rules evaluated on its recent observations, states stored (so a
 //! restart neither re-fires nor forgets), each firing and resolution recorded and notified once.
 
 use super::*;
@@ -14,12 +14,14 @@ pub(super) struct Alerts {
 }
 
 impl Telemetry {
-    /// Evaluates every live route's alert rules on its observations, stores the states, and
-    /// records and notifies each firing and resolution once.
+    /// Evaluates every live route's and source's alert rules on its observations, stores the
+    /// states, and records and notifies each firing and resolution once.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn evaluate_alerts(
         &self,
         a: &mut Alerts,
         routes: &[Object],
+        sources: &[(Object, SourceStatus)],
         levels: &HashMap<String, Level>,
         totals: &HashMap<String, JobCounters>,
         jobs: &[keystone_control::JobRecord],
@@ -38,14 +40,13 @@ impl Telemetry {
             .collect();
         let jobs: HashMap<&str, &keystone_control::JobRecord> = jobs.iter().map(|j| (j.route_id.as_str(), j)).collect();
         let silences = self.store.active_silences(None, now).await?;
-        let mut states = Vec::new();
+        let mut watched = Vec::with_capacity(routes.len() + sources.len());
         for route in routes {
             let Ok(spec) = route.spec_as::<RouteSpec>() else { continue };
             let job = jobs.get(route.id.as_str());
             let totals = totals.get(&route.id).copied().unwrap_or_default();
             let (lag, lag_seconds) = levels.get(&route.id).copied().unwrap_or_default();
-            let history = a.history.entry(route.id.clone()).or_default();
-            history.push_back(Observation {
+            let seen = Observation {
                 at: now,
                 delivered: totals.delivered,
                 dead_lettered: totals.dead_lettered,
@@ -53,42 +54,70 @@ impl Telemetry {
                 lag,
                 lag_seconds,
                 phase: job.map(|j| j.phase),
-            });
-            let keep_ms =
-                spec.alerts.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
+                retained_bytes: 0,
+            };
+            // A route paused or stopped on purpose waits by design: its rules hold still.
+            watched.push((route, spec.alerts, spec.state.is_running(), seen));
+        }
+        for (source, status) in sources {
+            let Ok(spec) = source.spec_as::<SourceSpec>() else { continue };
+            let seen = Observation {
+                at: now,
+                delivered: status.events,
+                dead_lettered: 0,
+                restarts: 0,
+                lag: 0,
+                lag_seconds: 0.0,
+                phase: None,
+                retained_bytes: status.retained_bytes.unwrap_or(0),
+            };
+            // A paused source's slot keeps the database's WAL: the danger its rule watches.
+            watched.push((source, spec.alerts, true, seen));
+        }
+        let mut states = Vec::new();
+        for (object, rules, evaluating, seen) in watched {
+            let history = a.history.entry(object.id.clone()).or_default();
+            history.push_back(seen);
+            let keep_ms = rules.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
+            // A byte threshold is no time: sources keep their longest hold time.
+            let keep_ms = if object.kind == Kind::Source {
+                rules.iter().map(|r| f64::from(r.for_s)).fold(60.0, f64::max)
+            } else {
+                keep_ms
+            };
             while history.front().is_some_and(|h| h.at < now - (keep_ms * 1000.0) as i64 - 1000) {
                 history.pop_front();
             }
             let history = history.make_contiguous();
-            for rule in &spec.alerts {
-                let key = (route.id.clone(), rule.kind);
+            for rule in &rules {
+                let key = (object.id.clone(), rule.kind);
                 let prev = a.states.get(&key).copied().unwrap_or(RuleStatus { state: AlertState::Ok, since: now });
                 let (holds, value) = condition(rule, history);
-                // A route paused or stopped on purpose waits by design: its rules hold still.
-                let next = if spec.state.is_running() { step(rule, prev, holds, now) } else { prev };
+                let next = if evaluating { step(rule, prev, holds, now) } else { prev };
                 a.states.insert(key, next);
                 states.push((
-                    route.id.clone(),
+                    object.id.clone(),
                     AlertStatus { rule: rule.kind, state: next.state, since: next.since, value },
                 ));
                 if next.state != prev.state && matches!(next.state, AlertState::Firing | AlertState::Resolved) {
-                    let silenced = silences.iter().find(|(id, x)| id == &route.id && x.covers(rule.kind, now));
+                    let silenced = silences.iter().find(|(id, x)| id == &object.id && x.covers(rule.kind, now));
                     let target = match silenced {
                         Some((_, x)) => Err(format!("silenced by {} until {}", x.by, x.until)),
                         None => teams
-                            .get(&route.team)
+                            .get(&object.team)
                             .and_then(|t| t.alert_webhook.clone())
                             .ok_or_else(|| "no webhook".to_owned()),
                     };
-                    self.notify(route, rule, next, value, target);
+                    self.notify(object, rule, next, value, target);
                 }
             }
         }
-        // Rules of deleted routes, or removed from a route, are forgotten (what this pass did not
-        // evaluate), and so are deleted routes' observations.
+        // Rules of deleted routes and sources, or removed from one, are forgotten (what this
+        // pass did not evaluate), and so are deleted ones' observations.
         let evaluated: HashSet<(&str, AlertKind)> = states.iter().map(|(id, s)| (id.as_str(), s.rule)).collect();
         a.states.retain(|(id, kind), _| evaluated.contains(&(id.as_str(), *kind)));
-        let declared: HashSet<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+        let declared: HashSet<&str> =
+            routes.iter().map(|r| r.id.as_str()).chain(sources.iter().map(|(s, _)| s.id.as_str())).collect();
         a.history.retain(|id, _| declared.contains(id.as_str()));
         self.store.put_alert_states(&states).await
     }
@@ -98,7 +127,7 @@ impl Telemetry {
     /// `target` is the webhook URL, or why nothing is sent (no webhook, silenced).
     pub(super) fn notify(
         &self,
-        route: &Object,
+        object: &Object,
         rule: &AlertRule,
         status: RuleStatus,
         value: f64,
@@ -106,16 +135,20 @@ impl Telemetry {
     ) {
         let message = format!(
             "{}/{}: {} ({}, value {value})",
-            route.team,
-            route.name,
+            object.team,
+            object.name,
             status.state.as_str(),
             rule.kind.describe(rule.threshold, rule.for_s)
         );
-        tracing::warn!(route = %format!("{}/{}", route.team, route.name), rule = rule.kind.as_str(), state = status.state.as_str(), value, "Alert.");
-        let payload = serde_json::json!({
+        tracing::warn!(object = %format!("{} {}/{}", object.kind, object.team, object.name), rule = rule.kind.as_str(), state = status.state.as_str(), value, "Alert.");
+        let dashboard = match object.kind {
+            Kind::Source => format!("/sources/{}/{}", object.team, object.name),
+            _ => format!("/routes/{}/{}/dashboard", object.team, object.name),
+        };
+        let mut payload = serde_json::json!({
             "version": 1,
-            "team": route.team,
-            "route": route.name,
+            "team": object.team,
+            "kind": object.kind.as_str(),
             "rule": rule.kind.as_str(),
             "state": status.state.as_str(),
             "value": value,
@@ -123,9 +156,12 @@ impl Telemetry {
             "for_s": rule.for_s,
             "description": rule.kind.describe(rule.threshold, rule.for_s),
             "at": status.since,
-            "dashboard": format!("/routes/{}/{}/dashboard", route.team, route.name),
+            "dashboard": dashboard,
         });
-        let (store, http, route_id) = (self.store.clone(), self.http.clone(), route.id.clone());
+        // Routes' payloads have always named the route under `route`.
+        let field = if object.kind == Kind::Source { "source" } else { "route" };
+        payload[field] = serde_json::Value::String(object.name.clone());
+        let (store, http, route_id) = (self.store.clone(), self.http.clone(), object.id.clone());
         let event = AlertEvent {
             rule: rule.kind,
             at: status.since,

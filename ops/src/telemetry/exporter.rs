@@ -91,6 +91,16 @@ fn describe() {
         Unit::Bytes,
         "WAL the source's replication slot holds back on its database (a stuck slot fills its disk)."
     );
+    describe_gauge!(
+        "keystone_source_lag_bytes",
+        Unit::Bytes,
+        "How far the source's confirmed position is behind its database's WAL."
+    );
+    describe_gauge!(
+        "keystone_source_lag_seconds",
+        Unit::Seconds,
+        "How old the source's last change was (since its commit) when it was appended."
+    );
     describe_gauge!("keystone_source_events", "Changes the source's job appended to its streams since it started.");
     describe_gauge!("keystone_source_snapshot_rows", "Rows the source's initial snapshot read.");
     describe_gauge!("keystone_source_running", "1 while the source's job runs (0: failing, paused, stopped).");
@@ -103,6 +113,12 @@ impl Telemetry {
             let labels = [("team", o.team.clone()), ("source", o.name.clone())];
             if let Some(bytes) = s.retained_bytes {
                 gauge!("keystone_source_retained_wal_bytes", &labels).set(bytes as f64);
+            }
+            if let Some(bytes) = s.lag_bytes {
+                gauge!("keystone_source_lag_bytes", &labels).set(bytes as f64);
+            }
+            if let Some(ms) = s.lag_ms {
+                gauge!("keystone_source_lag_seconds", &labels).set(ms as f64 / 1000.0);
             }
             gauge!("keystone_source_events", &labels).set(s.events as f64);
             gauge!("keystone_source_snapshot_rows", &labels).set(s.snapshot_rows as f64);

@@ -15,7 +15,7 @@ use keystone_control::store::samples::SampleShare;
 use keystone_control::store::{now_ms, Scope, Store, StoreError};
 use keystone_control::telemetry::{add_share, Resolution, RESOLUTIONS};
 use keystone_control::{Distribution, IngestStats, JobCounters, JobPhase, JobSample, StreamSample};
-use keystone_control::{Kind, Object, RouteSpec, TeamSpec};
+use keystone_control::{Kind, Object, RouteSpec, SourceSpec, SourceStatus, TeamSpec};
 use keystone_engine::job::latency::Interval;
 use keystone_engine::job::registry::{JobRegistry, Observed};
 use keystone_engine::job::JobStats;
@@ -145,7 +145,13 @@ impl Telemetry {
         for (route_id, grown) in &increments {
             *open.totals.entry(route_id.clone()).or_default() += *grown;
         }
-        self.evaluate_alerts(&mut open.alerts, &routes, &levels, &open.totals, &jobs, now).await?;
+        let mut sources = Vec::new();
+        for o in self.store.list(Kind::Source, &Scope::All).await? {
+            if let Some(status) = self.store.source_status(&o.id).await? {
+                sources.push((o, status));
+            }
+        }
+        self.evaluate_alerts(&mut open.alerts, &routes, &sources, &levels, &open.totals, &jobs, now).await?;
         // A shared job's series come from the sums, published by one process: the leader.
         let series: Vec<JobSeries> = match &self.shared_as {
             None => observed.iter().map(JobSeries::observed).collect(),
@@ -173,12 +179,6 @@ impl Telemetry {
             }
             Some(_) => Vec::new(),
         };
-        let mut sources = Vec::new();
-        for o in self.store.list(Kind::Source, &Scope::All).await? {
-            if let Some(status) = self.store.source_status(&o.id).await? {
-                sources.push((o, status));
-            }
-        }
         metrics::with_local_recorder(&self.exporter.recorder, || {
             self.publish(&series, &jobs, now);
             self.publish_sources(&sources);

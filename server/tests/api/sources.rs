@@ -1,8 +1,9 @@
 //! Sources through the real server: a `postgres_cdc` source declared over the API (its URL a
 //! secret, never shown), captured from a PostgreSQL with `wal_level=logical` of the test's own,
 //! routed into a PostgreSQL sink in `apply_changes` mode; the target table ends equal to the
-//! source table, row for row, under concurrent writers. Deleting the source drops its slot and
-//! publication on the database.
+//! source table, row for row, under concurrent writers; the streams' schemas follow the tables'
+//! columns; a paused source's retained WAL fires its alert. Deleting the source drops its slot
+//! and publication on the database.
 
 use super::delivery::{declare, eventually, SinkDatabase};
 use super::*;
@@ -36,6 +37,7 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
     sqlx::raw_sql(
         "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL);
          INSERT INTO items SELECT g, 'seed' || g, g FROM generate_series(1, 120) g;
+         CREATE TABLE labels (id int PRIMARY KEY, label text);
          CREATE TABLE nokey (a int);",
     )
     .execute(&mut src)
@@ -62,13 +64,16 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
             "/api/v1/teams/alpha/sources",
             json!({"name": "shop", "spec": {
         "kind": "postgres_cdc", "tables": [{"table": "items", "stream": "missing"}],
-        "secrets": {"url": url}}}),
+        "secrets": {"url": url}, "alerts": [{"kind": "lag_seconds", "threshold": 1}]}}),
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(field_error(&body, "tables[0].stream").contains("no stream named \"missing\""));
-    let (s, _) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop").await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(field_error(&body, "alerts[0].kind").contains("retained_wal_bytes"));
+    // Refused whole: neither the source nor the stream it would have created exists.
+    for path in ["/api/v1/teams/alpha/sources/shop", "/api/v1/teams/alpha/streams/missing"] {
+        let (s, _) = app.get(&app.alpha_viewer, path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
 
     let (s, body) = app
         .post(
@@ -87,11 +92,24 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
         "sources",
         "shop",
         json!({"kind": "postgres_cdc",
-        "tables": [{"table": "public.items", "stream": "items"}], "secrets": {"url": url}}),
+        "tables": [{"table": "public.items", "stream": "items"}, {"table": "labels"}], "secrets": {"url": url}}),
     )
     .await;
     let (_, shown) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop").await;
     assert!(!shown.to_string().contains("postgres://"), "the URL is a secret: {shown}");
+    assert_eq!(shown["spec"]["alerts"][0]["kind"], "retained_wal_bytes", "the default rule: {shown}");
+    // A table without a stream gets one, created with the source; its schema follows from the
+    // table's columns once the capture reads them.
+    eventually("the created stream's schema, derived from the table", || async {
+        let (s, revs) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/shop-labels/revisions").await;
+        assert_eq!(s, StatusCode::OK, "{revs}");
+        assert_eq!(revs[0]["reason"], "created for source \"shop\"", "{revs}");
+        revs.as_array().unwrap().iter().any(|r| {
+            r["reason"] == "public.labels: schema derived from the table's columns: id (integer), label (text)"
+                && r["spec"]["schema"]["properties"]["table"]["const"] == "public.labels"
+        })
+    })
+    .await;
     declare(
         &app,
         "sinks",
@@ -136,6 +154,64 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+    // The table grows a column: the stream's schema gets a new revision, by Keystone, saying
+    // what changed, before the first change that has it; the column flows to the copy.
+    sqlx::raw_sql("ALTER TABLE items_copy ADD COLUMN note text").execute(&mut dst).await.unwrap();
+    sqlx::raw_sql("ALTER TABLE items ADD COLUMN note text; UPDATE items SET note = 'noted' WHERE id = (SELECT min(id) FROM items)")
+        .execute(&mut src)
+        .await
+        .unwrap();
+    eventually("the new column's value in the copy", || async {
+        let note: Option<String> =
+            sqlx::query_scalar("SELECT note FROM items_copy WHERE id = (SELECT min(id) FROM items_copy)")
+                .fetch_one(&mut target.connect().await)
+                .await
+                .unwrap();
+        note.as_deref() == Some("noted")
+    })
+    .await;
+    let (_, revs) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/items/revisions").await;
+    let last = revs.as_array().unwrap().last().unwrap();
+    assert_eq!(last["reason"], "public.items: columns added: note (text)", "{last}");
+    assert_eq!(last["spec"]["schema"]["properties"]["after"]["properties"]["note"]["x-postgres-type"], "text");
+    assert_eq!(last["spec"]["partitions"], 3, "the rest of the stream as it was: {last}");
+    // A restart (editors only) stops the capture and starts it again from its slot.
+    let (s, body) = app.post(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/restart", json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = app.post(&app.alpha, "/api/v1/teams/alpha/sources/shop/restart", json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    sqlx::raw_sql("UPDATE items SET note = 'after the restart' WHERE id = (SELECT max(id) FROM items)")
+        .execute(&mut src)
+        .await
+        .unwrap();
+    eventually("a change made after the restart in the copy", || async {
+        let note: Option<String> =
+            sqlx::query_scalar("SELECT note FROM items_copy WHERE id = (SELECT max(id) FROM items_copy)")
+                .fetch_one(&mut target.connect().await)
+                .await
+                .unwrap();
+        note.as_deref() == Some("after the restart")
+    })
+    .await;
+
+    // The schema is the source's: a change that leaves it out keeps it, one that sets another
+    // is refused.
+    let (s, body) = app
+        .put(&app.alpha, "/api/v1/teams/alpha/streams/items", json!({"spec": {"partitions": 3, "retention_hours": 48}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, items_stream) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/streams/items").await;
+    assert_eq!(items_stream["spec"]["schema"], last["spec"]["schema"], "kept");
+    let (s, body) = app
+        .put(
+            &app.alpha,
+            "/api/v1/teams/alpha/streams/items",
+            json!({"spec": {"partitions": 3, "retention_hours": 48, "schema": {"type": "object"}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(field_error(&body, "schema").contains("kept by source \"shop\""), "{body}");
+
     // The status follows: the snapshot, then positions confirmed past it (saved every second).
     eventually("the status to show positions confirmed past the snapshot", || async {
         let (s, status) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/status").await;
@@ -157,28 +233,34 @@ async fn a_cdc_source_keeps_a_postgres_table_equal_to_its_source_and_cleans_up_w
     })
     .await;
 
-    // Paused, the source reads nothing, its slot stays, and the WAL it holds back grows.
-    let items = json!([{"table": "items", "stream": "items"}]);
-    let (s, body) = app
-        .put(
-            &app.alpha,
-            "/api/v1/teams/alpha/sources/shop",
-            json!({"spec": {"kind": "postgres_cdc",
-            "tables": items, "state": "paused"}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    // Paused, the source reads nothing, its slot stays, the WAL it holds back grows, and its
+    // alert fires once that passes the rule's threshold (here: what it held when paused).
     let status = || async {
         let (_, st) = app.get(&app.alpha_viewer, "/api/v1/teams/alpha/sources/shop/status").await;
         st
     };
+    let items = json!([{"table": "items", "stream": "items"}]);
+    let pause = |threshold: i64| {
+        json!({"spec": {"kind": "postgres_cdc", "tables": items, "state": "paused",
+            "alerts": [{"kind": "retained_wal_bytes", "threshold": threshold, "for_s": 0}]}})
+    };
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/sources/shop", pause(i64::MAX / 2)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     eventually("the source to be paused", || async { status().await["phase"] == "paused" }).await;
     let before = status().await["retained_bytes"].as_i64().unwrap_or(0);
+    let (s, body) = app.put(&app.alpha, "/api/v1/teams/alpha/sources/shop", pause(before)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     write(url.clone(), 7, 300).await;
     // Any change to the goal makes the reconciler measure again (so does its 30 s resync).
     declare(&app, "streams", "poke", json!({"partitions": 1, "retention_hours": 1})).await;
-    eventually("the retained WAL to grow while paused", || async {
-        status().await["retained_bytes"].as_i64().is_some_and(|b| b > before)
+    eventually("the retained WAL to grow while paused, and the alert to fire", || async {
+        let st = status().await;
+        let grown = st["retained_bytes"].as_i64().is_some_and(|b| b > before);
+        let alert = &st["alerts"][0];
+        grown
+            && alert["rule"] == "retained_wal_bytes"
+            && alert["state"] == "firing"
+            && alert["value"].as_f64().unwrap() > before as f64
     })
     .await;
 

@@ -9,9 +9,10 @@ pub(super) const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "format",
         required: false,
-        help: "json (a JSON array per batch, the default) or bulk (Elasticsearch/OpenSearch _bulk)",
+        help: "json (a JSON array per batch, the default), bulk (Elasticsearch/OpenSearch _bulk) or \
+               bulk_changes (a CDC stream's changes applied to the index by primary key; the url ends in /_bulk)",
     },
-    SettingDoc { key: "index", required: false, help: "target index of the bulk format" },
+    SettingDoc { key: "index", required: false, help: "target index of the bulk formats" },
 ];
 
 pub(super) const SECRETS: &[SettingDoc] =
@@ -26,6 +27,9 @@ pub enum HttpFormat {
     Json,
     /// Elasticsearch/OpenSearch `_bulk` index actions into `index`, `_id` = event id.
     Bulk { index: String },
+    /// Change events applied to `index` through `_bulk`: one document per primary key, indexed
+    /// or deleted, versioned by the change's position.
+    BulkChanges { index: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +50,22 @@ impl HttpSettings {
         let timeout_ms = r.number("timeout_ms", 1, 300_000).unwrap_or(HTTP_TIMEOUT_MS_DEFAULT);
         let format = match r.get("format") {
             None | Some("json") => HttpFormat::Json,
-            Some("bulk") => match r.get("index") {
-                Some(index) => HttpFormat::Bulk { index: index.to_owned() },
+            Some(format @ ("bulk" | "bulk_changes")) => match r.get("index").map(str::to_owned) {
+                Some(index) if format == "bulk" => HttpFormat::Bulk { index },
+                Some(index) => {
+                    // A truncate is a `_delete_by_query` beside the `_bulk` endpoint.
+                    if !url.split('?').next().unwrap_or_default().trim_end_matches('/').ends_with("/_bulk") {
+                        r.error("url", "must be the _bulk endpoint (ending in /_bulk) for the bulk_changes format");
+                    }
+                    HttpFormat::BulkChanges { index }
+                }
                 None => {
-                    r.error("index", "is required by the bulk format");
+                    r.error("index", format!("is required by the {format} format"));
                     HttpFormat::Json
                 }
             },
             Some(_) => {
-                r.error("format", "must be json or bulk");
+                r.error("format", "must be json, bulk or bulk_changes");
                 HttpFormat::Json
             }
         };
