@@ -527,6 +527,9 @@ test("a CDC source is declared in the console: a refused host is named at its fi
     await expect(page.locator("#source-status")).toContainText("connecting to the source");
   }).toPass({ timeout: 30_000 });
   await expect(page.locator("body")).not.toContainText("s3cret-pw");
+  // Each table links to its stream; the chart of changes per table is drawn.
+  await expect(page.locator("#source-tables")).toContainText(`public.order_items → ${source}-order-items`);
+  await expect(page.getByTestId("chart-source-rows").locator("svg")).toBeVisible();
   // An editor restarts the capture; the page says so at once.
   await page.getByTestId("restart-source").click();
   await expect(page.getByTestId("restart-result")).toContainText("Restart requested");

@@ -17,7 +17,7 @@ use keystone_engine::job::runtime::JobRuntime;
 use keystone_engine::log::embedded::EmbeddedConfig;
 use keystone_engine::log::{AnyLog, EmbeddedLog, KafkaLog};
 use keystone_engine::meter::IngestMeter;
-use keystone_ops::reconciler::{Jobs, Reconciler, ReconcilerHealth};
+use keystone_ops::reconciler::{Jobs, Reconciler, ReconcilerHealth, Sources};
 use keystone_ops::telemetry::{Exporter, Telemetry};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -62,6 +62,7 @@ impl ControlLoop {
         log: &Arc<AnyLog>,
         jobs: &Arc<Jobs>,
         health: &Arc<ReconcilerHealth>,
+        meter: Option<&Arc<IngestMeter>>,
     ) -> std::io::Result<ControlLoop> {
         // Only a process that also answers producers needs its jobs below ingest; a worker's jobs
         // are all it runs, so they stay on its main runtime at the normal priority.
@@ -74,7 +75,7 @@ impl ControlLoop {
             log: log.clone(),
             jobs: jobs.clone(),
             processors: Arc::new(Jobs::new(log.clone())),
-            sources: Default::default(),
+            sources: Arc::new(meter.map_or_else(Default::default, |m| Sources::metered(m.clone()))),
             data_dir: settings.data_dir.clone(),
             health: health.clone(),
             job_env: Arc::new(settings.job_env.clone()),
@@ -189,7 +190,7 @@ pub async fn router(
     let meter = Arc::new(IngestMeter::default());
     let reconciler_health = Arc::new(ReconcilerHealth::default());
     let job_env = Arc::new(settings.job_env.clone());
-    let control = ControlLoop::start(settings, &store, &log, &jobs, &reconciler_health)?;
+    let control = ControlLoop::start(settings, &store, &log, &jobs, &reconciler_health, Some(&meter))?;
     let interval = Duration::from_millis(settings.telemetry_interval_ms.max(100));
     let exporter = Arc::new(Exporter::new((interval * 3).max(Duration::from_secs(60))));
     Telemetry {
@@ -378,7 +379,7 @@ impl Worker {
         let log = open_log(&settings)?;
         let jobs = Arc::new(JobRegistry::new(log.clone()));
         let health = Arc::new(ReconcilerHealth::default());
-        let control = ControlLoop::start(&settings, &store, &log, &jobs, &health)?;
+        let control = ControlLoop::start(&settings, &store, &log, &jobs, &health, None)?;
         let stop_telemetry = CancellationToken::new();
         let telemetry = keystone_ops::telemetry::spawn_shares(
             store,

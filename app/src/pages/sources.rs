@@ -75,11 +75,51 @@ pub async fn save_source(
     Ok(())
 }
 
-/// The source job's last recorded state.
+/// What the source's page shows beside its declaration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SourceView {
+    /// The source job's last recorded state.
+    pub status: keystone_control::SourceStatus,
+    /// Each table and the stream its changes go to.
+    pub tables: Vec<(String, String)>,
+    /// Changes per second per table over the last hour (its stream's ingest), as an SVG chart.
+    pub chart: String,
+}
+
 #[server]
-pub async fn source_status(team: String, name: String) -> Result<keystone_control::SourceStatus, AppError> {
+pub async fn source_panel(team: String, name: String) -> Result<SourceView, AppError> {
+    use crate::charts::{line_chart, Series, AMBER, BLUE, CYAN, GREEN, RED, VIOLET};
+    use keystone_control::goal::Goal;
     let (state, who) = crate::state::signed_in().await?;
-    Ok(state.platform.ops(&who).source_status(&team, &name).await?)
+    let status = state.platform.ops(&who).source_status(&team, &name).await?;
+    let goal = Goal::new(&state.platform.store, &who);
+    let spec: SourceSpec = goal.get(Kind::Source, &team, &name).await?.spec_as().map_err(|_| AppError::Internal)?;
+    let now = keystone_control::store::now_ms();
+    let from = now - keystone_control::telemetry::Window::Hour.ms();
+    let mut tables = Vec::new();
+    let mut rates = Vec::new();
+    for t in &spec.tables {
+        tables.push((t.qualified(), t.stream.as_str().to_owned()));
+        // A stream a source writes counts its appends as ingest (see `SourceOffsets::appended`).
+        let Ok(stream) = goal.get(Kind::Stream, &team, t.stream.as_str()).await else { continue };
+        let samples: Vec<keystone_control::StreamSample> = state.platform.store.samples(&stream.id, from, now).await?;
+        let gap = samples.first().map_or(10, |s| s.seconds) * 1500;
+        let points = samples.iter().map(|s| (s.at, s.accepted as f64 / s.seconds.max(1) as f64)).collect();
+        rates.push((t.qualified(), gap, points));
+    }
+    let palette = [GREEN, BLUE, AMBER, VIOLET, CYAN, RED];
+    let series: Vec<Series<'_>> = rates
+        .iter()
+        .enumerate()
+        .map(|(i, (table, _, points)): (usize, &(String, i64, Vec<(i64, f64)>))| Series {
+            label: table,
+            color: palette[i % palette.len()],
+            points: points.clone(),
+        })
+        .collect();
+    let gap = rates.iter().map(|(_, g, _)| *g).max().unwrap_or(15_000);
+    let chart = line_chart("Changes per table (last hour)", "rows/s", (from, now), gap, &series, &[]);
+    Ok(SourceView { status, tables, chart })
 }
 
 fn summary(o: &Object) -> Vec<String> {
@@ -149,8 +189,8 @@ pub fn SourceDetailPage() -> impl IntoView {
     let team = move || params.read().get("team").unwrap_or_default();
     let name = move || params.read().get("name").unwrap_or_default();
     let restart = ServerAction::<RestartSource>::new();
-    let status =
-        Resource::new(move || (team(), name(), restart.version().get()), |(team, name, _)| source_status(team, name));
+    let panel =
+        Resource::new(move || (team(), name(), restart.version().get()), |(team, name, _)| source_panel(team, name));
     view! {
         <ObjectDetailView kind=Kind::Source/>
         {can_edit().then(|| view! {
@@ -168,7 +208,7 @@ pub fn SourceDetailPage() -> impl IntoView {
         })}
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
-                status.await.ok().map(|s| {
+                panel.await.ok().map(|SourceView { status: s, tables, chart }| {
                     let snapshot = match s.snapshot_lsn {
                         Some(at) => format!("{} rows, read at {}", s.snapshot_rows, lsn(at)),
                         None => format!("running: {} rows so far", s.snapshot_rows),
@@ -210,6 +250,18 @@ pub fn SourceDetailPage() -> impl IntoView {
                                     </div>
                                 }).collect_view()}
                             </dl>
+                        </section>
+                        <section class=format!("mt-6 {CARD}") id="source-tables">
+                            <h2 class="px-4 py-3 border-b border-slate-200 font-medium">"Tables"</h2>
+                            <ul class="divide-y divide-slate-100 text-sm">
+                                {tables.into_iter().map(|(table, stream)| view! {
+                                    <li class="px-4 py-2">
+                                        {table}" → "
+                                        <a class="text-blue-700 hover:underline" href=format!("/streams/{}/{stream}", team())>{stream.clone()}</a>
+                                    </li>
+                                }).collect_view()}
+                            </ul>
+                            <figure class="p-2 overflow-hidden" data-testid="chart-source-rows" inner_html=chart></figure>
                         </section>
                     }
                 })

@@ -76,6 +76,9 @@ pub trait SourceOffsets: Send + Sync + 'static {
         table: &str,
         schema: &serde_json::Value,
     ) -> impl Future<Output = Result<(), crate::job::CheckpointError>> + Send;
+    /// Counts changes appended to a stream's topic (its ingest counters: the stream's page
+    /// charts them as it does producers' events).
+    fn appended(&self, _topic: &str, _events: u64, _bytes: u64) {}
     /// Records what was measured of the slot and the stream.
     fn measured(&self, source_id: &str, measures: SlotMeasures) -> impl Future<Output = ()> + Send;
     /// Records the job's phase; `error` is the failure that caused it.

@@ -310,10 +310,18 @@ struct ChangeBuffer<'a, L> {
     stats: &'a SourceStats,
     /// Per table: the stream schema last made current (see `describe`).
     schemas: Vec<Option<Value>>,
+    /// Told of each append: a topic, its events and bytes (see `SourceOffsets::appended`).
+    appended: &'a (dyn Fn(&str, u64, u64) + Send + Sync),
 }
 
 impl<'a, L: Log> ChangeBuffer<'a, L> {
-    fn new(job: &'a PostgresCdcJob, log: &'a L, keys: Vec<Vec<String>>, stats: &'a SourceStats) -> Self {
+    fn new(
+        job: &'a PostgresCdcJob,
+        log: &'a L,
+        keys: Vec<Vec<String>>,
+        stats: &'a SourceStats,
+        appended: &'a (dyn Fn(&str, u64, u64) + Send + Sync),
+    ) -> Self {
         let by_name = job.tables.iter().enumerate().map(|(i, t)| (qualified(&t.table), i)).collect();
         ChangeBuffer {
             job,
@@ -325,6 +333,7 @@ impl<'a, L: Log> ChangeBuffer<'a, L> {
             count: 0,
             stats,
             schemas: vec![None; job.tables.len()],
+            appended,
         }
     }
 
@@ -434,9 +443,12 @@ impl<'a, L: Log> ChangeBuffer<'a, L> {
                 continue;
             }
             let n = records.len() as u64;
+            let bytes = records.iter().map(|r| r.value.len() as u64).sum();
             let batch = std::mem::take(records);
-            self.log.append(&self.job.tables[at].topic, batch).await?;
+            let topic = &self.job.tables[at].topic;
+            self.log.append(topic, batch).await?;
             self.stats.events.fetch_add(n, Ordering::Relaxed);
+            (self.appended)(topic, n, bytes);
         }
         self.count = 0;
         Ok(())
@@ -468,7 +480,8 @@ pub async fn run<L: Log, O: SourceOffsets>(
     let mut state = offsets.load(&job.source_id).await?.unwrap_or_default();
     let have_slot = slot_exists(&admin, &job.slot).await?;
     let keys = shapes.iter().map(|s| s.key.clone()).collect();
-    let mut appender = ChangeBuffer::new(&job, log.as_ref(), keys, &stats);
+    let appended = |topic: &str, events: u64, bytes: u64| offsets.appended(topic, events, bytes);
+    let mut appender = ChangeBuffer::new(&job, log.as_ref(), keys, &stats, &appended);
     let config = || {
         ReplicationStreamConfig::builder(job.slot.clone(), job.publication.clone())
             .with_feedback_interval(Duration::from_secs(1))

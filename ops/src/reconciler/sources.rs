@@ -7,6 +7,7 @@ use super::*;
 use keystone_control::goal::{Declaration, GoalError, REASON_MAX};
 use keystone_control::{SourceKind, SourceSpec};
 use keystone_engine::job::CheckpointError;
+use keystone_engine::meter::IngestMeter;
 use keystone_engine::sources::postgres_cdc::{self, CdcTable, PostgresCdcJob};
 use keystone_engine::sources::schema::describe_change;
 use keystone_engine::sources::{supervise as supervise_source, SlotMeasures, SourceOffsets, SourceState, SourceStats};
@@ -17,6 +18,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Sources {
     running: Mutex<HashMap<String, RunningSource>>,
+    /// The streams' ingest counters, which count what sources append too.
+    meter: Option<Arc<IngestMeter>>,
 }
 
 struct RunningSource {
@@ -26,6 +29,11 @@ struct RunningSource {
 }
 
 impl Sources {
+    /// Sources whose appends count in the streams' ingest counters.
+    pub fn metered(meter: Arc<IngestMeter>) -> Sources {
+        Sources { running: Mutex::default(), meter: Some(meter) }
+    }
+
     /// Stops every source (at shutdown); each confirms what it appended first.
     pub async fn stop_all(&self) {
         let all: Vec<RunningSource> = self.running.lock().expect("sources lock").drain().map(|(_, r)| r).collect();
@@ -47,7 +55,11 @@ impl Sources {
 /// A source's state in the database.
 struct StoreSourceOffsets {
     store: Store,
+    meter: Option<Arc<IngestMeter>>,
 }
+
+/// What a source's appends count as in a stream's ingest counters: one producer, the source.
+const SOURCE_PRODUCER: &str = "source";
 
 impl SourceOffsets for StoreSourceOffsets {
     async fn load(&self, source_id: &str) -> Result<Option<SourceState>, CheckpointError> {
@@ -103,6 +115,12 @@ impl SourceOffsets for StoreSourceOffsets {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    fn appended(&self, topic: &str, events: u64, bytes: u64) {
+        if let Some(meter) = &self.meter {
+            meter.accepted(topic, SOURCE_PRODUCER, events, bytes, keystone_control::store::now_ms());
+        }
     }
 
     async fn measured(&self, source_id: &str, m: SlotMeasures) {
@@ -179,7 +197,7 @@ impl Reconciler {
 
     fn start_source(&self, id: String, fingerprint: String, job: PostgresCdcJob) {
         let cancel = CancellationToken::new();
-        let offsets = Arc::new(StoreSourceOffsets { store: self.store.clone() });
+        let offsets = Arc::new(StoreSourceOffsets { store: self.store.clone(), meter: self.sources.meter.clone() });
         let stats = Arc::new(SourceStats::default());
         let job = Arc::new(job);
         tracing::info!(source = %job.name, "Source started.");
