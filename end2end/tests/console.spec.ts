@@ -244,6 +244,8 @@ test("a route declared in the console delivers ingested events, and its job page
 
   // The desired state: pause the job from the console, see it paused, then resume it.
   const setState = async (state: string, why: string) => {
+    // The page was just reloaded: a click before hydration could race the form's own handler.
+    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
     const form = page.getByTestId("state-form");
     await form.getByLabel("Desired state").selectOption(state);
     await form.getByLabel("Why").fill(why);
