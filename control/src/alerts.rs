@@ -84,6 +84,18 @@ pub struct AlertRule {
     pub for_s: u32,
 }
 
+impl AlertRule {
+    /// How far back, in seconds, the rule's condition looks at observations.
+    pub fn history_s(&self) -> f64 {
+        match self.kind {
+            // A byte threshold is no time.
+            AlertKind::RetainedWalBytes => f64::from(self.for_s),
+            // Some thresholds are seconds (`no_delivery`'s idle time).
+            _ => self.threshold.max(f64::from(self.for_s)),
+        }
+    }
+}
+
 /// The rules a route gets when it declares none.
 pub fn default_alert_rules() -> Vec<AlertRule> {
     vec![

@@ -78,14 +78,8 @@ impl Telemetry {
         for (object, rules, evaluating, seen) in watched {
             let history = a.history.entry(object.id.clone()).or_default();
             history.push_back(seen);
-            let keep_ms = rules.iter().map(|r| r.threshold.max(f64::from(r.for_s)).max(60.0)).fold(60.0, f64::max);
-            // A byte threshold is no time: sources keep their longest hold time.
-            let keep_ms = if object.kind == Kind::Source {
-                rules.iter().map(|r| f64::from(r.for_s)).fold(60.0, f64::max)
-            } else {
-                keep_ms
-            };
-            while history.front().is_some_and(|h| h.at < now - (keep_ms * 1000.0) as i64 - 1000) {
+            let keep_s = rules.iter().map(AlertRule::history_s).fold(60.0, f64::max);
+            while history.front().is_some_and(|h| h.at < now - (keep_s * 1000.0) as i64 - 1000) {
                 history.pop_front();
             }
             let history = history.make_contiguous();
